@@ -1,0 +1,102 @@
+import { backupConfig } from '../../core/backup/config-backup';
+import { backupFull } from '../../core/backup/full';
+import { backupIndexes } from '../../core/backup/indexes';
+import { initBackupTargets } from '../../core/backup/init';
+import { installCrontab, renderCrontab } from '../../core/backup/schedule';
+import { backupStats } from '../../core/backup/stats';
+import type { ManifestBody } from '../../core/catalog/manifest';
+import type { Schedule } from '../../core/catalog/naming';
+import { SCHEDULES } from '../../core/catalog/naming';
+import { UsageError } from '../../core/errors';
+import {
+  emit,
+  formatBytes,
+  formatDuration,
+  type GlobalOptions,
+  readConfig,
+  table,
+  vaultFor,
+} from '../output';
+
+function summary(m: ManifestBody): string {
+  const ratio = m.rawSize > 0 ? ` (ratio ${(m.storedSize / m.rawSize).toFixed(3)})` : '';
+  return [
+    `backup ${m.id} complete: ${m.objects.length} object(s), ${formatBytes(m.rawSize)} dumped, ${formatBytes(m.storedSize)} stored${ratio}, ${formatDuration(m.durationMs)}`,
+    ...m.objects.map(
+      (o) =>
+        `  ${o.key}  ${formatBytes(o.storedSize)}${o.tables ? `  ${o.tables.length} tables, ${o.tables.reduce((n, t) => n + t.rows, 0)} rows` : ''}`,
+    ),
+  ].join('\n');
+}
+
+export async function backupFullCommand(
+  schedule: string | undefined,
+  opts: GlobalOptions & { database?: string[] },
+) {
+  const s = (schedule ?? 'manual').toLowerCase();
+  if (!(SCHEDULES as readonly string[]).includes(s)) {
+    throw new UsageError(`schedule ${schedule} is not allowed; use one of ${SCHEDULES.join(', ')}`);
+  }
+  const m = await backupFull(vaultFor(opts), { schedule: s as Schedule, databases: opts.database ?? [] });
+  emit(opts, { ok: true, manifest: m }, () => summary(m));
+}
+
+export async function backupConfigCommand(opts: GlobalOptions) {
+  const m = await backupConfig(vaultFor(opts));
+  emit(opts, { ok: true, manifest: m }, () => summary(m));
+}
+
+export async function backupIndexesCommand(opts: GlobalOptions) {
+  const m = await backupIndexes(vaultFor(opts));
+  emit(opts, { ok: true, manifest: m }, () => summary(m));
+}
+
+export async function backupStatsCommand(opts: GlobalOptions) {
+  const stats = await backupStats(vaultFor(opts));
+  emit(opts, { ok: true, ...stats }, () =>
+    [
+      `cluster ${stats.cluster} in ${stats.targets.join(', ')}: ${stats.total.count} complete backup(s), ${formatBytes(stats.total.storedBytes)} stored`,
+      '',
+      table(
+        ['type', 'count', 'dumped', 'stored', 'ratio', 'last success', 'age'],
+        stats.byType.map((t) => [
+          t.type,
+          String(t.count),
+          formatBytes(t.rawBytes),
+          formatBytes(t.storedBytes),
+          t.ratio.toFixed(3),
+          t.lastId ?? '-',
+          t.lastAgeHours === undefined ? '-' : `${t.lastAgeHours.toFixed(1)} h`,
+        ]),
+      ),
+    ].join('\n'),
+  );
+}
+
+export async function backupInitCommand(opts: GlobalOptions) {
+  const checks = await initBackupTargets(vaultFor(opts));
+  reportChecks(opts, checks);
+}
+
+export function reportChecks(
+  opts: GlobalOptions,
+  checks: ReadonlyArray<{ check: string; ok: boolean; detail: string }>,
+) {
+  const ok = checks.every((c) => c.ok);
+  emit(opts, { ok, checks }, () =>
+    checks.map((c) => `${c.ok ? 'ok  ' : 'FAIL'}  ${c.check}: ${c.detail}`).join('\n'),
+  );
+  if (!ok) process.exitCode = 1;
+}
+
+export async function backupScheduleCommand(opts: GlobalOptions & { install?: boolean }) {
+  const config = readConfig(opts);
+  const block = renderCrontab(config, {
+    pgvault: require.resolve('../../../bin/pgvault.js'),
+    configFile: opts.config ?? process.env.PGVAULT_CONFIG,
+  });
+  if (opts.install) installCrontab(block);
+  emit(opts, { ok: true, installed: opts.install === true, crontab: block }, () =>
+    opts.install ? `${block}\ninstalled into the crontab of this user` : block.trimEnd(),
+  );
+}

@@ -1,0 +1,20 @@
+import { verifyBackupFile } from '../../core/verify/file';
+import { emit, formatBytes, formatDuration, type GlobalOptions, vaultFor } from '../output';
+import { restoreTestCommand } from './restore';
+
+export async function verifyFileCommand(backup: string, opts: GlobalOptions) {
+  const r = await verifyBackupFile(vaultFor(opts), backup);
+  emit(opts, { ok: true, ...r }, () =>
+    [
+      `backup ${r.backupId} in ${r.target} is intact (${formatDuration(r.durationMs)}):`,
+      ...r.objects.map(
+        (o) =>
+          `  ok  ${o.key}  ${formatBytes(o.storedSize)} stored, ${formatBytes(o.rawSize)} raw${o.tablesMatched !== undefined ? `, ${o.tablesMatched} tables' rows recounted` : ''}`,
+      ),
+    ].join('\n'),
+  );
+}
+
+export async function verifyRestoreCommand(backup: string, opts: GlobalOptions & { from?: string }) {
+  await restoreTestCommand(backup, opts);
+}

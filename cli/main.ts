@@ -1,0 +1,122 @@
+import { Command } from 'commander';
+import { fail, type GlobalOptions } from './output';
+
+/**
+ * The pgvault command. Command modules load when their command runs, so that a call like the WAL
+ * archive_command (run once per segment) pays only for what it uses.
+ */
+const program = new Command('pgvault')
+  .description('Backup and disaster recovery for self-managed PostgreSQL')
+  .version(require('../../package.json').version)
+  .option('--config <file>', 'configuration file (KEY=VALUE lines; also PGVAULT_CONFIG)')
+  .option('--json', 'machine-readable output on stdout')
+  .option('-q, --quiet', 'no progress or info lines')
+  .showHelpAfterError('(run with --help for usage)');
+
+type Handler = (...args: never[]) => Promise<void>;
+
+/** Wraps an action: the global options are merged in, and any failure becomes one clear line. */
+function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, name: string) {
+  return async (...args: unknown[]) => {
+    const cmd = args[args.length - 1] as Command;
+    const opts = cmd.optsWithGlobals() as GlobalOptions;
+    const positional = args.slice(0, -2);
+    try {
+      const mod = await load();
+      await (mod[name] as T)(...([...positional, opts] as never[]));
+    } catch (err) {
+      fail(err, opts);
+    }
+  };
+}
+
+const backupCmds = async () => require('./commands/backup') as Record<string, unknown>;
+const restoreCmds = async () => require('./commands/restore') as Record<string, unknown>;
+const verifyCmds = async () => require('./commands/verify') as Record<string, unknown>;
+
+const backup = program.command('backup').description("take backups (the guide's backup-manager)");
+backup
+  .command('full [schedule]')
+  .description(
+    'full logical backup of every database (or --database), plus roles: daily|weekly|monthly|manual',
+  )
+  .option('-d, --database <name>', 'only this database (repeatable)', (v: string, acc: string[] = []) => [
+    ...acc,
+    v,
+  ])
+  .action(run(backupCmds, 'backupFullCommand'));
+backup
+  .command('config')
+  .description('server settings, pg_hba, roles and extensions as one archive')
+  .action(run(backupCmds, 'backupConfigCommand'));
+backup
+  .command('indexes')
+  .description('every index definition, to rebuild them')
+  .action(run(backupCmds, 'backupIndexesCommand'));
+backup
+  .command('stats')
+  .description('counts, sizes, compression ratio and last success per type')
+  .action(run(backupCmds, 'backupStatsCommand'));
+backup
+  .command('init')
+  .description('create the target layout and check write access')
+  .action(run(backupCmds, 'backupInitCommand'));
+backup
+  .command('schedule')
+  .description("print the guide's crontab for this host (or --install it)")
+  .option('--install', "install it into this user's crontab")
+  .action(run(backupCmds, 'backupScheduleCommand'));
+
+const restore = program.command('restore').description("restore backups (the guide's restore-manager)");
+restore
+  .command('init')
+  .description('check what restores need')
+  .action(run(restoreCmds, 'restoreInitCommand'));
+restore
+  .command('list')
+  .description('complete backups, newest first')
+  .action(run(restoreCmds, 'restoreListCommand'));
+restore
+  .command('full <backup> [database]')
+  .description('restore a database (default: its original name); creates it when missing')
+  .option('--from <name>', 'database inside the backup, when it holds several')
+  .option('--clean', 'replace the contents of a database that is not empty')
+  .option('--no-owner', 'do not restore object ownership')
+  .action(run(restoreCmds, 'restoreFullCommand'));
+restore
+  .command('partial <backup> <kind> <name> [database]')
+  .description('restore one table or one schema: partial <backup> table|schema <name> [database]')
+  .option('--from <name>', 'database inside the backup, when it holds several')
+  .option('--clean', 'replace the table or schema if it exists')
+  .option('--no-owner', 'do not restore object ownership')
+  .action(run(restoreCmds, 'restorePartialCommand'));
+restore
+  .command('indexes <database>')
+  .description('rebuild missing indexes from the newest index backup')
+  .option('--reindex', 'also REINDEX the indexes that exist')
+  .option('--backup <backup>', 'index backup to use (default latest)')
+  .action(run(restoreCmds, 'restoreIndexesCommand'));
+restore
+  .command('validate <database>')
+  .description('connectivity, health and row counts against a backup')
+  .option('--against <backup>', 'backup to compare with (default: newest holding this database)')
+  .option('--from <name>', 'database inside that backup')
+  .action(run(restoreCmds, 'restoreValidateCommand'));
+restore
+  .command('test <backup>')
+  .description('restore into a temporary database, validate, drop it, report the time')
+  .option('--from <name>', 'database inside the backup, when it holds several')
+  .action(run(restoreCmds, 'restoreTestCommand'));
+
+const verify = program.command('verify').description("check backups (the guide's verify-backups)");
+verify
+  .command('file <backup>')
+  .description('sha256, HMAC, decrypt, decompress and read the archive through')
+  .action(run(verifyCmds, 'verifyFileCommand'));
+verify
+  .command('restore <backup>')
+  .description('same as restore test: restore into a temporary database and validate')
+  .option('--from <name>', 'database inside the backup, when it holds several')
+  .action(run(verifyCmds, 'verifyRestoreCommand'));
+
+program.parseAsync(process.argv).catch((err: unknown) => fail(err, program.opts() as GlobalOptions));

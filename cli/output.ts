@@ -1,0 +1,103 @@
+import { type Config, loadConfig } from '../core/config';
+import { errorMessage, PgVaultError } from '../core/errors';
+import { openVault, type Reporter, type Vault } from '../core/vault';
+
+export interface GlobalOptions {
+  readonly config?: string;
+  readonly json?: boolean;
+  readonly quiet?: boolean;
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+export function formatDuration(ms: number): string {
+  if (ms < 1000) return `${ms} ms`;
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+}
+
+/**
+ * Terminal reporter: info lines on stderr (so stdout stays for results and --json), and a progress
+ * line redrawn in place at most 5 times a second, only when stderr is a terminal.
+ */
+export function terminalReporter(options: GlobalOptions): Reporter {
+  const tty = process.stderr.isTTY === true && !options.quiet;
+  let last = 0;
+  let drawn = false;
+  const start = new Map<string, number>();
+  const clear = () => {
+    if (drawn) process.stderr.write('\r\x1b[K');
+    drawn = false;
+  };
+  return {
+    info(line) {
+      if (options.quiet) return;
+      clear();
+      process.stderr.write(`${line}\n`);
+    },
+    warn(line) {
+      clear();
+      process.stderr.write(`pgvault: warning: ${line}\n`);
+    },
+    progress(label, done, total) {
+      if (!tty) return;
+      const now = Date.now();
+      if (!start.has(label)) start.set(label, now);
+      if (now - last < 200) return;
+      last = now;
+      const secs = Math.max(0.001, (now - start.get(label)!) / 1000);
+      const pct = total
+        ? ` (${Math.min(100, (100 * done) / total).toFixed(0)}% of ~${formatBytes(total)})`
+        : '';
+      process.stderr.write(`\r\x1b[K${label}: ${formatBytes(done)}${pct}, ${formatBytes(done / secs)}/s`);
+      drawn = true;
+    },
+  };
+}
+
+export function readConfig(options: GlobalOptions): Config {
+  return loadConfig({ configFile: options.config });
+}
+
+export function vaultFor(options: GlobalOptions): Vault {
+  return openVault(readConfig(options), terminalReporter(options));
+}
+
+/** Prints a result: JSON on stdout with --json, else the human text. */
+export function emit(options: GlobalOptions, json: unknown, text: string | (() => string)): void {
+  if (options.json) process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
+  else process.stdout.write(`${typeof text === 'function' ? text() : text}\n`);
+}
+
+/** One clear line on stderr and a non-zero exit; no stack trace for known failures. */
+export function fail(err: unknown, options: GlobalOptions): never {
+  const message = errorMessage(err).split('\n')[0];
+  const code = err instanceof PgVaultError ? err.exitCode : 1;
+  if (options.json)
+    process.stdout.write(`${JSON.stringify({ ok: false, error: message, kind: (err as Error)?.name })}\n`);
+  process.stderr.write(`pgvault: ${message}\n`);
+  if (!(err instanceof PgVaultError) && process.env.PGVAULT_DEBUG)
+    process.stderr.write(`${(err as Error)?.stack}\n`);
+  process.exit(code);
+}
+
+/** A table for terminals: columns padded to their widest cell. */
+export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: readonly string[]) =>
+    r
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}

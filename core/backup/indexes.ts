@@ -1,0 +1,117 @@
+import { Readable } from 'node:stream';
+import type { ManifestBody } from '../catalog/manifest';
+import { listDatabases, serverInfo } from '../pg/server';
+import { quoteIdent, withClient } from '../pg/tools';
+import type { Vault } from '../vault';
+import { runBackup } from './run';
+
+export interface IndexDefinition {
+  readonly schema: string;
+  readonly table: string;
+  readonly index: string;
+  readonly method: string;
+  /** CREATE INDEX IF NOT EXISTS ..., ready to run. */
+  readonly statement: string;
+  /** Backs a primary key, unique or exclusion constraint: rebuilt with the constraint, not alone. */
+  readonly constraint?: string;
+}
+
+/** Every index of every user table in one database, extension index types (vector, gin, ...) included. */
+export async function indexDefinitions(vault: Vault, database: string): Promise<IndexDefinition[]> {
+  return withClient(vault.config.pg, database, async (c) => {
+    const r = await c.query<{
+      schema: string;
+      table: string;
+      index: string;
+      method: string;
+      def: string;
+      con: string | null;
+    }>(
+      `SELECT n.nspname AS schema, t.relname AS table, ic.relname AS index, am.amname AS method,
+              pg_get_indexdef(i.indexrelid) AS def, con.conname AS con
+         FROM pg_index i
+         JOIN pg_class ic ON ic.oid = i.indexrelid
+         JOIN pg_class t ON t.oid = i.indrelid
+         JOIN pg_namespace n ON n.oid = ic.relnamespace
+         JOIN pg_am am ON am.oid = ic.relam
+         LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.contype IN ('p', 'u', 'x')
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
+        ORDER BY 1, 2, 3`,
+    );
+    return r.rows.map((x) => ({
+      schema: x.schema,
+      table: x.table,
+      index: x.index,
+      method: x.method,
+      statement: `${x.def.replace(/^CREATE (UNIQUE )?INDEX /, 'CREATE $1INDEX IF NOT EXISTS ')};`,
+      constraint: x.con ?? undefined,
+    }));
+  });
+}
+
+/**
+ * The index backup's SQL: psql can run it as it is (`\connect` per database), and
+ * `restore indexes` reads it back section by section.
+ */
+export function renderIndexSql(
+  byDatabase: ReadonlyMap<string, readonly IndexDefinition[]>,
+  when: Date,
+): string {
+  const lines = [`-- pgvault index backup, ${when.toISOString()}`, ''];
+  for (const [db, defs] of byDatabase) {
+    lines.push(`-- database: ${JSON.stringify(db)}`, `\\connect ${quoteIdent(db)}`);
+    for (const d of defs) {
+      lines.push(
+        d.constraint
+          ? `-- constraint ${quoteIdent(d.constraint)} on ${quoteIdent(d.schema)}.${quoteIdent(d.table)} (rebuilt with the constraint): ${d.statement}`
+          : d.statement,
+      );
+    }
+    lines.push('');
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** Parses what renderIndexSql wrote: database → runnable CREATE INDEX statements. */
+export function parseIndexSql(text: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  let current: string[] | undefined;
+  for (const line of text.split('\n')) {
+    const db = /^-- database: (".*")$/.exec(line);
+    if (db) {
+      current = [];
+      out.set(JSON.parse(db[1]!) as string, current);
+    } else if (current && /^CREATE (UNIQUE )?INDEX /.test(line)) {
+      current.push(line);
+    }
+  }
+  return out;
+}
+
+/** `backup indexes`: the definitions of every index in every database, as one SQL object. */
+export async function backupIndexes(vault: Vault, options: { now?: Date } = {}): Promise<ManifestBody> {
+  const { config } = vault;
+  await Promise.all(vault.targets.map((t) => t.probe()));
+  const server = await serverInfo(config.pg);
+  const byDatabase = new Map<string, IndexDefinition[]>();
+  for (const db of await listDatabases(config.pg))
+    byDatabase.set(db.name, await indexDefinitions(vault, db.name));
+  const sql = Buffer.from(renderIndexSql(byDatabase, options.now ?? new Date()), 'utf8');
+  return runBackup(vault, {
+    type: 'indexes',
+    schedule: 'manual',
+    server,
+    tools: {},
+    now: options.now,
+    sources: [
+      {
+        part: '',
+        kind: 'indexes',
+        format: 'sql',
+        label: 'index definitions',
+        sizeHint: sql.length,
+        open: () => ({ source: Readable.from([sql]), upstream: [] }),
+      },
+    ],
+  });
+}

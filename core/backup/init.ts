@@ -1,0 +1,101 @@
+import { mkdir, statfs } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SCHEDULES } from '../catalog/naming';
+import { errorMessage } from '../errors';
+import { serverInfo } from '../pg/server';
+import { findPgBinary, toolMajorVersion } from '../pg/tools';
+import type { Vault } from '../vault';
+
+export interface Check {
+  readonly check: string;
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+async function attempt(check: string, fn: () => Promise<string>): Promise<Check> {
+  try {
+    return { check, ok: true, detail: await fn() };
+  } catch (err) {
+    return { check, ok: false, detail: errorMessage(err) };
+  }
+}
+
+/** `backup init`: lays out the local folders (0700) and proves every target can be written. Idempotent. */
+export async function initBackupTargets(vault: Vault): Promise<Check[]> {
+  const { config } = vault;
+  const checks: Check[] = [];
+  if (vault.targets.some((t) => t.kind === 'file')) {
+    checks.push(
+      await attempt('local layout', async () => {
+        const root = join(config.backupDir, config.clusterName);
+        const dirs = [
+          ...SCHEDULES.map((s) => join(root, 'full', s)),
+          join(root, 'config'),
+          join(root, 'indexes'),
+        ];
+        for (const d of [config.backupDir, root, ...dirs]) await mkdir(d, { recursive: true, mode: 0o700 });
+        return `${root} (full/{${SCHEDULES.join(',')}}, config, indexes)`;
+      }),
+    );
+  }
+  for (const t of vault.targets) {
+    checks.push(
+      await attempt(`write access ${t.location}`, async () => {
+        await t.probe();
+        return 'writable';
+      }),
+    );
+  }
+  return checks;
+}
+
+/**
+ * `restore init`: what restores need, each checked and named: the server reachable with these
+ * credentials, pg_restore not older than the server, temporary space, the key for encrypted backups.
+ */
+export async function checkRestorePrerequisites(vault: Vault): Promise<Check[]> {
+  const { config } = vault;
+  const checks: Check[] = [];
+  let serverMajor: number | undefined;
+  checks.push(
+    await attempt('server connection', async () => {
+      const s = await serverInfo(config.pg);
+      serverMajor = s.major;
+      return `PostgreSQL ${s.version} at ${config.pg.host ?? 'localhost'}:${config.pg.port ?? 5432}`;
+    }),
+  );
+  for (const tool of ['pg_restore', 'pg_dump', 'psql'] as const) {
+    checks.push(
+      await attempt(tool, async () => {
+        const path = findPgBinary(tool, config.pgBinDir);
+        const major = await toolMajorVersion(path);
+        if (serverMajor !== undefined && major < serverMajor) {
+          throw new Error(
+            `${path} is version ${major}, older than the server (${serverMajor}); install postgresql-client-${serverMajor}`,
+          );
+        }
+        return `${path} (${major})`;
+      }),
+    );
+  }
+  checks.push(
+    await attempt('temporary space', async () => {
+      const s = await statfs(tmpdir());
+      return `${((Number(s.bavail) * Number(s.bsize)) / 2 ** 30).toFixed(1)} GiB free in ${tmpdir()} (set TMPDIR to move it)`;
+    }),
+  );
+  checks.push(
+    await attempt('backups readable', async () => {
+      const list = await vault.catalog.list();
+      const encrypted = list.filter((e) => e.manifest.encryption).length;
+      if (encrypted > 0 && config.encryption.passphrase === undefined) {
+        throw new Error(
+          `${encrypted} backup(s) are encrypted but no ENCRYPTION_KEY or ENCRYPTION_KEY_FILE is set`,
+        );
+      }
+      return `${list.length} complete backup(s) in ${vault.targets.map((t) => t.location).join(', ')}`;
+    }),
+  );
+  return checks;
+}

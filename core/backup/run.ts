@@ -1,0 +1,138 @@
+import { hostname } from 'node:os';
+import type { Readable } from 'node:stream';
+import { type ManifestBody, newEncryptionBlock, type StoredObject, sealManifest } from '../catalog/manifest';
+import {
+  type BackupType,
+  backupFolder,
+  backupId,
+  manifestKey,
+  objectExtension,
+  type Schedule,
+} from '../catalog/naming';
+import { writeObject } from '../catalog/objects';
+import { errorMessage } from '../errors';
+import type { ServerInfo } from '../pg/server';
+import { newObjectEncryption, type Vault } from '../vault';
+
+/** One object of a backup, produced on demand so only one stream runs at a time. */
+export interface ObjectSource {
+  /** The name part after the id: a database name part or 'globals'; '' for single-object backups. */
+  readonly part: string;
+  readonly kind: StoredObject['kind'];
+  readonly format: StoredObject['format'];
+  readonly database?: string;
+  readonly databaseInfo?: StoredObject['databaseInfo'];
+  readonly sizeHint?: number;
+  /** Label for progress lines. */
+  readonly label: string;
+  /** Starts producing raw bytes; `upstream` settles when the producer has finished for good. */
+  open(): { source: Readable; upstream: Promise<unknown>[]; finish?: () => Pick<StoredObject, 'tables'> };
+}
+
+export interface BackupRun {
+  readonly type: BackupType;
+  readonly schedule: Schedule;
+  readonly server: ServerInfo;
+  readonly tools: Record<string, string>;
+  readonly sources: readonly ObjectSource[];
+  /** Clock for the id; tests pass a fixed one. */
+  readonly now?: Date;
+}
+
+export const PGVAULT_VERSION: string = (() => {
+  try {
+    return (require('../../package.json') as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+})();
+
+/**
+ * Takes one backup: every object streamed into every target, then the manifest, last. Any failure
+ * removes what this run wrote, so a failed backup never looks complete and never touches another.
+ */
+export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestBody> {
+  const { config, targets, reporter } = vault;
+  const started = run.now ?? new Date();
+  const folder = backupFolder(config.clusterName, run.type, run.schedule);
+  const id = await uniqueId(vault, folder, backupId(run.type, run.schedule, started));
+  const encryption = newObjectEncryption(config);
+  const written: StoredObject[] = [];
+  const tools = { pgvault: PGVAULT_VERSION, ...run.tools };
+  try {
+    for (const src of run.sources) {
+      const key = `${folder}/${id}${src.part ? `.${src.part}` : ''}${objectExtension(src.format, config.compression, encryption !== undefined)}`;
+      const { source, upstream, finish } = src.open();
+      reporter.info(`${src.label} → ${key}`);
+      const result = await writeObject({
+        key,
+        source,
+        upstream,
+        compression: config.compression,
+        compressionLevel: config.compressionLevel,
+        threads: config.parallelJobs,
+        encryption,
+        targets,
+        sizeHint: src.sizeHint,
+        onProgress: (bytes) => reporter.progress(src.label, bytes, src.sizeHint),
+      });
+      written.push({
+        key,
+        kind: src.kind,
+        format: src.format,
+        database: src.database,
+        databaseInfo: src.databaseInfo,
+        rawSize: result.rawSize,
+        storedSize: result.storedSize,
+        sha256: result.sha256,
+        rawSha256: result.rawSha256,
+        ...(finish ? finish() : {}),
+      });
+    }
+    const finished = new Date();
+    const body: ManifestBody = {
+      format: 'pgvault-manifest/1',
+      id,
+      type: run.type,
+      schedule: run.type === 'full' ? run.schedule : undefined,
+      cluster: config.clusterName,
+      node: { host: config.pg.host ?? hostname(), port: config.pg.port ?? 5432 },
+      server: {
+        version: run.server.version,
+        versionNum: run.server.versionNum,
+        systemIdentifier: run.server.systemIdentifier,
+      },
+      tools,
+      startedAt: started.toISOString(),
+      finishedAt: finished.toISOString(),
+      durationMs: finished.getTime() - started.getTime(),
+      compression: { algorithm: config.compression, level: config.compressionLevel },
+      encryption: encryption ? await newEncryptionBlock(encryption) : null,
+      objects: written,
+      rawSize: written.reduce((n, o) => n + o.rawSize, 0),
+      storedSize: written.reduce((n, o) => n + o.storedSize, 0),
+    };
+    const text = await sealManifest(body, encryption?.passphrase);
+    const key = manifestKey(folder, id);
+    const results = await Promise.allSettled(targets.map((t) => t.putBytes(key, text)));
+    const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
+    if (failed) {
+      await Promise.allSettled(targets.map((t) => t.delete(key)));
+      throw failed.reason;
+    }
+    return body;
+  } catch (err) {
+    await Promise.allSettled(written.flatMap((o) => targets.map((t) => t.delete(o.key))));
+    reporter.warn(`backup ${id} failed and was removed: ${errorMessage(err)}`);
+    throw err;
+  }
+}
+
+/** Two backups in the same second (a retry, a manual run beside cron) get -2, -3, ... */
+async function uniqueId(vault: Vault, folder: string, base: string): Promise<string> {
+  for (let n = 1; ; n++) {
+    const id = n === 1 ? base : `${base}-${n}`;
+    const taken = await Promise.all(vault.targets.map((t) => t.stat(manifestKey(folder, id))));
+    if (taken.every((x) => x === undefined)) return id;
+  }
+}

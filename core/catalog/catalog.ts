@@ -1,0 +1,174 @@
+import { existsSync } from 'node:fs';
+import { basename, dirname, isAbsolute, relative, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
+import { errorMessage, UsageError } from '../errors';
+import { FileTarget } from '../storage/file';
+import type { ObjectInfo, StorageTarget } from '../storage/target';
+import { type Manifest, parseManifest } from './manifest';
+import { type BackupType, MANIFEST_SUFFIX, parseBackupId } from './naming';
+
+/** A complete backup as the catalog sees it: its manifest and every target that holds it. */
+export interface CatalogEntry {
+  readonly manifest: Manifest;
+  readonly manifestKey: string;
+  /** Targets holding this backup, local first (restores read the nearest copy). */
+  readonly targets: readonly StorageTarget[];
+}
+
+export type CatalogWarning = (line: string) => void;
+
+/**
+ * The catalog is derived from listing manifests: nothing is kept elsewhere, nothing is updated in
+ * place. A backup without a manifest does not exist here.
+ */
+export class Catalog {
+  constructor(
+    readonly targets: readonly StorageTarget[],
+    readonly cluster: string,
+    private readonly backupDir: string,
+    private readonly warn: CatalogWarning = () => {},
+  ) {}
+
+  /** Complete backups, newest first; optionally only one type. */
+  async list(type?: BackupType): Promise<CatalogEntry[]> {
+    // Keyed by manifest key: the same backup in the local folder and in the bucket is one entry.
+    const byKey = new Map<string, { manifest: Manifest; manifestKey: string; targets: StorageTarget[] }>();
+    const failures: unknown[] = [];
+    for (const target of this.targets) {
+      try {
+        for await (const info of manifestsIn(
+          target,
+          type ? `${this.cluster}/${type}/` : `${this.cluster}/`,
+        )) {
+          const existing = byKey.get(info.key);
+          if (existing) {
+            existing.targets.push(target);
+            continue;
+          }
+          try {
+            const manifest = parseManifest((await target.getBytes(info.key)).toString('utf8'), info.key);
+            byKey.set(info.key, { manifest, manifestKey: info.key, targets: [target] });
+          } catch (err) {
+            this.warn(`skipping ${info.key} in ${target.location}: ${errorMessage(err)}`);
+          }
+        }
+      } catch (err) {
+        failures.push(err);
+        this.warn(`cannot list ${target.location}: ${errorMessage(err)}`);
+      }
+    }
+    if (failures.length === this.targets.length && failures.length > 0) throw failures[0];
+    return [...byKey.values()].sort((a, b) =>
+      a.manifest.startedAt < b.manifest.startedAt ? 1 : a.manifest.startedAt > b.manifest.startedAt ? -1 : 0,
+    );
+  }
+
+  /**
+   * Finds one backup by `latest`, its id, an object or manifest key, or a file path (the guide
+   * passes paths such as /var/backups/postgresql/full/full-daily-20260212-020000.dump.zst.enc).
+   * A path outside BACKUP_DIR is read in place, with the manifest beside it.
+   */
+  async resolve(ref: string, type: BackupType = 'full'): Promise<CatalogEntry> {
+    const trimmed = ref.trim();
+    if (trimmed === '')
+      throw new UsageError('no backup given; pass an id from `pgvault restore list`, a path, or latest');
+    if (trimmed === 'latest') {
+      const newest = (await this.list(type))[0];
+      if (!newest) {
+        throw new UsageError(
+          `no complete ${type} backup of cluster ${this.cluster} in ${this.targets.map((t) => t.location).join(', ')}; take one with \`pgvault backup ${type}\``,
+        );
+      }
+      return newest;
+    }
+    const id = idFromReference(trimmed);
+    if (id === undefined) {
+      throw new UsageError(
+        `${ref} is not a backup id, key or path; use an id from \`pgvault restore list\` (like full-daily-20260212-020000) or latest`,
+      );
+    }
+    const path = isAbsolute(trimmed) || trimmed.startsWith('.') ? resolve(trimmed) : undefined;
+    if (path !== undefined && relative(this.backupDir, path).startsWith('..')) {
+      return this.resolveDetached(path, id);
+    }
+    const found = (await this.list()).find((e) => e.manifest.id === id);
+    if (!found) {
+      throw new UsageError(
+        `backup ${id} not found in ${this.targets.map((t) => t.location).join(', ')} (or it has no manifest, so it is incomplete); see \`pgvault restore list\``,
+      );
+    }
+    return found;
+  }
+
+  /** A backup copied somewhere by hand: its objects and manifest sit side by side in one folder. */
+  private async resolveDetached(path: string, id: string): Promise<CatalogEntry> {
+    const folder =
+      existsSync(path) && !path.endsWith(MANIFEST_SUFFIX) && !basename(path).includes('.')
+        ? path
+        : dirname(path);
+    const target = new FlatFolderTarget(folder);
+    const manifestKey = `${id}${MANIFEST_SUFFIX}`;
+    const bytes = await target.getBytes(manifestKey).catch(() => {
+      throw new UsageError(
+        `no manifest ${manifestKey} beside ${path}; copy the backup's .manifest.json into ${folder} as well`,
+      );
+    });
+    return {
+      manifest: parseManifest(bytes.toString('utf8'), `${folder}/${manifestKey}`),
+      manifestKey,
+      targets: [target],
+    };
+  }
+}
+
+async function* manifestsIn(target: StorageTarget, prefix: string): AsyncIterable<ObjectInfo> {
+  for await (const info of target.list(prefix)) if (info.key.endsWith(MANIFEST_SUFFIX)) yield info;
+}
+
+/** The backup id inside any reference: ids hold no dots, so it is the name up to the first one. */
+export function idFromReference(ref: string): string | undefined {
+  const name = basename(ref);
+  const id = name.split('.')[0] ?? '';
+  return parseBackupId(id) ? id : undefined;
+}
+
+/**
+ * Reads a hand-copied backup: every key resolves to the file of the same name in one folder, so a
+ * backup fetched with `aws s3 cp` into /tmp restores like one in the repository.
+ */
+class FlatFolderTarget implements StorageTarget {
+  readonly kind = 'file' as const;
+  readonly location: string;
+  private readonly inner: FileTarget;
+  constructor(folder: string) {
+    this.inner = new FileTarget(folder);
+    this.location = `file://${folder}`;
+  }
+  private flat(key: string): string {
+    return basename(key);
+  }
+  put(): Promise<{ size: number }> {
+    return Promise.reject(new UsageError('a hand-copied backup folder is read-only'));
+  }
+  putBytes(): Promise<void> {
+    return Promise.reject(new UsageError('a hand-copied backup folder is read-only'));
+  }
+  get(key: string): Promise<Readable> {
+    return this.inner.get(this.flat(key));
+  }
+  getBytes(key: string): Promise<Buffer> {
+    return this.inner.getBytes(this.flat(key));
+  }
+  stat(key: string): Promise<ObjectInfo | undefined> {
+    return this.inner.stat(this.flat(key));
+  }
+  list(prefix: string): AsyncIterable<ObjectInfo> {
+    return this.inner.list(this.flat(prefix));
+  }
+  delete(): Promise<void> {
+    return Promise.reject(new UsageError('a hand-copied backup folder is read-only'));
+  }
+  probe(): Promise<void> {
+    return Promise.resolve();
+  }
+}

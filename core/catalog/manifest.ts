@@ -1,0 +1,188 @@
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import { COMPRESSIONS } from '../config';
+import { IntegrityError, UsageError } from '../errors';
+import { deriveManifestKey, hmacHex, keyCheckHex, timingSafeEqualHex } from '../stream/encrypt';
+import { BACKUP_TYPES, SCHEDULES } from './naming';
+
+/**
+ * The manifest: the record that makes a backup complete. Written last, after every object is
+ * stored; listing, restore and retention only ever see backups that have one. When encryption is
+ * on it carries an HMAC keyed from the passphrase, so a changed manifest (a swapped sha256, a
+ * edited row count) is refused, and a key check that tells "wrong key" apart from "tampered".
+ */
+
+export const MANIFEST_FORMAT = 'pgvault-manifest/1';
+
+const tableCount = z.object({ schema: z.string(), table: z.string(), rows: z.number().int().nonnegative() });
+
+const storedObject = z.object({
+  key: z.string().min(1),
+  /** What the object holds: one database's pg_dump archive, the globals, a config tarball, index SQL. */
+  kind: z.enum(['database', 'globals', 'config', 'indexes']),
+  /** pg_dump custom archive, plain SQL, or tar. */
+  format: z.enum(['dump', 'sql', 'tar']),
+  database: z.string().optional(),
+  /** Bytes before compression and encryption. */
+  rawSize: z.number().int().nonnegative(),
+  /** Bytes as stored. */
+  storedSize: z.number().int().nonnegative(),
+  /** sha256 of the stored bytes. */
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  /** sha256 of the raw bytes, checked after decryption and decompression. */
+  rawSha256: z.string().regex(/^[0-9a-f]{64}$/),
+  databaseInfo: z
+    .object({
+      encoding: z.string(),
+      collate: z.string(),
+      ctype: z.string(),
+      sizeBytes: z.number().int().nonnegative(),
+    })
+    .optional(),
+  /** Exact row counts as of the dump's snapshot, counted in the COPY data as it streamed. */
+  tables: z.array(tableCount).optional(),
+});
+
+const manifestBody = z.object({
+  format: z.literal(MANIFEST_FORMAT),
+  id: z.string().min(1),
+  type: z.enum(BACKUP_TYPES),
+  schedule: z.enum(SCHEDULES).optional(),
+  cluster: z.string(),
+  node: z.object({ host: z.string(), port: z.number().int() }),
+  server: z.object({
+    version: z.string(),
+    versionNum: z.number().int(),
+    systemIdentifier: z.string(),
+  }),
+  tools: z.record(z.string(), z.string()),
+  startedAt: z.string(),
+  finishedAt: z.string(),
+  durationMs: z.number().nonnegative(),
+  compression: z.object({ algorithm: z.enum(COMPRESSIONS), level: z.number().int().optional() }),
+  encryption: z
+    .object({
+      cipher: z.literal('aes-256-cbc'),
+      kdf: z.literal('pbkdf2-sha256'),
+      iterations: z.number().int().positive(),
+      /** Salt of the manifest HMAC key (hex). */
+      hmacSalt: z.string().regex(/^[0-9a-f]+$/),
+      /** Proves which passphrase made the backup without revealing it. */
+      keyCheck: z.string().regex(/^[0-9a-f]+$/),
+    })
+    .nullable(),
+  objects: z.array(storedObject).min(1),
+  rawSize: z.number().int().nonnegative(),
+  storedSize: z.number().int().nonnegative(),
+});
+
+const manifestSchema = manifestBody.extend({
+  hmac: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/)
+    .optional(),
+});
+
+export type Manifest = z.infer<typeof manifestSchema>;
+export type ManifestBody = z.infer<typeof manifestBody>;
+export type StoredObject = z.infer<typeof storedObject>;
+export type TableCount = z.infer<typeof tableCount>;
+
+/** JSON with keys sorted at every level, so the HMAC does not depend on key order. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+export interface EncryptionParams {
+  readonly passphrase: string;
+  readonly iterations: number;
+}
+
+/** Fresh encryption block for a new manifest: a salt for its HMAC key and the key check. */
+export async function newEncryptionBlock(
+  enc: EncryptionParams,
+): Promise<NonNullable<ManifestBody['encryption']>> {
+  const salt = randomBytes(16);
+  const key = await deriveManifestKey(enc.passphrase, salt, enc.iterations);
+  return {
+    cipher: 'aes-256-cbc',
+    kdf: 'pbkdf2-sha256',
+    iterations: enc.iterations,
+    hmacSalt: salt.toString('hex'),
+    keyCheck: keyCheckHex(key),
+  };
+}
+
+/** Serialises a manifest, adding the HMAC when the backup is encrypted. */
+export async function sealManifest(body: ManifestBody, passphrase: string | undefined): Promise<string> {
+  let manifest: Manifest = body;
+  if (body.encryption) {
+    if (passphrase === undefined)
+      throw new UsageError('an encrypted manifest needs the passphrase to be sealed');
+    const key = await deriveManifestKey(
+      passphrase,
+      Buffer.from(body.encryption.hmacSalt, 'hex'),
+      body.encryption.iterations,
+    );
+    manifest = { ...body, hmac: hmacHex(key, canonicalJson(body)) };
+  }
+  return `${JSON.stringify(manifest, null, 2)}\n`;
+}
+
+/** Parses and schema-checks a manifest. Does not check the HMAC (see verifyManifest). */
+export function parseManifest(text: string, where: string): Manifest {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new IntegrityError(
+      `manifest ${where} is not valid JSON; the backup cannot be trusted, use another one`,
+    );
+  }
+  const result = manifestSchema.safeParse(json);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const path = issue?.path.join('.') || '(root)';
+    throw new IntegrityError(
+      `manifest ${where} is malformed at ${path}: ${issue?.message}; the backup cannot be trusted, use another one`,
+    );
+  }
+  return result.data;
+}
+
+/**
+ * Checks the HMAC of an encrypted manifest. Wrong key and tampering are told apart by the key
+ * check, so the operator knows whether to look for another key or another backup.
+ */
+export async function verifyManifest(
+  manifest: Manifest,
+  passphrase: string | undefined,
+  where: string,
+): Promise<void> {
+  const enc = manifest.encryption;
+  if (!enc) return;
+  if (passphrase === undefined) {
+    throw new IntegrityError(
+      `backup ${manifest.id} is encrypted; set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to the key it was made with`,
+    );
+  }
+  const key = await deriveManifestKey(passphrase, Buffer.from(enc.hmacSalt, 'hex'), enc.iterations);
+  if (!timingSafeEqualHex(keyCheckHex(key), enc.keyCheck)) {
+    throw new IntegrityError(
+      `wrong encryption key for backup ${manifest.id}: ENCRYPTION_KEY is not the key it was made with; nothing was restored`,
+    );
+  }
+  const { hmac, ...body } = manifest;
+  if (hmac === undefined || !timingSafeEqualHex(hmacHex(key, canonicalJson(body)), hmac)) {
+    throw new IntegrityError(
+      `manifest ${where} has been modified since the backup was made (HMAC mismatch); do not trust this backup, use another one`,
+    );
+  }
+}

@@ -1,0 +1,176 @@
+import { PassThrough, type Readable, Transform, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { Compression } from '../config';
+import { errorMessage, IntegrityError, MissingToolError, StorageError } from '../errors';
+import type { StorageTarget } from '../storage/target';
+import {
+  compressStage,
+  DigestMeter,
+  decompressStage,
+  decryptStage,
+  encryptStage,
+  gateOn,
+  teeTo,
+} from '../stream';
+import type { StoredObject } from './manifest';
+
+/**
+ * The one data path, both ways. Writing: raw bytes → sha256 → compress → encrypt → sha256 and
+ * byte meter → every target in one pass. Reading: stored bytes → sha256 → decrypt → decompress →
+ * sha256, refused at the end when either digest or size differs from the manifest.
+ */
+
+export interface ObjectWriteSpec {
+  readonly key: string;
+  /** Raw bytes, e.g. pg_dump's stdout. */
+  readonly source: Readable;
+  /**
+   * Work that must succeed before the object may be completed (child processes exiting 0). The
+   * last stage holds the end of the stream until these settle, so a pg_dump that dies mid-stream
+   * can never leave a complete-looking object.
+   */
+  readonly upstream?: readonly Promise<unknown>[];
+  readonly compression: Compression;
+  readonly compressionLevel?: number;
+  readonly threads: number;
+  readonly encryption?: { readonly passphrase: string; readonly iterations: number };
+  readonly targets: readonly StorageTarget[];
+  readonly sizeHint?: number;
+  /** Called with raw bytes read so far (throttled by the meter). */
+  readonly onProgress?: (rawBytes: number) => void;
+}
+
+export interface WrittenObject {
+  readonly key: string;
+  readonly rawSize: number;
+  readonly rawSha256: string;
+  readonly storedSize: number;
+  readonly sha256: string;
+}
+
+/** Streams one object into every target. On any failure nothing is left under the key anywhere. */
+export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject> {
+  const upstream = (spec.upstream ?? []).map((p) => p.then(() => undefined));
+  // Rejections are observed by the gate; keep Node from reporting them as unhandled meanwhile.
+  for (const p of upstream) p.catch(() => {});
+  const raw = new DigestMeter({ onProgress: spec.onProgress });
+  const stored = new DigestMeter();
+  const stages: NodeJS.ReadWriteStream[] = [
+    raw,
+    compressStage(spec.compression, { threads: spec.threads, level: spec.compressionLevel }),
+  ];
+  if (spec.encryption) stages.push(encryptStage(spec.encryption.passphrase, spec.encryption.iterations));
+  stages.push(
+    stored,
+    gateOn(() => Promise.all(upstream).then(() => undefined)),
+  );
+
+  const branches = spec.targets.map(() => new PassThrough({ highWaterMark: 1 << 20 }));
+  const puts = spec.targets.map((target, i) =>
+    target.put(spec.key, branches[i]!, { sizeHint: spec.sizeHint }).catch((err: unknown) => {
+      // A target that gives up must stop the whole pass, or the pipeline would wait on it forever.
+      branches[i]!.destroy(err as Error);
+      throw err;
+    }),
+  );
+  const flow = pipeline([spec.source, ...stages, teeTo(branches)] as unknown as [
+    Readable,
+    ...NodeJS.ReadWriteStream[],
+  ]);
+  const [flowResult, upstreamResult, ...putResults] = await Promise.allSettled([
+    flow,
+    Promise.all(upstream),
+    ...puts,
+  ]);
+  const failure = [upstreamResult, ...putResults, flowResult].find((r) => r?.status === 'rejected') as
+    | PromiseRejectedResult
+    | undefined;
+  if (failure) {
+    spec.source.destroy();
+    await Promise.allSettled(
+      spec.targets.map((t, i) =>
+        putResults[i]?.status === 'fulfilled' ? t.delete(spec.key) : Promise.resolve(),
+      ),
+    );
+    throw failure.reason;
+  }
+  return {
+    key: spec.key,
+    rawSize: raw.bytes,
+    rawSha256: raw.sha256(),
+    storedSize: stored.bytes,
+    sha256: stored.sha256(),
+  };
+}
+
+/** Compares a stream's digest and size with the manifest once the stream has been read through. */
+class ExpectDigest extends Transform {
+  constructor(
+    private readonly checks: () => string | undefined,
+    private readonly fail: (reason: string) => Error,
+  ) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    cb(null, chunk);
+  }
+  override _flush(cb: TransformCallback): void {
+    const problem = this.checks();
+    cb(problem ? this.fail(problem) : null);
+  }
+}
+
+export interface ObjectReadSpec {
+  readonly target: StorageTarget;
+  readonly object: StoredObject;
+  readonly compression: Compression;
+  readonly threads: number;
+  /** Passphrase and iterations when the backup is encrypted. */
+  readonly encryption?: { readonly passphrase: string; readonly iterations: number };
+  readonly onProgress?: (storedBytes: number) => void;
+}
+
+/**
+ * Opens a stored object as its raw bytes. The returned stream errors with an IntegrityError at the
+ * end if the stored bytes or the decoded bytes differ from the manifest, so a consumer that writes
+ * to a temporary file first learns of any corruption before anything reaches a database.
+ */
+export async function readObject(spec: ObjectReadSpec): Promise<Readable> {
+  const { object } = spec;
+  const source = await spec.target.get(object.key);
+  const stored = new DigestMeter({ onProgress: spec.onProgress });
+  const raw = new DigestMeter();
+  const where = `${object.key} in ${spec.target.location}`;
+  const integrity = (reason: string) =>
+    new IntegrityError(
+      `object ${where} is corrupt (${reason}); do not trust it, use another backup or target`,
+    );
+  const storedCheck = new ExpectDigest(() => {
+    if (stored.bytes !== object.storedSize)
+      return `size ${stored.bytes} bytes, manifest says ${object.storedSize}`;
+    if (stored.sha256() !== object.sha256) return 'sha256 differs from the manifest';
+    return undefined;
+  }, integrity);
+  const rawCheck = new ExpectDigest(() => {
+    if (raw.bytes !== object.rawSize)
+      return `decoded size ${raw.bytes} bytes, manifest says ${object.rawSize}`;
+    if (raw.sha256() !== object.rawSha256) return 'decoded sha256 differs from the manifest';
+    return undefined;
+  }, integrity);
+  const stages: NodeJS.ReadWriteStream[] = [stored, storedCheck];
+  if (spec.encryption) stages.push(decryptStage(spec.encryption.passphrase, spec.encryption.iterations));
+  stages.push(decompressStage(spec.compression, { threads: spec.threads }), raw, rawCheck);
+  const out = new PassThrough({ highWaterMark: 1 << 20 });
+  pipeline([source, ...stages, out] as unknown as [Readable, ...NodeJS.ReadWriteStream[]]).catch(
+    (err: unknown) => {
+      // A flipped byte usually trips the decryptor or decompressor before the digests are complete:
+      // name it as the corrupt object it is, keeping the tool's own words.
+      const reason =
+        err instanceof IntegrityError || err instanceof StorageError || err instanceof MissingToolError
+          ? err
+          : integrity(`cannot be decoded: ${errorMessage(err)}`);
+      out.destroy(reason);
+    },
+  );
+  return out;
+}

@@ -1,0 +1,272 @@
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { isAbsolute, resolve } from 'node:path';
+import { parseEnv } from 'node:util';
+import { ConfigError } from './errors';
+
+/**
+ * The one config reader. Keys are the backup guide's (BACKUP_DIR, COMPRESSION, ...) plus libpq's
+ * (PGHOST, ...). Sources, strongest first:
+ *   1. the process environment,
+ *   2. the file named by --config or PGVAULT_CONFIG (KEY=VALUE lines, the .env format),
+ *   3. `.env` in the working directory.
+ * Every value is validated here once; everything else receives a typed Config.
+ */
+
+export const COMPRESSIONS = ['gzip', 'bzip2', 'xz', 'zstd', 'lz4', 'none'] as const;
+export type Compression = (typeof COMPRESSIONS)[number];
+export const CLOUD_PROVIDERS = ['s3', 'gcs', 'azure', 'none'] as const;
+export type CloudProvider = (typeof CLOUD_PROVIDERS)[number];
+export const DEPLOYMENT_MODES = ['single-node', 'citus', 'patroni'] as const;
+export type DeploymentMode = (typeof DEPLOYMENT_MODES)[number];
+
+export interface PgConnection {
+  readonly host?: string;
+  readonly port?: number;
+  readonly user?: string;
+  readonly database?: string;
+  /** Never logged, never put on a command line; handed to children as PGPASSWORD in their env. */
+  readonly password?: string;
+}
+
+export interface EncryptionConfig {
+  readonly enabled: boolean;
+  /** The passphrase (ENCRYPTION_KEY or the contents of ENCRYPTION_KEY_FILE). Never logged. */
+  readonly passphrase?: string;
+  /** PBKDF2-SHA256 iterations for new objects; each object records its own. */
+  readonly iterations: number;
+}
+
+export interface CloudConfig {
+  readonly provider: CloudProvider;
+  readonly bucket?: string;
+  /** Key prefix inside the bucket, no leading or trailing slash ('' for the bucket root). */
+  readonly prefix: string;
+  readonly s3Endpoint?: string;
+  readonly region: string;
+}
+
+export interface Config {
+  readonly backupDir: string;
+  readonly walArchiveDir: string;
+  readonly retention: { readonly days: number; readonly weeks: number; readonly months: number };
+  readonly compression: Compression;
+  /** Optional level for the compressor; each tool's default when absent. */
+  readonly compressionLevel?: number;
+  readonly parallelJobs: number;
+  readonly encryption: EncryptionConfig;
+  readonly cloud: CloudConfig;
+  /** With a cloud target: also keep the local copy under BACKUP_DIR (the guide's "Local + Cloud"). */
+  readonly localCopy: boolean;
+  readonly deploymentMode: DeploymentMode;
+  readonly clusterName: string;
+  readonly pg: PgConnection;
+  /** Directory holding pg_dump, pg_restore, ...; found automatically when absent. */
+  readonly pgBinDir?: string;
+  /** Where the values came from, for `pgvault config` style messages. */
+  readonly sources: readonly string[];
+}
+
+export interface LoadConfigOptions {
+  /** Explicit config file (--config); wins over PGVAULT_CONFIG. */
+  readonly configFile?: string;
+  /** Environment to read (default process.env). */
+  readonly env?: NodeJS.ProcessEnv;
+  /** Directory whose .env is read (default process.cwd()). */
+  readonly cwd?: string;
+}
+
+export const DEFAULT_ENCRYPTION_ITERATIONS = 100_000;
+
+type Raw = Record<string, string | undefined>;
+
+function readKeyValueFile(path: string, what: string): Raw {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ConfigError(
+      `${what} ${path} cannot be read (${code ?? err}); check the path and its permissions`,
+    );
+  }
+  return parseEnv(text) as Raw;
+}
+
+/** Merges the sources, strongest last wins order reversed: env > config file > .env. */
+export function collectRawConfig(options: LoadConfigOptions = {}): { raw: Raw; sources: string[] } {
+  const env = options.env ?? process.env;
+  const cwd = options.cwd ?? process.cwd();
+  const sources: string[] = [];
+  let merged: Raw = {};
+  const dotEnv = resolve(cwd, '.env');
+  try {
+    merged = { ...parseEnv(readFileSync(dotEnv, 'utf8')) };
+    sources.push(dotEnv);
+  } catch {
+    // No .env in the working directory is the common case.
+  }
+  const file = options.configFile ?? env.PGVAULT_CONFIG;
+  if (file) {
+    const path = resolve(cwd, file);
+    merged = { ...merged, ...readKeyValueFile(path, 'config file') };
+    sources.push(path);
+  }
+  const fromEnv: Raw = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined) fromEnv[k] = v;
+  sources.push('environment');
+  return { raw: { ...merged, ...fromEnv }, sources };
+}
+
+function text(raw: Raw, key: string): string | undefined {
+  const v = raw[key]?.trim();
+  return v === undefined || v === '' ? undefined : v;
+}
+
+function oneOf<T extends string>(raw: Raw, key: string, allowed: readonly T[], fallback: T): T {
+  const v = text(raw, key);
+  if (v === undefined) return fallback;
+  const lower = v.toLowerCase() as T;
+  if (!allowed.includes(lower)) {
+    throw new ConfigError(`${key}=${v} is not allowed; use one of ${allowed.join(', ')}`);
+  }
+  return lower;
+}
+
+function integer(
+  raw: Raw,
+  key: string,
+  fallback: number,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
+  const v = text(raw, key);
+  if (v === undefined) return fallback;
+  if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `${min} or more` : `${min} to ${max}`;
+    throw new ConfigError(`${key}=${v} is not allowed; use a whole number, ${range}`);
+  }
+  return Number(v);
+}
+
+function optionalInteger(raw: Raw, key: string, min: number, max: number): number | undefined {
+  return text(raw, key) === undefined ? undefined : integer(raw, key, 0, min, max);
+}
+
+function boolean(raw: Raw, key: string, fallback: boolean): boolean {
+  const v = text(raw, key);
+  if (v === undefined) return fallback;
+  const lower = v.toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(lower)) return true;
+  if (['false', '0', 'no', 'off'].includes(lower)) return false;
+  throw new ConfigError(`${key}=${v} is not allowed; use true or false`);
+}
+
+function absolutePath(raw: Raw, key: string, fallback: string, cwd: string): string {
+  const v = text(raw, key) ?? fallback;
+  return isAbsolute(v) ? v : resolve(cwd, v);
+}
+
+function passphrase(raw: Raw, cwd: string): string | undefined {
+  const inline = raw.ENCRYPTION_KEY;
+  const file = text(raw, 'ENCRYPTION_KEY_FILE');
+  if (inline && file) {
+    throw new ConfigError('ENCRYPTION_KEY and ENCRYPTION_KEY_FILE are both set; keep only one of them');
+  }
+  if (file) {
+    const path = isAbsolute(file) ? file : resolve(cwd, file);
+    let contents: string;
+    try {
+      contents = readFileSync(path, 'utf8');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? String(err);
+      throw new ConfigError(
+        `ENCRYPTION_KEY_FILE=${file} cannot be read (${code}); check the path and its permissions`,
+      );
+    }
+    // A key file written by `openssl rand -base64 32 > file` ends with a newline that is not part of it.
+    const key = contents.replace(/\r?\n$/, '');
+    if (key.length === 0)
+      throw new ConfigError(`ENCRYPTION_KEY_FILE=${file} is empty; write the key into it`);
+    return key;
+  }
+  return inline === undefined || inline === '' ? undefined : inline;
+}
+
+function clusterName(raw: Raw): string {
+  const v = text(raw, 'CLUSTER_NAME') ?? 'default';
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(v)) {
+    throw new ConfigError(
+      `CLUSTER_NAME=${v} is not allowed; use letters, digits, '.', '_' or '-' (up to 63, starting with a letter or digit)`,
+    );
+  }
+  return v;
+}
+
+/** Validates merged raw values into a Config. Throws ConfigError naming the key, the value and what is allowed. */
+export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd()): Config {
+  const backupDir = absolutePath(raw, 'BACKUP_DIR', '/var/backups/postgresql', cwd);
+  const encryptionEnabled = boolean(raw, 'ENCRYPTION', false);
+  const key = passphrase(raw, cwd);
+  if (encryptionEnabled && key === undefined) {
+    throw new ConfigError(
+      'ENCRYPTION=true needs ENCRYPTION_KEY or ENCRYPTION_KEY_FILE; create one with `openssl rand -base64 32 > /secure/path/encryption-key` and set ENCRYPTION_KEY_FILE to it',
+    );
+  }
+  const provider = oneOf(raw, 'CLOUD_PROVIDER', CLOUD_PROVIDERS, 'none');
+  const bucket = text(raw, 'CLOUD_BUCKET');
+  if (provider !== 'none' && bucket === undefined) {
+    throw new ConfigError(
+      `CLOUD_PROVIDER=${provider} needs CLOUD_BUCKET; set it to the bucket (or container) name`,
+    );
+  }
+  const s3Endpoint = text(raw, 'S3_ENDPOINT');
+  if (s3Endpoint !== undefined && !/^https?:\/\/[^\s/]+/.test(s3Endpoint)) {
+    throw new ConfigError(
+      `S3_ENDPOINT=${s3Endpoint} is not allowed; use a URL such as https://s3.example.com:9000`,
+    );
+  }
+  const compression = oneOf(raw, 'COMPRESSION', COMPRESSIONS, 'zstd');
+  const port = optionalInteger(raw, 'PGPORT', 1, 65535);
+  return {
+    backupDir,
+    walArchiveDir: absolutePath(raw, 'WAL_ARCHIVE_DIR', `${backupDir}/wal`, cwd),
+    retention: {
+      days: integer(raw, 'RETENTION_DAYS', 7, 0),
+      weeks: integer(raw, 'RETENTION_WEEKS', 4, 0),
+      months: integer(raw, 'RETENTION_MONTHS', 6, 0),
+    },
+    compression,
+    compressionLevel: optionalInteger(raw, 'COMPRESSION_LEVEL', 1, 22),
+    parallelJobs: integer(raw, 'PARALLEL_JOBS', Math.max(1, availableParallelism()), 1, 256),
+    encryption: {
+      enabled: encryptionEnabled,
+      passphrase: key,
+      iterations: integer(raw, 'ENCRYPTION_ITERATIONS', DEFAULT_ENCRYPTION_ITERATIONS, 1000, 10_000_000),
+    },
+    cloud: {
+      provider,
+      bucket,
+      prefix: (text(raw, 'CLOUD_PREFIX') ?? '').replace(/^\/+|\/+$/g, ''),
+      s3Endpoint,
+      region: text(raw, 'AWS_DEFAULT_REGION') ?? text(raw, 'AWS_REGION') ?? 'us-east-1',
+    },
+    localCopy: boolean(raw, 'LOCAL_COPY', true),
+    deploymentMode: oneOf(raw, 'DEPLOYMENT_MODE', DEPLOYMENT_MODES, 'single-node'),
+    clusterName: clusterName(raw),
+    pg: {
+      host: text(raw, 'PGHOST'),
+      port,
+      user: text(raw, 'PGUSER'),
+      database: text(raw, 'PGDATABASE'),
+      password: raw.PGPASSWORD === '' ? undefined : raw.PGPASSWORD,
+    },
+    pgBinDir: text(raw, 'PG_BIN_DIR'),
+    sources,
+  };
+}
+
+export function loadConfig(options: LoadConfigOptions = {}): Config {
+  const { raw, sources } = collectRawConfig(options);
+  return parseConfig(raw, sources, options.cwd ?? process.cwd());
+}

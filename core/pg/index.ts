@@ -1,0 +1,4 @@
+export * from './archive';
+export * from './cluster';
+export * from './server';
+export * from './tools';

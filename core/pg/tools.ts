@@ -1,0 +1,286 @@
+import { execFile } from 'node:child_process';
+import { accessSync, constants, readdirSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import { promisify } from 'node:util';
+import type { Client, ClientConfig } from 'pg';
+import type { PgConnection } from '../config';
+import { errorMessage, MissingToolError, PostgresError } from '../errors';
+
+export type PgToolName =
+  | 'pg_dump'
+  | 'pg_dumpall'
+  | 'pg_restore'
+  | 'psql'
+  | 'pg_basebackup'
+  | 'pg_receivewal'
+  | 'pg_verifybackup'
+  | 'initdb'
+  | 'pg_ctl'
+  | 'postgres'
+  | 'pg_controldata';
+
+/** Where Debian and Ubuntu install each major version side by side (/usr/lib/postgresql/15/bin, ...). */
+const VERSIONED_ROOT = '/usr/lib/postgresql';
+
+/** The major version the install hint names when no version is installed to copy it from (Debian 12's). */
+export const DEFAULT_PG_MAJOR = 15;
+
+/** Binaries the Debian package postgresql-NN ships; the rest come with postgresql-client-NN. */
+const SERVER_TOOLS: ReadonlySet<PgToolName> = new Set(['initdb', 'pg_ctl', 'postgres', 'pg_controldata']);
+
+export const PG_APPLICATION_NAME = 'pgvault';
+
+/** Connection attempts give up after this long, so an unreachable host fails in seconds, not minutes. */
+export const CONNECT_TIMEOUT_SECONDS = 10;
+
+const binaryCache = new Map<string, string>();
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Installed major versions under /usr/lib/postgresql, newest first. */
+function installedMajors(): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(VERSIONED_ROOT);
+  } catch {
+    return [];
+  }
+  return names.filter((n) => /^\d+(\.\d+)?$/.test(n)).sort((a, b) => Number(b) - Number(a));
+}
+
+export function installHint(name: PgToolName): string {
+  const major = installedMajors()[0]?.split('.')[0] ?? String(DEFAULT_PG_MAJOR);
+  return SERVER_TOOLS.has(name)
+    ? `apt-get install postgresql-${major}`
+    : `apt-get install postgresql-client-${major}`;
+}
+
+/**
+ * Finds a PostgreSQL program: in PG_BIN_DIR when given; else the newest /usr/lib/postgresql/N/bin
+ * that has it (so a newer pg_dump can read an older server); else on PATH. Cached per process.
+ */
+export function findPgBinary(name: PgToolName, binDir?: string): string {
+  const key = `${binDir ?? ''}\0${name}`;
+  const cached = binaryCache.get(key);
+  if (cached !== undefined) return cached;
+  let found: string | undefined;
+  if (binDir !== undefined && binDir !== '') {
+    const candidate = join(binDir, name);
+    if (!isExecutable(candidate)) {
+      throw new MissingToolError(
+        `${name} not found in PG_BIN_DIR=${binDir}; point PG_BIN_DIR at the directory holding ${name}, or install it with: ${installHint(name)}`,
+      );
+    }
+    found = candidate;
+  } else {
+    for (const major of installedMajors()) {
+      const candidate = join(VERSIONED_ROOT, major, 'bin', name);
+      if (isExecutable(candidate)) {
+        found = candidate;
+        break;
+      }
+    }
+    if (found === undefined) {
+      for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+        if (dir === '') continue;
+        const candidate = join(dir, name);
+        if (isExecutable(candidate)) {
+          found = candidate;
+          break;
+        }
+      }
+    }
+    if (found === undefined) {
+      throw new MissingToolError(
+        `${name} not found; install it with: ${installHint(name)} (or set PG_BIN_DIR)`,
+      );
+    }
+  }
+  binaryCache.set(key, found);
+  return found;
+}
+
+/** Forgets found binaries; for tests that change PATH or PG_BIN_DIR. */
+export function clearPgBinaryCache(): void {
+  binaryCache.clear();
+}
+
+/**
+ * The environment for a PostgreSQL child process. The password travels as PGPASSWORD here and
+ * never on a command line, where `ps` would show it. Fields the connection leaves out keep the
+ * base environment's value, as libpq itself would.
+ */
+export function pgEnv(conn: PgConnection, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...base, PGAPPNAME: PG_APPLICATION_NAME };
+  if (conn.host !== undefined) env.PGHOST = conn.host;
+  if (conn.port !== undefined) env.PGPORT = String(conn.port);
+  if (conn.user !== undefined) env.PGUSER = conn.user;
+  if (conn.database !== undefined) env.PGDATABASE = conn.database;
+  if (conn.password !== undefined) env.PGPASSWORD = conn.password;
+  if (env.PGCONNECT_TIMEOUT === undefined) env.PGCONNECT_TIMEOUT = String(CONNECT_TIMEOUT_SECONDS);
+  return env;
+}
+
+/**
+ * node-postgres settings for a connection. An absent password stays undefined so node-postgres
+ * falls back to PGPASSWORD and ~/.pgpass like the command-line tools do.
+ */
+export function clientConfig(conn: PgConnection, database?: string): ClientConfig {
+  return {
+    host: conn.host,
+    port: conn.port,
+    user: conn.user,
+    database: database ?? conn.database,
+    password: conn.password,
+    application_name: PG_APPLICATION_NAME,
+    connectionTimeoutMillis: CONNECT_TIMEOUT_SECONDS * 1000,
+  };
+}
+
+/** host:port as libpq would resolve it, for messages. */
+function describeServer(conn: PgConnection): string {
+  const host = conn.host ?? process.env.PGHOST ?? 'localhost';
+  const port = conn.port ?? process.env.PGPORT ?? 5432;
+  return host.startsWith('/') ? `${host} (socket, port ${port})` : `${host}:${port}`;
+}
+
+/** Turns a failed connection attempt into one line that says what to check. */
+export function connectionError(
+  err: unknown,
+  conn: PgConnection,
+  database: string | undefined,
+): PostgresError {
+  const where = describeServer(conn);
+  const e = err as { code?: string; message?: string };
+  const message = errorMessage(err);
+  const prefix = `cannot connect to PostgreSQL at ${where}`;
+  switch (e.code) {
+    case 'ECONNREFUSED':
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'ETIMEDOUT':
+    case 'ECONNRESET':
+    case 'ENOENT':
+      return new PostgresError(`${prefix} (${e.code}); check PGHOST/PGPORT and that the server is running`, {
+        cause: err,
+      });
+    case '28P01':
+      return new PostgresError(`${prefix}: ${message}; check PGUSER/PGPASSWORD or .pgpass`, { cause: err });
+    case '28000':
+      return new PostgresError(
+        `${prefix}: ${message}; check PGUSER, and pg_hba.conf on the server for this host, user and database`,
+        { cause: err },
+      );
+    case '3D000':
+      return new PostgresError(
+        `${message} on ${where}; check the database name${database === undefined ? ' (PGDATABASE)' : ''}`,
+        { cause: err },
+      );
+    case '53300':
+      return new PostgresError(`${prefix}: ${message}; retry later or raise max_connections`, { cause: err });
+    case '57P03':
+      return new PostgresError(`${prefix}: ${message}; wait for the server to finish starting`, {
+        cause: err,
+      });
+  }
+  if (/timeout/i.test(message)) {
+    return new PostgresError(
+      `${prefix} (timed out after ${CONNECT_TIMEOUT_SECONDS}s); check PGHOST/PGPORT, firewalls and that the server is running`,
+      { cause: err },
+    );
+  }
+  if (/client password must be a string|password.*(required|supplied)/i.test(message)) {
+    return new PostgresError(
+      `${prefix}: the server asks for a password and none is set; set PGPASSWORD or add it to .pgpass`,
+      { cause: err },
+    );
+  }
+  return new PostgresError(`${prefix}: ${message}`, { cause: err });
+}
+
+/**
+ * Runs fn with a connected client and always closes it. Connection failures become PostgresError
+ * one-liners; errors from fn itself pass through untouched.
+ */
+export async function withClient<T>(
+  conn: PgConnection,
+  database: string | undefined,
+  fn: (c: Client) => Promise<T>,
+): Promise<T> {
+  // Loaded here, not at the top, so CLI commands that never talk to PostgreSQL don't pay for it.
+  const pg = require('pg') as typeof import('pg');
+  const client = new pg.Client(clientConfig(conn, database));
+  // A server that goes away between queries emits 'error' on the client; without a listener that
+  // would crash the process instead of failing the next query.
+  client.on('error', () => {});
+  try {
+    await client.connect();
+  } catch (err) {
+    await client.end().catch(() => {});
+    throw connectionError(err, conn, database);
+  }
+  try {
+    return await fn(client);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+const execFileAsync = promisify(execFile);
+
+/** Parses "pg_dump (PostgreSQL) 15.18 (Debian ...)"; 9.6 and older report two-part majors (9.6). */
+export function parseToolVersion(output: string): number | undefined {
+  const m = /\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?/.exec(output);
+  if (!m) return undefined;
+  const first = Number(m[1]);
+  return first >= 10 || m[2] === undefined ? first : Number(`${m[1]}.${m[2]}`);
+}
+
+/** The major version of a PostgreSQL program, from `<binary> --version`. */
+export async function toolMajorVersion(binaryPath: string): Promise<number> {
+  let stdout: string;
+  try {
+    ({ stdout } = await execFileAsync(binaryPath, ['--version'], { timeout: 30_000 }));
+  } catch (err) {
+    throw new PostgresError(
+      `cannot run ${binaryPath} --version (${errorMessage(err)}); check the installation`,
+      {
+        cause: err,
+      },
+    );
+  }
+  const major = parseToolVersion(stdout);
+  if (major === undefined) {
+    throw new PostgresError(
+      `cannot read the version of ${binaryPath} from "${stdout.trim()}"; check that it is a PostgreSQL program`,
+    );
+  }
+  return major;
+}
+
+/** An SQL identifier, always quoted so case and odd characters survive. */
+export function quoteIdent(name: string): string {
+  if (name.includes('\0'))
+    throw new PostgresError('identifier contains a NUL character; PostgreSQL cannot store it');
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/**
+ * An SQL string literal that means the same whatever standard_conforming_strings says: with a
+ * backslash in it, the E'' form with doubled backslashes (as PostgreSQL's quote_literal does).
+ */
+export function quoteLiteral(value: string): string {
+  if (value.includes('\0'))
+    throw new PostgresError('string contains a NUL character; PostgreSQL cannot store it');
+  const quoted = value.replace(/'/g, "''");
+  return value.includes('\\') ? `E'${quoted.replace(/\\/g, '\\\\')}'` : `'${quoted}'`;
+}

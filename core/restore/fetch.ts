@@ -1,0 +1,128 @@
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, rm, statfs } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { CatalogEntry } from '../catalog/catalog';
+import { type Manifest, type StoredObject, verifyManifest } from '../catalog/manifest';
+import { readObject } from '../catalog/objects';
+import type { Config } from '../config';
+import { errorMessage, IntegrityError, StorageError, UsageError } from '../errors';
+import type { Reporter } from '../vault';
+
+/** A verified local copy of one object's raw bytes; remove() deletes it and its folder. */
+export interface LocalCopy {
+  readonly path: string;
+  readonly object: StoredObject;
+  remove(): Promise<void>;
+}
+
+/**
+ * Checks a backup before anything is read from it: the manifest's HMAC and key check when it is
+ * encrypted, so a wrong key fails here, before any database is touched.
+ */
+export async function openBackup(entry: CatalogEntry, config: Config): Promise<Manifest> {
+  await verifyManifest(entry.manifest, config.encryption.passphrase, entry.manifestKey);
+  return entry.manifest;
+}
+
+/**
+ * The database object to restore from a backup: the only one, else --from, else PGDATABASE,
+ * else a clear error listing what the backup holds.
+ */
+export function pickDatabaseObject(
+  manifest: Manifest,
+  from: string | undefined,
+  fallback: string | undefined,
+): StoredObject {
+  const dbs = manifest.objects.filter((o) => o.kind === 'database');
+  const names = dbs.map((o) => o.database ?? '?');
+  if (dbs.length === 0) throw new UsageError(`backup ${manifest.id} holds no database dump`);
+  const wanted = from ?? (dbs.length === 1 ? dbs[0]!.database : fallback);
+  if (wanted === undefined) {
+    throw new UsageError(
+      `backup ${manifest.id} holds several databases (${names.join(', ')}); name the one to restore with --from NAME`,
+    );
+  }
+  const hit = dbs.find((o) => o.database === wanted);
+  if (!hit) {
+    throw new UsageError(
+      `backup ${manifest.id} has no database "${wanted}"; it holds ${names.join(', ')} (pick one with --from NAME)`,
+    );
+  }
+  return hit;
+}
+
+/**
+ * Downloads, decrypts and decompresses one object into a private temporary folder, checking
+ * every digest on the way. Nothing is restored from a copy that failed a check: the caller gets
+ * an IntegrityError and the file is gone. Tries each target holding the backup, nearest first.
+ */
+export async function fetchToLocalFile(
+  entry: CatalogEntry,
+  object: StoredObject,
+  config: Config,
+  reporter: Reporter,
+): Promise<LocalCopy> {
+  await ensureTempSpace(object.rawSize);
+  const dir = await mkdtemp(join(tmpdir(), 'pgvault-restore-'));
+  const path = join(
+    dir,
+    object.key
+      .split('/')
+      .pop()!
+      .replace(/\.(gz|bz2|xz|zst|lz4)?(\.enc)?$/, '')
+      .replace(/\.enc$/, ''),
+  );
+  const remove = () => rm(dir, { recursive: true, force: true });
+  const enc = entry.manifest.encryption;
+  let lastError: unknown;
+  for (const target of entry.targets) {
+    try {
+      const raw = await readObject({
+        target,
+        object,
+        compression: entry.manifest.compression.algorithm,
+        threads: config.parallelJobs,
+        encryption: enc
+          ? { passphrase: config.encryption.passphrase ?? '', iterations: enc.iterations }
+          : undefined,
+        onProgress: (bytes) =>
+          reporter.progress(`fetch ${object.database ?? object.kind}`, bytes, object.storedSize),
+      });
+      await pipeline(raw, createWriteStream(path, { mode: 0o600 }));
+      return { path, object, remove };
+    } catch (err) {
+      lastError = err;
+      // Corruption is about this copy: another target may hold a good one.
+      if (err instanceof IntegrityError || err instanceof StorageError) {
+        if (entry.targets.length > 1)
+          reporter.warn(`${target.location}: ${errorMessage(err)}; trying the next copy`);
+        continue;
+      }
+      break;
+    }
+  }
+  await remove();
+  throw lastError;
+}
+
+async function ensureTempSpace(bytes: number): Promise<void> {
+  const dir = tmpdir();
+  try {
+    const s = await statfs(dir);
+    const free = Number(s.bavail) * Number(s.bsize);
+    if (free < bytes * 1.05) {
+      throw new UsageError(
+        `restore needs ${gib(bytes)} of temporary space in ${dir} but only ${gib(free)} is free; set TMPDIR to a larger disk`,
+      );
+    }
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    // statfs unsupported here: let the write itself report a full disk.
+  }
+}
+
+function gib(bytes: number): string {
+  return bytes >= 1 << 30 ? `${(bytes / (1 << 30)).toFixed(1)} GiB` : `${(bytes / (1 << 20)).toFixed(1)} MiB`;
+}

@@ -1,0 +1,37 @@
+import type { Config } from '../config';
+import { ConfigError } from '../errors';
+import { FileTarget } from './file';
+import { S3Target } from './s3';
+import type { StorageTarget } from './target';
+
+export { assertValidKey, assertValidPrefix, FileTarget } from './file';
+export { choosePartSize, S3Target, type S3TargetOptions } from './s3';
+export type { ObjectInfo, PutOptions, StorageTarget } from './target';
+
+/**
+ * The targets a backup writes to, local first: a restore prefers the local copy, and a local write
+ * failing (disk full) is cheaper to find out before the upload has started. Creating them loads no
+ * SDK; the S3 client is made on first use.
+ */
+export function createTargets(config: Config): StorageTarget[] {
+  const { cloud } = config;
+  switch (cloud.provider) {
+    case 'none':
+      return [new FileTarget(config.backupDir)];
+    case 's3': {
+      if (cloud.bucket === undefined) {
+        throw new ConfigError('CLOUD_PROVIDER=s3 needs CLOUD_BUCKET; set it to the bucket name');
+      }
+      const s3 = new S3Target({
+        bucket: cloud.bucket,
+        prefix: cloud.prefix,
+        region: cloud.region,
+        endpoint: cloud.s3Endpoint,
+      });
+      return config.localCopy ? [new FileTarget(config.backupDir), s3] : [s3];
+    }
+    case 'gcs':
+    case 'azure':
+      throw new ConfigError(`CLOUD_PROVIDER=${cloud.provider} is not supported yet; use s3 or none`);
+  }
+}

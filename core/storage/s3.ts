@@ -1,0 +1,449 @@
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+// Types only: the SDK itself is loaded on first use (see loadS3Sdk), it costs ~250 ms to import.
+import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
+import { ObjectNotFoundError, StorageError } from '../errors';
+import { assertValidKey, assertValidPrefix } from './file';
+import type { ObjectInfo, PutOptions, StorageTarget } from './target';
+
+type S3Sdk = typeof import('@aws-sdk/client-s3');
+
+let s3SdkPromise: Promise<S3Sdk> | undefined;
+function loadS3Sdk(): Promise<S3Sdk> {
+  s3SdkPromise ??= import('@aws-sdk/client-s3');
+  return s3SdkPromise;
+}
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+/** S3 refuses a multipart upload of more than 10,000 parts. */
+const MAX_PARTS = 10_000;
+const MIN_PART_SIZE = 8 * MiB;
+const MAX_PART_SIZE = 5 * GiB;
+const DEFAULT_PART_SIZE = 16 * MiB;
+/** S3's own minimum for every part but the last. */
+const S3_MIN_PART_SIZE = 5 * MiB;
+const DEFAULT_PAGE_SIZE = 1000;
+/**
+ * archive_command must fail fast when the target is down (PostgreSQL retries it), so an unreachable
+ * endpoint gives up after a few seconds instead of the SDK's defaults (no connect timeout).
+ */
+const DEFAULT_MAX_ATTEMPTS = 3;
+const DEFAULT_CONNECTION_TIMEOUT_MS = 3000;
+/**
+ * Limit from sending a request to its response headers, for the single requests this class sends
+ * (not Upload's parts, which may be large on a slow link). A download's body streams after it, so a
+ * slow reader (pg_restore) is never cut off. Guards against an endpoint that accepts and never answers.
+ */
+const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+
+/** Network failures worth naming as "cannot be reached". */
+const CONNECTION_ERROR_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ECONNABORTED',
+]);
+const ACCESS_ERROR_NAMES = new Set([
+  'AccessDenied',
+  'Forbidden',
+  'InvalidAccessKeyId',
+  'SignatureDoesNotMatch',
+  'ExpiredToken',
+  'InvalidToken',
+  'AllAccessDisabled',
+]);
+
+/**
+ * Part size for a stream of about `sizeHint` bytes: 25% headroom over what keeps it under 10,000
+ * parts (the hint may be an estimate), at least 8 MiB, a whole number of MiB, at most S3's 5 GiB.
+ * Without a hint, 16 MiB (up to ~156 GiB).
+ */
+export function choosePartSize(sizeHint?: number): number {
+  if (sizeHint === undefined || !Number.isFinite(sizeHint) || sizeHint < 0) return DEFAULT_PART_SIZE;
+  const needed = Math.ceil((sizeHint * 1.25) / MAX_PARTS);
+  const wholeMiB = Math.ceil(Math.max(MIN_PART_SIZE, needed) / MiB) * MiB;
+  return Math.min(wholeMiB, MAX_PART_SIZE);
+}
+
+export interface S3TargetOptions {
+  readonly bucket: string;
+  /** Key prefix inside the bucket, without leading or trailing '/'. @default '' (the bucket root) */
+  readonly prefix?: string;
+  readonly region: string;
+  /** A custom endpoint (MinIO, Ceph, s3rver); implies path-style addressing. */
+  readonly endpoint?: string;
+  /** @default true with an endpoint, else false */
+  readonly forcePathStyle?: boolean;
+  /** @default the SDK's default credential chain (env, profile, container or instance role) */
+  readonly credentials?: S3ClientConfig['credentials'];
+  /** A ready client (tests, or callers with their own settings); the options above then only name things. */
+  readonly client?: S3Client;
+  /** Fixed multipart part size, overriding choosePartSize (tests use S3's 5 MiB minimum). */
+  readonly partSize?: number;
+  /** Objects per ListObjectsV2 page. @default 1000 */
+  readonly pageSize?: number;
+  /** Attempts per request, retries included. @default 3 */
+  readonly maxAttempts?: number;
+  /** Milliseconds to wait for a TCP connection. @default 3000 */
+  readonly connectionTimeoutMs?: number;
+  /** Milliseconds to wait for response headers of a single (non-part) request. @default 60000 */
+  readonly requestTimeoutMs?: number;
+}
+
+/**
+ * An S3 (or S3-compatible) bucket under a key prefix. Streams are uploaded with multipart uploads in
+ * constant memory (queue of 4 parts); a failed upload is aborted and the caller sees the error that
+ * caused it, never the abort's own outcome.
+ */
+export class S3Target implements StorageTarget {
+  readonly kind = 's3' as const;
+  readonly location: string;
+  readonly bucket: string;
+  readonly prefix: string;
+  private readonly options: S3TargetOptions;
+  private clientPromise: Promise<{ client: S3Client; sdk: S3Sdk }> | undefined;
+  private readonly requestOptions: { readonly requestTimeout: number };
+
+  constructor(options: S3TargetOptions) {
+    if (
+      options.partSize !== undefined &&
+      (options.partSize < S3_MIN_PART_SIZE || options.partSize > MAX_PART_SIZE)
+    ) {
+      throw new StorageError(`S3 part size ${options.partSize} is not allowed; use 5 MiB to 5 GiB`);
+    }
+    this.options = options;
+    this.requestOptions = { requestTimeout: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS };
+    this.bucket = options.bucket;
+    this.prefix = (options.prefix ?? '').replace(/^\/+|\/+$/g, '');
+    this.location = this.prefix === '' ? `s3://${this.bucket}` : `s3://${this.bucket}/${this.prefix}`;
+  }
+
+  async put(key: string, source: Readable, options: PutOptions = {}): Promise<{ size: number }> {
+    const objectKey = this.objectKey(key);
+    const reading = countingReader(source);
+    let upload: import('@aws-sdk/lib-storage').Upload | undefined;
+    try {
+      const { client } = await this.connect();
+      const { Upload } = await import('@aws-sdk/lib-storage');
+      upload = new Upload({
+        client,
+        params: { Bucket: this.bucket, Key: objectKey, Body: reading.body },
+        queueSize: 4,
+        partSize: this.options.partSize ?? choosePartSize(options.sizeHint),
+        // Upload's own abort would replace the real error when the abort fails (s3rver answers 405):
+        // abort here instead and keep the error that caused the failure.
+        leavePartsOnError: true,
+      });
+      await upload.done();
+      return { size: reading.size() };
+    } catch (err) {
+      // Decided before the clean-up below, whose teardown of the streams must not count as the cause.
+      const sourceFailure = reading.failure();
+      source.destroy();
+      await this.cleanUpFailedPut(objectKey, upload?.uploadId, reading.done()).catch(() => {});
+      if (sourceFailure !== undefined) throw sourceFailure.error;
+      throw this.storageError(err, `upload ${key}`);
+    }
+  }
+
+  async putBytes(key: string, data: Buffer | string): Promise<void> {
+    const objectKey = this.objectKey(key);
+    const { client, sdk } = await this.connect();
+    try {
+      await client.send(
+        new sdk.PutObjectCommand({ Bucket: this.bucket, Key: objectKey, Body: data }),
+        this.requestOptions,
+      );
+    } catch (err) {
+      throw this.storageError(err, `upload ${key}`);
+    }
+  }
+
+  async get(key: string): Promise<Readable> {
+    const objectKey = this.objectKey(key);
+    const { client, sdk } = await this.connect();
+    try {
+      const output = await client.send(
+        new sdk.GetObjectCommand({ Bucket: this.bucket, Key: objectKey }),
+        this.requestOptions,
+      );
+      const body = output.Body;
+      if (body instanceof Readable) return body;
+      if (body === undefined) return Readable.from([]);
+      // Only a non-Node runtime hands back a web stream or a Blob.
+      return Readable.fromWeb(body.transformToWebStream() as import('node:stream/web').ReadableStream);
+    } catch (err) {
+      if (isNotFound(err)) throw new ObjectNotFoundError(key, this.location);
+      throw this.storageError(err, `download ${key}`);
+    }
+  }
+
+  async getBytes(key: string): Promise<Buffer> {
+    const objectKey = this.objectKey(key);
+    const { client, sdk } = await this.connect();
+    try {
+      const output = await client.send(
+        new sdk.GetObjectCommand({ Bucket: this.bucket, Key: objectKey }),
+        this.requestOptions,
+      );
+      if (output.Body === undefined) return Buffer.alloc(0);
+      return Buffer.from(await output.Body.transformToByteArray());
+    } catch (err) {
+      if (isNotFound(err)) throw new ObjectNotFoundError(key, this.location);
+      throw this.storageError(err, `download ${key}`);
+    }
+  }
+
+  async stat(key: string): Promise<ObjectInfo | undefined> {
+    const objectKey = this.objectKey(key);
+    const { client, sdk } = await this.connect();
+    try {
+      const output = await client.send(
+        new sdk.HeadObjectCommand({ Bucket: this.bucket, Key: objectKey }),
+        this.requestOptions,
+      );
+      return { key, size: output.ContentLength ?? 0, modified: output.LastModified ?? new Date(0) };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw this.storageError(err, `look up ${key}`);
+    }
+  }
+
+  async *list(prefix: string): AsyncGenerator<ObjectInfo> {
+    assertValidPrefix(prefix);
+    const { client, sdk } = await this.connect();
+    const keyStart = this.prefix === '' ? 0 : this.prefix.length + 1;
+    let continuationToken: string | undefined;
+    do {
+      let page: import('@aws-sdk/client-s3').ListObjectsV2CommandOutput;
+      try {
+        page = await client.send(
+          new sdk.ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix: this.fullKey(prefix),
+            MaxKeys: this.options.pageSize ?? DEFAULT_PAGE_SIZE,
+            ContinuationToken: continuationToken,
+          }),
+          this.requestOptions,
+        );
+      } catch (err) {
+        throw this.storageError(err, `list ${prefix || '/'}`);
+      }
+      for (const object of page.Contents ?? []) {
+        // 'folder/' placeholders made by consoles are not objects.
+        if (object.Key === undefined || object.Key.endsWith('/')) continue;
+        yield {
+          key: object.Key.slice(keyStart),
+          size: object.Size ?? 0,
+          modified: object.LastModified ?? new Date(0),
+        };
+      }
+      continuationToken = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (continuationToken !== undefined);
+  }
+
+  async delete(key: string): Promise<void> {
+    const objectKey = this.objectKey(key);
+    const { client, sdk } = await this.connect();
+    try {
+      await client.send(
+        new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: objectKey }),
+        this.requestOptions,
+      );
+    } catch (err) {
+      if (isNotFound(err)) return;
+      throw this.storageError(err, `delete ${key}`);
+    }
+  }
+
+  async probe(): Promise<void> {
+    const probeKey = `.pgvault-probe-${randomBytes(6).toString('hex')}`;
+    await this.putBytes(probeKey, 'pgvault probe\n');
+    await this.delete(probeKey);
+  }
+
+  /** Creates the client on first use, so constructing a target (and the CLI's start-up) loads no SDK. */
+  private connect(): Promise<{ client: S3Client; sdk: S3Sdk }> {
+    this.clientPromise ??= loadS3Sdk().then((sdk) => {
+      const { endpoint } = this.options;
+      const client =
+        this.options.client ??
+        new sdk.S3Client({
+          region: this.options.region,
+          endpoint,
+          forcePathStyle: this.options.forcePathStyle ?? endpoint !== undefined,
+          credentials: this.options.credentials,
+          maxAttempts: this.options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
+          requestHandler: {
+            connectionTimeout: this.options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
+            // Without it an expired requestTimeout only logs a warning.
+            throwOnRequestTimeout: true,
+          },
+        });
+      return { client, sdk };
+    });
+    return this.clientPromise;
+  }
+
+  private fullKey(relative: string): string {
+    if (this.prefix === '') return relative;
+    return `${this.prefix}/${relative}`;
+  }
+
+  private objectKey(key: string): string {
+    assertValidKey(key);
+    return this.fullKey(key);
+  }
+
+  /**
+   * Leaves nothing behind a failed put: aborts the multipart upload, and when the whole source was
+   * read (so the final request may have completed on the server) deletes the key. Failures here are
+   * swallowed: the caller needs the error that made the put fail, not this one.
+   */
+  private async cleanUpFailedPut(objectKey: string, uploadId: string | undefined, sourceDone: boolean) {
+    const { client, sdk } = await this.connect();
+    if (uploadId !== undefined) {
+      await client
+        .send(
+          new sdk.AbortMultipartUploadCommand({ Bucket: this.bucket, Key: objectKey, UploadId: uploadId }),
+          this.requestOptions,
+        )
+        .catch(() => {});
+    }
+    if (sourceDone) {
+      await client
+        .send(new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: objectKey }), this.requestOptions)
+        .catch(() => {});
+    }
+  }
+
+  /** One line naming what failed and what to check; the SDK error stays as the cause. */
+  private storageError(err: unknown, action: string): StorageError {
+    if (err instanceof StorageError) return err;
+    const endpoint = this.options.endpoint?.replace(/\/+$/, '');
+    const where = endpoint !== undefined ? `S3 endpoint ${endpoint}` : `S3 in region ${this.options.region}`;
+    const check =
+      endpoint !== undefined ? 'check S3_ENDPOINT and the network' : 'check the network and AWS_REGION';
+    if (isRequestTimeout(err)) {
+      return new StorageError(`${where} did not answer in time (TimeoutError); ${check}`, { cause: err });
+    }
+    const code = connectionErrorCode(err);
+    if (code !== undefined) {
+      return new StorageError(`${where} cannot be reached (${code}); ${check}`, { cause: err });
+    }
+    const name = errorName(err);
+    if (name === 'NoSuchBucket') {
+      return new StorageError(
+        `bucket ${this.bucket} does not exist or is not accessible (NoSuchBucket); create it or check CLOUD_BUCKET and credentials`,
+        { cause: err },
+      );
+    }
+    if (ACCESS_ERROR_NAMES.has(name) || httpStatus(err) === 403) {
+      return new StorageError(
+        `access to ${this.location} was denied (${name}) trying to ${action}; check the credentials and the bucket policy`,
+        { cause: err },
+      );
+    }
+    if (name === 'PermanentRedirect' || name === 'AuthorizationHeaderMalformed' || httpStatus(err) === 301) {
+      return new StorageError(
+        `bucket ${this.bucket} is not in region ${this.options.region} (${name}); set AWS_REGION to the bucket's region`,
+        { cause: err },
+      );
+    }
+    if (name === 'CredentialsProviderError') {
+      return new StorageError(
+        `no AWS credentials found (${name}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an IAM role`,
+        { cause: err },
+      );
+    }
+    const message = err instanceof Error ? err.message : String(err);
+    return new StorageError(`S3 could not ${action} in ${this.location} (${name}: ${message})`, {
+      cause: err,
+    });
+  }
+}
+
+/**
+ * Wraps `source` for Upload, counting bytes and telling a failure of the source itself (its error is
+ * rethrown to the caller unchanged) from Upload stopping early (not a source failure). Stopping early
+ * destroys the source, so the producer (pg_dump) is told to stop.
+ */
+function countingReader(source: Readable) {
+  let size = 0;
+  let done = false;
+  let failure: { readonly error: unknown } | undefined;
+  async function* chunks(): AsyncGenerator<Buffer> {
+    const iterator = source[Symbol.asyncIterator]();
+    try {
+      while (true) {
+        let step: IteratorResult<unknown>;
+        try {
+          step = await iterator.next();
+        } catch (error) {
+          failure ??= { error };
+          throw error;
+        }
+        if (step.done) {
+          done = true;
+          return;
+        }
+        const chunk = Buffer.isBuffer(step.value) ? step.value : Buffer.from(step.value as string);
+        size += chunk.length;
+        yield chunk;
+      }
+    } finally {
+      await iterator.return?.();
+    }
+  }
+  return {
+    body: Readable.from(chunks(), { objectMode: false }),
+    size: () => size,
+    done: () => done,
+    failure: () => failure,
+  };
+}
+
+function errorName(err: unknown): string {
+  if (err instanceof Error) return err.name;
+  return typeof err;
+}
+
+function httpStatus(err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
+}
+
+function isNotFound(err: unknown): boolean {
+  const name = errorName(err);
+  return name === 'NoSuchKey' || name === 'NotFound' || (name !== 'NoSuchBucket' && httpStatus(err) === 404);
+}
+
+/** ECONNREFUSED and friends, found on the error, its cause, or (Node's happy eyeballs) its AggregateError members. */
+/** The handler's requestTimeout expired: connected, but no response headers in time. */
+function isRequestTimeout(err: unknown): boolean {
+  return err instanceof Error && err.name === 'TimeoutError' && err.message.includes('requestTimeout');
+}
+
+function connectionErrorCode(err: unknown, depth = 0): string | undefined {
+  if (err === null || typeof err !== 'object' || depth > 3) return undefined;
+  const { code, name, cause, errors } = err as {
+    code?: unknown;
+    name?: unknown;
+    cause?: unknown;
+    errors?: unknown;
+  };
+  if (typeof code === 'string' && CONNECTION_ERROR_CODES.has(code)) return code;
+  if (name === 'TimeoutError') return typeof code === 'string' ? code : 'TimeoutError';
+  if (Array.isArray(errors)) {
+    for (const member of errors) {
+      const found = connectionErrorCode(member, depth + 1);
+      if (found !== undefined) return found;
+    }
+  }
+  return connectionErrorCode(cause, depth + 1);
+}

@@ -1,0 +1,31 @@
+export {
+  type CompressionDirection,
+  type CompressionOptions,
+  compressionExtension,
+  compressionFromExtension,
+  compressionInvocation,
+  compressionTool,
+  compressStage,
+  decompressStage,
+  isOnPath,
+  type ToolInvocation,
+  toolVersion,
+} from './compress';
+export { DigestMeter, type DigestMeterOptions, gateOn, teeTo } from './digest';
+export {
+  decryptStage,
+  deriveManifestKey,
+  encryptStage,
+  hmacHex,
+  keyCheckHex,
+  timingSafeEqualHex,
+} from './encrypt';
+export {
+  type StartToolOptions,
+  startTool,
+  ToolExitError,
+  type ToolProcess,
+  type ToolStageDuplex,
+  type ToolStageOptions,
+  toolStage,
+} from './process';

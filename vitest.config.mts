@@ -1,0 +1,12 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
+    // Integration tests start real PostgreSQL clusters and servers; two cores, so keep it modest.
+    maxWorkers: 2,
+    pool: 'forks',
+  },
+});
