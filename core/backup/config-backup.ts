@@ -1,11 +1,10 @@
-import { Readable } from 'node:stream';
 import type { ManifestBody } from '../catalog/manifest';
 import { errorMessage } from '../errors';
 import { listDatabases, serverInfo } from '../pg/server';
 import { findPgBinary, pgEnv, withClient } from '../pg/tools';
 import { startTool } from '../stream/process';
 import type { Vault } from '../vault';
-import { runBackup } from './run';
+import { inMemorySource, runBackup } from './run';
 import { type TarFile, tarArchive } from './tar';
 
 /**
@@ -25,16 +24,7 @@ export async function backupConfig(vault: Vault, options: { now?: Date } = {}): 
     server,
     tools: {},
     now: options.now,
-    sources: [
-      {
-        part: '',
-        kind: 'config',
-        format: 'tar',
-        label: 'server configuration',
-        sizeHint: archive.length,
-        open: () => ({ source: Readable.from([archive]), upstream: [] }),
-      },
-    ],
+    sources: [inMemorySource('config', 'tar', 'server configuration', archive)],
   });
 }
 

@@ -1,9 +1,8 @@
-import { Readable } from 'node:stream';
 import type { ManifestBody } from '../catalog/manifest';
 import { listDatabases, serverInfo } from '../pg/server';
 import { quoteIdent, withClient } from '../pg/tools';
 import type { Vault } from '../vault';
-import { runBackup } from './run';
+import { inMemorySource, runBackup } from './run';
 
 export interface IndexDefinition {
   readonly schema: string;
@@ -103,15 +102,6 @@ export async function backupIndexes(vault: Vault, options: { now?: Date } = {}):
     server,
     tools: {},
     now: options.now,
-    sources: [
-      {
-        part: '',
-        kind: 'indexes',
-        format: 'sql',
-        label: 'index definitions',
-        sizeHint: sql.length,
-        open: () => ({ source: Readable.from([sql]), upstream: [] }),
-      },
-    ],
+    sources: [inMemorySource('indexes', 'sql', 'index definitions', sql)],
   });
 }

@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { type ManifestBody, newEncryptionBlock, type StoredObject, sealManifest } from '../catalog/manifest';
 import {
   type BackupType,
@@ -27,6 +27,23 @@ export interface ObjectSource {
   readonly label: string;
   /** Starts producing raw bytes; `upstream` settles when the producer has finished for good. */
   open(): { source: Readable; upstream: Promise<unknown>[]; finish?: () => Pick<StoredObject, 'tables'> };
+}
+
+/** A backup of one small object built in memory (config tarball, index SQL). */
+export function inMemorySource(
+  kind: StoredObject['kind'],
+  format: StoredObject['format'],
+  label: string,
+  bytes: Buffer,
+): ObjectSource {
+  return {
+    part: '',
+    kind,
+    format,
+    label,
+    sizeHint: bytes.length,
+    open: () => ({ source: Readable.from([bytes]), upstream: [] }),
+  };
 }
 
 export interface BackupRun {

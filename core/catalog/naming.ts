@@ -1,4 +1,5 @@
 import type { Compression } from '../config';
+import { compressionExtension } from '../stream/compress';
 
 /**
  * Object naming. Names follow the backup guide's `{type}-{schedule}-{timestamp}.{ext}` under the
@@ -11,15 +12,6 @@ export type Schedule = (typeof SCHEDULES)[number];
 
 export const BACKUP_TYPES = ['full', 'config', 'indexes'] as const;
 export type BackupType = (typeof BACKUP_TYPES)[number];
-
-const EXTENSIONS: Record<Compression, string> = {
-  gzip: '.gz',
-  bzip2: '.bz2',
-  xz: '.xz',
-  zstd: '.zst',
-  lz4: '.lz4',
-  none: '',
-};
 
 /** UTC timestamp as in the guide's names: 20260212-020000. */
 export function formatStamp(date: Date): string {
@@ -72,7 +64,7 @@ export function objectExtension(
   compression: Compression,
   encrypted: boolean,
 ): string {
-  return `.${format}${EXTENSIONS[compression]}${encrypted ? '.enc' : ''}`;
+  return `.${format}${compressionExtension(compression)}${encrypted ? '.enc' : ''}`;
 }
 
 /** The suffix every manifest key ends with; listings look for it. */

@@ -8,7 +8,7 @@ import { type Manifest, type StoredObject, verifyManifest } from '../catalog/man
 import { readObject } from '../catalog/objects';
 import type { Config } from '../config';
 import { errorMessage, IntegrityError, StorageError, UsageError } from '../errors';
-import type { Reporter } from '../vault';
+import type { Reporter, Vault } from '../vault';
 
 /** A verified local copy of one object's raw bytes; remove() deletes it and its folder. */
 export interface LocalCopy {
@@ -24,6 +24,17 @@ export interface LocalCopy {
 export async function openBackup(entry: CatalogEntry, config: Config): Promise<Manifest> {
   await verifyManifest(entry.manifest, config.encryption.passphrase, entry.manifestKey);
   return entry.manifest;
+}
+
+/** Resolves a backup reference, checks its manifest, and picks the database to restore from it. */
+export async function openDatabaseBackup(
+  vault: Vault,
+  ref: string,
+  from: string | undefined,
+): Promise<{ entry: CatalogEntry; manifest: Manifest; object: StoredObject }> {
+  const entry = await vault.catalog.resolve(ref);
+  const manifest = await openBackup(entry, vault.config);
+  return { entry, manifest, object: pickDatabaseObject(manifest, from, vault.config.pg.database) };
 }
 
 /**

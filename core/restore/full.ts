@@ -2,7 +2,7 @@ import { UsageError } from '../errors';
 import { countUserRelations } from '../pg/server';
 import type { Vault } from '../vault';
 import { createDatabase, databaseExists, dropDatabase, runPgRestore } from './database';
-import { fetchToLocalFile, openBackup, pickDatabaseObject } from './fetch';
+import { fetchToLocalFile, openDatabaseBackup } from './fetch';
 import { compareWithManifest, type ValidationReport } from './validate';
 
 export interface FullRestoreOptions {
@@ -36,9 +36,7 @@ export async function restoreFull(
 ): Promise<FullRestoreResult> {
   const { config, reporter } = vault;
   const started = Date.now();
-  const entry = await vault.catalog.resolve(ref);
-  const manifest = await openBackup(entry, config);
-  const object = pickDatabaseObject(manifest, options.from, config.pg.database);
+  const { entry, manifest, object } = await openDatabaseBackup(vault, ref, options.from);
   const database = options.database ?? object.database!;
 
   const exists = await databaseExists(config, database);

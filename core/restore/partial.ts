@@ -5,7 +5,7 @@ import { readArchiveToc, type TocEntry } from '../pg/archive';
 import { withClient } from '../pg/tools';
 import type { Vault } from '../vault';
 import { runPgRestore } from './database';
-import { fetchToLocalFile, openBackup, pickDatabaseObject } from './fetch';
+import { fetchToLocalFile, openDatabaseBackup } from './fetch';
 import { compareWithManifest, type ValidationReport } from './validate';
 
 export type PartialKind = 'table' | 'schema';
@@ -150,9 +150,7 @@ export async function restorePartial(
 ): Promise<PartialRestoreResult> {
   const { config, reporter } = vault;
   const started = Date.now();
-  const entry = await vault.catalog.resolve(ref);
-  const manifest = await openBackup(entry, config);
-  const object = pickDatabaseObject(manifest, options.from, config.pg.database);
+  const { entry, manifest, object } = await openDatabaseBackup(vault, ref, options.from);
   const database = options.database ?? object.database!;
   const copy = await fetchToLocalFile(entry, object, config, reporter);
   try {

@@ -87,9 +87,9 @@ const referenceTools: Record<Exclude<Compression, 'none'>, { compress: string[];
 
 describe('the whole data path', () => {
   // First in the file: rss is measured before other tests leave freed-but-kept memory around.
-  it('streams 96 MiB through compress, encrypt, meter, decrypt and decompress in flat memory', async () => {
+  it('streams 160 MiB through compress, encrypt, meter, decrypt and decompress in flat memory', async () => {
     // Prepare
-    const total = 96 * 1024 * 1024;
+    const total = 160 * 1024 * 1024;
     const chunkSize = 256 * 1024;
     const text = Buffer.from(mixedData(chunkSize).subarray(0, chunkSize / 2));
     const sourceHash = createHash('sha256');
@@ -118,7 +118,6 @@ describe('the whole data path', () => {
       },
     });
     const meter = new DigestMeter();
-    global.gc?.();
     const rssBefore = process.memoryUsage().rss;
     let rssPeak = rssBefore;
     // Live Buffers, as a second view: rss keeps memory the allocator has not returned to the system.
@@ -155,8 +154,9 @@ describe('the whole data path', () => {
     console.info(
       `data path: ${(total / 1e6 / seconds).toFixed(0)} MB/s, growth: rss ${growthMb.toFixed(1)} MB, buffers ${buffersGrowthMb.toFixed(1)} MB`,
     );
-    // Buffering the stream would grow rss by about the data size (96 MiB) or more. Live Buffers are
-    // only logged: they include garbage V8 has not collected yet (tens of MB between collections).
+    // Buffering the stream would grow rss by the compressed size (about 80 MiB here) or more. The
+    // flat case measures 30-40 MB: garbage V8 has not collected yet, the same for 96 or 160 MiB.
+    // Live Buffers are only logged, since they count that garbage too.
     expect(growthMb).toBeLessThan(64);
   });
 });
