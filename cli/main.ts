@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { runUndoSteps } from '../core/cleanup';
 import { fail, type GlobalOptions } from './output';
 
 /**
@@ -118,5 +119,17 @@ verify
   .description('same as restore test: restore into a temporary database and validate')
   .option('--from <name>', 'database inside the backup, when it holds several')
   .action(run(verifyCmds, 'verifyRestoreCommand'));
+
+// Ctrl-C or a stop from cron/systemd: exit through 'exit' handlers so temp files and staging
+// folders are removed; no manifest was written, so nothing half-done looks complete.
+for (const [signal, code] of [
+  ['SIGINT', 130],
+  ['SIGTERM', 143],
+] as const) {
+  process.once(signal, () => {
+    process.stderr.write(`\npgvault: interrupted by ${signal}; removing what this run stored\n`);
+    void runUndoSteps(15_000).finally(() => process.exit(code));
+  });
+}
 
 program.parseAsync(process.argv).catch((err: unknown) => fail(err, program.opts() as GlobalOptions));

@@ -10,6 +10,7 @@ import {
   type Schedule,
 } from '../catalog/naming';
 import { writeObject } from '../catalog/objects';
+import { undoOnInterrupt } from '../cleanup';
 import { errorMessage } from '../errors';
 import type { ServerInfo } from '../pg/server';
 import { newObjectEncryption, type Vault } from '../vault';
@@ -76,6 +77,8 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   const encryption = newObjectEncryption(config);
   const written: StoredObject[] = [];
   const tools = { pgvault: PGVAULT_VERSION, ...run.tools };
+  const removeWritten = () => Promise.allSettled(written.flatMap((o) => targets.map((t) => t.delete(o.key))));
+  const forgetUndo = undoOnInterrupt(removeWritten);
   try {
     for (const src of run.sources) {
       const key = `${folder}/${id}${src.part ? `.${src.part}` : ''}${objectExtension(src.format, config.compression, encryption !== undefined)}`;
@@ -139,9 +142,11 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
     }
     return body;
   } catch (err) {
-    await Promise.allSettled(written.flatMap((o) => targets.map((t) => t.delete(o.key))));
+    await removeWritten();
     reporter.warn(`backup ${id} failed and was removed: ${errorMessage(err)}`);
     throw err;
+  } finally {
+    forgetUndo();
   }
 }
 

@@ -6,6 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import type { CatalogEntry } from '../catalog/catalog';
 import { type Manifest, type StoredObject, verifyManifest } from '../catalog/manifest';
 import { readObject } from '../catalog/objects';
+import { removeOnExit } from '../cleanup';
 import type { Config } from '../config';
 import { errorMessage, IntegrityError, StorageError, UsageError } from '../errors';
 import type { Reporter, Vault } from '../vault';
@@ -85,7 +86,11 @@ export async function fetchToLocalFile(
       .replace(/\.(gz|bz2|xz|zst|lz4)?(\.enc)?$/, '')
       .replace(/\.enc$/, ''),
   );
-  const remove = () => rm(dir, { recursive: true, force: true });
+  const forget = removeOnExit(dir);
+  const remove = async () => {
+    await rm(dir, { recursive: true, force: true });
+    forget();
+  };
   const enc = entry.manifest.encryption;
   let lastError: unknown;
   for (const target of entry.targets) {

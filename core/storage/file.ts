@@ -5,6 +5,7 @@ import { basename, dirname, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
+import { removeOnExit } from '../cleanup';
 import { ObjectNotFoundError, StorageError } from '../errors';
 import type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
@@ -233,6 +234,7 @@ export class FileTarget implements StorageTarget {
     // A plain descriptor, not a FileHandle: a FileHandle's close() waits forever for a stream made
     // from it with autoClose: false.
     const fd = await openFd(tempPath, 'wx', FILE_MODE);
+    const forget = removeOnExit(tempPath);
     try {
       let size: number;
       try {
@@ -242,11 +244,14 @@ export class FileTarget implements StorageTarget {
         await closeFd(fd);
       }
       await rename(tempPath, path);
+      forget();
       await syncDirectory(directory);
       return { size };
     } catch (err) {
       await unlink(tempPath).catch(() => {});
       throw err;
+    } finally {
+      forget();
     }
   }
 

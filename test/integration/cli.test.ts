@@ -1,5 +1,5 @@
-import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TempCluster } from '../../core/pg/cluster';
@@ -130,6 +130,45 @@ describe('pgvault CLI', () => {
     const notEmpty = pgvault(['restore', 'full', 'latest', 'app', '--from', 'app']);
     expect(notEmpty.code).toBe(2);
     expect(notEmpty.stderr).toMatch(/"app" is not empty/);
+  });
+
+  it('an interrupted backup removes what it stored and exits 130', async () => {
+    // Prepare: enough data, compressed hard enough, that the backup is still running after a moment.
+    await cluster.psql(
+      'CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 400000) g',
+      'app',
+    );
+    const dir = `${work.path}/backups/main/full/manual`;
+    const child = spawn(process.execPath, [BIN, '--config', configFile, 'backup', 'full', 'manual'], {
+      env: {
+        PATH: process.env.PATH ?? '',
+        HOME: process.env.HOME ?? '/root',
+        COMPRESSION: 'xz',
+        COMPRESSION_LEVEL: '9',
+        PARALLEL_JOBS: '1',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (b: Buffer) => {
+      stderr += b.toString();
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    // Wait until the first object (globals) is stored, then a little more, then interrupt.
+    for (let i = 0; i < 100 && !/dump app/.test(stderr); i++) await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 300));
+
+    // Act
+    child.kill('SIGINT');
+    const code = await exited;
+
+    // Assess
+    expect(stderr).toMatch(/dump app/);
+    expect(code).toBe(130);
+    expect(stderr).toMatch(/interrupted by SIGINT/);
+    const left = existsSync(dir) ? readdirSync(dir) : [];
+    expect(left).toEqual([]);
+    await cluster.psql('DROP TABLE big', 'app');
   });
 
   it('prints the guide crontab with absolute paths and the config file', () => {
