@@ -1,6 +1,6 @@
 import { type Config, loadConfig } from '../core/config';
 import { errorMessage, PgVaultError } from '../core/errors';
-import { openVault, type Reporter, type Vault } from '../core/vault';
+import type { Reporter, Vault } from '../core/vault';
 
 export interface GlobalOptions {
   readonly config?: string;
@@ -70,6 +70,9 @@ export function readConfig(options: GlobalOptions): Config {
 }
 
 export function vaultFor(options: GlobalOptions): Vault {
+  // Loaded here, not at the top: the catalog pulls in zod (~100 ms), which --help, --version and
+  // the WAL commands must not pay for.
+  const { openVault } = require('../core/vault') as typeof import('../core/vault');
   return openVault(readConfig(options), terminalReporter(options));
 }
 

@@ -1,7 +1,7 @@
 import { PassThrough, type Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Compression } from '../config';
-import { errorMessage, IntegrityError, MissingToolError, StorageError } from '../errors';
+import { errorMessage, IntegrityError, MissingToolError, ObjectNotFoundError, StorageError } from '../errors';
 import type { StorageTarget } from '../storage/target';
 import {
   compressStage,
@@ -137,14 +137,23 @@ export interface ObjectReadSpec {
  */
 export async function readObject(spec: ObjectReadSpec): Promise<Readable> {
   const { object } = spec;
+  const where = `${object.key} in ${spec.target.location}`;
+  const ours = new WeakSet<Error>();
+  const integrity = (reason: string) => {
+    const err = new IntegrityError(
+      `object ${where} is corrupt (${reason}); do not trust it, use another backup or target`,
+    );
+    ours.add(err);
+    return err;
+  };
+  // A truncated or replaced object is named at once, before a byte is downloaded.
+  const info = await spec.target.stat(object.key);
+  if (info === undefined) throw new ObjectNotFoundError(object.key, spec.target.location);
+  if (info.size !== object.storedSize)
+    throw integrity(`size ${info.size} bytes, manifest says ${object.storedSize}`);
   const source = await spec.target.get(object.key);
   const stored = new DigestMeter({ onProgress: spec.onProgress });
   const raw = new DigestMeter();
-  const where = `${object.key} in ${spec.target.location}`;
-  const integrity = (reason: string) =>
-    new IntegrityError(
-      `object ${where} is corrupt (${reason}); do not trust it, use another backup or target`,
-    );
   const storedCheck = new ExpectDigest(() => {
     if (stored.bytes !== object.storedSize)
       return `size ${stored.bytes} bytes, manifest says ${object.storedSize}`;
@@ -163,11 +172,13 @@ export async function readObject(spec: ObjectReadSpec): Promise<Readable> {
   const out = new PassThrough({ highWaterMark: 1 << 20 });
   pipeline([source, ...stages, out] as unknown as [Readable, ...NodeJS.ReadWriteStream[]]).catch(
     (err: unknown) => {
-      // A flipped byte usually trips the decryptor or decompressor before the digests are complete:
-      // name it as the corrupt object it is, keeping the tool's own words.
+      // A flipped byte usually trips the decryptor or decompressor before the digests are complete.
+      // The key was proven by the manifest's key check, so this is a corrupt object: name it so,
+      // keeping the tool's own words.
+      const own = err instanceof Error && ours.has(err);
       const reason =
-        err instanceof IntegrityError || err instanceof StorageError || err instanceof MissingToolError
-          ? err
+        own || err instanceof StorageError || err instanceof MissingToolError
+          ? (err as Error)
           : integrity(`cannot be decoded: ${errorMessage(err)}`);
       out.destroy(reason);
     },

@@ -1,3 +1,5 @@
+import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupFull } from '../../core/backup/full';
 import { COMPRESSIONS } from '../../core/config';
@@ -84,3 +86,68 @@ describe.each(cases)(
     });
   },
 );
+
+describe('local + cloud in one pass', () => {
+  it('keeps the local copy and the S3 copy, and restores from S3 when the local one is damaged', async () => {
+    // Prepare
+    const dir = `${work.path}/both`;
+    const extra = {
+      CLOUD_PROVIDER: 's3',
+      CLOUD_BUCKET: s3.bucket,
+      S3_ENDPOINT: s3.endpoint,
+      CLOUD_PREFIX: 'pg/prod',
+      ENCRYPTION: 'true',
+      ENCRYPTION_KEY: 'two copies',
+      CLUSTER_NAME: 'both',
+    };
+    const reporter = recordingReporter();
+    const vault = openVault(testConfig(cluster, dir, extra), reporter);
+    const manifest = await backupFull(vault, { schedule: 'daily', databases: ['app'] });
+    const db = manifest.objects.find((o) => o.database === 'app')!;
+    const [local, cloud] = vault.targets;
+    const listed = await vault.catalog.list();
+    writeFileSync(join(dir, db.key), 'not a backup any more');
+
+    // Act
+    const result = await restoreFull(vault, manifest.id, { database: 'from_cloud' });
+
+    // Assess
+    expect(vault.targets.map((t) => t.kind)).toEqual(['file', 's3']);
+    expect(cloud!.location).toBe(`s3://${s3.bucket}/pg/prod`);
+    expect((await cloud!.stat(db.key))?.size).toBe(db.storedSize);
+    expect(await local!.stat(`${db.key}`)).toBeDefined();
+    expect(listed).toHaveLength(1);
+    expect(listed[0]!.targets.map((t) => t.kind)).toEqual(['file', 's3']);
+    expect(reporter.warnings.join('\n')).toMatch(/corrupt.*trying the next copy/);
+    expect(result.validation.ok).toBe(true);
+    for (const [table, contents] of original)
+      expect(await tableContents(cluster, 'from_cloud', table)).toBe(contents);
+  });
+});
+
+describe('a backup copied by hand', () => {
+  it('restores from a folder outside BACKUP_DIR, with its manifest beside it', async () => {
+    // Prepare: the guide's "download from the cloud into /tmp, then restore".
+    const vault = openVault(
+      testConfig(cluster, `${work.path}/origin`, { CLUSTER_NAME: 'copied' }),
+      recordingReporter(),
+    );
+    const manifest = await backupFull(vault, { schedule: 'monthly', databases: ['app'] });
+    const elsewhere = `${work.path}/downloaded`;
+    mkdirSync(elsewhere);
+    const folder = join(`${work.path}/origin`, 'copied/full/monthly');
+    for (const f of readdirSync(folder)) copyFileSync(join(folder, f), join(elsewhere, f));
+    const db = manifest.objects.find((o) => o.database === 'app')!;
+    const other = openVault(testConfig(cluster, `${work.path}/unrelated`), recordingReporter());
+
+    // Act
+    const result = await restoreFull(other, join(elsewhere, db.key.split('/').pop()!), {
+      database: 'from_copy',
+    });
+
+    // Assess
+    expect(result.backupId).toBe(manifest.id);
+    expect(result.validation.ok).toBe(true);
+    expect(await tableContents(cluster, 'from_copy', 'sales.orders')).toBe(original.get('sales.orders'));
+  });
+});
