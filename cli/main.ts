@@ -83,13 +83,19 @@ restore
   .option('--from <name>', 'database inside the backup, when it holds several')
   .option('--clean', 'replace the contents of a database that is not empty')
   .option('--no-owner', 'do not restore object ownership')
+  .option('--no-acl', 'do not restore grants (GRANT/REVOKE)')
   .action(run(restoreCmds, 'restoreFullCommand'));
+restore
+  .command('globals <backup>')
+  .description('roles and tablespaces from a full backup (run before restore full on a new server)')
+  .action(run(restoreCmds, 'restoreGlobalsCommand'));
 restore
   .command('partial <backup> <kind> <name> [database]')
   .description('restore one table or one schema: partial <backup> table|schema <name> [database]')
   .option('--from <name>', 'database inside the backup, when it holds several')
   .option('--clean', 'replace the table or schema if it exists')
   .option('--no-owner', 'do not restore object ownership')
+  .option('--no-acl', 'do not restore grants (GRANT/REVOKE)')
   .action(run(restoreCmds, 'restorePartialCommand'));
 restore
   .command('indexes <database>')

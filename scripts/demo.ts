@@ -41,7 +41,8 @@ async function main(): Promise<void> {
   say(
     'pgvault demo: throwaway cluster → encrypted zstd backup → verify → drop a table → restore it → validate',
   );
-  const cluster = await TempCluster.start();
+  // PG_BIN_DIR points the demo at another PostgreSQL installation, as it does pgvault.
+  const cluster = await TempCluster.start({ binDir: process.env.PG_BIN_DIR || undefined });
   const backupDir = await mkdtemp(join(tmpdir(), 'pgvault-demo-'));
   try {
     say(`  cluster: PostgreSQL on 127.0.0.1:${cluster.port} (removed afterwards)`);
@@ -60,6 +61,7 @@ async function main(): Promise<void> {
       PGUSER: cluster.superuser,
       PGDATABASE: 'postgres',
       CLUSTER_NAME: 'demo',
+      PG_BIN_DIR: process.env.PG_BIN_DIR ?? '',
     });
     const vault = openVault(config, terminalReporter({}));
 

@@ -1,6 +1,7 @@
 import { checkRestorePrerequisites } from '../../core/backup/init';
 import { UsageError } from '../../core/errors';
 import { restoreFull } from '../../core/restore/full';
+import { restoreGlobals } from '../../core/restore/globals';
 import { restoreIndexes } from '../../core/restore/indexes';
 import { restorePartial } from '../../core/restore/partial';
 import { restoreTest } from '../../core/restore/test';
@@ -12,6 +13,7 @@ interface RestoreOpts extends GlobalOptions {
   readonly from?: string;
   readonly clean?: boolean;
   readonly owner?: boolean;
+  readonly acl?: boolean;
 }
 
 export async function restoreInitCommand(opts: GlobalOptions) {
@@ -55,6 +57,7 @@ export async function restoreFullCommand(backup: string, database: string | unde
     database,
     clean: opts.clean,
     noOwner: opts.owner === false,
+    noAcl: opts.acl === false,
   });
   emit(
     opts,
@@ -81,6 +84,7 @@ export async function restorePartialCommand(
     database,
     clean: opts.clean,
     noOwner: opts.owner === false,
+    noAcl: opts.acl === false,
   });
   emit(
     opts,
@@ -145,4 +149,16 @@ function validationLine(v: {
   return v.ok
     ? `${v.tablesChecked} tables, ${v.rowsChecked} rows match the backup`
     : `${v.mismatches.length} of ${v.tablesChecked} tables DIFFER from the backup`;
+}
+
+export async function restoreGlobalsCommand(backup: string, opts: GlobalOptions) {
+  const r = await restoreGlobals(vaultFor(opts), backup);
+  const other = r.errors.length - r.alreadyExisting;
+  emit(opts, { ok: other === 0, ...r }, () =>
+    [
+      `roles and tablespaces from ${r.backupId} applied; ${r.alreadyExisting} already existed${other > 0 ? `, ${other} other statement(s) FAILED:` : ''}`,
+      ...r.errors.filter((e) => !/already exists/.test(e)).map((e) => `  ${e}`),
+    ].join('\n'),
+  );
+  if (other > 0) process.exitCode = 1;
 }

@@ -1,9 +1,12 @@
+import { basename } from 'node:path';
 import type { ManifestBody } from '../catalog/manifest';
 import { namePart, type Schedule } from '../catalog/naming';
+import type { Compression } from '../config';
 import { PostgresError } from '../errors';
 import { CustomArchiveScanner } from '../pg/archive';
 import { type DatabaseInfo, listDatabases, pickDatabases, type ServerInfo, serverInfo } from '../pg/server';
 import { findPgBinary, pgEnv, toolMajorVersion } from '../pg/tools';
+import { compressionTool, toolVersion } from '../stream/compress';
 import { startTool } from '../stream/process';
 import type { Vault } from '../vault';
 import { type ObjectSource, runBackup } from './run';
@@ -30,15 +33,20 @@ export async function backupFull(vault: Vault, options: FullBackupOptions): Prom
   const databases = pickDatabases(await listDatabases(config.pg), options.databases ?? []);
   if (databases.length === 0) throw new PostgresError('the server has no database to back up');
 
+  if (!server.superuser) {
+    vault.reporter.warn(
+      'not connected as a superuser: roles are saved without their passwords (pg_dumpall --no-role-passwords)',
+    );
+  }
   const sources: ObjectSource[] = [
-    globalsSource(vault, pgDumpAll),
+    globalsSource(vault, pgDumpAll, server.superuser),
     ...databases.map((db) => databaseSource(vault, pgDump, db)),
   ];
   return runBackup(vault, {
     type: 'full',
     schedule: options.schedule,
     server,
-    tools: { pg_dump: String(dumpMajor) },
+    tools: await toolVersions(pgDump, config.compression),
     sources,
     now: options.now,
   });
@@ -64,7 +72,7 @@ function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectS
     label: `dump ${db.name}`,
     open() {
       // The database goes by PGDATABASE, not --dbname: a name with '=' would be read as a conninfo.
-      const dump = startTool(pgDump, ['--format=custom', '--compress=0', '--no-sync'], {
+      const dump = startTool(pgDump, ['--format=custom', '--compress=0'], {
         env: pgEnv({ ...vault.config.pg, database: db.name }),
         label: `pg_dump of ${db.name}`,
       });
@@ -88,17 +96,37 @@ function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectS
   };
 }
 
-function globalsSource(vault: Vault, pgDumpAll: string): ObjectSource {
+/** Versions of the programs that wrote the backup, for the manifest. */
+async function toolVersions(pgDump: string, compression: Compression): Promise<Record<string, string>> {
+  const tools: Record<string, string> = {};
+  const dump = await toolVersion(pgDump).catch(() => undefined);
+  if (dump) tools.pg_dump = dump;
+  const compressor = compressionTool(compression);
+  if (compressor !== 'builtin') {
+    const v = await toolVersion(compressor.command).catch(() => undefined);
+    tools[basename(compressor.command)] = v ?? 'unknown';
+  } else if (compression !== 'none') {
+    tools[compression] = 'node:zlib';
+  }
+  return tools;
+}
+
+function globalsSource(vault: Vault, pgDumpAll: string, superuser: boolean): ObjectSource {
   return {
     part: 'globals',
     kind: 'globals',
     format: 'sql',
     label: 'roles and tablespaces',
     open() {
-      const dump = startTool(pgDumpAll, ['--globals-only'], {
-        env: pgEnv({ ...vault.config.pg, database: vault.config.pg.database ?? 'postgres' }),
-        label: 'pg_dumpall --globals-only',
-      });
+      // Role password hashes live in pg_authid, which only a superuser may read.
+      const dump = startTool(
+        pgDumpAll,
+        superuser ? ['--globals-only'] : ['--globals-only', '--no-role-passwords'],
+        {
+          env: pgEnv({ ...vault.config.pg, database: vault.config.pg.database ?? 'postgres' }),
+          label: 'pg_dumpall --globals-only',
+        },
+      );
       return { source: dump.stdout, upstream: [dump.exited] };
     },
   };

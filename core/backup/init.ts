@@ -1,4 +1,5 @@
 import { mkdir, statfs } from 'node:fs/promises';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SCHEDULES } from '../catalog/naming';
@@ -79,6 +80,19 @@ export async function checkRestorePrerequisites(vault: Vault): Promise<Check[]> 
       }),
     );
   }
+  checks.push(
+    await attempt('free port for sandboxes', async () => {
+      const port = await new Promise<number>((resolve, reject) => {
+        const srv = createServer();
+        srv.once('error', reject);
+        srv.listen(0, '127.0.0.1', () => {
+          const { port: p } = srv.address() as AddressInfo;
+          srv.close(() => resolve(p));
+        });
+      });
+      return `127.0.0.1:${port} can be bound`;
+    }),
+  );
   checks.push(
     await attempt('temporary space', async () => {
       const s = await statfs(tmpdir());

@@ -8,6 +8,8 @@ export interface ServerInfo {
   readonly versionNum: number;
   readonly major: number;
   readonly systemIdentifier: string;
+  /** Whether the connected role is a superuser (role password hashes need it). */
+  readonly superuser: boolean;
 }
 
 export interface DatabaseInfo {
@@ -20,8 +22,9 @@ export interface DatabaseInfo {
 
 export async function serverInfo(conn: PgConnection): Promise<ServerInfo> {
   return withClient(conn, conn.database ?? 'postgres', async (c) => {
-    const v = await c.query<{ version: string; num: string }>(
-      `SELECT current_setting('server_version') AS version, current_setting('server_version_num') AS num`,
+    const v = await c.query<{ version: string; num: string; su: boolean }>(
+      `SELECT current_setting('server_version') AS version, current_setting('server_version_num') AS num,
+              (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS su`,
     );
     let systemIdentifier = 'unknown';
     try {
@@ -35,7 +38,13 @@ export async function serverInfo(conn: PgConnection): Promise<ServerInfo> {
     }
     const row = v.rows[0]!;
     const versionNum = Number(row.num);
-    return { version: row.version, versionNum, major: Math.floor(versionNum / 10000), systemIdentifier };
+    return {
+      version: row.version,
+      versionNum,
+      major: Math.floor(versionNum / 10000),
+      systemIdentifier,
+      superuser: row.su === true,
+    };
   });
 }
 

@@ -1,6 +1,6 @@
 import type { StoredObject } from '../catalog/manifest';
 import type { Config } from '../config';
-import { PostgresError } from '../errors';
+import { errorMessage, PostgresError } from '../errors';
 import { findPgBinary, pgEnv, quoteIdent, quoteLiteral, withClient } from '../pg/tools';
 import { startTool } from '../stream/process';
 
@@ -64,6 +64,8 @@ export interface PgRestoreRun {
   readonly clean?: boolean;
   readonly singleTransaction?: boolean;
   readonly noOwner?: boolean;
+  /** Leave out GRANT/REVOKE (pg_restore --no-privileges). */
+  readonly noAcl?: boolean;
 }
 
 /** Runs pg_restore into a database, stopping at the first error so a failure is never silent. */
@@ -74,6 +76,7 @@ export async function runPgRestore(config: Config, run: PgRestoreRun): Promise<v
   if (run.clean) args.push('--clean', '--if-exists');
   if (run.listFile) args.push(`--use-list=${run.listFile}`);
   if (run.noOwner) args.push('--no-owner');
+  if (run.noAcl) args.push('--no-privileges');
   args.push(run.file);
   const proc = startTool(findPgBinary('pg_restore', config.pgBinDir), args, {
     env: pgEnv({ ...config.pg, database: run.database }),
@@ -81,5 +84,18 @@ export async function runPgRestore(config: Config, run: PgRestoreRun): Promise<v
     stdin: 'ignore',
     stdout: 'ignore',
   });
-  await proc.exited;
+  try {
+    await proc.exited;
+  } catch (err) {
+    // The common failure on a new server: the backup's roles were never created there.
+    const said = `${errorMessage(err)}\n${(err as { stderr?: string }).stderr ?? ''}`;
+    const role = /role "([^"]+)" does not exist/.exec(said)?.[1];
+    if (role !== undefined) {
+      throw new PostgresError(
+        `role "${role}" does not exist on the target server; restore the roles first with \`pgvault restore globals <backup>\`, or pass --no-owner --no-acl`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
 }

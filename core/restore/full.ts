@@ -13,6 +13,7 @@ export interface FullRestoreOptions {
   /** Replace a database that already holds objects (one transaction: all or nothing). */
   readonly clean?: boolean;
   readonly noOwner?: boolean;
+  readonly noAcl?: boolean;
 }
 
 export interface FullRestoreResult {
@@ -65,6 +66,7 @@ export async function restoreFull(
       clean: exists && options.clean,
       singleTransaction: exists && options.clean,
       noOwner: options.noOwner,
+      noAcl: options.noAcl,
     });
   } catch (err) {
     if (created) await dropDatabase(config, database).catch(() => {});

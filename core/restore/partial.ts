@@ -17,6 +17,7 @@ export interface PartialRestoreOptions {
   /** Drop what is there first (in the same transaction as the restore). */
   readonly clean?: boolean;
   readonly noOwner?: boolean;
+  readonly noAcl?: boolean;
 }
 
 export interface PartialRestoreResult {
@@ -193,6 +194,7 @@ export async function restorePartial(
       clean: options.clean,
       singleTransaction: true,
       noOwner: options.noOwner,
+      noAcl: options.noAcl,
     });
     const validation = await compareWithManifest(config, database, object, inScope);
     return {

@@ -68,6 +68,7 @@ describe('backup init and restore init', () => {
       ['pg_restore', true],
       ['pg_dump', true],
       ['psql', true],
+      ['free port for sandboxes', true],
       ['temporary space', true],
       ['backups readable', true],
     ]);
