@@ -26,7 +26,9 @@ describe('npm run demo', () => {
     expect(r.status).not.toBe(0);
     const lines = r.stderr.trim().split('\n');
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/PostgreSQL server binaries not found \(initdb\).*apt-get install postgresql-15/);
+    expect(lines[0]).toMatch(
+      /PostgreSQL server binaries not found \(initdb\).*apt-get install postgresql-15/,
+    );
   });
 });
 
