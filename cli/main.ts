@@ -34,6 +34,9 @@ function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, na
 const backupCmds = async () => require('./commands/backup') as Record<string, unknown>;
 const restoreCmds = async () => require('./commands/restore') as Record<string, unknown>;
 const verifyCmds = async () => require('./commands/verify') as Record<string, unknown>;
+// WAL commands run once per segment under PostgreSQL: their module loads only what they need.
+const walCmds = async () => require('./commands/wal') as Record<string, unknown>;
+const pitrCmds = async () => require('./commands/pitr') as Record<string, unknown>;
 
 const backup = program.command('backup').description("take backups (the guide's backup-manager)");
 backup
@@ -46,6 +49,14 @@ backup
     v,
   ])
   .action(run(backupCmds, 'backupFullCommand'));
+backup
+  .command('base [schedule]')
+  .description('physical base backup (pg_basebackup) for point-in-time recovery: daily|weekly|monthly|manual')
+  .action(run(pitrCmds, 'backupBaseCommand'));
+backup
+  .command('wal <path>')
+  .description("archive one WAL file: PostgreSQL's archive_command = 'pgvault backup wal %p'")
+  .action(run(walCmds, 'backupWalCommand'));
 backup
   .command('config')
   .description('server settings, pg_hba, roles and extensions as one archive')
@@ -98,6 +109,21 @@ restore
   .option('--no-acl', 'do not restore grants (GRANT/REVOKE)')
   .action(run(restoreCmds, 'restorePartialCommand'));
 restore
+  .command('pitr <backup> [time] [database]')
+  .description('point-in-time recovery from a base backup (or latest|auto) and the WAL archive')
+  .option('--target-time <time>', 'recover to this time (also the second argument)')
+  .option('--target-lsn <lsn>', 'recover to this LSN')
+  .option('--target-xid <xid>', 'recover to this transaction id')
+  .option('--target-name <name>', 'recover to this restore point')
+  .option('--immediate', 'stop as soon as the backup is consistent')
+  .option('--pgdata <dir>', 'lay down a data directory ready to start, instead of copying a database')
+  .option('--force', 'with --pgdata: use a directory that is not empty')
+  .action(run(pitrCmds, 'restorePitrCommand'));
+restore
+  .command('wal <name> <path>')
+  .description("fetch one WAL file: restore_command = 'pgvault restore wal %f %p'")
+  .action(run(walCmds, 'restoreWalCommand'));
+restore
   .command('indexes <database>')
   .description('rebuild missing indexes from the newest index backup')
   .option('--reindex', 'also REINDEX the indexes that exist')
@@ -121,10 +147,26 @@ verify
   .description('sha256, HMAC, decrypt, decompress and read the archive through')
   .action(run(verifyCmds, 'verifyFileCommand'));
 verify
+  .command('wal')
+  .description('WAL archive continuity per timeline, gaps, recoverable windows and current RPO')
+  .action(run(walCmds, 'verifyWalCommand'));
+verify
   .command('restore <backup>')
   .description('same as restore test: restore into a temporary database and validate')
   .option('--from <name>', 'database inside the backup, when it holds several')
   .action(run(verifyCmds, 'verifyRestoreCommand'));
+
+const wal = program.command('wal').description('continuous WAL archiving');
+wal
+  .command('receive')
+  .description('stream WAL over replication (pg_receivewal with a slot) into the targets; runs until stopped')
+  .option('--slot <name>', 'replication slot', 'pgvault')
+  .action(run(walCmds, 'walReceiveCommand'));
+wal
+  .command('push-async', { hidden: true })
+  .description('background uploader started by backup wal when ARCHIVE_ASYNC=true')
+  .option('--pg-wal <dir>', "the server's pg_wal directory", 'pg_wal')
+  .action(run(walCmds, 'walPushAsyncCommand'));
 
 // Ctrl-C or a stop from cron/systemd: exit through 'exit' handlers so temp files and staging
 // folders are removed; no manifest was written, so nothing half-done looks complete.

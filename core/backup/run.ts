@@ -5,6 +5,7 @@ import {
   type BackupType,
   backupFolder,
   backupId,
+  hasSchedule,
   manifestKey,
   objectExtension,
   type Schedule,
@@ -53,6 +54,8 @@ export interface BackupRun {
   readonly server: ServerInfo;
   readonly tools: Record<string, string>;
   readonly sources: readonly ObjectSource[];
+  /** Physical backups: LSNs and timeline, known once the objects are written. */
+  readonly physical?: () => ManifestBody['physical'];
   /** Clock for the id; tests pass a fixed one. */
   readonly now?: Date;
 }
@@ -114,7 +117,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       format: 'pgvault-manifest/1',
       id,
       type: run.type,
-      schedule: run.type === 'full' ? run.schedule : undefined,
+      schedule: hasSchedule(run.type) ? run.schedule : undefined,
       cluster: config.clusterName,
       node: { host: config.pg.host ?? hostname(), port: config.pg.port ?? 5432 },
       server: {
@@ -131,6 +134,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       objects: written,
       rawSize: written.reduce((n, o) => n + o.rawSize, 0),
       storedSize: written.reduce((n, o) => n + o.storedSize, 0),
+      physical: run.physical?.(),
     };
     const text = await sealManifest(body, encryption?.passphrase);
     const key = manifestKey(folder, id);

@@ -26,7 +26,7 @@ export async function backupStats(vault: Vault, now = new Date()): Promise<Backu
   const groups = new Map<string, CatalogEntry[]>();
   for (const e of entries) {
     const m = e.manifest;
-    const type = m.type === 'full' ? `full/${m.schedule}` : m.type;
+    const type = m.schedule ? `${m.type}/${m.schedule}` : m.type;
     groups.set(type, [...(groups.get(type) ?? []), e]);
   }
   const byType = [...groups.entries()]

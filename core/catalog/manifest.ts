@@ -19,7 +19,7 @@ const tableCount = z.object({ schema: z.string(), table: z.string(), rows: z.num
 const storedObject = z.object({
   key: z.string().min(1),
   /** What the object holds: one database's pg_dump archive, the globals, a config tarball, index SQL. */
-  kind: z.enum(['database', 'globals', 'config', 'indexes']),
+  kind: z.enum(['database', 'globals', 'config', 'indexes', 'base']),
   /** pg_dump custom archive, plain SQL, or tar. */
   format: z.enum(['dump', 'sql', 'tar']),
   database: z.string().optional(),
@@ -41,6 +41,23 @@ const storedObject = z.object({
     .optional(),
   /** Exact row counts as of the dump's snapshot, counted in the COPY data as it streamed. */
   tables: z.array(tableCount).optional(),
+});
+
+/** What a physical base backup needs to be recovered and rolled forward. */
+const physical = z.object({
+  /** Timeline the backup started on. */
+  timeline: z.number().int().positive(),
+  startLsn: z.string(),
+  stopLsn: z.string(),
+  /** First and last WAL segment the backup needs to reach consistency. */
+  startWal: z.string(),
+  stopWal: z.string(),
+  checkpointLsn: z.string().optional(),
+  /** Whether the WAL from start to stop is inside the tar (pg_basebackup -X fetch). */
+  walIncluded: z.boolean(),
+  segmentBytes: z.number().int().positive(),
+  /** sha256 of the server's own backup_manifest inside the tar. */
+  serverManifestSha256: z.string().optional(),
 });
 
 const manifestBody = z.object({
@@ -74,6 +91,7 @@ const manifestBody = z.object({
   objects: z.array(storedObject).min(1),
   rawSize: z.number().int().nonnegative(),
   storedSize: z.number().int().nonnegative(),
+  physical: physical.optional(),
 });
 
 const manifestSchema = manifestBody.extend({
@@ -87,6 +105,7 @@ export type Manifest = z.infer<typeof manifestSchema>;
 export type ManifestBody = z.infer<typeof manifestBody>;
 export type StoredObject = z.infer<typeof storedObject>;
 export type TableCount = z.infer<typeof tableCount>;
+export type PhysicalInfo = z.infer<typeof physical>;
 
 /** JSON with keys sorted at every level, so the HMAC does not depend on key order. */
 export function canonicalJson(value: unknown): string {

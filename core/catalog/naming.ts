@@ -10,7 +10,7 @@ import { compressionExtension } from '../stream/compress';
 export const SCHEDULES = ['daily', 'weekly', 'monthly', 'manual'] as const;
 export type Schedule = (typeof SCHEDULES)[number];
 
-export const BACKUP_TYPES = ['full', 'config', 'indexes'] as const;
+export const BACKUP_TYPES = ['full', 'base', 'config', 'indexes'] as const;
 export type BackupType = (typeof BACKUP_TYPES)[number];
 
 /** UTC timestamp as in the guide's names: 20260212-020000. */
@@ -19,12 +19,17 @@ export function formatStamp(date: Date): string {
   return `${iso.slice(0, 4)}${iso.slice(5, 7)}${iso.slice(8, 10)}-${iso.slice(11, 13)}${iso.slice(14, 16)}${iso.slice(17, 19)}`;
 }
 
-/** full-daily-20260212-020000; config and indexes carry no schedule (config-20260212-010000). */
-export function backupId(type: BackupType, schedule: Schedule, date: Date): string {
-  return type === 'full' ? `full-${schedule}-${formatStamp(date)}` : `${type}-${formatStamp(date)}`;
+/** Whether backups of a type are taken per schedule (full and base) or on their own (config, indexes). */
+export function hasSchedule(type: BackupType): boolean {
+  return type === 'full' || type === 'base';
 }
 
-const ID_PATTERN = /^(full|config|indexes)-(?:(daily|weekly|monthly|manual)-)?(\d{8}-\d{6})(?:-(\d+))?$/;
+/** full-daily-20260212-020000, base-weekly-...; config and indexes carry no schedule (config-20260212-010000). */
+export function backupId(type: BackupType, schedule: Schedule, date: Date): string {
+  return hasSchedule(type) ? `${type}-${schedule}-${formatStamp(date)}` : `${type}-${formatStamp(date)}`;
+}
+
+const ID_PATTERN = /^(full|base|config|indexes)-(?:(daily|weekly|monthly|manual)-)?(\d{8}-\d{6})(?:-(\d+))?$/;
 
 export interface ParsedId {
   readonly type: BackupType;
@@ -36,13 +41,13 @@ export function parseBackupId(id: string): ParsedId | undefined {
   const m = ID_PATTERN.exec(id);
   if (!m) return undefined;
   const type = m[1] as BackupType;
-  if (type === 'full' && m[2] === undefined) return undefined;
+  if (hasSchedule(type) !== (m[2] !== undefined)) return undefined;
   return { type, schedule: m[2] as Schedule | undefined, stamp: m[3]! };
 }
 
 /** Folder of a backup's objects, relative to the target root. */
 export function backupFolder(cluster: string, type: BackupType, schedule: Schedule): string {
-  return type === 'full' ? `${cluster}/full/${schedule}` : `${cluster}/${type}`;
+  return hasSchedule(type) ? `${cluster}/${type}/${schedule}` : `${cluster}/${type}`;
 }
 
 export function manifestKey(folder: string, id: string): string {
