@@ -33,6 +33,8 @@ export interface EncryptionConfig {
   readonly enabled: boolean;
   /** The passphrase (ENCRYPTION_KEY or the contents of ENCRYPTION_KEY_FILE). Never logged. */
   readonly passphrase?: string;
+  /** ENCRYPTION_KEY_FILE as an absolute path, when the key came from a file (restore_command reuses it). */
+  readonly keyFile?: string;
   /** PBKDF2-SHA256 iterations for new objects; each object records its own. */
   readonly iterations: number;
 }
@@ -193,6 +195,11 @@ function passphrase(raw: Raw, cwd: string): string | undefined {
   return inline === undefined || inline === '' ? undefined : inline;
 }
 
+function keyFilePath(raw: Raw, cwd: string): string | undefined {
+  const file = text(raw, 'ENCRYPTION_KEY_FILE');
+  return file === undefined ? undefined : isAbsolute(file) ? file : resolve(cwd, file);
+}
+
 function clusterName(raw: Raw): string {
   const v = text(raw, 'CLUSTER_NAME') ?? 'default';
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(v)) {
@@ -242,6 +249,7 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
     encryption: {
       enabled: encryptionEnabled,
       passphrase: key,
+      keyFile: keyFilePath(raw, cwd),
       iterations: integer(raw, 'ENCRYPTION_ITERATIONS', DEFAULT_ENCRYPTION_ITERATIONS, 1000, 10_000_000),
     },
     cloud: {

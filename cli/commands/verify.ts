@@ -9,7 +9,7 @@ export async function verifyFileCommand(backup: string, opts: GlobalOptions) {
       `backup ${r.backupId} in ${r.target} is intact (${formatDuration(r.durationMs)}):`,
       ...r.objects.map(
         (o) =>
-          `  ok  ${o.key}  ${formatBytes(o.storedSize)} stored, ${formatBytes(o.rawSize)} raw${o.tablesMatched !== undefined ? `, ${o.tablesMatched} tables' rows recounted` : ''}`,
+          `  ok  ${o.key}  ${formatBytes(o.storedSize)} stored, ${formatBytes(o.rawSize)} raw${o.tablesMatched !== undefined ? `, ${o.tablesMatched} tables' rows recounted` : ''}${o.dataDirectoryVerified ? ', every file and the WAL checked by pg_verifybackup' : ''}`,
       ),
     ].join('\n'),
   );

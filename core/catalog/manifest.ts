@@ -58,6 +58,11 @@ const physical = z.object({
   segmentBytes: z.number().int().positive(),
   /** sha256 of the server's own backup_manifest inside the tar. */
   serverManifestSha256: z.string().optional(),
+  /**
+   * When the server had finished the backup (ISO time): seen in the stream, where WAL and the
+   * server manifest follow the backup's stop. A recovery target time must not be earlier.
+   */
+  stopTime: z.string().optional(),
 });
 
 const manifestBody = z.object({

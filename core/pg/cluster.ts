@@ -23,6 +23,34 @@ export interface TempClusterOptions {
   readonly baseDir?: string;
   /** Directory holding initdb and pg_ctl (PG_BIN_DIR); found automatically when absent. */
   readonly binDir?: string;
+  /** Extra initdb arguments, e.g. ['--wal-segsize=1'] for small WAL segments in tests. */
+  readonly initdbArgs?: readonly string[];
+}
+
+/** Starting a server on a data directory that already exists (a restored base backup). */
+export interface ExistingDataDirOptions {
+  /** The data directory; owned by the server's OS user when we are root. */
+  readonly dataDir: string;
+  /**
+   * Directory for the socket and the log, removed by stop() with everything in it (so a data
+   * directory inside it goes too). A fresh temporary one when absent.
+   */
+  readonly runDir?: string;
+  readonly port?: number;
+  /** Server settings (-c name=value); they override the data directory's own configuration. */
+  readonly settings?: Readonly<Record<string, string>>;
+  /** Role that connection() and query() use. @default 'postgres' */
+  readonly superuser?: string;
+  readonly binDir?: string;
+  /** The server's environment (restore_command and archive_command inherit it). @default process.env */
+  readonly env?: NodeJS.ProcessEnv;
+  /**
+   * Wait until the server accepts connections (pg_ctl -w). Without waiting, a server replaying a
+   * long archive is watched by the caller instead of by pg_ctl's timeout. @default true
+   */
+  readonly wait?: boolean;
+  /** Listen on the Unix socket in the run directory only, never on TCP. @default false */
+  readonly socketOnly?: boolean;
 }
 
 /**
@@ -90,13 +118,18 @@ class CommandError extends Error {
   }
 }
 
-function run(file: string, args: readonly string[], options: { cwd?: string; timeoutMs?: number } = {}) {
+function run(
+  file: string,
+  args: readonly string[],
+  options: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+) {
   return new Promise<RunResult>((resolve, reject) => {
     execFile(
       file,
       args,
       {
         cwd: options.cwd,
+        env: options.env,
         timeout: options.timeoutMs ?? 120_000,
         maxBuffer: 16 * 1024 * 1024,
         encoding: 'utf8',
@@ -118,7 +151,8 @@ function shellWord(word: string): string {
   return /^[A-Za-z0-9_./=:,@%+-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
 
-async function freePort(): Promise<number> {
+/** A TCP port on 127.0.0.1 that nothing listens on right now. */
+export async function freePort(): Promise<number> {
   return new Promise<number>((resolve, reject) => {
     const server = createServer();
     server.unref();
@@ -157,7 +191,8 @@ function installExitHook(): void {
  * 127.0.0.1 only, removed completely by stop(). Used by tests, the demo and restore sandboxes.
  */
 export class TempCluster {
-  readonly host = '127.0.0.1';
+  /** 127.0.0.1, or the socket directory for a socket-only server. */
+  readonly host: string;
   private stopped = false;
 
   private constructor(
@@ -170,7 +205,13 @@ export class TempCluster {
     readonly logFile: string,
     private readonly pgCtl: string,
     private readonly binDir: string | undefined,
-  ) {}
+    private readonly launch: { env?: NodeJS.ProcessEnv; wait: boolean; socketOnly: boolean } = {
+      wait: true,
+      socketOnly: false,
+    },
+  ) {
+    this.host = launch.socketOnly ? socketDir : '127.0.0.1';
+  }
 
   static async start(options: TempClusterOptions = {}): Promise<TempCluster> {
     let initdb: string;
@@ -212,6 +253,7 @@ export class TempCluster {
         '-E',
         'UTF8',
         '--locale=C',
+        ...(options.initdbArgs ?? []),
       ]);
       try {
         await run(init.file, init.args, { cwd: baseDir });
@@ -253,25 +295,70 @@ export class TempCluster {
     }
   }
 
+  /**
+   * Starts a server on an existing data directory (a restored base backup), with the socket and
+   * log in a run directory that stop() removes. The data directory's own configuration applies,
+   * overridden by `settings`.
+   */
+  static async startOn(options: ExistingDataDirOptions): Promise<TempCluster> {
+    const pgCtl = findPgBinary('pg_ctl', options.binDir);
+    const osUser = serverOsUser();
+    const runDir = options.runDir ?? (await mkdtemp(join(tmpdir(), 'pgvault-pg-run-')));
+    const socketDir = join(runDir, 'socket');
+    const logFile = join(runDir, 'server.log');
+    await mkdir(socketDir, { recursive: true, mode: 0o700 });
+    if (osUser) {
+      await chown(runDir, osUser.uid, osUser.gid);
+      await chown(socketDir, osUser.uid, osUser.gid);
+    }
+    const attempts = options.port === undefined ? 5 : 1;
+    for (let attempt = 1; ; attempt++) {
+      const port = options.port ?? (await freePort());
+      const cluster = new TempCluster(
+        port,
+        options.superuser ?? 'postgres',
+        runDir,
+        options.dataDir,
+        socketDir,
+        logFile,
+        pgCtl,
+        options.binDir,
+        { env: options.env, wait: options.wait ?? true, socketOnly: options.socketOnly ?? false },
+      );
+      const started = await cluster.startServer({ ...options.settings });
+      if (started.ok) {
+        liveClusters.add(cluster);
+        installExitHook();
+        return cluster;
+      }
+      if (!started.portInUse || attempt >= attempts) {
+        if (options.runDir === undefined) await rm(runDir, { recursive: true, force: true }).catch(() => {});
+        throw new PostgresError(
+          `PostgreSQL did not start on ${options.dataDir}; the server log ends with:\n  ${started.log.join('\n  ')}`,
+        );
+      }
+    }
+  }
+
   private async startServer(
     settings: Record<string, string>,
   ): Promise<{ ok: boolean; portInUse: boolean; log: string[] }> {
-    const serverArgs = ['-p', String(this.port), '-k', this.socketDir, '-c', 'listen_addresses=127.0.0.1'];
+    // On the command line a value is taken as is: an empty one (not '') turns TCP off.
+    const listen = this.launch.socketOnly ? 'listen_addresses=' : 'listen_addresses=127.0.0.1';
+    const serverArgs = ['-p', String(this.port), '-k', this.socketDir, '-c', listen];
     for (const [name, value] of Object.entries(settings)) serverArgs.push('-c', `${name}=${value}`);
     const ctl = asServerUser(this.pgCtl, [
       'start',
       '-D',
       this.dataDir,
-      '-w',
-      '-t',
-      '60',
+      ...(this.launch.wait ? ['-w', '-t', '60'] : ['-W']),
       '-l',
       this.logFile,
       '-o',
       serverArgs.map(shellWord).join(' '),
     ]);
     try {
-      await run(ctl.file, ctl.args, { cwd: this.baseDir, timeoutMs: 90_000 });
+      await run(ctl.file, ctl.args, { cwd: this.baseDir, timeoutMs: 90_000, env: this.launch.env });
       return { ok: true, portInUse: false, log: [] };
     } catch (err) {
       const log = await readFile(this.logFile, 'utf8').catch(() => '');
@@ -331,6 +418,24 @@ export class TempCluster {
 
   get running(): boolean {
     return !this.stopped;
+  }
+
+  /** Whether the postmaster is alive right now (it may have exited by itself, e.g. a failed recovery). */
+  serverAlive(): boolean {
+    let pid: number;
+    try {
+      pid = Number(readFileSync(join(this.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+    } catch {
+      return false;
+    }
+    if (!Number.isInteger(pid) || pid <= 0) return false;
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (err) {
+      // EPERM: alive but another user's (we are not root and the server runs as someone else).
+      return (err as NodeJS.ErrnoException).code === 'EPERM';
+    }
   }
 
   /** Fast shutdown, then removes every file of the cluster. Idempotent; never throws. */
