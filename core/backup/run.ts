@@ -108,7 +108,6 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
         rawSize: result.rawSize,
         storedSize: result.storedSize,
         sha256: result.sha256,
-        rawSha256: result.rawSha256,
         ...(finish ? finish() : {}),
       });
     }

@@ -180,6 +180,14 @@ export class CustomArchiveParser {
   private readonly expectedData = new Set<number>();
   private readonly seenBlocks = new Set<number>();
   private readonly rowCounts = new Map<number, number>();
+  /** Absolute stream position where the current TOC read request started. */
+  private requestStart = 0;
+  /** Absolute stream position where the data field being read started. */
+  private fieldStart = 0;
+  private blockStart = 0;
+  /** Where each TOC entry's offset field sits, and where each data block begins (pipe-written archives). */
+  private readonly offsetFieldAt = new Map<number, number>();
+  private readonly blockAt = new Map<number, number>();
   private compressed = false;
 
   constructor() {
@@ -189,11 +197,12 @@ export class CustomArchiveParser {
 
   write(chunk: Buffer): void {
     if (this.phase === 'stopped' || chunk.length === 0) return;
+    const base = this.bytesSeen;
     this.bytesSeen += chunk.length;
     try {
       let pos = 0;
-      if (this.phase === 'toc') pos = this.feedToc(chunk, 0);
-      if (this.phase === 'data' && pos < chunk.length) this.feedData(chunk, pos);
+      if (this.phase === 'toc') pos = this.feedToc(chunk, 0, base);
+      if (this.phase === 'data' && pos < chunk.length) this.feedData(chunk, pos, base);
     } catch (err) {
       this.stop(
         err instanceof ArchiveFormatError
@@ -239,6 +248,32 @@ export class CustomArchiveParser {
     return out;
   }
 
+  /**
+   * Byte patches that turn a pipe-written archive into one with data offsets, as pg_dump writes
+   * when it can seek: each TOC entry's "offset not set" field becomes "set" with the position of its
+   * data block. Applied to a local copy, they let `pg_restore --jobs` and `-L` seek straight to a
+   * table's data instead of every worker scanning the archive from the start. Empty unless the
+   * archive was read completely.
+   */
+  offsetPatches(): Array<{ position: number; bytes: Buffer }> {
+    if (!this.complete) return [];
+    const patches: Array<{ position: number; bytes: Buffer }> = [];
+    for (const entry of this.entries) {
+      const field = this.offsetFieldAt.get(entry.dumpId);
+      const block = this.blockAt.get(entry.dumpId);
+      if (entry.dataState !== 'not-set' || field === undefined || block === undefined) continue;
+      const bytes = Buffer.alloc(1 + this.offSize);
+      bytes[0] = OFFSET_SET;
+      let value = block;
+      for (let i = 1; i <= this.offSize; i++) {
+        bytes[i] = value % 256;
+        value = Math.floor(value / 256);
+      }
+      patches.push({ position: field, bytes });
+    }
+    return patches;
+  }
+
   /** Why no row counts can be had (compressed, unknown version, corrupt); undefined when they can. */
   get unsupportedReason(): string | undefined {
     return this.failure ?? this.compressionReason;
@@ -252,9 +287,10 @@ export class CustomArchiveParser {
 
   // ---- header and TOC ------------------------------------------------------------------------
 
-  private feedToc(chunk: Buffer, start: number): number {
+  private feedToc(chunk: Buffer, start: number, base: number): number {
     let pos = start;
     while (pos < chunk.length && this.phase === 'toc') {
+      if (this.pending === undefined) this.requestStart = base + pos;
       if (this.pending === undefined && chunk.length - pos >= this.wanted) {
         // The whole request is in this chunk: hand out a view, no copy.
         const piece = chunk.subarray(pos, pos + this.wanted);
@@ -429,6 +465,7 @@ export class CustomArchiveParser {
       dependencies.push(Number(dependency));
     }
     const offsetBytes = yield* this.readBytes(1 + this.offSize);
+    this.offsetFieldAt.set(dumpId, this.requestStart);
     const flag = offsetBytes[0]!;
     let dataState: TocDataState;
     if (flag === OFFSET_NOT_SET) dataState = 'not-set';
@@ -493,10 +530,11 @@ export class CustomArchiveParser {
     return bytes[at] === 0 ? value : -value;
   }
 
-  private feedData(chunk: Buffer, start: number): void {
+  private feedData(chunk: Buffer, start: number, base: number): void {
     let pos = start;
     const length = chunk.length;
     while (pos < length) {
+      if (this.fieldHave === 0 && this.dataState !== 'chunkBody') this.fieldStart = base + pos;
       if (this.dataState === 'chunkBody') {
         const end = Math.min(length, pos + this.chunkRemaining);
         if (this.counting) this.countRows(chunk, pos, end);
@@ -533,6 +571,7 @@ export class CustomArchiveParser {
           );
         }
         this.blockType = type;
+        this.blockStart = this.fieldStart;
         this.expectField('blockId', 1 + this.intSize);
         return;
       }
@@ -542,6 +581,7 @@ export class CustomArchiveParser {
           throw new ArchiveFormatError(`archive holds the data of entry ${id} twice; the archive is corrupt`);
         }
         this.seenBlocks.add(id);
+        this.blockAt.set(id, this.blockStart);
         const entry = this.entryById.get(id);
         this.blockEntry = entry;
         this.counting =
@@ -688,6 +728,11 @@ export class CustomArchiveScanner extends Transform {
 
   toc(): TocEntry[] {
     return [...this.parser.entries];
+  }
+
+  /** See CustomArchiveParser.offsetPatches. */
+  offsetPatches(): Array<{ position: number; bytes: Buffer }> {
+    return this.parser.offsetPatches();
   }
 
   tableRowCounts(): TableRowCount[] {

@@ -1,5 +1,5 @@
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, rm, statfs } from 'node:fs/promises';
+import { mkdtemp, open, rm, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -9,6 +9,7 @@ import { readObject } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
 import type { Config } from '../config';
 import { errorMessage, IntegrityError, StorageError, UsageError } from '../errors';
+import { CustomArchiveScanner } from '../pg/archive';
 import type { Reporter, Vault } from '../vault';
 
 /** A verified local copy of one object's raw bytes; remove() deletes it and its folder. */
@@ -106,7 +107,15 @@ export async function fetchToLocalFile(
         onProgress: (bytes) =>
           reporter.progress(`fetch ${object.database ?? object.kind}`, bytes, object.storedSize),
       });
-      await pipeline(raw, createWriteStream(path, { mode: 0o600 }));
+      if (object.format === 'dump') {
+        // Pass the archive through the scanner on the way to disk, then write the data offsets pg_dump
+        // could not write to a pipe: pg_restore --jobs and -L then seek instead of scanning.
+        const scanner = new CustomArchiveScanner();
+        await pipeline(raw, scanner, createWriteStream(path, { mode: 0o600 }));
+        await patchFile(path, scanner.offsetPatches());
+      } else {
+        await pipeline(raw, createWriteStream(path, { mode: 0o600 }));
+      }
       return { path, object, remove };
     } catch (err) {
       lastError = err;
@@ -121,6 +130,19 @@ export async function fetchToLocalFile(
   }
   await remove();
   throw lastError;
+}
+
+async function patchFile(
+  path: string,
+  patches: ReadonlyArray<{ position: number; bytes: Buffer }>,
+): Promise<void> {
+  if (patches.length === 0) return;
+  const handle = await open(path, 'r+');
+  try {
+    for (const p of patches) await handle.write(p.bytes, 0, p.bytes.length, p.position);
+  } finally {
+    await handle.close();
+  }
 }
 
 async function ensureTempSpace(bytes: number): Promise<void> {

@@ -8,11 +8,13 @@ const PROGRESS_INTERVAL_MS = 250;
 export interface DigestMeterOptions {
   /** Called with the bytes seen so far, at most every 250 ms, and once more at the end. */
   onProgress?: (bytes: number) => void;
+  /** Compute the sha256 (default); false only counts, for streams checked some other way. */
+  hash?: boolean;
 }
 
 /** Passes bytes through unchanged while counting them and computing their sha256. */
 export class DigestMeter extends Transform {
-  private readonly hash: Hash = createHash('sha256');
+  private readonly hash: Hash | undefined;
   private digest: string | undefined;
   private lastProgressAt = 0;
   private readonly onProgress: ((bytes: number) => void) | undefined;
@@ -21,10 +23,11 @@ export class DigestMeter extends Transform {
   constructor(options: DigestMeterOptions = {}) {
     super();
     this.onProgress = options.onProgress;
+    this.hash = options.hash === false ? undefined : createHash('sha256');
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.hash.update(chunk);
+    this.hash?.update(chunk);
     this.count += chunk.length;
     if (this.onProgress) {
       const now = Date.now();
@@ -37,7 +40,7 @@ export class DigestMeter extends Transform {
   }
 
   override _flush(callback: TransformCallback): void {
-    this.digest = this.hash.digest('hex');
+    this.digest = this.hash?.digest('hex') ?? '';
     this.onProgress?.(this.count);
     callback();
   }
@@ -49,6 +52,8 @@ export class DigestMeter extends Transform {
 
   /** The sha256 of everything that passed, hex; available once the input has ended. */
   sha256(): string {
+    if (this.hash === undefined)
+      throw new PgVaultError('this DigestMeter only counts bytes; it was made with hash: false');
     if (this.digest === undefined) {
       throw new PgVaultError('DigestMeter.sha256() was read before the stream ended; wait for it to finish');
     }

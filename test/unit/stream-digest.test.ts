@@ -82,6 +82,16 @@ describe('DigestMeter', () => {
     expect(meter.bytes).toBe(0);
   });
 
+  it('only counts when made with hash: false, and says so when asked for a digest', async () => {
+    const data = randomBytes(100_000);
+    const meter = new DigestMeter({ hash: false });
+    const out: Buffer[] = [];
+    await pipeline(Readable.from([data]), meter, new Writable({ write: (c, _e, cb) => (out.push(c), cb()) }));
+    expect(meter.bytes).toBe(100_000);
+    expect(Buffer.concat(out).equals(data)).toBe(true);
+    expect(() => meter.sha256()).toThrow(/only counts bytes/);
+  });
+
   it('refuses to give a digest before the stream has ended', () => {
     // Prepare
     const meter = new DigestMeter();
