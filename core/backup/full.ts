@@ -79,6 +79,9 @@ function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectS
       const scanner = new CustomArchiveScanner();
       dump.stdout.pipe(scanner);
       dump.stdout.on('error', (err) => scanner.destroy(err));
+      // When the pass fails downstream (a target gives up), the scanner is destroyed: close pg_dump's
+      // pipe too, so it ends on EPIPE instead of blocking forever on a full pipe.
+      scanner.on('close', () => dump.stdout.destroy());
       return {
         source: scanner,
         upstream: [dump.exited],

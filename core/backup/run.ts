@@ -61,11 +61,15 @@ export interface BackupRun {
 }
 
 export const PGVAULT_VERSION: string = (() => {
-  try {
-    return (require('../../package.json') as { version: string }).version;
-  } catch {
-    return 'unknown';
+  // ../../ from the TypeScript source, ../../../ from the build in dist/.
+  for (const path of ['../../package.json', '../../../package.json']) {
+    try {
+      return (require(path) as { version: string }).version;
+    } catch {
+      // Try the next layout.
+    }
   }
+  return 'unknown';
 })();
 
 /**

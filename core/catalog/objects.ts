@@ -77,14 +77,20 @@ export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject>
     Readable,
     ...NodeJS.ReadWriteStream[],
   ]);
-  const [flowResult, upstreamResult, ...putResults] = await Promise.allSettled([
-    flow,
-    Promise.all(upstream),
-    ...puts,
+  // The first failure is the cause; the others follow from it (a target giving up makes pg_dump
+  // fail on a closed pipe; pg_dump failing makes every upload abort). Report the cause.
+  let cause: { reason: unknown } | undefined;
+  const firstFailure = <T>(p: Promise<T>) =>
+    p.catch((reason: unknown) => {
+      cause ??= { reason };
+      throw reason;
+    });
+  const [, , ...putResults] = await Promise.allSettled([
+    firstFailure(flow),
+    firstFailure(Promise.all(upstream)),
+    ...puts.map(firstFailure),
   ]);
-  const failure = [upstreamResult, ...putResults, flowResult].find((r) => r?.status === 'rejected') as
-    | PromiseRejectedResult
-    | undefined;
+  const failure = cause;
   if (failure) {
     spec.source.destroy();
     await Promise.allSettled(

@@ -1,0 +1,226 @@
+import { basename } from 'node:path';
+import type { ManifestBody, PhysicalInfo } from '../catalog/manifest';
+import type { Schedule } from '../catalog/naming';
+import type { Config } from '../config';
+import { PostgresError } from '../errors';
+import { type ServerInfo, serverInfo } from '../pg/server';
+import { parseBackupLabel, parseWalRanges, TarScanner } from '../pg/tar';
+import { findPgBinary, pgEnv, toolMajorVersion, withClient } from '../pg/tools';
+import { compressionTool, toolVersion } from '../stream/compress';
+import { startTool } from '../stream/process';
+import type { Vault } from '../vault';
+import { formatLsn, parseLsn, segmentOfLsn } from '../wal/naming';
+import { type ObjectSource, runBackup } from './run';
+
+export interface BaseBackupOptions {
+  readonly schedule: Schedule;
+  readonly now?: Date;
+}
+
+/** What the server must allow before pg_basebackup is worth starting. */
+export interface PhysicalPrerequisites {
+  readonly walLevel: string;
+  readonly maxWalSenders: number;
+  readonly segmentBytes: number;
+  /** Tablespaces other than pg_default and pg_global. */
+  readonly extraTablespaces: readonly string[];
+  /** Sum of pg_database_size, for progress and the S3 part size. */
+  readonly sizeBytes: number;
+}
+
+/** Manifests of PostgreSQL 13 and newer carry WAL-Ranges, which is where the stop LSN comes from. */
+const MIN_SERVER_MAJOR = 13;
+
+/** backup_label is a few hundred bytes; the manifest's WAL-Ranges and checksum sit in its last lines. */
+const LABEL_BYTES = 64 * 1024;
+const MANIFEST_TAIL_BYTES = 64 * 1024;
+
+const WAL_SEGMENT_IN_TAR = /^pg_wal\/[0-9A-F]{24}$/;
+
+export async function physicalPrerequisites(config: Config): Promise<PhysicalPrerequisites> {
+  return withClient(config.pg, config.pg.database ?? 'postgres', async (c) => {
+    const settings = await c.query<{ name: string; setting: string }>(
+      `SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_wal_senders', 'wal_segment_size')`,
+    );
+    const byName = new Map(settings.rows.map((r) => [r.name, r.setting]));
+    const spaces = await c.query<{ spcname: string }>(
+      `SELECT spcname FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY 1`,
+    );
+    const size = await c.query<{ n: string }>(
+      'SELECT sum(pg_database_size(oid))::text AS n FROM pg_database',
+    );
+    return {
+      walLevel: byName.get('wal_level') ?? 'unknown',
+      maxWalSenders: Number(byName.get('max_wal_senders') ?? 0),
+      // pg_settings reports it in bytes from PostgreSQL 11 on.
+      segmentBytes: Number(byName.get('wal_segment_size') ?? 16 * 1024 * 1024),
+      extraTablespaces: spaces.rows.map((r) => r.spcname),
+      sizeBytes: Number(size.rows[0]?.n ?? 0),
+    };
+  });
+}
+
+/** Refuses, with one line saying what to change, a server pgvault cannot take a base backup of. */
+export function assertBaseBackupPossible(server: ServerInfo, pre: PhysicalPrerequisites): void {
+  if (server.major < MIN_SERVER_MAJOR) {
+    throw new PostgresError(
+      `base backups need PostgreSQL ${MIN_SERVER_MAJOR} or newer (the server is ${server.version}): older servers send no backup manifest; use \`pgvault backup full\``,
+    );
+  }
+  if (pre.walLevel === 'minimal') {
+    throw new PostgresError(
+      'wal_level is minimal, which allows no base backup or WAL archiving; set wal_level = replica in postgresql.conf and restart the server',
+    );
+  }
+  if (pre.maxWalSenders < 1) {
+    throw new PostgresError(
+      'max_wal_senders is 0, so pg_basebackup cannot connect; set max_wal_senders = 10 (or at least 1) and restart the server',
+    );
+  }
+  if (pre.extraTablespaces.length > 0) {
+    throw new PostgresError(
+      `the server has tablespaces beyond pg_default and pg_global (${pre.extraTablespaces.join(', ')}); pg_basebackup cannot stream several tablespaces to one stream, so pgvault backup base does not support them yet: move them into pg_default (ALTER TABLE/INDEX ... SET TABLESPACE pg_default) or use \`pgvault backup full\``,
+    );
+  }
+}
+
+/**
+ * `backup base`: `pg_basebackup -Ft -D - -X fetch` streamed through the one data path into every
+ * target as a single tar object. The WAL needed to make it consistent is inside the tar (fetch), so
+ * the backup restores on its own; the stop LSN and timeline come from the stream itself.
+ */
+export async function backupBase(vault: Vault, options: BaseBackupOptions): Promise<ManifestBody> {
+  const { config } = vault;
+  await Promise.all(vault.targets.map((t) => t.probe()));
+  const server = await serverInfo(config.pg);
+  const pre = await physicalPrerequisites(config);
+  assertBaseBackupPossible(server, pre);
+  const pgBasebackup = findPgBinary('pg_basebackup', config.pgBinDir);
+  const toolMajor = await toolMajorVersion(pgBasebackup);
+  if (toolMajor < server.major) {
+    throw new PostgresError(
+      `pg_basebackup ${toolMajor} is older than the server (${server.version}); install postgresql-client-${server.major} or set PG_BIN_DIR to its bin directory`,
+    );
+  }
+
+  let scanner: TarScanner | undefined;
+  const seen: StreamFacts = { walSegments: 0 };
+  const source: ObjectSource = {
+    part: '',
+    kind: 'base',
+    format: 'tar',
+    label: 'pg_basebackup',
+    sizeHint: pre.sizeBytes,
+    open() {
+      // A replication connection: the password reaches pg_basebackup as PGPASSWORD, never in argv.
+      const proc = startTool(
+        pgBasebackup,
+        [
+          '--format=tar',
+          '--pgdata=-',
+          '--wal-method=fetch',
+          '--checkpoint=fast',
+          '--label=pgvault',
+          '--no-password',
+        ],
+        { env: pgEnv(config.pg), label: 'pg_basebackup', stdin: 'ignore' },
+      );
+      scanner = new TarScanner({
+        label: 'pg_basebackup output',
+        capture: {
+          backup_label: { headBytes: LABEL_BYTES },
+          backup_manifest: { tailBytes: MANIFEST_TAIL_BYTES, sha256: true },
+        },
+        onEntry: (entry) => {
+          const isWal = WAL_SEGMENT_IN_TAR.test(entry.name);
+          if (isWal) seen.walSegments++;
+          // WAL files and the manifest are sent only after the server has stopped the backup.
+          if (seen.stopSeenAt === undefined && (isWal || entry.name === 'backup_manifest'))
+            seen.stopSeenAt = new Date();
+        },
+      });
+      const tar = scanner;
+      proc.stdout.pipe(tar);
+      proc.stdout.on('error', (err) => tar.destroy(err));
+      // A stream that failed midway (bad tar, a target gave up) no longer reads pg_basebackup's
+      // stdout; stop it, or it would wait on a full pipe and the backup would never settle.
+      tar.once('close', () => {
+        if (!tar.readableEnded && proc.child.exitCode === null && proc.child.signalCode === null)
+          proc.child.kill('SIGTERM');
+      });
+      return { source: tar, upstream: [proc.exited] };
+    },
+  };
+
+  return runBackup(vault, {
+    type: 'base',
+    schedule: options.schedule,
+    server,
+    tools: await toolVersions(pgBasebackup, config),
+    sources: [source],
+    now: options.now,
+    physical: () => physicalFromStream(scanner, pre.segmentBytes, seen),
+  });
+}
+
+/** What the stream showed besides the captured members. */
+export interface StreamFacts {
+  /** WAL segment files inside the tar (pg_wal/...). */
+  walSegments: number;
+  /** When the first member sent after the backup's stop went past. */
+  stopSeenAt?: Date;
+}
+
+/** The manifest's physical block, from backup_label and the server manifest seen in the stream. */
+export function physicalFromStream(
+  scanner: TarScanner | undefined,
+  segmentBytes: number,
+  seen: StreamFacts,
+): PhysicalInfo {
+  const labelMember = scanner?.member('backup_label');
+  const manifestMember = scanner?.member('backup_manifest');
+  if (!scanner?.complete || labelMember === undefined || manifestMember === undefined) {
+    throw new PostgresError(
+      `pg_basebackup's output ended without ${labelMember === undefined ? 'backup_label' : manifestMember === undefined ? 'backup_manifest' : 'the end-of-archive marker'}; the backup is incomplete, run it again (and check the server log)`,
+    );
+  }
+  const label = parseBackupLabel(labelMember.head.toString('utf8'));
+  const ranges = parseWalRanges(manifestMember.tail.toString('utf8'));
+  if (label === undefined || ranges === undefined) {
+    throw new PostgresError(
+      `cannot read ${label === undefined ? 'backup_label' : 'the WAL-Ranges of backup_manifest'} in pg_basebackup's output; the backup cannot be used for recovery`,
+    );
+  }
+  // PostgreSQL lists the ranges newest timeline first; the backup ends on the newest one.
+  const last = ranges.reduce((a, b) => (b.timeline > a.timeline ? b : a));
+  const stop = parseLsn(last.endLsn);
+  const start = parseLsn(label.startLsn);
+  // The last segment needed holds the byte before the stop LSN (PostgreSQL's XLByteToPrevSeg).
+  const lastNeeded = stop > start ? stop - 1n : stop;
+  return {
+    timeline: label.startTimeline,
+    startLsn: formatLsn(start),
+    stopLsn: formatLsn(stop),
+    startWal: label.startWal,
+    stopWal: segmentOfLsn(last.timeline, lastNeeded, segmentBytes),
+    checkpointLsn: label.checkpointLsn,
+    walIncluded: seen.walSegments > 0,
+    segmentBytes,
+    serverManifestSha256: manifestMember.sha256,
+    stopTime: (seen.stopSeenAt ?? manifestMember.seenAt).toISOString(),
+  };
+}
+
+async function toolVersions(pgBasebackup: string, config: Config): Promise<Record<string, string>> {
+  const tools: Record<string, string> = {};
+  const own = await toolVersion(pgBasebackup).catch(() => undefined);
+  if (own) tools.pg_basebackup = own;
+  const compressor = compressionTool(config.compression);
+  if (compressor !== 'builtin') {
+    tools[basename(compressor.command)] =
+      (await toolVersion(compressor.command).catch(() => undefined)) ?? 'unknown';
+  } else if (config.compression !== 'none') {
+    tools[config.compression] = 'node:zlib';
+  }
+  return tools;
+}
