@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { runUndoSteps } from '../core/cleanup';
+import { pendingUndoSteps, runUndoSteps } from '../core/cleanup';
 import { fail, type GlobalOptions } from './output';
 
 /**
@@ -118,6 +118,7 @@ restore
   .option('--immediate', 'stop as soon as the backup is consistent')
   .option('--pgdata <dir>', 'lay down a data directory ready to start, instead of copying a database')
   .option('--force', 'with --pgdata: use a directory that is not empty')
+  .option('--from <name>', 'database in the recovered cluster to copy, when it differs from <database>')
   .action(run(pitrCmds, 'restorePitrCommand'));
 restore
   .command('wal <name> <path>')
@@ -175,7 +176,10 @@ for (const [signal, code] of [
   ['SIGTERM', 143],
 ] as const) {
   process.once(signal, () => {
-    process.stderr.write(`\npgvault: interrupted by ${signal}; removing what this run stored\n`);
+    const undoing = pendingUndoSteps() > 0;
+    process.stderr.write(
+      `\npgvault: interrupted by ${signal}${undoing ? '; removing what this run stored' : ''}\n`,
+    );
     void runUndoSteps(15_000).finally(() => process.exit(code));
   });
 }

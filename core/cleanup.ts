@@ -37,6 +37,10 @@ export function undoOnInterrupt(step: () => Promise<unknown>): () => void {
   return () => undoSteps.delete(step);
 }
 
+export function pendingUndoSteps(): number {
+  return undoSteps.size;
+}
+
 /** Runs every pending undo step, waiting at most `timeoutMs` in all. */
 export async function runUndoSteps(timeoutMs: number): Promise<void> {
   const steps = [...undoSteps];

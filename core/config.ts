@@ -65,6 +65,22 @@ export interface Config {
   readonly pg: PgConnection;
   /** Directory holding pg_dump, pg_restore, ...; found automatically when absent. */
   readonly pgBinDir?: string;
+  /**
+   * ARCHIVE_ASYNC: `backup wal` only confirms what a long-lived uploader (`wal push-async`) already
+   * stored ahead of time, in parallel (pgBackRest's archive-async). Off: each call stores its file.
+   */
+  readonly archiveAsync: boolean;
+  /**
+   * SPOOL_DIR: where the uploader leaves its `<wal file>.ok` / `.error` markers and the archive
+   * identity cache; relative paths are taken from the data directory. Default `pg_wal/pgvault-spool`.
+   */
+  readonly spoolDir?: string;
+  /** ARCHIVE_TIMEOUT: seconds `backup wal` waits for the uploader before failing (PostgreSQL retries). */
+  readonly archiveTimeoutSeconds: number;
+  /** WAL_PREFETCH: segments `restore wal` fetches ahead of recovery; 0 turns prefetching off. */
+  readonly walPrefetch: number;
+  /** WAL_RECEIVE_DIR: staging directory of `wal receive` (pg_receivewal -D). */
+  readonly walReceiveDir: string;
   /** Where the values came from, for `pgvault config` style messages. */
   readonly sources: readonly string[];
 }
@@ -235,6 +251,7 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
   }
   const compression = oneOf(raw, 'COMPRESSION', COMPRESSIONS, 'zstd');
   const port = optionalInteger(raw, 'PGPORT', 1, 65535);
+  const parallelJobs = integer(raw, 'PARALLEL_JOBS', Math.max(1, availableParallelism()), 1, 256);
   return {
     backupDir,
     walArchiveDir: absolutePath(raw, 'WAL_ARCHIVE_DIR', `${backupDir}/wal`, cwd),
@@ -245,7 +262,7 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
     },
     compression,
     compressionLevel: optionalInteger(raw, 'COMPRESSION_LEVEL', 1, 22),
-    parallelJobs: integer(raw, 'PARALLEL_JOBS', Math.max(1, availableParallelism()), 1, 256),
+    parallelJobs,
     encryption: {
       enabled: encryptionEnabled,
       passphrase: key,
@@ -270,6 +287,16 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
       password: raw.PGPASSWORD === '' ? undefined : raw.PGPASSWORD,
     },
     pgBinDir: text(raw, 'PG_BIN_DIR'),
+    archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),
+    spoolDir: text(raw, 'SPOOL_DIR') === undefined ? undefined : absolutePath(raw, 'SPOOL_DIR', '', cwd),
+    archiveTimeoutSeconds: integer(raw, 'ARCHIVE_TIMEOUT', 60, 1, 86_400),
+    walPrefetch: integer(raw, 'WAL_PREFETCH', parallelJobs * 2, 0, 1024),
+    walReceiveDir: absolutePath(
+      raw,
+      'WAL_RECEIVE_DIR',
+      `${backupDir}/.pgvault-receive/${clusterName(raw)}`,
+      cwd,
+    ),
     sources,
   };
 }

@@ -2,6 +2,11 @@ import { backupBase } from '../../core/backup/base';
 import type { ManifestBody } from '../../core/catalog/manifest';
 import { SCHEDULES, type Schedule } from '../../core/catalog/naming';
 import { UsageError } from '../../core/errors';
+import {
+  parseRecoveryTarget,
+  restorePitrDatabase,
+  restorePitrToDataDirectory,
+} from '../../core/restore/pitr';
 import { emit, formatBytes, formatDuration, type GlobalOptions, vaultFor } from '../output';
 
 function baseSummary(m: ManifestBody): string {
@@ -27,11 +32,97 @@ export async function backupBaseCommand(schedule: string | undefined, opts: Glob
   emit(opts, { ok: true, manifest: m }, () => baseSummary(m));
 }
 
+interface PitrOptions extends GlobalOptions {
+  readonly targetTime?: string;
+  readonly targetLsn?: string;
+  readonly targetXid?: string;
+  readonly targetName?: string;
+  readonly immediate?: boolean;
+  readonly pgdata?: string;
+  readonly force?: boolean;
+  /** Database inside the recovered cluster, when it differs from the name to create. */
+  readonly from?: string;
+}
+
+/**
+ * `restore pitr <backup|latest|auto> [time] [database]`. With a --target-* option the time
+ * argument is left out, so the word after the backup is the database.
+ */
 export async function restorePitrCommand(
-  _backup: string,
-  _time: string | undefined,
-  _db: string | undefined,
-  _opts: GlobalOptions,
+  backup: string,
+  time: string | undefined,
+  db: string | undefined,
+  opts: PitrOptions,
 ) {
-  throw new UsageError('restore pitr is not built yet');
+  let timeArg = time;
+  let database = db;
+  const optionTarget =
+    opts.targetTime !== undefined ||
+    opts.targetLsn !== undefined ||
+    opts.targetXid !== undefined ||
+    opts.targetName !== undefined ||
+    opts.immediate === true;
+  if (optionTarget && timeArg !== undefined) {
+    if (database !== undefined) {
+      throw new UsageError(
+        `"${timeArg}" and a --target option both name a target; use one, with the database after the backup: restore pitr ${backup} <database> --target-...`,
+      );
+    }
+    database = timeArg;
+    timeArg = undefined;
+  }
+  const target = parseRecoveryTarget({
+    time: timeArg ?? opts.targetTime,
+    lsn: opts.targetLsn,
+    xid: opts.targetXid,
+    name: opts.targetName,
+    immediate: opts.immediate,
+  });
+  if (opts.pgdata !== undefined && database !== undefined) {
+    throw new UsageError(
+      `--pgdata lays down a whole data directory, a database name copies one database; give one of them, not both`,
+    );
+  }
+  const vault = vaultFor(opts);
+  if (opts.pgdata !== undefined) {
+    const r = await restorePitrToDataDirectory(vault, backup, target, {
+      pgdata: opts.pgdata,
+      force: opts.force,
+    });
+    emit(opts, { ok: true, ...r }, () =>
+      [
+        `laid down ${r.backupId} in ${r.pgdata} for recovery to ${r.target} (${formatDuration(r.durationMs)})`,
+        `  base backup: ${r.choice}`,
+        `  restore_command = '${r.restoreCommand}' (config ${r.configFile})`,
+        `  start it${serverUserHint()}: pg_ctl -D ${r.pgdata} start; it replays the archived WAL to the target, then promotes`,
+        ...(r.keyFileWritten
+          ? [
+              `  ${r.keyFile} holds the encryption key for restore_command: delete it once recovery has finished`,
+            ]
+          : []),
+        ...r.warnings.map((w) => `  warning: ${w}`),
+      ].join('\n'),
+    );
+    return;
+  }
+  if (database === undefined) {
+    throw new UsageError(
+      'name the database to copy into the configured server (restore pitr <backup> "<time>" <database>), or lay down a whole data directory with --pgdata DIR',
+    );
+  }
+  const r = await restorePitrDatabase(vault, backup, target, { database, from: opts.from });
+  const point = r.recovered;
+  emit(opts, { ok: true, ...r }, () =>
+    [
+      `recovered "${r.source}" from ${r.backupId} to ${r.target} into "${r.database}" in ${formatDuration(r.durationMs)} (recovery ${formatDuration(r.recoveryMs)}, copy ${formatDuration(r.copyMs)})`,
+      `  base backup: ${r.choice}`,
+      `  recovered point: last transaction ${point.lastTransactionTime ?? 'none after the backup'}, LSN ${point.lsn ?? 'unknown'}${point.timeline ? `, new timeline ${point.timeline}` : ''}${point.stopReason ? ` (recovery stopping ${point.stopReason})` : ''}`,
+      `  ${point.segmentsRestored} WAL segment(s) restored from the archive`,
+      ...r.warnings.map((w) => `  warning: ${w}`),
+    ].join('\n'),
+  );
+}
+
+function serverUserHint(): string {
+  return process.getuid?.() === 0 ? ' as the postgres OS user' : '';
 }

@@ -1,22 +1,234 @@
-import { PgVaultError } from '../../core/errors';
-import type { GlobalOptions } from '../output';
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { loadConfig } from '../../core/config';
+import { IntegrityError } from '../../core/errors';
+import { createTargets } from '../../core/storage';
+import {
+  PREFETCHER_MARKER,
+  prefetchDirFor,
+  prefetcherRunning,
+  restoreWalFile,
+  runPrefetcher,
+} from '../../core/wal/fetch';
+import { requireWalFileName } from '../../core/wal/naming';
+import { pushWalFile } from '../../core/wal/push';
+import {
+  awaitingArchive,
+  confirmUpload,
+  runUploader,
+  SPOOL_FOLDER,
+  spoolDirFor,
+  startUploaderProcess,
+  uploaderRunning,
+} from '../../core/wal/spool';
+import { emit, formatDuration, type GlobalOptions, readConfig, table, vaultFor } from '../output';
 
-// Placeholders until the WAL archiving work lands (issue 3); each says so in one line.
-function notYet(what: string): never {
-  throw new PgVaultError(`${what} is not built yet`);
+/**
+ * WAL commands. `backup wal` and `restore wal` run once per file under PostgreSQL, so this module
+ * loads only the storage and stream code they need: no zod, no pg, and the AWS SDK only for S3.
+ * Verification and `wal receive` load the rest when they run.
+ */
+
+/** This CLI's entry script, for the background processes it starts. */
+const CLI_ENTRY = join(__dirname, '..', 'main.js');
+
+/** Exits as soon as the answer is out: PostgreSQL waits for the process, not for idle sockets. */
+function finish(code = 0): never {
+  process.exit(code);
 }
-export async function backupWalCommand(_path: string, _opts: GlobalOptions) {
-  notYet('backup wal');
+
+export async function backupWalCommand(path: string, opts: GlobalOptions) {
+  const config = readConfig(opts);
+  const file = requireWalFileName(basename(path));
+  if (config.archiveAsync && (await awaitingArchive(path))) {
+    const spoolDir = spoolDirFor(config.spoolDir, path);
+    await confirmUpload({
+      spoolDir,
+      walPath: path,
+      timeoutMs: config.archiveTimeoutSeconds * 1000,
+      ensureUploader: async () => {
+        if (await uploaderRunning(spoolDir)) return;
+        startUploaderProcess({
+          entry: CLI_ENTRY,
+          configFile: opts.config,
+          pgWalDir: dirname(resolve(path)),
+          spoolDir,
+          cwd: process.cwd(),
+        });
+      },
+    });
+    if (opts.json) emit(opts, { ok: true, name: file.name, acknowledged: 'uploader' }, '');
+    finish();
+  }
+  const inPgWal = basename(dirname(resolve(path))) === 'pg_wal';
+  const result = await pushWalFile(
+    {
+      config,
+      targets: createTargets(config),
+      stateDir: config.spoolDir !== undefined || inPgWal ? spoolDirFor(config.spoolDir, path) : undefined,
+      threads: config.parallelJobs,
+    },
+    path,
+  );
+  if (opts.json) emit(opts, { ok: true, ...result }, '');
+  finish();
 }
-export async function restoreWalCommand(_name: string, _path: string, _opts: GlobalOptions) {
-  notYet('restore wal');
+
+export async function restoreWalCommand(name: string, path: string, opts: GlobalOptions) {
+  const config = readConfig(opts);
+  const result = await restoreWalFile({ config, targets: createTargets(config) }, name, path, {
+    prefetchDir: prefetchDirFor(resolve(path)),
+    startPrefetcher: async (prefetchDir) => {
+      if (!(await prefetcherRunning(prefetchDir))) startPrefetcherProcess(prefetchDir, opts);
+    },
+    warn: (line) => process.stderr.write(`pgvault: warning: ${line}\n`),
+  });
+  if (opts.json) emit(opts, { ok: true, ...result }, '');
+  finish();
 }
-export async function verifyWalCommand(_opts: GlobalOptions) {
-  notYet('verify wal');
+
+/** The prefetcher runs this module as a script (see the end of the file): no CLI parsing, no commander. */
+function startPrefetcherProcess(prefetchDir: string, opts: GlobalOptions): void {
+  const fd = openSync(join(prefetchDir, 'prefetcher.log'), 'a', 0o600);
+  try {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+    };
+    if (opts.config !== undefined) env.PGVAULT_CONFIG = resolve(opts.config);
+    const child = spawn(process.execPath, [__filename, PREFETCHER_MARKER, prefetchDir], {
+      cwd: process.cwd(),
+      detached: true,
+      stdio: ['ignore', fd, fd],
+      env,
+    });
+    child.on('error', () => {});
+    child.unref();
+  } finally {
+    closeSync(fd);
+  }
 }
-export async function walReceiveCommand(_opts: GlobalOptions) {
-  notYet('wal receive');
+
+export async function verifyWalCommand(opts: GlobalOptions) {
+  const { verifyWalArchive } = require('../../core/wal/archive') as typeof import('../../core/wal/archive');
+  const vault = vaultFor(opts);
+  const report = await verifyWalArchive(vault);
+  const problem = report.ok
+    ? undefined
+    : `the WAL archive has ${report.gaps.length} gap(s): ${report.gaps
+        .slice(0, 3)
+        .map((g) => (g.count > 1 ? `${g.from}..${g.to} (${g.count})` : g.from))
+        .join(
+          ', ',
+        )}${report.gaps.length > 3 ? ', ...' : ''}; recovery cannot pass them: take a new base backup after the last gap`;
+  emit(opts, report, () => describeVerifyReport(report));
+  if (problem !== undefined) {
+    // The report is already out (stdout); the exit code and one line say it failed.
+    process.stderr.write(`pgvault: ${problem}\n`);
+    finish(new IntegrityError(problem).exitCode);
+  }
 }
-export async function walPushAsyncCommand(_opts: GlobalOptions) {
-  notYet('wal push-async');
+
+type VerifyReport = Awaited<ReturnType<typeof import('../../core/wal/archive').verifyWalArchive>>;
+
+function describeVerifyReport(report: VerifyReport): string {
+  const lines: string[] = [];
+  const identity = report.systemIdentifier ? `system identifier ${report.systemIdentifier}, ` : '';
+  lines.push(
+    `WAL archive of cluster ${report.cluster} (${identity}${report.segmentBytes / 1024 / 1024} MiB segments)`,
+  );
+  if (report.timelines.length === 0) lines.push('no WAL archived yet');
+  else {
+    lines.push(
+      table(
+        ['timeline', 'segments', 'first', 'last', 'gaps', 'branched from'],
+        report.timelines.map((t) => [
+          String(t.timeline),
+          String(t.segments),
+          t.first ?? '-',
+          t.last ?? '-',
+          String(t.gaps.length),
+          t.parent !== undefined ? `${t.parent} at ${t.switchLsn}` : '-',
+        ]),
+      ),
+    );
+  }
+  for (const b of report.backups) {
+    const until = b.recoverableToTime ? ` (archived ${b.recoverableToTime})` : '';
+    lines.push(
+      `${b.id}: from ${b.startWal} recoverable to ${b.recoverableTo}${until}, timelines ${b.timelinePath.join(' → ')}`,
+    );
+  }
+  for (const w of report.windows) {
+    lines.push(
+      `timeline ${w.timeline}: continuous ${w.from} .. ${w.to}${w.toTime ? ` (to ${w.toTime})` : ''}`,
+    );
+  }
+  for (const g of report.gaps) {
+    lines.push(
+      `GAP on timeline ${g.timeline}: ${g.from}${g.count > 1 ? ` .. ${g.to} (${g.count} files)` : ''} missing`,
+    );
+  }
+  if (report.rpoSeconds !== undefined) {
+    lines.push(
+      `RPO: ${formatDuration(report.rpoSeconds * 1000)} since the newest archived WAL (${report.newestModified})`,
+    );
+  }
+  lines.push(report.ok ? 'WAL archive OK' : 'WAL archive has gaps');
+  return lines.join('\n');
+}
+
+export async function walReceiveCommand(opts: GlobalOptions & { readonly slot?: string }) {
+  const { receiveWal } = require('../../core/wal/receive') as typeof import('../../core/wal/receive');
+  const config = readConfig(opts);
+  await receiveWal(
+    { config, targets: createTargets(config) },
+    {
+      slot: opts.slot ?? 'pgvault',
+      report: (status) => {
+        if (opts.json) process.stdout.write(`${JSON.stringify(status)}\n`);
+        else if (!opts.quiet) process.stderr.write(`pgvault wal receive: ${status.summary}\n`);
+      },
+      log: (line) => process.stderr.write(`pgvault wal receive: ${line}\n`),
+    },
+  );
+  finish();
+}
+
+export async function walPushAsyncCommand(opts: GlobalOptions & { readonly pgWal?: string }) {
+  const config = readConfig(opts);
+  const pgWalDir = resolve(opts.pgWal ?? 'pg_wal');
+  await runUploader(
+    { config, targets: createTargets(config) },
+    {
+      pgWalDir,
+      spoolDir: config.spoolDir ?? join(pgWalDir, SPOOL_FOLDER),
+      log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+    },
+  );
+  finish();
+}
+
+/** Entry of the detached prefetcher: `node wal.js prefetch <folder>` (config from PGVAULT_CONFIG and the env). */
+async function prefetcherMain(prefetchDir: string): Promise<void> {
+  const config = loadConfig();
+  await runPrefetcher({ config, targets: createTargets(config) }, prefetchDir, {
+    log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+  });
+}
+
+if (require.main === module) {
+  const [mode, prefetchDir] = process.argv.slice(2);
+  if (mode !== PREFETCHER_MARKER || prefetchDir === undefined) {
+    process.stderr.write('usage: node wal.js prefetch <folder> (started by pgvault restore wal)\n');
+    process.exit(2);
+  }
+  prefetcherMain(prefetchDir).then(
+    () => process.exit(0),
+    (err: unknown) => {
+      process.stderr.write(`${new Date().toISOString()} prefetcher failed: ${String(err)}\n`);
+      process.exit(1);
+    },
+  );
 }

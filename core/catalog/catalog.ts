@@ -5,7 +5,7 @@ import { errorMessage, UsageError } from '../errors';
 import { FileTarget } from '../storage/file';
 import type { ObjectInfo, StorageTarget } from '../storage/target';
 import { type Manifest, parseManifest } from './manifest';
-import { type BackupType, MANIFEST_SUFFIX, parseBackupId } from './naming';
+import { BACKUP_TYPES, type BackupType, MANIFEST_SUFFIX, parseBackupId } from './naming';
 
 /** A complete backup as the catalog sees it: its manifest and every target that holds it. */
 export interface CatalogEntry {
@@ -36,9 +36,10 @@ export class Catalog {
     const failures: unknown[] = [];
     for (const target of this.targets) {
       try {
+        // One prefix per backup type: never walk {cluster}/wal/, which may hold millions of segments.
         for await (const info of manifestsIn(
           target,
-          type ? `${this.cluster}/${type}/` : `${this.cluster}/`,
+          (type ? [type] : BACKUP_TYPES).map((t) => `${this.cluster}/${t}/`),
         )) {
           const existing = byKey.get(info.key);
           if (existing) {
@@ -121,8 +122,10 @@ export class Catalog {
   }
 }
 
-async function* manifestsIn(target: StorageTarget, prefix: string): AsyncIterable<ObjectInfo> {
-  for await (const info of target.list(prefix)) if (info.key.endsWith(MANIFEST_SUFFIX)) yield info;
+async function* manifestsIn(target: StorageTarget, prefixes: readonly string[]): AsyncIterable<ObjectInfo> {
+  for (const prefix of prefixes) {
+    for await (const info of target.list(prefix)) if (info.key.endsWith(MANIFEST_SUFFIX)) yield info;
+  }
 }
 
 /** The backup id inside any reference: ids hold no dots, so it is the name up to the first one. */

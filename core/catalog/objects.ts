@@ -12,7 +12,7 @@ import {
   gateOn,
   teeTo,
 } from '../stream';
-import type { StoredObject } from './manifest';
+import type { Manifest, StoredObject } from './manifest';
 
 /**
  * The one data path, both ways. Writing: raw bytes → sha256 → compress → encrypt → sha256 and
@@ -123,6 +123,16 @@ class ExpectDigest extends Transform {
     const problem = this.checks();
     cb(problem ? this.fail(problem) : null);
   }
+}
+
+/** How to decrypt a backup's objects with the configured passphrase (undefined when not encrypted). */
+export function decryptionFor(
+  manifest: Pick<Manifest, 'encryption'>,
+  passphrase: string | undefined,
+): { passphrase: string; iterations: number } | undefined {
+  return manifest.encryption
+    ? { passphrase: passphrase ?? '', iterations: manifest.encryption.iterations }
+    : undefined;
 }
 
 export interface ObjectReadSpec {

@@ -1,13 +1,14 @@
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, open, rm, statfs } from 'node:fs/promises';
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { CatalogEntry } from '../catalog/catalog';
 import { type Manifest, type StoredObject, verifyManifest } from '../catalog/manifest';
-import { readObject } from '../catalog/objects';
+import { decryptionFor, readObject } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
 import type { Config } from '../config';
+import { ensureFreeSpace } from '../disk';
 import { errorMessage, IntegrityError, StorageError, UsageError } from '../errors';
 import { CustomArchiveScanner } from '../pg/archive';
 import type { Reporter, Vault } from '../vault';
@@ -77,7 +78,7 @@ export async function fetchToLocalFile(
   config: Config,
   reporter: Reporter,
 ): Promise<LocalCopy> {
-  await ensureTempSpace(object.rawSize);
+  await ensureFreeSpace(tmpdir(), object.rawSize, 'restore staging', 'set TMPDIR to a larger disk');
   const dir = await mkdtemp(join(tmpdir(), 'pgvault-restore-'));
   const path = join(
     dir,
@@ -92,7 +93,6 @@ export async function fetchToLocalFile(
     await rm(dir, { recursive: true, force: true });
     forget();
   };
-  const enc = entry.manifest.encryption;
   let lastError: unknown;
   for (const target of entry.targets) {
     try {
@@ -101,9 +101,7 @@ export async function fetchToLocalFile(
         object,
         compression: entry.manifest.compression.algorithm,
         threads: config.parallelJobs,
-        encryption: enc
-          ? { passphrase: config.encryption.passphrase ?? '', iterations: enc.iterations }
-          : undefined,
+        encryption: decryptionFor(entry.manifest, config.encryption.passphrase),
         onProgress: (bytes) =>
           reporter.progress(`fetch ${object.database ?? object.kind}`, bytes, object.storedSize),
       });
@@ -143,24 +141,4 @@ async function patchFile(
   } finally {
     await handle.close();
   }
-}
-
-async function ensureTempSpace(bytes: number): Promise<void> {
-  const dir = tmpdir();
-  try {
-    const s = await statfs(dir);
-    const free = Number(s.bavail) * Number(s.bsize);
-    if (free < bytes * 1.05) {
-      throw new UsageError(
-        `restore needs ${gib(bytes)} of temporary space in ${dir} but only ${gib(free)} is free; set TMPDIR to a larger disk`,
-      );
-    }
-  } catch (err) {
-    if (err instanceof UsageError) throw err;
-    // statfs unsupported here: let the write itself report a full disk.
-  }
-}
-
-function gib(bytes: number): string {
-  return bytes >= 1 << 30 ? `${(bytes / (1 << 30)).toFixed(1)} GiB` : `${(bytes / (1 << 20)).toFixed(1)} MiB`;
 }

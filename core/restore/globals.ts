@@ -1,5 +1,5 @@
 import { pipeline } from 'node:stream/promises';
-import { readObject } from '../catalog/objects';
+import { decryptionFor, readObject } from '../catalog/objects';
 import { UsageError } from '../errors';
 import { findPgBinary, pgEnv } from '../pg/tools';
 import { startTool } from '../stream/process';
@@ -28,9 +28,7 @@ export async function restoreGlobals(vault: Vault, ref: string): Promise<Globals
     object,
     compression: manifest.compression.algorithm,
     threads: vault.config.parallelJobs,
-    encryption: manifest.encryption
-      ? { passphrase: vault.config.encryption.passphrase ?? '', iterations: manifest.encryption.iterations }
-      : undefined,
+    encryption: decryptionFor(manifest, vault.config.encryption.passphrase),
   });
   const psql = startTool(
     findPgBinary('psql', vault.config.pgBinDir),

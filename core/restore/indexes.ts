@@ -1,5 +1,5 @@
 import { parseIndexSql } from '../backup/indexes';
-import { readObject } from '../catalog/objects';
+import { decryptionFor, readObject } from '../catalog/objects';
 import { errorMessage, UsageError } from '../errors';
 import { withClient } from '../pg/tools';
 import type { Vault } from '../vault';
@@ -31,9 +31,7 @@ export async function restoreIndexes(
     object,
     compression: manifest.compression.algorithm,
     threads: vault.config.parallelJobs,
-    encryption: manifest.encryption
-      ? { passphrase: vault.config.encryption.passphrase ?? '', iterations: manifest.encryption.iterations }
-      : undefined,
+    encryption: decryptionFor(manifest, vault.config.encryption.passphrase),
   });
   const chunks: Buffer[] = [];
   for await (const c of raw) chunks.push(c as Buffer);

@@ -1,14 +1,15 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, rm, statfs } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Manifest, StoredObject } from '../catalog/manifest';
-import { readObject } from '../catalog/objects';
+import { decryptionFor, readObject } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
 import type { Config } from '../config';
+import { ensureFreeSpace } from '../disk';
 import { errorMessage, IntegrityError, PgVaultError, UsageError } from '../errors';
 import { CustomArchiveScanner } from '../pg/archive';
 import { findPgBinary } from '../pg/tools';
@@ -43,7 +44,6 @@ export async function verifyBackupFile(vault: Vault, ref: string): Promise<FileV
   const entry = await vault.catalog.resolve(ref);
   const manifest = await openBackup(entry, vault.config);
   const target = entry.targets[0]!;
-  const enc = manifest.encryption;
   const objects: ObjectVerification[] = [];
   for (const object of manifest.objects) {
     const raw = await readObject({
@@ -51,9 +51,7 @@ export async function verifyBackupFile(vault: Vault, ref: string): Promise<FileV
       object,
       compression: manifest.compression.algorithm,
       threads: vault.config.parallelJobs,
-      encryption: enc
-        ? { passphrase: vault.config.encryption.passphrase ?? '', iterations: enc.iterations }
-        : undefined,
+      encryption: decryptionFor(manifest, vault.config.encryption.passphrase),
       onProgress: (bytes) =>
         vault.reporter.progress(`verify ${object.database ?? object.kind}`, bytes, object.storedSize),
     });
@@ -109,7 +107,12 @@ async function verifyBaseBackupObject(
   config: Config,
 ): Promise<void> {
   const verifyBackup = findPgBinary('pg_verifybackup', config.pgBinDir);
-  await ensureSpace(tmpdir(), object.rawSize);
+  await ensureFreeSpace(
+    tmpdir(),
+    object.rawSize,
+    'verifying this base backup',
+    'set TMPDIR to a larger disk',
+  );
   const dir = await mkdtemp(join(tmpdir(), 'pgvault-verify-'));
   const forget = removeOnExit(dir);
   try {
@@ -174,19 +177,4 @@ async function fileSha256(path: string): Promise<string> {
   const hash = createHash('sha256');
   await pipeline(createReadStream(path), hash);
   return hash.digest('hex');
-}
-
-async function ensureSpace(dir: string, bytes: number): Promise<void> {
-  let free: number;
-  try {
-    const s = await statfs(dir);
-    free = Number(s.bavail) * Number(s.bsize);
-  } catch {
-    return; // statfs unsupported here: the extraction reports a full disk itself.
-  }
-  if (free < bytes * 1.05) {
-    throw new UsageError(
-      `verifying this base backup extracts ${(bytes / 2 ** 20).toFixed(0)} MiB into ${dir}, but only ${(free / 2 ** 20).toFixed(0)} MiB is free; set TMPDIR to a larger disk`,
-    );
-  }
 }

@@ -117,3 +117,92 @@ export function formatLsn(lsn: bigint): string {
 export function segmentOfLsn(timeline: number, lsn: bigint, segmentBytes = DEFAULT_SEGMENT_BYTES): string {
   return segmentName(timeline, lsn / BigInt(segmentBytes), segmentBytes);
 }
+
+/** The extension WAL objects get under a config: compression's, then `.enc` when encrypted. */
+export function walObjectExtension(compressionExt: string, encrypted: boolean): string {
+  return `${compressionExt}${encrypted ? '.enc' : ''}`;
+}
+
+/** The part of a stored key after the WAL file name (`.zst.enc`), or undefined when the key is another file's. */
+export function walKeyExtension(key: string, file: WalFileName): string | undefined {
+  const base = key.slice(key.lastIndexOf('/') + 1);
+  if (!base.startsWith(file.name)) return undefined;
+  const extension = base.slice(file.name.length);
+  return /^(\.[a-z0-9]+)*$/.test(extension) && walNameFromKey(key)?.name === file.name
+    ? extension
+    : undefined;
+}
+
+/** Timeline number of a WAL file name or an 8-hex-digit timeline. */
+export function timelineOf(nameOrTimeline: string): number {
+  return Number.parseInt(nameOrTimeline.slice(0, 8), 16);
+}
+
+/** First LSN of a segment (its page address). */
+export function segmentStartLsn(segment: string, segmentBytes = DEFAULT_SEGMENT_BYTES): bigint {
+  return segmentNumber(segment, segmentBytes) * BigInt(segmentBytes);
+}
+
+/**
+ * The long page header at the start of every WAL segment (XLogLongPageHeaderData, little-endian on
+ * the platforms PostgreSQL archives from):
+ *
+ *   0 xlp_magic u16 · 2 xlp_info u16 · 4 xlp_tli u32 · 8 xlp_pageaddr u64 · 16 xlp_rem_len u32 ·
+ *   24 xlp_sysid u64 · 32 xlp_seg_size u32 · 36 xlp_xlog_blcksz u32
+ */
+export interface WalSegmentHeader {
+  readonly magic: number;
+  readonly timeline: number;
+  readonly pageAddress: bigint;
+  /** The cluster's system identifier, as decimal text (pg_controldata prints it so). */
+  readonly systemIdentifier: string;
+  readonly segmentBytes: number;
+  readonly blockBytes: number;
+}
+
+export const WAL_LONG_HEADER_BYTES = 40;
+/** xlp_info bit: this page has the long header (always so on a segment's first page). */
+const XLP_LONG_HEADER = 0x0002;
+const MIN_SEGMENT_BYTES = 1024 * 1024;
+const MAX_SEGMENT_BYTES = 1024 * 1024 * 1024;
+
+/**
+ * Reads the long page header from the first bytes of a segment; undefined when they are not one
+ * (too short, no long-header flag, or a segment size PostgreSQL cannot have).
+ */
+export function parseWalSegmentHeader(firstBytes: Buffer): WalSegmentHeader | undefined {
+  if (firstBytes.length < WAL_LONG_HEADER_BYTES) return undefined;
+  const info = firstBytes.readUInt16LE(2);
+  if ((info & XLP_LONG_HEADER) === 0) return undefined;
+  const segmentBytes = firstBytes.readUInt32LE(32);
+  const blockBytes = firstBytes.readUInt32LE(36);
+  const powerOfTwo = (n: number) => n > 0 && (n & (n - 1)) === 0;
+  if (!powerOfTwo(segmentBytes) || segmentBytes < MIN_SEGMENT_BYTES || segmentBytes > MAX_SEGMENT_BYTES)
+    return undefined;
+  if (!powerOfTwo(blockBytes) || blockBytes < 1024 || blockBytes > 65536) return undefined;
+  return {
+    magic: firstBytes.readUInt16LE(0),
+    timeline: firstBytes.readUInt32LE(4),
+    pageAddress: firstBytes.readBigUInt64LE(8),
+    systemIdentifier: firstBytes.readBigUInt64LE(24).toString(),
+    segmentBytes,
+    blockBytes,
+  };
+}
+
+/**
+ * Why a segment (or .partial) with this name cannot have this header, or undefined when it fits:
+ * the first page's address must be the segment's start, and its timeline cannot be newer than the
+ * name's (the first segment of a new timeline starts with its parent's pages).
+ */
+export function segmentHeaderMismatch(file: WalFileName, header: WalSegmentHeader): string | undefined {
+  const segment = file.segment!;
+  const expected = segmentStartLsn(segment, header.segmentBytes);
+  if (header.pageAddress !== expected) {
+    return `its first page is for LSN ${formatLsn(header.pageAddress)}, the name says ${formatLsn(expected)}`;
+  }
+  if (header.timeline > timelineOf(file.timeline)) {
+    return `its first page is from timeline ${header.timeline}, newer than the name's ${timelineOf(file.timeline)}`;
+  }
+  return undefined;
+}

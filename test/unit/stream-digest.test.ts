@@ -86,7 +86,13 @@ describe('DigestMeter', () => {
     const data = randomBytes(100_000);
     const meter = new DigestMeter({ hash: false });
     const out: Buffer[] = [];
-    await pipeline(Readable.from([data]), meter, new Writable({ write: (c, _e, cb) => (out.push(c), cb()) }));
+    const sink = new Writable({
+      write: (c, _e, cb) => {
+        out.push(c);
+        cb();
+      },
+    });
+    await pipeline(Readable.from([data]), meter, sink);
     expect(meter.bytes).toBe(100_000);
     expect(Buffer.concat(out).equals(data)).toBe(true);
     expect(() => meter.sha256()).toThrow(/only counts bytes/);

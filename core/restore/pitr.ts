@@ -1,0 +1,619 @@
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, stat } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
+import type { CatalogEntry } from '../catalog/catalog';
+import type { Manifest, PhysicalInfo, StoredObject } from '../catalog/manifest';
+import type { Config } from '../config';
+import { IntegrityError, UsageError } from '../errors';
+import { chownToServerUser } from '../pg/cluster';
+import { countUserRelations } from '../pg/server';
+import { withClient } from '../pg/tools';
+import type { Vault } from '../vault';
+import {
+  continuousUntil,
+  latestTimelinePath,
+  missingSegments,
+  readWalArchive,
+  type WalArchiveState,
+} from '../wal/archive';
+import { formatLsn, nextSegment, parseLsn, segmentNumber } from '../wal/naming';
+import { openBackup } from './fetch';
+import {
+  assertServerUserCanUse,
+  clearDirectory,
+  copyDatabase,
+  extractBaseBackup,
+  prepareRecovery,
+  type RecoveredPoint,
+  RecoverySandbox,
+  writeRestoreCommandFiles,
+} from './sandbox';
+
+/**
+ * `restore pitr`: a physical base backup rolled forward through the WAL archive to a target.
+ * Everything that can be refused is refused before a byte is restored: an unknown or wrongly keyed
+ * backup, a target before the oldest base backup, after the newest archived WAL, or across a gap.
+ */
+
+export type RecoveryTarget =
+  | {
+      readonly kind: 'time';
+      readonly time: Date /** As written into recovery_target_time (UTC). */;
+      readonly text: string;
+    }
+  | { readonly kind: 'lsn'; readonly lsn: bigint; readonly text: string }
+  | { readonly kind: 'xid'; readonly xid: string }
+  | { readonly kind: 'name'; readonly name: string }
+  | { readonly kind: 'immediate' }
+  /** No target: replay every archived segment, then promote. */
+  | { readonly kind: 'end' };
+
+export interface RecoveryTargetInput {
+  readonly time?: string;
+  readonly lsn?: string;
+  readonly xid?: string;
+  readonly name?: string;
+  readonly immediate?: boolean;
+}
+
+/** One target from the command line's choices; more than one is a usage error. */
+export function parseRecoveryTarget(input: RecoveryTargetInput): RecoveryTarget {
+  const given = (
+    [
+      ['time', input.time],
+      ['lsn', input.lsn],
+      ['xid', input.xid],
+      ['name', input.name],
+      ['immediate', input.immediate ? 'yes' : undefined],
+    ] as const
+  ).filter(([, v]) => v !== undefined && v !== '');
+  if (given.length > 1) {
+    throw new UsageError(
+      `give one recovery target, not ${given.map(([k]) => k).join(' and ')}: a time, --target-lsn, --target-xid, --target-name or --immediate`,
+    );
+  }
+  if (input.time !== undefined && input.time !== '') {
+    const { time, text } = parseTargetTime(input.time);
+    return { kind: 'time', time, text };
+  }
+  if (input.lsn !== undefined && input.lsn !== '') {
+    const lsn = parseLsn(input.lsn);
+    return { kind: 'lsn', lsn, text: formatLsn(lsn) };
+  }
+  if (input.xid !== undefined && input.xid !== '') {
+    if (!/^\d+$/.test(input.xid.trim()))
+      throw new UsageError(
+        `--target-xid ${input.xid} is not a transaction id; use the number txid_current() returned`,
+      );
+    return { kind: 'xid', xid: input.xid.trim() };
+  }
+  if (input.name !== undefined && input.name !== '') {
+    if (Buffer.byteLength(input.name) > 63)
+      throw new UsageError(
+        `--target-name ${input.name} is longer than a restore point name can be (63 bytes)`,
+      );
+    return { kind: 'name', name: input.name };
+  }
+  if (input.immediate) return { kind: 'immediate' };
+  return { kind: 'end' };
+}
+
+const TIME_PATTERN =
+  /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?\s*(Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?$/i;
+
+/**
+ * A target time as ISO 8601 or PostgreSQL's own output ('2026-02-12 10:30:00.123456+00'). Without a
+ * zone it is UTC. Microseconds are kept: commit times have them, and a target one microsecond after
+ * a commit is how "just after this transaction" is said.
+ */
+export function parseTargetTime(input: string): { time: Date; text: string } {
+  const m = TIME_PATTERN.exec(input.trim());
+  if (!m) {
+    throw new UsageError(
+      `${input} is not a time; use ISO 8601 like "2026-02-12 10:30:00" (UTC) or "2026-02-12T10:30:00+01:00"`,
+    );
+  }
+  const [, y, mo, d, h, mi, s = '0', frac = '', zone = 'Z'] = m;
+  let offsetMinutes = 0;
+  if (!/^(Z|UTC|GMT)$/i.test(zone)) {
+    const z = /^([+-])(\d{2}):?(\d{2})?$/.exec(zone)!;
+    offsetMinutes = (z[1] === '-' ? -1 : 1) * (Number(z[2]) * 60 + Number(z[3] ?? 0));
+  }
+  const micro = frac.padEnd(6, '0');
+  const local = Date.UTC(
+    Number(y),
+    Number(mo) - 1,
+    Number(d),
+    Number(h),
+    Number(mi),
+    Number(s),
+    Number(micro.slice(0, 3)),
+  );
+  const check = new Date(local);
+  if (
+    check.getUTCFullYear() !== Number(y) ||
+    check.getUTCMonth() !== Number(mo) - 1 ||
+    check.getUTCDate() !== Number(d) ||
+    Number(h) > 23 ||
+    Number(mi) > 59 ||
+    Number(s) > 59
+  ) {
+    throw new UsageError(`${input} is not a valid date and time`);
+  }
+  const time = new Date(local - offsetMinutes * 60_000);
+  const iso = time.toISOString(); // 2026-02-12T10:30:00.123Z
+  return { time, text: `${iso.slice(0, 10)} ${iso.slice(11, 19)}.${micro}+00` };
+}
+
+export function describeTarget(target: RecoveryTarget): string {
+  switch (target.kind) {
+    case 'time':
+      return `time ${target.text}`;
+    case 'lsn':
+      return `LSN ${target.text}`;
+    case 'xid':
+      return `transaction ${target.xid}`;
+    case 'name':
+      return `restore point "${target.name}"`;
+    case 'immediate':
+      return 'the end of the base backup (immediate)';
+    case 'end':
+      return 'the end of the archived WAL';
+  }
+}
+
+/** The recovery_target_* settings for a target (the rest of the recovery settings are fixed). */
+export function recoveryTargetSettings(target: RecoveryTarget): Record<string, string> {
+  switch (target.kind) {
+    case 'time':
+      return { recovery_target_time: target.text };
+    case 'lsn':
+      return { recovery_target_lsn: target.text };
+    case 'xid':
+      return { recovery_target_xid: target.xid };
+    case 'name':
+      return { recovery_target_name: target.name };
+    case 'immediate':
+      return { recovery_target: 'immediate' };
+    case 'end':
+      return {};
+  }
+}
+
+/**
+ * Everything postgresql.auto.conf gets for a recovery: 'latest' follows promotions recorded in the
+ * archive's history files; 'promote' opens the server for writes once the target is reached.
+ */
+export function recoverySettings(restoreCommand: string, target: RecoveryTarget): Record<string, string> {
+  return {
+    restore_command: restoreCommand,
+    ...recoveryTargetSettings(target),
+    recovery_target_timeline: 'latest',
+    recovery_target_action: 'promote',
+  };
+}
+
+/** How far one base backup can be rolled forward with the archive as it is. */
+export interface BackupReach {
+  readonly entry: CatalogEntry;
+  readonly physical: PhysicalInfo;
+  /** The earliest point recovery can stop at: the backup's end. */
+  readonly consistentLsn: bigint;
+  readonly consistentTime: Date;
+  /** Timelines recovery follows from the backup's to the newest ('latest'), oldest first. */
+  readonly timelinePath: readonly number[];
+  /** False when the archive was not read (--immediate needs none of it). */
+  readonly archiveRead: boolean;
+  /** End of the WAL continuously archived from the backup on (undefined: not even its stop segment). */
+  readonly endSegment?: string;
+  readonly endLsn?: bigint;
+  readonly endTime?: Date;
+  /** The first missing segments after endSegment when the archive continues past a gap. */
+  readonly gap?: { readonly first: string; readonly last: string; readonly count: number };
+}
+
+export interface PitrPlan {
+  readonly reach: BackupReach;
+  readonly manifest: Manifest;
+  readonly object: StoredObject;
+  readonly target: RecoveryTarget;
+  /** Why this backup: for `auto`, which rule picked it. */
+  readonly choice: string;
+  /** Every base backup's reachable window, newest first, for messages. */
+  readonly window: string;
+  readonly warnings: readonly string[];
+}
+
+function consistentTime(entry: CatalogEntry): Date {
+  const p = entry.manifest.physical;
+  return new Date(p?.stopTime ?? entry.manifest.finishedAt);
+}
+
+function lsnAtSegmentEnd(segment: string, segmentBytes: number): bigint {
+  return (segmentNumber(segment, segmentBytes) + 1n) * BigInt(segmentBytes);
+}
+
+/** How far the archive carries a backup. */
+export function backupReach(entry: CatalogEntry, state: WalArchiveState | undefined): BackupReach {
+  const physical = entry.manifest.physical!;
+  const consistentLsn = parseLsn(physical.stopLsn);
+  const base = { entry, physical, consistentLsn, consistentTime: consistentTime(entry) };
+  if (state === undefined) return { ...base, timelinePath: [physical.timeline], archiveRead: false };
+  const path = latestTimelinePath(state, physical.stopWal);
+  if (missingSegments(state, physical.stopWal, physical.stopWal, path).length > 0) {
+    return { ...base, timelinePath: path, archiveRead: true };
+  }
+  const until = continuousUntil(state, physical.stopWal, path);
+  const reach = {
+    ...base,
+    timelinePath: path,
+    archiveRead: true,
+    endSegment: until.last,
+    endLsn: lsnAtSegmentEnd(until.last, physical.segmentBytes),
+    endTime: until.lastModified,
+  };
+  // Segments archived past the continuous run mean a gap (numbers compare across timelines).
+  const newest = state.timelines.find((t) => t.timeline === path[path.length - 1])?.last;
+  const bytes = physical.segmentBytes;
+  if (newest === undefined || segmentNumber(newest, bytes) <= segmentNumber(until.last, bytes)) return reach;
+  const missing = missingSegments(state, nextSegment(until.last, bytes), newest, path);
+  if (missing.length === 0) return reach;
+  return {
+    ...reach,
+    gap: { first: missing[0]!, last: missing[missing.length - 1]!, count: missing.length },
+  };
+}
+
+function isoSeconds(d: Date | undefined): string {
+  return d === undefined ? 'unknown time' : `${d.toISOString().replace('T', ' ').slice(0, 19)}Z`;
+}
+
+/** One line per base backup: from its consistency point to where its archive ends. */
+export function describeWindow(reaches: readonly BackupReach[]): string {
+  if (reaches.length === 0) return 'nothing (no base backup)';
+  const parts = reaches.slice(0, 3).map((r) => {
+    const from = `${isoSeconds(r.consistentTime)} (LSN ${formatLsn(r.consistentLsn)})`;
+    const to = !r.archiveRead
+      ? 'the archive (not read: --immediate needs none of it)'
+      : r.endSegment === undefined
+        ? `its own end only (its last segment ${r.physical.stopWal} is not archived)`
+        : `${isoSeconds(r.endTime)} (LSN ${formatLsn(r.endLsn!)}, segment ${r.endSegment})`;
+    const gap = r.gap
+      ? `, then a gap: ${r.gap.first}${r.gap.count > 1 ? ` to ${r.gap.last} (${r.gap.count} segments)` : ''} missing`
+      : '';
+    return `from ${r.entry.manifest.id}: ${from} to ${to}${gap}`;
+  });
+  const more = reaches.length > 3 ? `; ${reaches.length - 3} older base backup(s) not shown` : '';
+  return `${parts.join('; ')}${more}`;
+}
+
+/**
+ * Refuses a target the chosen backup and the archive cannot reach, naming the window. Returns
+ * what could not be checked.
+ */
+function assertReachable(reach: BackupReach, target: RecoveryTarget, window: string): string[] {
+  const id = reach.entry.manifest.id;
+  const beyond = (what: string) => {
+    if (reach.gap) {
+      return new UsageError(
+        `${what} lies beyond a gap in the WAL archive: ${reach.gap.first}${reach.gap.count > 1 ? ` to ${reach.gap.last}` : ''} missing, so recovery from ${id} stops at ${isoSeconds(reach.endTime)} (segment ${reach.endSegment}); nothing was restored. Reachable: ${window}`,
+      );
+    }
+    return new UsageError(
+      `${what} is after the last archived WAL (segment ${reach.endSegment ?? 'none'} stored ${isoSeconds(reach.endTime)}); archive the current segment (SELECT pg_switch_wal()) and retry, or choose an earlier target; nothing was restored. Reachable: ${window}`,
+    );
+  };
+  if (target.kind === 'time') {
+    if (target.time < reach.consistentTime) {
+      throw new UsageError(
+        `target ${target.text} is before ${id} became consistent (${isoSeconds(reach.consistentTime)}); use an older base backup or auto; nothing was restored. Reachable: ${window}`,
+      );
+    }
+    if (reach.endSegment === undefined) throw beyond(`target ${target.text}`);
+    if (reach.endTime === undefined) {
+      return [
+        `the archive does not say when ${reach.endSegment} was stored, so ${target.text} is not checked against its end; recovery stops where the WAL ends`,
+      ];
+    }
+    if (target.time > reach.endTime) throw beyond(`target ${target.text}`);
+  } else if (target.kind === 'lsn') {
+    if (target.lsn < reach.consistentLsn) {
+      throw new UsageError(
+        `target LSN ${target.text} is before ${id} became consistent (LSN ${formatLsn(reach.consistentLsn)}); use an older base backup or auto; nothing was restored. Reachable: ${window}`,
+      );
+    }
+    if (reach.endLsn === undefined || target.lsn > reach.endLsn) throw beyond(`target LSN ${target.text}`);
+  } else if (target.kind === 'end') {
+    if (reach.gap) throw beyond('the end of the archived WAL');
+  }
+  return [];
+}
+
+/**
+ * Chooses the base backup (`auto`: the newest one consistent before the target), checks the key
+ * and refuses an unreachable target. Reads the catalog and the archive listing; restores nothing.
+ */
+export async function planPitr(vault: Vault, ref: string, target: RecoveryTarget): Promise<PitrPlan> {
+  const bases = (await vault.catalog.list('base')).filter((e) => e.manifest.physical !== undefined);
+  if (bases.length === 0) {
+    throw new UsageError(
+      `no complete base backup of cluster ${vault.config.clusterName} in ${vault.targets.map((t) => t.location).join(', ')}; take one with \`pgvault backup base\``,
+    );
+  }
+  const state = target.kind === 'immediate' ? undefined : await readWalArchive(vault);
+  // Newest first by consistency point, the order `auto` prefers.
+  const reaches = bases
+    .map((e) => backupReach(e, state))
+    .sort((a, b) => b.consistentTime.getTime() - a.consistentTime.getTime());
+  const window = describeWindow(reaches);
+  const warnings: string[] = [];
+
+  let reach: BackupReach;
+  let choice: string;
+  const wanted = ref.trim();
+  if (wanted === 'auto') {
+    if (target.kind === 'time' || target.kind === 'lsn') {
+      const eligible = reaches.filter((r) =>
+        target.kind === 'time' ? r.consistentTime <= target.time : r.consistentLsn <= target.lsn,
+      );
+      if (eligible.length === 0) {
+        const oldest = reaches[reaches.length - 1]!;
+        throw new UsageError(
+          `target ${describeTarget(target)} is before the oldest base backup (${oldest.entry.manifest.id}, consistent from ${isoSeconds(oldest.consistentTime)}, LSN ${formatLsn(oldest.consistentLsn)}); nothing was restored. Reachable: ${window}`,
+        );
+      }
+      reach = eligible[0]!;
+      choice = `auto: ${reach.entry.manifest.id} is the newest base backup that ended before the target (consistent from ${isoSeconds(reach.consistentTime)}, LSN ${formatLsn(reach.consistentLsn)})`;
+    } else {
+      reach = reaches[0]!;
+      choice =
+        target.kind === 'xid' || target.kind === 'name'
+          ? `auto: ${reach.entry.manifest.id}, the newest base backup (pgvault cannot tell from the catalog when ${describeTarget(target)} happened; if it is older than ${isoSeconds(reach.consistentTime)}, name an older base backup)`
+          : `auto: ${reach.entry.manifest.id}, the newest base backup`;
+    }
+  } else {
+    const entry =
+      wanted === 'latest'
+        ? bases.reduce((a, b) => (consistentTime(b) > consistentTime(a) ? b : a))
+        : await vault.catalog.resolve(wanted, 'base');
+    if (entry.manifest.type !== 'base' || entry.manifest.physical === undefined) {
+      throw new UsageError(
+        `backup ${entry.manifest.id} is a ${entry.manifest.type} backup; point-in-time recovery needs a base backup (see \`pgvault restore list\`, or take one with \`pgvault backup base\`)`,
+      );
+    }
+    reach = reaches.find((r) => r.entry.manifest.id === entry.manifest.id) ?? backupReach(entry, state);
+    choice = `${reach.entry.manifest.id}${wanted === 'latest' ? ' (latest)' : ''}`;
+  }
+
+  const manifest = reach.entry.manifest;
+  const archiveId = state?.systemIdentifier;
+  if (
+    archiveId !== undefined &&
+    manifest.server.systemIdentifier !== 'unknown' &&
+    archiveId !== manifest.server.systemIdentifier
+  ) {
+    throw new UsageError(
+      `the WAL archive of cluster ${vault.config.clusterName} belongs to system ${archiveId}, but ${manifest.id} was taken from system ${manifest.server.systemIdentifier}; check CLUSTER_NAME and the target, nothing was restored`,
+    );
+  }
+  warnings.push(...assertReachable(reach, target, window));
+  if ((target.kind === 'xid' || target.kind === 'name') && reach.gap) {
+    warnings.push(
+      `the archive has a gap after ${reach.endSegment}: recovery cannot pass ${isoSeconds(reach.endTime)}; if ${describeTarget(target)} is later, it will stop short and fail`,
+    );
+  }
+  // A wrong key is refused here, before any directory or database is touched.
+  await openBackup(reach.entry, vault.config);
+  const object = manifest.objects.find((o) => o.kind === 'base');
+  if (object === undefined) throw new IntegrityError(`backup ${manifest.id} lists no base backup object`);
+  return { reach, manifest, object, target, choice, window, warnings };
+}
+
+export interface PitrDataDirectoryOptions {
+  readonly pgdata: string;
+  /** Use a directory that is not empty (its contents are removed first). */
+  readonly force?: boolean;
+}
+
+export interface PitrDataDirectoryResult {
+  readonly backupId: string;
+  readonly choice: string;
+  readonly target: string;
+  readonly pgdata: string;
+  /** The config file restore_command reads, beside the data directory. */
+  readonly configFile: string;
+  /** The key file restore_command uses; written by this command when the key was given inline. */
+  readonly keyFile?: string;
+  readonly keyFileWritten: boolean;
+  readonly restoreCommand: string;
+  readonly window: string;
+  readonly warnings: readonly string[];
+  readonly durationMs: number;
+}
+
+/** Refuses a directory that holds anything (unless --force) or belongs to a running server. */
+async function assertUsableDataDirectory(dir: string, force: boolean): Promise<void> {
+  let entries: string[];
+  try {
+    const info = await stat(dir);
+    if (!info.isDirectory()) throw new UsageError(`--pgdata ${dir} exists and is not a directory`);
+    entries = await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (entries.includes('postmaster.pid')) {
+    throw new UsageError(
+      `--pgdata ${dir} holds postmaster.pid: a server may be running on it; stop it (pg_ctl -D ${dir} stop) and remove postmaster.pid if it is stale, then retry`,
+    );
+  }
+  if (entries.length > 0 && !force) {
+    throw new UsageError(
+      `--pgdata ${dir} is not empty (${entries.length} entries); choose an empty directory, or pass --force to replace its contents`,
+    );
+  }
+}
+
+/**
+ * `restore pitr <backup> --pgdata DIR`: lays down a data directory that recovers to the target when
+ * started: the base backup extracted, recovery.signal, and in postgresql.auto.conf a restore_command
+ * that runs this pgvault with a config file written beside the directory (never the key itself).
+ */
+export async function restorePitrToDataDirectory(
+  vault: Vault,
+  ref: string,
+  target: RecoveryTarget,
+  options: PitrDataDirectoryOptions,
+): Promise<PitrDataDirectoryResult> {
+  const started = Date.now();
+  const pgdata = resolve(options.pgdata);
+  await assertUsableDataDirectory(pgdata, options.force === true);
+  const plan = await planPitr(vault, ref, target);
+  const { config, reporter } = vault;
+  for (const w of plan.warnings) reporter.warn(w);
+  reporter.info(`restoring ${plan.choice}`);
+
+  if (existsSync(pgdata)) await clearDirectory(pgdata);
+  else await mkdir(pgdata, { recursive: true, mode: 0o700 });
+  await chownToServerUser(pgdata);
+  const stem = `${basename(pgdata)}.pgvault-recovery`;
+  const files = await writeRestoreCommandFiles(config, dirname(pgdata), stem);
+  try {
+    await assertServerUserCanUse(config, [
+      { path: pgdata, what: '--pgdata', write: true },
+      { path: files.configFile, what: 'the restore_command config file' },
+      ...(files.keyFile ? [{ path: files.keyFile, what: 'ENCRYPTION_KEY_FILE' }] : []),
+    ]);
+    await extractBaseBackup({
+      entry: plan.reach.entry,
+      object: plan.object,
+      config,
+      reporter,
+      dataDir: pgdata,
+    });
+    const warnings = [...plan.warnings];
+    const recovery = await prepareRecovery(
+      pgdata,
+      recoverySettings(files.restoreCommand, target),
+      `pgvault restore pitr from ${plan.manifest.id} to ${describeTarget(target)}`,
+    );
+    warnings.push(...recovery.warnings);
+    return {
+      backupId: plan.manifest.id,
+      choice: plan.choice,
+      target: describeTarget(target),
+      pgdata,
+      configFile: files.configFile,
+      keyFile: files.keyFile,
+      keyFileWritten: files.keyFileWritten,
+      restoreCommand: files.restoreCommand,
+      window: plan.window,
+      warnings,
+      durationMs: Date.now() - started,
+    };
+  } catch (err) {
+    // A half-extracted directory must not be started by mistake.
+    await clearDirectory(pgdata).catch(() => {});
+    await files.remove();
+    throw err;
+  }
+}
+
+export interface PitrDatabaseOptions {
+  /** Name of the database created in the configured server. */
+  readonly database: string;
+  /** Database inside the recovered cluster (default: the same name). */
+  readonly from?: string;
+  /** Give up waiting for recovery after this long; no limit by default. */
+  readonly maxWaitMs?: number;
+}
+
+export interface PitrDatabaseResult {
+  readonly backupId: string;
+  readonly choice: string;
+  readonly target: string;
+  readonly source: string;
+  readonly database: string;
+  readonly createdDatabase: boolean;
+  readonly recovered: RecoveredPoint;
+  readonly window: string;
+  readonly warnings: readonly string[];
+  /** Start to finish: an RTO sample. */
+  readonly durationMs: number;
+  readonly recoveryMs: number;
+  readonly copyMs: number;
+}
+
+/** The configured server must be reachable and must not hold a non-empty database of that name. */
+async function checkTargetDatabase(config: Config, database: string): Promise<{ exists: boolean }> {
+  const exists = await withClient(config.pg, config.pg.database ?? 'postgres', async (c) => {
+    const r = await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
+    return (r.rowCount ?? 0) > 0;
+  });
+  if (exists && (await countUserRelations(config.pg, database)) > 0) {
+    throw new UsageError(
+      `database "${database}" already exists on the target server and is not empty; choose another name or drop it first; nothing was restored`,
+    );
+  }
+  return { exists };
+}
+
+/**
+ * `restore pitr <backup> <time> <database>`: recovers into a sandbox instance this command starts
+ * (temporary directory, its own socket, as the server's OS user), waits until it reached the target
+ * and promoted, copies the database into the configured server, and always removes the sandbox.
+ */
+export async function restorePitrDatabase(
+  vault: Vault,
+  ref: string,
+  target: RecoveryTarget,
+  options: PitrDatabaseOptions,
+): Promise<PitrDatabaseResult> {
+  const started = Date.now();
+  const { config, reporter } = vault;
+  const source = options.from ?? options.database;
+  const plan = await planPitr(vault, ref, target);
+  const { exists } = await checkTargetDatabase(config, options.database);
+  for (const w of plan.warnings) reporter.warn(w);
+  reporter.info(`recovering ${plan.choice} to ${describeTarget(target)} in a sandbox`);
+
+  const sandbox = await RecoverySandbox.create(config, reporter);
+  try {
+    await sandbox.layDown(plan.reach.entry, plan.object, (restoreCommand) => ({
+      settings: recoverySettings(restoreCommand, target),
+      comment: `pgvault restore pitr (sandbox) from ${plan.manifest.id} to ${describeTarget(target)}`,
+    }));
+    reporter.info(
+      `base backup extracted into the sandbox in ${((Date.now() - started) / 1000).toFixed(1)} s; starting recovery`,
+    );
+    const recoveryStarted = Date.now();
+    await sandbox.start();
+    const recovered = await sandbox.waitForPromotion({ maxWaitMs: options.maxWaitMs });
+    const recoveryMs = Date.now() - recoveryStarted;
+    reporter.info(
+      `recovered to ${recovered.lastTransactionTime ?? 'no transaction after the backup'}${recovered.lsn ? ` (LSN ${recovered.lsn})` : ''}; copying "${source}" into "${options.database}"`,
+    );
+    const copyStarted = Date.now();
+    const created = await copyDatabase(sandbox, config, {
+      source,
+      target: options.database,
+      targetExists: exists,
+    });
+    return {
+      backupId: plan.manifest.id,
+      choice: plan.choice,
+      target: describeTarget(target),
+      source,
+      database: options.database,
+      createdDatabase: created,
+      recovered,
+      window: plan.window,
+      warnings: plan.warnings,
+      durationMs: Date.now() - started,
+      recoveryMs,
+      copyMs: Date.now() - copyStarted,
+    };
+  } finally {
+    await sandbox.remove();
+  }
+}

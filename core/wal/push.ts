@@ -1,0 +1,228 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { writeObject } from '../catalog/objects';
+import type { Config } from '../config';
+import { errorMessage, IntegrityError, PgVaultError, UsageError } from '../errors';
+import type { StorageTarget } from '../storage/target';
+import {
+  archiveIdentityKey,
+  cachedArchiveIdentity,
+  configuredWalExtension,
+  digestWalObject,
+  findWalObject,
+  loadArchiveIdentity,
+  newArchiveIdentity,
+  readArchiveIdentity,
+  rememberArchiveIdentity,
+  type WalArchiveIdentity,
+  walCodec,
+} from './fetch';
+import {
+  parseWalSegmentHeader,
+  requireWalFileName,
+  segmentHeaderMismatch,
+  WAL_LONG_HEADER_BYTES,
+  type WalFileName,
+  type WalSegmentHeader,
+  walKey,
+} from './naming';
+
+/**
+ * Archiving one WAL file (`backup wal`, the uploader and `wal receive` all come here): checks it
+ * belongs to the archive's server, then stores it through the one data path (compress, encrypt,
+ * every target in one pass). Idempotent: a file already archived with the same bytes succeeds
+ * without a write, different bytes under the same name fail loudly, so PostgreSQL keeps the file.
+ */
+
+export interface WalPushContext {
+  readonly config: Config;
+  readonly targets: readonly StorageTarget[];
+  /** Where the archive identity is cached (the spool), so a segment is checked without a round trip. */
+  readonly stateDir?: string;
+  /** Compressor threads for this file. @default 1 (the uploader runs several files at once) */
+  readonly threads?: number;
+}
+
+export interface WalPushResult {
+  readonly name: string;
+  readonly key: string;
+  readonly rawSize: number;
+  /** Targets written now. */
+  readonly storedIn: readonly string[];
+  /** Targets that already held the same bytes. */
+  readonly alreadyIn: readonly string[];
+}
+
+/** Stores the WAL file at `path` in every target; resolves only once it is durably stored in all of them. */
+export async function pushWalFile(ctx: WalPushContext, path: string): Promise<WalPushResult> {
+  const { config, targets } = ctx;
+  const cluster = config.clusterName;
+  const file = requireWalFileName(basename(path));
+  const { size, header } = await inspectWalFile(path, file);
+  const identity =
+    header !== undefined
+      ? await checkedArchiveIdentity(ctx, file, header)
+      : await loadArchiveIdentity(ctx.stateDir, targets, cluster);
+  const codec = walCodec(config, identity);
+
+  const existing = await Promise.all(targets.map((target) => findWalObject(target, cluster, file)));
+  const alreadyIn: string[] = [];
+  if (existing.some((info) => info !== undefined)) {
+    const fileSha256 = await sha256OfFile(path);
+    for (const [i, info] of existing.entries()) {
+      if (info === undefined) continue;
+      const target = targets[i]!;
+      let stored: { sha256: string; size: number };
+      try {
+        stored = await digestWalObject(target, info.key, file, codec);
+      } catch (err) {
+        if (!(err instanceof IntegrityError)) throw err;
+        throw new IntegrityError(
+          `WAL file ${file.name} is already archived in ${target.location} as ${info.key}, but that object cannot be decoded (${errorMessage(err)}); objects are never overwritten: inspect it and remove it by hand if it is damaged`,
+        );
+      }
+      if (stored.sha256 !== fileSha256) {
+        throw new IntegrityError(
+          `WAL file ${file.name} is already archived with different content in ${target.location} (${info.key}); refusing to overwrite it. Two servers archiving into cluster ${cluster}? Give each server its own CLUSTER_NAME`,
+        );
+      }
+      alreadyIn.push(target.location);
+    }
+  }
+  const missing = targets.filter((_, i) => existing[i] === undefined);
+  const key = walKey(cluster, file, configuredWalExtension(config));
+  if (missing.length === 0) {
+    return { name: file.name, key: existing[0]!.key, rawSize: size, storedIn: [], alreadyIn };
+  }
+  const passphrase = config.encryption.passphrase;
+  const written = await writeObject({
+    key,
+    // Large reads: a 16 MB segment in 16 chunks instead of 256 through every stage.
+    source: createReadStream(path, { highWaterMark: 1024 * 1024 }),
+    compression: config.compression,
+    compressionLevel: config.compressionLevel,
+    threads: ctx.threads ?? 1,
+    encryption:
+      config.encryption.enabled && passphrase !== undefined
+        ? { passphrase, iterations: codec.iterations }
+        : undefined,
+    targets: missing,
+    sizeHint: size,
+  });
+  if (written.rawSize !== size) {
+    // PostgreSQL never changes a file it asked to archive; something else did while it was read.
+    await Promise.allSettled(missing.map((t) => t.delete(key)));
+    throw new IntegrityError(
+      `WAL file ${path} changed size while it was archived (${size} → ${written.rawSize} bytes); nothing was kept, retry`,
+    );
+  }
+  return {
+    name: file.name,
+    key,
+    rawSize: size,
+    storedIn: missing.map((t) => t.location),
+    alreadyIn,
+  };
+}
+
+/** Size and, for segments and .partial files, the first page header (checked against the name). */
+async function inspectWalFile(
+  path: string,
+  file: WalFileName,
+): Promise<{ size: number; header?: WalSegmentHeader }> {
+  let handle: Awaited<ReturnType<typeof open>>;
+  try {
+    handle = await open(path, 'r');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? errorMessage(err);
+    throw new UsageError(
+      `WAL file ${path} cannot be read (${code}); archive_command passes %p, the path PostgreSQL gives`,
+    );
+  }
+  try {
+    const { size } = await handle.stat();
+    if (file.kind !== 'segment' && file.kind !== 'partial') return { size };
+    const first = Buffer.alloc(WAL_LONG_HEADER_BYTES);
+    const { bytesRead } = await handle.read(first, 0, first.length, 0);
+    const header = parseWalSegmentHeader(first.subarray(0, bytesRead));
+    if (header === undefined) {
+      throw new IntegrityError(
+        `${path} does not start with a WAL page header; it is not a WAL segment of any server (damaged or misnamed): not archived`,
+      );
+    }
+    const mismatch = segmentHeaderMismatch(file, header);
+    if (mismatch !== undefined)
+      throw new IntegrityError(`${path} is not the segment its name says: ${mismatch}; not archived`);
+    if (size !== header.segmentBytes) {
+      throw new IntegrityError(
+        `${path} is ${size} bytes but its server writes ${header.segmentBytes}-byte segments; a truncated copy? not archived`,
+      );
+    }
+    return { size, header };
+  } finally {
+    await handle.close();
+  }
+}
+
+async function sha256OfFile(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(path), hash);
+  return hash.digest('hex');
+}
+
+/**
+ * The archive's identity, checked against a segment's header: from the local cache when it is
+ * there, else from the targets; an archive without one gets it now, from this segment (first push).
+ * Throws IntegrityError for a segment of another server.
+ */
+export async function checkedArchiveIdentity(
+  ctx: WalPushContext,
+  file: WalFileName,
+  header: WalSegmentHeader,
+): Promise<WalArchiveIdentity> {
+  const { config, targets } = ctx;
+  const cluster = config.clusterName;
+  const cached = await cachedArchiveIdentity(ctx.stateDir, targets, cluster);
+  if (cached !== undefined) {
+    assertSameServer(cached, file, header, targets);
+    return cached;
+  }
+  const { identity: recorded, missingIn } = await readArchiveIdentity(targets, cluster);
+  const identity =
+    recorded ??
+    newArchiveIdentity(cluster, header.systemIdentifier, header.segmentBytes, config.encryption.iterations);
+  assertSameServer(identity, file, header, targets);
+  const text = `${JSON.stringify(identity, null, 2)}\n`;
+  await Promise.all(missingIn.map((target) => target.putBytes(archiveIdentityKey(cluster), text)));
+  await rememberArchiveIdentity(ctx.stateDir, targets, cluster, identity);
+  return identity;
+}
+
+function assertSameServer(
+  identity: WalArchiveIdentity,
+  file: WalFileName,
+  header: WalSegmentHeader,
+  targets: readonly StorageTarget[],
+): void {
+  const where = targets.map((t) => t.location).join(', ');
+  if (header.systemIdentifier !== identity.systemIdentifier) {
+    throw new IntegrityError(
+      `WAL file ${file.name} comes from a server with system identifier ${header.systemIdentifier}, but the WAL archive of cluster ${identity.cluster} in ${where} belongs to system identifier ${identity.systemIdentifier} (since ${identity.created}); a re-initialised cluster or a reused bucket? Archive this server under another CLUSTER_NAME, or move ${identity.cluster}/wal away if the old archive is no longer needed`,
+    );
+  }
+  if (header.segmentBytes !== identity.segmentBytes) {
+    throw new IntegrityError(
+      `WAL file ${file.name} has ${header.segmentBytes}-byte segments, the WAL archive of cluster ${identity.cluster} in ${where} has ${identity.segmentBytes}-byte ones; archive this server under another CLUSTER_NAME`,
+    );
+  }
+}
+
+/** A one-line reason for a failed push, for markers and logs. */
+export function pushFailureLine(err: unknown): string {
+  return (err instanceof PgVaultError ? err.message : `unexpected error: ${errorMessage(err)}`).split(
+    '\n',
+  )[0]!;
+}

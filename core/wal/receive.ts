@@ -1,0 +1,290 @@
+import { mkdir, readdir, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { undoOnInterrupt } from '../cleanup';
+import type { Config } from '../config';
+import { errorMessage, PostgresError } from '../errors';
+import { findPgBinary, pgEnv, withClient } from '../pg/tools';
+import type { StorageTarget } from '../storage/target';
+import { startTool, type ToolProcess } from '../stream/process';
+import { cachedArchiveIdentity } from './fetch';
+import { DEFAULT_SEGMENT_BYTES, formatLsn, parseLsn, parseWalFileName, segmentStartLsn } from './naming';
+import { pushFailureLine, pushWalFile } from './push';
+
+/**
+ * `wal receive`: continuous archiving over the replication protocol, for hosts where
+ * archive_command cannot be set (a managed server, or a Fargate service beside it). pg_receivewal
+ * streams into a staging folder through a replication slot (created once), so the server keeps
+ * every segment until it has been received; each segment it completes (renamed from `.partial`)
+ * goes through the same push as archive_command, and the local copy is removed once stored.
+ *
+ * The slot advances as pg_receivewal flushes, not as segments are stored: keep WAL_RECEIVE_DIR on a
+ * volume that survives a restart, or a completed segment not yet stored could be lost with it
+ * (`verify wal` would then report the gap).
+ */
+
+export interface ReceiveContext {
+  readonly config: Config;
+  readonly targets: readonly StorageTarget[];
+}
+
+export interface ReceiveStatus {
+  readonly at: string;
+  readonly slot: string;
+  /** pg_receivewal is running. */
+  readonly receiving: boolean;
+  /** Newest segment stored in every target by this run. */
+  readonly archivedThrough?: string;
+  /** The server's current WAL position (its receive position on a standby). */
+  readonly serverLsn?: string;
+  /** Bytes of WAL the server has that are not yet stored (server position minus the end of archivedThrough). */
+  readonly lagBytes?: number;
+  /** Completed segments received and not yet stored. */
+  readonly pendingSegments: number;
+  /** Age of the oldest of them. */
+  readonly oldestPendingSeconds?: number;
+  readonly storedThisRun: number;
+  readonly restarts: number;
+  readonly summary: string;
+}
+
+export interface ReceiveOptions {
+  readonly slot: string;
+  readonly report: (status: ReceiveStatus) => void;
+  readonly log: (line: string) => void;
+  /** @default 10000 */
+  readonly reportEveryMs?: number;
+  /** Stops the receiver (tests; the CLI stops on SIGTERM/SIGINT). */
+  readonly signal?: AbortSignal;
+}
+
+const RESTART_MIN_MS = 1_000;
+const RESTART_MAX_MS = 30_000;
+const SCAN_EVERY_MS = 500;
+/** pg_receivewal gets this long to flush and leave after SIGTERM. */
+const STOP_GRACE_MS = 5_000;
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+}
+
+/** Runs until stopped: pg_receivewal supervised and restarted, completed segments pushed and removed. */
+export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): Promise<void> {
+  const { config } = ctx;
+  const dir = config.walReceiveDir;
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const binary = findPgBinary('pg_receivewal', config.pgBinDir);
+  const env = pgEnv(config.pg);
+  const stopping = new AbortController();
+  options.signal?.addEventListener('abort', () => stopping.abort(), { once: true });
+  let receiver: ToolProcess | undefined;
+  let stopped: Promise<void> | undefined;
+  const stop = () => {
+    stopped ??= (async () => {
+      stopping.abort();
+      await stopReceiver(receiver);
+      await pushCompleted();
+      options.report(await status());
+    })();
+    return stopped;
+  };
+  // The CLI runs undo steps on SIGTERM / SIGINT before it exits: stop cleanly, push what is complete.
+  const forgetStop = undoOnInterrupt(stop);
+
+  let archivedThrough: string | undefined;
+  let storedThisRun = 0;
+  let restarts = 0;
+  const failures = new Map<string, number>();
+
+  async function pushCompleted(): Promise<void> {
+    let entries: string[];
+    try {
+      entries = await readdir(dir);
+    } catch {
+      return;
+    }
+    const complete = entries
+      .filter((e) => {
+        const kind = parseWalFileName(e)?.kind;
+        return kind === 'segment' || kind === 'history';
+      })
+      .sort((a, b) =>
+        a.endsWith('.history') === b.endsWith('.history')
+          ? a < b
+            ? -1
+            : 1
+          : a.endsWith('.history')
+            ? -1
+            : 1,
+      );
+    const jobs = Math.max(1, config.parallelJobs);
+    for (let i = 0; i < complete.length; i += jobs) {
+      await Promise.all(
+        complete.slice(i, i + jobs).map(async (name) => {
+          const failedAt = failures.get(name);
+          if (failedAt !== undefined && Date.now() - failedAt < RESTART_MIN_MS && !stopping.signal.aborted)
+            return;
+          try {
+            await pushWalFile({ config, targets: ctx.targets, stateDir: dir, threads: 1 }, join(dir, name));
+            await unlink(join(dir, name));
+            failures.delete(name);
+            storedThisRun++;
+            if (
+              name.endsWith('.history') === false &&
+              (archivedThrough === undefined || name > archivedThrough)
+            )
+              archivedThrough = name;
+          } catch (err) {
+            failures.set(name, Date.now());
+            options.log(`${name} not stored (will retry): ${pushFailureLine(err)}`);
+          }
+        }),
+      );
+    }
+  }
+
+  async function status(): Promise<ReceiveStatus> {
+    const entries = await readdir(dir).catch(() => [] as string[]);
+    const pending = entries.filter((e) => parseWalFileName(e)?.kind === 'segment');
+    let oldest: number | undefined;
+    for (const name of pending) {
+      const info = await stat(join(dir, name)).catch(() => undefined);
+      if (info !== undefined && (oldest === undefined || info.mtimeMs < oldest)) oldest = info.mtimeMs;
+    }
+    let serverLsn: bigint | undefined;
+    try {
+      serverLsn = await withClient(config.pg, config.pg.database, async (client) => {
+        const result = await client.query<{ lsn: string | null }>(
+          'SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END)::text AS lsn',
+        );
+        const lsn = result.rows[0]?.lsn;
+        return lsn ? parseLsn(lsn) : undefined;
+      });
+    } catch {
+      // The lag is unknown while the server cannot be asked; pg_receivewal reports its own errors.
+    }
+    const identity = await cachedArchiveIdentity(dir, ctx.targets, config.clusterName);
+    const segmentBytes = identity?.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+    const archivedEnd =
+      archivedThrough === undefined
+        ? undefined
+        : segmentStartLsn(archivedThrough, segmentBytes) + BigInt(segmentBytes);
+    const lagBytes =
+      serverLsn !== undefined && archivedEnd !== undefined
+        ? Number(serverLsn > archivedEnd ? serverLsn - archivedEnd : 0n)
+        : undefined;
+    const oldestPendingSeconds = oldest === undefined ? undefined : Math.round((Date.now() - oldest) / 1000);
+    const receiving = receiver !== undefined && receiver.child.exitCode === null;
+    const summary = [
+      receiving ? 'receiving' : 'pg_receivewal not running',
+      archivedThrough ? `stored through ${archivedThrough}` : 'nothing stored yet',
+      lagBytes !== undefined
+        ? `${lagBytes} bytes behind the server (${formatLsn(serverLsn!)})`
+        : 'lag unknown',
+      `${pending.length} segment(s) waiting${oldestPendingSeconds !== undefined ? `, oldest ${oldestPendingSeconds} s` : ''}`,
+    ].join('; ');
+    return {
+      at: new Date().toISOString(),
+      slot: options.slot,
+      receiving,
+      ...(archivedThrough ? { archivedThrough } : {}),
+      ...(serverLsn !== undefined ? { serverLsn: formatLsn(serverLsn) } : {}),
+      ...(lagBytes !== undefined ? { lagBytes } : {}),
+      pendingSegments: pending.length,
+      ...(oldestPendingSeconds !== undefined ? { oldestPendingSeconds } : {}),
+      storedThisRun,
+      restarts,
+      summary,
+    };
+  }
+
+  try {
+    await createSlot(binary, env, options.slot);
+    options.log(`streaming into ${dir} through slot ${options.slot}`);
+    let delay = RESTART_MIN_MS;
+    let lastReport = 0;
+    const reportEvery = options.reportEveryMs ?? 10_000;
+    while (!stopping.signal.aborted) {
+      if (receiver === undefined || receiver.child.exitCode !== null || receiver.child.signalCode !== null) {
+        if (receiver !== undefined) {
+          restarts++;
+          options.log(
+            `pg_receivewal exited (${exitReason(receiver)}); restarting in ${Math.round(delay / 1000)} s`,
+          );
+          await sleep(delay, stopping.signal);
+          delay = Math.min(delay * 2, RESTART_MAX_MS);
+          if (stopping.signal.aborted) break;
+        }
+        const started = Date.now();
+        receiver = startTool(binary, ['-D', dir, '--slot', options.slot, '--no-password', '--verbose'], {
+          env,
+          stdin: 'ignore',
+          stdout: 'ignore',
+          label: 'pg_receivewal',
+        });
+        // A receiver that ran a while before failing starts over from the shortest delay.
+        receiver.exited
+          .catch(() => {})
+          .finally(() => {
+            if (Date.now() - started > RESTART_MAX_MS) delay = RESTART_MIN_MS;
+          });
+      }
+      await pushCompleted();
+      if (Date.now() - lastReport >= reportEvery) {
+        lastReport = Date.now();
+        options.report(await status());
+      }
+      await sleep(SCAN_EVERY_MS, stopping.signal);
+    }
+  } finally {
+    await stop();
+    forgetStop();
+  }
+}
+
+async function createSlot(binary: string, env: NodeJS.ProcessEnv, slot: string): Promise<void> {
+  const tool = startTool(binary, ['--create-slot', '--if-not-exists', '--slot', slot, '--no-password'], {
+    env,
+    stdin: 'ignore',
+    stdout: 'ignore',
+    label: 'pg_receivewal --create-slot',
+  });
+  try {
+    await tool.exited;
+  } catch (err) {
+    throw new PostgresError(
+      `cannot create the replication slot ${slot}: ${errorMessage(err)}; the user needs the REPLICATION attribute and pg_hba.conf a "replication" line for this host`,
+      { cause: err },
+    );
+  }
+}
+
+function exitReason(tool: ToolProcess): string {
+  const { exitCode, signalCode } = tool.child;
+  const last = tool
+    .stderrTail()
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .pop();
+  return `${signalCode ? `signal ${signalCode}` : `exit code ${exitCode}`}${last ? `: ${last}` : ''}`;
+}
+
+async function stopReceiver(tool: ToolProcess | undefined): Promise<void> {
+  if (tool === undefined || tool.child.exitCode !== null || tool.child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => tool.child.once('exit', () => resolve()));
+  // SIGTERM makes pg_receivewal flush what it has and leave; the .partial stays for the next run.
+  tool.child.kill('SIGTERM');
+  const killer = setTimeout(() => tool.child.kill('SIGKILL'), STOP_GRACE_MS);
+  await exited;
+  clearTimeout(killer);
+}

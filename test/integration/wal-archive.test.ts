@@ -1,0 +1,307 @@
+import { execFileSync } from 'node:child_process';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  CLUSTER_NAME,
+  readSegment,
+  SEGMENT_BYTES,
+  sha256,
+  startWalFixture,
+  type WalFixture,
+  walKeyPath,
+} from './wal-fixture';
+
+/**
+ * Synchronous archiving by PostgreSQL's own archiver (archive_command = the built CLI), then
+ * restore_command, prefetch and verify wal against the archive it made.
+ */
+let fx: WalFixture;
+/** Segments archived by the first test, with their bytes as PostgreSQL wrote them. */
+const segments = new Map<string, Buffer>();
+
+beforeAll(async () => {
+  fx = await startWalFixture();
+});
+
+afterAll(async () => {
+  await fx?.stop();
+});
+
+/** Decodes a stored object with the standard tools only: openssl, then zstd. */
+function openWithoutPgvault(objectPath: string): Buffer {
+  const plain = execFileSync(
+    'openssl',
+    [
+      'enc',
+      '-d',
+      '-aes-256-cbc',
+      '-pbkdf2',
+      '-iter',
+      '1000',
+      '-md',
+      'sha256',
+      '-pass',
+      `file:${fx.keyFile}`,
+      '-in',
+      objectPath,
+    ],
+    { maxBuffer: 64 * 1024 * 1024 },
+  );
+  return execFileSync('zstd', ['-d', '-q', '-c'], { input: plain, maxBuffer: 64 * 1024 * 1024 });
+}
+
+describe('backup wal as archive_command (sync)', () => {
+  it("stores every segment PostgreSQL's archiver hands it under its key, decoding to the same bytes", async () => {
+    // Act
+    const names = await fx.makeSegments(4);
+    await fx.waitArchived(names[names.length - 1]!);
+
+    // Assess
+    expect(names).toHaveLength(4);
+    for (const name of names) {
+      const object = walKeyPath(fx.vaultDir, name);
+      expect(existsSync(object), object).toBe(true);
+      const original = readSegment(fx.cluster, name);
+      expect(original.length).toBe(SEGMENT_BYTES);
+      expect(sha256(openWithoutPgvault(object))).toBe(sha256(original));
+      segments.set(name, original);
+    }
+    const identity = JSON.parse(readFileSync(join(fx.vaultDir, CLUSTER_NAME, 'wal', 'archive.json'), 'utf8'));
+    const [control] = await fx.cluster.query<{ id: string }>(
+      'SELECT system_identifier::text AS id FROM pg_control_system()',
+    );
+    expect(identity).toMatchObject({
+      systemIdentifier: control!.id,
+      segmentBytes: SEGMENT_BYTES,
+      cluster: CLUSTER_NAME,
+    });
+    expect((await fx.archiver()).failed).toBe(0);
+  });
+
+  it('archives .backup and .history files too, and restores them', async () => {
+    // Prepare: a backup history file from PostgreSQL itself, and a timeline history file as a promotion writes it.
+    await fx.cluster.psql("SELECT pg_backup_start('wal test', true); SELECT lsn FROM pg_backup_stop();");
+    const history = join(fx.work, 'history', 'pg_wal');
+    mkdirSync(history, { recursive: true });
+    writeFileSync(join(history, '00000002.history'), '1\t0/3000000\tno recovery target specified\n');
+    const restoreDir = join(fx.work, 'history-restore');
+    mkdirSync(join(restoreDir, 'pg_wal'), { recursive: true });
+
+    // Act
+    const pushed = fx.pgvault(['backup', 'wal', join(history, '00000002.history')]);
+    const restored = fx.pgvault(['restore', 'wal', '00000002.history', 'pg_wal/RECOVERYHISTORY'], {
+      cwd: restoreDir,
+    });
+    const backupFiles = readdirSync(
+      join(fx.vaultDir, CLUSTER_NAME, 'wal', '00000001', '0000000100000000'),
+    ).filter((f) => /^[0-9A-F]{24}\.[0-9A-F]{8}\.backup\.zst\.enc$/.test(f));
+
+    // Assess
+    expect(pushed.code, pushed.stderr).toBe(0);
+    expect(existsSync(join(fx.vaultDir, CLUSTER_NAME, 'wal', '00000002', '00000002.history.zst.enc'))).toBe(
+      true,
+    );
+    expect(restored.code, restored.stderr).toBe(0);
+    expect(readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYHISTORY'), 'utf8')).toBe(
+      '1\t0/3000000\tno recovery target specified\n',
+    );
+    expect(backupFiles).toHaveLength(1);
+  });
+
+  it('succeeds again for the same segment and refuses different bytes under an archived name, loudly', () => {
+    // Prepare
+    const [name] = [...segments.keys()];
+    // The server may have recycled the segment since (a checkpoint): its saved copy stands in.
+    const same = join(fx.work, 'same', 'pg_wal');
+    mkdirSync(same, { recursive: true });
+    writeFileSync(join(same, name!), segments.get(name!)!);
+    const forged = join(fx.work, 'forged', 'pg_wal');
+    mkdirSync(forged, { recursive: true });
+    const changed = Buffer.from(segments.get(name!)!);
+    changed[5000] = changed[5000]! ^ 0xff;
+    writeFileSync(join(forged, name!), changed);
+
+    // Act
+    const again = fx.pgvault(['backup', 'wal', join(same, name!)]);
+    const different = fx.pgvault(['backup', 'wal', join(forged, name!)]);
+
+    // Assess
+    expect(again.code, again.stderr).toBe(0);
+    expect(different.code).not.toBe(0);
+    expect(different.stderr.trim().split('\n')).toHaveLength(1);
+    expect(different.stderr).toMatch(
+      new RegExp(
+        `WAL file ${name} is already archived with different content.*Two servers archiving into cluster ${CLUSTER_NAME}\\?`,
+      ),
+    );
+  });
+
+  it('refuses a segment from a server with another system identifier', () => {
+    // Prepare: a real segment with another xlp_sysid, under the name of a segment not archived yet.
+    const [name] = [...segments.keys()];
+    const foreign = Buffer.from(segments.get(name!)!);
+    foreign.writeBigUInt64LE(foreign.readBigUInt64LE(24) + 1n, 24);
+    const futureNumber = 4000n;
+    foreign.writeBigUInt64LE(futureNumber * BigInt(SEGMENT_BYTES), 8);
+    const futureName = `0000000100000000${futureNumber.toString(16).toUpperCase().padStart(8, '0')}`;
+    const dir = join(fx.work, 'foreign', 'pg_wal');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, futureName), foreign);
+
+    // Act
+    const result = fx.pgvault(['backup', 'wal', join(dir, futureName)]);
+
+    // Assess
+    expect(result.code).toBe(3);
+    expect(result.stderr).toMatch(
+      /comes from a server with system identifier \d+.*re-initialised cluster or a reused bucket/,
+    );
+    expect(existsSync(walKeyPath(fx.vaultDir, futureName))).toBe(false);
+  });
+
+  it('fails while the target is unwritable, PostgreSQL keeps the segments, and archives all of them once it is back', async () => {
+    // Prepare: the folder the next segments go to refuses the server's user.
+    const [name] = [...segments.keys()];
+    const folder = join(fx.vaultDir, CLUSTER_NAME, 'wal', name!.slice(0, 8), name!.slice(0, 16));
+    const before = await fx.archiver();
+    chmodSync(folder, 0o500);
+
+    // Act
+    const names = await fx.makeSegments(3);
+    const deadline = Date.now() + 20_000;
+    while ((await fx.archiver()).failed <= before.failed && Date.now() < deadline) await sleep(100);
+    const during = await fx.archiver();
+    const ready = readdirSync(join(fx.cluster.dataDir, 'pg_wal', 'archive_status')).filter((f) =>
+      f.endsWith('.ready'),
+    );
+    const originals = names.map((n) => readSegment(fx.cluster, n));
+    chmodSync(folder, 0o700);
+    // A new segment wakes the archiver at once instead of at its next retry round.
+    const [nudge] = await fx.makeSegments(1);
+    await fx.waitArchived(nudge!, 90_000);
+
+    // Assess
+    expect(during.failed).toBeGreaterThan(before.failed);
+    expect(during.archived).toBe(before.archived);
+    expect(ready).toContain(`${names[0]}.ready`);
+    expect(fx.cluster.readLog()).toMatch(/not writable \(EACCES\)/);
+    names.forEach((n, i) => {
+      expect(sha256(openWithoutPgvault(walKeyPath(fx.vaultDir, n))), n).toBe(sha256(originals[i]!));
+      segments.set(n, originals[i]!);
+    });
+  });
+});
+
+describe('restore wal as restore_command', () => {
+  it('exits 1 with one short line for a file the archive does not have', () => {
+    // Act
+    const result = fx.pgvault(['restore', 'wal', '00000009.history', 'pg_wal/RECOVERYHISTORY'], {
+      cwd: fx.work,
+    });
+
+    // Assess
+    expect(result.code, result.stderr).toBe(1);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toMatch(/WAL file 00000009.history is not in the archive/);
+  });
+
+  it('prefetches the next segments and serves them from the local folder', async () => {
+    // Prepare: a data directory to recover into.
+    const restoreDir = join(fx.work, 'restore');
+    mkdirSync(join(restoreDir, 'pg_wal'), { recursive: true });
+    const [first, second, third] = [...segments.keys()];
+
+    // Act: serving the first starts the prefetcher; the second's object is then removed from the target.
+    const served = fx.pgvault(['restore', 'wal', first!, 'pg_wal/RECOVERYXLOG', '--json'], {
+      cwd: restoreDir,
+    });
+    const prefetched = join(restoreDir, 'pg_wal', 'pgvault-prefetch', second!);
+    const deadline = Date.now() + 20_000;
+    while (!existsSync(prefetched) && Date.now() < deadline) await sleep(50);
+    const object = walKeyPath(fx.vaultDir, second!);
+    const kept = readFileSync(object);
+    unlinkSync(object);
+    const fromPrefetch = fx.pgvault(['restore', 'wal', second!, 'pg_wal/RECOVERYXLOG', '--json'], {
+      cwd: restoreDir,
+    });
+    const restoredSecond = readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYXLOG'));
+    writeFileSync(object, kept);
+    const thirdResult = fx.pgvault(['restore', 'wal', third!, 'pg_wal/RECOVERYXLOG'], { cwd: restoreDir });
+
+    // Assess
+    expect(served.code, served.stderr).toBe(0);
+    expect(JSON.parse(served.stdout)).toMatchObject({ servedFrom: 'archive' });
+    expect(fromPrefetch.code, fromPrefetch.stderr).toBe(0);
+    expect(JSON.parse(fromPrefetch.stdout)).toMatchObject({ servedFrom: 'prefetch' });
+    expect(sha256(restoredSecond)).toBe(sha256(segments.get(second!)!));
+    expect(thirdResult.code, thirdResult.stderr).toBe(0);
+    expect(sha256(readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYXLOG')))).toBe(
+      sha256(segments.get(third!)!),
+    );
+  });
+
+  it('never serves a corrupt object: exits non-zero naming the key, leaves nothing at the path', () => {
+    // Prepare
+    const name = [...segments.keys()][3]!;
+    const object = walKeyPath(fx.vaultDir, name);
+    const original = readFileSync(object);
+    const damaged = Buffer.from(original);
+    damaged[damaged.length >> 1] = damaged[damaged.length >> 1]! ^ 0x01;
+    writeFileSync(object, damaged);
+    const dir = join(fx.work, 'corrupt', 'pg_wal');
+    mkdirSync(dir, { recursive: true });
+
+    // Act
+    const result = fx.pgvault(['restore', 'wal', name, join(dir, 'RECOVERYXLOG')], { cwd: fx.work });
+    writeFileSync(object, original);
+
+    // Assess
+    expect(result.code, result.stderr).toBe(3);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toContain(`${CLUSTER_NAME}/wal/00000001/${name.slice(0, 16)}/${name}.zst.enc`);
+    // Only the prefetch folder (it caches the archive's identity): no file, no temp file.
+    expect(readdirSync(dir).filter((f) => f !== 'pgvault-prefetch')).toEqual([]);
+  });
+});
+
+describe('verify wal', () => {
+  it('reports a continuous archive, then names a deleted segment in the middle as a gap (exit 3)', () => {
+    // Prepare
+    const names = [...segments.keys()].sort();
+    const middle = names[2]!;
+
+    // Act
+    const clean = fx.pgvault(['verify', 'wal', '--json']);
+    rmSync(walKeyPath(fx.vaultDir, middle));
+    const gap = fx.pgvault(['verify', 'wal', '--json']);
+    const text = fx.pgvault(['verify', 'wal']);
+
+    // Assess
+    expect(clean.code, clean.stderr).toBe(0);
+    const cleanReport = JSON.parse(clean.stdout);
+    expect(cleanReport.ok).toBe(true);
+    expect(cleanReport.rpoSeconds).toBeGreaterThanOrEqual(0);
+    expect(cleanReport.timelines[0]).toMatchObject({ timeline: 1, gaps: [] });
+    expect(gap.code).toBe(3);
+    const gapReport = JSON.parse(gap.stdout);
+    expect(gapReport.ok).toBe(false);
+    expect(gapReport.gaps).toEqual([{ timeline: 1, from: middle, to: middle, count: 1 }]);
+    expect(gap.stderr).toContain(middle);
+    expect(text.code).toBe(3);
+    expect(text.stdout).toContain(`GAP on timeline 1: ${middle} missing`);
+  });
+});
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
