@@ -374,7 +374,7 @@ two minutes, six in all) until the machine is idle; other work on the machine st
 - **One data set, one cluster, one order.** Every command reads the same database from the same warm
   server; the data fits in RAM, so this measures CPU and pipes, not disk reads. The order: floor,
   \`pg_dump -Fc\`, \`pg_dump | gzip\`, the hand pipeline, pgvault with each compression, the small database,
-  the restores. Each restore goes into a new database, dropped before the next run.
+  the restores. Each restore goes into a new database, dropped right after the run.
 - **floor** is \`pg_dump -Fc -Z0 > /dev/null\`: the server reading and sending the rows and pg_dump writing
   the archive, nothing else. Nothing built on pg_dump can be faster.
 - **The hand pipeline** (\`pg_dump -Fc -Z0 | zstd -T0 -3 | openssl enc ...\`) is what an expert would write

@@ -621,7 +621,12 @@ async function runBenchmark(options: Options): Promise<Report> {
           runs: headline,
           database: 'postgres',
         }),
+        // Dropped right after each run too, so autovacuum on it cannot land in the next measurement.
         before: () => dropDatabase(cluster!, 'restore_pg'),
+        after: async () => {
+          await dropDatabase(cluster!, 'restore_pg');
+          return {};
+        },
       },
       pgvaultRestoreStep(ctx, headline),
     ];
@@ -692,6 +697,7 @@ function pgvaultRestoreStep(ctx: Context, runs: number): Step {
     after: async (m) => {
       const out = JSON.parse(m.stdout) as { ok: boolean };
       if (!out.ok) throw new Error(`pgvault restore reported failure: ${m.stdout.slice(0, 500)}`);
+      await dropDatabase(ctx.cluster, 'restore_vault');
       return {};
     },
   };

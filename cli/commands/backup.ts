@@ -56,6 +56,7 @@ export async function backupStatsCommand(opts: GlobalOptions) {
   emit(opts, { ok: true, ...stats }, () =>
     [
       `cluster ${stats.cluster} in ${stats.targets.join(', ')}: ${stats.total.count} complete backup(s), ${formatBytes(stats.total.storedBytes)} stored`,
+      ...(stats.recoverable ? [recoverableLine(stats.recoverable)] : []),
       '',
       table(
         ['type', 'count', 'dumped', 'stored', 'ratio', 'last success', 'age'],
@@ -99,4 +100,19 @@ export async function backupScheduleCommand(opts: GlobalOptions & { install?: bo
   emit(opts, { ok: true, installed: opts.install === true, crontab: block }, () =>
     opts.install ? `${block}\ninstalled into the crontab of this user` : block.trimEnd(),
   );
+}
+
+export function recoverableLine(w: {
+  from?: string;
+  to?: string;
+  rpoSeconds?: number;
+  missingWal: number;
+}): string {
+  const window =
+    w.from && w.to
+      ? `PITR window ${w.from} → ${w.to}`
+      : 'no PITR window yet (needs a base backup and its WAL)';
+  const rpo = w.rpoSeconds === undefined ? '' : `, RPO ${Math.round(w.rpoSeconds)} s`;
+  const gaps = w.missingWal > 0 ? `, ${w.missingWal} WAL file(s) MISSING (see verify wal)` : '';
+  return `${window}${rpo}${gaps}`;
 }

@@ -1,4 +1,5 @@
 import { checkRestorePrerequisites } from '../../core/backup/init';
+import { recoverableWindow } from '../../core/backup/stats';
 import { UsageError } from '../../core/errors';
 import { restoreFull } from '../../core/restore/full';
 import { restoreGlobals } from '../../core/restore/globals';
@@ -7,7 +8,7 @@ import { restorePartial } from '../../core/restore/partial';
 import { restoreTest } from '../../core/restore/test';
 import { assertValid, validateDatabase } from '../../core/restore/validate';
 import { emit, formatBytes, formatDuration, type GlobalOptions, table, vaultFor } from '../output';
-import { reportChecks } from './backup';
+import { recoverableLine, reportChecks } from './backup';
 
 interface RestoreOpts extends GlobalOptions {
   readonly from?: string;
@@ -34,20 +35,25 @@ export async function restoreListCommand(opts: GlobalOptions & { type?: string }
     compression: e.manifest.compression.algorithm,
     targets: e.targets.map((t) => t.location),
   }));
-  emit(opts, { ok: true, backups: rows }, () =>
-    rows.length === 0
-      ? 'no complete backups yet; take one with `pgvault backup full`'
-      : table(
-          ['id', 'type', 'schedule', 'time (UTC)', 'size', 'databases'],
-          rows.map((r) => [
-            r.id,
-            r.type,
-            r.schedule ?? '-',
-            r.time.replace('T', ' ').slice(0, 19),
-            formatBytes(r.storedSize),
-            r.databases.join(','),
-          ]),
-        ),
+  const recoverable = await recoverableWindow(vault, entries);
+  emit(
+    opts,
+    { ok: true, backups: rows, recoverable },
+    () =>
+      (recoverable ? `${recoverableLine(recoverable)}\n` : '') +
+      (rows.length === 0
+        ? 'no complete backups yet; take one with `pgvault backup full`'
+        : table(
+            ['id', 'type', 'schedule', 'time (UTC)', 'size', 'databases'],
+            rows.map((r) => [
+              r.id,
+              r.type,
+              r.schedule ?? '-',
+              r.time.replace('T', ' ').slice(0, 19),
+              formatBytes(r.storedSize),
+              r.databases.join(','),
+            ]),
+          )),
   );
 }
 

@@ -1,5 +1,6 @@
 import type { CatalogEntry } from '../catalog/catalog';
 import type { Vault } from '../vault';
+import { verifyWalArchive } from '../wal/archive';
 
 export interface TypeStats {
   readonly type: string;
@@ -13,8 +14,22 @@ export interface TypeStats {
   readonly lastAgeHours?: number;
 }
 
+/** Point-in-time recovery reach: from the oldest base backup's end to the last unbroken WAL. */
+export interface RecoverableWindow {
+  /** Earliest time PITR can reach: when the oldest usable base backup finished. */
+  readonly from?: string;
+  /** Latest time: when the last segment of unbroken WAL from a base backup was archived. */
+  readonly to?: string;
+  /** Seconds since the newest archived WAL object (the current RPO). */
+  readonly rpoSeconds?: number;
+  /** WAL files missing between a base backup and the newest segment. */
+  readonly missingWal: number;
+}
+
 export interface BackupStats {
   readonly cluster: string;
+  /** Present once there is a base backup or archived WAL. */
+  readonly recoverable?: RecoverableWindow;
   readonly targets: readonly string[];
   readonly total: { readonly count: number; readonly rawBytes: number; readonly storedBytes: number };
   readonly byType: readonly TypeStats[];
@@ -48,6 +63,7 @@ export async function backupStats(vault: Vault, now = new Date()): Promise<Backu
     });
   return {
     cluster: vault.config.clusterName,
+    recoverable: await recoverableWindow(vault, entries, now),
     targets: vault.targets.map((t) => t.location),
     total: {
       count: entries.length,
@@ -55,5 +71,31 @@ export async function backupStats(vault: Vault, now = new Date()): Promise<Backu
       storedBytes: entries.reduce((n, e) => n + e.manifest.storedSize, 0),
     },
     byType,
+  };
+}
+
+/** The PITR window from the catalog's base backups and the WAL archive; undefined without either. */
+export async function recoverableWindow(
+  vault: Vault,
+  entries: readonly CatalogEntry[],
+  now = new Date(),
+): Promise<RecoverableWindow | undefined> {
+  const bases = entries.filter((e) => e.manifest.type === 'base' && e.manifest.physical);
+  const report = await verifyWalArchive(vault, now);
+  if (bases.length === 0 && report.timelines.length === 0) return undefined;
+  const reached = report.backups.filter((b) => b.recoverableToTime !== undefined);
+  const oldest = bases
+    .filter((b) => reached.some((r) => r.id === b.manifest.id))
+    .map((b) => b.manifest.physical?.stopTime ?? b.manifest.finishedAt)
+    .sort()[0];
+  const latest = reached
+    .map((r) => r.recoverableToTime!)
+    .sort()
+    .pop();
+  return {
+    from: oldest,
+    to: latest,
+    rpoSeconds: report.rpoSeconds,
+    missingWal: report.backups.reduce((n, b) => n + b.missingCount, 0),
   };
 }

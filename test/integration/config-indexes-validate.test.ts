@@ -181,5 +181,7 @@ describe('restore validate and backup stats', () => {
     expect(types['full/weekly']!.ratio).toBeGreaterThan(0);
     expect(types['full/weekly']!.ratio).toBeLessThan(1);
     expect(stats.total.count).toBe(3);
+    // No base backup and no WAL: no PITR window to show.
+    expect(stats.recoverable).toBeUndefined();
   });
 });

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupBase } from '../../core/backup/base';
+import { backupStats } from '../../core/backup/stats';
 import type { ManifestBody } from '../../core/catalog/manifest';
 import { IntegrityError, UsageError } from '../../core/errors';
 import { TempCluster } from '../../core/pg/cluster';
@@ -303,5 +304,22 @@ describe('restore pitr refuses before restoring anything', () => {
     await expect(result).rejects.toThrow(new RegExp(`gap in the WAL archive: ${missing} missing`));
     const [exists] = await into.query("SELECT 1 FROM pg_database WHERE datname = 'never_gap'");
     expect(exists).toBeUndefined();
+    const withGap = await backupStats(vault);
+    expect(withGap.recoverable?.missingWal).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe('backup stats', () => {
+  it('shows the PITR window from the base backup to the last archived WAL, and the RPO', async () => {
+    // Act
+    const stats = await backupStats(a.vault());
+
+    // Assess
+    const w = stats.recoverable!;
+    expect(w.missingWal).toBe(0);
+    expect(w.from).toBe(base.physical?.stopTime ?? base.finishedAt);
+    expect(Date.parse(w.to!)).toBeGreaterThanOrEqual(batches[3]!.commitTime.getTime() - 1000);
+    expect(w.rpoSeconds).toBeGreaterThanOrEqual(0);
+    expect(stats.byType.map((t) => t.type)).toContain('base/daily');
   });
 });
