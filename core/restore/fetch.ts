@@ -40,6 +40,21 @@ export async function openDatabaseBackup(
   return { entry, manifest, object: pickDatabaseObject(manifest, from, vault.config.pg.database) };
 }
 
+/** Streams one object of a backup as its raw bytes from the nearest copy (digests checked at the end). */
+export function readBackupObject(
+  vault: Vault,
+  entry: CatalogEntry,
+  object: StoredObject,
+): ReturnType<typeof readObject> {
+  return readObject({
+    target: entry.targets[0]!,
+    object,
+    compression: entry.manifest.compression.algorithm,
+    threads: vault.config.parallelJobs,
+    encryption: decryptionFor(entry.manifest, vault.config.encryption.passphrase),
+  });
+}
+
 /**
  * The database object to restore from a backup: the only one, else --from, else PGDATABASE,
  * else a clear error listing what the backup holds.

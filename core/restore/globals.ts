@@ -1,10 +1,9 @@
 import { pipeline } from 'node:stream/promises';
-import { decryptionFor, readObject } from '../catalog/objects';
 import { UsageError } from '../errors';
 import { findPgBinary, pgEnv } from '../pg/tools';
 import { startTool } from '../stream/process';
 import type { Vault } from '../vault';
-import { openBackup } from './fetch';
+import { openBackup, readBackupObject } from './fetch';
 
 export interface GlobalsRestoreResult {
   readonly backupId: string;
@@ -23,13 +22,7 @@ export async function restoreGlobals(vault: Vault, ref: string): Promise<Globals
   const manifest = await openBackup(entry, vault.config);
   const object = manifest.objects.find((o) => o.kind === 'globals');
   if (!object) throw new UsageError(`backup ${manifest.id} holds no roles (it has no globals object)`);
-  const raw = await readObject({
-    target: entry.targets[0]!,
-    object,
-    compression: manifest.compression.algorithm,
-    threads: vault.config.parallelJobs,
-    encryption: decryptionFor(manifest, vault.config.encryption.passphrase),
-  });
+  const raw = await readBackupObject(vault, entry, object);
   const psql = startTool(
     findPgBinary('psql', vault.config.pgBinDir),
     ['-X', '-q', '-v', 'ON_ERROR_STOP=0', '-f', '-'],

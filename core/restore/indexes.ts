@@ -1,9 +1,8 @@
 import { parseIndexSql } from '../backup/indexes';
-import { decryptionFor, readObject } from '../catalog/objects';
 import { errorMessage, UsageError } from '../errors';
 import { withClient } from '../pg/tools';
 import type { Vault } from '../vault';
-import { openBackup } from './fetch';
+import { openBackup, readBackupObject } from './fetch';
 
 export interface IndexRebuildResult {
   readonly backupId: string;
@@ -26,13 +25,7 @@ export async function restoreIndexes(
   const entry = await vault.catalog.resolve(options.backup ?? 'latest', 'indexes');
   const manifest = await openBackup(entry, vault.config);
   const object = manifest.objects[0]!;
-  const raw = await readObject({
-    target: entry.targets[0]!,
-    object,
-    compression: manifest.compression.algorithm,
-    threads: vault.config.parallelJobs,
-    encryption: decryptionFor(manifest, vault.config.encryption.passphrase),
-  });
+  const raw = await readBackupObject(vault, entry, object);
   const chunks: Buffer[] = [];
   for await (const c of raw) chunks.push(c as Buffer);
   const statements = parseIndexSql(Buffer.concat(chunks).toString('utf8')).get(database);
