@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import {
   chmodSync,
   existsSync,
@@ -13,6 +12,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   CLUSTER_NAME,
+  openWithoutPgvault,
   readSegment,
   SEGMENT_BYTES,
   sha256,
@@ -37,29 +37,6 @@ afterAll(async () => {
   await fx?.stop();
 });
 
-/** Decodes a stored object with the standard tools only: openssl, then zstd. */
-function openWithoutPgvault(objectPath: string): Buffer {
-  const plain = execFileSync(
-    'openssl',
-    [
-      'enc',
-      '-d',
-      '-aes-256-cbc',
-      '-pbkdf2',
-      '-iter',
-      '1000',
-      '-md',
-      'sha256',
-      '-pass',
-      `file:${fx.keyFile}`,
-      '-in',
-      objectPath,
-    ],
-    { maxBuffer: 64 * 1024 * 1024 },
-  );
-  return execFileSync('zstd', ['-d', '-q', '-c'], { input: plain, maxBuffer: 64 * 1024 * 1024 });
-}
-
 describe('backup wal as archive_command (sync)', () => {
   it("stores every segment PostgreSQL's archiver hands it under its key, decoding to the same bytes", async () => {
     // Act
@@ -73,7 +50,7 @@ describe('backup wal as archive_command (sync)', () => {
       expect(existsSync(object), object).toBe(true);
       const original = readSegment(fx.cluster, name);
       expect(original.length).toBe(SEGMENT_BYTES);
-      expect(sha256(openWithoutPgvault(object))).toBe(sha256(original));
+      expect(sha256(openWithoutPgvault(object, fx.keyFile))).toBe(sha256(original));
       segments.set(name, original);
     }
     const identity = JSON.parse(readFileSync(join(fx.vaultDir, CLUSTER_NAME, 'wal', 'archive.json'), 'utf8'));
@@ -196,7 +173,9 @@ describe('backup wal as archive_command (sync)', () => {
     expect(ready).toContain(`${names[0]}.ready`);
     expect(fx.cluster.readLog()).toMatch(/not writable \(EACCES\)/);
     names.forEach((n, i) => {
-      expect(sha256(openWithoutPgvault(walKeyPath(fx.vaultDir, n))), n).toBe(sha256(originals[i]!));
+      expect(sha256(openWithoutPgvault(walKeyPath(fx.vaultDir, n), fx.keyFile)), n).toBe(
+        sha256(originals[i]!),
+      );
       segments.set(n, originals[i]!);
     });
   });

@@ -1,9 +1,9 @@
-import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   CLUSTER_NAME,
+  openWithoutPgvault,
   pgvaultCommand,
   readSegment,
   sha256,
@@ -27,24 +27,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await fx?.stop();
 });
-
-function decodeWithoutPgvault(objectPath: string): Buffer {
-  const plain = execFileSync('openssl', [
-    'enc',
-    '-d',
-    '-aes-256-cbc',
-    '-pbkdf2',
-    '-iter',
-    '1000',
-    '-md',
-    'sha256',
-    '-pass',
-    `file:${fx.keyFile}`,
-    '-in',
-    objectPath,
-  ]);
-  return execFileSync('zstd', ['-d', '-q', '-c'], { input: plain });
-}
 
 function markers(suffix: '.ok' | '.error'): string[] {
   return existsSync(spool)
@@ -82,7 +64,7 @@ describe('backup wal with ARCHIVE_ASYNC=true', () => {
     const storedAtKillCount = names.filter((n) => existsSync(walKeyPath(fx.vaultDir, n))).length;
     const acknowledgedAtKill = markers('.ok');
     const storedAtKill = acknowledgedAtKill.map((n) =>
-      sha256(decodeWithoutPgvault(walKeyPath(fx.vaultDir, n))),
+      sha256(openWithoutPgvault(walKeyPath(fx.vaultDir, n), fx.keyFile)),
     );
     await fx.waitArchived(names[names.length - 1]!, 90_000);
     const seconds = (Date.now() - started) / 1000;
@@ -93,7 +75,9 @@ describe('backup wal with ARCHIVE_ASYNC=true', () => {
       expect(storedAtKill[i], n).toBe(originals.get(n));
     });
     for (const name of names) {
-      expect(sha256(decodeWithoutPgvault(walKeyPath(fx.vaultDir, name))), name).toBe(originals.get(name));
+      expect(sha256(openWithoutPgvault(walKeyPath(fx.vaultDir, name), fx.keyFile)), name).toBe(
+        originals.get(name),
+      );
     }
     expect((await fx.archiver()).failed).toBe(failedBefore);
     console.info(`async archiving drained 30 segments in ${seconds.toFixed(1)} s (uploader killed once)`);

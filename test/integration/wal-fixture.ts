@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   chmodSync,
@@ -47,6 +47,29 @@ export interface WalFixture {
 
 export function pgvaultCommand(configFile: string): string {
   return `${BIN} --config ${configFile} backup wal %p`;
+}
+
+/** Decodes a stored WAL object with the standard tools only: openssl, then zstd. */
+export function openWithoutPgvault(objectPath: string, keyFile: string): Buffer {
+  const plain = execFileSync(
+    'openssl',
+    [
+      'enc',
+      '-d',
+      '-aes-256-cbc',
+      '-pbkdf2',
+      '-iter',
+      '1000',
+      '-md',
+      'sha256',
+      '-pass',
+      `file:${keyFile}`,
+      '-in',
+      objectPath,
+    ],
+    { maxBuffer: 64 * 1024 * 1024 },
+  );
+  return execFileSync('zstd', ['-d', '-q', '-c'], { input: plain, maxBuffer: 64 * 1024 * 1024 });
 }
 
 export function sha256(data: Buffer): string {
