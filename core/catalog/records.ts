@@ -1,0 +1,80 @@
+import { hostname } from 'node:os';
+import { errorMessage } from '../errors';
+import type { Vault } from '../vault';
+import { formatStamp } from './naming';
+
+/**
+ * Drill and restore-test results, kept in the catalog under `{cluster}/drills/` so reports, alerts
+ * and the next drill read the measured RTO and RPO from the same place the backups live. One small
+ * JSON object per run, written once to every target (like a manifest), never updated in place.
+ */
+export interface DrillRecord {
+  readonly format: 'pgvault-drill/1';
+  /** `drill` restores the newest backup; `pitr` a point in time; `verify-restore` is `verify restore`. */
+  readonly kind: 'drill' | 'pitr' | 'verify-restore';
+  /** The backup restored (a full or base backup id). */
+  readonly backupId: string;
+  readonly startedAt: string;
+  readonly finishedAt: string;
+  /** True only when the data was restored and validated. */
+  readonly ok: boolean;
+  /** One line: what failed, when not ok. */
+  readonly error?: string;
+  /** Measured recovery time: from start to validated data (an RTO sample). */
+  readonly rtoMs?: number;
+  /** Data loss had this been a real disaster at start: start time minus the restored point in time. */
+  readonly rpoMs?: number;
+  /** The point in time restored to (ISO), for PITR drills; the backup's end for logical ones. */
+  readonly restoredTo?: string;
+  readonly tables?: number;
+  readonly rows?: number;
+  readonly host: string;
+}
+
+export const DRILLS_FOLDER = 'drills';
+
+export function drillRecordKey(cluster: string, record: Pick<DrillRecord, 'kind' | 'startedAt'>): string {
+  return `${cluster}/${DRILLS_FOLDER}/${formatStamp(new Date(record.startedAt))}-${record.kind}.json`;
+}
+
+/** Stores one record on every target; a target that fails is warned about, not fatal. */
+export async function writeDrillRecord(
+  vault: Vault,
+  record: Omit<DrillRecord, 'format' | 'host'>,
+): Promise<DrillRecord> {
+  const full: DrillRecord = { format: 'pgvault-drill/1', host: hostname(), ...record };
+  const key = drillRecordKey(vault.config.clusterName, full);
+  const text = `${JSON.stringify(full, null, 2)}\n`;
+  const results = await Promise.allSettled(vault.targets.map((t) => t.putBytes(key, text)));
+  results.forEach((r, i) => {
+    if (r.status === 'rejected') {
+      vault.reporter.warn(
+        `drill record not stored in ${vault.targets[i]?.location}: ${errorMessage(r.reason)}`,
+      );
+    }
+  });
+  return full;
+}
+
+/** Every stored record, newest first, from the first target that can be listed. */
+export async function listDrillRecords(vault: Vault): Promise<DrillRecord[]> {
+  const prefix = `${vault.config.clusterName}/${DRILLS_FOLDER}/`;
+  for (const target of vault.targets) {
+    try {
+      const records: DrillRecord[] = [];
+      for await (const info of target.list(prefix)) {
+        if (!info.key.endsWith('.json')) continue;
+        try {
+          const parsed = JSON.parse((await target.getBytes(info.key)).toString('utf8')) as DrillRecord;
+          if (parsed.format === 'pgvault-drill/1') records.push(parsed);
+        } catch (err) {
+          vault.reporter.warn(`skipping drill record ${info.key}: ${errorMessage(err)}`);
+        }
+      }
+      return records.sort((a, b) => (a.startedAt < b.startedAt ? 1 : a.startedAt > b.startedAt ? -1 : 0));
+    } catch (err) {
+      vault.reporter.warn(`cannot list drill records in ${target.location}: ${errorMessage(err)}`);
+    }
+  }
+  return [];
+}
