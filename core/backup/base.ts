@@ -123,7 +123,7 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
           '--label=pgvault',
           '--no-password',
         ],
-        { env: pgEnv(config.pg), label: 'pg_basebackup', stdin: 'ignore' },
+        { env: pgEnv(config.pg), label: 'pg_basebackup', stdin: 'ignore', bufferOutput: true },
       );
       scanner = new TarScanner({
         label: 'pg_basebackup output',

@@ -75,6 +75,8 @@ function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectS
       const dump = startTool(pgDump, ['--format=custom', '--compress=0'], {
         env: pgEnv({ ...vault.config.pg, database: db.name }),
         label: `pg_dump of ${db.name}`,
+        stdin: 'ignore',
+        bufferOutput: true,
       });
       const scanner = new CustomArchiveScanner();
       dump.stdout.pipe(scanner);

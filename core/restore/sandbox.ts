@@ -764,6 +764,7 @@ export async function copyDatabase(
       env: sandbox.clientEnv(options.source),
       label: `pg_dump of "${options.source}" in the sandbox`,
       stdin: 'ignore',
+      bufferOutput: true,
     });
     const args = ['--exit-on-error', `--dbname=${dbnameConninfo(options.target)}`];
     // Into a database that existed: one transaction, so a failure leaves it as empty as it was.

@@ -1,11 +1,9 @@
 import { execFile } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
-import { delimiter, join } from 'node:path';
 import { type Duplex, PassThrough } from 'node:stream';
 import { createGunzip, createGzip } from 'node:zlib';
 import type { Compression } from '../config';
 import { ConfigError } from '../errors';
-import { toolStage } from './process';
+import { isOnPath, toolStage } from './process';
 
 /**
  * Compression as a stream stage, run by the standard tools so every stored object opens with
@@ -91,27 +89,6 @@ export function compressionFromExtension(name: string): Compression | undefined 
     if (extension && withoutEncryption.endsWith(extension)) return algorithm;
   }
   return undefined;
-}
-
-const pathLookups = new Map<string, boolean>();
-
-/** Whether an executable of this name is on PATH; looked up once per process and name. */
-export function isOnPath(name: string): boolean {
-  const cached = pathLookups.get(name);
-  if (cached !== undefined) return cached;
-  let found = false;
-  for (const directory of (process.env.PATH ?? '').split(delimiter)) {
-    if (!directory) continue;
-    try {
-      accessSync(join(directory, name), constants.X_OK);
-      found = true;
-      break;
-    } catch {
-      // not in this directory
-    }
-  }
-  pathLookups.set(name, found);
-  return found;
 }
 
 export interface ToolInvocation {

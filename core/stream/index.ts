@@ -7,7 +7,6 @@ export {
   compressionTool,
   compressStage,
   decompressStage,
-  isOnPath,
   type ToolInvocation,
   toolVersion,
 } from './compress';
@@ -21,6 +20,7 @@ export {
   timingSafeEqualHex,
 } from './encrypt';
 export {
+  isOnPath,
   type StartToolOptions,
   startTool,
   ToolExitError,

@@ -540,6 +540,25 @@ describe('programs as stream stages', () => {
     expect(tool.stderrTail()).not.toContain('warning line 0\n');
   });
 
+  it('with bufferOutput, runs the program under stdbuf, output unchanged and exit status kept', async () => {
+    // Prepare: seq writes through stdio; 2 MB of it, then a failing exit.
+    const tool = startTool('sh', ['-c', 'seq 1 300000; exit 3'], { stdin: 'ignore', bufferOutput: true });
+    const expected = spawnSync('seq', ['1', '300000'], { maxBuffer: 1 << 24 }).stdout;
+
+    // Act
+    const output = Buffer.concat(await tool.stdout.toArray());
+    const outcome = await tool.exited.then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+
+    // Assess: the speed-up itself is measured by the benchmark, not here.
+    expect(tool.child.spawnargs.slice(0, 3)).toEqual(['stdbuf', '-o1M', 'sh']);
+    expect(output.equals(expected)).toBe(true);
+    expect(outcome).toBeInstanceOf(ToolExitError);
+    expect((outcome as ToolExitError).message).toMatch(/^sh failed with exit code 3/);
+  });
+
   it('passes secrets through the environment, not the command line', async () => {
     // Prepare
     const tool = startTool('sh', ['-c', 'printf %s "$PGPASSWORD"'], {
