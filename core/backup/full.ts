@@ -94,7 +94,10 @@ function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectS
             );
             return {};
           }
-          return { tables: scanner.tableRowCounts() };
+          return {
+            tables: scanner.tableRowCounts(),
+            tocPatches: scanner.offsetPatches().map((p) => [p.position, p.bytes.toString('hex')]),
+          };
         },
       };
     },

@@ -28,7 +28,11 @@ export interface ObjectSource {
   /** Label for progress lines. */
   readonly label: string;
   /** Starts producing raw bytes; `upstream` settles when the producer has finished for good. */
-  open(): { source: Readable; upstream: Promise<unknown>[]; finish?: () => Pick<StoredObject, 'tables'> };
+  open(): {
+    source: Readable;
+    upstream: Promise<unknown>[];
+    finish?: () => Pick<StoredObject, 'tables' | 'tocPatches'>;
+  };
 }
 
 /** A backup of one small object built in memory (config tarball, index SQL). */

@@ -31,8 +31,8 @@ const storedObject = z.object({
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
   /**
    * sha256 of the raw bytes, when recorded. Hashing every dumped byte costs more CPU than the
-   * compressor on these machines, so dumps rely on the stored sha256, the compressor's own frame
-   * checksum and the archive being parsed through on restore; the raw size is always checked.
+   * compressor on these machines, so dumps rely on the stored sha256 (the stored bytes are exactly
+   * those written) and the compressor's own frame checksum; the raw size is always checked.
    */
   rawSha256: z
     .string()
@@ -48,6 +48,15 @@ const storedObject = z.object({
     .optional(),
   /** Exact row counts as of the dump's snapshot, counted in the COPY data as it streamed. */
   tables: z.array(tableCount).optional(),
+  /**
+   * The data offsets pg_dump could not write into its TOC when writing to a pipe, found while the
+   * dump streamed: [position of the TOC field in the raw archive, the field's bytes in hex]. A
+   * restore writes them into its staged copy, so pg_restore --jobs seeks to each table's data
+   * instead of scanning the archive, and the copy need not be read back to find them.
+   */
+  tocPatches: z
+    .array(z.tuple([z.number().int().nonnegative(), z.string().regex(/^([0-9a-f]{2})+$/)]))
+    .optional(),
 });
 
 /** What a physical base backup needs to be recovered and rolled forward. */
@@ -185,8 +194,14 @@ export function parseManifest(text: string, where: string): Manifest {
       `manifest ${where} is malformed at ${path}: ${issue?.message}; the backup cannot be trusted, use another one`,
     );
   }
+  // The HMAC covers the manifest as written: fields a newer pgvault added, which the schema strips,
+  // must not make a good manifest look tampered with.
+  asWritten.set(result.data, json);
   return result.data;
 }
+
+/** The JSON each parsed manifest came from, for the HMAC check. */
+const asWritten = new WeakMap<Manifest, unknown>();
 
 /**
  * Checks the HMAC of an encrypted manifest. Wrong key and tampering are told apart by the key
@@ -210,7 +225,7 @@ export async function verifyManifest(
       `wrong encryption key for backup ${manifest.id}: ENCRYPTION_KEY is not the key it was made with; nothing was restored`,
     );
   }
-  const { hmac, ...body } = manifest;
+  const { hmac, ...body } = (asWritten.get(manifest) ?? manifest) as Manifest;
   if (hmac === undefined || !timingSafeEqualHex(hmacHex(key, canonicalJson(body)), hmac)) {
     throw new IntegrityError(
       `manifest ${where} has been modified since the backup was made (HMAC mismatch); do not trust this backup, use another one`,

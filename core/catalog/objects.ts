@@ -1,3 +1,5 @@
+import { createWriteStream } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { PassThrough, type Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Compression } from '../config';
@@ -7,6 +9,7 @@ import {
   compressStage,
   DigestMeter,
   decompressStage,
+  decompressToFileStage,
   decryptStage,
   encryptStage,
   gateOn,
@@ -152,6 +155,84 @@ export interface ObjectReadSpec {
  */
 export async function readObject(spec: ObjectReadSpec): Promise<Readable> {
   const { object } = spec;
+  const read = await openStored(spec);
+  const raw = new DigestMeter({ hash: object.rawSha256 !== undefined });
+  const rawCheck = new ExpectDigest(() => {
+    if (raw.bytes !== object.rawSize)
+      return `decoded size ${raw.bytes} bytes, manifest says ${object.rawSize}`;
+    if (object.rawSha256 !== undefined && raw.sha256() !== object.rawSha256) {
+      return 'decoded sha256 differs from the manifest';
+    }
+    return undefined;
+  }, read.integrity);
+  const out = new PassThrough({ highWaterMark: 1 << 20 });
+  pipeline([
+    read.source,
+    ...read.stages,
+    decompressStage(spec.compression, { threads: spec.threads }),
+    raw,
+    rawCheck,
+    out,
+  ] as unknown as [Readable, ...NodeJS.ReadWriteStream[]]).catch((err: unknown) =>
+    out.destroy(read.explain(err)),
+  );
+  return out;
+}
+
+/**
+ * Writes a stored object's raw bytes into a new file (mode 0600, refused if it exists), checked as
+ * readObject checks them, the decoded size by the file's size. The decompressor program writes the
+ * file itself, so the decoded bytes never pass through Node (at 500 MB this halves the time a restore
+ * spends staging its dump). Rejects with an IntegrityError on any difference; the caller removes the
+ * file.
+ */
+export async function readObjectToFile(spec: ObjectReadSpec, path: string): Promise<void> {
+  const { object } = spec;
+  const handle = await open(path, 'wx', 0o600);
+  let read: StoredRead | undefined;
+  try {
+    const decompress =
+      object.rawSha256 === undefined
+        ? decompressToFileStage(spec.compression, { threads: spec.threads }, handle.fd)
+        : undefined;
+    if (decompress === undefined) {
+      // No program to write the file, or a decoded digest to check: Node reads the raw bytes itself.
+      await pipeline(await readObject(spec), createWriteStream('', { fd: handle.fd, autoClose: false }));
+      return;
+    }
+    read = await openStored(spec).catch((err: unknown) => {
+      decompress.destroy();
+      throw err;
+    });
+    // The stage's readable side is empty; reading it lets 'end' (after a successful exit) come.
+    decompress.resume();
+    await pipeline([read.source, ...read.stages, decompress] as unknown as [
+      Readable,
+      ...NodeJS.ReadWriteStream[],
+    ]);
+    const size = (await handle.stat()).size;
+    if (size !== object.rawSize)
+      throw read.integrity(`decoded size ${size} bytes, manifest says ${object.rawSize}`);
+  } catch (err) {
+    throw read ? read.explain(err) : err;
+  } finally {
+    await handle.close();
+  }
+}
+
+interface StoredRead {
+  readonly source: Readable;
+  /** Stored-side checks and decryption, up to the decompressor. */
+  readonly stages: NodeJS.ReadWriteStream[];
+  /** An IntegrityError naming the object and target. */
+  integrity(reason: string): IntegrityError;
+  /** The error to report for a failed read: corruption unless it is a storage or missing-tool error. */
+  explain(err: unknown): Error;
+}
+
+/** Size check before a byte is downloaded, then the stored bytes' digest and decryption. */
+async function openStored(spec: ObjectReadSpec): Promise<StoredRead> {
+  const { object } = spec;
   const where = `${object.key} in ${spec.target.location}`;
   const ours = new WeakSet<Error>();
   const integrity = (reason: string) => {
@@ -168,37 +249,26 @@ export async function readObject(spec: ObjectReadSpec): Promise<Readable> {
     throw integrity(`size ${info.size} bytes, manifest says ${object.storedSize}`);
   const source = await spec.target.get(object.key);
   const stored = new DigestMeter({ onProgress: spec.onProgress });
-  const raw = new DigestMeter({ hash: object.rawSha256 !== undefined });
   const storedCheck = new ExpectDigest(() => {
     if (stored.bytes !== object.storedSize)
       return `size ${stored.bytes} bytes, manifest says ${object.storedSize}`;
     if (stored.sha256() !== object.sha256) return 'sha256 differs from the manifest';
     return undefined;
   }, integrity);
-  const rawCheck = new ExpectDigest(() => {
-    if (raw.bytes !== object.rawSize)
-      return `decoded size ${raw.bytes} bytes, manifest says ${object.rawSize}`;
-    if (object.rawSha256 !== undefined && raw.sha256() !== object.rawSha256) {
-      return 'decoded sha256 differs from the manifest';
-    }
-    return undefined;
-  }, integrity);
   const stages: NodeJS.ReadWriteStream[] = [stored, storedCheck];
   if (spec.encryption) stages.push(decryptStage(spec.encryption.passphrase, spec.encryption.iterations));
-  stages.push(decompressStage(spec.compression, { threads: spec.threads }), raw, rawCheck);
-  const out = new PassThrough({ highWaterMark: 1 << 20 });
-  pipeline([source, ...stages, out] as unknown as [Readable, ...NodeJS.ReadWriteStream[]]).catch(
-    (err: unknown) => {
-      // A flipped byte usually trips the decryptor or decompressor before the digests are complete.
-      // The key was proven by the manifest's key check, so this is a corrupt object: name it so,
-      // keeping the tool's own words.
-      const own = err instanceof Error && ours.has(err);
-      const reason =
-        own || err instanceof StorageError || err instanceof MissingToolError
-          ? (err as Error)
-          : integrity(`cannot be decoded: ${errorMessage(err)}`);
-      out.destroy(reason);
-    },
-  );
-  return out;
+  return {
+    source,
+    stages,
+    integrity,
+    // A flipped byte usually trips the decryptor or decompressor before the digests are complete.
+    // The key was proven by the manifest's key check, so this is a corrupt object: name it so,
+    // keeping the tool's own words.
+    explain: (err) =>
+      (err instanceof Error && ours.has(err)) ||
+      err instanceof StorageError ||
+      err instanceof MissingToolError
+        ? (err as Error)
+        : integrity(`cannot be decoded: ${errorMessage(err)}`),
+  };
 }

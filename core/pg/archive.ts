@@ -781,3 +781,27 @@ export async function readArchiveToc(path: string): Promise<{ header: ArchiveHea
   }
   return { header: parser.header, entries: [...parser.entries] };
 }
+
+/**
+ * Reads a whole local archive that pg_dump wrote to a pipe and returns the patches that give its TOC
+ * the data offsets (see CustomArchiveParser.offsetPatches); empty when the archive cannot be parsed
+ * to the end, and pg_restore then scans for the data, slower but still correct. Reading a staged
+ * file back from the page cache costs less than passing the same bytes through a stream on their
+ * way to disk.
+ */
+export async function archiveOffsetPatches(
+  path: string,
+): Promise<Array<{ position: number; bytes: Buffer }>> {
+  const parser = new CustomArchiveParser();
+  const stream = createReadStream(path, { highWaterMark: 1 << 20 });
+  try {
+    for await (const chunk of stream) {
+      parser.write(chunk as Buffer);
+      if (parser.failure !== undefined) return [];
+    }
+  } finally {
+    stream.destroy();
+  }
+  parser.end();
+  return parser.offsetPatches();
+}

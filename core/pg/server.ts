@@ -94,21 +94,36 @@ export async function countUserRelations(conn: PgConnection, database: string): 
 export async function exactRowCounts(
   conn: PgConnection,
   database: string,
+  options: { readonly jobs?: number } = {},
 ): Promise<Array<{ schema: string; table: string; rows: number }>> {
-  return withClient(conn, database, async (c) => {
-    const tables = await c.query<{ schema: string; table: string }>(
+  // Largest first over `jobs` connections, so the biggest table does not start last.
+  const tables = await withClient(conn, database, async (c) => {
+    const r = await c.query<{ schema: string; table: string }>(
       `SELECT n.nspname AS schema, c.relname AS table FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-        ORDER BY 1, 2`,
+        ORDER BY pg_relation_size(c.oid) DESC, 1, 2`,
     );
-    const out: Array<{ schema: string; table: string; rows: number }> = [];
-    for (const t of tables.rows) {
-      const q = `SELECT count(*)::text AS n FROM ONLY ${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
-      const r = await c.query<{ n: string }>(q);
-      out.push({ schema: t.schema, table: t.table, rows: Number(r.rows[0]?.n ?? 0) });
-    }
-    return out;
+    return r.rows;
   });
+  const counts = new Map<(typeof tables)[number], number>();
+  let next = 0;
+  const worker = () =>
+    withClient(conn, database, async (c) => {
+      for (let t = tables[next++]; t !== undefined; t = tables[next++]) {
+        const q = `SELECT count(*)::text AS n FROM ONLY ${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
+        const r = await c.query<{ n: string }>(q);
+        counts.set(t, Number(r.rows[0]?.n ?? 0));
+      }
+    });
+  const jobs = Math.max(1, Math.min(options.jobs ?? 1, tables.length));
+  await Promise.all(Array.from({ length: jobs }, worker));
+  return tables
+    .map((t) => ({ schema: t.schema, table: t.table, rows: counts.get(t) ?? 0 }))
+    .sort((a, b) => (a.schema === b.schema ? cmp(a.table, b.table) : cmp(a.schema, b.schema)));
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -1,16 +1,14 @@
-import { createWriteStream } from 'node:fs';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import type { CatalogEntry } from '../catalog/catalog';
 import { type Manifest, type StoredObject, verifyManifest } from '../catalog/manifest';
-import { decryptionFor, readObject } from '../catalog/objects';
+import { decryptionFor, readObject, readObjectToFile } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
 import type { Config } from '../config';
 import { ensureFreeSpace } from '../disk';
 import { errorMessage, IntegrityError, StorageError, UsageError } from '../errors';
-import { CustomArchiveScanner } from '../pg/archive';
+import { archiveOffsetPatches } from '../pg/archive';
 import type { Reporter, Vault } from '../vault';
 
 /** A verified local copy of one object's raw bytes; remove() deletes it and its folder. */
@@ -111,23 +109,29 @@ export async function fetchToLocalFile(
   let lastError: unknown;
   for (const target of entry.targets) {
     try {
-      const raw = await readObject({
-        target,
-        object,
-        compression: entry.manifest.compression.algorithm,
-        threads: config.parallelJobs,
-        encryption: decryptionFor(entry.manifest, config.encryption.passphrase),
-        onProgress: (bytes) =>
-          reporter.progress(`fetch ${object.database ?? object.kind}`, bytes, object.storedSize),
-      });
+      // A copy that failed its checks leaves a partial file behind; the next one starts afresh.
+      await rm(path, { force: true });
+      await readObjectToFile(
+        {
+          target,
+          object,
+          compression: entry.manifest.compression.algorithm,
+          threads: config.parallelJobs,
+          encryption: decryptionFor(entry.manifest, config.encryption.passphrase),
+          onProgress: (bytes) =>
+            reporter.progress(`fetch ${object.database ?? object.kind}`, bytes, object.storedSize),
+        },
+        path,
+      );
+      // Write the data offsets pg_dump could not write to a pipe: pg_restore --jobs and -L then
+      // seek to a table's data instead of scanning the archive for it.
+      // Backups from before the manifest kept them are read back to find them.
       if (object.format === 'dump') {
-        // Pass the archive through the scanner on the way to disk, then write the data offsets pg_dump
-        // could not write to a pipe: pg_restore --jobs and -L then seek instead of scanning.
-        const scanner = new CustomArchiveScanner();
-        await pipeline(raw, scanner, createWriteStream(path, { mode: 0o600 }));
-        await patchFile(path, scanner.offsetPatches());
-      } else {
-        await pipeline(raw, createWriteStream(path, { mode: 0o600 }));
+        await patchFile(
+          path,
+          object.tocPatches?.map(([position, hex]) => ({ position, bytes: Buffer.from(hex, 'hex') })) ??
+            (await archiveOffsetPatches(path)),
+        );
       }
       return { path, object, remove };
     } catch (err) {

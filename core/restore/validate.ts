@@ -42,7 +42,9 @@ export async function compareWithManifest(
       note: 'the backup recorded no row counts',
     };
   }
-  const actual = (await exactRowCounts(config.pg, database)).filter((t) => (only ? only(t) : true));
+  const actual = (await exactRowCounts(config.pg, database, { jobs: config.parallelJobs })).filter((t) =>
+    only ? only(t) : true,
+  );
   const key = (t: { schema: string; table: string }) => `${t.schema}\u0000${t.table}`;
   const actualByKey = new Map(actual.map((t) => [key(t), t.rows]));
   const mismatches: TableCheck[] = [];

@@ -233,6 +233,27 @@ export function decompressStage(algorithm: Compression, options: { readonly thre
   return stageFor(algorithm, 'decompress', { threads: options.threads });
 }
 
+/**
+ * A decompressor program that writes into an open file (as its stdout) instead of back to Node, for
+ * staging large objects on disk: the decoded bytes then never pass through Node. The stage's readable
+ * side is empty. undefined when no program does the work ('none', or gzip with neither pigz nor gzip
+ * installed): use decompressStage and write the file from Node.
+ */
+export function decompressToFileStage(
+  algorithm: Compression,
+  options: { readonly threads: number },
+  fd: number,
+): Duplex | undefined {
+  const invocation = compressionInvocation(algorithm, 'decompress', { threads: options.threads });
+  if (invocation === 'builtin') return undefined;
+  return toolStage(invocation.command, invocation.args, {
+    env: toolEnvironment(),
+    label: invocation.command,
+    installHint: INSTALL_HINTS[algorithm as Exclude<Compression, 'none'>],
+    stdout: fd,
+  });
+}
+
 const versions = new Map<string, Promise<string | undefined>>();
 
 /**

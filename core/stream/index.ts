@@ -7,6 +7,7 @@ export {
   compressionTool,
   compressStage,
   decompressStage,
+  decompressToFileStage,
   type ToolInvocation,
   toolVersion,
 } from './compress';
