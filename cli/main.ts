@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { pendingUndoSteps, runUndoSteps } from '../core/cleanup';
-import { fail, type GlobalOptions } from './output';
+import { fail, failWithAlert, type GlobalOptions } from './output';
 
 /**
  * The pgvault command. Command modules load when their command runs, so that a call like the WAL
@@ -22,13 +22,22 @@ function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, na
     const cmd = args[args.length - 1] as Command;
     const opts = cmd.optsWithGlobals() as GlobalOptions;
     const positional = args.slice(0, -2);
+    const startedAt = new Date();
     try {
       const mod = await load();
       await (mod[name] as T)(...([...positional, opts] as never[]));
     } catch (err) {
-      fail(err, opts);
+      // The one error path: backup, restore, verify and drill failures also send their alert here.
+      await failWithAlert(err, opts, { path: commandPath(cmd), startedAt });
     }
   };
+}
+
+/** `backup full`, `verify report`: the command's names below the program. */
+function commandPath(cmd: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c?.parent; c = c.parent) names.unshift(c.name());
+  return names.join(' ');
 }
 
 const backupCmds = async () => require('./commands/backup') as Record<string, unknown>;
@@ -37,6 +46,9 @@ const verifyCmds = async () => require('./commands/verify') as Record<string, un
 // WAL commands run once per segment under PostgreSQL: their module loads only what they need.
 const walCmds = async () => require('./commands/wal') as Record<string, unknown>;
 const pitrCmds = async () => require('./commands/pitr') as Record<string, unknown>;
+const reportCmds = async () => require('./commands/report') as Record<string, unknown>;
+const retentionCmds = async () => require('./commands/retention') as Record<string, unknown>;
+const drillCmds = async () => require('./commands/drill') as Record<string, unknown>;
 
 const backup = program.command('backup').description("take backups (the guide's backup-manager)");
 backup
@@ -78,6 +90,18 @@ backup
   .description("print the guide's crontab for this host (or --install it)")
   .option('--install', "install it into this user's crontab")
   .action(run(backupCmds, 'backupScheduleCommand'));
+backup
+  .command('retention')
+  .description(
+    'GFS retention: keep daily/weekly/monthly, config, index backups and the PITR window; delete the rest',
+  )
+  .option('--dry-run', 'print the plan (every backup, keep or delete, and the rule) and delete nothing')
+  .action(run(retentionCmds, 'backupRetentionCommand'));
+backup
+  .command('delete <backup>')
+  .description('delete one backup by hand (the only way manual backups go); needs --yes')
+  .option('--yes', 'really delete it')
+  .action(run(retentionCmds, 'backupDeleteCommand'));
 
 const restore = program.command('restore').description("restore backups (the guide's restore-manager)");
 restore
@@ -153,9 +177,48 @@ verify
   .action(run(walCmds, 'verifyWalCommand'));
 verify
   .command('restore <backup>')
-  .description('same as restore test: restore into a temporary database and validate')
-  .option('--from <name>', 'database inside the backup, when it holds several')
+  .description(
+    'restore into temporary databases (full) or a sandbox server (base), validate, drop, record the RTO sample',
+  )
+  .option('--from <name>', 'only this database of a full backup')
   .action(run(verifyCmds, 'verifyRestoreCommand'));
+verify
+  .command('all')
+  .description(
+    "every backup's objects (size, sha256, HMAC), the newest of each type read through, WAL continuity",
+  )
+  .option('--quick', 'manifests and sizes only: no object is read (fits a Lambda)')
+  .action(run(verifyCmds, 'verifyAllCommand'));
+verify
+  .command('indexes <backup>')
+  .description(
+    "rebuild an index backup on the newest full backup's schema in a temporary database; every index valid",
+  )
+  .action(run(verifyCmds, 'verifyIndexesCommand'));
+
+program
+  .command('drill')
+  .description(
+    'DR drill: restore the newest full backup (or --pitr: recover to one hour ago), validate, record RTO and RPO, clean up',
+  )
+  .option('--pitr', 'point-in-time recovery from a base backup and the WAL archive, in a sandbox')
+  .option('--target-time <time>', 'with --pitr: the point to recover to (default: one hour ago)')
+  .action(run(drillCmds, 'drillCommand'));
+
+verify
+  .command('sizes')
+  .description('backup sizes over time per database and type, trend, sudden shrinks flagged')
+  .action(run(reportCmds, 'verifySizesCommand'));
+verify
+  .command('capacity')
+  .description('space used per target (disk, or STORAGE_QUOTA_GB for cloud), growth per day, days until full')
+  .action(run(reportCmds, 'verifyCapacityCommand'));
+verify
+  .command('report')
+  .description(
+    'HTML, Markdown and JSON report into {cluster}/reports/ of the targets; sends threshold alerts',
+  )
+  .action(run(reportCmds, 'verifyReportCommand'));
 
 const wal = program.command('wal').description('continuous WAL archiving');
 wal

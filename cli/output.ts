@@ -1,5 +1,6 @@
 import { type Config, loadConfig } from '../core/config';
 import { errorMessage, PgVaultError } from '../core/errors';
+import { formatBytes } from '../core/format';
 import type { Reporter, Vault } from '../core/vault';
 
 export interface GlobalOptions {
@@ -8,16 +9,7 @@ export interface GlobalOptions {
   readonly quiet?: boolean;
 }
 
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-}
+export { formatBytes };
 
 export function formatDuration(ms: number): string {
   if (ms < 1000) return `${ms} ms`;
@@ -84,6 +76,11 @@ export function emit(options: GlobalOptions, json: unknown, text: string | (() =
 
 /** One clear line on stderr and a non-zero exit; no stack trace for known failures. */
 export function fail(err: unknown, options: GlobalOptions): never {
+  process.exit(printFailure(err, options));
+}
+
+/** Prints the failure line (and the --json object); returns the exit code. */
+function printFailure(err: unknown, options: GlobalOptions): number {
   const message = errorMessage(err).split('\n')[0];
   const code = err instanceof PgVaultError ? err.exitCode : 1;
   if (options.json)
@@ -91,6 +88,34 @@ export function fail(err: unknown, options: GlobalOptions): never {
   process.stderr.write(`pgvault: ${message}\n`);
   if (!(err instanceof PgVaultError) && process.env.PGVAULT_DEBUG)
     process.stderr.write(`${(err as Error)?.stack}\n`);
+  return code;
+}
+
+/**
+ * fail() plus the failure alert (core/alert/failure.ts): the error line is printed first and the
+ * exit code is the error's own; publishing to SNS_TOPIC_ARN comes after, and a publish that fails
+ * adds one warning line. Commands that send no alert (see failureAlertWanted) load nothing more.
+ */
+export async function failWithAlert(
+  err: unknown,
+  options: GlobalOptions,
+  command: { readonly path: string; readonly startedAt: Date },
+): Promise<never> {
+  const code = printFailure(err, options);
+  try {
+    const { sendFailureAlert } = require('../core/alert/failure') as typeof import('../core/alert/failure');
+    await sendFailureAlert({
+      configFile: options.config,
+      commandPath: command.path,
+      argv: process.argv.slice(2),
+      error: err,
+      startedAt: command.startedAt,
+    });
+  } catch (alertErr) {
+    process.stderr.write(
+      `pgvault: warning: failure alert not sent: ${errorMessage(alertErr).split('\n')[0]}\n`,
+    );
+  }
   process.exit(code);
 }
 

@@ -48,10 +48,41 @@ export interface CloudConfig {
   readonly region: string;
 }
 
+/** Thresholds of the alerts (core/alert/thresholds.ts) and where they are sent. */
+export interface AlertConfig {
+  /** ALERT_CAPACITY_PERCENT: a target's disk (or STORAGE_QUOTA_GB) used at or above this alerts. */
+  readonly capacityPercent: number;
+  /** ALERT_BACKUP_AGE_HOURS: the newest full or base backup older than this alerts. */
+  readonly backupAgeHours: number;
+  /** ALERT_SHRINK_PERCENT: a backup this much smaller than the previous one of its database is suspect. */
+  readonly shrinkPercent: number;
+  /** RPO_TARGET_MINUTES: most data loss allowed (now minus the newest archived WAL, or newest backup). */
+  readonly rpoTargetMinutes: number;
+  /** RTO_TARGET_MINUTES: longest recovery allowed (measured by drills and restore tests). */
+  readonly rtoTargetMinutes: number;
+  /** STORAGE_QUOTA_GB in bytes (1 GB = 1024³ bytes): what cloud targets may hold. */
+  readonly storageQuotaBytes?: number;
+  /** SNS_TOPIC_ARN: alerts are published there when set. */
+  readonly snsTopicArn?: string;
+  /** EMAIL_TO: the topic's email subscribers (the guide's key; the stack subscribes them). */
+  readonly emailTo: readonly string[];
+}
+
 export interface Config {
   readonly backupDir: string;
   readonly walArchiveDir: string;
-  readonly retention: { readonly days: number; readonly weeks: number; readonly months: number };
+  /**
+   * GFS retention (core/retention): days/weeks/months for full and base backups, newest N config and
+   * index backups, and the PITR window in days that WAL retention keeps recoverable.
+   */
+  readonly retention: {
+    readonly days: number;
+    readonly weeks: number;
+    readonly months: number;
+    readonly configCount: number;
+    readonly indexesCount: number;
+    readonly walDays: number;
+  };
   readonly compression: Compression;
   /** Optional level for the compressor; each tool's default when absent. */
   readonly compressionLevel?: number;
@@ -81,6 +112,8 @@ export interface Config {
   readonly walPrefetch: number;
   /** WAL_RECEIVE_DIR: staging directory of `wal receive` (pg_receivewal -D). */
   readonly walReceiveDir: string;
+  /** Alert thresholds, RPO/RTO targets and where alerts go (core/alert). */
+  readonly alerts: AlertConfig;
   /** Where the values came from, for `pgvault config` style messages. */
   readonly sources: readonly string[];
 }
@@ -226,6 +259,42 @@ function clusterName(raw: Raw): string {
   return v;
 }
 
+function alertConfig(raw: Raw): AlertConfig {
+  const quota = text(raw, 'STORAGE_QUOTA_GB');
+  if (quota !== undefined && !(/^\d+(\.\d+)?$/.test(quota) && Number(quota) > 0)) {
+    throw new ConfigError(
+      `STORAGE_QUOTA_GB=${quota} is not allowed; use a number of GB above 0, like 500 or 0.5`,
+    );
+  }
+  const arn = text(raw, 'SNS_TOPIC_ARN');
+  if (
+    arn !== undefined &&
+    !/^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$/.test(arn)
+  ) {
+    throw new ConfigError(
+      `SNS_TOPIC_ARN=${arn} is not allowed; use a topic ARN like arn:aws:sns:us-east-1:123456789012:pgvault-alerts`,
+    );
+  }
+  const emailTo = (text(raw, 'EMAIL_TO') ?? '')
+    .split(',')
+    .map((e) => e.trim())
+    .filter((e) => e !== '');
+  for (const e of emailTo) {
+    if (!/^[^\s@]+@[^\s@]+$/.test(e))
+      throw new ConfigError(`EMAIL_TO=${e} is not allowed; use addresses separated by commas`);
+  }
+  return {
+    capacityPercent: integer(raw, 'ALERT_CAPACITY_PERCENT', 80, 1, 100),
+    backupAgeHours: integer(raw, 'ALERT_BACKUP_AGE_HOURS', 48, 1),
+    shrinkPercent: integer(raw, 'ALERT_SHRINK_PERCENT', 50, 1, 99),
+    rpoTargetMinutes: integer(raw, 'RPO_TARGET_MINUTES', 1440, 1),
+    rtoTargetMinutes: integer(raw, 'RTO_TARGET_MINUTES', 240, 1),
+    storageQuotaBytes: quota === undefined ? undefined : Math.round(Number(quota) * 1024 ** 3),
+    snsTopicArn: arn,
+    emailTo,
+  };
+}
+
 /** Validates merged raw values into a Config. Throws ConfigError naming the key, the value and what is allowed. */
 export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd()): Config {
   const backupDir = absolutePath(raw, 'BACKUP_DIR', '/var/backups/postgresql', cwd);
@@ -259,6 +328,9 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
       days: integer(raw, 'RETENTION_DAYS', 7, 0),
       weeks: integer(raw, 'RETENTION_WEEKS', 4, 0),
       months: integer(raw, 'RETENTION_MONTHS', 6, 0),
+      configCount: integer(raw, 'RETENTION_CONFIG_COUNT', 10, 0),
+      indexesCount: integer(raw, 'RETENTION_INDEXES_COUNT', 5, 0),
+      walDays: integer(raw, 'RETENTION_WAL_DAYS', 7, 0, 36_500),
     },
     compression,
     compressionLevel: optionalInteger(raw, 'COMPRESSION_LEVEL', 1, 22),
@@ -297,6 +369,7 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
       `${backupDir}/.pgvault-receive/${clusterName(raw)}`,
       cwd,
     ),
+    alerts: alertConfig(raw),
     sources,
   };
 }

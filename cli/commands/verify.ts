@@ -1,6 +1,6 @@
+import { IntegrityError, ValidationError } from '../../core/errors';
 import { verifyBackupFile } from '../../core/verify/file';
 import { emit, formatBytes, formatDuration, type GlobalOptions, vaultFor } from '../output';
-import { restoreTestCommand } from './restore';
 
 export async function verifyFileCommand(backup: string, opts: GlobalOptions) {
   const r = await verifyBackupFile(vaultFor(opts), backup);
@@ -15,6 +15,119 @@ export async function verifyFileCommand(backup: string, opts: GlobalOptions) {
   );
 }
 
+/** The report is already on stdout: one line on stderr and the exit code say it failed. */
+/**
+ * A check that found faults after printing its report (so --json stays one object): the one error
+ * line, the exit code, and the failure alert the CLI's error path would have sent.
+ */
+async function failAfterReport(err: Error, opts: GlobalOptions, commandPath: string): Promise<void> {
+  process.stderr.write(`pgvault: ${err.message}\n`);
+  process.exitCode = err instanceof IntegrityError || err instanceof ValidationError ? err.exitCode : 1;
+  const { sendFailureAlert } =
+    require('../../core/alert/failure') as typeof import('../../core/alert/failure');
+  await sendFailureAlert({
+    configFile: opts.config,
+    commandPath,
+    argv: process.argv.slice(2),
+    error: err,
+    startedAt: new Date(Date.now() - process.uptime() * 1000),
+  });
+}
+
+type VerifyAllReport = import('../../core/verify/all').VerifyAllReport;
+
+function describeVerifyAll(r: VerifyAllReport): string {
+  const lines = [
+    `verify all of cluster ${r.cluster} (${r.mode === 'quick' ? 'quick: manifests and sizes only' : 'every object digested, the newest of each type read through'}), ${r.backups} backup(s), ${formatBytes(r.bytesRead)} read in ${formatDuration(r.durationMs)}`,
+  ];
+  for (const c of r.copies) {
+    lines.push(
+      `  ${c.ok ? 'ok   ' : 'FAULT'}  ${c.backup}  ${c.objects} object(s), ${c.checked}  ${c.target}`,
+    );
+  }
+  for (const t of r.readThrough) {
+    const what = t.skipped
+      ? `not read through: ${t.skipped}`
+      : t.ok
+        ? `read through in ${formatDuration(t.durationMs ?? 0)}${t.tablesMatched !== undefined ? `, ${t.tablesMatched} tables' rows recounted` : ''}${t.dataDirectoryVerified ? ', pg_verifybackup passed' : ''}`
+        : 'read-through FAILED';
+    lines.push(`  newest ${t.type}: ${t.backup} ${what}`);
+  }
+  if (r.wal) {
+    lines.push(
+      `  WAL: ${r.wal.segments} segment(s), ${r.wal.gaps.length === 0 ? 'continuous' : `${r.wal.gaps.length} gap(s)`}${r.wal.rpoSeconds !== undefined ? `, newest archived ${formatDuration(r.wal.rpoSeconds * 1000)} ago` : ''}`,
+    );
+  } else lines.push('  WAL: nothing archived and no base backup');
+  if (r.faults.length === 0) lines.push('all backups verified');
+  else {
+    lines.push(`${r.faults.length} fault(s):`);
+    for (const f of r.faults) lines.push(`  - ${f.problem}\n    what to do: ${f.action}`);
+  }
+  return lines.join('\n');
+}
+
+export async function verifyAllCommand(opts: GlobalOptions & { quick?: boolean }) {
+  const { verifyAll } = require('../../core/verify/all') as typeof import('../../core/verify/all');
+  const vault = vaultFor(opts);
+  const r = await verifyAll(vault, { quick: opts.quick });
+  emit(opts, r, () => describeVerifyAll(r));
+  // The threshold alerts (capacity, backup age, WAL gap, RPO, RTO, failed drills): one line each on
+  // stderr, and SNS when configured. A fault found above is also alerted, by the failure path below.
+  const { evaluateThresholds } =
+    require('../../core/alert/thresholds') as typeof import('../../core/alert/thresholds');
+  const { sendAlerts } = require('../../core/alert/notify') as typeof import('../../core/alert/notify');
+  const alerts = await evaluateThresholds(vault);
+  await sendAlerts(vault.config, alerts);
+  if (alerts.length > 0) process.exitCode = 1;
+  if (!r.ok) {
+    await failAfterReport(
+      new IntegrityError(`verify all found ${r.faults.length} fault(s); first: ${r.faults[0]!.problem}`),
+      opts,
+      'verify all',
+    );
+  }
+}
+
 export async function verifyRestoreCommand(backup: string, opts: GlobalOptions & { from?: string }) {
-  await restoreTestCommand(backup, opts);
+  const { verifyRestore } =
+    require('../../core/verify/restore') as typeof import('../../core/verify/restore');
+  const r = await verifyRestore(vaultFor(opts), backup, { from: opts.from });
+  emit(opts, { ok: true, ...r }, () =>
+    [
+      `verify restore of ${r.backupId} passed: restored and validated in ${formatDuration(r.restoreMs)} (RTO sample stored)`,
+      ...r.databases.map(
+        (d) =>
+          `  ${d.database}: ${d.tables} tables, ${d.rows} rows${d.restoredAs === 'sandbox' ? ' in the recovered sandbox' : ` match the backup (in ${d.restoredAs}, dropped)`}${d.invalidIndexes && d.invalidIndexes.length > 0 ? `; invalid indexes: ${d.invalidIndexes.join(', ')}` : ''}`,
+      ),
+    ].join('\n'),
+  );
+}
+
+export async function verifyIndexesCommand(backup: string, opts: GlobalOptions) {
+  const { verifyIndexes } =
+    require('../../core/verify/indexes') as typeof import('../../core/verify/indexes');
+  const r = await verifyIndexes(vaultFor(opts), backup);
+  emit(opts, r, () =>
+    [
+      `index backup ${r.backupId}: ${r.ok ? 'every index rebuilt and valid' : 'FAILED'} (${formatDuration(r.durationMs)})`,
+      ...r.databases.flatMap((d) => [
+        d.error
+          ? `  ${d.database}: not checked: ${d.error}`
+          : `  ${d.database}: ${d.created} of ${d.statements} index(es) built on the schema of ${d.schemaFrom}${d.invalid.length > 0 ? `; INVALID: ${d.invalid.join(', ')}` : ''}`,
+        ...d.failed.map((f) => `    FAILED ${f.statement}: ${f.error}`),
+      ]),
+    ].join('\n'),
+  );
+  if (!r.ok) {
+    const bad = r.databases.filter((d) => d.error || d.failed.length > 0 || d.invalid.length > 0);
+    await failAfterReport(
+      new ValidationError(
+        `index backup ${r.backupId} does not rebuild cleanly in ${bad.map((d) => `"${d.database}"`).join(', ')}: ${bad
+          .map((d) => d.error ?? d.failed[0]?.error ?? `invalid ${d.invalid.join(', ')}`)
+          .join('; ')}`,
+      ),
+      opts,
+      'verify indexes',
+    );
+  }
 }

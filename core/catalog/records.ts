@@ -22,7 +22,11 @@ export interface DrillRecord {
   readonly error?: string;
   /** Measured recovery time: from start to validated data (an RTO sample). */
   readonly rtoMs?: number;
-  /** Data loss had this been a real disaster at start: start time minus the restored point in time. */
+  /**
+   * Data loss had this been a real disaster at start: start time minus the restored point in time
+   * (logical drills). A PITR drill restores to a chosen past point, so its sample is start time minus
+   * the end of the WAL continuously archived from its base backup, the newest point it could reach.
+   */
   readonly rpoMs?: number;
   /** The point in time restored to (ISO), for PITR drills; the backup's end for logical ones. */
   readonly restoredTo?: string;

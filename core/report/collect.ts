@@ -1,0 +1,110 @@
+import { redactAlert } from '../alert/notify';
+import { thresholdAlerts, thresholdInputsFrom } from '../alert/thresholds';
+import type { Alert } from '../alert/types';
+import { formatStamp } from '../catalog/naming';
+import { listDrillRecords } from '../catalog/records';
+import { errorMessage, StorageError } from '../errors';
+import type { StorageTarget } from '../storage/target';
+import type { Vault } from '../vault';
+import { verifyCapacity } from '../verify/capacity';
+import { analyseSizes } from '../verify/sizes';
+import { verifyWalArchive } from '../wal/archive';
+import { renderHtml } from './html';
+import { renderMarkdown } from './markdown';
+import { buildReportData, type ReportData } from './model';
+
+/**
+ * The report's I/O: reading the facts from the targets (once: the catalog, the WAL archive, the
+ * listing for capacity, the drill records) and storing the rendered report under
+ * `{cluster}/reports/` in every target. Rendering itself is pure (html.ts, markdown.ts).
+ */
+
+export const REPORTS_FOLDER = 'reports';
+
+export async function collectReport(
+  vault: Vault,
+  now = new Date(),
+): Promise<{ data: ReportData; alerts: Alert[] }> {
+  const { config } = vault;
+  const entries = await vault.catalog.list();
+  const [wal, capacity, drills] = await Promise.all([
+    verifyWalArchive(vault, now),
+    verifyCapacity(vault, now),
+    listDrillRecords(vault),
+  ]);
+  const inputs = thresholdInputsFrom({
+    cluster: config.clusterName,
+    now,
+    entries,
+    wal,
+    capacity,
+    sizes: analyseSizes(config.clusterName, entries, config.alerts.shrinkPercent),
+    drills,
+  });
+  const alerts = thresholdAlerts(inputs, config.alerts).map((a) => redactAlert(a, config));
+  const data = buildReportData({
+    now,
+    targets: vault.targets.map((t) => t.location),
+    entries,
+    wal,
+    inputs,
+    alerts,
+    limits: config.alerts,
+  });
+  return { data, alerts };
+}
+
+export interface StoredReport {
+  readonly target: string;
+  /** Where to open it: a file path for a file target, an s3:// URL otherwise. */
+  readonly html: string;
+  readonly markdown: string;
+  readonly json: string;
+}
+
+function whereIs(target: StorageTarget, key: string): string {
+  const root = (target as { root?: unknown }).root;
+  return target.kind === 'file' && typeof root === 'string' ? `${root}/${key}` : `${target.location}/${key}`;
+}
+
+/**
+ * Stores the three renderings in every target as `report-YYYYMMDD-HHMMSS.{html,md,json}` (written
+ * once; a second report in the same second gets `-2`). A target that fails is warned about; the
+ * command fails only when no target took the report.
+ */
+export async function writeReport(vault: Vault, data: ReportData): Promise<StoredReport[]> {
+  const files = {
+    html: renderHtml(data),
+    md: renderMarkdown(data),
+    json: `${JSON.stringify(data, null, 2)}\n`,
+  };
+  const folder = `${vault.config.clusterName}/${REPORTS_FOLDER}`;
+  const stamp = formatStamp(new Date(data.generatedAt));
+  let base = `${folder}/report-${stamp}`;
+  for (let n = 2; n < 100; n++) {
+    const taken = await Promise.all(vault.targets.map((t) => t.stat(`${base}.json`).catch(() => undefined)));
+    if (taken.every((t) => t === undefined)) break;
+    base = `${folder}/report-${stamp}-${n}`;
+  }
+  const stored: StoredReport[] = [];
+  const failures: string[] = [];
+  for (const target of vault.targets) {
+    try {
+      // JSON last: like a manifest, it marks the report complete.
+      await target.putBytes(`${base}.html`, files.html);
+      await target.putBytes(`${base}.md`, files.md);
+      await target.putBytes(`${base}.json`, files.json);
+      stored.push({
+        target: target.location,
+        html: whereIs(target, `${base}.html`),
+        markdown: whereIs(target, `${base}.md`),
+        json: whereIs(target, `${base}.json`),
+      });
+    } catch (err) {
+      failures.push(`${target.location}: ${errorMessage(err)}`);
+      vault.reporter.warn(`report not stored in ${target.location}: ${errorMessage(err)}`);
+    }
+  }
+  if (stored.length === 0) throw new StorageError(`the report could not be stored: ${failures.join('; ')}`);
+  return stored;
+}
