@@ -6,6 +6,7 @@ import type { Compression } from '../config';
 import { errorMessage, IntegrityError, MissingToolError, ObjectNotFoundError, StorageError } from '../errors';
 import type { StorageTarget } from '../storage/target';
 import {
+  compressFile,
   compressStage,
   DigestMeter,
   decompressStage,
@@ -25,8 +26,12 @@ import type { Manifest, StoredObject } from './manifest';
 
 export interface ObjectWriteSpec {
   readonly key: string;
-  /** Raw bytes, e.g. pg_dump's stdout. */
-  readonly source: Readable;
+  /**
+   * Raw bytes, e.g. pg_dump's stdout; or a file, which the compressor program then reads itself
+   * (the raw size is the file's size when it was opened: only for files nobody changes meanwhile,
+   * such as WAL segments PostgreSQL has handed over).
+   */
+  readonly source: Readable | { readonly path: string };
   /**
    * Work that must succeed before the object may be completed (child processes exiting 0). The
    * last stage holds the end of the stream until these settle, so a pg_dump that dies mid-stream
@@ -52,16 +57,43 @@ export interface WrittenObject {
 
 /** Streams one object into every target. On any failure nothing is left under the key anywhere. */
 export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject> {
-  const upstream = (spec.upstream ?? []).map((p) => p.then(() => undefined));
+  const compression = { threads: spec.threads, level: spec.compressionLevel };
+  const upstreamWork = [...(spec.upstream ?? [])];
+  let source: Readable;
+  let stages: NodeJS.ReadWriteStream[];
+  let rawSize: () => number;
+  if ('path' in spec.source) {
+    const handle = await open(spec.source.path, 'r');
+    let streamOwnsHandle = false;
+    try {
+      const size = (await handle.stat()).size;
+      const compressor = compressFile(spec.compression, compression, handle.fd);
+      if (compressor) {
+        source = compressor.stdout;
+        upstreamWork.push(compressor.exited);
+        stages = [];
+      } else {
+        source = handle.createReadStream({ highWaterMark: 1 << 20 });
+        streamOwnsHandle = true;
+        stages = [compressStage(spec.compression, compression)];
+      }
+      spec.onProgress?.(size);
+      rawSize = () => size;
+    } finally {
+      // The compressor holds its own copy of the descriptor once started.
+      if (!streamOwnsHandle) await handle.close();
+    }
+  } else {
+    // The raw side is only counted: see rawSha256 in the manifest schema for why it is not hashed.
+    const raw = new DigestMeter({ onProgress: spec.onProgress, hash: false });
+    source = spec.source;
+    stages = [raw, compressStage(spec.compression, compression)];
+    rawSize = () => raw.bytes;
+  }
+  const upstream = upstreamWork.map((p) => p.then(() => undefined));
   // Rejections are observed by the gate; keep Node from reporting them as unhandled meanwhile.
   for (const p of upstream) p.catch(() => {});
-  // The raw side is only counted: see rawSha256 in the manifest schema for why it is not hashed.
-  const raw = new DigestMeter({ onProgress: spec.onProgress, hash: false });
   const stored = new DigestMeter();
-  const stages: NodeJS.ReadWriteStream[] = [
-    raw,
-    compressStage(spec.compression, { threads: spec.threads, level: spec.compressionLevel }),
-  ];
   if (spec.encryption) stages.push(encryptStage(spec.encryption.passphrase, spec.encryption.iterations));
   stages.push(
     stored,
@@ -76,7 +108,7 @@ export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject>
       throw err;
     }),
   );
-  const flow = pipeline([spec.source, ...stages, teeTo(branches)] as unknown as [
+  const flow = pipeline([source, ...stages, teeTo(branches)] as unknown as [
     Readable,
     ...NodeJS.ReadWriteStream[],
   ]);
@@ -95,7 +127,7 @@ export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject>
   ]);
   const failure = cause;
   if (failure) {
-    spec.source.destroy();
+    source.destroy();
     await Promise.allSettled(
       spec.targets.map((t, i) =>
         putResults[i]?.status === 'fulfilled' ? t.delete(spec.key) : Promise.resolve(),
@@ -105,7 +137,7 @@ export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject>
   }
   return {
     key: spec.key,
-    rawSize: raw.bytes,
+    rawSize: rawSize(),
     storedSize: stored.bytes,
     sha256: stored.sha256(),
   };

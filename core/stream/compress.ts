@@ -3,7 +3,7 @@ import { type Duplex, PassThrough } from 'node:stream';
 import { createGunzip, createGzip } from 'node:zlib';
 import type { Compression } from '../config';
 import { ConfigError } from '../errors';
-import { isOnPath, toolStage } from './process';
+import { isOnPath, startTool, type ToolProcess, toolStage } from './process';
 
 /**
  * Compression as a stream stage, run by the standard tools so every stored object opens with
@@ -251,6 +251,27 @@ export function decompressToFileStage(
     label: invocation.command,
     installHint: INSTALL_HINTS[algorithm as Exclude<Compression, 'none'>],
     stdout: fd,
+  });
+}
+
+/**
+ * A compressor program reading a file itself (as its stdin), its output on `stdout`: the raw bytes
+ * never pass through Node. For a 16 MB WAL segment this saves Node reading the file and writing it
+ * into the compressor's pipe, two thirds of what it spent per segment. undefined when no program
+ * does the work ('none', or gzip with neither pigz nor gzip installed): read the file from Node.
+ */
+export function compressFile(
+  algorithm: Compression,
+  options: CompressionOptions,
+  fd: number,
+): ToolProcess | undefined {
+  const invocation = compressionInvocation(algorithm, 'compress', options);
+  if (invocation === 'builtin') return undefined;
+  return startTool(invocation.command, invocation.args, {
+    env: toolEnvironment(),
+    label: invocation.command,
+    installHint: INSTALL_HINTS[algorithm as Exclude<Compression, 'none'>],
+    stdin: fd,
   });
 }
 

@@ -211,6 +211,29 @@ export async function deriveManifestKey(
   );
 }
 
+/**
+ * The passphrase WAL objects are encrypted with in archives that record a `walKey`: the lowercase
+ * hex of PBKDF2-SHA256(passphrase, salt, iterations, 32 bytes). Deriving it costs one slow PBKDF2
+ * per process instead of one per segment (a random 256-bit passphrase needs no slow KDF per
+ * object), and every process derives the same one, so no stored secret can be lost in a race.
+ * By hand: `openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt pass:... -kdfopt salt:...
+ * -kdfopt iter:N PBKDF2`, lowercased, without the colons.
+ */
+export async function deriveWalPassphrase(
+  passphrase: string,
+  salt: string,
+  iterations: number,
+): Promise<string> {
+  const key = await pbkdf2Async(
+    checkedPassphrase(passphrase),
+    Buffer.from(salt, 'utf8'),
+    checkedIterations(iterations),
+    32,
+    'sha256',
+  );
+  return key.toString('hex');
+}
+
 /** HMAC-SHA256, hex. */
 export function hmacHex(key: Buffer, data: string | Buffer): string {
   return createHmac('sha256', key).update(data).digest('hex');

@@ -1,6 +1,7 @@
 export {
   type CompressionDirection,
   type CompressionOptions,
+  compressFile,
   compressionExtension,
   compressionFromExtension,
   compressionInvocation,
@@ -15,6 +16,7 @@ export { DigestMeter, type DigestMeterOptions, gateOn, teeTo } from './digest';
 export {
   decryptStage,
   deriveManifestKey,
+  deriveWalPassphrase,
   encryptStage,
   hmacHex,
   keyCheckHex,

@@ -296,7 +296,12 @@ async function readSmallObject(
 ): Promise<string> {
   const file = walNameFromKey(key)!;
   const chunks: Buffer[] = [];
-  for await (const chunk of await openWalObject(target, key, file, walCodec(vault.config, identity)))
+  for await (const chunk of await openWalObject(
+    target,
+    key,
+    file,
+    await walCodec(vault.config, identity, file),
+  ))
     chunks.push(chunk as Buffer);
   return Buffer.concat(chunks).toString('utf8');
 }

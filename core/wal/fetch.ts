@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { close, createWriteStream, fsync, open as openCallback } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -24,6 +24,7 @@ import {
   DigestMeter,
   decompressStage,
   decryptStage,
+  deriveWalPassphrase,
 } from '../stream';
 import {
   DEFAULT_SEGMENT_BYTES,
@@ -72,8 +73,27 @@ export interface WalArchiveIdentity {
    * change must not make older WAL unreadable.
    */
   readonly encryptionIterations: number;
+  /**
+   * Archives created since pgvault 0.2: segments and .partial files are encrypted with a passphrase
+   * derived once per process from ENCRYPTION_KEY (deriveWalPassphrase with this salt and iteration
+   * count), at `objectIterations` per object. The slow KDF then runs once per uploader or prefetcher
+   * instead of once per 16 MB segment; .history and .backup files (which can come before the
+   * identity exists) keep ENCRYPTION_KEY at `encryptionIterations`. Absent: every object uses
+   * ENCRYPTION_KEY at `encryptionIterations`.
+   */
+  readonly walKey?: WalKeyDerivation;
   readonly created: string;
 }
+
+export interface WalKeyDerivation {
+  readonly kdf: 'pbkdf2-sha256';
+  readonly salt: string;
+  readonly iterations: number;
+  readonly objectIterations: number;
+}
+
+/** PBKDF2 iterations of each segment object under a derived WAL passphrase (a random 256-bit secret). */
+const WAL_OBJECT_ITERATIONS = 1000;
 
 export function archiveIdentityKey(cluster: string): string {
   return `${cluster}/wal/${ARCHIVE_IDENTITY_FILE}`;
@@ -105,6 +125,7 @@ export function parseArchiveIdentity(text: string, where: string): WalArchiveIde
     /^\d+$/.test(value.systemIdentifier) &&
     Number.isInteger(value.segmentBytes) &&
     Number.isInteger(value.encryptionIterations) &&
+    (value.walKey === undefined || isWalKeyDerivation(value.walKey)) &&
     typeof value.created === 'string';
   if (!ok) {
     throw new IntegrityError(
@@ -112,6 +133,21 @@ export function parseArchiveIdentity(text: string, where: string): WalArchiveIde
     );
   }
   return value as WalArchiveIdentity;
+}
+
+function isWalKeyDerivation(value: unknown): value is WalKeyDerivation {
+  const v = value as Partial<Record<keyof WalKeyDerivation, unknown>> | null;
+  return (
+    v !== null &&
+    typeof v === 'object' &&
+    v.kdf === 'pbkdf2-sha256' &&
+    typeof v.salt === 'string' &&
+    v.salt.length > 0 &&
+    Number.isInteger(v.iterations) &&
+    (v.iterations as number) > 0 &&
+    Number.isInteger(v.objectIterations) &&
+    (v.objectIterations as number) > 0
+  );
 }
 
 export function newArchiveIdentity(
@@ -127,6 +163,15 @@ export function newArchiveIdentity(
     systemIdentifier,
     segmentBytes,
     encryptionIterations,
+    // The salt is a function of the archive, not random: every process that creates the identity
+    // at the same moment (a race on the first push) writes the same one, so no WAL is encrypted
+    // with a key that loses the race.
+    walKey: {
+      kdf: 'pbkdf2-sha256',
+      salt: `pgvault-wal-key/${cluster}/${systemIdentifier}`,
+      iterations: encryptionIterations,
+      objectIterations: WAL_OBJECT_ITERATIONS,
+    },
     created: now.toISOString(),
   };
 }
@@ -233,11 +278,42 @@ export interface WalCodec {
   readonly iterations: number;
 }
 
-export function walCodec(config: Config, identity: WalArchiveIdentity | undefined): WalCodec {
+/**
+ * How a WAL file of this archive is encrypted: segments and .partial files under the derived WAL
+ * passphrase when the identity records one, anything else under ENCRYPTION_KEY itself.
+ */
+export async function walCodec(
+  config: Config,
+  identity: WalArchiveIdentity | undefined,
+  file: WalFileName,
+): Promise<WalCodec> {
+  const passphrase = config.encryption.passphrase;
+  const derivation = identity?.walKey;
+  if (
+    derivation === undefined ||
+    passphrase === undefined ||
+    (file.kind !== 'segment' && file.kind !== 'partial')
+  ) {
+    return { passphrase, iterations: identity?.encryptionIterations ?? config.encryption.iterations };
+  }
   return {
-    passphrase: config.encryption.passphrase,
-    iterations: identity?.encryptionIterations ?? config.encryption.iterations,
+    passphrase: await derivedWalPassphrase(passphrase, derivation),
+    iterations: derivation.objectIterations,
   };
+}
+
+/** Derived once per process and passphrase (the uploader and the prefetcher push and fetch many). */
+const derivedPassphrases = new Map<string, Promise<string>>();
+
+function derivedWalPassphrase(passphrase: string, derivation: WalKeyDerivation): Promise<string> {
+  const id = `${derivation.salt}\0${derivation.iterations}\0${createHash('sha256').update(passphrase).digest('hex')}`;
+  let derived = derivedPassphrases.get(id);
+  if (derived === undefined) {
+    derived = deriveWalPassphrase(passphrase, derivation.salt, derivation.iterations);
+    derivedPassphrases.set(id, derived);
+    derived.catch(() => derivedPassphrases.delete(id));
+  }
+  return derived;
 }
 
 /** The extension new WAL objects get under this config (`.zst.enc`). */
@@ -402,7 +478,7 @@ export async function fetchWalFile(
   const file = requireWalFileName(name);
   const cluster = ctx.config.clusterName;
   const identity = await loadArchiveIdentity(ctx.stateDir, ctx.targets, cluster);
-  const codec = walCodec(ctx.config, identity);
+  const codec = await walCodec(ctx.config, identity, file);
   const failures: Error[] = [];
   for (const target of ctx.targets) {
     try {

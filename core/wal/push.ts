@@ -66,7 +66,7 @@ export async function pushWalFile(ctx: WalPushContext, path: string): Promise<Wa
     header !== undefined
       ? await checkedArchiveIdentity(ctx, file, header)
       : await loadArchiveIdentity(ctx.stateDir, targets, cluster);
-  const codec = walCodec(config, identity);
+  const codec = await walCodec(config, identity, file);
 
   const existing = await Promise.all(targets.map((target) => findWalObject(target, cluster, file)));
   const alreadyIn: string[] = [];
@@ -97,11 +97,11 @@ export async function pushWalFile(ctx: WalPushContext, path: string): Promise<Wa
   if (missing.length === 0) {
     return { name: file.name, key: existing[0]!.key, rawSize: size, storedIn: [], alreadyIn };
   }
-  const passphrase = config.encryption.passphrase;
+  const passphrase = codec.passphrase;
   const written = await writeObject({
     key,
-    // Large reads: a 16 MB segment in 16 chunks instead of 256 through every stage.
-    source: createReadStream(path, { highWaterMark: 1024 * 1024 }),
+    // The compressor reads the segment itself; Node handles only the compressed bytes.
+    source: { path },
     compression: config.compression,
     compressionLevel: config.compressionLevel,
     threads: ctx.threads ?? 1,

@@ -11,7 +11,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { serverOsUser, TempCluster } from '../../core/pg/cluster';
 
 /**
@@ -49,8 +49,44 @@ export function pgvaultCommand(configFile: string): string {
   return `${BIN} --config ${configFile} backup wal %p`;
 }
 
-/** Decodes a stored WAL object with the standard tools only: openssl, then zstd. */
+/**
+ * Decodes a stored WAL object with the standard tools only, as the README tells an operator to:
+ * the archive's archive.json names how the WAL passphrase is derived (`openssl kdf`), then
+ * `openssl enc -d`, then zstd.
+ */
 export function openWithoutPgvault(objectPath: string, keyFile: string): Buffer {
+  const walDir = objectPath.slice(0, objectPath.lastIndexOf('/wal/') + '/wal'.length);
+  const identity = JSON.parse(readFileSync(join(walDir, 'archive.json'), 'utf8')) as {
+    encryptionIterations: number;
+    walKey?: { salt: string; iterations: number; objectIterations: number };
+  };
+  const isSegment = /^[0-9A-F]{24}(\.partial)?\./.test(basename(objectPath));
+  let passFile = keyFile;
+  let iterations = identity.encryptionIterations;
+  if (identity.walKey && isSegment) {
+    const key = readFileSync(keyFile, 'utf8').replace(/\r?\n$/, '');
+    const derived = execFileSync('openssl', [
+      'kdf',
+      '-keylen',
+      '32',
+      '-kdfopt',
+      'digest:SHA256',
+      '-kdfopt',
+      `pass:${key}`,
+      '-kdfopt',
+      `salt:${identity.walKey.salt}`,
+      '-kdfopt',
+      `iter:${identity.walKey.iterations}`,
+      'PBKDF2',
+    ])
+      .toString()
+      .trim()
+      .replace(/:/g, '')
+      .toLowerCase();
+    passFile = join(dirname(keyFile), 'wal.pass');
+    writeFileSync(passFile, `${derived}\n`, { mode: 0o600 });
+    iterations = identity.walKey.objectIterations;
+  }
   const plain = execFileSync(
     'openssl',
     [
@@ -59,11 +95,11 @@ export function openWithoutPgvault(objectPath: string, keyFile: string): Buffer 
       '-aes-256-cbc',
       '-pbkdf2',
       '-iter',
-      '1000',
+      String(iterations),
       '-md',
       'sha256',
       '-pass',
-      `file:${keyFile}`,
+      `file:${passFile}`,
       '-in',
       objectPath,
     ],

@@ -3,8 +3,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decryptStage } from '../../core/stream/encrypt';
-import { BIN, KEY, sha256, startWalFixture, type WalFixture, walKeyPath } from './wal-fixture';
+import { BIN, openWithoutPgvault, sha256, startWalFixture, type WalFixture, walKeyPath } from './wal-fixture';
 
 /**
  * `wal receive` as the Fargate service runs it: pg_receivewal through a slot, each completed
@@ -22,19 +21,6 @@ afterAll(async () => {
   receiver?.kill('SIGKILL');
   await fx?.stop();
 });
-
-async function decode(path: string): Promise<Buffer> {
-  const { execFileSync } = await import('node:child_process');
-  const chunks: Buffer[] = [];
-  const stage = decryptStage(KEY, 1000);
-  stage.on('data', (c: Buffer) => chunks.push(c));
-  await new Promise<void>((resolve, reject) => {
-    stage.on('end', resolve);
-    stage.on('error', reject);
-    stage.end(readFileSync(path));
-  });
-  return execFileSync('zstd', ['-d', '-q', '-c'], { input: Buffer.concat(chunks) });
-}
 
 describe('wal receive', () => {
   it('stores every completed segment through a replication slot, reports its lag and stops cleanly on SIGTERM', async () => {
@@ -74,7 +60,7 @@ describe('wal receive', () => {
     expect(slots.map((s) => s.slot_name)).toContain('pgvault_test');
     for (const name of names) {
       expect(existsSync(walKeyPath(fx.vaultDir, name)), `${name}\n${stderr}`).toBe(true);
-      expect(sha256(await decode(walKeyPath(fx.vaultDir, name)))).toBe(
+      expect(sha256(openWithoutPgvault(walKeyPath(fx.vaultDir, name), fx.keyFile))).toBe(
         sha256(readFileSync(join(fx.cluster.dataDir, 'pg_wal', name))),
       );
     }

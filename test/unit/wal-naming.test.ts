@@ -1,7 +1,8 @@
+import { pbkdf2Sync } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../core/config';
 import { ConfigError } from '../../core/errors';
-import { decodedFileProblem, newArchiveIdentity, parseArchiveIdentity } from '../../core/wal/fetch';
+import { decodedFileProblem, newArchiveIdentity, parseArchiveIdentity, walCodec } from '../../core/wal/fetch';
 import {
   parseWalSegmentHeader,
   requireWalFileName,
@@ -124,6 +125,59 @@ describe('archive identity', () => {
     expect(parseArchiveIdentity(JSON.stringify(identity), 'x')).toEqual(identity);
     expect(() => parseArchiveIdentity('{"format":"other"}', 'c/wal/archive.json')).toThrow(
       /c\/wal\/archive.json is not a pgvault WAL archive identity/,
+    );
+  });
+});
+
+describe('WAL encryption passphrase', () => {
+  const config = parseConfig(
+    { ENCRYPTION: 'true', ENCRYPTION_KEY: 'the user key', ENCRYPTION_ITERATIONS: '200000' },
+    [],
+    '/data',
+  );
+  const segment = requireWalFileName('000000010000000000000003');
+  const history = requireWalFileName('00000002.history');
+
+  it('segments of a new archive use a passphrase derived once from the key; other files the key itself', async () => {
+    // Prepare
+    const identity = newArchiveIdentity('main', '7300', 1 << 24, 200_000);
+    const expected = pbkdf2Sync('the user key', 'pgvault-wal-key/main/7300', 200_000, 32, 'sha256').toString(
+      'hex',
+    );
+
+    // Act
+    const forSegment = await walCodec(config, identity, segment);
+    const forHistory = await walCodec(config, identity, history);
+
+    // Assess
+    expect(identity.walKey).toEqual({
+      kdf: 'pbkdf2-sha256',
+      salt: 'pgvault-wal-key/main/7300',
+      iterations: 200_000,
+      objectIterations: 1000,
+    });
+    expect(forSegment).toEqual({ passphrase: expected, iterations: 1000 });
+    expect(forHistory).toEqual({ passphrase: 'the user key', iterations: 200_000 });
+  });
+
+  it('an archive made before derived passphrases keeps using the key at its own iteration count', async () => {
+    // Prepare: an identity as pgvault 0.1 wrote it.
+    const { walKey: _dropped, ...old } = newArchiveIdentity('main', '7300', 1 << 24, 50_000);
+    const parsed = parseArchiveIdentity(JSON.stringify(old), 'archive.json');
+
+    // Act
+    const codec = await walCodec(config, parsed, segment);
+
+    // Assess
+    expect(parsed.walKey).toBeUndefined();
+    expect(codec).toEqual({ passphrase: 'the user key', iterations: 50_000 });
+  });
+
+  it('refuses an identity whose derivation is malformed', () => {
+    const identity = newArchiveIdentity('main', '7300', 1 << 24, 1000);
+    const broken = { ...identity, walKey: { ...identity.walKey, iterations: 0 } };
+    expect(() => parseArchiveIdentity(JSON.stringify(broken), 'archive.json')).toThrow(
+      /not a pgvault WAL archive identity/,
     );
   });
 });
