@@ -216,6 +216,17 @@ describe('restore wal as restore_command', () => {
     const restoredSecond = readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYXLOG'));
     writeFileSync(object, kept);
     const thirdResult = fx.pgvault(['restore', 'wal', third!, 'pg_wal/RECOVERYXLOG'], { cwd: restoreDir });
+    const restoredThird = readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYXLOG'));
+    // The launcher serves a prefetched segment by itself: here Node cannot even start.
+    const fourth = [...segments.keys()][3]!;
+    const prefetchedFourth = join(restoreDir, 'pg_wal', 'pgvault-prefetch', fourth);
+    while (!existsSync(prefetchedFourth) && Date.now() < deadline + 20_000) await sleep(50);
+    const withoutNode = fx.pgvault(['restore', 'wal', fourth, 'pg_wal/RECOVERYXLOG'], {
+      cwd: restoreDir,
+      env: { PGVAULT_NODE: '/bin/false' },
+    });
+    const restoredFourth = readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYXLOG'));
+    const wanted = readFileSync(join(restoreDir, 'pg_wal', 'pgvault-prefetch', 'want'), 'utf8');
 
     // Assess
     expect(served.code, served.stderr).toBe(0);
@@ -224,9 +235,10 @@ describe('restore wal as restore_command', () => {
     expect(JSON.parse(fromPrefetch.stdout)).toMatchObject({ servedFrom: 'prefetch' });
     expect(sha256(restoredSecond)).toBe(sha256(segments.get(second!)!));
     expect(thirdResult.code, thirdResult.stderr).toBe(0);
-    expect(sha256(readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYXLOG')))).toBe(
-      sha256(segments.get(third!)!),
-    );
+    expect(sha256(restoredThird)).toBe(sha256(segments.get(third!)!));
+    expect(withoutNode.code, withoutNode.stderr).toBe(0);
+    expect(sha256(restoredFourth)).toBe(sha256(segments.get(fourth)!));
+    expect(wanted).toBe(`${fourth}\n`);
   });
 
   it('never serves a corrupt object: exits non-zero naming the key, leaves nothing at the path', () => {
