@@ -120,7 +120,7 @@ describe('compressionInvocation', () => {
     );
 
     // Assess
-    expect(invocation).toEqual({ command: 'zstd', args: ['-q', '-c', '-22', '--ultra', '-T1'] });
+    expect(invocation).toEqual({ command: 'zstd', args: ['-q', '-c', '-22', '--ultra', '--single-thread'] });
   });
 
   it.each([
