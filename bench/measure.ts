@@ -74,6 +74,11 @@ export interface MeasureOptions {
   readonly heartbeatMs?: number;
   /** Label for reports; default the command line. */
   readonly label?: string;
+  /**
+   * Adopts into the measured tree a process whose parent is not in it, by its command line: programs
+   * that detach (double fork, setsid) are re-parented to init before a poll can see their parent.
+   */
+  readonly claim?: (commandLine: string) => boolean;
 }
 
 interface StatLine {
@@ -116,6 +121,15 @@ function readRss(pid: number): { rss: number; hwm: number } | undefined {
   return { rss: Number(rss[1]) * 1024, hwm: hwm ? Number(hwm[1]) * 1024 : 0 };
 }
 
+/** /proc/<pid>/cmdline with spaces between the arguments; '' when the process is gone. */
+function readCommandLine(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').replaceAll('\0', ' ').trim();
+  } catch {
+    return '';
+  }
+}
+
 function listPids(): number[] {
   const pids: number[] = [];
   for (const name of readdirSync('/proc')) {
@@ -135,7 +149,10 @@ class TreeWatcher {
   readonly members = new Set<number>();
   readonly records = new Map<number, ProcessRecord>();
 
-  constructor(roots: readonly number[]) {
+  constructor(
+    roots: readonly number[],
+    private readonly claim?: (commandLine: string) => boolean,
+  ) {
     for (const root of roots) this.members.add(root);
   }
 
@@ -149,6 +166,7 @@ class TreeWatcher {
     for (const pid of pending) {
       const stat = fresh.get(pid);
       this.parentOf.set(pid, stat ? stat.ppid : -1);
+      if (this.claim?.(readCommandLine(pid))) this.members.add(pid);
     }
     while (added) {
       added = false;
@@ -191,7 +209,7 @@ export function measureCommand(
       child.once('error', reject);
       return;
     }
-    const tree = new TreeWatcher([rootPid]);
+    const tree = new TreeWatcher([rootPid], options.claim);
     const server = new TreeWatcher(options.watchRoots ?? []);
     let peakTree = 0;
     let peakMain = 0;
@@ -364,6 +382,124 @@ export async function waitForQuiet(
 /** Runs a bash script with `set -o pipefail` (a failing stage fails the whole command). */
 export function measureShell(script: string, options: MeasureOptions = {}): Promise<Measurement> {
   return measureCommand('/bin/bash', ['-o', 'pipefail', '-c', script], { label: script, ...options });
+}
+
+export interface TaskOptions {
+  /** Processes whose descendants (not themselves) count as the task's own, e.g. PostgreSQL's archiver. */
+  readonly treeRoots?: readonly number[];
+  /** Processes whose descendants are followed for CPU time, kept apart from the task's (server backends). */
+  readonly watchRoots?: readonly number[];
+  readonly claim?: (commandLine: string) => boolean;
+  readonly intervalMs?: number;
+  readonly onHeartbeat?: (elapsedMs: number) => void;
+  readonly heartbeatMs?: number;
+  readonly label: string;
+}
+
+/** What a task reports back: its own wall time when it knows better (e.g. from a trigger), and output. */
+export interface TaskResult {
+  readonly wallMs?: number;
+  readonly stdout?: string;
+}
+
+/**
+ * Measures work this process drives itself (start programs one after the other, wait for a server,
+ * watch files) like measureCommand measures one program: the tree is every descendant of this
+ * process (this process itself excluded; its CPU is selfCpuMs) and of `treeRoots`, plus claimed
+ * processes. Resolves with exitCode 0 when the task resolves, 1 with the error's message as
+ * stderrTail when it throws. peakMainRssBytes is the largest single process of the tree.
+ */
+export function measureTask(
+  task: (elapsedMs: () => number) => Promise<TaskResult | undefined>,
+  options: TaskOptions,
+): Promise<Measurement> {
+  const intervalMs = options.intervalMs ?? 50;
+  const roots = [process.pid, ...(options.treeRoots ?? [])];
+  const machineBefore = readMachineCpu();
+  const selfBefore = process.cpuUsage();
+  const started = process.hrtime.bigint();
+  const elapsed = () => Number(process.hrtime.bigint() - started) / 1e6;
+  const tree = new TreeWatcher(roots, options.claim);
+  const server = new TreeWatcher(options.watchRoots ?? []);
+  let peakTree = 0;
+  let peakMain = 0;
+  let samples = 0;
+  const known = new Set<number>();
+  const poll = () => {
+    const now = elapsed();
+    const alive = listPids();
+    const fresh = new Map<number, StatLine | undefined>();
+    for (const pid of alive) {
+      if (!known.has(pid)) {
+        known.add(pid);
+        fresh.set(pid, readStat(pid));
+      }
+    }
+    const aliveSet = new Set(alive);
+    for (const pid of known) if (!aliveSet.has(pid)) known.delete(pid);
+    const members = new Set(tree.refresh(alive, fresh).filter((pid) => !roots.includes(pid)));
+    let sum = 0;
+    for (const pid of members) {
+      const stat = fresh.get(pid) ?? readStat(pid);
+      const mem = readRss(pid);
+      if (!stat || !mem) continue;
+      sum += mem.rss;
+      peakMain = Math.max(peakMain, mem.rss);
+      track(tree.records, pid, stat, now, Math.max(mem.rss, mem.hwm), samples === 0);
+    }
+    if (options.watchRoots && options.watchRoots.length > 0) {
+      for (const pid of server.refresh(alive, fresh)) {
+        if (options.watchRoots.includes(pid) || members.has(pid)) continue;
+        const stat = fresh.get(pid) ?? readStat(pid);
+        if (stat) track(server.records, pid, stat, now, 0, samples === 0);
+      }
+    }
+    peakTree = Math.max(peakTree, sum);
+    samples++;
+  };
+  const timer = setInterval(poll, intervalMs);
+  let lastBeat = 0;
+  const beat = options.onHeartbeat
+    ? setInterval(
+        () => {
+          const now = elapsed();
+          if (now - lastBeat >= (options.heartbeatMs ?? 15_000)) {
+            lastBeat = now;
+            options.onHeartbeat?.(now);
+          }
+        },
+        Math.min(1000, options.heartbeatMs ?? 15_000),
+      )
+    : undefined;
+  poll();
+  const finish = (exitCode: number, result: TaskResult | undefined, error: string): Measurement => {
+    const wallMs = elapsed();
+    poll();
+    clearInterval(timer);
+    if (beat) clearInterval(beat);
+    const byAppearance = (a: ProcessRecord, b: ProcessRecord) => a.firstSeenMs - b.firstSeenMs;
+    const machineAfter = readMachineCpu();
+    const self = process.cpuUsage(selfBefore);
+    return {
+      label: options.label,
+      wallMs: result?.wallMs ?? wallMs,
+      exitCode,
+      signal: null,
+      peakTreeRssBytes: peakTree,
+      peakMainRssBytes: peakMain,
+      samples,
+      processes: [...tree.records.values()].sort(byAppearance),
+      watched: [...server.records.values()].sort(byAppearance),
+      machineBusyMs: machineAfter.busyMs - machineBefore.busyMs,
+      selfCpuMs: (self.user + self.system) / 1000,
+      stdout: result?.stdout ?? '',
+      stderrTail: error.slice(-16 * 1024),
+    };
+  };
+  return task(elapsed).then(
+    (result) => finish(0, result ?? undefined, ''),
+    (err: unknown) => finish(1, undefined, err instanceof Error ? err.message : String(err)),
+  );
 }
 
 /** Children still running (each the leader of its own process group), for an interrupted run. */

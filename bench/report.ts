@@ -19,7 +19,63 @@ export interface Machine {
   readonly versions: Record<string, string>;
 }
 
-export type Group = 'backup' | 'restore' | 'memory';
+/** backup, restore, memory: the logical part; base, pitr: the physical part; wal: WAL archiving. */
+export type Group = 'backup' | 'restore' | 'memory' | 'base' | 'pitr' | 'wal';
+
+/** The parts a run can be limited to (--only). */
+export type Part = 'logical' | 'physical' | 'wal';
+export const PARTS: readonly Part[] = ['logical', 'physical', 'wal'];
+
+export function partOf(group: Group): Part {
+  return group === 'base' || group === 'pitr' ? 'physical' : group === 'wal' ? 'wal' : 'logical';
+}
+
+/** One drained backlog (the WAL part). Times in ms from the moment archive_command was set. */
+export interface WalDrain {
+  readonly segments: number;
+  readonly segmentBytes: number;
+  /** When the last segment of the backlog was marked done. */
+  readonly drainMs: number;
+  readonly perSecond: number;
+  /** When the first segment was marked done (start-up: a Node process, an uploader, a spool). */
+  readonly firstMs: number;
+  /** Intervals between two segments marked done: median, 90th percentile, largest. */
+  readonly medianMs: number;
+  readonly p90Ms: number;
+  readonly maxMs: number;
+  /** Failed archive_command runs PostgreSQL counted meanwhile (each one retried). */
+  readonly failedAttempts: number;
+}
+
+export interface PhysicalInfo {
+  /** pgBackRest's version line, when it was found or installed. */
+  readonly pgbackrest?: string;
+  /** Why the pgBackRest rows are missing. */
+  readonly pgbackrestSkipped?: string;
+  readonly parallelJobs: number;
+  readonly segmentBytes: number;
+  /** archive_command while the physical part ran (into both archives). */
+  readonly archiveCommand: string;
+  readonly pgvaultBaseId?: string;
+  readonly pgbackrestLabel?: string;
+  /** pg_basebackup's tar stream (pgvault's raw size), bytes. */
+  readonly rawTarBytes?: number;
+  readonly pitrTarget: string;
+  /** WAL written between the base backups and the target, and from pgvault's backup end to it. */
+  readonly pitrWalWrittenBytes: number;
+  readonly pitrReplayBytes?: number;
+  readonly restoredServerSettings: Record<string, string>;
+}
+
+export interface WalInfo {
+  readonly segments: number;
+  readonly segmentBytes: number;
+  readonly parallelJobs: number;
+  /** archive_command per row id. */
+  readonly commands: Record<string, string>;
+  readonly pgbackrest?: string;
+  readonly pgbackrestSkipped?: string;
+}
 
 export interface Row {
   readonly id: string;
@@ -52,6 +108,13 @@ export interface Row {
   /** Runs that started although the machine did not quiet down first. */
   readonly unquietRuns: number;
   readonly note?: string;
+  /** WAL part: the backlog drain of the best run. */
+  readonly wal?: WalDrain;
+  /** Physical part: the recovery target of a PITR row. */
+  readonly pitr?: {
+    readonly target: string /** When the tool had laid down the data directory (the server started then). */;
+    readonly restoreMs?: number;
+  };
 }
 
 export interface TargetResult {
@@ -59,6 +122,8 @@ export interface TargetResult {
   readonly target: string;
   readonly measured: string;
   readonly pass: boolean;
+  /** Not evaluated (a row it needs was not measured, e.g. pgBackRest missing). */
+  readonly skipped?: boolean;
 }
 
 export type DatasetResult = DatasetReport & { vacuumMs: number; sizeAfterVacuumBytes: number };
@@ -69,6 +134,8 @@ export interface Report {
   readonly sizeMb: number;
   readonly smallMb: number;
   readonly repeat: number;
+  /** The parts that ran (--only). */
+  readonly parts: readonly Part[];
   readonly serverSettings: Record<string, string>;
   readonly serverVersion: string;
   readonly datasets: readonly DatasetResult[];
@@ -79,6 +146,8 @@ export interface Report {
   readonly totalMs: number;
   /** Time spent waiting for the machine to become idle before runs (part of totalMs). */
   readonly waitedForQuietMs: number;
+  readonly physical?: PhysicalInfo;
+  readonly wal?: WalInfo;
 }
 
 export function seconds(ms: number): string {
@@ -225,22 +294,170 @@ export function observations(report: Report): string[] {
   return out;
 }
 
+function logicalRows(report: Report): Row[] {
+  return report.rows.filter((r) => partOf(r.group) === 'logical');
+}
+
+function physicalRows(report: Report): Row[] {
+  return report.rows.filter((r) => partOf(r.group) === 'physical');
+}
+
+function walRows(report: Report): Row[] {
+  return report.rows.filter((r) => r.group === 'wal');
+}
+
+const PHYSICAL_HEADER = [
+  'run',
+  'runs',
+  'wall time',
+  'size',
+  'size / raw',
+  'time vs baseline',
+  'peak RSS tree',
+  'peak RSS main',
+];
+
+function physicalCells(report: Report, r: Row): string[] {
+  const base = r.baseline ? report.rows.find((x) => x.id === r.baseline) : undefined;
+  return [
+    r.name,
+    r.runsMs.length > 1 ? `best of ${r.runsMs.length}` : '1',
+    `${seconds(r.wallMs)}${disturbed(report, r) ? ' †' : ''}`,
+    r.sizeBytes !== undefined ? mib(r.sizeBytes) : '',
+    r.sizeBytes !== undefined && r.rawBytes ? (r.sizeBytes / r.rawBytes).toFixed(3) : '',
+    base ? `${(r.wallMs / base.wallMs).toFixed(2)}× ${base.id}` : '',
+    mib(r.peakTreeRssBytes),
+    mib(r.peakMainRssBytes),
+  ];
+}
+
+const WAL_HEADER = [
+  'archive_command',
+  'runs',
+  'backlog',
+  'drain time',
+  'segments/s',
+  'per segment: median / p90 / max',
+  'first segment',
+  'rate vs baseline',
+  'peak RSS',
+];
+
+function ms(value: number): string {
+  return `${Math.round(value)} ms`;
+}
+
+function walCells(report: Report, r: Row): string[] {
+  const w = r.wal;
+  const base = r.baseline ? report.rows.find((x) => x.id === r.baseline) : undefined;
+  return [
+    r.name,
+    r.runsMs.length > 1 ? `best of ${r.runsMs.length}` : '1',
+    w ? `${w.segments} × ${mib(w.segmentBytes)}` : '',
+    `${seconds(r.wallMs)}${disturbed(report, r) ? ' †' : ''}`,
+    w ? w.perSecond.toFixed(1) : '',
+    w ? `${ms(w.medianMs)} / ${ms(w.p90Ms)} / ${ms(w.maxMs)}` : '',
+    w ? ms(w.firstMs) : '',
+    w && base?.wal ? `${(w.perSecond / base.wal.perSecond).toFixed(2)}× ${base.id}` : '',
+    mib(r.peakTreeRssBytes),
+  ];
+}
+
+function targetWord(t: TargetResult): string {
+  return t.skipped ? 'SKIPPED' : t.pass ? 'PASS' : 'FAIL';
+}
+
+/** Sentences on the physical and WAL parts, read off this run's numbers. */
+function physicalObservations(report: Report): string[] {
+  const get = (id: string) => report.rows.find((r) => r.id === id);
+  const out: string[] = [];
+  const pv = get('pgvault_base');
+  const br = get('pgbackrest_base');
+  const hand = get('hand_base');
+  if (pv) {
+    const cpu = (r: Row) => `${(sum(r.cpuSeconds) + r.serverCpuSeconds).toFixed(1)} CPU s (${cpuLine(r)})`;
+    out.push(
+      `**Base backup.** pgvault took ${seconds(pv.wallMs)}${br ? ` against pgBackRest's ${seconds(br.wallMs)} (${(pv.wallMs / br.wallMs).toFixed(2)}×)` : ''}${hand ? `${br ? ' and' : ' against'} the hand pipeline's ${seconds(hand.wallMs)}` : ''}. ` +
+        `CPU: pgvault ${cpu(pv)}${br ? `; pgBackRest ${cpu(br)}` : ''}${hand ? `; hand pipeline ${cpu(hand)}` : ''}.`,
+    );
+  }
+  const pp = get('pgvault_pitr');
+  const bp = get('pgbackrest_pitr');
+  if (pp) {
+    const phases = (r: Row) =>
+      r.pitr?.restoreMs !== undefined
+        ? `${seconds(r.pitr.restoreMs)} laying down the data directory, ${seconds(r.wallMs - r.pitr.restoreMs)} starting, replaying and promoting`
+        : '';
+    out.push(
+      `**Point-in-time recovery.** pgvault took ${seconds(pp.wallMs)} (${phases(pp)})${bp ? ` against pgBackRest's ${seconds(bp.wallMs)} (${phases(bp)}; ${(pp.wallMs / bp.wallMs).toFixed(2)}×)` : ''}` +
+        `${report.physical?.pitrReplayBytes !== undefined ? `; the target lies ${mib(report.physical.pitrReplayBytes)} of WAL after the end of pgvault's base backup` : ''}.`,
+    );
+  }
+  const wal = walRows(report).filter((r) => r.wal);
+  if (wal.length > 0) {
+    out.push(
+      `**WAL archiving.** ${wal
+        .map(
+          (r) =>
+            `${r.name}: ${r.wal!.perSecond.toFixed(1)} segments/s (median ${ms(r.wal!.medianMs)} a segment${r.wal!.failedAttempts ? `, ${r.wal!.failedAttempts} failed attempts` : ''})`,
+        )
+        .join('; ')}.`,
+    );
+  }
+  return out;
+}
+
 export function terminalReport(report: Report): string {
   const m = report.machine;
+  const logical = logicalRows(report);
+  const physical = physicalRows(report);
+  const wal = walRows(report);
   const lines = [
-    `pgvault benchmark, ${report.date}`,
+    `pgvault benchmark, ${report.date} (${report.parts.join(', ')})`,
     `machine: ${m.cores} cores, ${m.cpuModel}, ${mib(m.memoryBytes)} RAM, ${mib(m.diskFreeBytes)} free, load ${m.loadAverage.join(' ')} at start`,
     `versions: ${Object.values(m.versions).join(', ')}, server ${report.serverVersion}`,
     ...report.datasets.map(
       (d) =>
         `database ${d.database}: asked ${d.plan.sizeMb} MB, pg_database_size ${mib(d.sizeAfterVacuumBytes)}; generated in ${seconds(d.totalMs)} (${d.mbPerSecond.toFixed(1)} MB/s), VACUUM ANALYZE ${seconds(d.vacuumMs)}`,
     ),
-    `floor dump (pg_dump -Fc -Z0) of bench: ${mib(report.floorDumpBytes)}`,
-    '',
-    table(
-      HEADER,
-      report.rows.map((r) => cells(report, r)),
-    ),
+  ];
+  if (logical.length > 0) {
+    lines.push(
+      `floor dump (pg_dump -Fc -Z0) of bench: ${mib(report.floorDumpBytes)}`,
+      '',
+      table(
+        HEADER,
+        logical.map((r) => cells(report, r)),
+      ),
+    );
+  }
+  if (report.physical || physical.length > 0) {
+    const p = report.physical;
+    lines.push(
+      '',
+      `physical backups and PITR${p?.pgbackrestSkipped ? ` (pgBackRest rows skipped: ${p.pgbackrestSkipped})` : ''}:`,
+      table(
+        PHYSICAL_HEADER,
+        physical.map((r) => physicalCells(report, r)),
+      ),
+    );
+    if (p) {
+      lines.push(
+        `recovery target ${p.pitrTarget}; ${mib(p.pitrWalWrittenBytes)} of WAL written after the base backups${p.pitrReplayBytes !== undefined ? `, ${mib(p.pitrReplayBytes)} from the end of pgvault's base backup to the target` : ''}`,
+      );
+    }
+  }
+  if (report.wal || wal.length > 0) {
+    lines.push(
+      '',
+      `WAL archiving: draining a backlog${report.wal?.pgbackrestSkipped ? ` (pgBackRest rows skipped: ${report.wal.pgbackrestSkipped})` : ''}:`,
+      table(
+        WAL_HEADER,
+        wal.map((r) => walCells(report, r)),
+      ),
+    );
+  }
+  lines.push(
     '',
     'CPU seconds by program (best run; "server" = PostgreSQL backends; "other" = the rest of the machine):',
     table(
@@ -249,14 +466,12 @@ export function terminalReport(report: Report): string {
     ),
     '',
     'targets:',
-    ...report.targets.map(
-      (t) => `  ${t.pass ? 'PASS' : 'FAIL'}  ${t.name}: ${t.measured} (target ${t.target})`,
-    ),
+    ...report.targets.map((t) => `  ${targetWord(t)}  ${t.name}: ${t.measured} (target ${t.target})`),
     '',
-    ...observations(report).map((o) => o.replaceAll('**', '')),
+    ...[...observations(report), ...physicalObservations(report)].map((o) => o.replaceAll('**', '')),
     '',
     `total ${seconds(report.totalMs)}, of which ${seconds(report.waitedForQuietMs)} waiting for other programs to finish`,
-  ];
+  );
   return lines.join('\n');
 }
 
@@ -279,13 +494,20 @@ export function markdownReport(report: Report): string {
   const commands = report.rows.map((r) => [r.name, `\`${r.command}\``]);
   const tables = main.tables.map((t) => [t.table, t.rows.toLocaleString('en-US'), mib(t.bytes)]);
   const passed = report.targets.filter((t) => t.pass).length;
+  const evaluated = report.targets.filter((t) => !t.skipped).length;
   const minutes = Math.max(1, Math.round(report.totalMs / 60_000));
+  const logical = logicalRows(report);
+  const disturbedNote = report.rows.some((r) => disturbed(report, r))
+    ? ' † marks a best run during which other programs used more than a tenth of the machine.'
+    : '';
   return `# Benchmarks
 
 Written by \`npm run bench\` (\`bench/run.ts\`); every run overwrites this file. The numbers below are
 from the last run, on the machine it describes.
 
-## Last run: ${report.date.slice(0, 16).replace('T', ' ')} UTC, ${report.sizeMb} MB database
+## Last run: ${report.date.slice(0, 16).replace('T', ' ')} UTC, ${report.sizeMb} MB database${
+    report.parts.length < PARTS.length ? ` (only: ${report.parts.join(', ')})` : ''
+  }
 
 **Machine.** ${m.cores} cores (${m.cpuModel}), ${mib(m.memoryBytes)} RAM, Linux ${m.kernel}; ${mib(m.diskFreeBytes)} free on
 the file system holding the cluster, the dumps and the backups (all on the same disk); load average
@@ -297,42 +519,46 @@ ${m.loadAverage.join(', ')} at the start. Versions: ${Object.values(m.versions).
 
 **Data.** Database \`bench\`: asked for ${main.plan.sizeMb} MB, \`pg_database_size\` ${mib(main.sizeAfterVacuumBytes)} after
 VACUUM ANALYZE; generated server-side in ${seconds(main.totalMs)} (${main.mbPerSecond.toFixed(1)} MB/s; load ${seconds(main.loadMs)},
-keys and indexes ${seconds(main.indexMs)}), VACUUM ANALYZE ${seconds(main.vacuumMs)}. Its floor dump (\`pg_dump -Fc -Z0\`)
+keys and indexes ${seconds(main.indexMs)}), VACUUM ANALYZE ${seconds(main.vacuumMs)}.${
+    logical.length > 0
+      ? ` Its floor dump (\`pg_dump -Fc -Z0\`)
 is ${mib(report.floorDumpBytes)}. A second database, \`bench_small\` (${small?.plan.sizeMb ?? '?'} MB asked,
-${mib(small?.sizeAfterVacuumBytes ?? 0)}), only serves the memory-growth check.
+${mib(small?.sizeAfterVacuumBytes ?? 0)}), only serves the memory-growth check.`
+      : ''
+  }
 
 ${mdTable(['table', 'rows', 'size with indexes'], tables)}
 
 Indexes: primary keys, \`customers.email\` and \`products.sku\` unique, btrees on the foreign-key columns and
 \`orders.placed_at\`, a GIN (\`jsonb_ops\`) on \`documents.body\`; seven foreign keys.
 
-### Results
+${
+  logical.length > 0
+    ? `### Results
 
 ${mdTable(
   HEADER,
-  report.rows.map((r) => cells(report, r)),
+  logical.map((r) => cells(report, r)),
 )}
 
 *size / floor*: output size divided by the \`pg_dump -Fc -Z0\` dump size of the same database.
 *time vs baseline*: the floor for the plain tools, the hand pipeline for pgvault's backups,
 \`pg_restore -j 2\` for pgvault's restore. *peak RSS tree*: the largest sum of resident memory over the
 command and all its child processes at one moment; *main*: the first process alone (node for pgvault,
-bash for the shell pipelines). Headline rows are the best of ${report.repeat} runs, the others ran once.${
-    report.rows.some((r) => disturbed(report, r))
-      ? ' † marks a best run during which other programs used more than a tenth of the machine.'
-      : ''
-  }
+bash for the shell pipelines). Headline rows are the best of ${report.repeat} runs, the others ran once.${disturbedNote}
 
-### Targets: ${passed} of ${report.targets.length} met
+`
+    : ''
+}${physicalSection(report)}${walSection(report)}### Targets: ${passed} of ${evaluated} met${evaluated < report.targets.length ? ` (${report.targets.length - evaluated} not evaluated)` : ''}
 
 ${mdTable(
   ['target', 'wanted', 'measured', 'result'],
-  report.targets.map((t) => [t.name, t.target, t.measured, t.pass ? '**PASS**' : '**FAIL**']),
+  report.targets.map((t) => [t.name, t.target, t.measured, `**${targetWord(t)}**`]),
 )}
 
 ### Where the time goes
 
-${observations(report).join('\n\n')}
+${[...observations(report), ...physicalObservations(report)].join('\n\n')}
 
 CPU seconds per program in the best run (\`/proc/<pid>/stat\`, sampled every 50 ms), and when each
 program was alive (seconds from the start). *server* is the CPU of the PostgreSQL backends, which are
@@ -358,12 +584,19 @@ npm ci
 npm run bench                                  # 500 MB; ${minutes} min here at ${report.sizeMb} MB (${Math.round(report.waitedForQuietMs / 1000)} s of it waiting for an idle machine)
 BENCH_SIZE_MB=50 npm run bench                 # a quick run
 npm run build && node dist/bench/run.js --size-mb 2000 --repeat 1 --json > bench.json
+npm run build && node dist/bench/run.js --only physical --size-mb 50 --repeat 1 --docs /tmp/physical.md
 \`\`\`
 
 Flags: \`--size-mb N\` (or \`BENCH_SIZE_MB\`), \`--small-mb N\` (default a quarter of the size), \`--repeat N\`
-(runs of the headline measurements, the best kept; default 3), \`--json\` (everything above as JSON on
-stdout), \`--docs PATH\` / \`--no-docs\`. Progress goes to stderr. It needs the PostgreSQL server binaries
-(\`initdb\`), the compressors and openssl; as root the cluster runs as the \`postgres\` OS user. It measures a
+(runs of the headline measurements, the best kept; default 3), \`--only logical|physical|wal\` (repeatable or
+comma-separated; a partial run writes this file only with an explicit \`--docs PATH\`), \`--wal-segments N\`
+(the backlog each archive_command drains; default 64), \`--pitr-wal-mb N\` (WAL between the base backups and
+the recovery target; default 256), \`--no-pgbackrest\` (leave pgBackRest out), \`--json\` (everything above as
+JSON on stdout), \`--docs PATH\` /
+\`--no-docs\`. Progress goes to stderr. It needs the PostgreSQL server binaries (\`initdb\`), the compressors
+and openssl, and for the physical and WAL parts pgBackRest (installed with \`apt-get install -y pgbackrest\`
+when missing; when that fails its rows are skipped with one line and the rest runs); as root the cluster,
+pgBackRest and the restored servers run as the \`postgres\` OS user. It measures a
 copy of \`dist/\` taken when it starts (a rebuild meanwhile changes nothing), and removes the cluster and
 every file it made when it ends, also after a failure or Ctrl-C. Before each measured run it waits (up to
 two minutes, six in all) until the machine is idle; other work on the machine still makes the numbers worse, and the
@@ -393,7 +626,92 @@ two minutes, six in all) until the machine is idle; other work on the machine st
   target concerns node's own memory, which must not grow with the database: the ${report.smallMb} MB run checks that.
 - **Sizes** are bytes of the produced file or backup object (for pgvault the database's object; the globals
   object adds a few KB). MiB = 1,048,576 bytes; "MB" for database sizes means the same, as in PostgreSQL.
-- **Noise.** On a shared 2-core VM the same command varies by about 5% between runs; a target missed by
+${physicalMeaning(report)}${walMeaning(report)}- **Noise.** On a shared 2-core VM the same command varies by about 5% between runs; a target missed by
   less than that deserves a re-run before anyone acts on it.
+`;
+}
+
+function physicalSection(report: Report): string {
+  const rows = physicalRows(report);
+  const p = report.physical;
+  if (!p && rows.length === 0) return '';
+  return `### Physical backups and point-in-time recovery
+
+${p?.pgbackrestSkipped ? `pgBackRest rows skipped: ${p.pgbackrestSkipped}.\n\n` : ''}${mdTable(
+  PHYSICAL_HEADER,
+  rows.map((r) => physicalCells(report, r)),
+)}
+
+*time vs baseline*: pgBackRest's time for the same work (the hand pipeline's when pgBackRest is left
+out). *peak RSS main*: the first process (node for pgvault's backup, runuser for pgBackRest, bash for the
+hand pipeline); for the PITR rows, the largest single process (the restore command or a server process).
+
+${
+  p
+    ? `Recovery target \`${p.pitrTarget}\`: ${mib(p.pitrWalWrittenBytes)} of WAL written after the base backups${
+        p.pitrReplayBytes !== undefined
+          ? `, ${mib(p.pitrReplayBytes)} from the end of pgvault's base backup to the target`
+          : ''
+      }; ${mib(p.segmentBytes)} WAL segments. ${p.pgbackrest ? `${p.pgbackrest}. ` : ''}archive_command during this part: \`${p.archiveCommand}\`.`
+    : ''
+}
+
+`;
+}
+
+function walSection(report: Report): string {
+  const rows = walRows(report);
+  const w = report.wal;
+  if (!w && rows.length === 0) return '';
+  return `### WAL archiving: draining a backlog
+
+${w?.pgbackrestSkipped ? `pgBackRest rows skipped: ${w.pgbackrestSkipped}.\n\n` : ''}${mdTable(
+  WAL_HEADER,
+  rows.map((r) => walCells(report, r)),
+)}
+
+*drain time*: from setting archive_command to the last segment archived. *per segment*: intervals between
+two segments PostgreSQL marked done. *first segment*: when the first one was done (start-up of the command,
+and of an uploader or async worker). *peak RSS*: the archive commands and what they started, summed.
+
+`;
+}
+
+function physicalMeaning(report: Report): string {
+  if (!report.parts.includes('physical')) return '';
+  return `- **Physical part.** After the logical part the server is restarted with \`archive_mode=on\`; from then on
+  archive_command pushes every segment into pgBackRest's repository and then pgvault's (one command, the
+  same for every base backup measured, so each tool's backup has a continuous archive behind it). The base
+  backups (hand pipeline, pgBackRest, pgvault) all read the whole cluster (\`bench\`, and \`bench_small\` when
+  the logical part ran) with a fast checkpoint, compress with zstd level 3 over ${report.physical?.parallelJobs ?? 2} processes and
+  encrypt with AES-256-CBC. pgBackRest copies the files itself and leaves the WAL to its archive (its backup
+  waits until the last segment is archived); pg_basebackup streams one tar with the WAL inside (\`-X fetch\`),
+  which pgvault stores as one object with a manifest. *size / raw* divides the stored bytes by the data the
+  tool read: pgBackRest's database size, pg_basebackup's tar stream for the others.
+- **PITR** is timed from the restore command's start to the first moment the restored server accepts
+  connections: the tool lays down the data directory (\`pgvault restore pitr <base> "<time>" --pgdata DIR\` /
+  \`pgbackrest restore --type=time --target=... --target-action=promote\`), \`pg_ctl start\` (with
+  ${Object.entries(report.physical?.restoredServerSettings ?? {})
+    .map(([k, v]) => `\`${k}=${v}\``)
+    .join(', ')}), recovery fetches WAL through the tool's restore_command (pgvault prefetches,
+  pgBackRest's archive-get runs asynchronously with its queue) to the target, and the server promotes. With
+  \`hot_standby=off\` the postmaster reports "ready" (postmaster.pid, polled every 20 ms) only then. The WAL
+  replayed was written after both base backups, so both replay the same WAL. Afterwards each recovered server
+  is checked: the row committed before the target is there, the one after it is not, and the load table holds
+  exactly the rows it held at the target.
+`;
+}
+
+function walMeaning(report: Report): string {
+  if (!report.parts.includes('wal')) return '';
+  return `- **WAL archiving** measures PostgreSQL's own archiver draining a backlog, as after an outage of the archive:
+  archive_command is emptied, N segments of WAL are written (rows copied from the data set, so the WAL
+  compresses like a real server's), a checkpoint is taken, then the clock starts with \`ALTER SYSTEM SET
+  archive_command\` and \`pg_reload_conf()\`, and stops when the last segment's \`.ready\` file is renamed to
+  \`.done\` (polled every 10 ms). The archiver runs one command at a time, oldest segment first, so the
+  interval between two segments is the latency PostgreSQL sees per segment. Each command stores into its own
+  repository; async modes push ahead in the background with ${report.wal?.parallelJobs ?? 2} processes and the command confirms. \`cp\`
+  neither compresses, encrypts nor fsyncs: it shows what the archiver alone costs. CPU of the archive commands
+  and whatever they start (uploaders, async workers) is the row's; the archiver itself is *server*.
 `;
 }

@@ -1,9 +1,15 @@
 /**
- * `npm run bench`: pgvault against pg_dump, the guide's `pg_dump | gzip` and a hand-made
- * `pg_dump | zstd | openssl` pipeline, on one generated database in one throwaway cluster.
+ * `npm run bench`: on one generated database in one throwaway cluster,
+ *
+ * - logical: pgvault against pg_dump, the guide's `pg_dump | gzip` and a hand-made
+ *   `pg_dump | zstd | openssl` pipeline (this file);
+ * - physical: `pgvault backup base` and `restore pitr` against pgBackRest and a hand-made
+ *   `pg_basebackup | zstd | openssl` pipeline (physical.ts, pgbackrest.ts);
+ * - wal: how fast each archive_command drains a backlog of WAL segments (wal-drain.ts).
  *
  *   npm run bench                          500 MB (BENCH_SIZE_MB or --size-mb to change)
  *   npm run build && node dist/bench/run.js --size-mb 50 --repeat 1 --json
+ *   npm run build && node dist/bench/run.js --only physical --size-mb 50 --repeat 1 --no-docs
  *
  * Progress goes to stderr; the results to stdout (a table, or JSON with --json) and, as Markdown,
  * into docs/benchmarks.md (--docs PATH to write elsewhere, --no-docs to skip). Everything it makes
@@ -19,16 +25,10 @@ import { join, relative, resolve } from 'node:path';
 import type { PgConnection } from '../core/config';
 import { TempCluster } from '../core/pg/cluster';
 import { findPgBinary } from '../core/pg/tools';
+import { dropWalLoad, killProcessesNamingSync, readPostmasterPid, stopProcessesNaming } from './archiving';
 import { generateDataset, vacuumAnalyze } from './dataset';
-import {
-  cpuByProgram,
-  killActiveCommands,
-  type Measurement,
-  measureCommand,
-  measureShell,
-  spansByProgram,
-  waitForQuiet,
-} from './measure';
+import { killActiveCommands, measureCommand, measureShell } from './measure';
+import { type ArchiveSetup, runPhysical } from './physical';
 import {
   type DatasetResult,
   type Group,
@@ -36,12 +36,30 @@ import {
   MIB,
   markdownReport,
   mib,
+  PARTS,
+  type Part,
+  type PhysicalInfo,
+  partOf,
   type Report,
   type Row,
   seconds,
   type TargetResult,
   terminalReport,
+  type WalInfo,
 } from './report';
+import {
+  benchElapsedMs,
+  type Context,
+  cleanEnv,
+  clock,
+  heartbeat,
+  pgEnvFor,
+  runStep,
+  type Step,
+  say,
+  totalQuietWaitMs,
+} from './steps';
+import { runWalDrain } from './wal-drain';
 
 const REPO_ROOT = resolve(__dirname, '..', '..');
 
@@ -53,6 +71,12 @@ const TARGETS = {
   nodePeakBytes: 256 * MIB,
   /** "Flat": the larger database's node peak at most this many times the smaller one's. */
   flatGrowth: 1.2,
+  /** Issue 3: base backup time at most this many times pgBackRest's full backup. */
+  baseVsPgbackrest: 1.0,
+  /** Issue 3: PITR (restore, start, recover, promote) at most this many times pgBackRest's. */
+  pitrVsPgbackrest: 1.2,
+  /** Issue 3: async archiving at least as many segments per second as pgBackRest async. */
+  walVsPgbackrestAsync: 1.0,
 } as const;
 
 const SERVER_SETTINGS: Record<string, string> = {
@@ -71,17 +95,30 @@ interface Options {
   repeat: number;
   json: boolean;
   docs: string | undefined;
+  /** --docs given explicitly (a partial run writes docs/benchmarks.md only then). */
+  docsExplicit: boolean;
+  parts: Part[];
+  walSegments: number;
+  pitrWalMb: number;
+  /** false: leave pgBackRest out (its rows are skipped with one line). */
+  pgbackrest: boolean;
 }
 
 function usage(): string {
-  return `usage: node dist/bench/run.js [--size-mb N] [--small-mb N] [--repeat N] [--json] [--docs PATH | --no-docs]
+  return `usage: node dist/bench/run.js [--size-mb N] [--small-mb N] [--repeat N] [--only PART] [--wal-segments N]
+                            [--pitr-wal-mb N] [--no-pgbackrest] [--json] [--docs PATH | --no-docs]
 
-  --size-mb N    on-disk size of the main database (pg_database_size), MB; default BENCH_SIZE_MB or 500
-  --small-mb N   size of the second database for the memory-growth check; default size / 4
-  --repeat N     runs of the headline measurements (best time kept); default 3
-  --json         results as JSON on stdout
-  --docs PATH    where the Markdown report goes; default docs/benchmarks.md
-  --no-docs      do not write the Markdown report`;
+  --size-mb N        on-disk size of the main database (pg_database_size), MB; default BENCH_SIZE_MB or 500
+  --small-mb N       size of the second database for the memory-growth check; default size / 4
+  --repeat N         runs of the headline measurements (best time kept); default 3
+  --only PART        run only logical, physical or wal (repeatable, or comma-separated); default all three
+  --wal-segments N   WAL segments in the backlog each archive_command drains (wal part); default 64
+  --pitr-wal-mb N    WAL written between the base backups and the PITR target, MiB; default 256
+  --no-pgbackrest    leave pgBackRest out (its rows and targets are skipped)
+  --json             results as JSON on stdout
+  --docs PATH        where the Markdown report goes; default docs/benchmarks.md (a run with --only
+                     writes one only when --docs is given)
+  --no-docs          do not write the Markdown report`;
 }
 
 function parseArgs(argv: readonly string[]): Options {
@@ -92,6 +129,11 @@ function parseArgs(argv: readonly string[]): Options {
     repeat: 3,
     json: false,
     docs: join(REPO_ROOT, 'docs', 'benchmarks.md'),
+    docsExplicit: false,
+    parts: [],
+    walSegments: 64,
+    pitrWalMb: 256,
+    pgbackrest: true,
   };
   const number = (flag: string, value: string | undefined, min: number): number => {
     const n = Number(value);
@@ -119,9 +161,28 @@ function parseArgs(argv: readonly string[]): Options {
         break;
       case '--docs':
         options.docs = resolve(value() ?? '');
+        options.docsExplicit = true;
         break;
       case '--no-docs':
         options.docs = undefined;
+        options.docsExplicit = true;
+        break;
+      case '--only':
+        for (const part of (value() ?? '').split(',').map((p) => p.trim())) {
+          if (!(PARTS as readonly string[]).includes(part)) {
+            throw new Error(`--only takes ${PARTS.join(', ')} (got ${part || 'nothing'})\n${usage()}`);
+          }
+          if (!options.parts.includes(part as Part)) options.parts.push(part as Part);
+        }
+        break;
+      case '--no-pgbackrest':
+        options.pgbackrest = false;
+        break;
+      case '--wal-segments':
+        options.walSegments = Math.round(number(flag, value(), 2));
+        break;
+      case '--pitr-wal-mb':
+        options.pitrWalMb = Math.round(number(flag, value(), 1));
         break;
       case '-h':
       case '--help':
@@ -136,21 +197,13 @@ function parseArgs(argv: readonly string[]): Options {
     throw new Error(`BENCH_SIZE_MB / --size-mb must be at least 10 (got ${options.sizeMb})`);
   }
   if (Number.isNaN(options.smallMb)) options.smallMb = Math.max(5, Math.round(options.sizeMb / 4));
+  if (options.parts.length === 0) options.parts = [...PARTS];
+  else {
+    options.parts.sort((a, b) => PARTS.indexOf(a) - PARTS.indexOf(b));
+    // A partial report would replace the whole of docs/benchmarks.md: only where asked to.
+    if (!options.docsExplicit) options.docs = undefined;
+  }
   return options;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Progress
-
-const benchStarted = Date.now();
-
-function clock(): string {
-  const s = Math.round((Date.now() - benchStarted) / 1000);
-  return `${String(Math.floor(s / 60)).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}`;
-}
-
-function say(line: string): void {
-  process.stderr.write(`[${clock()}] ${line}\n`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,133 +268,14 @@ async function describeMachine(workDir: string): Promise<Machine> {
       xz: versionOf('xz', 'xz'),
       lz4: versionOf('lz4', 'lz4'),
       lbzip2: versionOf('lbzip2', 'lbzip2'),
+      pg_basebackup: versionOf('pg_basebackup', findPgBinary('pg_basebackup')),
+      pgbackrest: versionOf('pgBackRest', 'pgbackrest', ['version']),
     },
   };
 }
 
 // ---------------------------------------------------------------------------------------------
 // The run
-
-interface Context {
-  /** bin/pgvault.js of the snapshot taken at the start. */
-  readonly pgvaultBin: string;
-  readonly cluster: TempCluster;
-  readonly work: string;
-  readonly keyFile: string;
-  readonly postmasterPid: number | undefined;
-  readonly baseEnv: NodeJS.ProcessEnv;
-  readonly repeat: number;
-}
-
-/** Only what the tools need, so nothing from the caller's shell (PG*, BACKUP_DIR, ...) leaks in. */
-function cleanEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const key of ['PATH', 'HOME', 'LANG', 'LC_ALL', 'USER', 'LOGNAME']) {
-    if (process.env[key] !== undefined) env[key] = process.env[key];
-  }
-  return env;
-}
-
-function pgEnvFor(cluster: TempCluster, database: string): NodeJS.ProcessEnv {
-  return {
-    PGHOST: cluster.host,
-    PGPORT: String(cluster.port),
-    PGUSER: cluster.superuser,
-    PGDATABASE: database,
-  };
-}
-
-interface Step {
-  readonly id: string;
-  readonly name: string;
-  readonly group: Group;
-  readonly display: string;
-  readonly runs: number;
-  readonly baseline?: string;
-  readonly note?: string;
-  /** Runs before each measured run (not timed): clean up the previous run's output. */
-  readonly before?: () => Promise<void>;
-  readonly measure: () => Promise<Measurement>;
-  /**
-   * Checks the run; returns the bytes it produced and, for pgvault, the raw (uncompressed dump)
-   * bytes they came from.
-   */
-  readonly after: (m: Measurement) => Promise<{ size?: number; raw?: number }>;
-}
-
-/** Total time the benchmark may spend waiting for an idle machine before each run gets 10 s at most. */
-let quietBudgetMs = 6 * 60_000;
-let waitedForQuietMs = 0;
-
-async function runStep(step: Step): Promise<Row> {
-  const measurements: Measurement[] = [];
-  let size: number | undefined;
-  let raw: number | undefined;
-  let unquiet = 0;
-  for (let i = 1; i <= step.runs; i++) {
-    await step.before?.();
-    // Other sessions' work on the machine would land in the numbers: wait for it to pass, within a
-    // budget, so a busy machine slows the benchmark down by minutes, not hours.
-    const quiet = await waitForQuiet({ maxWaitMs: Math.max(10_000, Math.min(120_000, quietBudgetMs)) });
-    quietBudgetMs -= quiet.waitedMs;
-    waitedForQuietMs += quiet.waitedMs;
-    if (!quiet.quiet) {
-      unquiet++;
-      say(`  the machine stayed busy for ${seconds(quiet.waitedMs)} (other programs); measuring anyway`);
-    } else if (quiet.waitedMs > 3_000) {
-      say(`  waited ${seconds(quiet.waitedMs)} for the machine to quiet down`);
-    }
-    say(`${step.name}${step.runs > 1 ? ` (run ${i}/${step.runs})` : ''}: ${step.display}`);
-    const m = await step.measure();
-    if (m.exitCode !== 0) {
-      const tail = m.stderrTail.trim().split('\n').slice(-5).join('\n    ');
-      throw new Error(
-        `${step.name} failed (exit ${m.exitCode ?? m.signal}):\n    ${tail || '(nothing on stderr)'}`,
-      );
-    }
-    ({ size, raw } = await step.after(m));
-    const other = otherCpuSeconds(m);
-    say(
-      `  ${seconds(m.wallMs)}${size !== undefined ? `, ${mib(size)}` : ''}, peak RSS tree ${mib(m.peakTreeRssBytes)} / main ${mib(m.peakMainRssBytes)}${other > 0.5 ? `; other programs used ${other.toFixed(1)} CPU s meanwhile` : ''}`,
-    );
-    measurements.push(m);
-  }
-  const best = measurements.reduce((a, b) => (b.wallMs < a.wallMs ? b : a));
-  const server = cpuByProgram(best.watched);
-  return {
-    id: step.id,
-    name: step.name,
-    group: step.group,
-    command: step.display,
-    wallMs: best.wallMs,
-    runsMs: measurements.map((m) => m.wallMs),
-    sizeBytes: size,
-    rawBytes: raw,
-    baseline: step.baseline,
-    peakTreeRssBytes: Math.max(...measurements.map((m) => m.peakTreeRssBytes)),
-    peakMainRssBytes: Math.max(...measurements.map((m) => m.peakMainRssBytes)),
-    cpuSeconds: cpuByProgram(best.processes),
-    serverCpuSeconds: Object.values(server).reduce((a, b) => a + b, 0),
-    spans: spansByProgram(best.processes),
-    otherCpuSeconds: otherCpuSeconds(best),
-    unquietRuns: unquiet,
-    note: step.note,
-  };
-}
-
-/** CPU the rest of the machine used during a measurement, seconds (never negative). */
-function otherCpuSeconds(m: Measurement): number {
-  const own =
-    m.processes.reduce((n, p) => n + p.cpuMs, 0) + m.watched.reduce((n, p) => n + p.cpuMs, 0) + m.selfCpuMs;
-  return Math.max(0, (m.machineBusyMs - own) / 1000);
-}
-
-function heartbeat(name: string) {
-  return {
-    heartbeatMs: 15_000,
-    onHeartbeat: (ms: number) => say(`  ${name}: still running (${seconds(ms)})`),
-  };
-}
 
 /** A bash pipeline with the cluster's connection in its environment. */
 function shellStep(
@@ -499,12 +433,7 @@ async function runBenchmark(options: Options): Promise<Report> {
     say(`  PostgreSQL on 127.0.0.1:${cluster.port}, files in ${cluster.baseDir}; work files in ${work}`);
     const serverVersion =
       (await cluster.query<{ v: string }>("SELECT current_setting('server_version') AS v"))[0]?.v ?? '?';
-    let postmasterPid: number | undefined;
-    try {
-      postmasterPid = Number(readFileSync(join(cluster.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-    } catch {
-      postmasterPid = undefined;
-    }
+    const postmasterPid = readPostmasterPid(cluster.dataDir);
     const keyFile = join(work, 'encryption-key');
     writeFileSync(keyFile, `${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
     const ctx: Context = {
@@ -520,10 +449,11 @@ async function runBenchmark(options: Options): Promise<Report> {
 
     // -- data
     const datasets: DatasetResult[] = [];
-    for (const [database, sizeMb] of [
-      ['bench', options.sizeMb],
-      ['bench_small', options.smallMb],
-    ] as const) {
+    const logical = options.parts.includes('logical');
+    // bench_small only serves the logical part's memory-growth check.
+    const databases: Array<readonly [string, number]> = [['bench', options.sizeMb]];
+    if (logical) databases.push(['bench_small', options.smallMb]);
+    for (const [database, sizeMb] of databases) {
       say(`generating ${database}: ${sizeMb} MB`);
       const report = await generateDataset({
         conn,
@@ -542,99 +472,128 @@ async function runBenchmark(options: Options): Promise<Report> {
     // Whatever the load left for the checkpointer is written before anything is timed.
     await cluster.query('CHECKPOINT');
 
-    const pgDump = findPgBinary('pg_dump');
-    const pgRestore = findPgBinary('pg_restore');
-    const createdb = join(pgDump, '..', 'createdb');
-    const fcFile = join(work, 'pg_dump-Fc.dump');
-    const headline = options.repeat;
-    let floorDumpBytes = 0;
-    const onMainManifest = (m: PgvaultManifest) => {
-      const db = m.objects.find((o) => o.kind === 'database' && o.database === 'bench');
-      if (db) floorDumpBytes = db.rawSize;
-    };
-
-    const steps: Step[] = [
-      shellStep(ctx, {
-        id: 'floor',
-        name: 'floor: pg_dump -Fc -Z0 > /dev/null',
-        script: `${pgDump} -Fc -Z0 > /dev/null`,
-        runs: headline,
-      }),
-      shellStep(ctx, {
-        id: 'pg_dump_fc',
-        name: 'pg_dump -Fc (default compression)',
-        script: `${pgDump} -Fc > ${fcFile}`,
-        output: fcFile,
-        keepOutput: true,
-        baseline: 'floor',
-      }),
-      shellStep(ctx, {
-        id: 'guide',
-        name: 'guide: pg_dump | gzip',
-        script: `${pgDump} | gzip > ${join(work, 'guide.sql.gz')}`,
-        output: join(work, 'guide.sql.gz'),
-        baseline: 'floor',
-      }),
-      shellStep(ctx, {
-        id: 'hand',
-        name: 'hand: pg_dump -Z0 | zstd | openssl',
-        script: `${pgDump} -Fc -Z0 | zstd -T0 -3 | openssl enc -aes-256-cbc -pbkdf2 -iter 100000 -md sha256 -pass file:${keyFile} > ${join(work, 'hand.dump.zst.enc')}`,
-        output: join(work, 'hand.dump.zst.enc'),
-        runs: headline,
-        baseline: 'floor',
-      }),
-      pgvaultBackupStep(ctx, {
-        id: 'zstd_enc',
-        name: 'pgvault zstd + encryption',
-        compression: 'zstd',
-        encryption: true,
-        runs: headline,
-        keep: true,
-        onManifest: onMainManifest,
-      }),
-      pgvaultBackupStep(ctx, {
-        id: 'zstd',
-        name: 'pgvault zstd',
-        compression: 'zstd',
-        encryption: false,
-        runs: headline,
-      }),
-      ...PGVAULT_COMPRESSIONS.filter((c) => c !== 'zstd').map((c) =>
-        pgvaultBackupStep(ctx, { id: c, name: `pgvault ${c}`, compression: c, encryption: false }),
-      ),
-      pgvaultBackupStep(ctx, {
-        id: 'zstd_enc_small',
-        name: `pgvault zstd + encryption, ${options.smallMb} MB database`,
-        compression: 'zstd',
-        encryption: true,
-        database: 'bench_small',
-        group: 'memory',
-        baseline: null,
-        note: 'memory-growth check: the same backup of a database a quarter of the size',
-      }),
-      {
-        ...shellStep(ctx, {
-          id: 'pg_restore',
-          name: 'pg_restore -j 2 (local pg_dump -Fc file)',
-          group: 'restore',
-          script: `${createdb} -T template0 restore_pg && ${pgRestore} -j 2 -d restore_pg ${fcFile}`,
-          runs: headline,
-          database: 'postgres',
-        }),
-        // Dropped right after each run too, so autovacuum on it cannot land in the next measurement.
-        before: () => dropDatabase(cluster!, 'restore_pg'),
-        after: async () => {
-          await dropDatabase(cluster!, 'restore_pg');
-          return {};
-        },
-      },
-      pgvaultRestoreStep(ctx, headline),
-    ];
-
     const rows: Row[] = [];
-    for (const step of steps) rows.push(await runStep(step));
-    await dropDatabase(cluster, 'restore_pg');
-    await dropDatabase(cluster, 'restore_vault');
+    let floorDumpBytes = 0;
+    if (logical) {
+      const pgDump = findPgBinary('pg_dump');
+      const pgRestore = findPgBinary('pg_restore');
+      const createdb = join(pgDump, '..', 'createdb');
+      const fcFile = join(work, 'pg_dump-Fc.dump');
+      const headline = options.repeat;
+      const onMainManifest = (m: PgvaultManifest) => {
+        const db = m.objects.find((o) => o.kind === 'database' && o.database === 'bench');
+        if (db) floorDumpBytes = db.rawSize;
+      };
+
+      const steps: Step[] = [
+        shellStep(ctx, {
+          id: 'floor',
+          name: 'floor: pg_dump -Fc -Z0 > /dev/null',
+          script: `${pgDump} -Fc -Z0 > /dev/null`,
+          runs: headline,
+        }),
+        shellStep(ctx, {
+          id: 'pg_dump_fc',
+          name: 'pg_dump -Fc (default compression)',
+          script: `${pgDump} -Fc > ${fcFile}`,
+          output: fcFile,
+          keepOutput: true,
+          baseline: 'floor',
+        }),
+        shellStep(ctx, {
+          id: 'guide',
+          name: 'guide: pg_dump | gzip',
+          script: `${pgDump} | gzip > ${join(work, 'guide.sql.gz')}`,
+          output: join(work, 'guide.sql.gz'),
+          baseline: 'floor',
+        }),
+        shellStep(ctx, {
+          id: 'hand',
+          name: 'hand: pg_dump -Z0 | zstd | openssl',
+          script: `${pgDump} -Fc -Z0 | zstd -T0 -3 | openssl enc -aes-256-cbc -pbkdf2 -iter 100000 -md sha256 -pass file:${keyFile} > ${join(work, 'hand.dump.zst.enc')}`,
+          output: join(work, 'hand.dump.zst.enc'),
+          runs: headline,
+          baseline: 'floor',
+        }),
+        pgvaultBackupStep(ctx, {
+          id: 'zstd_enc',
+          name: 'pgvault zstd + encryption',
+          compression: 'zstd',
+          encryption: true,
+          runs: headline,
+          keep: true,
+          onManifest: onMainManifest,
+        }),
+        pgvaultBackupStep(ctx, {
+          id: 'zstd',
+          name: 'pgvault zstd',
+          compression: 'zstd',
+          encryption: false,
+          runs: headline,
+        }),
+        ...PGVAULT_COMPRESSIONS.filter((c) => c !== 'zstd').map((c) =>
+          pgvaultBackupStep(ctx, { id: c, name: `pgvault ${c}`, compression: c, encryption: false }),
+        ),
+        pgvaultBackupStep(ctx, {
+          id: 'zstd_enc_small',
+          name: `pgvault zstd + encryption, ${options.smallMb} MB database`,
+          compression: 'zstd',
+          encryption: true,
+          database: 'bench_small',
+          group: 'memory',
+          baseline: null,
+          note: 'memory-growth check: the same backup of a database a quarter of the size',
+        }),
+        {
+          ...shellStep(ctx, {
+            id: 'pg_restore',
+            name: 'pg_restore -j 2 (local pg_dump -Fc file)',
+            group: 'restore',
+            script: `${createdb} -T template0 restore_pg && ${pgRestore} -j 2 -d restore_pg ${fcFile}`,
+            runs: headline,
+            database: 'postgres',
+          }),
+          // Dropped right after each run too, so autovacuum on it cannot land in the next measurement.
+          before: () => dropDatabase(cluster!, 'restore_pg'),
+          after: async () => {
+            await dropDatabase(cluster!, 'restore_pg');
+            return {};
+          },
+        },
+        pgvaultRestoreStep(ctx, headline),
+      ];
+
+      for (const step of steps) rows.push(await runStep(step));
+      await dropDatabase(cluster, 'restore_pg');
+      await dropDatabase(cluster, 'restore_vault');
+    }
+
+    let physicalInfo: PhysicalInfo | undefined;
+    let walInfo: WalInfo | undefined;
+    let archiveSetup: ArchiveSetup | undefined;
+    if (options.parts.includes('physical')) {
+      const physical = await runPhysical(ctx, {
+        pitrWalMb: options.pitrWalMb,
+        pgbackrest: options.pgbackrest,
+      });
+      rows.push(...physical.rows);
+      physicalInfo = physical.info;
+      archiveSetup = physical.setup;
+    }
+    if (options.parts.includes('wal')) {
+      const wal = await runWalDrain(
+        ctx,
+        { segments: options.walSegments, pgbackrest: options.pgbackrest },
+        archiveSetup,
+      );
+      rows.push(...wal.rows);
+      walInfo = {
+        ...wal.info,
+        pgbackrest: wal.setup.pgbackrestVersion,
+        pgbackrestSkipped: wal.setup.pgbackrestMissing,
+      };
+    }
+    await dropWalLoad(cluster).catch(() => {});
 
     // The floor's "size" is the dump it threw away, as pgvault measured it.
     const withFloor = rows.map((r) => (r.id === 'floor' ? { ...r, sizeBytes: floorDumpBytes } : r));
@@ -644,17 +603,25 @@ async function runBenchmark(options: Options): Promise<Report> {
       sizeMb: options.sizeMb,
       smallMb: options.smallMb,
       repeat: options.repeat,
+      parts: options.parts,
       serverSettings: { fsync: 'off', synchronous_commit: 'off', ...SERVER_SETTINGS },
       serverVersion,
       datasets,
       floorDumpBytes,
       rows: withFloor,
-      targets: checkTargets(withFloor),
-      totalMs: Date.now() - benchStarted,
-      waitedForQuietMs,
+      targets: [
+        ...(logical ? checkTargets(withFloor.filter((r) => partOf(r.group) === 'logical')) : []),
+        ...checkPhysicalTargets(withFloor, options.parts, physicalInfo, walInfo),
+      ],
+      totalMs: benchElapsedMs(),
+      waitedForQuietMs: totalQuietWaitMs(),
+      physical: physicalInfo,
+      wal: walInfo,
     };
   } finally {
     say('cleaning up (cluster and temporary files)');
+    // Uploaders, async workers and prefetchers started by archive and restore commands.
+    await stopProcessesNaming(work).catch(() => {});
     if (cluster) await cluster.stop();
     activeCluster = undefined;
     await rm(work, { recursive: true, force: true });
@@ -751,6 +718,85 @@ function checkTargets(rows: readonly Row[]): TargetResult[] {
   return results;
 }
 
+function checkPhysicalTargets(
+  rows: readonly Row[],
+  parts: readonly Part[],
+  physical: PhysicalInfo | undefined,
+  wal: WalInfo | undefined,
+): TargetResult[] {
+  const get = (id: string) => rows.find((r) => r.id === id);
+  const results: TargetResult[] = [];
+  const versus = (
+    name: string,
+    mine: string,
+    theirs: string,
+    limit: number,
+    skippedWhy: string | undefined,
+  ) => {
+    const a = get(mine);
+    const b = get(theirs);
+    if (!a || !b) {
+      results.push({
+        name,
+        target: `≤ ${limit}×`,
+        measured: `not measured (${skippedWhy ?? `${!a ? mine : theirs} missing`})`,
+        pass: false,
+        skipped: true,
+      });
+      return;
+    }
+    const ratio = a.wallMs / b.wallMs;
+    results.push({
+      name,
+      target: `≤ ${limit}×`,
+      measured: `${ratio.toFixed(2)}× (${seconds(a.wallMs)} vs ${seconds(b.wallMs)})`,
+      pass: ratio <= limit,
+    });
+  };
+  if (parts.includes('physical')) {
+    const why = physical?.pgbackrestSkipped;
+    versus(
+      'pgvault backup base vs `pgbackrest backup --type=full` (wall time)',
+      'pgvault_base',
+      'pgbackrest_base',
+      TARGETS.baseVsPgbackrest,
+      why,
+    );
+    versus(
+      'pgvault restore pitr + recovery vs `pgbackrest restore --type=time` + recovery (wall time)',
+      'pgvault_pitr',
+      'pgbackrest_pitr',
+      TARGETS.pitrVsPgbackrest,
+      why,
+    );
+  }
+  if (parts.includes('wal')) {
+    const a = get('wal_pgvault_async')?.wal;
+    const b = get('wal_pgbackrest_async')?.wal;
+    const name =
+      'pgvault async archiving vs pgBackRest archive-push --archive-async (segments/s draining a backlog)';
+    const target = `≥ ${TARGETS.walVsPgbackrestAsync}×`;
+    if (!a || !b) {
+      results.push({
+        name,
+        target,
+        measured: `not measured (${wal?.pgbackrestSkipped ?? 'a row is missing'})`,
+        pass: false,
+        skipped: true,
+      });
+    } else {
+      const ratio = a.perSecond / b.perSecond;
+      results.push({
+        name,
+        target,
+        measured: `${ratio.toFixed(2)}× (${a.perSecond.toFixed(1)} vs ${b.perSecond.toFixed(1)} segments/s)`,
+        pass: ratio >= TARGETS.walVsPgbackrestAsync,
+      });
+    }
+  }
+  return results;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cleanup on interruption
 
@@ -759,6 +805,7 @@ let activeCluster: TempCluster | undefined;
 
 function cleanupSync(): void {
   killActiveCommands();
+  for (const path of cleanupPaths) killProcessesNamingSync(path);
   // TempCluster's own exit hook stops the server; files are removed here.
   for (const path of cleanupPaths) {
     try {
@@ -790,7 +837,7 @@ async function main(): Promise<void> {
   }
   if (options.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   else process.stdout.write(`${terminalReport(report)}\n`);
-  say(`done in ${seconds(Date.now() - benchStarted)}`);
+  say(`done in ${seconds(benchElapsedMs())}`);
 }
 
 main().catch((err: unknown) => {

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { pendingUndoSteps, runUndoSteps } from '../core/cleanup';
-import { fail, failWithAlert, type GlobalOptions } from './output';
+import { fail, failWithAlert, type GlobalOptions, recordCommandOutcome } from './output';
 
 /**
  * The pgvault command. Command modules load when their command runs, so that a call like the WAL
@@ -14,7 +14,12 @@ const program = new Command('pgvault')
   .option('-q, --quiet', 'no progress or info lines')
   .showHelpAfterError('(run with --help for usage)');
 
-type Handler = (...args: never[]) => Promise<void>;
+/**
+ * A command's handler. Backup, restore, verify, drill and retention handlers return their result
+ * (a manifest, a restore or drill result, a report): run() records it as the lifecycle event and
+ * metrics (core/events.ts) in one place, and the error path records failures.
+ */
+type Handler = (...args: never[]) => Promise<unknown>;
 
 /** Wraps an action: the global options are merged in, and any failure becomes one clear line. */
 function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, name: string) {
@@ -22,15 +27,31 @@ function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, na
     const cmd = args[args.length - 1] as Command;
     const opts = cmd.optsWithGlobals() as GlobalOptions;
     const positional = args.slice(0, -2);
-    const startedAt = new Date();
+    const command = { path: commandPath(cmd), args: givenArguments(cmd, positional), startedAt: new Date() };
+    let result: unknown;
     try {
       const mod = await load();
-      await (mod[name] as T)(...([...positional, opts] as never[]));
+      result = await (mod[name] as T)(...([...positional, opts] as never[]));
     } catch (err) {
       // The one error path: backup, restore, verify and drill failures also send their alert here.
-      await failWithAlert(err, opts, { path: commandPath(cmd), startedAt });
+      await failWithAlert(err, opts, command);
     }
+    await recordCommandOutcome(opts, command, { result });
   };
+}
+
+/** The operands and the options given on the command line (not defaults), as words. */
+function givenArguments(cmd: Command, positional: readonly unknown[]): string[] {
+  const words = positional.filter((p): p is string => typeof p === 'string');
+  for (const option of cmd.options) {
+    const key = option.attributeName();
+    if (cmd.getOptionValueSource(key) !== 'cli' || option.long === undefined) continue;
+    const value = cmd.getOptionValue(key) as unknown;
+    if (option.negate || value === true) words.push(option.long);
+    else if (Array.isArray(value)) for (const v of value) words.push(option.long, String(v));
+    else if (typeof value === 'string') words.push(option.long, value);
+  }
+  return words;
 }
 
 /** `backup full`, `verify report`: the command's names below the program. */

@@ -99,9 +99,10 @@ function printFailure(err: unknown, options: GlobalOptions): number {
 export async function failWithAlert(
   err: unknown,
   options: GlobalOptions,
-  command: { readonly path: string; readonly startedAt: Date },
+  command: CommandRun,
 ): Promise<never> {
   const code = printFailure(err, options);
+  await recordCommandOutcome(options, command, { error: err });
   try {
     const { sendFailureAlert } = require('../core/alert/failure') as typeof import('../core/alert/failure');
     await sendFailureAlert({
@@ -117,6 +118,55 @@ export async function failWithAlert(
     );
   }
   process.exit(code);
+}
+
+/** A command as run: its path below the program (`backup full`), its arguments, when it started. */
+export interface CommandRun {
+  readonly path: string;
+  /** Operands and the options given on the command line (`daily`, `--pitr`), for the event. */
+  readonly args?: readonly string[];
+  readonly startedAt: Date;
+}
+
+/**
+ * The lifecycle event and metrics of a finished command (core/events.ts): backups, restores,
+ * verifications, drills and retention record theirs; other commands nothing. The command's result is
+ * what its handler returned to run(). Never throws, never changes the exit code; a config that cannot
+ * be read (often the very failure) means no bus is known and nothing is recorded.
+ */
+export async function recordCommandOutcome(
+  options: GlobalOptions,
+  command: CommandRun,
+  outcome: { readonly result?: unknown; readonly error?: unknown },
+): Promise<void> {
+  try {
+    const events = require('../core/events') as typeof import('../core/events');
+    if (events.lifecycleKindOf(command.path) === undefined) return;
+    let config: Config;
+    try {
+      config = readConfig(options);
+    } catch {
+      return;
+    }
+    const record = events.commandOutcome({
+      cluster: config.clusterName,
+      commandPath: command.path,
+      args: command.args ?? [],
+      startedAt: command.startedAt,
+      finishedAt: new Date(),
+      result: outcome.result,
+      error: outcome.error,
+      exitCode: typeof process.exitCode === 'number' ? process.exitCode : undefined,
+    });
+    if (record === undefined) return;
+    // With --json, stdout holds one JSON document: metric lines go to stderr (CloudWatch takes both).
+    const toStderr = (line: string) => process.stderr.write(`${line}\n`);
+    await events.recordLifecycle(config, record, options.json ? { writeMetric: toStderr } : {});
+  } catch (err) {
+    process.stderr.write(
+      `pgvault: warning: lifecycle event not recorded: ${errorMessage(err).split('\n')[0]}\n`,
+    );
+  }
 }
 
 /** A table for terminals: columns padded to their widest cell. */

@@ -114,6 +114,13 @@ export interface Config {
   readonly walReceiveDir: string;
   /** Alert thresholds, RPO/RTO targets and where alerts go (core/alert). */
   readonly alerts: AlertConfig;
+  /** EVENT_BUS_NAME: lifecycle events (core/events.ts) are put on this EventBridge bus (name or ARN). */
+  readonly eventBusName?: string;
+  /**
+   * PGVAULT_METRICS: 'emf' writes CloudWatch embedded-metric-format lines (core/events.ts), 'off'
+   * none. The default (auto) is emf inside Lambda or ECS (AWS_EXECUTION_ENV, ECS_CONTAINER_METADATA_URI_V4).
+   */
+  readonly metrics: 'emf' | 'off';
   /** Where the values came from, for `pgvault config` style messages. */
   readonly sources: readonly string[];
 }
@@ -295,6 +302,30 @@ function alertConfig(raw: Raw): AlertConfig {
   };
 }
 
+function eventBusName(raw: Raw): string | undefined {
+  const v = text(raw, 'EVENT_BUS_NAME');
+  if (
+    v !== undefined &&
+    !/^([A-Za-z0-9._/-]{1,256}|arn:aws[a-z-]*:events:[a-z0-9-]+:\d{12}:event-bus\/[A-Za-z0-9._/-]{1,256})$/.test(
+      v,
+    )
+  ) {
+    throw new ConfigError(
+      `EVENT_BUS_NAME=${v} is not allowed; use a bus name like pgvault-events or its ARN (arn:aws:events:us-east-1:123456789012:event-bus/pgvault-events)`,
+    );
+  }
+  return v;
+}
+
+function metricsMode(raw: Raw): 'emf' | 'off' {
+  const mode = oneOf(raw, 'PGVAULT_METRICS', ['auto', 'emf', 'off'] as const, 'auto');
+  if (mode !== 'auto') return mode;
+  return text(raw, 'AWS_EXECUTION_ENV') !== undefined ||
+    text(raw, 'ECS_CONTAINER_METADATA_URI_V4') !== undefined
+    ? 'emf'
+    : 'off';
+}
+
 /** Validates merged raw values into a Config. Throws ConfigError naming the key, the value and what is allowed. */
 export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd()): Config {
   const backupDir = absolutePath(raw, 'BACKUP_DIR', '/var/backups/postgresql', cwd);
@@ -370,6 +401,8 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
       cwd,
     ),
     alerts: alertConfig(raw),
+    eventBusName: eventBusName(raw),
+    metrics: metricsMode(raw),
     sources,
   };
 }

@@ -39,16 +39,19 @@ export async function backupFullCommand(
   }
   const m = await backupFull(vaultFor(opts), { schedule: s as Schedule, databases: opts.database ?? [] });
   emit(opts, { ok: true, manifest: m }, () => summary(m));
+  return m;
 }
 
 export async function backupConfigCommand(opts: GlobalOptions) {
   const m = await backupConfig(vaultFor(opts));
   emit(opts, { ok: true, manifest: m }, () => summary(m));
+  return m;
 }
 
 export async function backupIndexesCommand(opts: GlobalOptions) {
   const m = await backupIndexes(vaultFor(opts));
   emit(opts, { ok: true, manifest: m }, () => summary(m));
+  return m;
 }
 
 export async function backupStatsCommand(opts: GlobalOptions) {

@@ -12,4 +12,5 @@ export async function drillCommand(opts: GlobalOptions & { pitr?: boolean; targe
       `  recorded in drills/ (${r.record.startedAt}); everything restored was removed`,
     ].join('\n'),
   );
+  return r;
 }

@@ -30,6 +30,7 @@ export async function backupBaseCommand(schedule: string | undefined, opts: Glob
   }
   const m = await backupBase(vaultFor(opts), { schedule: s as Schedule });
   emit(opts, { ok: true, manifest: m }, () => baseSummary(m));
+  return m;
 }
 
 interface PitrOptions extends GlobalOptions {
@@ -103,7 +104,7 @@ export async function restorePitrCommand(
         ...r.warnings.map((w) => `  warning: ${w}`),
       ].join('\n'),
     );
-    return;
+    return r;
   }
   if (database === undefined) {
     throw new UsageError(
@@ -121,6 +122,7 @@ export async function restorePitrCommand(
       ...r.warnings.map((w) => `  warning: ${w}`),
     ].join('\n'),
   );
+  return r;
 }
 
 function serverUserHint(): string {

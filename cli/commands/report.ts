@@ -62,6 +62,7 @@ export async function verifySizesCommand(opts: GlobalOptions) {
   ).filter((a) => a.kind === 'size-shrink');
   for (const a of alerts) process.stderr.write(`${alertLine(a)}\n`);
   exitOnAlerts(alerts);
+  return report;
 }
 
 export async function verifyCapacityCommand(opts: GlobalOptions) {
@@ -97,6 +98,7 @@ export async function verifyCapacityCommand(opts: GlobalOptions) {
   for (const a of alerts) process.stderr.write(`${alertLine(a)}\n`);
   if (report.targets.some((t) => t.error !== undefined)) process.exitCode = 1;
   exitOnAlerts(alerts);
+  return report;
 }
 
 export async function verifyReportCommand(opts: GlobalOptions) {
@@ -112,4 +114,5 @@ export async function verifyReportCommand(opts: GlobalOptions) {
   );
   await sendAlerts(vault.config, data.failing);
   exitOnAlerts(alerts);
+  return { ok: alerts.length === 0, stored, alerts, report: data };
 }

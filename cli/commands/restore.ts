@@ -72,6 +72,7 @@ export async function restoreFullCommand(backup: string, database: string | unde
       `restored ${r.source} from ${r.backupId} into "${r.database}" in ${formatDuration(r.durationMs)}; ${validationLine(r.validation)}`,
   );
   assertValid(r.validation);
+  return r;
 }
 
 export async function restorePartialCommand(
@@ -99,6 +100,7 @@ export async function restorePartialCommand(
       `restored ${kind} ${name} from ${r.backupId} into "${r.database}" (${r.entries} archive entries) in ${formatDuration(r.durationMs)}; ${validationLine(r.validation)}`,
   );
   assertValid(r.validation);
+  return r;
 }
 
 export async function restoreIndexesCommand(
@@ -114,6 +116,7 @@ export async function restoreIndexesCommand(
     ].join('\n'),
   );
   if (r.failed.length > 0) process.exitCode = 1;
+  return r;
 }
 
 export async function restoreValidateCommand(
@@ -132,6 +135,7 @@ export async function restoreValidateCommand(
   );
   if (v.report) assertValid(v.report);
   if (!ok) process.exitCode = 4;
+  return { ok, ...v };
 }
 
 export async function restoreTestCommand(backup: string, opts: GlobalOptions & { from?: string }) {
@@ -142,6 +146,7 @@ export async function restoreTestCommand(backup: string, opts: GlobalOptions & {
     () =>
       `restore test of ${r.backupId} (${r.source}) passed: restored and validated in ${formatDuration(r.restoreMs)}; ${validationLine(r.validation)}; ${r.temporaryDatabase} dropped`,
   );
+  return r;
 }
 
 function validationLine(v: {
@@ -167,4 +172,5 @@ export async function restoreGlobalsCommand(backup: string, opts: GlobalOptions)
     ].join('\n'),
   );
   if (other > 0) process.exitCode = 1;
+  return r;
 }

@@ -14,6 +14,7 @@ export async function backupRetentionCommand(opts: GlobalOptions & { dryRun?: bo
     );
     process.exitCode = 1;
   }
+  return result;
 }
 
 /** `pgvault backup delete <backup> --yes`. */

@@ -13,6 +13,7 @@ export async function verifyFileCommand(backup: string, opts: GlobalOptions) {
       ),
     ].join('\n'),
   );
+  return r;
 }
 
 /** The report is already on stdout: one line on stderr and the exit code say it failed. */
@@ -86,6 +87,7 @@ export async function verifyAllCommand(opts: GlobalOptions & { quick?: boolean }
       'verify all',
     );
   }
+  return r;
 }
 
 export async function verifyRestoreCommand(backup: string, opts: GlobalOptions & { from?: string }) {
@@ -101,6 +103,7 @@ export async function verifyRestoreCommand(backup: string, opts: GlobalOptions &
       ),
     ].join('\n'),
   );
+  return r;
 }
 
 export async function verifyIndexesCommand(backup: string, opts: GlobalOptions) {
@@ -130,4 +133,5 @@ export async function verifyIndexesCommand(backup: string, opts: GlobalOptions) 
       'verify indexes',
     );
   }
+  return r;
 }

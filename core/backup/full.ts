@@ -24,13 +24,18 @@ export interface FullBackupOptions {
  */
 export async function backupFull(vault: Vault, options: FullBackupOptions): Promise<ManifestBody> {
   const { config } = vault;
-  await Promise.all(vault.targets.map((t) => t.probe()));
-  const server = await serverInfo(config.pg);
   const pgDump = findPgBinary('pg_dump', config.pgBinDir);
   const pgDumpAll = findPgBinary('pg_dumpall', config.pgBinDir);
-  const dumpMajor = await toolMajorVersion(pgDump);
+  // Independent checks at once: each is a round trip or a program started.
+  const [, server, dumpMajor, allDatabases, tools] = await Promise.all([
+    Promise.all(vault.targets.map((t) => t.probe())),
+    serverInfo(config.pg),
+    toolMajorVersion(pgDump),
+    listDatabases(config.pg),
+    toolVersions(pgDump, config.compression),
+  ]);
   assertDumpNotOlder(dumpMajor, server);
-  const databases = pickDatabases(await listDatabases(config.pg), options.databases ?? []);
+  const databases = pickDatabases(allDatabases, options.databases ?? []);
   if (databases.length === 0) throw new PostgresError('the server has no database to back up');
 
   if (!server.superuser) {
@@ -46,7 +51,7 @@ export async function backupFull(vault: Vault, options: FullBackupOptions): Prom
     type: 'full',
     schedule: options.schedule,
     server,
-    tools: await toolVersions(pgDump, config.compression),
+    tools,
     sources,
     now: options.now,
   });
@@ -125,6 +130,7 @@ function globalsSource(vault: Vault, pgDumpAll: string, superuser: boolean): Obj
     kind: 'globals',
     format: 'sql',
     label: 'roles and tablespaces',
+    small: true,
     open() {
       // Role password hashes live in pg_authid, which only a superuser may read.
       const dump = startTool(

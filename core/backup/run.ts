@@ -27,6 +27,8 @@ export interface ObjectSource {
   readonly sizeHint?: number;
   /** Label for progress lines. */
   readonly label: string;
+  /** A few KB (the globals): streamed beside the big objects rather than before them. */
+  readonly small?: boolean;
   /** Starts producing raw bytes; `upstream` settles when the producer has finished for good. */
   open(): {
     source: Readable;
@@ -86,39 +88,55 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   const folder = backupFolder(config.clusterName, run.type, run.schedule);
   const id = await uniqueId(vault, folder, backupId(run.type, run.schedule, started));
   const encryption = newObjectEncryption(config);
+  // The manifest's key check costs a slow PBKDF2: derived while the objects stream, not after.
+  const encryptionBlock = encryption ? newEncryptionBlock(encryption) : Promise.resolve(null);
+  encryptionBlock.catch(() => {});
   const written: StoredObject[] = [];
   const tools = { pgvault: PGVAULT_VERSION, ...run.tools };
   const removeWritten = () => Promise.allSettled(written.flatMap((o) => targets.map((t) => t.delete(o.key))));
   const forgetUndo = undoOnInterrupt(removeWritten);
+  const store = async (src: ObjectSource): Promise<void> => {
+    const key = `${folder}/${id}${src.part ? `.${src.part}` : ''}${objectExtension(src.format, config.compression, encryption !== undefined)}`;
+    const { source, upstream, finish } = src.open();
+    reporter.info(`${src.label} → ${key}`);
+    const result = await writeObject({
+      key,
+      source,
+      upstream,
+      compression: config.compression,
+      compressionLevel: config.compressionLevel,
+      threads: config.parallelJobs,
+      encryption,
+      targets,
+      sizeHint: src.sizeHint,
+      onProgress: (bytes) => reporter.progress(src.label, bytes, src.sizeHint),
+    });
+    const object: StoredObject = {
+      key,
+      kind: src.kind,
+      format: src.format,
+      database: src.database,
+      databaseInfo: src.databaseInfo,
+      rawSize: result.rawSize,
+      storedSize: result.storedSize,
+      sha256: result.sha256,
+      ...(finish ? finish() : {}),
+    };
+    position.set(object, run.sources.indexOf(src));
+    written.push(object);
+  };
+  const position = new Map<StoredObject, number>();
+  // Small objects (the globals) stream beside the big ones instead of before them; the big ones
+  // go one at a time, so memory stays flat and pg_dumps do not compete.
+  const beside = Promise.allSettled(run.sources.filter((src) => src.small).map(store));
   try {
-    for (const src of run.sources) {
-      const key = `${folder}/${id}${src.part ? `.${src.part}` : ''}${objectExtension(src.format, config.compression, encryption !== undefined)}`;
-      const { source, upstream, finish } = src.open();
-      reporter.info(`${src.label} → ${key}`);
-      const result = await writeObject({
-        key,
-        source,
-        upstream,
-        compression: config.compression,
-        compressionLevel: config.compressionLevel,
-        threads: config.parallelJobs,
-        encryption,
-        targets,
-        sizeHint: src.sizeHint,
-        onProgress: (bytes) => reporter.progress(src.label, bytes, src.sizeHint),
-      });
-      written.push({
-        key,
-        kind: src.kind,
-        format: src.format,
-        database: src.database,
-        databaseInfo: src.databaseInfo,
-        rawSize: result.rawSize,
-        storedSize: result.storedSize,
-        sha256: result.sha256,
-        ...(finish ? finish() : {}),
-      });
-    }
+    for (const src of run.sources.filter((s) => !s.small)) await store(src);
+    const failedBeside = (await beside).find((r) => r.status === 'rejected') as
+      | PromiseRejectedResult
+      | undefined;
+    if (failedBeside) throw failedBeside.reason;
+    // The manifest lists objects in the order of the sources, however they finished.
+    written.sort((a, b) => (position.get(a) ?? 0) - (position.get(b) ?? 0));
     const finished = new Date();
     const body: ManifestBody = {
       format: 'pgvault-manifest/1',
@@ -137,7 +155,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       finishedAt: finished.toISOString(),
       durationMs: finished.getTime() - started.getTime(),
       compression: { algorithm: config.compression, level: config.compressionLevel },
-      encryption: encryption ? await newEncryptionBlock(encryption) : null,
+      encryption: await encryptionBlock,
       objects: written,
       rawSize: written.reduce((n, o) => n + o.rawSize, 0),
       storedSize: written.reduce((n, o) => n + o.storedSize, 0),
@@ -153,6 +171,8 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
     }
     return body;
   } catch (err) {
+    // A small object still streaming would be left behind by a cleanup that did not wait for it.
+    await beside;
     await removeWritten();
     reporter.warn(`backup ${id} failed and was removed: ${errorMessage(err)}`);
     throw err;

@@ -150,7 +150,7 @@ export async function newEncryptionBlock(
   enc: EncryptionParams,
 ): Promise<NonNullable<ManifestBody['encryption']>> {
   const salt = randomBytes(16);
-  const key = await deriveManifestKey(enc.passphrase, salt, enc.iterations);
+  const key = await manifestKey(enc.passphrase, salt.toString('hex'), enc.iterations);
   return {
     cipher: 'aes-256-cbc',
     kdf: 'pbkdf2-sha256',
@@ -166,15 +166,27 @@ export async function sealManifest(body: ManifestBody, passphrase: string | unde
   if (body.encryption) {
     if (passphrase === undefined)
       throw new UsageError('an encrypted manifest needs the passphrase to be sealed');
-    const key = await deriveManifestKey(
-      passphrase,
-      Buffer.from(body.encryption.hmacSalt, 'hex'),
-      body.encryption.iterations,
-    );
+    const key = await manifestKey(passphrase, body.encryption.hmacSalt, body.encryption.iterations);
     manifest = { ...body, hmac: hmacHex(key, canonicalJson(body)) };
   }
   return `${JSON.stringify(manifest, null, 2)}\n`;
 }
+
+/**
+ * The manifest key for a salt, derived once per process: a backup derives it for the key check
+ * when it starts and again to seal the manifest, 100,000 PBKDF2 rounds each time otherwise.
+ */
+function manifestKey(passphrase: string, saltHex: string, iterations: number): Promise<Buffer> {
+  const id = `${saltHex}:${iterations}`;
+  const known = derivedManifestKeys.get(id);
+  if (known !== undefined && known.passphrase === passphrase) return known.key;
+  const key = deriveManifestKey(passphrase, Buffer.from(saltHex, 'hex'), iterations);
+  derivedManifestKeys.set(id, { passphrase, key });
+  key.catch(() => derivedManifestKeys.delete(id));
+  return key;
+}
+
+const derivedManifestKeys = new Map<string, { passphrase: string; key: Promise<Buffer> }>();
 
 /** Parses and schema-checks a manifest. Does not check the HMAC (see verifyManifest). */
 export function parseManifest(text: string, where: string): Manifest {

@@ -188,7 +188,10 @@ export async function writeRestoreCommandFiles(
       `the restore_command config ${configFile} does not read back as written; report this`,
     );
   }
-  const restoreCommand = [process.execPath, bin, '--config', configFile].map(shellWord).join(' ');
+  // The sh launcher beside bin/pgvault.js serves prefetched WAL without starting Node (recovery asks
+  // for one file at a time); it is told which node to run, since the server's PATH may lack it.
+  const launcher = join(dirname(bin), 'pgvault');
+  const restoreCommand = `PGVAULT_NODE=${shellWord(process.execPath)} ${[launcher, '--config', configFile].map(shellWord).join(' ')}`;
   return {
     configFile,
     keyFile,
@@ -222,6 +225,7 @@ export async function assertServerUserCanUse(
   const checks: Array<{ path: string; what: string; flag: string }> = [
     { path: process.execPath, what: 'node', flag: '-x' },
     { path: bin, what: 'pgvault', flag: '-r' },
+    { path: join(dirname(bin), 'pgvault'), what: "pgvault's launcher", flag: '-x' },
     { path: join(root, 'dist', 'cli', 'main.js'), what: "pgvault's built CLI", flag: '-r' },
     { path: join(root, 'node_modules'), what: "pgvault's node_modules", flag: '-x' },
   ];

@@ -758,6 +758,8 @@ export async function runPrefetcher(
   let want = '';
   let lastChange = Date.now();
   let idle = false;
+  let historyCheckedAt = 0;
+  let historyCheck: Promise<void> | undefined;
   const identity = await loadArchiveIdentity(prefetchDir, ctx.targets, ctx.config.clusterName).catch(
     () => undefined,
   );
@@ -778,6 +780,20 @@ export async function runPrefetcher(
           next = nextSegment(next, segmentBytes);
           window.push(next);
         }
+      }
+      // The history files recovery probes for (the next timelines, at start and at promotion):
+      // present ones copied here, absent ones marked, so the launcher answers both without Node.
+      if (
+        wanted?.kind === 'segment' &&
+        historyCheck === undefined &&
+        Date.now() - historyCheckedAt > HISTORY_RECHECK_MS
+      ) {
+        historyCheckedAt = Date.now();
+        historyCheck = refreshHistory(fetchCtx, prefetchDir, Number.parseInt(wanted.timeline!, 16))
+          .catch((err: unknown) => log(`history look-ahead failed: ${errorMessage(err)}`))
+          .finally(() => {
+            historyCheck = undefined;
+          });
       }
       await removeOutsideWindow(prefetchDir, new Set(window), inFlight);
       const present = new Set(await readdir(prefetchDir).catch(() => [] as string[]));
@@ -812,6 +828,32 @@ export async function runPrefetcher(
     } else {
       await removeOutsideWindow(prefetchDir, new Set(), new Map());
       await releaseLock(lock);
+    }
+  }
+}
+
+/** How often the prefetcher looks again for the next timelines' history files. */
+const HISTORY_RECHECK_MS = 5_000;
+/** Beside an absent history file's name: the archive did not have it at the last look. */
+const ABSENT_SUFFIX = '.absent';
+
+async function refreshHistory(ctx: WalFetchContext, prefetchDir: string, timeline: number): Promise<void> {
+  for (const next of [timeline + 1, timeline + 2]) {
+    const name = `${next.toString(16).toUpperCase().padStart(8, '0')}.history`;
+    const absent = join(prefetchDir, `${name}${ABSENT_SUFFIX}`);
+    if (
+      await stat(join(prefetchDir, name)).then(
+        () => true,
+        () => false,
+      )
+    )
+      continue;
+    try {
+      await fetchWalFile(ctx, name, join(prefetchDir, name));
+      await unlink(absent).catch(() => {});
+    } catch (err) {
+      if (!(err instanceof WalFileNotArchivedError)) throw err;
+      await writeFileAtomically(absent, '');
     }
   }
 }

@@ -40,5 +40,6 @@ export function testVault(
 
 export async function tempDir(prefix = 'pgvault-test-'): Promise<{ path: string; remove(): Promise<void> }> {
   const path = await mkdtemp(join(tmpdir(), prefix));
-  return { path, remove: () => rm(path, { recursive: true, force: true }) };
+  // Retries: a WAL prefetcher of a recovered test server may still be finishing a file in there.
+  return { path, remove: () => rm(path, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }) };
 }

@@ -186,7 +186,7 @@ describe('restore pitr --pgdata', () => {
     expect(r.keyFileWritten).toBe(false);
     expect(r.keyFile).toBe(a.settings.ENCRYPTION_KEY_FILE);
     expect(auto).toMatch(
-      /restore_command = '.*bin\/pgvault\.js --config .*restored-data\.pgvault-recovery\.conf restore wal %f %p'/,
+      /restore_command = 'PGVAULT_NODE=\S*node\S* \S*bin\/pgvault --config \S*restored-data\.pgvault-recovery\.conf restore wal %f %p'/,
     );
     expect(auto).toMatch(/recovery_target_time = '/);
     expect(auto).toMatch(/recovery_target_action = 'promote'/);

@@ -227,6 +227,21 @@ describe('restore wal as restore_command', () => {
     });
     const restoredFourth = readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYXLOG'));
     const wanted = readFileSync(join(restoreDir, 'pg_wal', 'pgvault-prefetch', 'want'), 'utf8');
+    // Recovery probes for the next timelines' history files; the prefetcher has looked them up
+    // (an earlier test archived 00000002.history; there is no 00000003.history).
+    const prefetchDir = join(restoreDir, 'pg_wal', 'pgvault-prefetch');
+    while (
+      !(
+        existsSync(join(prefetchDir, '00000002.history')) &&
+        existsSync(join(prefetchDir, '00000003.history.absent'))
+      ) &&
+      Date.now() < deadline + 20_000
+    )
+      await sleep(50);
+    const noNode = { cwd: restoreDir, env: { PGVAULT_NODE: '/bin/false' } };
+    const presentProbe = fx.pgvault(['restore', 'wal', '00000002.history', 'pg_wal/RECOVERYHISTORY'], noNode);
+    const history = readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYHISTORY'), 'utf8');
+    const absentProbe = fx.pgvault(['restore', 'wal', '00000003.history', 'pg_wal/RECOVERYHISTORY3'], noNode);
 
     // Assess
     expect(served.code, served.stderr).toBe(0);
@@ -239,6 +254,12 @@ describe('restore wal as restore_command', () => {
     expect(withoutNode.code, withoutNode.stderr).toBe(0);
     expect(sha256(restoredFourth)).toBe(sha256(segments.get(fourth)!));
     expect(wanted).toBe(`${fourth}\n`);
+    expect(presentProbe.code, presentProbe.stderr).toBe(0);
+    expect(history).toBe(readFileSync(join(prefetchDir, '00000002.history'), 'utf8'));
+    expect(history).toMatch(/^1\t/);
+    expect(absentProbe.code).toBe(1);
+    expect(absentProbe.stderr).toBe('pgvault: WAL file 00000003.history is not in the archive\n');
+    expect(existsSync(join(restoreDir, 'pg_wal', 'RECOVERYHISTORY3'))).toBe(false);
   });
 
   it('never serves a corrupt object: exits non-zero naming the key, leaves nothing at the path', () => {

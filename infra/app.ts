@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+import { App, Validations } from 'aws-cdk-lib';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { DeployConfigError, deployConfigPath, loadDeployConfig } from './config';
+import { PgvaultStack } from './stack';
+
+/**
+ * `npx cdk synth|deploy`: the configuration comes from `-c config=PATH`, PGVAULT_DEPLOY_CONFIG, or the
+ * example in infra/pgvault.example.json. cdk-nag's AwsSolutions checks run on every synth.
+ */
+function main(): void {
+  const app = new App();
+  const path = deployConfigPath(app.node.tryGetContext('config'));
+  try {
+    const config = loadDeployConfig(path);
+    new PgvaultStack(app, config.stackName, {
+      config,
+      description:
+        'pgvault: PostgreSQL backups and disaster recovery (vault bucket, Fargate tasks, Lambdas, schedules)',
+      env: {
+        account: config.account ?? process.env.CDK_DEFAULT_ACCOUNT,
+        region: config.region ?? process.env.CDK_DEFAULT_REGION,
+      },
+    });
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { writeSuppressionsToCloudFormation: true }));
+    app.synth();
+  } catch (err) {
+    if (err instanceof DeployConfigError) {
+      process.stderr.write(`${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
+
+main();

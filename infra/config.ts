@@ -1,0 +1,405 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import { repoRoot } from './paths';
+
+/**
+ * The deployment configuration: one JSON file, validated here once. The stack receives a typed
+ * `DeployConfig` with every default filled in; nothing else in infra/ reads files or the environment.
+ *
+ * Which file: `-c config=PATH` (CDK context), else `PGVAULT_DEPLOY_CONFIG`, else the documented
+ * example `infra/pgvault.example.json` (so `npx cdk synth` works on a fresh checkout).
+ */
+
+export const EXAMPLE_CONFIG_PATH = resolve(repoRoot(), 'infra', 'pgvault.example.json');
+
+/** A bad configuration: one line naming the file, the field and what is allowed. */
+export class DeployConfigError extends Error {
+  override readonly name = 'DeployConfigError';
+}
+
+/** Crontab (5 fields, the guide's form) of each scheduled job; `null` turns a job off. */
+export const DEFAULT_SCHEDULES = {
+  /** pgvault backup full daily (guide: `0 2 * * *`) */
+  fullDaily: '0 2 * * *',
+  /** pgvault backup full weekly (guide: `0 3 * * 0`) */
+  fullWeekly: '0 3 * * 0',
+  /** pgvault backup full monthly (guide: `0 4 1 * *`) */
+  fullMonthly: '0 4 1 * *',
+  /** pgvault backup config (guide: `0 1 * * *`) */
+  config: '0 1 * * *',
+  /** pgvault backup indexes (guide: `30 1 * * *`) */
+  indexes: '30 1 * * *',
+  /** pgvault backup base weekly, only with `physicalBackups: true` (not in the guide; after the weekly dump) */
+  baseWeekly: '30 3 * * 0',
+  /** retention Lambda (guide: `0 5 * * *`) */
+  retention: '0 5 * * *',
+  /** verify Lambda, deep verification task (guide: `0 6 * * *`, verify-backups.sh all) */
+  verify: '0 6 * * *',
+  /** report Lambda (not in the guide; after verification) */
+  report: '0 7 * * *',
+} as const;
+export type ScheduleName = keyof typeof DEFAULT_SCHEDULES;
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
+const SECRET_ARN =
+  /^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$/;
+const KMS_KEY_ARN = /^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/;
+const EMAIL = /^[^\s@,]+@[^\s@,]+\.[^\s@,]+$/;
+
+const cronField = z.string().refine((v) => cronToScheduler(v) !== undefined, {
+  message:
+    "expected a 5-field crontab ('0 2 * * *'), an EventBridge Scheduler expression ('cron(0 2 * * ? *)', 'rate(1 day)') or null",
+});
+
+const taskSize = z.strictObject({
+  /** Fargate CPU units. @default 1024 */
+  cpu: z
+    .union([z.literal(256), z.literal(512), z.literal(1024), z.literal(2048), z.literal(4096)])
+    .default(1024),
+  /** Memory in MiB (Fargate's combinations for the CPU). @default 4096 */
+  memoryMiB: z.number().int().min(512).max(30720).default(4096),
+  /** Ephemeral storage in GiB (21–200): restores stage a whole dump in TMPDIR. @default 50 */
+  ephemeralStorageGiB: z.number().int().min(21).max(200).default(50),
+});
+
+const clusterSchema = z
+  .strictObject({
+    name: z.string().regex(NAME, "letters, digits, '_' or '-', up to 32, starting with a letter or digit"),
+    mode: z.enum(['single-node', 'patroni', 'citus']).default('single-node'),
+    host: z.string().min(1).max(253),
+    port: z.number().int().min(1).max(65535).default(5432),
+    database: z.string().min(1).max(63).default('postgres'),
+    /** Secrets Manager secret (JSON with `username` and `password`), the complete ARN with its 6-character suffix. */
+    credentialsSecretArn: z.string().regex(SECRET_ARN, 'the complete secret ARN (ending in -XXXXXX)'),
+    /** The customer-managed KMS key of that secret, when it is not encrypted with aws/secretsmanager. */
+    credentialsKmsKeyArn: z.string().regex(KMS_KEY_ARN, 'a KMS key ARN').optional(),
+    patroniUrl: z.url({ protocol: /^https?$/ }).optional(),
+    citusCoordinator: z.string().min(1).optional(),
+    /** Overrides `walReceive.enabled` for this cluster. */
+    walReceive: z.boolean().optional(),
+  })
+  .superRefine((c, ctx) => {
+    if (c.mode === 'patroni' && !c.patroniUrl) {
+      ctx.addIssue({ code: 'custom', path: ['patroniUrl'], message: 'required when mode is patroni' });
+    }
+  });
+
+export const deployConfigSchema = z
+  .strictObject({
+    $schema: z.string().optional(),
+    /** Free text kept in the example file; ignored. */
+    comment: z.string().optional(),
+    /** CloudFormation stack name. @default 'Pgvault' */
+    stackName: z
+      .string()
+      .regex(/^[A-Za-z][A-Za-z0-9-]{0,63}$/, 'letters, digits and -, starting with a letter')
+      .default('Pgvault'),
+    /** Account and region; default: the CLI's (CDK_DEFAULT_ACCOUNT / CDK_DEFAULT_REGION), environment-agnostic offline. */
+    account: z
+      .string()
+      .regex(/^\d{12}$/, '12 digits')
+      .optional(),
+    region: z
+      .string()
+      .regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'a region such as eu-west-1')
+      .optional(),
+    clusters: z.array(clusterSchema).min(1).max(50),
+    network: z.strictObject({
+      vpcId: z.string().regex(/^vpc-[0-9a-f]{8,17}$/, 'a VPC id such as vpc-0123456789abcdef0'),
+      subnetIds: z
+        .array(z.string().regex(/^subnet-[0-9a-f]{8,17}$/, 'a subnet id such as subnet-0123456789abcdef0'))
+        .min(1)
+        .max(16),
+      securityGroupIds: z
+        .array(z.string().regex(/^sg-[0-9a-f]{8,17}$/, 'a security group id such as sg-0123456789abcdef0'))
+        .min(1)
+        .max(5),
+      /** Public IP for tasks in public subnets without NAT (they must reach S3, ECR, Secrets Manager). @default false */
+      assignPublicIp: z.boolean().default(false),
+    }),
+    /** IANA time zone of every schedule. @default 'UTC' */
+    timeZone: z.string().refine(isTimeZone, 'an IANA time zone such as Europe/Berlin').default('UTC'),
+    schedules: z
+      .strictObject(
+        Object.fromEntries(
+          Object.entries(DEFAULT_SCHEDULES).map(([k, v]) => [k, cronField.nullable().default(v)]),
+        ) as { [K in ScheduleName]: z.ZodDefault<z.ZodNullable<typeof cronField>> },
+      )
+      .prefault({}),
+    /** EventBridge Scheduler retries before a run goes to the dead-letter queue. */
+    scheduleRetry: z
+      .strictObject({
+        attempts: z.number().int().min(0).max(185).default(3),
+        maxEventAgeMinutes: z.number().int().min(1).max(1440).default(60),
+      })
+      .prefault({}),
+    retention: z
+      .strictObject({
+        days: z.number().int().min(0).max(3650).default(7),
+        weeks: z.number().int().min(0).max(520).default(4),
+        months: z.number().int().min(0).max(120).default(6),
+        configCount: z.number().int().min(0).max(1000).default(10),
+        indexesCount: z.number().int().min(0).max(1000).default(5),
+        walDays: z.number().int().min(0).max(36500).default(7),
+      })
+      .prefault({}),
+    compression: z.enum(['gzip', 'bzip2', 'xz', 'zstd', 'lz4', 'none']).default('zstd'),
+    bucket: z
+      .strictObject({
+        /** Key prefix inside the vault bucket (CLOUD_PREFIX). @default 'pgvault' */
+        prefix: z
+          .string()
+          .regex(/^([A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*)?$/, "path segments without leading or trailing '/'")
+          .default('pgvault'),
+        /** Weekly and monthly backups move to this class (the guide: GLACIER after 30 days). */
+        archiveStorageClass: z.enum(['GLACIER', 'GLACIER_IR', 'DEEP_ARCHIVE']).default('GLACIER'),
+        archiveAfterDays: z.number().int().min(1).max(3650).default(30),
+        /** Objects smaller than this stay in STANDARD: manifests must stay readable by list, retention and restore. */
+        archiveMinObjectBytes: z
+          .number()
+          .int()
+          .min(131072)
+          .default(4 * 1024 * 1024),
+        /** Safety-net expiration behind the retention function; default: the longest GFS hold + 60 days. */
+        expireAfterDays: z.number().int().min(1).max(36500).optional(),
+        /** Reports and drill records are not retention-managed. @default 400 */
+        reportsExpireAfterDays: z.number().int().min(1).max(36500).default(400),
+        noncurrentVersionExpireDays: z.number().int().min(1).max(3650).default(30),
+        accessLogExpireDays: z.number().int().min(1).max(3650).default(365),
+        /** S3 Object Lock default retention (mode and days); objects get their own retain-until from their GFS expiry. */
+        objectLock: z
+          .strictObject({
+            mode: z.enum(['governance', 'compliance']),
+            days: z.number().int().min(1).max(36500),
+          })
+          .nullable()
+          .default(null),
+      })
+      .prefault({}),
+    alerts: z
+      .strictObject({
+        emails: z.array(z.string().regex(EMAIL, 'an e-mail address')).max(50).default([]),
+        backupAgeHours: z.number().int().min(1).default(48),
+        rpoTargetMinutes: z.number().int().min(1).default(1440),
+        rtoTargetMinutes: z.number().int().min(1).default(240),
+        maxBackupDurationMinutes: z.number().int().min(1).default(240),
+        /** Storage alarm at this share of storageQuotaGb. @default 80 */
+        capacityPercent: z.number().int().min(1).max(100).default(80),
+      })
+      .prefault({}),
+    storageQuotaGb: z.number().positive().optional(),
+    /** Continuous WAL receiving (`pgvault wal receive`, a Fargate service per cluster). */
+    walReceive: z
+      .strictObject({
+        enabled: z.boolean().default(false),
+        cpu: z.union([z.literal(256), z.literal(512), z.literal(1024), z.literal(2048)]).default(512),
+        memoryMiB: z.number().int().min(512).max(16384).default(1024),
+      })
+      .prefault({}),
+    /** Weekly physical base backups (`pgvault backup base weekly`), for PITR. @default false */
+    physicalBackups: z.boolean().default(false),
+    /** Backup and verification tasks. */
+    task: taskSize.prefault({}),
+    /** Restore tasks; restores stage whole dumps, so they get more disk by default. */
+    restoreTask: taskSize
+      .extend({ ephemeralStorageGiB: z.number().int().min(21).max(200).default(100) })
+      .prefault({}),
+    /** PostgreSQL server majors installed in the image for PITR sandboxes and base-backup drills. @default [17] */
+    postgresServerVersions: z.array(z.number().int().min(13).max(17)).max(5).default([17]),
+    /** CPU architecture of the Fargate tasks (the image is built for it). @default 'arm64' */
+    taskArchitecture: z.enum(['arm64', 'x86_64']).default('arm64'),
+    logRetentionDays: z
+      .union(
+        [
+          1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288,
+          3653,
+        ].map((n) => z.literal(n)) as unknown as [z.ZodLiteral<number>, ...z.ZodLiteral<number>[]],
+      )
+      .default(90),
+    /** Keep the bucket, its key and the passphrase when the stack is deleted. @default true */
+    retainData: z.boolean().default(true),
+  })
+  .superRefine((c, ctx) => {
+    const seen = new Set<string>();
+    c.clusters.forEach((cl, i) => {
+      const key = cl.name.toLowerCase();
+      if (seen.has(key))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['clusters', i, 'name'],
+          message: `duplicate cluster name ${cl.name}`,
+        });
+      seen.add(key);
+    });
+    const lock = c.bucket.objectLock;
+    const shortest = Math.min(
+      c.retention.days || Number.POSITIVE_INFINITY,
+      c.retention.walDays || Number.POSITIVE_INFINITY,
+    );
+    if (lock && Number.isFinite(shortest) && lock.days > shortest) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['bucket', 'objectLock', 'days'],
+        message: `${lock.days} is longer than the shortest retention (${shortest} days: retention.days / retention.walDays); the retention function would fight the lock`,
+      });
+    }
+    const hold = longestHoldDays(c.retention);
+    if (c.bucket.expireAfterDays !== undefined && c.bucket.expireAfterDays <= hold) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['bucket', 'expireAfterDays'],
+        message: `${c.bucket.expireAfterDays} must be longer than the longest retention hold (${hold} days) to stay a safety net`,
+      });
+    }
+    const expire = c.bucket.expireAfterDays ?? hold + 60;
+    if (expire <= c.bucket.archiveAfterDays) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['bucket', 'archiveAfterDays'],
+        message: `${c.bucket.archiveAfterDays} must be shorter than the expiration (${expire} days)`,
+      });
+    }
+    if (lock && c.bucket.noncurrentVersionExpireDays < lock.days) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['bucket', 'noncurrentVersionExpireDays'],
+        message: `${c.bucket.noncurrentVersionExpireDays} is shorter than the Object Lock days (${lock.days})`,
+      });
+    }
+    for (const [name, t] of [
+      ['task', c.task],
+      ['restoreTask', c.restoreTask],
+      ['walReceive', c.walReceive],
+    ] as const) {
+      const why = fargateSizeProblem(t.cpu, t.memoryMiB);
+      if (why) ctx.addIssue({ code: 'custom', path: [name, 'memoryMiB'], message: why });
+    }
+  });
+
+export type DeployConfigInput = z.input<typeof deployConfigSchema>;
+export type DeployConfig = z.output<typeof deployConfigSchema>;
+export type ClusterConfig = DeployConfig['clusters'][number];
+
+/** Days the retention function may keep a GFS backup: the longest of the daily, weekly, monthly and WAL holds. */
+export function longestHoldDays(r: DeployConfig['retention']): number {
+  return Math.max(r.days, r.weeks * 7, r.months * 31, r.walDays, r.configCount, r.indexesCount);
+}
+
+/** The safety-net expiration in days (configured, or the longest hold plus 60 days). */
+export function expirationDays(c: DeployConfig): number {
+  return c.bucket.expireAfterDays ?? longestHoldDays(c.retention) + 60;
+}
+
+/** Whether `pgvault wal receive` runs for this cluster. */
+export function receivesWal(c: DeployConfig, cluster: ClusterConfig): boolean {
+  return cluster.walReceive ?? c.walReceive.enabled;
+}
+
+/** Fargate's valid CPU / memory combinations; undefined when valid. */
+export function fargateSizeProblem(cpu: number, memoryMiB: number): string | undefined {
+  const ranges: Record<number, [number, number, number]> = {
+    256: [512, 2048, 512],
+    512: [1024, 4096, 1024],
+    1024: [2048, 8192, 1024],
+    2048: [4096, 16384, 1024],
+    4096: [8192, 30720, 1024],
+  };
+  const r = ranges[cpu];
+  if (!r) return `cpu ${cpu} is not a Fargate size`;
+  const [min, max, step] = r;
+  const ok =
+    cpu === 256
+      ? [512, 1024, 2048].includes(memoryMiB)
+      : memoryMiB >= min && memoryMiB <= max && memoryMiB % step === 0;
+  return ok
+    ? undefined
+    : `${memoryMiB} MiB is not valid with cpu ${cpu} (Fargate allows ${min}–${max} MiB in steps of ${step})`;
+}
+
+function isTimeZone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: tz });
+    return tz.includes('/') || tz === 'UTC';
+  } catch {
+    return false;
+  }
+}
+
+const DOW_NAMES = ['SUN', 'MON', 'TUE', 'WED', 'THU', 'FRI', 'SAT'];
+
+/**
+ * A crontab line's schedule (minute hour day-of-month month day-of-week) as an EventBridge Scheduler
+ * expression: a sixth field (year), `?` in the unused day field, and day-of-week 0/7=Sunday mapped to
+ * Scheduler's SUN..SAT names. `cron(...)` and `rate(...)` pass through. Undefined when not convertible
+ * (Scheduler cannot restrict both day fields at once).
+ */
+export function cronToScheduler(expr: string): string | undefined {
+  const trimmed = expr.trim();
+  if (/^(cron|rate|at)\(.+\)$/.test(trimmed)) return trimmed;
+  const fields = trimmed.split(/\s+/);
+  if (fields.length !== 5) return undefined;
+  const [min, hour, dom, mon, dow] = fields as [string, string, string, string, string];
+  const simple = /^[0-9*/,-]+$/;
+  if (![min, hour, dom].every((f) => simple.test(f)) || !/^[0-9A-Za-z*/,-]+$/.test(mon)) return undefined;
+  if (dow === '*' || dow === '?') return `cron(${min} ${hour} ${dom} ${mon} ? *)`;
+  if (dom !== '*' && dom !== '?') return undefined;
+  const mapped = mapDayOfWeek(dow);
+  return mapped === undefined ? undefined : `cron(${min} ${hour} ? ${mon} ${mapped} *)`;
+}
+
+function mapDayOfWeek(dow: string): string | undefined {
+  const one = (d: string): string | undefined => {
+    if (/^[0-7]$/.test(d)) return DOW_NAMES[Number(d) % 7];
+    const up = d.toUpperCase();
+    return DOW_NAMES.includes(up) ? up : undefined;
+  };
+  const parts = dow.split(',').map((part) => {
+    const range = part.split('-');
+    if (range.length === 1) return one(part);
+    if (range.length !== 2) return undefined;
+    const [a, b] = [one(range[0]!), one(range[1]!)];
+    if (!a || !b) return undefined;
+    // crontab's 1-7 ends on Sunday; Scheduler's ranges run SUN..SAT, so a range ending in 7 is split.
+    if (range[1] === '7' && a !== 'SUN') return `${a}-SAT,SUN`;
+    return `${a}-${b}`;
+  });
+  return parts.every((p) => p !== undefined) ? parts.join(',') : undefined;
+}
+
+/** Validates a parsed configuration; throws DeployConfigError with one line naming the field. */
+export function parseDeployConfig(input: unknown, source = 'configuration'): DeployConfig {
+  const result = deployConfigSchema.safeParse(input);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const field = issue.path.length ? formatPath(issue.path) : '(top level)';
+  throw new DeployConfigError(`pgvault deploy config ${source}: ${field}: ${issue.message}`);
+}
+
+function formatPath(path: readonly PropertyKey[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i ? '.' : ''}${String(p)}`)).join('');
+}
+
+/** Reads and validates a configuration file (JSON). */
+export function loadDeployConfig(path: string): DeployConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new DeployConfigError(`pgvault deploy config ${path}: cannot be read (${(err as Error).message})`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new DeployConfigError(`pgvault deploy config ${path}: not valid JSON (${(err as Error).message})`);
+  }
+  return parseDeployConfig(json, path);
+}
+
+/** The path to load: `-c config=PATH`, else PGVAULT_DEPLOY_CONFIG, else the example. */
+export function deployConfigPath(contextValue: unknown, env: NodeJS.ProcessEnv = process.env): string {
+  if (typeof contextValue === 'string' && contextValue !== '') return resolve(contextValue);
+  if (env.PGVAULT_DEPLOY_CONFIG) return resolve(env.PGVAULT_DEPLOY_CONFIG);
+  return EXAMPLE_CONFIG_PATH;
+}

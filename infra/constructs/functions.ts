@@ -1,0 +1,179 @@
+import { join } from 'node:path';
+import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import type * as ecs from 'aws-cdk-lib/aws-ecs';
+import type * as events from 'aws-cdk-lib/aws-events';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type * as sns from 'aws-cdk-lib/aws-sns';
+import { Construct } from 'constructs';
+import { type BackupTasks, REPO_ROOT } from './tasks';
+import type { VaultBucket } from './vault-bucket';
+
+export const FUNCTION_NAMES = ['dispatch', 'retention', 'verify', 'report', 'restore'] as const;
+export type FunctionName = (typeof FUNCTION_NAMES)[number];
+
+const SETTINGS: Record<FunctionName, { description: string; timeout: Duration; memorySize: number }> = {
+  dispatch: {
+    description: 'pgvault: starts the Fargate task of a scheduled backup',
+    timeout: Duration.seconds(60),
+    memorySize: 256,
+  },
+  retention: {
+    description: 'pgvault: GFS retention of the vault (backup retention)',
+    timeout: Duration.minutes(15),
+    memorySize: 1024,
+  },
+  verify: {
+    description: 'pgvault: quick verification, then the deep verification task',
+    timeout: Duration.minutes(10),
+    memorySize: 1024,
+  },
+  report: {
+    description: 'pgvault: stores the report and mails its summary with a presigned link',
+    timeout: Duration.minutes(5),
+    memorySize: 1024,
+  },
+  restore: {
+    description: 'pgvault: validates a restore request and starts the restore task (invoke by hand)',
+    timeout: Duration.seconds(60),
+    memorySize: 512,
+  },
+};
+
+export interface FunctionsProps {
+  readonly vault: VaultBucket;
+  readonly tasks: BackupTasks;
+  readonly topic: sns.ITopic;
+  readonly eventBus: events.IEventBus;
+  /** Environment of every function (the contract with functions/*.ts). */
+  readonly environment: Readonly<Record<string, string>>;
+  readonly logRetentionDays: number;
+}
+
+/**
+ * The five Lambdas, bundled from functions/*.ts with esbuild (Node 22, ARM64), each with its own role
+ * granting its own job only.
+ */
+export class Functions extends Construct {
+  public readonly functions = {} as Record<FunctionName, nodejs.NodejsFunction>;
+
+  constructor(scope: Construct, id: string, props: FunctionsProps) {
+    super(scope, id);
+    for (const name of FUNCTION_NAMES) this.functions[name] = this.create(name, props);
+
+    const { vault, tasks } = props;
+    const all = [...tasks.byCluster.values()];
+    const backupDefs = all.map((t) => t.backup);
+    const restoreDefs = all.map((t) => t.restore);
+
+    // dispatch: run the backup task definitions, nothing in the bucket.
+    this.grantRunTasks(this.functions.dispatch, tasks.cluster, backupDefs);
+
+    // retention: read manifests, delete under the repository prefix.
+    vault.grantRepository(this.functions.retention, { read: true, delete: true });
+    vault.passphrase.grantRead(this.functions.retention);
+
+    // verify: quick checks read the vault; the deep check is a backup/verify task run.
+    vault.grantRepository(this.functions.verify, { read: true });
+    vault.passphrase.grantRead(this.functions.verify);
+    this.grantRunTasks(this.functions.verify, tasks.cluster, backupDefs);
+
+    // report: read the vault, store reports (and presign a link to them).
+    vault.grantRepository(this.functions.report, { read: true });
+    vault.grantRepository(this.functions.report, { write: true, cluster: '*', folder: 'reports' });
+    vault.passphrase.grantRead(this.functions.report);
+
+    // restore: resolve the backup (read), run only the restore task definitions.
+    vault.grantRepository(this.functions.restore, { read: true });
+    vault.passphrase.grantRead(this.functions.restore);
+    this.grantRunTasks(this.functions.restore, tasks.cluster, restoreDefs);
+
+    for (const name of FUNCTION_NAMES) {
+      props.topic.grantPublish(this.functions[name]);
+      props.eventBus.grantPutEventsTo(this.functions[name]);
+    }
+  }
+
+  private create(name: FunctionName, props: FunctionsProps): nodejs.NodejsFunction {
+    const settings = SETTINGS[name];
+    const logGroup = new logs.LogGroup(this, `${name}Logs`, {
+      retention: props.logRetentionDays as logs.RetentionDays,
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+    // Own role instead of AWSLambdaBasicExecutionRole: logs go to this function's group only.
+    const role = new iam.Role(this, `${name}Role`, {
+      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+      description: `pgvault ${name} function`,
+    });
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        actions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
+        resources: [logGroup.logGroupArn, `${logGroup.logGroupArn}:log-stream:*`],
+      }),
+    );
+    const fn = new nodejs.NodejsFunction(this, name, {
+      entry: join(REPO_ROOT, 'functions', `${name}.ts`),
+      handler: 'handler',
+      projectRoot: REPO_ROOT,
+      depsLockFilePath: join(REPO_ROOT, 'package-lock.json'),
+      runtime: lambda.Runtime.NODEJS_22_X,
+      architecture: lambda.Architecture.ARM_64,
+      description: settings.description,
+      timeout: settings.timeout,
+      memorySize: settings.memorySize,
+      role,
+      logGroup,
+      environment: { ...props.environment, NODE_OPTIONS: '--enable-source-maps' },
+      bundling: {
+        // The AWS SDK v3 is bundled (pinned with the lockfile); pg's optional native binding is not used.
+        externalModules: ['pg-native'],
+        format: nodejs.OutputFormat.CJS,
+        target: 'node22',
+        minify: true,
+        sourceMap: true,
+        sourcesContent: false,
+      },
+    });
+    Validations.of(fn).acknowledge({
+      id: 'AwsSolutions-L1',
+      reason:
+        'Node.js 22 on purpose: the Fargate image runs Node 22 too, so functions and tasks share one runtime ' +
+        'and the AWS SDK support window; raised together when the image moves.',
+    });
+    Validations.of(role).acknowledge(
+      {
+        id: `AwsSolutions-IAM5[Resource::<${Stack.of(this).getLogicalId(logGroup.node.defaultChild as logs.CfnLogGroup)}.Arn>:log-stream:*]`,
+        reason: 'Lambda creates one log stream per execution environment in its own log group.',
+      },
+      {
+        id: 'AwsSolutions-IAM5[Action::kms:GenerateDataKey*]',
+        reason:
+          'Publishing to the KMS-encrypted alert topic needs GenerateDataKey* on its key (the one key is named).',
+      },
+    );
+    return fn;
+  }
+
+  private grantRunTasks(
+    fn: lambda.IFunction,
+    cluster: ecs.ICluster,
+    defs: ecs.FargateTaskDefinition[],
+  ): void {
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['ecs:RunTask'],
+        resources: defs.map((d) => d.taskDefinitionArn),
+        conditions: { ArnEquals: { 'ecs:cluster': cluster.clusterArn } },
+      }),
+    );
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['iam:PassRole'],
+        resources: defs.flatMap((d) => [d.taskRole.roleArn, d.obtainExecutionRole().roleArn]),
+        conditions: { StringLike: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } },
+      }),
+    );
+  }
+}

@@ -1,0 +1,282 @@
+import { Duration } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import type * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type * as sns from 'aws-cdk-lib/aws-sns';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+import { CLUSTER_DIMENSION, METRIC_NAMESPACE, METRICS, type MetricKey, TASK_METRICS } from '../metrics';
+
+export interface MonitoringProps {
+  readonly topic: sns.ITopic;
+  readonly ecsCluster: ecs.ICluster;
+  readonly taskLogGroup: logs.ILogGroup;
+  readonly clusters: readonly string[];
+  readonly functions: Readonly<Record<string, lambda.IFunction>>;
+  readonly deadLetterQueue: sqs.IQueue;
+  readonly walReceivers: ReadonlyMap<string, ecs.FargateService>;
+  readonly thresholds: {
+    readonly backupAgeHours: number;
+    readonly rpoTargetMinutes: number;
+    readonly rtoTargetMinutes: number;
+    readonly maxBackupDurationMinutes: number;
+    readonly capacityPercent: number;
+  };
+  /** STORAGE_QUOTA_GB; no storage alarm without it. */
+  readonly storageQuotaGb?: number;
+  readonly dashboardName: string;
+}
+
+/**
+ * Failure alerts, metric alarms and the dashboard: a stopped task with a non-zero exit (or killed for
+ * memory) becomes a backup-failure message in the topic; the pgvault metrics have alarms on their
+ * targets; every alarm notifies the topic.
+ */
+export class Monitoring extends Construct {
+  public readonly taskFailureRule: events.Rule;
+  public readonly alarms: cloudwatch.Alarm[] = [];
+  public readonly dashboard: cloudwatch.Dashboard;
+
+  constructor(scope: Construct, id: string, props: MonitoringProps) {
+    super(scope, id);
+
+    this.taskFailureRule = new events.Rule(this, 'TaskFailed', {
+      description: 'pgvault: a backup, verification or restore task stopped with an error',
+      eventPattern: {
+        source: ['aws.ecs'],
+        detailType: ['ECS Task State Change'],
+        detail: {
+          clusterArn: [props.ecsCluster.clusterArn],
+          lastStatus: ['STOPPED'],
+          $or: [
+            { containers: { exitCode: [{ 'anything-but': 0 }] } },
+            { containers: { reason: [{ prefix: 'OutOfMemoryError' }] } },
+            { stopCode: ['TaskFailedToStart'] },
+          ],
+        },
+      },
+    });
+    this.taskFailureRule.addTarget(
+      new targets.SnsTopic(props.topic, {
+        message: events.RuleTargetInput.fromText(
+          `pgvault ALERT: task ${events.EventField.fromPath('$.detail.group')} ` +
+            `(${events.EventField.fromPath('$.detail.taskDefinitionArn')}) stopped: ` +
+            `${events.EventField.fromPath('$.detail.stoppedReason')}; ` +
+            `exit ${events.EventField.fromPath('$.detail.containers[0].exitCode')} ` +
+            `${events.EventField.fromPath('$.detail.containers[0].reason')}. ` +
+            `Task ${events.EventField.fromPath('$.detail.taskArn')}; logs in CloudWatch under the task's stream.`,
+        ),
+      }),
+    );
+
+    // The awslogs driver does not extract EMF: one metric filter per task metric does.
+    for (const key of TASK_METRICS) {
+      const m = METRICS[key];
+      new logs.MetricFilter(this, `TaskMetric-${m.name}`, {
+        logGroup: props.taskLogGroup,
+        metricNamespace: METRIC_NAMESPACE,
+        metricName: m.name,
+        metricValue: `$.${m.name}`,
+        filterPattern: logs.FilterPattern.all(
+          logs.FilterPattern.stringValue('$._aws.CloudWatchMetrics[0].Namespace', '=', METRIC_NAMESPACE),
+          logs.FilterPattern.numberValue(`$.${m.name}`, '>=', 0),
+        ),
+        dimensions: { [CLUSTER_DIMENSION]: `$.${CLUSTER_DIMENSION}` },
+        unit: m.unit === 'None' ? undefined : (m.unit as cloudwatch.Unit),
+      });
+    }
+
+    const t = props.thresholds;
+    const action = new actions.SnsAction(props.topic);
+    const add = (alarm: cloudwatch.Alarm): void => {
+      alarm.addAlarmAction(action);
+      this.alarms.push(alarm);
+    };
+    const metric = (
+      key: MetricKey,
+      cluster: string,
+      statistic: string,
+      period: Duration,
+    ): cloudwatch.Metric =>
+      new cloudwatch.Metric({
+        namespace: METRIC_NAMESPACE,
+        metricName: METRICS[key].name,
+        dimensionsMap: { [CLUSTER_DIMENSION]: cluster },
+        statistic,
+        period,
+      });
+
+    const widgets: cloudwatch.IWidget[][] = [];
+    for (const cluster of props.clusters) {
+      add(
+        metric('backupAgeHours', cluster, 'Maximum', Duration.hours(1)).createAlarm(
+          this,
+          `${cluster}-BackupAge`,
+          {
+            alarmName: `pgvault ${cluster}: newest backup older than ${t.backupAgeHours} h`,
+            threshold: t.backupAgeHours,
+            comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluationPeriods: 1,
+            treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+          },
+        ),
+      );
+      add(
+        metric('rpoSeconds', cluster, 'Maximum', Duration.minutes(5)).createAlarm(this, `${cluster}-Rpo`, {
+          alarmName: `pgvault ${cluster}: RPO over ${t.rpoTargetMinutes} min`,
+          threshold: t.rpoTargetMinutes * 60,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+          evaluationPeriods: 1,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        }),
+      );
+      add(
+        metric('drillRtoSeconds', cluster, 'Maximum', Duration.hours(1)).createAlarm(
+          this,
+          `${cluster}-DrillRto`,
+          {
+            alarmName: `pgvault ${cluster}: drill RTO over ${t.rtoTargetMinutes} min`,
+            threshold: t.rtoTargetMinutes * 60,
+            comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluationPeriods: 1,
+            treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+          },
+        ),
+      );
+      add(
+        metric('backupDurationSeconds', cluster, 'Maximum', Duration.hours(1)).createAlarm(
+          this,
+          `${cluster}-BackupDuration`,
+          {
+            alarmName: `pgvault ${cluster}: backup took over ${t.maxBackupDurationMinutes} min`,
+            threshold: t.maxBackupDurationMinutes * 60,
+            comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluationPeriods: 1,
+            treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+          },
+        ),
+      );
+      // A sudden shrink: the stored size falls below the band learned from earlier backups.
+      const sizeAlarm = new cloudwatch.AnomalyDetectionAlarm(this, `${cluster}-BackupSize`, {
+        alarmName: `pgvault ${cluster}: backup size unusually small`,
+        metric: metric('backupStoredBytes', cluster, 'Minimum', Duration.hours(1)),
+        stdDevs: 3,
+        comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_LOWER_THRESHOLD,
+        evaluationPeriods: 1,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+      add(sizeAlarm);
+      if (props.storageQuotaGb !== undefined) {
+        add(
+          metric('storageUsedPercent', cluster, 'Maximum', Duration.hours(1)).createAlarm(
+            this,
+            `${cluster}-Storage`,
+            {
+              alarmName: `pgvault ${cluster}: vault over ${t.capacityPercent}% of ${props.storageQuotaGb} GB`,
+              threshold: t.capacityPercent,
+              comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+              evaluationPeriods: 1,
+              treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+            },
+          ),
+        );
+      }
+      const receiver = props.walReceivers.get(cluster);
+      if (receiver) {
+        // No CPU samples at all means no receiver task is running: WAL is not being archived.
+        add(
+          receiver
+            .metricCpuUtilization({ statistic: 'SampleCount', period: Duration.minutes(5) })
+            .createAlarm(this, `${cluster}-WalReceiverDown`, {
+              alarmName: `pgvault ${cluster}: wal receive is not running`,
+              threshold: 1,
+              comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+              evaluationPeriods: 2,
+              treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+            }),
+        );
+      }
+      widgets.push([
+        new cloudwatch.TextWidget({ markdown: `## ${cluster}`, width: 24, height: 1 }),
+        new cloudwatch.GraphWidget({
+          title: `${cluster}: backup age (h) and RPO (s)`,
+          left: [metric('backupAgeHours', cluster, 'Maximum', Duration.hours(1))],
+          right: [metric('rpoSeconds', cluster, 'Maximum', Duration.minutes(5))],
+          width: 8,
+        }),
+        new cloudwatch.GraphWidget({
+          title: `${cluster}: backup size and storage (bytes)`,
+          left: [metric('backupStoredBytes', cluster, 'Maximum', Duration.hours(1))],
+          right: [metric('storageUsedBytes', cluster, 'Maximum', Duration.hours(1))],
+          width: 8,
+        }),
+        new cloudwatch.GraphWidget({
+          title: `${cluster}: backup duration and drill RTO (s)`,
+          left: [metric('backupDurationSeconds', cluster, 'Maximum', Duration.hours(1))],
+          right: [metric('drillRtoSeconds', cluster, 'Maximum', Duration.hours(1))],
+          width: 8,
+        }),
+      ]);
+    }
+
+    add(
+      props.deadLetterQueue
+        .metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) })
+        .createAlarm(this, 'ScheduleDeadLetters', {
+          alarmName: 'pgvault: a scheduled job could not be started (dead-letter queue)',
+          threshold: 1,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+          evaluationPeriods: 1,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        }),
+    );
+    const errorMetrics: cloudwatch.IMetric[] = [];
+    for (const [name, fn] of Object.entries(props.functions)) {
+      const errors = fn.metricErrors({ period: Duration.minutes(5), statistic: 'Sum' });
+      errorMetrics.push(errors.with({ label: name }));
+      add(
+        errors.createAlarm(this, `${name}-Errors`, {
+          alarmName: `pgvault: ${name} function failed`,
+          threshold: 1,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+          evaluationPeriods: 1,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        }),
+      );
+    }
+
+    this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', {
+      dashboardName: props.dashboardName,
+      defaultInterval: Duration.days(14),
+      widgets: [
+        [
+          new cloudwatch.AlarmStatusWidget({
+            title: 'pgvault alarms',
+            alarms: this.alarms,
+            width: 24,
+            height: 6,
+          }),
+        ],
+        ...widgets,
+        [
+          new cloudwatch.GraphWidget({ title: 'Function errors', left: errorMetrics, width: 12 }),
+          new cloudwatch.LogQueryWidget({
+            title: 'Task errors (last lines)',
+            logGroupNames: [props.taskLogGroup.logGroupName],
+            queryLines: [
+              'fields @timestamp, @logStream, @message',
+              'filter @message like /pgvault: /',
+              'sort @timestamp desc',
+              'limit 50',
+            ],
+            width: 12,
+          }),
+        ],
+      ],
+    });
+  }
+}

@@ -1,0 +1,332 @@
+import { IgnoreMode, RemovalPolicy, Validations } from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as efs from 'aws-cdk-lib/aws-efs';
+import type * as events from 'aws-cdk-lib/aws-events';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import type * as sns from 'aws-cdk-lib/aws-sns';
+import { Construct } from 'constructs';
+import type { ClusterConfig } from '../config';
+import { repoRoot } from '../paths';
+import type { VaultBucket } from './vault-bucket';
+
+/** Name of the one container in every task definition (TASK_CONTAINER_NAME). */
+export const CONTAINER_NAME = 'pgvault';
+/** Where `wal receive` stages segments: an EFS access point, so a restart loses nothing. */
+export const WAL_RECEIVE_DIR = '/var/lib/pgvault/wal-receive';
+export const REPO_ROOT = repoRoot();
+
+export interface TaskSize {
+  readonly cpu: number;
+  readonly memoryMiB: number;
+  readonly ephemeralStorageGiB: number;
+}
+
+export interface BackupTasksProps {
+  readonly vault: VaultBucket;
+  readonly topic: sns.ITopic;
+  readonly eventBus: events.IEventBus;
+  readonly clusters: readonly ClusterConfig[];
+  /** Clusters that run `pgvault wal receive` as a service. */
+  readonly walReceivers: ReadonlySet<string>;
+  readonly network: {
+    vpcId: string;
+    subnetIds: readonly string[];
+    securityGroupIds: readonly string[];
+    assignPublicIp: boolean;
+  };
+  /** pgvault settings every container shares (CLOUD_*, RETENTION_*, COMPRESSION, ...). */
+  readonly sharedEnvironment: Readonly<Record<string, string>>;
+  readonly task: TaskSize;
+  readonly restoreTask: TaskSize;
+  readonly walReceive: { cpu: number; memoryMiB: number };
+  readonly architecture: 'arm64' | 'x86_64';
+  /** PostgreSQL server majors built into the image (PG_SERVER_VERSIONS). */
+  readonly postgresServerVersions: readonly number[];
+  readonly logRetentionDays: number;
+  /** Test seam: an image other than the Dockerfile build (no asset). @default the tasks/Dockerfile asset */
+  readonly image?: ecs.ContainerImage;
+}
+
+/** One cluster's task definitions and (optional) WAL receiver service. */
+export interface ClusterTasks {
+  /** Backups and deep verification (`TASK_DEFINITION_ARN`). */
+  readonly backup: ecs.FargateTaskDefinition;
+  /** Restores (`RESTORE_TASK_DEFINITION_ARN`): its own role, only the restore Lambda may run it. */
+  readonly restore: ecs.FargateTaskDefinition;
+  readonly walReceiver?: ecs.FargateService;
+}
+
+/**
+ * ECS cluster and Fargate task definitions running the pgvault container. One backup and one restore
+ * task definition per database cluster: each holds that cluster's connection settings and takes its
+ * credentials (PGUSER, PGPASSWORD) from that cluster's secret, which ECS cannot override per run; each
+ * task role may touch only its cluster's folder of the vault.
+ */
+export class BackupTasks extends Construct {
+  public readonly cluster: ecs.Cluster;
+  public readonly logGroup: logs.LogGroup;
+  public readonly image: ecs.ContainerImage;
+  public readonly vpc: ec2.IVpc;
+  public readonly subnets: ec2.ISubnet[];
+  public readonly securityGroups: ec2.ISecurityGroup[];
+  public readonly byCluster = new Map<string, ClusterTasks>();
+  public readonly walFileSystem?: efs.FileSystem;
+
+  constructor(scope: Construct, id: string, props: BackupTasksProps) {
+    super(scope, id);
+    // Imported by id: no lookups, so synth needs no credentials. Only the VPC id is used (ECS cluster, EFS
+    // security group); subnets are always given explicitly, so the placeholder zone is never rendered.
+    this.vpc = ec2.Vpc.fromVpcAttributes(this, 'Vpc', {
+      vpcId: props.network.vpcId,
+      availabilityZones: ['unused'],
+    });
+    this.subnets = props.network.subnetIds.map((sid) => ec2.Subnet.fromSubnetId(this, `Subnet-${sid}`, sid));
+    for (const subnet of this.subnets) {
+      Validations.of(subnet).acknowledge({
+        id: 'Annotation::@aws-cdk/aws-ec2:noSubnetRouteTableId',
+        reason:
+          'Subnets are only passed to tasks, the service and EFS mount targets; no route table is read.',
+      });
+    }
+    this.securityGroups = props.network.securityGroupIds.map((gid) =>
+      ec2.SecurityGroup.fromSecurityGroupId(this, `Sg-${gid}`, gid, { mutable: false }),
+    );
+
+    this.cluster = new ecs.Cluster(this, 'Cluster', { vpc: this.vpc, enableFargateCapacityProviders: true });
+    Validations.of(this.cluster).acknowledge({
+      id: 'AwsSolutions-ECS4',
+      reason:
+        'Container Insights is billed per task; backups are short batch runs whose failures are caught by the ' +
+        'task state-change rule and whose results are pgvault metrics (duration, size, RPO, RTO).',
+    });
+
+    this.logGroup = new logs.LogGroup(this, 'Logs', {
+      retention: props.logRetentionDays as logs.RetentionDays,
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+
+    const platform =
+      props.architecture === 'arm64' ? ecrAssets.Platform.LINUX_ARM64 : ecrAssets.Platform.LINUX_AMD64;
+    this.image =
+      props.image ??
+      ecs.ContainerImage.fromDockerImageAsset(
+        new ecrAssets.DockerImageAsset(this, 'Image', {
+          directory: REPO_ROOT,
+          file: 'tasks/Dockerfile',
+          platform,
+          buildArgs: { PG_SERVER_VERSIONS: props.postgresServerVersions.join(' ') },
+          // The repository root's .dockerignore narrows the context; these are excluded whatever it says.
+          ignoreMode: IgnoreMode.DOCKER,
+          exclude: ['cdk.out', 'node_modules', '.git', 'dist'],
+        }),
+      );
+
+    const needsEfs = props.clusters.some((c) => props.walReceivers.has(c.name));
+    if (needsEfs) {
+      const efsSecurityGroup = new ec2.SecurityGroup(this, 'WalFsSecurityGroup', {
+        vpc: this.vpc,
+        description: 'pgvault wal receive staging (NFS from the task security groups)',
+        allowAllOutbound: false,
+      });
+      for (const sg of this.securityGroups)
+        efsSecurityGroup.addIngressRule(sg, ec2.Port.tcp(2049), 'NFS from pgvault tasks');
+      this.walFileSystem = new efs.FileSystem(this, 'WalFs', {
+        vpc: this.vpc,
+        vpcSubnets: { subnets: this.subnets },
+        securityGroup: efsSecurityGroup,
+        encrypted: true,
+        // Staging only: segments leave it as soon as they are stored in the vault.
+        removalPolicy: RemovalPolicy.DESTROY,
+      });
+    }
+
+    for (const c of props.clusters) {
+      const env: Record<string, string> = {
+        ...props.sharedEnvironment,
+        CLUSTER_NAME: c.name,
+        PGHOST: c.host,
+        PGPORT: String(c.port),
+        PGDATABASE: c.database,
+        DEPLOYMENT_MODE: c.mode,
+        ...(c.patroniUrl ? { PATRONI_URL: c.patroniUrl } : {}),
+        ...(c.citusCoordinator ? { CITUS_COORDINATOR: c.citusCoordinator } : {}),
+      };
+      const credentials = secretsmanager.Secret.fromSecretAttributes(this, `Credentials-${c.name}`, {
+        secretCompleteArn: c.credentialsSecretArn,
+        encryptionKey: c.credentialsKmsKeyArn
+          ? kms.Key.fromKeyArn(this, `CredentialsKey-${c.name}`, c.credentialsKmsKeyArn)
+          : undefined,
+      });
+      const secrets: Record<string, ecs.Secret> = {
+        ENCRYPTION_KEY: ecs.Secret.fromSecretsManager(props.vault.passphrase),
+        PGUSER: ecs.Secret.fromSecretsManager(credentials, 'username'),
+        PGPASSWORD: ecs.Secret.fromSecretsManager(credentials, 'password'),
+      };
+
+      const backup = this.taskDefinition(
+        `Backup-${c.name}`,
+        props,
+        props.task,
+        env,
+        secrets,
+        c.name,
+        'backup',
+      );
+      // Backups write and undo (delete what an interrupted run stored); verification and drills write drills/.
+      props.vault.grantRepository(backup.taskRole, {
+        read: true,
+        write: true,
+        delete: true,
+        cluster: c.name,
+      });
+
+      const restore = this.taskDefinition(
+        `Restore-${c.name}`,
+        props,
+        props.restoreTask,
+        env,
+        secrets,
+        c.name,
+        'restore',
+      );
+      props.vault.grantRepository(restore.taskRole, { read: true, cluster: c.name });
+      // Restore tests and drills record their measured RTO.
+      props.vault.grantRepository(restore.taskRole, { write: true, cluster: c.name, folder: 'drills' });
+
+      let walReceiver: ecs.FargateService | undefined;
+      if (props.walReceivers.has(c.name) && this.walFileSystem) {
+        walReceiver = this.walReceiver(c.name, props, env, secrets, this.walFileSystem);
+      }
+      this.byCluster.set(c.name, { backup, restore, walReceiver });
+    }
+  }
+
+  private taskDefinition(
+    id: string,
+    props: BackupTasksProps,
+    size: { cpu: number; memoryMiB: number; ephemeralStorageGiB?: number },
+    environment: Record<string, string>,
+    secrets: Record<string, ecs.Secret>,
+    cluster: string,
+    kind: string,
+  ): ecs.FargateTaskDefinition {
+    const def = new ecs.FargateTaskDefinition(this, id, {
+      family: `pgvault-${kind}-${cluster}`,
+      cpu: size.cpu,
+      memoryLimitMiB: size.memoryMiB,
+      ephemeralStorageGiB: size.ephemeralStorageGiB,
+      runtimePlatform: {
+        cpuArchitecture:
+          props.architecture === 'arm64' ? ecs.CpuArchitecture.ARM64 : ecs.CpuArchitecture.X86_64,
+        operatingSystemFamily: ecs.OperatingSystemFamily.LINUX,
+      },
+    });
+    def.addContainer(CONTAINER_NAME, {
+      image: this.image,
+      essential: true,
+      // The dispatcher overrides the command with pgvault's arguments (["backup","full","daily"], ...).
+      command: ['backup', 'stats'],
+      environment,
+      secrets,
+      logging: ecs.LogDrivers.awsLogs({ logGroup: this.logGroup, streamPrefix: `${kind}-${cluster}` }),
+    });
+    // Every task may alert (SNS) and report lifecycle events; nothing else outside the vault.
+    props.topic.grantPublish(def.taskRole);
+    props.eventBus.grantPutEventsTo(def.taskRole);
+    acknowledgeTaskDefinition(def);
+    return def;
+  }
+
+  private walReceiver(
+    cluster: string,
+    props: BackupTasksProps,
+    env: Record<string, string>,
+    secrets: Record<string, ecs.Secret>,
+    fileSystem: efs.FileSystem,
+  ): ecs.FargateService {
+    const accessPoint = fileSystem.addAccessPoint(`WalAccessPoint-${cluster}`, {
+      path: `/wal-receive/${cluster}`,
+      createAcl: { ownerUid: '1000', ownerGid: '1000', permissions: '700' },
+      posixUser: { uid: '1000', gid: '1000' },
+    });
+    const def = new ecs.FargateTaskDefinition(this, `WalReceive-${cluster}`, {
+      family: `pgvault-wal-receive-${cluster}`,
+      cpu: props.walReceive.cpu,
+      memoryLimitMiB: props.walReceive.memoryMiB,
+      runtimePlatform: {
+        cpuArchitecture:
+          props.architecture === 'arm64' ? ecs.CpuArchitecture.ARM64 : ecs.CpuArchitecture.X86_64,
+        operatingSystemFamily: ecs.OperatingSystemFamily.LINUX,
+      },
+      volumes: [
+        {
+          name: 'wal-receive',
+          efsVolumeConfiguration: {
+            fileSystemId: fileSystem.fileSystemId,
+            transitEncryption: 'ENABLED',
+            authorizationConfig: { accessPointId: accessPoint.accessPointId, iam: 'ENABLED' },
+          },
+        },
+      ],
+    });
+    const container = def.addContainer(CONTAINER_NAME, {
+      image: this.image,
+      essential: true,
+      command: ['wal', 'receive'],
+      environment: { ...env, WAL_RECEIVE_DIR },
+      secrets,
+      logging: ecs.LogDrivers.awsLogs({ logGroup: this.logGroup, streamPrefix: `wal-receive-${cluster}` }),
+    });
+    container.addMountPoints({
+      containerPath: WAL_RECEIVE_DIR,
+      sourceVolume: 'wal-receive',
+      readOnly: false,
+    });
+    fileSystem.grant(def.taskRole, 'elasticfilesystem:ClientMount', 'elasticfilesystem:ClientWrite');
+    props.vault.grantRepository(def.taskRole, { read: true, write: true, cluster, folder: 'wal' });
+    props.topic.grantPublish(def.taskRole);
+    props.eventBus.grantPutEventsTo(def.taskRole);
+    acknowledgeTaskDefinition(def);
+
+    return new ecs.FargateService(this, `WalReceiver-${cluster}`, {
+      cluster: this.cluster,
+      taskDefinition: def,
+      serviceName: `pgvault-wal-receive-${cluster}`,
+      desiredCount: 1,
+      // One pg_receivewal per replication slot: the old task stops before the new one starts.
+      minHealthyPercent: 0,
+      maxHealthyPercent: 100,
+      vpcSubnets: { subnets: this.subnets },
+      securityGroups: this.securityGroups,
+      assignPublicIp: props.network.assignPublicIp,
+      platformVersion: ecs.FargatePlatformVersion.LATEST,
+      circuitBreaker: { enable: true, rollback: true },
+    });
+  }
+}
+
+/** The findings every pgvault task definition carries, with why they are accepted. */
+function acknowledgeTaskDefinition(def: ecs.FargateTaskDefinition): void {
+  Validations.of(def).acknowledge(
+    {
+      id: 'AwsSolutions-ECS2',
+      reason:
+        'Environment variables hold non-secret settings only (bucket, prefix, host, retention); the passphrase ' +
+        'and database credentials come from Secrets Manager as ECS secrets.',
+    },
+    {
+      id: 'AwsSolutions-IAM5[Resource::*]',
+      reason:
+        'ecr:GetAuthorizationToken (execution role, pulling the image) has no resource to name; IAM requires *.',
+    },
+    {
+      id: 'AwsSolutions-IAM5[Action::kms:GenerateDataKey*]',
+      reason:
+        'Publishing to the KMS-encrypted alert topic needs GenerateDataKey* on its key (the one key is named).',
+    },
+  );
+}

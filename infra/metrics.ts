@@ -1,0 +1,44 @@
+/**
+ * The metric contract between infra/ (alarms, dashboard) and the code that publishes (functions/, the
+ * container). Publishers print CloudWatch Embedded Metric Format lines on stdout:
+ *
+ *   {"_aws":{"Timestamp":1767225600000,"CloudWatchMetrics":[{"Namespace":"pgvault","Dimensions":[["Cluster"]],
+ *     "Metrics":[{"Name":"BackupDurationSeconds","Unit":"Seconds"}]}]},"Cluster":"main","BackupDurationSeconds":812}
+ *
+ * core/events.ts (emitMetrics) writes them; the names below are the ones it uses.
+ *
+ * Lambda turns such lines into metrics by itself; the task log group has one metric filter per metric
+ * below doing the same for Fargate (the awslogs driver does not extract EMF). Nothing needs
+ * cloudwatch:PutMetricData.
+ */
+export const METRIC_NAMESPACE = 'pgvault';
+export const CLUSTER_DIMENSION = 'Cluster';
+
+export const METRICS = {
+  /** Hours since the newest complete full or base backup finished (report, verify). */
+  backupAgeHours: { name: 'BackupAgeHours', unit: 'None' },
+  /** Stored bytes of a backup that just completed (backup task). */
+  backupStoredBytes: { name: 'BackupStoredBytes', unit: 'Bytes' },
+  /** Seconds a backup took (backup task). */
+  backupDurationSeconds: { name: 'BackupDurationSeconds', unit: 'Seconds' },
+  /** 1 per failed backup command (backup task). */
+  backupFailed: { name: 'BackupFailed', unit: 'Count' },
+  /** Measured RPO: now minus the newest recoverable point (report, verify). */
+  rpoSeconds: { name: 'RpoSeconds', unit: 'Seconds' },
+  /** RTO measured by the newest drill or restore test (verify/drill task). */
+  drillRtoSeconds: { name: 'DrillRtoSeconds', unit: 'Seconds' },
+  /** Bytes the cluster's folder holds in the vault, and that as a share of STORAGE_QUOTA_GB (report). */
+  storageUsedBytes: { name: 'StorageUsedBytes', unit: 'Bytes' },
+  storageUsedPercent: { name: 'StorageUsedPercent', unit: 'Percent' },
+} as const;
+export type MetricKey = keyof typeof METRICS;
+
+/** Metrics the tasks publish (metric filters on the task log group turn their EMF lines into metrics). */
+export const TASK_METRICS: readonly MetricKey[] = [
+  'backupStoredBytes',
+  'backupDurationSeconds',
+  'backupFailed',
+  'rpoSeconds',
+  'drillRtoSeconds',
+  'backupAgeHours',
+];

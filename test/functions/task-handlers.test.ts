@@ -1,0 +1,507 @@
+import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
+import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
+import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { PublishCommand, SNSClient } from '@aws-sdk/client-sns';
+import { mockClient } from 'aws-sdk-client-mock';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { parseConfig } from '../../core/config';
+import { createTargets } from '../../core/storage';
+import { DISPATCH_COMMANDS, handler as dispatch } from '../../functions/dispatch';
+import { forgetCachedPassphrase } from '../../functions/env';
+import { handler as restore } from '../../functions/restore';
+import { type S3TestServer, startS3Server } from '../helpers/s3-server';
+import { storeBackup } from '../integration/report-fixture';
+
+/**
+ * The functions that start Fargate tasks: the exact RunTask request for every schedule payload and
+ * every restore payload type, the per-cluster task definitions, the "started" lifecycle event, and
+ * bad payloads refused with one line naming the field and no task started.
+ */
+
+const ecs = mockClient(ECSClient);
+const events = mockClient(EventBridgeClient);
+const secrets = mockClient(SecretsManagerClient);
+const sns = mockClient(SNSClient);
+
+const ECS_CLUSTER = 'arn:aws:ecs:eu-west-1:123456789012:cluster/pgvault';
+const TASK_DEF = 'arn:aws:ecs:eu-west-1:123456789012:task-definition/pgvault-task:3';
+const RESTORE_DEF = 'arn:aws:ecs:eu-west-1:123456789012:task-definition/pgvault-restore:3';
+const CRM_TASK_DEF = 'arn:aws:ecs:eu-west-1:123456789012:task-definition/pgvault-crm:1';
+const CRM_RESTORE_DEF = 'arn:aws:ecs:eu-west-1:123456789012:task-definition/pgvault-crm-restore:1';
+const TASK_ARN = 'arn:aws:ecs:eu-west-1:123456789012:task/pgvault/0123456789abcdef';
+const BUS = 'pgvault-events';
+const TOPIC = 'arn:aws:sns:eu-west-1:123456789012:pgvault-alerts';
+
+const CLUSTERS = [
+  {
+    name: 'main',
+    mode: 'single-node',
+    host: 'db.internal',
+    port: 5432,
+    database: 'postgres',
+    credentialsSecretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:main-db',
+  },
+  {
+    name: 'crm',
+    mode: 'patroni',
+    host: 'crm-leader.internal',
+    port: 6432,
+    database: 'crm',
+    credentialsSecretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:crm-db',
+    patroniUrl: 'http://crm-1.internal:8008',
+    taskDefinitionArn: CRM_TASK_DEF,
+    restoreTaskDefinitionArn: CRM_RESTORE_DEF,
+  },
+];
+
+let s3: S3TestServer;
+const ENV = {
+  AWS_REGION: 'eu-west-1',
+  CLOUD_PROVIDER: 's3',
+  CLOUD_BUCKET: 'pgvault-vault',
+  CLOUD_PREFIX: 'vault',
+  LOCAL_COPY: 'false',
+  ENCRYPTION: 'true',
+  ENCRYPTION_KEY_SECRET_ARN: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgvault-key',
+  EVENT_BUS_NAME: BUS,
+  SNS_TOPIC_ARN: TOPIC,
+  ECS_CLUSTER_ARN: ECS_CLUSTER,
+  TASK_DEFINITION_ARN: TASK_DEF,
+  RESTORE_TASK_DEFINITION_ARN: RESTORE_DEF,
+  TASK_CONTAINER_NAME: 'pgvault',
+  SUBNET_IDS: 'subnet-aaa, subnet-bbb',
+  SECURITY_GROUP_IDS: 'sg-111',
+  ASSIGN_PUBLIC_IP: 'false',
+  PGVAULT_CLUSTERS: JSON.stringify(CLUSTERS),
+  PGVAULT_METRICS: 'off',
+};
+
+const MAIN_ENVIRONMENT = [
+  { name: 'CLUSTER_NAME', value: 'main' },
+  { name: 'PGHOST', value: 'db.internal' },
+  { name: 'PGPORT', value: '5432' },
+  { name: 'PGDATABASE', value: 'postgres' },
+  { name: 'DEPLOYMENT_MODE', value: 'single-node' },
+];
+
+function expectedRunTask(command: string[], taskDefinition: string, startedBy: string) {
+  return {
+    cluster: ECS_CLUSTER,
+    taskDefinition,
+    launchType: 'FARGATE',
+    startedBy,
+    networkConfiguration: {
+      awsvpcConfiguration: {
+        subnets: ['subnet-aaa', 'subnet-bbb'],
+        securityGroups: ['sg-111'],
+        assignPublicIp: 'DISABLED',
+      },
+    },
+    overrides: { containerOverrides: [{ name: 'pgvault', command, environment: MAIN_ENVIRONMENT }] },
+  };
+}
+
+function putEvents(): {
+  DetailType?: string;
+  Source?: string;
+  EventBusName?: string;
+  detail: Record<string, unknown>;
+}[] {
+  return events.commandCalls(PutEventsCommand).map((c) => {
+    const e = c.args[0].input.Entries![0]!;
+    return {
+      DetailType: e.DetailType,
+      Source: e.Source,
+      EventBusName: e.EventBusName,
+      detail: JSON.parse(e.Detail!),
+    };
+  });
+}
+
+const savedEnv = { ...process.env };
+/** The restore function looks the backup up in the catalog (s3rver): the cluster's newest full backup. */
+const FULL_LATEST = 'full-daily-20260212-020000';
+
+function s3Env(): Record<string, string> {
+  return {
+    S3_ENDPOINT: s3.endpoint,
+    AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
+  };
+}
+
+beforeAll(async () => {
+  s3 = await startS3Server('pgvault-vault');
+  process.env = { ...savedEnv, ...ENV, ...s3Env() };
+  const store = (
+    cluster: string,
+    type: 'full' | 'base',
+    schedule: 'daily' | 'weekly' | 'manual',
+    iso: string,
+    databases: Record<string, number>,
+  ) =>
+    storeBackup(
+      createTargets(parseConfig({ ...ENV, ...s3Env(), CLUSTER_NAME: cluster, ENCRYPTION: 'false' })),
+      cluster,
+      { type, schedule, at: new Date(iso), databases },
+    );
+  const both = { app: 1000, crm: 1000 };
+  await store('main', 'full', 'weekly', '2026-02-08T03:00:00Z', both);
+  await store('main', 'base', 'weekly', '2026-02-09T03:00:00Z', { '-': 1000 });
+  await store('main', 'full', 'manual', '2026-02-11T02:00:00Z', { app: 1000 });
+  await store('main', 'full', 'daily', '2026-02-12T02:00:00Z', both);
+  await store('crm', 'full', 'daily', '2026-02-12T02:00:00Z', { crm: 1000 });
+});
+
+beforeEach(() => {
+  for (const m of [ecs, events, secrets, sns]) m.reset();
+  ecs.on(RunTaskCommand).resolves({ tasks: [{ taskArn: TASK_ARN }], failures: [] });
+  events.on(PutEventsCommand).resolves({ FailedEntryCount: 0, Entries: [{ EventId: 'e-1' }] });
+  secrets.on(GetSecretValueCommand).resolves({ SecretString: 'never-read-by-these-functions' });
+  sns.on(PublishCommand).resolves({ MessageId: 'm-1' });
+  process.env = { ...savedEnv, ...ENV, ...s3Env() };
+  forgetCachedPassphrase();
+});
+
+afterAll(async () => {
+  process.env = savedEnv;
+  for (const m of [ecs, events, secrets, sns]) m.restore();
+  await s3?.stop();
+});
+
+describe('dispatch', () => {
+  it.each(DISPATCH_COMMANDS.map((c) => [c.join(' '), c]))(
+    'starts `pgvault %s` with the exact RunTask request',
+    async (_name, command) => {
+      // Prepare
+      const payload = { cluster: 'main', command: [...command] };
+
+      // Act
+      const result = await dispatch(payload);
+
+      // Assess
+      expect(result).toEqual({ cluster: 'main', command, taskArn: TASK_ARN });
+      const calls = ecs.commandCalls(RunTaskCommand);
+      expect(calls).toHaveLength(1);
+      expect(calls[0]!.args[0].input).toEqual(expectedRunTask([...command], TASK_DEF, 'pgvault-dispatch'));
+      // Starting a task needs no key: the secret is never read by the dispatcher.
+      expect(secrets.commandCalls(GetSecretValueCommand)).toHaveLength(0);
+    },
+  );
+
+  it('puts a "Backup Started" event naming the task, and uses the cluster\'s own task definition', async () => {
+    // Prepare
+    process.env.ASSIGN_PUBLIC_IP = 'true';
+
+    // Act
+    await dispatch({ cluster: 'crm', command: ['backup', 'full', 'weekly'] });
+
+    // Assess
+    const input = ecs.commandCalls(RunTaskCommand)[0]!.args[0].input;
+    expect(input.taskDefinition).toBe(CRM_TASK_DEF);
+    expect(input.networkConfiguration?.awsvpcConfiguration?.assignPublicIp).toBe('ENABLED');
+    expect(input.overrides?.containerOverrides?.[0]?.environment).toEqual([
+      { name: 'CLUSTER_NAME', value: 'crm' },
+      { name: 'PGHOST', value: 'crm-leader.internal' },
+      { name: 'PGPORT', value: '6432' },
+      { name: 'PGDATABASE', value: 'crm' },
+      { name: 'DEPLOYMENT_MODE', value: 'patroni' },
+      { name: 'PATRONI_URL', value: 'http://crm-1.internal:8008' },
+    ]);
+    const [put] = putEvents();
+    expect(put).toMatchObject({ Source: 'pgvault', DetailType: 'Backup Started', EventBusName: BUS });
+    expect(put!.detail).toEqual({
+      version: 1,
+      outcome: 'started',
+      cluster: 'crm',
+      command: 'backup full weekly',
+      origin: 'lambda:dispatch',
+      taskArn: TASK_ARN,
+      backupType: 'full',
+      schedule: 'weekly',
+      startedAt: expect.any(String),
+      host: expect.any(String),
+      at: expect.any(String),
+    });
+  });
+
+  it.each([
+    [
+      { cluster: 'main', command: ['backup', 'full', 'hourly'] },
+      'invalid payload: "command": ["backup","full","hourly"] is not a command the dispatcher starts',
+    ],
+    [
+      { cluster: 'main', command: ['restore', 'full', 'latest'] },
+      '"command": ["restore","full","latest"] is not a command',
+    ],
+    [
+      { cluster: 'main', command: ['backup', 'full', 'daily', '--database', 'x'] },
+      'is not a command the dispatcher starts',
+    ],
+    [
+      { cluster: 'main', command: 'backup full daily' },
+      'invalid payload: "command": Invalid input: expected array',
+    ],
+    [{ cluster: 'main' }, 'invalid payload: "command" is required'],
+    [{ command: ['drill'] }, 'invalid payload: "cluster" is required'],
+    [
+      { cluster: 'nope', command: ['drill'] },
+      'invalid payload: "cluster": nope is not a cluster of this deployment; use one of main, crm',
+    ],
+    [{ cluster: 'main', command: ['drill'], extra: 1 }, 'invalid payload: unknown field "extra"'],
+    ['not json', 'invalid payload: not a JSON object'],
+  ])('refuses %j with one line naming the field, and starts nothing', async (payload, message) => {
+    // Act
+    const failure = dispatch(payload).catch((err: Error) => err);
+
+    // Assess
+    const err = (await failure) as Error;
+    expect(err.name).toBe('InvalidPayloadError');
+    expect(err.message).toContain(message);
+    expect(err.message.split('\n')).toHaveLength(1);
+    expect(ecs.commandCalls(RunTaskCommand)).toHaveLength(0);
+    expect(events.commandCalls(PutEventsCommand)).toHaveLength(0);
+  });
+
+  it('turns a RunTask response with failures into an error naming the reason, a failure event and an alert', async () => {
+    // Prepare
+    ecs.on(RunTaskCommand).resolves({
+      tasks: [],
+      failures: [{ arn: TASK_DEF, reason: 'RESOURCE:MEMORY', detail: 'no capacity' }],
+    });
+    const warn = vi.spyOn(console, 'warn').mockImplementation(() => {});
+
+    // Act
+    const err = (await dispatch({ cluster: 'main', command: ['backup', 'base', 'weekly'] }).catch(
+      (e: Error) => e,
+    )) as Error;
+    warn.mockRestore();
+
+    // Assess
+    expect(err.name).toBe('TaskStartError');
+    expect(err.message).toBe(
+      `ECS did not start pgvault backup base weekly for cluster main: RESOURCE:MEMORY (no capacity) for ${TASK_DEF}; check the task definition, subnets and capacity, then invoke again`,
+    );
+    const [put] = putEvents();
+    expect(put).toMatchObject({ DetailType: 'Backup Failed' });
+    expect(put!.detail).toMatchObject({ cluster: 'main', command: 'backup base weekly', error: err.message });
+    const alert = sns.commandCalls(PublishCommand)[0]!.args[0].input;
+    expect(alert.Subject).toContain('backup failed (pgvault backup base)');
+  });
+
+  it('names a missing deployment setting', async () => {
+    // Prepare
+    delete process.env.SUBNET_IDS;
+
+    // Act
+    const err = (await dispatch({ cluster: 'main', command: ['drill'] }).catch((e: Error) => e)) as Error;
+
+    // Assess
+    expect(err.message).toBe('SUBNET_IDS is not set; the stack sets it');
+    expect(ecs.commandCalls(RunTaskCommand)).toHaveLength(0);
+  });
+});
+
+describe('restore', () => {
+  it.each([
+    [
+      'full, latest, same name',
+      { type: 'full', cluster: 'main', database: 'app' },
+      ['restore', 'full', FULL_LATEST, 'app', '--from', 'app'],
+    ],
+    [
+      'full into another database, replacing it',
+      {
+        type: 'full',
+        cluster: 'main',
+        backup: 'full-daily-20260212-020000',
+        from: 'app',
+        targetDatabase: 'app_copy',
+        clean: true,
+      },
+      ['restore', 'full', 'full-daily-20260212-020000', 'app_copy', '--from', 'app', '--clean'],
+    ],
+    [
+      'full of a one-database backup',
+      { type: 'full', cluster: 'main', backup: 'full-manual-20260211-020000' },
+      ['restore', 'full', 'full-manual-20260211-020000'],
+    ],
+    [
+      'partial table',
+      { type: 'partial', cluster: 'main', database: 'app', table: 'sales.orders' },
+      ['restore', 'partial', FULL_LATEST, 'table', 'sales.orders', 'app', '--from', 'app'],
+    ],
+    [
+      'partial schema into another database',
+      { type: 'partial', cluster: 'main', database: 'app', schema: 'sales', targetDatabase: 'scratch' },
+      ['restore', 'partial', FULL_LATEST, 'schema', 'sales', 'scratch', '--from', 'app'],
+    ],
+    [
+      'pitr to a time',
+      { type: 'pitr', cluster: 'main', database: 'app', time: '2026-02-12 10:30:00' },
+      ['restore', 'pitr', 'auto', 'app', '--target-time', '2026-02-12 10:30:00', '--from', 'app'],
+    ],
+    [
+      'pitr to an LSN into another database',
+      {
+        type: 'pitr',
+        cluster: 'main',
+        backup: 'latest',
+        database: 'app',
+        targetDatabase: 'app_then',
+        lsn: '0/5000028',
+      },
+      ['restore', 'pitr', 'latest', 'app_then', '--target-lsn', '0/5000028', '--from', 'app'],
+    ],
+    [
+      'pitr to an xid',
+      {
+        type: 'pitr',
+        cluster: 'main',
+        backup: 'base-weekly-20260209-030000',
+        targetDatabase: 'app',
+        xid: 7415,
+      },
+      ['restore', 'pitr', 'base-weekly-20260209-030000', 'app', '--target-xid', '7415'],
+    ],
+    [
+      'pitr to a restore point',
+      { type: 'pitr', cluster: 'main', database: 'app', name: 'before-migration' },
+      ['restore', 'pitr', 'auto', 'app', '--target-name', 'before-migration', '--from', 'app'],
+    ],
+    [
+      'pitr, immediate',
+      { type: 'pitr', cluster: 'main', database: 'app', immediate: true },
+      ['restore', 'pitr', 'auto', 'app', '--immediate', '--from', 'app'],
+    ],
+    ['test', { type: 'test', cluster: 'main' }, ['restore', 'test', FULL_LATEST]],
+    [
+      'test of one database',
+      { type: 'test', cluster: 'main', backup: 'full-weekly-20260208-030000', database: 'app' },
+      ['restore', 'test', 'full-weekly-20260208-030000', '--from', 'app'],
+    ],
+  ])('%s: starts the restore task with the matching pgvault command', async (_name, payload, command) => {
+    // Act
+    const result = await restore(payload);
+
+    // Assess
+    expect(result).toEqual({ taskArn: TASK_ARN, command });
+    const calls = ecs.commandCalls(RunTaskCommand);
+    expect(calls).toHaveLength(1);
+    expect(calls[0]!.args[0].input).toEqual(expectedRunTask(command, RESTORE_DEF, 'pgvault-restore'));
+    const [put] = putEvents();
+    expect(put).toMatchObject({ DetailType: 'Restore Started' });
+    expect(put!.detail).toMatchObject({ cluster: 'main', command: command.join(' '), taskArn: TASK_ARN });
+    expect(secrets.commandCalls(GetSecretValueCommand)).toHaveLength(0);
+  });
+
+  it("uses the cluster's own restore task definition", async () => {
+    // Act
+    await restore({ type: 'test', cluster: 'crm' });
+
+    // Assess
+    expect(ecs.commandCalls(RunTaskCommand)[0]!.args[0].input.taskDefinition).toBe(CRM_RESTORE_DEF);
+  });
+
+  it.each([
+    [
+      { type: 'everything', cluster: 'main' },
+      'invalid payload: "type": use one of full, partial, pitr, test',
+    ],
+    [{ cluster: 'main' }, 'invalid payload: "type": use one of full, partial, pitr, test'],
+    [{ type: 'full' }, 'invalid payload: "cluster" is required'],
+    [
+      { type: 'full', cluster: 'main', backup: 'yesterday' },
+      'invalid payload: "backup": use a backup id (full-daily-20260212-020000) or "latest"',
+    ],
+    [{ type: 'full', cluster: 'main', backup: 'auto' }, 'invalid payload: "backup": use a backup id'],
+    [
+      { type: 'full', cluster: 'main', database: '--clean' },
+      'invalid payload: "database": must not start with "-"',
+    ],
+    [
+      { type: 'full', cluster: 'main', targetDatabase: 'x'.repeat(64) },
+      'invalid payload: "targetDatabase": longer than 63 bytes',
+    ],
+    [
+      { type: 'full', cluster: 'main', database: 'a', from: 'b' },
+      'invalid payload: "from": names b but "database" names a; give one of them',
+    ],
+    [{ type: 'full', cluster: 'main', time: '2026-02-12 10:30:00' }, 'invalid payload: unknown field "time"'],
+    [
+      { type: 'partial', cluster: 'main', database: 'app' },
+      'invalid payload: "table": give either "table" or "schema", one of them',
+    ],
+    [
+      { type: 'partial', cluster: 'main', table: 't', schema: 's' },
+      'invalid payload: "schema": give either "table" or "schema", one of them',
+    ],
+    [{ type: 'pitr', cluster: 'main', database: 'app' }, 'invalid payload: "time": give the recovery target'],
+    [
+      { type: 'pitr', cluster: 'main', database: 'app', time: '2026-02-12 10:30:00', xid: 5 },
+      'invalid payload: "xid": give one recovery target, not time and xid',
+    ],
+    [
+      { type: 'pitr', cluster: 'main', database: 'app', time: 'yesterday noon' },
+      'invalid payload: "time": yesterday noon is not a time',
+    ],
+    [{ type: 'pitr', cluster: 'main', database: 'app', lsn: 'zz' }, 'invalid payload: "lsn":'],
+    [
+      { type: 'pitr', cluster: 'main', database: 'app', xid: 'abc' },
+      'invalid payload: "xid": --target-xid abc is not a transaction id',
+    ],
+    [{ type: 'pitr', cluster: 'main', database: 'app', immediate: false }, 'invalid payload: "immediate":'],
+    [
+      { type: 'pitr', cluster: 'main', time: '2026-02-12 10:30:00' },
+      'invalid payload: "database": name the database to recover',
+    ],
+    [
+      { type: 'test', cluster: 'main', targetDatabase: 'x' },
+      'invalid payload: unknown field "targetDatabase"',
+    ],
+    [
+      { type: 'test', cluster: 'other' },
+      'invalid payload: "cluster": other is not a cluster of this deployment',
+    ],
+    [
+      { type: 'full', cluster: 'main', backup: 'full-daily-20200101-000000' },
+      'invalid payload: "backup": backup full-daily-20200101-000000 not found in s3://pgvault-vault/vault',
+    ],
+    [
+      { type: 'full', cluster: 'main', backup: 'base-weekly-20260209-030000' },
+      'invalid payload: "backup": base-weekly-20260209-030000 is a base backup; a full restore needs a full backup',
+    ],
+    [
+      {
+        type: 'pitr',
+        cluster: 'main',
+        backup: 'full-weekly-20260208-030000',
+        database: 'app',
+        immediate: true,
+      },
+      'invalid payload: "backup": full-weekly-20260208-030000 is a full backup; PITR needs a base backup',
+    ],
+    [
+      { type: 'full', cluster: 'main' },
+      `invalid payload: "database": backup ${FULL_LATEST} holds several databases (app, crm); name the one to restore in "database"`,
+    ],
+    [
+      { type: 'partial', cluster: 'main', database: 'nope', table: 't' },
+      `invalid payload: "database": backup ${FULL_LATEST} has no database "nope"; it holds app, crm`,
+    ],
+    [
+      { type: 'test', cluster: 'main', backup: 'full-manual-20260211-020000', from: 'crm' },
+      'invalid payload: "database": backup full-manual-20260211-020000 has no database "crm"; it holds app',
+    ],
+  ])('refuses %j with one line naming the field, and starts nothing', async (payload, message) => {
+    // Act
+    const err = (await restore(payload).catch((e: Error) => e)) as Error;
+
+    // Assess
+    expect(err.name).toBe('InvalidPayloadError');
+    expect(err.message).toContain(message);
+    expect(err.message.split('\n')).toHaveLength(1);
+    expect(ecs.commandCalls(RunTaskCommand)).toHaveLength(0);
+    expect(events.commandCalls(PutEventsCommand)).toHaveLength(0);
+  });
+});

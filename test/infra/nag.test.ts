@@ -1,0 +1,58 @@
+import { Validations } from 'aws-cdk-lib';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import type { IConstruct } from 'constructs';
+import { describe, expect, it } from 'vitest';
+import { buildStack, testConfig } from './synth';
+
+const ACKNOWLEDGED = 'aws:cdk:acknowledged-rules';
+
+function acknowledgements(root: IConstruct): Array<{ path: string; id: string; reason: unknown }> {
+  return root.node.findAll().flatMap((c) =>
+    c.node.metadata
+      .filter((m) => m.type === ACKNOWLEDGED)
+      // Each entry maps a rule id to its reason: { "Annotation::AwsSolutions-S1": "why" }.
+      .flatMap((m) => Object.entries(m.data as Record<string, unknown>))
+      .map(([id, reason]) => ({ path: c.node.path, id, reason })),
+  );
+}
+
+describe('cdk-nag AwsSolutions', () => {
+  it('runs at synth and throws on an unacknowledged finding (the check below is real)', () => {
+    const { app, stack } = buildStack(testConfig());
+    new sqs.Queue(stack, 'Unacknowledged');
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+    expect(() => app.synth()).toThrow(/AwsSolutions-SQS[34]/);
+  }, 120_000);
+
+  it('the example configuration has no unacknowledged finding, and every acknowledgement has its reason', () => {
+    const { app } = buildStack(testConfig());
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+    // Synth throws the list of findings that are not acknowledged.
+    expect(() => app.synth()).not.toThrow();
+    const acks = acknowledgements(app);
+    expect(acks.length).toBeGreaterThan(10);
+    for (const a of acks) {
+      expect(typeof a.reason, `${a.path} ${a.id}`).toBe('string');
+      expect((a.reason as string).length, `${a.path} ${a.id}`).toBeGreaterThan(30);
+    }
+    // Nothing is acknowledged wholesale on the stack or app: each finding on the construct it concerns.
+    expect(acks.filter((a) => !a.path.includes('/'))).toEqual([]);
+  }, 120_000);
+
+  it('also holds for a single cluster, no Object Lock, no WAL receiving, no prefix', () => {
+    const base = testConfig();
+    const { app } = buildStack(
+      testConfig({
+        clusters: [base.clusters[0]!],
+        bucket: { ...base.bucket, prefix: '', objectLock: null },
+        walReceive: { ...base.walReceive, enabled: false },
+        physicalBackups: false,
+        storageQuotaGb: undefined,
+        alerts: { ...base.alerts, emails: [] },
+      }),
+    );
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+    expect(() => app.synth()).not.toThrow();
+  }, 120_000);
+});

@@ -1,0 +1,61 @@
+import { App } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import {
+  type DeployConfig,
+  type DeployConfigInput,
+  EXAMPLE_CONFIG_PATH,
+  loadDeployConfig,
+  parseDeployConfig,
+} from '../../infra/config';
+import { PgvaultStack } from '../../infra/stack';
+
+/** A test config: the example's with overrides (top-level keys replaced). */
+export function testConfig(overrides: Partial<DeployConfigInput> = {}): DeployConfig {
+  const example = loadDeployConfig(EXAMPLE_CONFIG_PATH);
+  return parseDeployConfig({ ...JSON.parse(JSON.stringify(example)), ...overrides }, 'test');
+}
+
+export interface SynthOptions {
+  /** Bundle the functions with esbuild and build the image asset (slow); default: skipped. */
+  readonly bundle?: boolean;
+  /** Run CDK's built-in CloudFormation validation (slow, wasm). @default false */
+  readonly cfnValidation?: boolean;
+}
+
+/**
+ * Builds the stack as `cdk synth` does, but fast: Lambda bundling skipped (placeholder assets), a
+ * registry image instead of the Dockerfile asset, CDK's own template validation off.
+ */
+export function buildStack(
+  config: DeployConfig,
+  options: SynthOptions = {},
+): { app: App; stack: PgvaultStack } {
+  const app = new App({
+    builtinCloudFormationValidation: options.cfnValidation ?? false,
+    context: options.bundle ? {} : { 'aws:cdk:bundling-stacks': [] },
+  });
+  const stack = new PgvaultStack(app, config.stackName, {
+    config,
+    env: { account: '123456789012', region: 'eu-west-1' },
+    image: options.bundle ? undefined : ecs.ContainerImage.fromRegistry('public.ecr.aws/pgvault/test:latest'),
+  });
+  return { app, stack };
+}
+
+export function synthTemplate(
+  config: DeployConfig,
+  options: SynthOptions = {},
+): { stack: PgvaultStack; template: Template } {
+  const { stack } = buildStack(config, options);
+  return { stack, template: Template.fromStack(stack) };
+}
+
+/** Template JSON as the assertions read it (CloudFormation is untyped). */
+// biome-ignore lint/suspicious/noExplicitAny: synthesized CloudFormation JSON has no static type
+export type CfnJson = Record<string, any>;
+
+/** Resources of one type as [logicalId, resource] pairs. */
+export function resourcesOf(template: Template, type: string): Array<[string, { Properties: CfnJson }]> {
+  return Object.entries(template.findResources(type)) as Array<[string, { Properties: CfnJson }]>;
+}
