@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { close, createWriteStream, fsync, open as openCallback } from 'node:fs';
+import { close, createWriteStream, fstat, fsync, open as openCallback, read } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { PassThrough, type Readable, Writable } from 'node:stream';
@@ -23,6 +23,7 @@ import {
   compressionFromExtension,
   DigestMeter,
   decompressStage,
+  decompressToFileStage,
   decryptStage,
   deriveWalPassphrase,
 } from '../stream';
@@ -54,6 +55,8 @@ import {
 const openFd = promisify(openCallback);
 const fsyncFd = promisify(fsync);
 const closeFd = promisify(close);
+const statFd = promisify(fstat);
+const readFd = promisify(read);
 
 /** One file per cluster, written on the first push: which server the archive belongs to. */
 export const ARCHIVE_IDENTITY_FILE = 'archive.json';
@@ -545,24 +548,50 @@ async function decodeIntoFile(
   const temp = join(directory, `.${basename(destination)}.tmp-${randomBytes(6).toString('hex')}`);
   const forget = removeOnExit(temp);
   try {
-    const decoded = await openWalObject(target, key, file, codec, source);
-    const head = new HeadRecorder(WAL_LONG_HEADER_BYTES);
     // A plain descriptor kept open after the pipeline so it can be fsynced (see FileTarget).
-    const fd = await openFd(temp, 'wx', 0o600).catch((err: NodeJS.ErrnoException) => {
+    const fd = await openFd(temp, 'wx+', 0o600).catch((err: NodeJS.ErrnoException) => {
+      source.destroy();
       throw new UsageError(
         `cannot write ${destination} (${err.code ?? errorMessage(err)}); restore_command passes %p, a path in the data directory's pg_wal`,
       );
     });
     let size: number;
+    let head: Buffer;
     try {
-      const output = createWriteStream(temp, { fd, autoClose: false });
-      await pipeline(decoded, head, output);
-      size = output.bytesWritten;
+      const { compression, encrypted } = decodingOf(key, file);
+      // The decompressor writes the file itself: the 16 MB of a segment never pass through Node,
+      // which only decrypts the stored bytes (as restore staging does, core/catalog/objects.ts).
+      const decompress =
+        encrypted && codec.passphrase === undefined
+          ? undefined
+          : decompressToFileStage(compression, { threads: 1 }, fd);
+      if (decompress) {
+        decompress.resume();
+        const stages: NodeJS.ReadWriteStream[] = [];
+        if (encrypted) stages.push(decryptStage(codec.passphrase!, codec.iterations));
+        await pipeline([source, ...stages, decompress] as unknown as [
+          Readable,
+          ...NodeJS.ReadWriteStream[],
+        ]).catch((err: unknown) => {
+          const passOn = err instanceof StorageError || err instanceof MissingToolError;
+          throw passOn ? err : undecodable(key, target.location, errorMessage(err));
+        });
+        size = (await statFd(fd)).size;
+        head = Buffer.alloc(Math.min(WAL_LONG_HEADER_BYTES, size));
+        await readFd(fd, head, 0, head.length, 0);
+      } else {
+        const decoded = await openWalObject(target, key, file, codec, source);
+        const recorder = new HeadRecorder(WAL_LONG_HEADER_BYTES);
+        const output = createWriteStream(temp, { fd, autoClose: false });
+        await pipeline(decoded, recorder, output);
+        size = output.bytesWritten;
+        head = recorder.head();
+      }
       await fsyncFd(fd);
     } finally {
       await closeFd(fd).catch(() => {});
     }
-    const problem = decodedFileProblem(file, size, head.head(), identity);
+    const problem = decodedFileProblem(file, size, head, identity);
     if (problem !== undefined) throw undecodable(key, target.location, problem);
     await rename(temp, destination);
     return size;
