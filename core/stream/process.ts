@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, constants, existsSync } from 'node:fs';
 import { basename, delimiter, join } from 'node:path';
-import { Duplex, Readable, Writable } from 'node:stream';
+import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
 import { MissingToolError, PgVaultError } from '../errors';
 
 /**
@@ -161,7 +161,7 @@ export function startTool(command: string, args: string[], options: StartToolOpt
 
   return {
     child,
-    stdout: child.stdout ?? Readable.from([]),
+    stdout: child.stdout ? heldOutput(child.stdout) : Readable.from([]),
     stdin:
       child.stdin ??
       new Writable({
@@ -174,6 +174,23 @@ export function startTool(command: string, args: string[], options: StartToolOpt
     exited,
     stderrTail: () => stderrTail.toString(),
   };
+}
+
+/**
+ * A child's stdout, read from now on so no byte is lost. Node resumes a child's stdout that nothing
+ * reads once the child has exited (child_process flushStdio) and drops what it wrote: a compressor
+ * given a 40-byte timeline history file exits within milliseconds, before a consumer that awaited
+ * anything in between attaches, and the stored object came out empty while the tool said 0. The
+ * returned stream buffers (with backpressure on the child) until its consumer reads; destroying it
+ * closes the child's stdout, as destroying the child's own stream did.
+ */
+function heldOutput(stdout: Readable): Readable {
+  const held = new PassThrough({ highWaterMark: STAGE_HIGH_WATER_MARK });
+  stdout.pipe(held);
+  held.once('close', () => {
+    if (!stdout.destroyed) stdout.destroy();
+  });
+  return held;
 }
 
 export interface ToolStageOptions extends StartToolOptions {

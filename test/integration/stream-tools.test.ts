@@ -559,6 +559,22 @@ describe('programs as stream stages', () => {
     expect((outcome as ToolExitError).message).toMatch(/^sh failed with exit code 3/);
   });
 
+  it('keeps the whole output of a program that exited before anything read it', async () => {
+    // Prepare: a compressor given a tiny file (a timeline history) exits within milliseconds; the
+    // reader attaches only after an await. Node drops an unread stdout at exit unless it is held.
+    const tool = startTool('sh', ['-c', 'printf "1\\t0/802EF8\\tno recovery target specified\\n"'], {
+      stdin: 'ignore',
+    });
+    await tool.exited;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+
+    // Act
+    const output = Buffer.concat(await tool.stdout.toArray());
+
+    // Assess
+    expect(output.toString()).toBe('1\t0/802EF8\tno recovery target specified\n');
+  });
+
   it('passes secrets through the environment, not the command line', async () => {
     // Prepare
     const tool = startTool('sh', ['-c', 'printf %s "$PGPASSWORD"'], {
