@@ -24,6 +24,15 @@ import type { Manifest, StoredObject } from './manifest';
  * sha256, refused at the end when either digest or size differs from the manifest.
  */
 
+/**
+ * Bytes already compressed with the spec's compression, e.g. one frame of a zstd run over several
+ * WAL files; `rawSize` is what they decompress to (the frame header says so).
+ */
+export interface EncodedSource {
+  readonly encoded: Readable;
+  readonly rawSize: number;
+}
+
 export interface ObjectWriteSpec {
   readonly key: string;
   /**
@@ -31,7 +40,7 @@ export interface ObjectWriteSpec {
    * (the raw size is the file's size when it was opened: only for files nobody changes meanwhile,
    * such as WAL segments PostgreSQL has handed over).
    */
-  readonly source: Readable | { readonly path: string };
+  readonly source: Readable | { readonly path: string } | EncodedSource;
   /**
    * Work that must succeed before the object may be completed (child processes exiting 0). The
    * last stage holds the end of the stream until these settle, so a pg_dump that dies mid-stream
@@ -83,6 +92,11 @@ export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject>
       // The compressor holds its own copy of the descriptor once started.
       if (!streamOwnsHandle) await handle.close();
     }
+  } else if ('encoded' in spec.source) {
+    source = spec.source.encoded;
+    stages = [];
+    const size = spec.source.rawSize;
+    rawSize = () => size;
   } else {
     // The raw side is only counted: see rawSha256 in the manifest schema for why it is not hashed.
     const raw = new DigestMeter({ onProgress: spec.onProgress, hash: false });

@@ -284,6 +284,28 @@ export function compressFile(
   });
 }
 
+/**
+ * One compressor run over several files, their frames back to back on stdout in the order given
+ * (ZstdFrameSplitter takes them apart). Only zstd: its frames can be found without decompressing,
+ * and it records each file's size in its frame. Undefined for every other algorithm: compress
+ * those one file at a time (compressFile).
+ */
+export function compressFiles(
+  algorithm: Compression,
+  options: CompressionOptions,
+  paths: readonly string[],
+): ToolProcess | undefined {
+  if (algorithm !== 'zstd') return undefined;
+  const invocation = compressionInvocation(algorithm, 'compress', options);
+  if (invocation === 'builtin') return undefined;
+  return startTool(invocation.command, [...invocation.args, '--', ...paths], {
+    env: toolEnvironment(),
+    label: invocation.command,
+    installHint: INSTALL_HINTS.zstd,
+    stdin: 'ignore',
+  });
+}
+
 const versions = new Map<string, Promise<string | undefined>>();
 
 /**

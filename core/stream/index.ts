@@ -2,6 +2,7 @@ export {
   type CompressionDirection,
   type CompressionOptions,
   compressFile,
+  compressFiles,
   compressionExtension,
   compressionFromExtension,
   compressionInvocation,
@@ -32,3 +33,4 @@ export {
   type ToolStageOptions,
   toolStage,
 } from './process';
+export { type FrameSink, ZstdFrameSplitter } from './zstd-frames';

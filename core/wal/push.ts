@@ -2,11 +2,13 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { basename } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeObject } from '../catalog/objects';
 import type { Config } from '../config';
 import { errorMessage, IntegrityError, PgVaultError, UsageError } from '../errors';
 import type { StorageTarget } from '../storage/target';
+import { compressFiles, ZstdFrameSplitter } from '../stream';
 import {
   archiveIdentityKey,
   cachedArchiveIdentity,
@@ -18,6 +20,7 @@ import {
   readArchiveIdentity,
   rememberArchiveIdentity,
   type WalArchiveIdentity,
+  type WalCodec,
   walCodec,
 } from './fetch';
 import {
@@ -56,8 +59,122 @@ export interface WalPushResult {
   readonly alreadyIn: readonly string[];
 }
 
+/** A file checked and looked up, ready to be written where it is missing. */
+interface PreparedPush {
+  readonly path: string;
+  readonly file: WalFileName;
+  readonly size: number;
+  /** The key it is written under (or, when stored everywhere already, stored under). */
+  readonly key: string;
+  readonly codec: WalCodec;
+  readonly missing: readonly StorageTarget[];
+  readonly alreadyIn: readonly string[];
+}
+
 /** Stores the WAL file at `path` in every target; resolves only once it is durably stored in all of them. */
 export async function pushWalFile(ctx: WalPushContext, path: string): Promise<WalPushResult> {
+  const prepared = await preparePush(ctx, path);
+  if (prepared.missing.length === 0) return resultOf(prepared);
+  const written = await writeObject({
+    ...objectSpec(ctx, prepared),
+    // The compressor reads the segment itself; Node handles only the compressed bytes.
+    source: { path },
+    threads: ctx.threads ?? 1,
+  });
+  if (written.rawSize !== prepared.size) {
+    // PostgreSQL never changes a file it asked to archive; something else did while it was read.
+    await Promise.allSettled(prepared.missing.map((t) => t.delete(prepared.key)));
+    throw new IntegrityError(
+      `WAL file ${path} changed size while it was archived (${prepared.size} → ${written.rawSize} bytes); nothing was kept, retry`,
+    );
+  }
+  return resultOf(prepared);
+}
+
+export type WalPushOutcome =
+  | { readonly path: string; readonly result: WalPushResult }
+  | { readonly path: string; readonly error: unknown };
+
+/**
+ * The uploader's form: stores several files, each as its own object, with one compressor process
+ * for all of them where the compression allows it (zstd; see ZstdFrameSplitter for why one process
+ * matters). `onOutcome` hears about every file exactly once. An object is completed only after the
+ * compressor exited 0 for the whole batch: zstd skips a file it cannot read and goes on, so until
+ * its exit status is known a frame might belong to the next file. When the run fails, every file of
+ * it fails and nothing of it is kept; the caller retries them one at a time (pushWalFile).
+ */
+export async function pushWalFiles(
+  ctx: WalPushContext,
+  paths: readonly string[],
+  onOutcome: (outcome: WalPushOutcome) => void | Promise<void>,
+): Promise<void> {
+  const toWrite: PreparedPush[] = [];
+  for (const path of paths) {
+    try {
+      const prepared = await preparePush(ctx, path);
+      if (prepared.missing.length === 0) await onOutcome({ path, result: resultOf(prepared) });
+      else toWrite.push(prepared);
+    } catch (error) {
+      await onOutcome({ path, error });
+    }
+  }
+  const { config } = ctx;
+  const compressor =
+    toWrite.length > 1
+      ? compressFiles(
+          config.compression,
+          { threads: 1, level: config.compressionLevel },
+          toWrite.map((p) => p.path),
+        )
+      : undefined;
+  if (compressor === undefined) {
+    for (const prepared of toWrite) {
+      await pushWalFile(ctx, prepared.path).then(
+        (result) => onOutcome({ path: prepared.path, result }),
+        (error: unknown) => onOutcome({ path: prepared.path, error }),
+      );
+    }
+    return;
+  }
+  const writes: Promise<void>[] = [];
+  const splitter = new ZstdFrameSplitter((index, contentSize) => {
+    const prepared = toWrite[index]!;
+    const frame = new PassThrough({ highWaterMark: 1 << 20 });
+    if (contentSize !== undefined && contentSize !== prepared.size) {
+      frame.destroy(
+        new IntegrityError(
+          `WAL file ${prepared.path} is ${prepared.size} bytes but its compressed frame holds ${contentSize}; it changed while it was read: nothing was kept, retry`,
+        ),
+      );
+    }
+    writes[index] = writeObject({
+      ...objectSpec(ctx, prepared),
+      source: { encoded: frame, rawSize: prepared.size },
+      threads: 1,
+      upstream: [compressor.exited],
+    }).then(
+      () => onOutcome({ path: prepared.path, result: resultOf(prepared) }),
+      (error: unknown) => onOutcome({ path: prepared.path, error }),
+    );
+    return frame;
+  }, toWrite.length);
+  let failure: unknown;
+  try {
+    await Promise.all([pipeline(compressor.stdout, splitter), compressor.exited]);
+  } catch (err) {
+    failure = err;
+    splitter.destroy(err as Error);
+    compressor.child.kill();
+  }
+  await Promise.all(writes);
+  // Files whose frame never started (the run failed before them).
+  for (const [index, prepared] of toWrite.entries()) {
+    if (writes[index] === undefined) await onOutcome({ path: prepared.path, error: failure });
+  }
+}
+
+/** Checks the file, the archive identity, and which targets already hold it (the same bytes, or not). */
+async function preparePush(ctx: WalPushContext, path: string): Promise<PreparedPush> {
   const { config, targets } = ctx;
   const cluster = config.clusterName;
   const file = requireWalFileName(basename(path));
@@ -93,38 +210,34 @@ export async function pushWalFile(ctx: WalPushContext, path: string): Promise<Wa
     }
   }
   const missing = targets.filter((_, i) => existing[i] === undefined);
-  const key = walKey(cluster, file, configuredWalExtension(config));
-  if (missing.length === 0) {
-    return { name: file.name, key: existing[0]!.key, rawSize: size, storedIn: [], alreadyIn };
-  }
-  const passphrase = codec.passphrase;
-  const written = await writeObject({
-    key,
-    // The compressor reads the segment itself; Node handles only the compressed bytes.
-    source: { path },
+  const key = missing.length === 0 ? existing[0]!.key : walKey(cluster, file, configuredWalExtension(config));
+  return { path, file, size, key, codec, missing, alreadyIn };
+}
+
+/** What writeObject needs for a prepared file, but its source and threads. */
+function objectSpec(ctx: WalPushContext, prepared: PreparedPush) {
+  const { config } = ctx;
+  const passphrase = prepared.codec.passphrase;
+  return {
+    key: prepared.key,
     compression: config.compression,
     compressionLevel: config.compressionLevel,
-    threads: ctx.threads ?? 1,
     encryption:
       config.encryption.enabled && passphrase !== undefined
-        ? { passphrase, iterations: codec.iterations }
+        ? { passphrase, iterations: prepared.codec.iterations }
         : undefined,
-    targets: missing,
-    sizeHint: size,
-  });
-  if (written.rawSize !== size) {
-    // PostgreSQL never changes a file it asked to archive; something else did while it was read.
-    await Promise.allSettled(missing.map((t) => t.delete(key)));
-    throw new IntegrityError(
-      `WAL file ${path} changed size while it was archived (${size} → ${written.rawSize} bytes); nothing was kept, retry`,
-    );
-  }
+    targets: prepared.missing,
+    sizeHint: prepared.size,
+  };
+}
+
+function resultOf(prepared: PreparedPush): WalPushResult {
   return {
-    name: file.name,
-    key,
-    rawSize: size,
-    storedIn: missing.map((t) => t.location),
-    alreadyIn,
+    name: prepared.file.name,
+    key: prepared.key,
+    rawSize: prepared.size,
+    storedIn: prepared.missing.map((t) => t.location),
+    alreadyIn: prepared.alreadyIn,
   };
 }
 

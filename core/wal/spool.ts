@@ -5,7 +5,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { StorageError } from '../errors';
 import { holdsLock, lockHeld, releaseLock, takeLock, writeFileAtomically } from './fetch';
 import { parseWalFileName } from './naming';
-import { pushFailureLine, pushWalFile, type WalPushContext } from './push';
+import { pushFailureLine, pushWalFiles, type WalPushContext } from './push';
 
 /**
  * Asynchronous archiving (ARCHIVE_ASYNC=true), as pgBackRest's archive-async: a long-lived uploader
@@ -232,12 +232,9 @@ export async function runUploader(
   const statusDir = join(pgWalDir, 'archive_status');
   const log = options.log ?? (() => {});
   const idleMs = options.idleMs ?? UPLOADER_IDLE_MS;
-  // Twice PARALLEL_JOBS: a push spends part of its time waiting (the compressor starting, fsync,
-  // rename), so as many pushes as cores leave the cores idle meanwhile.
-  // Twice PARALLEL_JOBS: a push spends part of its time waiting (the compressor starting, fsync,
-  // rename), so as many pushes as cores leave cores idle meanwhile (measured: 3.6 → 4.2 segments/s
-  // draining a backlog on 2 cores).
-  const jobs = Math.max(2, ctx.config.parallelJobs * 2);
+  // One batch per core: each runs one compressor over its files (see pushWalFiles), and Node
+  // encrypts and stores the frames of all batches as they come.
+  const lanes = Math.max(1, ctx.config.parallelJobs);
   await mkdir(spoolDir, { recursive: true, mode: 0o700 });
   const lock = join(spoolDir, UPLOADER_LOCK);
   if (!(await takeLock(lock, UPLOADER_MARKER))) return;
@@ -260,34 +257,50 @@ export async function runUploader(
   let lastSweep = 0;
   let lastReacknowledge = 0;
   let storedCount = 0;
-  log(`uploader started: pid ${process.pid}, ${jobs} parallel, spool ${spoolDir}`);
+  log(`uploader started: pid ${process.pid}, ${lanes} batches at a time, spool ${spoolDir}`);
 
-  const push = (name: string) => {
-    const job = pushWalFile(pushCtx, join(pgWalDir, name))
-      .then(async () => {
-        await writeFileAtomically(okMarker(spoolDir, name), `${name}\n`);
-        await unlink(errorMarker(spoolDir, name)).catch(() => {});
-        stored.set(name, Date.now());
-        failures.delete(name);
-        failuresInARow = 0;
-        storedCount++;
-      })
+  const onStored = async (name: string) => {
+    await writeFileAtomically(okMarker(spoolDir, name), `${name}\n`);
+    await unlink(errorMarker(spoolDir, name)).catch(() => {});
+    stored.set(name, Date.now());
+    failures.delete(name);
+    failuresInARow = 0;
+    storedCount++;
+  };
+  const onFailed = async (name: string, err: unknown) => {
+    const line = pushFailureLine(err);
+    const count = (failures.get(name)?.count ?? 0) + 1;
+    const now = Date.now();
+    failures.set(name, { at: now, count });
+    failuresInARow++;
+    pausedUntil = now + retryDelay(failuresInARow);
+    // The same reason over and over is logged once a minute.
+    if ((logged.get(line) ?? 0) < now - STALE_MARKER_MS) {
+      logged.set(line, now);
+      log(`${name}: ${line}`);
+    }
+    await writeFileAtomically(errorMarker(spoolDir, name), `${line}\n`).catch(() => {});
+  };
+  let batches = 0;
+  const push = (names: readonly string[]) => {
+    batches++;
+    const job = pushWalFiles(
+      pushCtx,
+      names.map((name) => join(pgWalDir, name)),
+      (outcome) => {
+        const name = basename(outcome.path);
+        return 'result' in outcome ? onStored(name) : onFailed(name, outcome.error);
+      },
+    )
       .catch(async (err: unknown) => {
-        const line = pushFailureLine(err);
-        const count = (failures.get(name)?.count ?? 0) + 1;
-        const now = Date.now();
-        failures.set(name, { at: now, count });
-        failuresInARow++;
-        pausedUntil = now + retryDelay(failuresInARow);
-        // The same reason over and over is logged once a minute.
-        if ((logged.get(line) ?? 0) < now - STALE_MARKER_MS) {
-          logged.set(line, now);
-          log(`${name}: ${line}`);
-        }
-        await writeFileAtomically(errorMarker(spoolDir, name), `${line}\n`).catch(() => {});
+        // Only a failure to write a marker lands here; the files are tried again.
+        for (const name of names) if (!stored.has(name)) await onFailed(name, err);
       })
-      .finally(() => inFlight.delete(name));
-    inFlight.set(name, job);
+      .finally(() => {
+        batches--;
+        for (const name of names) inFlight.delete(name);
+      });
+    for (const name of names) inFlight.set(name, job);
   };
 
   try {
@@ -314,6 +327,7 @@ export async function runUploader(
         await reacknowledge(spoolDir, stored, now);
       }
       let pending = 0;
+      const due: string[] = [];
       for (const name of ready) {
         if (inFlight.has(name) || stored.has(name)) continue;
         if (!looked.has(name)) {
@@ -325,10 +339,12 @@ export async function runUploader(
           }
         }
         pending++;
-        if (now < pausedUntil || inFlight.size >= jobs) break;
         const failure = failures.get(name);
         if (failure !== undefined && now - failure.at < retryDelay(failure.count)) continue;
-        push(name);
+        if (due.length < lanes * MAX_BATCH) due.push(name);
+      }
+      if (now >= pausedUntil) {
+        for (const batch of batchesFor(due, lanes - batches, (name) => failures.has(name))) push(batch);
       }
       if (now - lastSweep > STALE_MARKER_MS / 4) {
         lastSweep = now;
@@ -344,6 +360,34 @@ export async function runUploader(
     await releaseLock(lock);
     log(`uploader stopped: ${storedCount} file(s) stored`);
   }
+}
+
+/** Files one compressor run takes at most: enough to spread its start-up, few enough to finish soon. */
+const MAX_BATCH = 16;
+
+/**
+ * Splits the files due (oldest first) into at most `free` batches of similar size, so every free
+ * lane starts at once. A file that failed before goes alone: one unreadable file must not hold back
+ * the files batched with it again and again.
+ */
+export function batchesFor(
+  due: readonly string[],
+  free: number,
+  failedBefore: (name: string) => boolean,
+): string[][] {
+  const batches: string[][] = [];
+  const fresh: string[] = [];
+  for (const name of due) {
+    if (batches.length >= free) break;
+    if (failedBefore(name)) batches.push([name]);
+    else fresh.push(name);
+  }
+  const lanes = free - batches.length;
+  if (lanes <= 0 || fresh.length === 0) return batches;
+  const size = Math.min(MAX_BATCH, Math.ceil(fresh.length / lanes));
+  for (let i = 0; i < fresh.length && batches.length < free; i += size)
+    batches.push(fresh.slice(i, i + size));
+  return batches;
 }
 
 function retryDelay(failures: number): number {

@@ -1,6 +1,17 @@
-import { chmodSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../core/config';
+import { createTargets } from '../../core/storage';
+import { pushWalFile, pushWalFiles, type WalPushOutcome } from '../../core/wal/push';
 import {
   CLUSTER_NAME,
   openWithoutPgvault,
@@ -45,9 +56,10 @@ async function until(condition: () => boolean | Promise<boolean>, timeoutMs: num
 }
 
 describe('backup wal with ARCHIVE_ASYNC=true', () => {
-  it('drains a backlog of 30 segments and never acknowledges one that is not stored, even when the uploader is killed', async () => {
-    // Prepare: 30 segments wait while archive_command is not set.
-    const names = await fx.makeSegments(30);
+  it('drains a backlog of 40 segments and never acknowledges one that is not stored, even when the uploader is killed', async () => {
+    // Prepare: 40 segments wait while archive_command is not set (more than the uploader's first
+    // round of batches takes, so it is killed with work left).
+    const names = await fx.makeSegments(40);
     const originals = new Map(names.map((n) => [n, sha256(readSegment(fx.cluster, n))]));
     const failedBefore = (await fx.archiver()).failed;
 
@@ -80,7 +92,7 @@ describe('backup wal with ARCHIVE_ASYNC=true', () => {
       );
     }
     expect((await fx.archiver()).failed).toBe(failedBefore);
-    console.info(`async archiving drained 30 segments in ${seconds.toFixed(1)} s (uploader killed once)`);
+    console.info(`async archiving drained 40 segments in ${seconds.toFixed(1)} s (uploader killed once)`);
   });
 
   it('fails fast while the target is unwritable, keeps the segments, and drains them once it is back', async () => {
@@ -107,5 +119,89 @@ describe('backup wal with ARCHIVE_ASYNC=true', () => {
     for (const name of [...names, nudge!]) {
       expect(existsSync(walKeyPath(fx.vaultDir, name)), name).toBe(true);
     }
+  });
+});
+
+describe("the uploader's batches: one compressor run for several segments", () => {
+  /** Copies of `count` fresh segments in a folder of their own, and a config for a vault of its own. */
+  async function batchSetup(label: string, count: number) {
+    const names = await fx.makeSegments(count);
+    const dir = join(fx.work, `batch-${label}`);
+    mkdirSync(join(dir, 'bin'), { recursive: true });
+    const paths = names.map((n) => {
+      copyFileSync(join(fx.cluster.dataDir, 'pg_wal', n), join(dir, n));
+      return join(dir, n);
+    });
+    const vaultDir = join(dir, 'vault');
+    const config = parseConfig({
+      BACKUP_DIR: vaultDir,
+      CLUSTER_NAME,
+      ENCRYPTION: 'true',
+      ENCRYPTION_KEY_FILE: fx.keyFile,
+      ENCRYPTION_ITERATIONS: '1000',
+    });
+    return { names, paths, dir, vaultDir, ctx: { config, targets: createTargets(config) } };
+  }
+
+  /** Puts a `zstd` first on PATH that logs its arguments and then runs `body` (sh, the real zstd on PATH). */
+  async function withZstd<T>(dir: string, body: string, act: () => Promise<T>): Promise<T> {
+    writeFileSync(
+      join(dir, 'bin', 'zstd'),
+      `#!/bin/sh\necho "$*" >> ${join(dir, 'zstd.log')}\nPATH=${process.env.PATH}\n${body}\n`,
+      { mode: 0o755 },
+    );
+    const path = process.env.PATH;
+    process.env.PATH = `${join(dir, 'bin')}:${path}`;
+    try {
+      return await act();
+    } finally {
+      process.env.PATH = path;
+    }
+  }
+
+  it('stores each segment of a batch as its own object from one zstd run, each opening byte for byte', async () => {
+    // Prepare
+    const { names, paths, dir, vaultDir, ctx } = await batchSetup('one-run', 4);
+    const outcomes: WalPushOutcome[] = [];
+
+    // Act
+    await withZstd(dir, 'exec zstd "$@"', () => pushWalFiles(ctx, paths, (o) => void outcomes.push(o)));
+
+    // Assess
+    expect(outcomes.map((o) => ('result' in o ? o.path : String(o.error))).sort()).toEqual(paths);
+    const runs = readFileSync(join(dir, 'zstd.log'), 'utf8').trim().split('\n');
+    expect(runs.filter((r) => !r.includes('--version'))).toHaveLength(1);
+    names.forEach((name, i) => {
+      expect(sha256(openWithoutPgvault(walKeyPath(vaultDir, name), fx.keyFile)), name).toBe(
+        sha256(readFileSync(paths[i]!)),
+      );
+    });
+  });
+
+  it('keeps nothing of a batch whose zstd skipped a file, and stores them one at a time afterwards', async () => {
+    // Prepare: a zstd that leaves out the second file and says so with exit code 1, as the real one
+    // does for a file it cannot read: the frames after it belong to the wrong names.
+    const { names, paths, dir, vaultDir, ctx } = await batchSetup('skip', 3);
+    const outcomes: WalPushOutcome[] = [];
+    const skipping = [
+      'args=""; n=0',
+      'for a in "$@"; do case "$a" in */batch-skip/0*) n=$((n+1)); [ $n -eq 2 ] && continue;; esac; args="$args $a"; done',
+      'zstd $args; exit 1',
+    ].join('\n');
+
+    // Act
+    await withZstd(dir, skipping, () => pushWalFiles(ctx, paths, (o) => void outcomes.push(o)));
+    const storedAfterFailure = names.filter((n) => existsSync(walKeyPath(vaultDir, n)));
+    for (const path of paths) await pushWalFile(ctx, path);
+
+    // Assess
+    expect(outcomes).toHaveLength(3);
+    expect(outcomes.every((o) => 'error' in o)).toBe(true);
+    expect(storedAfterFailure).toEqual([]);
+    names.forEach((name, i) => {
+      expect(sha256(openWithoutPgvault(walKeyPath(vaultDir, name), fx.keyFile)), name).toBe(
+        sha256(readFileSync(paths[i]!)),
+      );
+    });
   });
 });
