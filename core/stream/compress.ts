@@ -290,15 +290,18 @@ export function compressFile(
  * and it records each file's size in its frame. Undefined for every other algorithm: compress
  * those one file at a time (compressFile).
  */
-export function compressFiles(
+export async function compressFiles(
   algorithm: Compression,
   options: CompressionOptions,
   paths: readonly string[],
-): ToolProcess | undefined {
+): Promise<ToolProcess | undefined> {
   if (algorithm !== 'zstd') return undefined;
   const invocation = compressionInvocation(algorithm, 'compress', options);
   if (invocation === 'builtin') return undefined;
-  return startTool(invocation.command, [...invocation.args, '--', ...paths], {
+  // zstd 1.5.3 and later read and write through helper threads; a single-threaded run through whole
+  // files gains nothing from them (16 WAL segments: 0.15 CPU s of system time less without).
+  const asyncIo = versionAtLeast(await toolVersion('zstd'), [1, 5, 3]) ? ['--no-asyncio'] : [];
+  return startTool(invocation.command, [...invocation.args, ...asyncIo, '--', ...paths], {
     env: toolEnvironment(),
     label: invocation.command,
     installHint: INSTALL_HINTS.zstd,
@@ -331,6 +334,17 @@ export function toolVersion(command: string): Promise<string | undefined> {
     versions.set(command, version);
   }
   return version;
+}
+
+/** Whether a dotted version (as parseVersion gives it) is at least `wanted`; false when unknown. */
+export function versionAtLeast(version: string | undefined, wanted: readonly number[]): boolean {
+  if (version === undefined) return false;
+  const parts = version.split('.').map(Number);
+  for (const [i, want] of wanted.entries()) {
+    const have = parts[i] ?? 0;
+    if (have !== want) return have > want;
+  }
+  return true;
 }
 
 /** The first dotted version number in a `--version` output. */

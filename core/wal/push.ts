@@ -121,7 +121,7 @@ export async function pushWalFiles(
   const { config } = ctx;
   const compressor =
     toWrite.length > 1
-      ? compressFiles(
+      ? await compressFiles(
           config.compression,
           { threads: 1, level: config.compressionLevel },
           toWrite.map((p) => p.path),

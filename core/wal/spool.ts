@@ -282,6 +282,12 @@ export async function runUploader(
     await writeFileAtomically(errorMarker(spoolDir, name), `${line}\n`).catch(() => {});
   };
   let batches = 0;
+  /**
+   * Largest batch to start now: 2 after a quiet spell, doubling with each batch up to MAX_BATCH. A
+   * batch's files are acknowledged together when its compressor exits, so the first files of a
+   * backlog go out in small batches (acknowledged soon) and the rest in large ones (cheaper).
+   */
+  let batchLimit = 2;
   const push = (names: readonly string[]) => {
     batches++;
     const job = pushWalFiles(
@@ -344,12 +350,16 @@ export async function runUploader(
         if (due.length < lanes * MAX_BATCH) due.push(name);
       }
       if (now >= pausedUntil) {
-        for (const batch of batchesFor(due, lanes - batches, (name) => failures.has(name))) push(batch);
+        for (const batch of batchesFor(due, lanes - batches, batchLimit, (name) => failures.has(name))) {
+          push(batch);
+          batchLimit = Math.min(MAX_BATCH, batchLimit * 2);
+        }
       }
       if (now - lastSweep > STALE_MARKER_MS / 4) {
         lastSweep = now;
         await removeStaleMarkers(spoolDir, waiting);
       }
+      if (pending === 0 && inFlight.size === 0) batchLimit = 2;
       if (inFlight.size > 0 || pending > 0) idleSince = now;
       else if (now - idleSince > idleMs) break;
       await Promise.race([changes.next(), sleep(inFlight.size > 0 ? 1000 : 250), ...inFlight.values()]);
@@ -366,13 +376,14 @@ export async function runUploader(
 const MAX_BATCH = 16;
 
 /**
- * Splits the files due (oldest first) into at most `free` batches of similar size, so every free
- * lane starts at once. A file that failed before goes alone: one unreadable file must not hold back
+ * Splits the files due (oldest first) into at most `free` batches of similar size (at most `limit`
+ * files each), so every free lane starts at once. A file that failed before goes alone: one unreadable file must not hold back
  * the files batched with it again and again.
  */
 export function batchesFor(
   due: readonly string[],
   free: number,
+  limit: number,
   failedBefore: (name: string) => boolean,
 ): string[][] {
   const batches: string[][] = [];
@@ -384,7 +395,7 @@ export function batchesFor(
   }
   const lanes = free - batches.length;
   if (lanes <= 0 || fresh.length === 0) return batches;
-  const size = Math.min(MAX_BATCH, Math.ceil(fresh.length / lanes));
+  const size = Math.max(1, Math.min(limit, MAX_BATCH, Math.ceil(fresh.length / lanes)));
   for (let i = 0; i < fresh.length && batches.length < free; i += size)
     batches.push(fresh.slice(i, i + size));
   return batches;

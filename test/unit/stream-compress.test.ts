@@ -15,6 +15,7 @@ import {
   compressStage,
   decompressStage,
   parseVersion,
+  versionAtLeast,
 } from '../../core/stream/compress';
 
 const installed =
@@ -157,6 +158,19 @@ describe('parseVersion', () => {
   ])('reads %j as %s', (output, version) => {
     // Act / Assess
     expect(parseVersion(output)).toBe(version);
+  });
+});
+
+describe('versionAtLeast', () => {
+  it.each([
+    ['1.5.4', true],
+    ['1.5.3', true],
+    ['1.5', false],
+    ['1.4.8', false],
+    ['2.0', true],
+    [undefined, false],
+  ])('says whether %s is at least 1.5.3: %s', (version, expected) => {
+    expect(versionAtLeast(version, [1, 5, 3])).toBe(expected);
   });
 });
 
