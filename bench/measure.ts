@@ -190,12 +190,8 @@ export function measureCommand(
   options: MeasureOptions = {},
 ): Promise<Measurement> {
   const label = options.label ?? [file, ...args].join(' ');
-  const intervalMs = options.intervalMs ?? 50;
   return new Promise<Measurement>((resolve, reject) => {
-    const machineBefore = readMachineCpu();
-    const selfBefore = process.cpuUsage();
-    const started = process.hrtime.bigint();
-    const elapsed = () => Number(process.hrtime.bigint() - started) / 1e6;
+    const sampler = new Sampler(options);
     const child = spawn(file, [...args], {
       env: options.env ?? process.env,
       cwd: options.cwd,
@@ -209,61 +205,7 @@ export function measureCommand(
       child.once('error', reject);
       return;
     }
-    const tree = new TreeWatcher([rootPid], options.claim);
-    const server = new TreeWatcher(options.watchRoots ?? []);
-    let peakTree = 0;
-    let peakMain = 0;
-    let samples = 0;
-    const known = new Set<number>();
-
-    const poll = () => {
-      const now = elapsed();
-      const alive = listPids();
-      const fresh = new Map<number, StatLine | undefined>();
-      for (const pid of alive) {
-        if (!known.has(pid)) {
-          known.add(pid);
-          fresh.set(pid, readStat(pid));
-        }
-      }
-      const aliveSet = new Set(alive);
-      for (const pid of known) if (!aliveSet.has(pid)) known.delete(pid);
-      const members = tree.refresh(alive, fresh);
-      let sum = 0;
-      for (const pid of members) {
-        const stat = fresh.get(pid) ?? readStat(pid);
-        const mem = readRss(pid);
-        if (!stat || !mem) continue;
-        sum += mem.rss;
-        track(tree.records, pid, stat, now, Math.max(mem.rss, mem.hwm), samples === 0);
-        if (pid === rootPid) peakMain = Math.max(peakMain, mem.rss, mem.hwm);
-      }
-      if (options.watchRoots && options.watchRoots.length > 0) {
-        for (const pid of server.refresh(alive, fresh)) {
-          if (options.watchRoots.includes(pid)) continue;
-          const stat = fresh.get(pid) ?? readStat(pid);
-          if (stat) track(server.records, pid, stat, now, 0, samples === 0);
-        }
-      }
-      peakTree = Math.max(peakTree, sum);
-      samples++;
-    };
-
-    const timer = setInterval(poll, intervalMs);
-    let lastBeat = 0;
-    const beat = options.onHeartbeat
-      ? setInterval(
-          () => {
-            const now = elapsed();
-            if (now - lastBeat >= (options.heartbeatMs ?? 15_000)) {
-              lastBeat = now;
-              options.onHeartbeat?.(now);
-            }
-          },
-          Math.min(1000, options.heartbeatMs ?? 15_000),
-        )
-      : undefined;
-    poll();
+    sampler.start({ roots: [rootPid], kind: 'program' });
 
     const out: Buffer[] = [];
     child.stdout?.on('data', (b: Buffer) => out.push(b));
@@ -273,40 +215,169 @@ export function measureCommand(
       if (err.length > 32 * 1024) err = err.subarray(err.length - 16 * 1024);
     });
     child.once('error', (e) => {
-      clearInterval(timer);
-      if (beat) clearInterval(beat);
+      sampler.stop();
       activeGroups.delete(child);
       reject(e);
     });
     // 'exit' is the moment the process ended (its wall time); 'close' waits for its pipes too.
     let wallMs = 0;
     child.once('exit', () => {
-      wallMs = elapsed();
+      wallMs = sampler.elapsed();
     });
     child.once('close', (code, signal) => {
-      clearInterval(timer);
-      if (beat) clearInterval(beat);
+      sampler.stop();
       activeGroups.delete(child);
-      const byAppearance = (a: ProcessRecord, b: ProcessRecord) => a.firstSeenMs - b.firstSeenMs;
-      const machineAfter = readMachineCpu();
-      const self = process.cpuUsage(selfBefore);
+      const totals = sampler.totals();
       resolve({
         label,
-        wallMs: wallMs || elapsed(),
+        wallMs: wallMs || sampler.elapsed(),
         exitCode: code,
         signal,
-        peakTreeRssBytes: peakTree,
-        peakMainRssBytes: peakMain,
-        samples,
-        processes: [...tree.records.values()].sort(byAppearance),
-        watched: [...server.records.values()].sort(byAppearance),
-        machineBusyMs: machineAfter.busyMs - machineBefore.busyMs,
-        selfCpuMs: (self.user + self.system) / 1000,
+        ...totals,
         stdout: Buffer.concat(out).toString('utf8'),
         stderrTail: err.subarray(Math.max(0, err.length - 16 * 1024)).toString('utf8'),
       });
     });
   });
+}
+
+/** What a Sampler follows: the processes whose descendants form the measured tree, and how to count them. */
+interface SampledTree {
+  readonly roots: readonly number[];
+  /**
+   * 'program': one started program; the roots are members, and the main peak is the first root's
+   * (VmRSS and VmHWM). 'task': work this process drives; the roots themselves do not count, the main
+   * peak is the largest member's VmRSS, and a tree member is never also a watched process.
+   */
+  readonly kind: 'program' | 'task';
+}
+
+/** The parts of a Measurement a Sampler gathers. */
+type SampledTotals = Pick<
+  Measurement,
+  | 'peakTreeRssBytes'
+  | 'peakMainRssBytes'
+  | 'samples'
+  | 'processes'
+  | 'watched'
+  | 'machineBusyMs'
+  | 'selfCpuMs'
+>;
+
+/**
+ * The sampling loop of measureCommand and measureTask: the clocks (wall, machine CPU, this process's
+ * CPU) start when it is made; start() begins polling /proc every intervalMs (and the heartbeat),
+ * stop() ends it, totals() reads the clocks again and reports.
+ */
+class Sampler {
+  private readonly machineBefore = readMachineCpu();
+  private readonly selfBefore = process.cpuUsage();
+  private readonly started = process.hrtime.bigint();
+  private readonly server: TreeWatcher;
+  private tree: TreeWatcher | undefined;
+  private sampled: SampledTree | undefined;
+  private peakTree = 0;
+  private peakMain = 0;
+  private samples = 0;
+  private readonly known = new Set<number>();
+  private timer: NodeJS.Timeout | undefined;
+  private beat: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly options: Pick<
+      MeasureOptions,
+      'intervalMs' | 'watchRoots' | 'onHeartbeat' | 'heartbeatMs' | 'claim'
+    >,
+  ) {
+    this.server = new TreeWatcher(options.watchRoots ?? []);
+  }
+
+  /** Milliseconds since the sampler was made. */
+  readonly elapsed = (): number => Number(process.hrtime.bigint() - this.started) / 1e6;
+
+  /** Follows `sampled` from now on: one poll at once, then every intervalMs. */
+  start(sampled: SampledTree): void {
+    const options = this.options;
+    this.sampled = sampled;
+    this.tree = new TreeWatcher(sampled.roots, options.claim);
+    this.timer = setInterval(this.poll, options.intervalMs ?? 50);
+    let lastBeat = 0;
+    this.beat = options.onHeartbeat
+      ? setInterval(
+          () => {
+            const now = this.elapsed();
+            if (now - lastBeat >= (options.heartbeatMs ?? 15_000)) {
+              lastBeat = now;
+              options.onHeartbeat?.(now);
+            }
+          },
+          Math.min(1000, options.heartbeatMs ?? 15_000),
+        )
+      : undefined;
+    this.poll();
+  }
+
+  /** One look at /proc. */
+  readonly poll = (): void => {
+    const tree = this.tree;
+    const sampled = this.sampled;
+    if (!tree || !sampled) return;
+    const { roots, kind } = sampled;
+    const watchRoots = this.options.watchRoots;
+    const now = this.elapsed();
+    const alive = listPids();
+    const fresh = new Map<number, StatLine | undefined>();
+    for (const pid of alive) {
+      if (!this.known.has(pid)) {
+        this.known.add(pid);
+        fresh.set(pid, readStat(pid));
+      }
+    }
+    const aliveSet = new Set(alive);
+    for (const pid of this.known) if (!aliveSet.has(pid)) this.known.delete(pid);
+    const refreshed = tree.refresh(alive, fresh);
+    const members = new Set(kind === 'task' ? refreshed.filter((pid) => !roots.includes(pid)) : refreshed);
+    let sum = 0;
+    for (const pid of members) {
+      const stat = fresh.get(pid) ?? readStat(pid);
+      const mem = readRss(pid);
+      if (!stat || !mem) continue;
+      sum += mem.rss;
+      track(tree.records, pid, stat, now, Math.max(mem.rss, mem.hwm), this.samples === 0);
+      if (kind === 'task') this.peakMain = Math.max(this.peakMain, mem.rss);
+      else if (pid === roots[0]) this.peakMain = Math.max(this.peakMain, mem.rss, mem.hwm);
+    }
+    if (watchRoots && watchRoots.length > 0) {
+      for (const pid of this.server.refresh(alive, fresh)) {
+        if (watchRoots.includes(pid) || (kind === 'task' && members.has(pid))) continue;
+        const stat = fresh.get(pid) ?? readStat(pid);
+        if (stat) track(this.server.records, pid, stat, now, 0, this.samples === 0);
+      }
+    }
+    this.peakTree = Math.max(this.peakTree, sum);
+    this.samples++;
+  };
+
+  stop(): void {
+    clearInterval(this.timer);
+    if (this.beat) clearInterval(this.beat);
+  }
+
+  /** What was seen, with the machine's and this process's CPU since the sampler was made. */
+  totals(): SampledTotals {
+    const byAppearance = (a: ProcessRecord, b: ProcessRecord) => a.firstSeenMs - b.firstSeenMs;
+    const machineAfter = readMachineCpu();
+    const self = process.cpuUsage(this.selfBefore);
+    return {
+      peakTreeRssBytes: this.peakTree,
+      peakMainRssBytes: this.peakMain,
+      samples: this.samples,
+      processes: [...(this.tree?.records.values() ?? [])].sort(byAppearance),
+      watched: [...this.server.records.values()].sort(byAppearance),
+      machineBusyMs: machineAfter.busyMs - this.machineBefore.busyMs,
+      selfCpuMs: (self.user + self.system) / 1000,
+    };
+  }
 }
 
 function track(
@@ -413,90 +484,23 @@ export function measureTask(
   task: (elapsedMs: () => number) => Promise<TaskResult | undefined>,
   options: TaskOptions,
 ): Promise<Measurement> {
-  const intervalMs = options.intervalMs ?? 50;
-  const roots = [process.pid, ...(options.treeRoots ?? [])];
-  const machineBefore = readMachineCpu();
-  const selfBefore = process.cpuUsage();
-  const started = process.hrtime.bigint();
-  const elapsed = () => Number(process.hrtime.bigint() - started) / 1e6;
-  const tree = new TreeWatcher(roots, options.claim);
-  const server = new TreeWatcher(options.watchRoots ?? []);
-  let peakTree = 0;
-  let peakMain = 0;
-  let samples = 0;
-  const known = new Set<number>();
-  const poll = () => {
-    const now = elapsed();
-    const alive = listPids();
-    const fresh = new Map<number, StatLine | undefined>();
-    for (const pid of alive) {
-      if (!known.has(pid)) {
-        known.add(pid);
-        fresh.set(pid, readStat(pid));
-      }
-    }
-    const aliveSet = new Set(alive);
-    for (const pid of known) if (!aliveSet.has(pid)) known.delete(pid);
-    const members = new Set(tree.refresh(alive, fresh).filter((pid) => !roots.includes(pid)));
-    let sum = 0;
-    for (const pid of members) {
-      const stat = fresh.get(pid) ?? readStat(pid);
-      const mem = readRss(pid);
-      if (!stat || !mem) continue;
-      sum += mem.rss;
-      peakMain = Math.max(peakMain, mem.rss);
-      track(tree.records, pid, stat, now, Math.max(mem.rss, mem.hwm), samples === 0);
-    }
-    if (options.watchRoots && options.watchRoots.length > 0) {
-      for (const pid of server.refresh(alive, fresh)) {
-        if (options.watchRoots.includes(pid) || members.has(pid)) continue;
-        const stat = fresh.get(pid) ?? readStat(pid);
-        if (stat) track(server.records, pid, stat, now, 0, samples === 0);
-      }
-    }
-    peakTree = Math.max(peakTree, sum);
-    samples++;
-  };
-  const timer = setInterval(poll, intervalMs);
-  let lastBeat = 0;
-  const beat = options.onHeartbeat
-    ? setInterval(
-        () => {
-          const now = elapsed();
-          if (now - lastBeat >= (options.heartbeatMs ?? 15_000)) {
-            lastBeat = now;
-            options.onHeartbeat?.(now);
-          }
-        },
-        Math.min(1000, options.heartbeatMs ?? 15_000),
-      )
-    : undefined;
-  poll();
+  const sampler = new Sampler(options);
+  sampler.start({ roots: [process.pid, ...(options.treeRoots ?? [])], kind: 'task' });
   const finish = (exitCode: number, result: TaskResult | undefined, error: string): Measurement => {
-    const wallMs = elapsed();
-    poll();
-    clearInterval(timer);
-    if (beat) clearInterval(beat);
-    const byAppearance = (a: ProcessRecord, b: ProcessRecord) => a.firstSeenMs - b.firstSeenMs;
-    const machineAfter = readMachineCpu();
-    const self = process.cpuUsage(selfBefore);
+    const wallMs = sampler.elapsed();
+    sampler.poll();
+    sampler.stop();
     return {
       label: options.label,
       wallMs: result?.wallMs ?? wallMs,
       exitCode,
       signal: null,
-      peakTreeRssBytes: peakTree,
-      peakMainRssBytes: peakMain,
-      samples,
-      processes: [...tree.records.values()].sort(byAppearance),
-      watched: [...server.records.values()].sort(byAppearance),
-      machineBusyMs: machineAfter.busyMs - machineBefore.busyMs,
-      selfCpuMs: (self.user + self.system) / 1000,
+      ...sampler.totals(),
       stdout: result?.stdout ?? '',
       stderrTail: error.slice(-16 * 1024),
     };
   };
-  return task(elapsed).then(
+  return task(sampler.elapsed).then(
     (result) => finish(0, result ?? undefined, ''),
     (err: unknown) => finish(1, undefined, err instanceof Error ? err.message : String(err)),
   );

@@ -1,6 +1,7 @@
 import { type Config, loadConfig } from '../core/config';
 import { errorMessage, PgVaultError } from '../core/errors';
 import { formatBytes } from '../core/format';
+import { lifecycleKindOf } from '../core/lifecycle-kinds';
 import type { Reporter, Vault } from '../core/vault';
 
 export interface GlobalOptions {
@@ -139,9 +140,11 @@ export async function recordCommandOutcome(
   command: CommandRun,
   outcome: { readonly result?: unknown; readonly error?: unknown },
 ): Promise<void> {
+  // Asked of a module without imports: `backup wal` and `restore wal`, run once per WAL segment,
+  // record nothing and so never load core/events.
+  if (lifecycleKindOf(command.path) === undefined) return;
   try {
     const events = require('../core/events') as typeof import('../core/events');
-    if (events.lifecycleKindOf(command.path) === undefined) return;
     let config: Config;
     try {
       config = readConfig(options);

@@ -5,6 +5,7 @@ import { redact } from './alert/format';
 import type { ThresholdInputs } from './alert/thresholds';
 import type { Config } from './config';
 import { errorMessage } from './errors';
+import { type LifecycleKind, lifecycleKindOf } from './lifecycle-kinds';
 import type { ReportData } from './report/model';
 
 /**
@@ -25,7 +26,7 @@ export const METRICS_NAMESPACE = 'pgvault';
 /** Bumped when a field of the event detail changes meaning. */
 export const EVENT_DETAIL_VERSION = 1;
 
-export type LifecycleKind = 'backup' | 'restore' | 'verification' | 'drill' | 'retention' | 'report';
+export { type LifecycleKind, lifecycleKindOf };
 /** 'started': a Lambda started the Fargate task that will do the work (and send its own event). */
 export type LifecycleOutcome = 'started' | 'succeeded' | 'failed';
 
@@ -260,36 +261,6 @@ export async function recordLifecycle(
 
 // ---------------------------------------------------------------------------------------------
 // Commands → records
-
-/** The commands that record their outcome, and the kind of event each sends. */
-const COMMAND_KINDS: Readonly<Record<string, LifecycleKind>> = {
-  'backup full': 'backup',
-  'backup base': 'backup',
-  'backup config': 'backup',
-  'backup indexes': 'backup',
-  'backup retention': 'retention',
-  'restore full': 'restore',
-  'restore partial': 'restore',
-  'restore pitr': 'restore',
-  'restore globals': 'restore',
-  'restore indexes': 'restore',
-  'restore validate': 'restore',
-  'restore test': 'restore',
-  'verify file': 'verification',
-  'verify restore': 'verification',
-  'verify all': 'verification',
-  'verify indexes': 'verification',
-  'verify wal': 'verification',
-  'verify sizes': 'verification',
-  'verify capacity': 'verification',
-  'verify report': 'report',
-  drill: 'drill',
-};
-
-/** Whether a command records its outcome (`backup wal` and `restore wal`, run per WAL file, do not). */
-export function lifecycleKindOf(commandPath: string): LifecycleKind | undefined {
-  return COMMAND_KINDS[commandPath];
-}
 
 export interface CommandOutcome {
   readonly cluster: string;

@@ -2,9 +2,10 @@ import { alertLine, formatDays, formatMinutes, utc } from '../../core/alert/form
 import { sendAlerts } from '../../core/alert/notify';
 import { thresholdAlerts, thresholdInputsFrom } from '../../core/alert/thresholds';
 import type { Alert } from '../../core/alert/types';
+import type { AlertConfig } from '../../core/config';
 import { collectReport, writeReport } from '../../core/report/collect';
-import { verifyCapacity } from '../../core/verify/capacity';
-import { verifySizes } from '../../core/verify/sizes';
+import { type CapacityReport, verifyCapacity } from '../../core/verify/capacity';
+import { type SizesReport, verifySizes } from '../../core/verify/sizes';
 import { emit, formatBytes, type GlobalOptions, table, vaultFor } from '../output';
 
 /**
@@ -14,6 +15,24 @@ import { emit, formatBytes, type GlobalOptions, table, vaultFor } from '../outpu
 
 function exitOnAlerts(alerts: readonly Alert[]): void {
   if (alerts.length > 0) process.exitCode = 1;
+}
+
+/**
+ * The threshold alerts of one kind judged from a single report (sizes or capacity), each printed as
+ * an ALERT line on stderr.
+ */
+function printThresholdAlerts(
+  limits: AlertConfig,
+  kind: 'size-shrink' | 'capacity',
+  report: { readonly sizes: SizesReport } | { readonly capacity: CapacityReport },
+): Alert[] {
+  const cluster = 'sizes' in report ? report.sizes.cluster : report.capacity.cluster;
+  const alerts = thresholdAlerts(
+    thresholdInputsFrom({ cluster, now: new Date(), entries: [], ...report, drills: [] }),
+    limits,
+  ).filter((a) => a.kind === kind);
+  for (const a of alerts) process.stderr.write(`${alertLine(a)}\n`);
+  return alerts;
 }
 
 export async function verifySizesCommand(opts: GlobalOptions) {
@@ -50,17 +69,7 @@ export async function verifySizesCommand(opts: GlobalOptions) {
           )),
     ].join('\n'),
   );
-  const alerts = thresholdAlerts(
-    thresholdInputsFrom({
-      cluster: report.cluster,
-      now: new Date(),
-      entries: [],
-      sizes: report,
-      drills: [],
-    }),
-    vault.config.alerts,
-  ).filter((a) => a.kind === 'size-shrink');
-  for (const a of alerts) process.stderr.write(`${alertLine(a)}\n`);
+  const alerts = printThresholdAlerts(vault.config.alerts, 'size-shrink', { sizes: report });
   exitOnAlerts(alerts);
   return report;
 }
@@ -85,17 +94,7 @@ export async function verifyCapacityCommand(opts: GlobalOptions) {
       }),
     ].join('\n'),
   );
-  const alerts = thresholdAlerts(
-    thresholdInputsFrom({
-      cluster: report.cluster,
-      now: new Date(),
-      entries: [],
-      capacity: report,
-      drills: [],
-    }),
-    vault.config.alerts,
-  ).filter((a) => a.kind === 'capacity');
-  for (const a of alerts) process.stderr.write(`${alertLine(a)}\n`);
+  const alerts = printThresholdAlerts(vault.config.alerts, 'capacity', { capacity: report });
   if (report.targets.some((t) => t.error !== undefined)) process.exitCode = 1;
   exitOnAlerts(alerts);
   return report;

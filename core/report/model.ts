@@ -41,6 +41,20 @@ export interface DrillRow {
   readonly error?: string;
 }
 
+/**
+ * The limits of AlertConfig a report shows: picked by name, so a destination added to AlertConfig
+ * (an ARN, an address) never reaches a stored report.
+ */
+export type ReportThresholds = Pick<
+  AlertConfig,
+  | 'capacityPercent'
+  | 'backupAgeHours'
+  | 'shrinkPercent'
+  | 'rpoTargetMinutes'
+  | 'rtoTargetMinutes'
+  | 'storageQuotaBytes'
+>;
+
 export interface ReportData {
   readonly format: typeof REPORT_FORMAT;
   readonly cluster: string;
@@ -51,14 +65,7 @@ export interface ReportData {
   /** Threshold alerts, critical first: the report's first section. */
   readonly failing: readonly Alert[];
   /** The limits judged against (never where alerts go: no ARN or address in a stored report). */
-  readonly thresholds: {
-    readonly capacityPercent: number;
-    readonly backupAgeHours: number;
-    readonly shrinkPercent: number;
-    readonly rpoTargetMinutes: number;
-    readonly rtoTargetMinutes: number;
-    readonly storageQuotaBytes?: number;
-  };
+  readonly thresholds: ReportThresholds;
   readonly totals: {
     readonly count: number;
     readonly storedBytes: number;

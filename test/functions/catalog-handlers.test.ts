@@ -1,9 +1,7 @@
-import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
-import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
-import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { PublishCommand, SNSClient } from '@aws-sdk/client-sns';
-import { mockClient } from 'aws-sdk-client-mock';
-import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { RunTaskCommand } from '@aws-sdk/client-ecs';
+import { GetSecretValueCommand } from '@aws-sdk/client-secrets-manager';
+import { PublishCommand } from '@aws-sdk/client-sns';
+import { beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { inMemorySource, type ObjectSource, runBackup } from '../../core/backup/run';
 import type { ManifestBody } from '../../core/catalog/manifest';
 import type { BackupType, Schedule } from '../../core/catalog/naming';
@@ -11,12 +9,11 @@ import { parseConfig } from '../../core/config';
 import type { ServerInfo } from '../../core/pg/server';
 import { runRetention } from '../../core/retention/apply';
 import { openVault, type Vault } from '../../core/vault';
-import { forgetCachedPassphrase } from '../../functions/env';
 import { handler as report } from '../../functions/report';
 import { handler as retention } from '../../functions/retention';
 import { handler as verify } from '../../functions/verify';
-import { type S3TestServer, startS3Server } from '../helpers/s3-server';
 import { recordingReporter } from '../helpers/vault';
+import { ecs, putEvents, secrets, sns, useFunctionsFixture } from './fixture';
 
 /**
  * The retention, verify and report functions run for real against catalogs in s3rver: backups
@@ -24,11 +21,6 @@ import { recordingReporter } from '../helpers/vault';
  * functions read from Secrets Manager). Secrets Manager, SNS, EventBridge and ECS are mocked; the
  * assertions are on what the functions return, what they left in the bucket and what they published.
  */
-
-const secrets = mockClient(SecretsManagerClient);
-const sns = mockClient(SNSClient);
-const events = mockClient(EventBridgeClient);
-const ecs = mockClient(ECSClient);
 
 const PASSPHRASE = 'correct horse battery staple, from Secrets Manager';
 const KEY_ARN = 'arn:aws:secretsmanager:us-east-1:123456789012:secret:pgvault-key';
@@ -46,8 +38,17 @@ const SERVER: ServerInfo = {
   superuser: true,
 };
 
-let s3: S3TestServer;
-const savedEnv = { ...process.env };
+const { s3 } = useFunctionsFixture({
+  bucket: 'pgvault-functions',
+  env: functionEnv,
+  answers: {
+    taskArn: TASK_ARN,
+    eventId: 'ev-1',
+    messageId: 'sns-1',
+    secretString: PASSPHRASE,
+    secretArn: KEY_ARN,
+  },
+});
 
 function functionEnv(): Record<string, string> {
   return {
@@ -129,18 +130,6 @@ async function keys(vault: Vault, cluster: string): Promise<string[]> {
   return out.sort();
 }
 
-function putEvents() {
-  return events.commandCalls(PutEventsCommand).map((c) => {
-    const e = c.args[0].input.Entries![0]!;
-    return {
-      DetailType: e.DetailType,
-      Source: e.Source,
-      EventBusName: e.EventBusName,
-      detail: JSON.parse(e.Detail!),
-    };
-  });
-}
-
 /** Captures the embedded-metric-format lines the functions write on stdout. */
 function captureMetrics(): { lines: () => Record<string, unknown>[]; restore: () => void } {
   const written: string[] = [];
@@ -159,8 +148,6 @@ function captureMetrics(): { lines: () => Record<string, unknown>[]; restore: ()
 }
 
 beforeAll(async () => {
-  s3 = await startS3Server('pgvault-functions');
-  process.env = { ...savedEnv, ...functionEnv() };
   // Ten nightly full backups and four config backups of `ret`; two fresh ones of `main`.
   const ret = writerVault('ret');
   for (let d = 9; d >= 0; d--) await take(ret, 'full', 'daily', NOW - d * DAY - 2 * HOUR);
@@ -174,19 +161,7 @@ beforeAll(async () => {
   await broken.targets[0]!.delete(m.objects[0]!.key);
 });
 
-afterAll(async () => {
-  process.env = savedEnv;
-  for (const m of [secrets, sns, events, ecs]) m.restore();
-  await s3?.stop();
-});
-
 beforeEach(() => {
-  for (const m of [secrets, sns, events, ecs]) m.reset();
-  secrets.on(GetSecretValueCommand, { SecretId: KEY_ARN }).resolves({ SecretString: PASSPHRASE });
-  sns.on(PublishCommand).resolves({ MessageId: 'sns-1' });
-  events.on(PutEventsCommand).resolves({ FailedEntryCount: 0, Entries: [{ EventId: 'ev-1' }] });
-  ecs.on(RunTaskCommand).resolves({ tasks: [{ taskArn: TASK_ARN }], failures: [] });
-  forgetCachedPassphrase();
   vi.spyOn(console, 'info').mockImplementation(() => {});
   vi.spyOn(console, 'warn').mockImplementation(() => {});
 });

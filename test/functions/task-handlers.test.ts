@@ -1,27 +1,20 @@
-import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
-import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
-import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { PublishCommand, SNSClient } from '@aws-sdk/client-sns';
-import { mockClient } from 'aws-sdk-client-mock';
-import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { RunTaskCommand } from '@aws-sdk/client-ecs';
+import { PutEventsCommand } from '@aws-sdk/client-eventbridge';
+import { GetSecretValueCommand } from '@aws-sdk/client-secrets-manager';
+import { PublishCommand } from '@aws-sdk/client-sns';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { parseConfig } from '../../core/config';
 import { createTargets } from '../../core/storage';
 import { DISPATCH_COMMANDS, handler as dispatch } from '../../functions/dispatch';
-import { forgetCachedPassphrase } from '../../functions/env';
 import { handler as restore } from '../../functions/restore';
-import { type S3TestServer, startS3Server } from '../helpers/s3-server';
 import { storeBackup } from '../integration/report-fixture';
+import { ecs, events, putEvents, secrets, sns, useFunctionsFixture } from './fixture';
 
 /**
  * The functions that start Fargate tasks: the exact RunTask request for every schedule payload and
  * every restore payload type, the per-cluster task definitions, the "started" lifecycle event, and
  * bad payloads refused with one line naming the field and no task started.
  */
-
-const ecs = mockClient(ECSClient);
-const events = mockClient(EventBridgeClient);
-const secrets = mockClient(SecretsManagerClient);
-const sns = mockClient(SNSClient);
 
 const ECS_CLUSTER = 'arn:aws:ecs:eu-west-1:123456789012:cluster/pgvault';
 const TASK_DEF = 'arn:aws:ecs:eu-west-1:123456789012:task-definition/pgvault-task:3';
@@ -54,7 +47,6 @@ const CLUSTERS = [
   },
 ];
 
-let s3: S3TestServer;
 const ENV = {
   AWS_REGION: 'eu-west-1',
   CLOUD_PROVIDER: 's3',
@@ -101,38 +93,21 @@ function expectedRunTask(command: string[], taskDefinition: string, startedBy: s
   };
 }
 
-function putEvents(): {
-  DetailType?: string;
-  Source?: string;
-  EventBusName?: string;
-  detail: Record<string, unknown>;
-}[] {
-  return events.commandCalls(PutEventsCommand).map((c) => {
-    const e = c.args[0].input.Entries![0]!;
-    return {
-      DetailType: e.DetailType,
-      Source: e.Source,
-      EventBusName: e.EventBusName,
-      detail: JSON.parse(e.Detail!),
-    };
-  });
-}
-
-const savedEnv = { ...process.env };
 /** The restore function looks the backup up in the catalog (s3rver): the cluster's newest full backup. */
 const FULL_LATEST = 'full-daily-20260212-020000';
 
-function s3Env(): Record<string, string> {
-  return {
-    S3_ENDPOINT: s3.endpoint,
-    AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
-  };
-}
+const { s3Env } = useFunctionsFixture({
+  bucket: 'pgvault-vault',
+  env: () => ({ ...ENV, ...s3Env() }),
+  answers: {
+    taskArn: TASK_ARN,
+    eventId: 'e-1',
+    messageId: 'm-1',
+    secretString: 'never-read-by-these-functions',
+  },
+});
 
 beforeAll(async () => {
-  s3 = await startS3Server('pgvault-vault');
-  process.env = { ...savedEnv, ...ENV, ...s3Env() };
   const store = (
     cluster: string,
     type: 'full' | 'base',
@@ -151,22 +126,6 @@ beforeAll(async () => {
   await store('main', 'full', 'manual', '2026-02-11T02:00:00Z', { app: 1000 });
   await store('main', 'full', 'daily', '2026-02-12T02:00:00Z', both);
   await store('crm', 'full', 'daily', '2026-02-12T02:00:00Z', { crm: 1000 });
-});
-
-beforeEach(() => {
-  for (const m of [ecs, events, secrets, sns]) m.reset();
-  ecs.on(RunTaskCommand).resolves({ tasks: [{ taskArn: TASK_ARN }], failures: [] });
-  events.on(PutEventsCommand).resolves({ FailedEntryCount: 0, Entries: [{ EventId: 'e-1' }] });
-  secrets.on(GetSecretValueCommand).resolves({ SecretString: 'never-read-by-these-functions' });
-  sns.on(PublishCommand).resolves({ MessageId: 'm-1' });
-  process.env = { ...savedEnv, ...ENV, ...s3Env() };
-  forgetCachedPassphrase();
-});
-
-afterAll(async () => {
-  process.env = savedEnv;
-  for (const m of [ecs, events, secrets, sns]) m.restore();
-  await s3?.stop();
 });
 
 describe('dispatch', () => {

@@ -1,10 +1,11 @@
 import { chmod, chown, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseConfig } from '../../core/config';
-import { serverOsUser, type TempCluster } from '../../core/pg/cluster';
+import { serverOsUser, TempCluster } from '../../core/pg/cluster';
 import { openVault, type Vault } from '../../core/vault';
 import { startCluster } from '../helpers/pg';
 import { recordingReporter, tempDir } from '../helpers/vault';
+import { killProcessesNaming } from './wal-fixture';
 
 /**
  * A cluster whose archive_command is pgvault's own `backup wal`, run by PostgreSQL as its OS user,
@@ -94,6 +95,15 @@ export async function startArchivingCluster(
   };
 }
 
+/** startArchivingCluster, then the database app with the table t that commitBatch fills. */
+export async function startAppCluster(
+  options: Parameters<typeof startArchivingCluster>[0] = {},
+): Promise<ArchivingCluster> {
+  const a = await startArchivingCluster(options);
+  await createAppTable(a.cluster);
+  return a;
+}
+
 /**
  * Completes the current WAL segment and waits until archive_command stored it, so everything
  * committed so far is in the archive.
@@ -168,4 +178,32 @@ export async function createAppTable(cluster: TempCluster): Promise<void> {
     [],
     'app',
   );
+}
+
+/**
+ * Waits until a server started on a recovered data directory has reached its target and promoted
+ * (pg_is_in_recovery() false), polling every 100 ms at most `attempts` times; then returns either way.
+ */
+export async function waitForPromotion(server: TempCluster, attempts = 200): Promise<void> {
+  for (let i = 0; i < attempts; i++) {
+    const [row] = await server.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r');
+    if (row?.r === false) break;
+    await sleep(100);
+  }
+}
+
+/**
+ * Starts the data directory `restore pitr --pgdata` laid down, waits until it promoted, reads the
+ * batches of its app database, and stops it again.
+ */
+export async function batchesAfterRecovery(pgdata: string): Promise<Record<number, number>> {
+  const server = await TempCluster.startOn({ dataDir: pgdata });
+  try {
+    await waitForPromotion(server);
+    return await batchesIn(server, 'app');
+  } finally {
+    await server.stop();
+    // The WAL prefetcher restore_command started outlives the server; it names pgdata.
+    killProcessesNaming(pgdata);
+  }
 }

@@ -8,9 +8,8 @@ import {
   batchesIn,
   between,
   commitBatch,
-  createAppTable,
   sleep,
-  startArchivingCluster,
+  startAppCluster,
   switchAndWaitArchived,
 } from './pitr-fixture';
 
@@ -27,11 +26,10 @@ beforeAll(async () => {
   // The server and its archive_command / restore_command inherit these.
   process.env.AWS_ACCESS_KEY_ID = s3.credentials.accessKeyId;
   process.env.AWS_SECRET_ACCESS_KEY = s3.credentials.secretAccessKey;
-  a = await startArchivingCluster({
+  a = await startAppCluster({
     cluster: 'in-s3',
     extra: { CLOUD_PROVIDER: 's3', CLOUD_BUCKET: s3.bucket, S3_ENDPOINT: s3.endpoint, LOCAL_COPY: 'false' },
   });
-  await createAppTable(a.cluster);
   batches.push(await commitBatch(a.cluster, 0));
   await backupBase(a.vault(), { schedule: 'weekly' });
   batches.push(await commitBatch(a.cluster, 1));

@@ -7,7 +7,7 @@ import { backupBase } from '../../core/backup/base';
 import { backupStats } from '../../core/backup/stats';
 import type { ManifestBody } from '../../core/catalog/manifest';
 import { IntegrityError, UsageError } from '../../core/errors';
-import { TempCluster } from '../../core/pg/cluster';
+import type { TempCluster } from '../../core/pg/cluster';
 import {
   parseRecoveryTarget,
   type RecoveryTarget,
@@ -18,13 +18,13 @@ import { startCluster } from '../helpers/pg';
 import {
   type ArchivingCluster,
   type Batch,
+  batchesAfterRecovery,
   batchesIn,
   between,
   commitBatch,
-  createAppTable,
   PGVAULT_BIN,
   sleep,
-  startArchivingCluster,
+  startAppCluster,
   switchAndWaitArchived,
 } from './pitr-fixture';
 
@@ -44,8 +44,7 @@ let lsnAfterBatch1: string;
 const batches: Batch[] = [];
 
 beforeAll(async () => {
-  [a, into] = await Promise.all([startArchivingCluster(), startCluster()]);
-  await createAppTable(a.cluster);
+  [a, into] = await Promise.all([startAppCluster(), startCluster()]);
   batches.push(await commitBatch(a.cluster, 0));
   base = await backupBase(a.vault(), { schedule: 'daily' });
   await sleep(1100);
@@ -170,19 +169,10 @@ describe('restore pitr --pgdata', () => {
     // Act
     const r = await restorePitrToDataDirectory(a.vault(), 'auto', target, { pgdata });
     const auto = await readFile(join(pgdata, 'postgresql.auto.conf'), 'utf8');
-    const server = await TempCluster.startOn({ dataDir: pgdata });
-    try {
-      for (let i = 0; i < 200; i++) {
-        const [row] = await server.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r');
-        if (row?.r === false) break;
-        await sleep(100);
-      }
+    const rows = await batchesAfterRecovery(pgdata);
 
-      // Assess
-      expect(await batchesIn(server, 'app')).toEqual({ 0: 50, 1: 50, 2: 50 });
-    } finally {
-      await server.stop();
-    }
+    // Assess
+    expect(rows).toEqual({ 0: 50, 1: 50, 2: 50 });
     expect(r.keyFileWritten).toBe(false);
     expect(r.keyFile).toBe(a.settings.ENCRYPTION_KEY_FILE);
     expect(auto).toMatch(

@@ -15,10 +15,10 @@ import {
   batchesIn,
   between,
   commitBatch,
-  createAppTable,
   sleep,
-  startArchivingCluster,
+  startAppCluster,
   switchAndWaitArchived,
+  waitForPromotion,
 } from './pitr-fixture';
 
 /**
@@ -36,8 +36,7 @@ let base: ManifestBody;
 const onTimeline2: Batch[] = [];
 
 beforeAll(async () => {
-  a = await startArchivingCluster({ cluster: 'forked' });
-  await createAppTable(a.cluster);
+  a = await startAppCluster({ cluster: 'forked' });
   await commitBatch(a.cluster, 1);
   base = await backupBase(a.vault(), { schedule: 'daily' });
   await commitBatch(a.cluster, 2);
@@ -55,11 +54,7 @@ beforeAll(async () => {
       fsync: 'off',
     },
   });
-  for (let i = 0; i < 300; i++) {
-    const [row] = await b.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r');
-    if (row?.r === false) break;
-    await sleep(100);
-  }
+  await waitForPromotion(b, 300);
   await commitBatch(a.cluster, 9);
   await switchAndWaitArchived(a.cluster);
   await sleep(1100);

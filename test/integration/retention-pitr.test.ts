@@ -2,7 +2,6 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupBase } from '../../core/backup/base';
 import type { ManifestBody } from '../../core/catalog/manifest';
-import { TempCluster } from '../../core/pg/cluster';
 import { parseRecoveryTarget, restorePitrToDataDirectory } from '../../core/restore/pitr';
 import { runRetention } from '../../core/retention/apply';
 import { readWalArchive, verifyWalArchive } from '../../core/wal/archive';
@@ -10,15 +9,13 @@ import { segmentNumber } from '../../core/wal/naming';
 import {
   type ArchivingCluster,
   type Batch,
-  batchesIn,
+  batchesAfterRecovery,
   between,
   commitBatch,
-  createAppTable,
   sleep,
-  startArchivingCluster,
+  startAppCluster,
   switchAndWaitArchived,
 } from './pitr-fixture';
-import { killProcessesNaming } from './wal-fixture';
 
 /**
  * Retention on a real archive: PostgreSQL archives through pgvault's archive_command, two real base
@@ -33,8 +30,7 @@ let baseB: ManifestBody;
 const batches: Batch[] = [];
 
 beforeAll(async () => {
-  a = await startArchivingCluster({ cluster: 'retention' });
-  await createAppTable(a.cluster);
+  a = await startAppCluster({ cluster: 'retention' });
   batches.push(await commitBatch(a.cluster, 0));
   baseA = await backupBase(a.vault(), { schedule: 'daily' });
   batches.push(await commitBatch(a.cluster, 1));
@@ -70,20 +66,7 @@ describe('retention on a real WAL archive', () => {
     const pgdata = join(a.work, 'after-retention');
     const target = parseRecoveryTarget({ time: between(batches[2]!.commitTime, batches[3]!.commitTime) });
     const recovered = await restorePitrToDataDirectory(vault, 'auto', target, { pgdata });
-    const server = await TempCluster.startOn({ dataDir: pgdata });
-    let rows: Record<number, number>;
-    try {
-      for (let i = 0; i < 200; i++) {
-        const [row] = await server.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r');
-        if (row?.r === false) break;
-        await sleep(100);
-      }
-      rows = await batchesIn(server, 'app');
-    } finally {
-      await server.stop();
-      // The WAL prefetcher restore_command started outlives the server; it names pgdata.
-      killProcessesNaming(pgdata);
-    }
+    const rows = await batchesAfterRecovery(pgdata);
 
     // Assess
     expect(result.failed).toEqual([]);
