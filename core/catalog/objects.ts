@@ -1,6 +1,6 @@
 import { createWriteStream } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { PassThrough, type Readable, Transform, type TransformCallback } from 'node:stream';
+import { PassThrough, type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Compression } from '../config';
 import { errorMessage, IntegrityError, MissingToolError, ObjectNotFoundError, StorageError } from '../errors';
@@ -14,6 +14,7 @@ import {
   decryptStage,
   encryptStage,
   gateOn,
+  ToolExitError,
   teeTo,
 } from '../stream';
 import type { Manifest, StoredObject } from './manifest';
@@ -235,17 +236,54 @@ export async function readObject(spec: ObjectReadSpec): Promise<Readable> {
 export async function readObjectToFile(spec: ObjectReadSpec, path: string): Promise<void> {
   const { object } = spec;
   const handle = await open(path, 'wx', 0o600);
-  let read: StoredRead | undefined;
   try {
-    const decompress =
-      object.rawSha256 === undefined
-        ? decompressToFileStage(spec.compression, { threads: spec.threads }, handle.fd)
-        : undefined;
-    if (decompress === undefined) {
+    const checkSize = async (read: StoredRead) => {
+      const size = (await handle.stat()).size;
+      if (size !== object.rawSize)
+        throw read.integrity(`decoded size ${size} bytes, manifest says ${object.rawSize}`);
+    };
+    if (!(await decodeInto(spec, handle.fd, checkSize))) {
       // No program to write the file, or a decoded digest to check: Node reads the raw bytes itself.
       await pipeline(await readObject(spec), createWriteStream('', { fd: handle.fd, autoClose: false }));
-      return;
     }
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Reads an object into another program's stdin (tar extracting a base backup): the decompressor
+ * writes into that pipe itself, so the decoded bytes never pass through Node, which only checks and
+ * decrypts the stored ones. The program's own checks (tar's headers) and the format's checksum
+ * (zstd's, gzip's CRC) guard the decoded side. Ends Node's end of the pipe either way.
+ */
+export async function readObjectIntoProgram(spec: ObjectReadSpec, stdin: Writable): Promise<void> {
+  // (A ReaderGoneError means the program stopped reading first: its own failure is the cause.)
+  try {
+    if (!(await decodeInto(spec, stdin))) await pipeline(await readObject(spec), stdin);
+  } finally {
+    stdin.destroy();
+  }
+}
+
+/**
+ * Checks, decrypts and hands the stored bytes to a decompressor program that writes the decoded ones
+ * into `output` (a file descriptor, or a program's stdin). false, having done nothing, when no
+ * program does the work or the manifest has a decoded-side digest that only Node can check.
+ */
+async function decodeInto(
+  spec: ObjectReadSpec,
+  output: number | Writable,
+  afterwards?: (read: StoredRead) => Promise<void>,
+): Promise<boolean> {
+  if (spec.object.rawSha256 !== undefined) return false;
+  const decompress = decompressToFileStage(spec.compression, { threads: spec.threads }, output);
+  if (decompress === undefined) return false;
+  // The decompressor holds its own copy of a pipe; Node's end closes, so the reader sees the end
+  // once the decompressor exits.
+  if (typeof output !== 'number') output.destroy();
+  let read: StoredRead | undefined;
+  try {
     read = await openStored(spec).catch((err: unknown) => {
       decompress.destroy();
       throw err;
@@ -256,15 +294,18 @@ export async function readObjectToFile(spec: ObjectReadSpec, path: string): Prom
       Readable,
       ...NodeJS.ReadWriteStream[],
     ]);
-    const size = (await handle.stat()).size;
-    if (size !== object.rawSize)
-      throw read.integrity(`decoded size ${size} bytes, manifest says ${object.rawSize}`);
+    await afterwards?.(read);
+    return true;
   } catch (err) {
+    if (typeof output !== 'number' && err instanceof ToolExitError && err.signal === 'SIGPIPE') {
+      throw new ReaderGoneError(`${err.label} stopped: the program reading the decoded bytes exited first`);
+    }
     throw read ? read.explain(err) : err;
-  } finally {
-    await handle.close();
   }
 }
+
+/** The program a decoded object was written into stopped reading (its own error says why). */
+export class ReaderGoneError extends StorageError {}
 
 interface StoredRead {
   readonly source: Readable;

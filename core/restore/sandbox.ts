@@ -3,10 +3,9 @@ import { existsSync } from 'node:fs';
 import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir, totalmem, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import type { CatalogEntry } from '../catalog/catalog';
 import type { StoredObject } from '../catalog/manifest';
-import { decryptionFor, readObject } from '../catalog/objects';
+import { decryptionFor, ReaderGoneError, readObjectIntoProgram } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
 import { type Config, loadConfig, type PgConnection } from '../config';
 import { ensureFreeSpace } from '../disk';
@@ -20,7 +19,7 @@ import {
 } from '../errors';
 import { asServerUser, chownToServerUser, SERVER_OS_USER, serverOsUser, TempCluster } from '../pg/cluster';
 import { findPgBinary, pgEnv, withClient } from '../pg/tools';
-import { startTool, ToolExitError } from '../stream/process';
+import { startTool } from '../stream/process';
 import type { Reporter } from '../vault';
 import { createDatabase, dbnameConninfo, dropDatabase } from './database';
 
@@ -284,33 +283,38 @@ export async function extractBaseBackup(options: ExtractOptions): Promise<void> 
   );
   let lastError: unknown;
   for (const target of entry.targets) {
-    let raw: Awaited<ReturnType<typeof readObject>> | undefined;
     const tarCmd = asServerUser('tar', ['-x', '-f', '-', '-C', dataDir]);
+    const tar = startTool(tarCmd.file, tarCmd.args, { label: 'tar -x', stdout: 'ignore' });
     try {
-      raw = await readObject({
-        target,
-        object,
-        compression: entry.manifest.compression.algorithm,
-        threads: config.parallelJobs,
-        encryption: decryptionFor(entry.manifest, config.encryption.passphrase),
-        onProgress: (bytes) => reporter.progress('fetch base backup', bytes, object.storedSize),
-      });
-      const tar = startTool(tarCmd.file, tarCmd.args, { label: 'tar -x', stdout: 'ignore' });
-      try {
-        await Promise.all([pipeline(raw, tar.stdin), tar.exited]);
-      } catch (err) {
-        if (tar.child.exitCode === null) tar.child.kill('SIGTERM');
-        const own = raw.errored ?? err;
-        if (own instanceof PgVaultError && !(own instanceof ToolExitError)) throw own;
+      // The decompressor writes into tar's stdin itself; Node only checks and decrypts the stored bytes.
+      const read = readObjectIntoProgram(
+        {
+          target,
+          object,
+          compression: entry.manifest.compression.algorithm,
+          threads: config.parallelJobs,
+          encryption: decryptionFor(entry.manifest, config.encryption.passphrase),
+          onProgress: (bytes) => reporter.progress('fetch base backup', bytes, object.storedSize),
+        },
+        tar.stdin,
+      );
+      const [fetched, extracted] = await Promise.allSettled([read, tar.exited]);
+      // A corrupt object makes tar fail too (its input stops mid-file): the object is the cause,
+      // unless the decompressor only stopped because tar had already gone.
+      if (fetched.status === 'rejected' && !(fetched.reason instanceof ReaderGoneError)) throw fetched.reason;
+      if (extracted.status === 'rejected') {
+        const own = extracted.reason;
         throw new StorageError(
           `cannot extract ${object.key} into ${dataDir}: ${errorMessage(own)}; check that the ${SERVER_OS_USER} OS user can write there and the disk has room`,
           { cause: own },
         );
       }
+      if (fetched.status === 'rejected') throw fetched.reason;
       return;
     } catch (err) {
-      raw?.destroy();
+      if (tar.child.exitCode === null) tar.child.kill('SIGTERM');
       lastError = err;
+      await tar.exited.catch(() => {});
       await clearDirectory(dataDir);
       if ((err instanceof IntegrityError || err instanceof StorageError) && entry.targets.length > 1) {
         reporter.warn(`${target.location}: ${errorMessage(err)}; trying the next copy`);

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { type Duplex, PassThrough } from 'node:stream';
+import { type Duplex, PassThrough, type Writable } from 'node:stream';
 import { createGunzip, createGzip } from 'node:zlib';
 import type { Compression } from '../config';
 import { ConfigError } from '../errors';
@@ -243,15 +243,15 @@ export function decompressStage(algorithm: Compression, options: { readonly thre
 }
 
 /**
- * A decompressor program that writes into an open file (as its stdout) instead of back to Node, for
- * staging large objects on disk: the decoded bytes then never pass through Node. The stage's readable
- * side is empty. undefined when no program does the work ('none', or gzip with neither pigz nor gzip
- * installed): use decompressStage and write the file from Node.
+ * A decompressor program that writes into an open file, or into another program's stdin pipe (tar
+ * extracting a base backup), as its stdout instead of back to Node: the decoded bytes then never
+ * pass through Node. The stage's readable side is empty. undefined when no program does the work
+ * ('none', or gzip with neither pigz nor gzip installed): use decompressStage and write from Node.
  */
 export function decompressToFileStage(
   algorithm: Compression,
   options: { readonly threads: number },
-  fd: number,
+  fd: number | Writable,
 ): Duplex | undefined {
   const invocation = compressionInvocation(algorithm, 'decompress', { threads: options.threads });
   if (invocation === 'builtin') return undefined;

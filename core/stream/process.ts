@@ -29,7 +29,8 @@ export interface StartToolOptions {
   /** How to install the program when it is missing; default `apt-get install <command>`. */
   installHint?: string;
   stdin?: 'pipe' | 'ignore' | number;
-  stdout?: 'pipe' | 'ignore' | number;
+  /** A number is an open file; a Writable must be a pipe to another program (its stdin), shared. */
+  stdout?: 'pipe' | 'ignore' | number | Writable;
   /**
    * Run the program under `stdbuf -o1M` (when installed) so its stdio output reaches the pipe in
    * large writes. pg_dump and pg_basebackup write archives through stdio, which flushes every 4 KiB

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { cp, readdir, readFile, rm } from 'node:fs/promises';
+import { cp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,7 +7,7 @@ import { backupBase } from '../../core/backup/base';
 import { backupStats } from '../../core/backup/stats';
 import type { ManifestBody } from '../../core/catalog/manifest';
 import { IntegrityError, UsageError } from '../../core/errors';
-import type { TempCluster } from '../../core/pg/cluster';
+import { serverOsUser, type TempCluster } from '../../core/pg/cluster';
 import {
   parseRecoveryTarget,
   type RecoveryTarget,
@@ -222,6 +222,34 @@ describe('restore pitr --pgdata', () => {
     );
     expect(r.backupId).toBe(base.id);
     expect(await readdir(pgdata)).toContain('recovery.signal');
+  });
+});
+
+describe('restore pitr --pgdata from a damaged base backup', () => {
+  it('names the object corrupt and leaves the directory empty', async () => {
+    // Prepare: a copy of the vault whose base backup has one flipped byte in the middle.
+    const copy = join(a.work, 'flipped-backups');
+    await cp(a.backupDir, copy, { recursive: true, preserveTimestamps: true });
+    const object = join(copy, base.objects[0]!.key);
+    const bytes = await readFile(object);
+    bytes[Math.floor(bytes.length / 2)]! ^= 0x10;
+    await writeFile(object, bytes);
+    const user = serverOsUser();
+    if (user) await run('chown', ['-R', `${user.uid}:${user.gid}`, copy]);
+    const pgdata = join(a.work, 'from-flipped');
+
+    // Act
+    const result = restorePitrToDataDirectory(
+      vaultInto({ BACKUP_DIR: copy }),
+      base.id,
+      parseRecoveryTarget({ immediate: true }),
+      { pgdata },
+    );
+
+    // Assess
+    await expect(result).rejects.toThrow(IntegrityError);
+    await expect(result).rejects.toThrow(new RegExp(`object ${base.objects[0]!.key} in .* is corrupt`));
+    expect(await readdir(pgdata)).toEqual([]);
   });
 });
 
