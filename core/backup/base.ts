@@ -91,12 +91,16 @@ export function assertBaseBackupPossible(server: ServerInfo, pre: PhysicalPrereq
  */
 export async function backupBase(vault: Vault, options: BaseBackupOptions): Promise<ManifestBody> {
   const { config } = vault;
-  await Promise.all(vault.targets.map((t) => t.probe()));
-  const server = await serverInfo(config.pg);
-  const pre = await physicalPrerequisites(config);
-  assertBaseBackupPossible(server, pre);
   const pgBasebackup = findPgBinary('pg_basebackup', config.pgBinDir);
-  const toolMajor = await toolMajorVersion(pgBasebackup);
+  // The checks wait on the network and on programs starting: all at once, as for full backups.
+  const [, server, pre, toolMajor, tools] = await Promise.all([
+    Promise.all(vault.targets.map((t) => t.probe())),
+    serverInfo(config.pg),
+    physicalPrerequisites(config),
+    toolMajorVersion(pgBasebackup),
+    toolVersions(pgBasebackup, config),
+  ]);
+  assertBaseBackupPossible(server, pre);
   if (toolMajor < server.major) {
     throw new PostgresError(
       `pg_basebackup ${toolMajor} is older than the server (${server.version}); install postgresql-client-${server.major} or set PG_BIN_DIR to its bin directory`,
@@ -156,7 +160,7 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
     type: 'base',
     schedule: options.schedule,
     server,
-    tools: await toolVersions(pgBasebackup, config),
+    tools,
     sources: [source],
     now: options.now,
     physical: () => physicalFromStream(scanner, pre.segmentBytes, seen),
