@@ -383,8 +383,7 @@ export async function openWalObject(
     );
   }
   const input = source ?? (await target.get(key));
-  const stages: NodeJS.ReadWriteStream[] = [];
-  if (encrypted) stages.push(decryptStage(codec.passphrase!, codec.iterations));
+  const stages = decryptionStages(encrypted, codec);
   stages.push(decompressStage(compression, { threads: 1 }));
   // `out` stays outside the pipeline, which would destroy it with the stage's raw error: the
   // consumer must see the error naming the key.
@@ -392,11 +391,19 @@ export async function openWalObject(
   const last = stages[stages.length - 1]!;
   last.pipe(out);
   pipeline([input, ...stages] as unknown as [Readable, ...NodeJS.ReadWriteStream[]]).catch((err: unknown) => {
-    const passOn =
-      err instanceof StorageError || err instanceof MissingToolError || err instanceof ConfigError;
-    out.destroy(passOn ? (err as Error) : undecodable(key, target.location, errorMessage(err)));
+    out.destroy(decodingFailure(err, key, target.location));
   });
   return out;
+}
+
+function decryptionStages(encrypted: boolean, codec: WalCodec): NodeJS.ReadWriteStream[] {
+  return encrypted ? [decryptStage(codec.passphrase!, codec.iterations)] : [];
+}
+
+/** A failed decode: storage, tool and configuration errors pass on; anything else means a damaged object. */
+function decodingFailure(err: unknown, key: string, location: string): Error {
+  const passOn = err instanceof StorageError || err instanceof MissingToolError || err instanceof ConfigError;
+  return passOn ? (err as Error) : undecodable(key, location, errorMessage(err));
 }
 
 /** sha256 and size of a stored WAL object's decoded bytes (to compare with a file being archived again). */
@@ -567,14 +574,11 @@ async function decodeIntoFile(
           : decompressToFileStage(compression, { threads: 1 }, fd);
       if (decompress) {
         decompress.resume();
-        const stages: NodeJS.ReadWriteStream[] = [];
-        if (encrypted) stages.push(decryptStage(codec.passphrase!, codec.iterations));
-        await pipeline([source, ...stages, decompress] as unknown as [
+        await pipeline([source, ...decryptionStages(encrypted, codec), decompress] as unknown as [
           Readable,
           ...NodeJS.ReadWriteStream[],
         ]).catch((err: unknown) => {
-          const passOn = err instanceof StorageError || err instanceof MissingToolError;
-          throw passOn ? err : undecodable(key, target.location, errorMessage(err));
+          throw decodingFailure(err, key, target.location);
         });
         size = (await statFd(fd)).size;
         head = Buffer.alloc(Math.min(WAL_LONG_HEADER_BYTES, size));
