@@ -135,6 +135,28 @@ export interface CommandRun {
  * what its handler returned to run(). Never throws, never changes the exit code; a config that cannot
  * be read (often the very failure) means no bus is known and nothing is recorded.
  */
+/**
+ * A check that found faults after printing its report (so --json stays one object): the one error
+ * line, the exit code, and the failure alert the CLI's error path would have sent. The command then
+ * returns normally, so its outcome is recorded as a failure by that exit code.
+ */
+export async function failAfterReport(
+  err: PgVaultError,
+  opts: GlobalOptions,
+  commandPath: string,
+): Promise<void> {
+  process.stderr.write(`pgvault: ${err.message}\n`);
+  process.exitCode = err.exitCode;
+  const { sendFailureAlert } = require('../core/alert/failure') as typeof import('../core/alert/failure');
+  await sendFailureAlert({
+    configFile: opts.config,
+    commandPath,
+    argv: process.argv.slice(2),
+    error: err,
+    startedAt: new Date(Date.now() - process.uptime() * 1000),
+  });
+}
+
 export async function recordCommandOutcome(
   options: GlobalOptions,
   command: CommandRun,

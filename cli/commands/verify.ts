@@ -1,6 +1,6 @@
 import { IntegrityError, ValidationError } from '../../core/errors';
 import { verifyBackupFile } from '../../core/verify/file';
-import { emit, formatBytes, formatDuration, type GlobalOptions, vaultFor } from '../output';
+import { emit, failAfterReport, formatBytes, formatDuration, type GlobalOptions, vaultFor } from '../output';
 
 export async function verifyFileCommand(backup: string, opts: GlobalOptions) {
   const r = await verifyBackupFile(vaultFor(opts), backup);
@@ -14,25 +14,6 @@ export async function verifyFileCommand(backup: string, opts: GlobalOptions) {
     ].join('\n'),
   );
   return r;
-}
-
-/** The report is already on stdout: one line on stderr and the exit code say it failed. */
-/**
- * A check that found faults after printing its report (so --json stays one object): the one error
- * line, the exit code, and the failure alert the CLI's error path would have sent.
- */
-async function failAfterReport(err: Error, opts: GlobalOptions, commandPath: string): Promise<void> {
-  process.stderr.write(`pgvault: ${err.message}\n`);
-  process.exitCode = err instanceof IntegrityError || err instanceof ValidationError ? err.exitCode : 1;
-  const { sendFailureAlert } =
-    require('../../core/alert/failure') as typeof import('../../core/alert/failure');
-  await sendFailureAlert({
-    configFile: opts.config,
-    commandPath,
-    argv: process.argv.slice(2),
-    error: err,
-    startedAt: new Date(Date.now() - process.uptime() * 1000),
-  });
 }
 
 type VerifyAllReport = import('../../core/verify/all').VerifyAllReport;

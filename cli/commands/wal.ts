@@ -22,7 +22,15 @@ import {
   startUploaderProcess,
   uploaderRunning,
 } from '../../core/wal/spool';
-import { emit, formatDuration, type GlobalOptions, readConfig, table, vaultFor } from '../output';
+import {
+  emit,
+  failAfterReport,
+  formatDuration,
+  type GlobalOptions,
+  readConfig,
+  table,
+  vaultFor,
+} from '../output';
 
 /**
  * WAL commands. `backup wal` and `restore wal` run once per file under PostgreSQL, so this module
@@ -123,11 +131,8 @@ export async function verifyWalCommand(opts: GlobalOptions) {
           ', ',
         )}${report.gaps.length > 3 ? ', ...' : ''}; recovery cannot pass them: take a new base backup after the last gap`;
   emit(opts, report, () => describeVerifyReport(report));
-  if (problem !== undefined) {
-    // The report is already out (stdout); the exit code and one line say it failed.
-    process.stderr.write(`pgvault: ${problem}\n`);
-    finish(new IntegrityError(problem).exitCode);
-  }
+  // The report is already out (stdout); the exit code, one line and the alert say it failed.
+  if (problem !== undefined) await failAfterReport(new IntegrityError(problem), opts, 'verify wal');
 }
 
 type VerifyReport = Awaited<ReturnType<typeof import('../../core/wal/archive').verifyWalArchive>>;

@@ -297,6 +297,7 @@ describe('verify wal', () => {
     rmSync(walKeyPath(fx.vaultDir, middle));
     const gap = fx.pgvault(['verify', 'wal', '--json']);
     const text = fx.pgvault(['verify', 'wal']);
+    const measured = fx.pgvault(['verify', 'wal', '--json'], { env: { PGVAULT_METRICS: 'emf' } });
 
     // Assess
     expect(clean.code, clean.stderr).toBe(0);
@@ -311,6 +312,10 @@ describe('verify wal', () => {
     expect(gap.stderr).toContain(middle);
     expect(text.code).toBe(3);
     expect(text.stdout).toContain(`GAP on timeline 1: ${middle} missing`);
+    // Recorded as a failed verification (the CloudWatch metric the stack alarms on), not a success.
+    expect(measured.code).toBe(3);
+    expect(measured.stderr).toMatch(/"VerificationFailed":1/);
+    expect(measured.stderr).not.toMatch(/VerificationSucceeded/);
   });
 });
 
