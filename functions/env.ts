@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { ECSClient, RunTaskCommand, type RunTaskCommandInput } from '@aws-sdk/client-ecs';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { z } from 'zod';
@@ -73,6 +74,11 @@ export const clusterNameSchema = z
 // ---------------------------------------------------------------------------------------------
 // Deployment settings
 
+/** What RunTask takes as taskDefinition: a family, family:revision, or a task definition ARN. */
+const taskDefinitionSchema = z
+  .string()
+  .regex(/^(arn:[^\s]+|[A-Za-z0-9_-]{1,255}(:[0-9]+)?)$/, 'a task definition family, family:revision or ARN');
+
 const clusterEntrySchema = z.object({
   name: clusterNameSchema,
   mode: z.enum(DEPLOYMENT_MODES),
@@ -82,42 +88,94 @@ const clusterEntrySchema = z.object({
   credentialsSecretArn: z.string().startsWith('arn:'),
   patroniUrl: z.string().min(1).optional(),
   citusCoordinator: z.string().min(1).optional(),
-  /** Overrides TASK_DEFINITION_ARN for this cluster (a task definition per cluster carries its secrets). */
+  /**
+   * This cluster's backup task definition (a task definition per cluster carries its secrets); the
+   * stack writes the family, so RunTask starts its newest revision. Wins over TASK_DEFINITION_ARN.
+   */
+  taskDefinition: taskDefinitionSchema.optional(),
+  /** This cluster's restore task definition; wins over RESTORE_TASK_DEFINITION_ARN. */
+  restoreTaskDefinition: taskDefinitionSchema.optional(),
+  /** Earlier name of taskDefinition (an ARN), still accepted in PGVAULT_CLUSTERS. */
   taskDefinitionArn: z.string().startsWith('arn:').optional(),
-  /** Overrides RESTORE_TASK_DEFINITION_ARN for this cluster. */
+  /** Earlier name of restoreTaskDefinition. */
   restoreTaskDefinitionArn: z.string().startsWith('arn:').optional(),
 });
 
 export type ClusterEntry = z.infer<typeof clusterEntrySchema>;
 
-/** PGVAULT_CLUSTERS: the clusters this deployment protects. Other fields of an entry are ignored. */
-export function deploymentClusters(env: NodeJS.ProcessEnv = process.env): ClusterEntry[] {
-  const text = env.PGVAULT_CLUSTERS;
-  if (text === undefined || text.trim() === '')
-    throw new ConfigError('PGVAULT_CLUSTERS is not set; the stack sets it to the JSON list of clusters');
+/**
+ * Where the stack puts the cluster list: a file in a Lambda layer (layers are unpacked under /opt),
+ * so the list does not count against Lambda's 4 KB of environment and the fleet can grow.
+ */
+export const DEFAULT_CLUSTERS_FILE = '/opt/pgvault/clusters.json';
+
+/** Per container: the cluster file is read and checked once, at the first invocation. */
+let cachedClusterFile: { path: string; clusters: ClusterEntry[] } | undefined;
+
+/** Reads the cluster file; a missing or unreadable file is one line naming it. */
+function readClusterFile(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? errorMessage(err);
+    throw new ConfigError(
+      `the cluster list ${path} cannot be read (${code}) and PGVAULT_CLUSTERS is not set; the stack ships the list in the functions' cluster layer: deploy the stack again`,
+    );
+  }
+}
+
+function parseClusterList(text: string, source: string): ClusterEntry[] {
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new ConfigError(`PGVAULT_CLUSTERS is not JSON (${errorMessage(err)}); the stack sets it`);
+    throw new ConfigError(`${source} is not JSON (${errorMessage(err)}); the stack writes it`);
   }
   const parsed = z.array(clusterEntrySchema).min(1).safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     throw new ConfigError(
-      `PGVAULT_CLUSTERS is not allowed: ${issue.path.length > 0 ? `[${issue.path.join('.')}] ` : ''}${issue.message}`,
+      `${source} is not allowed: ${issue.path.length > 0 ? `[${issue.path.join('.')}] ` : ''}${issue.message}`,
     );
   }
   return parsed.data;
 }
 
-/** The cluster a payload names; an unknown name lists the known ones. */
+/**
+ * The clusters this deployment protects: PGVAULT_CLUSTERS (a JSON list) when set, else the file
+ * PGVAULT_CLUSTERS_FILE (default /opt/pgvault/clusters.json, the stack's cluster layer), read once per
+ * container. Other fields of an entry are ignored.
+ */
+export function deploymentClusters(env: NodeJS.ProcessEnv = process.env): ClusterEntry[] {
+  const inline = env.PGVAULT_CLUSTERS;
+  if (inline !== undefined && inline.trim() !== '') return parseClusterList(inline, 'PGVAULT_CLUSTERS');
+  const path = env.PGVAULT_CLUSTERS_FILE?.trim() || DEFAULT_CLUSTERS_FILE;
+  if (cachedClusterFile?.path === path) return cachedClusterFile.clusters;
+  const clusters = parseClusterList(readClusterFile(path), path);
+  cachedClusterFile = { path, clusters };
+  return clusters;
+}
+
+/** For tests: forget the cluster file read by an earlier invocation. */
+export function forgetCachedClusters(): void {
+  cachedClusterFile = undefined;
+}
+
+/** Names an unknown cluster's alternatives in one line, however large the fleet. */
+const LISTED_NAMES = 20;
+
+/** The cluster a payload names; an unknown name lists the known ones (the first 20 of a large fleet). */
 export function findCluster(name: string, env: NodeJS.ProcessEnv = process.env): ClusterEntry {
   const clusters = deploymentClusters(env);
   const found = clusters.find((c) => c.name === name);
   if (found === undefined) {
+    const names = clusters.map((c) => c.name);
+    const listed =
+      names.length <= LISTED_NAMES
+        ? names.join(', ')
+        : `${names.slice(0, LISTED_NAMES).join(', ')} and ${names.length - LISTED_NAMES} more`;
     throw new InvalidPayloadError(
-      `invalid payload: "cluster": ${name} is not a cluster of this deployment; use one of ${clusters.map((c) => c.name).join(', ')}`,
+      `invalid payload: "cluster": ${name} is not a cluster of this deployment; use one of ${listed}`,
     );
   }
   return found;
@@ -283,8 +341,10 @@ export function runTaskRequest(
 ): RunTaskCommandInput {
   const taskDefinition =
     task.definition === 'restore'
-      ? (cluster.restoreTaskDefinitionArn ?? settings.restoreTaskDefinitionArn)
-      : (cluster.taskDefinitionArn ?? settings.taskDefinitionArn);
+      ? (cluster.restoreTaskDefinition ??
+        cluster.restoreTaskDefinitionArn ??
+        settings.restoreTaskDefinitionArn)
+      : (cluster.taskDefinition ?? cluster.taskDefinitionArn ?? settings.taskDefinitionArn);
   return {
     cluster: settings.ecsClusterArn,
     taskDefinition,

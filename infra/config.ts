@@ -104,7 +104,8 @@ export const deployConfigSchema = z
       .string()
       .regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'a region such as eu-west-1')
       .optional(),
-    clusters: z.array(clusterSchema).min(1).max(50),
+    // One stack holds at most 500 resources, so no more clusters than that can ever fit (the stack checks the real count).
+    clusters: z.array(clusterSchema).min(1).max(500),
     network: z.strictObject({
       vpcId: z.string().regex(/^vpc-[0-9a-f]{8,17}$/, 'a VPC id such as vpc-0123456789abcdef0'),
       subnetIds: z
@@ -152,8 +153,14 @@ export const deployConfigSchema = z
           .string()
           .regex(/^([A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*)?$/, "path segments without leading or trailing '/'")
           .default('pgvault'),
-        /** Weekly and monthly backups move to this class (the guide: GLACIER after 30 days). */
-        archiveStorageClass: z.enum(['GLACIER', 'GLACIER_IR', 'DEEP_ARCHIVE']).default('GLACIER'),
+        /**
+         * Weekly and monthly backups move to this class after archiveAfterDays (the guide: Glacier after
+         * 30 days). GLACIER_IR (Glacier Instant Retrieval) reads with a plain GetObject, so restoring an
+         * old monthly backup needs no `restore-object` and no hours of waiting; GLACIER (Flexible
+         * Retrieval) and DEEP_ARCHIVE cost less per GB but must be restored before pgvault can read them.
+         * @default 'GLACIER_IR'
+         */
+        archiveStorageClass: z.enum(['GLACIER', 'GLACIER_IR', 'DEEP_ARCHIVE']).default('GLACIER_IR'),
         archiveAfterDays: z.number().int().min(1).max(3650).default(30),
         /** Objects smaller than this stay in STANDARD: manifests must stay readable by list, retention and restore. */
         archiveMinObjectBytes: z

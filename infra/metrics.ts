@@ -27,6 +27,15 @@ export const METRICS = {
   rpoSeconds: { name: 'RpoSeconds', unit: 'Seconds' },
   /** RTO measured by the newest drill or restore test (verify/drill task). */
   drillRtoSeconds: { name: 'DrillRtoSeconds', unit: 'Seconds' },
+  /** 1 per failed drill (`drill` task; the dispatch function when it cannot start one). */
+  drillFailed: { name: 'DrillFailed', unit: 'Count' },
+  /** 1 per failed restore (restore task; the restore function when it cannot start one). */
+  restoreFailed: { name: 'RestoreFailed', unit: 'Count' },
+  /**
+   * 1 per failed verification: faults found or an error, in the verify function's quick checks or a
+   * verify command (the deep `verify restore latest` task, scheduled `verify all`).
+   */
+  verificationFailed: { name: 'VerificationFailed', unit: 'Count' },
   /** Bytes the cluster's folder holds in the vault, and that as a share of STORAGE_QUOTA_GB (report). */
   storageUsedBytes: { name: 'StorageUsedBytes', unit: 'Bytes' },
   storageUsedPercent: { name: 'StorageUsedPercent', unit: 'Percent' },
@@ -41,4 +50,17 @@ export const TASK_METRICS: readonly MetricKey[] = [
   'rpoSeconds',
   'drillRtoSeconds',
   'backupAgeHours',
+  'drillFailed',
+  'restoreFailed',
+  'verificationFailed',
+];
+
+/**
+ * Outcomes that alarm on the first occurrence (Sum >= 1 in five minutes), per cluster. The functions'
+ * EMF lines and the task log group's metric filters feed the same metric (namespace, name, Cluster).
+ */
+export const FAILURE_ALARMS: readonly { readonly key: MetricKey; readonly what: string }[] = [
+  { key: 'drillFailed', what: 'DR drill failed' },
+  { key: 'restoreFailed', what: 'restore failed' },
+  { key: 'verificationFailed', what: 'verification failed' },
 ];

@@ -1,9 +1,9 @@
-import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, CfnResource, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import type { Construct } from 'constructs';
 import { type DeployConfig, DeployConfigError, expirationDays, receivesWal } from './config';
 import { Alerts } from './constructs/alerts';
-import { FUNCTION_NAMES, Functions } from './constructs/functions';
+import { CLUSTERS_FILE, FUNCTION_NAMES, type FunctionCluster, Functions } from './constructs/functions';
 import { Monitoring } from './constructs/monitoring';
 import { Schedules } from './constructs/schedules';
 import { BackupTasks, CONTAINER_NAME } from './constructs/tasks';
@@ -22,6 +22,15 @@ export const FEATURE_FLAGS = [
   '@aws-cdk/core:checkSecretUsage',
   '@aws-cdk/aws-ecs:arnFormatIncludesClusterName',
 ] as const;
+
+/** CDK's context key for CloudFormation's resource limit per stack (default 500; 0 turns the check off). */
+const STACK_RESOURCE_LIMIT_CONTEXT = '@aws-cdk/core:stackResourceLimit';
+
+/**
+ * Resources a stack has whatever the fleet (bucket, keys, topic, functions, ECS cluster, dashboard, ...;
+ * about 58, a few more with EFS for wal receive): the rest is per cluster (25 to 36 each).
+ */
+const SHARED_RESOURCES = 60;
 
 /** Lambda's limit on the environment of one function (keys and values). */
 const LAMBDA_ENV_LIMIT = 4096;
@@ -106,7 +115,10 @@ export class PgvaultStack extends Stack {
     });
 
     const first = this.tasks.byCluster.get(clusterNames[0]!)!;
-    const clustersJson = c.clusters.map((cl) => {
+    // The cluster list the functions read (functions/env.ts): plain values known at synth, so it ships
+    // in a layer rather than the 4 KB environment. Task definitions by family: RunTask starts the
+    // newest revision, which is the one the functions' RunTask permission names.
+    const functionClusters: FunctionCluster[] = c.clusters.map((cl) => {
       const t = this.tasks.byCluster.get(cl.name)!;
       return {
         name: cl.name,
@@ -118,8 +130,8 @@ export class PgvaultStack extends Stack {
         ...(cl.patroniUrl ? { patroniUrl: cl.patroniUrl } : {}),
         ...(cl.citusCoordinator ? { citusCoordinator: cl.citusCoordinator } : {}),
         // Each cluster has its own task definitions (its credentials are ECS secrets of that definition).
-        taskDefinitionArn: t.backup.taskDefinitionArn,
-        restoreTaskDefinitionArn: t.restore.taskDefinitionArn,
+        taskDefinition: t.backup.family,
+        restoreTaskDefinition: t.restore.family,
       };
     });
     const functionEnvironment: Record<string, string> = {
@@ -133,13 +145,13 @@ export class PgvaultStack extends Stack {
       SUBNET_IDS: c.network.subnetIds.join(','),
       SECURITY_GROUP_IDS: c.network.securityGroupIds.join(','),
       ASSIGN_PUBLIC_IP: String(c.network.assignPublicIp),
-      PGVAULT_CLUSTERS: this.toJsonString(clustersJson),
+      PGVAULT_CLUSTERS_FILE: CLUSTERS_FILE,
     };
+    // The same for one cluster or a hundred; only bucket.prefix and the subnet and security group lists change it.
     const size = estimateEnvironmentSize(functionEnvironment, this);
     if (size > LAMBDA_ENV_LIMIT) {
       throw new DeployConfigError(
-        `pgvault deploy config: clusters: ${c.clusters.length} clusters need about ${size} bytes of Lambda ` +
-          `environment (limit ${LAMBDA_ENV_LIMIT}); split the fleet over two stacks`,
+        `pgvault deploy config: the functions' environment needs about ${size} bytes (Lambda's limit is ${LAMBDA_ENV_LIMIT}); shorten bucket.prefix or list fewer subnets and security groups`,
       );
     }
 
@@ -149,6 +161,7 @@ export class PgvaultStack extends Stack {
       topic: this.alerts.topic,
       eventBus: this.alerts.eventBus,
       environment: functionEnvironment,
+      clusters: functionClusters,
       logRetentionDays: c.logRetentionDays,
     });
 
@@ -188,7 +201,28 @@ export class PgvaultStack extends Stack {
     for (const name of FUNCTION_NAMES) {
       new CfnOutput(this, `${name}FunctionName`, { value: this.functions.functions[name].functionName });
     }
+
+    // CloudFormation takes at most 500 resources per stack and every cluster brings its own task
+    // definitions, roles, schedules and alarms: refuse a fleet that does not fit with one line, before
+    // CDK's own synth check (a list of resource types) or a failed deployment.
+    const limit = resourceLimit(this);
+    const resources = this.node.findAll().filter((n) => CfnResource.isCfnResource(n)).length + 1; // + CDKMetadata
+    if (limit > 0 && resources > limit) {
+      const perCluster = (resources - SHARED_RESOURCES) / c.clusters.length;
+      const fit = Math.max(1, Math.floor((limit - SHARED_RESOURCES) / perCluster));
+      throw new DeployConfigError(
+        `pgvault deploy config: clusters: ${c.clusters.length} clusters need about ${resources} CloudFormation ` +
+          `resources, more than the ${limit} one stack may hold; deploy the fleet as several stacks of at most ` +
+          `about ${fit} clusters (one config file each, its own stackName)`,
+      );
+    }
   }
+}
+
+/** CloudFormation's resource limit per stack as CDK applies it (context `@aws-cdk/core:stackResourceLimit`, 0: off). */
+function resourceLimit(stack: Stack): number {
+  const configured = stack.node.tryGetContext(STACK_RESOURCE_LIMIT_CONTEXT);
+  return configured === undefined ? 500 : Number.parseInt(String(configured), 10);
 }
 
 /** Bytes the environment will take once deployed, counting each unresolved reference as a long ARN. */

@@ -60,6 +60,24 @@ const ACCESS_ERROR_NAMES = new Set([
 ]);
 
 /**
+ * A read refused because the object sits in an archive storage class (GLACIER, DEEP_ARCHIVE, an
+ * Intelligent-Tiering archive tier) and has not been restored: S3 answers GetObject with
+ * InvalidObjectState until `restore-object` has made a temporary copy readable.
+ */
+export class ArchivedObjectError extends StorageError {
+  constructor(
+    message: string,
+    /** The object's key (relative to the target, as the caller named it). */
+    readonly key: string,
+    /** GLACIER, DEEP_ARCHIVE, INTELLIGENT_TIERING, ... when S3 said. */
+    readonly storageClass: string | undefined,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/**
  * Part size for a stream of about `sizeHint` bytes: 25% headroom over what keeps it under 10,000
  * parts (the hint may be an estimate), at least 8 MiB, a whole number of MiB, at most S3's 5 GiB.
  * Without a hint, 16 MiB (up to ~156 GiB).
@@ -180,6 +198,7 @@ export class S3Target implements StorageTarget {
       return Readable.fromWeb(body.transformToWebStream() as import('node:stream/web').ReadableStream);
     } catch (err) {
       if (isNotFound(err)) throw new ObjectNotFoundError(key, this.location);
+      if (isArchived(err)) throw await this.archivedObjectError(key, objectKey, err);
       throw this.storageError(err, `download ${key}`);
     }
   }
@@ -196,6 +215,7 @@ export class S3Target implements StorageTarget {
       return Buffer.from(await output.Body.transformToByteArray());
     } catch (err) {
       if (isNotFound(err)) throw new ObjectNotFoundError(key, this.location);
+      if (isArchived(err)) throw await this.archivedObjectError(key, objectKey, err);
       throw this.storageError(err, `download ${key}`);
     }
   }
@@ -323,6 +343,57 @@ export class S3Target implements StorageTarget {
     }
   }
 
+  /**
+   * InvalidObjectState on a read, as one line: the key, the storage class (from the error, else a
+   * HEAD, which archived objects answer), whether a restore is under way, and the next step. S3
+   * answers it with 403, which must not read as "access denied".
+   */
+  private async archivedObjectError(key: string, objectKey: string, err: unknown): Promise<StorageError> {
+    const fromError = err as { StorageClass?: unknown; AccessTier?: unknown };
+    let storageClass = typeof fromError.StorageClass === 'string' ? fromError.StorageClass : undefined;
+    const accessTier = typeof fromError.AccessTier === 'string' ? fromError.AccessTier : undefined;
+    let restore: string | undefined;
+    try {
+      const { client, sdk } = await this.connect();
+      const head = await client.send(
+        new sdk.HeadObjectCommand({ Bucket: this.bucket, Key: objectKey }),
+        this.requestOptions,
+      );
+      storageClass ??= head.StorageClass;
+      restore = head.Restore;
+    } catch {
+      // The message can do without: the GET's answer already says the object is archived.
+    }
+    const where = storageClass
+      ? `in ${storageClass}${accessTier ? ` (${accessTier})` : ''}`
+      : 'in an archive storage class';
+    const refused = `object ${key} in ${this.location} is ${where} and cannot be read until it is restored (InvalidObjectState)`;
+    if (restore?.includes('ongoing-request="true"')) {
+      return new ArchivedObjectError(
+        `${refused}; a restore of it is under way: retry once it is done (aws s3api head-object --bucket ${this.bucket} --key ${objectKey} shows ongoing-request="false")`,
+        key,
+        storageClass,
+        { cause: err },
+      );
+    }
+    // Intelligent-Tiering's archive tiers take no Days: the object returns to its frequent tier.
+    const request = storageClass === 'INTELLIGENT_TIERING' ? "'{}'" : 'Days=7';
+    const wait =
+      storageClass === 'DEEP_ARCHIVE'
+        ? 'up to 12 hours'
+        : storageClass === 'GLACIER'
+          ? '3-5 hours, minutes with the Expedited tier'
+          : 'hours';
+    return new ArchivedObjectError(
+      `${refused}; start a restore with aws s3api restore-object --bucket ${this.bucket} --key ${objectKey} ` +
+        `--restore-request ${request} (and the backup's other archived objects) and retry once it is done ` +
+        `(${wait}); archiving to GLACIER_IR instead keeps such backups readable at once`,
+      key,
+      storageClass,
+      { cause: err },
+    );
+  }
+
   /** One line naming what failed and what to check; the SDK error stays as the cause. */
   private storageError(err: unknown, action: string): StorageError {
     if (err instanceof StorageError) return err;
@@ -416,6 +487,11 @@ function errorName(err: unknown): string {
 
 function httpStatus(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
+}
+
+/** GetObject on an object in an archive class that has not been restored. */
+function isArchived(err: unknown): boolean {
+  return errorName(err) === 'InvalidObjectState';
 }
 
 function isNotFound(err: unknown): boolean {

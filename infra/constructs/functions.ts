@@ -1,4 +1,7 @@
-import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import type * as events from 'aws-cdk-lib/aws-events';
@@ -42,14 +45,57 @@ const SETTINGS: Record<FunctionName, { description: string; timeout: Duration; m
   },
 };
 
+/**
+ * Where the functions find the cluster list: a file of the cluster layer (Lambda unpacks layers under
+ * /opt). functions/env.ts reads the same path (DEFAULT_CLUSTERS_FILE) and PGVAULT_CLUSTERS_FILE.
+ */
+export const CLUSTERS_FILE = '/opt/pgvault/clusters.json';
+
+/** One entry of the cluster list, as functions/env.ts reads it (plain values only: no tokens). */
+export interface FunctionCluster {
+  readonly name: string;
+  readonly mode: string;
+  readonly host: string;
+  readonly port: number;
+  readonly database: string;
+  readonly credentialsSecretArn: string;
+  readonly patroniUrl?: string;
+  readonly citusCoordinator?: string;
+  /** Family of the cluster's backup task definition (RunTask starts its newest revision). */
+  readonly taskDefinition: string;
+  /** Family of the cluster's restore task definition. */
+  readonly restoreTaskDefinition: string;
+}
+
 export interface FunctionsProps {
   readonly vault: VaultBucket;
   readonly tasks: BackupTasks;
   readonly topic: sns.ITopic;
   readonly eventBus: events.IEventBus;
-  /** Environment of every function (the contract with functions/*.ts). */
+  /** Environment of every function (the contract with functions/*.ts); its size does not grow with the fleet. */
   readonly environment: Readonly<Record<string, string>>;
+  /** The clusters the functions serve: shipped as CLUSTERS_FILE in a layer, not in the environment. */
+  readonly clusters: readonly FunctionCluster[];
   readonly logRetentionDays: number;
+}
+
+/**
+ * The folder the cluster layer is made from (`pgvault/clusters.json` inside). Named by its content's
+ * hash under the temporary folder, so a synth with the same list reuses it and parallel synths of
+ * different lists never share one; written through a rename, so no reader sees half a file.
+ */
+export function clusterLayerFolder(clusters: readonly FunctionCluster[]): string {
+  const json = `${JSON.stringify(clusters, null, 1)}\n`;
+  const hash = createHash('sha256').update(json).digest('hex').slice(0, 20);
+  const folder = join(tmpdir(), 'pgvault-cdk', `clusters-${hash}`);
+  const file = join(folder, 'pgvault', 'clusters.json');
+  if (!existsSync(file) || readFileSync(file, 'utf8') !== json) {
+    mkdirSync(dirname(file), { recursive: true });
+    const partial = `${file}.${process.pid}.tmp`;
+    writeFileSync(partial, json);
+    renameSync(partial, file);
+  }
+  return folder;
 }
 
 /**
@@ -58,9 +104,21 @@ export interface FunctionsProps {
  */
 export class Functions extends Construct {
   public readonly functions = {} as Record<FunctionName, nodejs.NodejsFunction>;
+  /** The cluster list (CLUSTERS_FILE), one layer every function carries. */
+  public readonly clusterLayer: lambda.LayerVersion;
+  /** The folder the layer was made from, for tests: `pgvault/clusters.json` inside. */
+  public readonly clusterLayerFolder: string;
 
   constructor(scope: Construct, id: string, props: FunctionsProps) {
     super(scope, id);
+    // Lambda allows 4 KB of environment per function: the list of a fleet goes into a layer instead.
+    this.clusterLayerFolder = clusterLayerFolder(props.clusters);
+    this.clusterLayer = new lambda.LayerVersion(this, 'ClusterList', {
+      code: lambda.Code.fromAsset(this.clusterLayerFolder),
+      compatibleRuntimes: [lambda.Runtime.NODEJS_22_X],
+      compatibleArchitectures: [lambda.Architecture.ARM_64],
+      description: `pgvault: the ${props.clusters.length} clusters of this deployment (${CLUSTERS_FILE})`,
+    });
     for (const name of FUNCTION_NAMES) this.functions[name] = this.create(name, props);
 
     const { vault, tasks } = props;
@@ -126,6 +184,7 @@ export class Functions extends Construct {
       role,
       logGroup,
       environment: { ...props.environment, NODE_OPTIONS: '--enable-source-maps' },
+      layers: [this.clusterLayer],
       bundling: {
         // The AWS SDK v3 is bundled (pinned with the lockfile); pg's optional native binding is not used.
         externalModules: ['pg-native'],

@@ -9,7 +9,14 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import type * as sns from 'aws-cdk-lib/aws-sns';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
-import { CLUSTER_DIMENSION, METRIC_NAMESPACE, METRICS, type MetricKey, TASK_METRICS } from '../metrics';
+import {
+  CLUSTER_DIMENSION,
+  FAILURE_ALARMS,
+  METRIC_NAMESPACE,
+  METRICS,
+  type MetricKey,
+  TASK_METRICS,
+} from '../metrics';
 
 export interface MonitoringProps {
   readonly topic: sns.ITopic;
@@ -160,6 +167,24 @@ export class Monitoring extends Construct {
           },
         ),
       );
+      // Drill, restore and verification failures: the first one alarms. A task that failed also stops
+      // with a non-zero exit (the task rule above); a verify function that found faults does not fail.
+      for (const { key, what } of FAILURE_ALARMS) {
+        add(
+          metric(key, cluster, 'Sum', Duration.minutes(5)).createAlarm(
+            this,
+            `${cluster}-${METRICS[key].name}`,
+            {
+              alarmName: `pgvault ${cluster}: ${what}`,
+              alarmDescription: `pgvault ${METRICS[key].name} >= 1 for cluster ${cluster}: see the alert mail and the lifecycle event for the error`,
+              threshold: 1,
+              comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+              evaluationPeriods: 1,
+              treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+            },
+          ),
+        );
+      }
       // A sudden shrink: the stored size falls below the band learned from earlier backups.
       const sizeAlarm = new cloudwatch.AnomalyDetectionAlarm(this, `${cluster}-BackupSize`, {
         alarmName: `pgvault ${cluster}: backup size unusually small`,

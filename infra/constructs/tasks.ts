@@ -1,4 +1,4 @@
-import { IgnoreMode, RemovalPolicy, Validations } from 'aws-cdk-lib';
+import { IgnoreMode, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -18,6 +18,15 @@ export const CONTAINER_NAME = 'pgvault';
 /** Where `wal receive` stages segments: an EFS access point, so a restart loses nothing. */
 export const WAL_RECEIVE_DIR = '/var/lib/pgvault/wal-receive';
 export const REPO_ROOT = repoRoot();
+
+/**
+ * Family of a cluster's backup or restore task definition: `<stack>-backup-<cluster>`. The functions
+ * start tasks by family (the cluster list they read is written at synth, before revisions exist), so
+ * the family carries the stack name: two pgvault stacks in one account may both have a cluster `main`.
+ */
+export function taskFamily(stackName: string, kind: 'backup' | 'restore', cluster: string): string {
+  return `${stackName}-${kind}-${cluster}`;
+}
 
 export interface TaskSize {
   readonly cpu: number;
@@ -212,10 +221,10 @@ export class BackupTasks extends Construct {
     environment: Record<string, string>,
     secrets: Record<string, ecs.Secret>,
     cluster: string,
-    kind: string,
+    kind: 'backup' | 'restore',
   ): ecs.FargateTaskDefinition {
     const def = new ecs.FargateTaskDefinition(this, id, {
-      family: `pgvault-${kind}-${cluster}`,
+      family: taskFamily(Stack.of(this).stackName, kind, cluster),
       cpu: size.cpu,
       memoryLimitMiB: size.memoryMiB,
       ephemeralStorageGiB: size.ephemeralStorageGiB,

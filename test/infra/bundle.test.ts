@@ -6,8 +6,8 @@ import { buildStack, type CfnJson, testConfig } from './synth';
 // The slow path `cdk synth` takes: esbuild bundles functions/*.ts, the image asset copies the Docker
 // context, and CDK's own CloudFormation validation runs. One synth for the file.
 describe('full synth (bundling, image asset, CloudFormation validation)', () => {
-  it('bundles the five handlers and stages a narrow Docker context', () => {
-    const { app } = buildStack(testConfig(), { bundle: true, cfnValidation: true });
+  it('bundles the five handlers, stages the cluster layer and a narrow Docker context', async () => {
+    const { app, stack } = buildStack(testConfig(), { bundle: true, cfnValidation: true });
     const assembly = app.synth();
     const manifest = JSON.parse(readFileSync(join(assembly.directory, 'Pgvault.assets.json'), 'utf8'));
 
@@ -16,8 +16,43 @@ describe('full synth (bundling, image asset, CloudFormation validation)', () => 
     )
       .map((f) => f.source)
       .filter((s) => s.packaging === 'zip');
-    expect(files).toHaveLength(5);
-    for (const source of files) {
+    // Five handler bundles and the cluster layer (the cluster list, outside the 4 KB environment).
+    expect(files).toHaveLength(6);
+    const layers = files.filter((s) =>
+      existsSync(join(assembly.directory, s.path, 'pgvault', 'clusters.json')),
+    );
+    expect(layers).toHaveLength(1);
+    const listed = JSON.parse(
+      readFileSync(join(assembly.directory, layers[0]!.path, 'pgvault', 'clusters.json'), 'utf8'),
+    ) as Array<{ name: string; taskDefinition: string }>;
+    expect(listed.map((c) => [c.name, c.taskDefinition])).toEqual([
+      ['main', 'Pgvault-backup-main'],
+      ['orders', 'Pgvault-backup-orders'],
+    ]);
+    // The bundled dispatch handler reads that file (PGVAULT_CLUSTERS_FILE stands in for /opt/...): an
+    // unknown cluster is refused naming the clusters it found there, before any AWS call.
+    const template = assembly.getStackByName(stack.stackName).template as CfnJson;
+    const dispatchId = stack.getLogicalId(stack.functions.functions.dispatch.node.defaultChild as never);
+    const dispatchHash = String(template.Resources[dispatchId].Properties.Code.S3Key).replace(/\.zip$/, '');
+    const dispatchPath = (manifest.files as Record<string, { source: { path: string } }>)[dispatchHash]!
+      .source.path;
+    const saved = process.env.PGVAULT_CLUSTERS_FILE;
+    process.env.PGVAULT_CLUSTERS_FILE = join(assembly.directory, layers[0]!.path, 'pgvault', 'clusters.json');
+    try {
+      const bundled = require(join(assembly.directory, dispatchPath, 'index.js')) as {
+        handler: (event: unknown) => Promise<unknown>;
+      };
+      await expect(
+        bundled.handler({ cluster: 'nope', command: ['backup', 'full', 'daily'] }),
+      ).rejects.toThrow(
+        'invalid payload: "cluster": nope is not a cluster of this deployment; use one of main, orders',
+      );
+    } finally {
+      if (saved === undefined) delete process.env.PGVAULT_CLUSTERS_FILE;
+      else process.env.PGVAULT_CLUSTERS_FILE = saved;
+    }
+
+    for (const source of files.filter((s) => !layers.includes(s))) {
       const bundle = join(assembly.directory, source.path, 'index.js');
       expect(statSync(bundle).size).toBeGreaterThan(1000);
       const code = readFileSync(bundle, 'utf8');

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Match, type Template } from 'aws-cdk-lib/assertions';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { PgvaultStack } from '../../infra/stack';
@@ -93,7 +95,7 @@ describe('vault bucket', () => {
         const rule = byId.get(`${cluster}-${folder.replace('/', '-')}`);
         expect(rule).toMatchObject({
           Prefix: `pgvault/${cluster}/${folder}/`,
-          Transitions: [{ StorageClass: 'GLACIER', TransitionInDays: 30 }],
+          Transitions: [{ StorageClass: 'GLACIER_IR', TransitionInDays: 30 }],
           ExpirationInDays: 246,
           ObjectSizeGreaterThan: 4 * 1024 * 1024,
         });
@@ -132,14 +134,14 @@ describe('Fargate tasks', () => {
     const defs = resourcesOf(template, 'AWS::ECS::TaskDefinition');
     const families = defs.map(([, d]) => d.Properties.Family).sort();
     expect(families).toEqual([
-      'pgvault-backup-main',
-      'pgvault-backup-orders',
-      'pgvault-restore-main',
-      'pgvault-restore-orders',
+      'Pgvault-backup-main',
+      'Pgvault-backup-orders',
+      'Pgvault-restore-main',
+      'Pgvault-restore-orders',
       'pgvault-wal-receive-orders',
     ]);
     template.hasResourceProperties('AWS::ECS::TaskDefinition', {
-      Family: 'pgvault-backup-main',
+      Family: 'Pgvault-backup-main',
       Cpu: '1024',
       Memory: '4096',
       EphemeralStorage: { SizeInGiB: 50 },
@@ -147,7 +149,7 @@ describe('Fargate tasks', () => {
       RuntimePlatform: { CpuArchitecture: 'ARM64', OperatingSystemFamily: 'LINUX' },
     });
     template.hasResourceProperties('AWS::ECS::TaskDefinition', {
-      Family: 'pgvault-restore-main',
+      Family: 'Pgvault-restore-main',
       Cpu: '2048',
       Memory: '8192',
       EphemeralStorage: { SizeInGiB: 100 },
@@ -156,7 +158,7 @@ describe('Fargate tasks', () => {
 
   it('container: env without secrets, secrets from Secrets Manager, logs with retention', () => {
     const [, def] = resourcesOf(template, 'AWS::ECS::TaskDefinition').find(
-      ([, d]) => d.Properties.Family === 'pgvault-backup-orders',
+      ([, d]) => d.Properties.Family === 'Pgvault-backup-orders',
     )!;
     const container = def.Properties.ContainerDefinitions[0];
     expect(container.Name).toBe('pgvault');
@@ -321,7 +323,7 @@ describe('Lambda functions', () => {
         'SUBNET_IDS',
         'SECURITY_GROUP_IDS',
         'ASSIGN_PUBLIC_IP',
-        'PGVAULT_CLUSTERS',
+        'PGVAULT_CLUSTERS_FILE',
       ]) {
         expect(env, key).toHaveProperty(key);
       }
@@ -332,30 +334,43 @@ describe('Lambda functions', () => {
         SUBNET_IDS: 'subnet-0123456789abcdef0,subnet-0fedcba9876543210',
         SECURITY_GROUP_IDS: 'sg-0123456789abcdef0',
         ASSIGN_PUBLIC_IP: 'false',
+        PGVAULT_CLUSTERS_FILE: '/opt/pgvault/clusters.json',
       });
+      // The cluster list is in the cluster layer, not in the 4 KB environment.
+      expect(env.PGVAULT_CLUSTERS).toBeUndefined();
       expect(env.ENCRYPTION_KEY).toBeUndefined();
       expect(env.ENCRYPTION_KEY_SECRET_ARN).toEqual(ref(logicalId(stack.vault.passphrase)));
     }
   });
 
-  it('PGVAULT_CLUSTERS lists every cluster with its own task definitions', () => {
-    const [, fn] = resourcesOf(template, 'AWS::Lambda::Function')[0]!;
-    const value = fn.Properties.Environment.Variables.PGVAULT_CLUSTERS;
-    // A Fn::Join of literal JSON and the task definition references: substitute them to parse it.
-    const parts = value['Fn::Join'][1] as unknown[];
-    const json = parts.map((p) => (typeof p === 'string' ? p : `REF:${(p as { Ref: string }).Ref}`)).join('');
-    const clusters = JSON.parse(json) as Array<Record<string, unknown>>;
+  it('the cluster layer lists every cluster with its own task definition families', () => {
+    const layerId = logicalId(stack.functions.clusterLayer);
+    template.hasResourceProperties('AWS::Lambda::LayerVersion', {
+      CompatibleRuntimes: ['nodejs22.x'],
+      CompatibleArchitectures: ['arm64'],
+    });
+    for (const [, fn] of resourcesOf(template, 'AWS::Lambda::Function')) {
+      expect(fn.Properties.Layers).toEqual([ref(layerId)]);
+    }
+    const file = join(stack.functions.clusterLayerFolder, 'pgvault', 'clusters.json');
+    const clusters = JSON.parse(readFileSync(file, 'utf8')) as Array<Record<string, unknown>>;
     expect(clusters.map((c) => c.name)).toEqual(['main', 'orders']);
-    expect(clusters[1]).toMatchObject({
+    expect(clusters[1]).toEqual({
+      name: 'orders',
       mode: 'patroni',
       host: 'orders-leader.internal.example.com',
       port: 5432,
       database: 'orders',
       credentialsSecretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgvault/orders-GhIjKl',
       patroniUrl: 'http://orders-patroni.internal.example.com:8008',
-      taskDefinitionArn: `REF:${logicalId(stack.tasks.byCluster.get('orders')!.backup)}`,
-      restoreTaskDefinitionArn: `REF:${logicalId(stack.tasks.byCluster.get('orders')!.restore)}`,
+      taskDefinition: 'Pgvault-backup-orders',
+      restoreTaskDefinition: 'Pgvault-restore-orders',
     });
+    // The families are the task definitions' own, which the RunTask permissions name (by revision).
+    const orders = stack.tasks.byCluster.get('orders')!;
+    expect(resourcesOf(template, 'AWS::ECS::TaskDefinition').map(([, d]) => d.Properties.Family)).toEqual(
+      expect.arrayContaining([orders.backup.family, orders.restore.family]),
+    );
   });
 
   it('dispatch runs only backup task definitions, in the pgvault cluster, and reads no bucket', () => {
@@ -604,6 +619,9 @@ describe('alerts and monitoring', () => {
         'BackupStoredBytes',
         'DrillRtoSeconds',
         'RpoSeconds',
+        'DrillFailed',
+        'RestoreFailed',
+        'VerificationFailed',
       ].sort(),
     );
     const duration = filters.find((f) => f.MetricTransformations[0].MetricName === 'BackupDurationSeconds')!;
@@ -615,5 +633,48 @@ describe('alerts and monitoring', () => {
     });
     expect(duration.FilterPattern).toContain('$._aws.CloudWatchMetrics[0].Namespace = "pgvault"');
     template.hasResourceProperties('AWS::CloudWatch::Dashboard', { DashboardName: 'Pgvault-pgvault' });
+  });
+
+  it('drill, restore and verification failures alarm into the topic at the first one, per cluster', () => {
+    const alarms = resourcesOf(template, 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties);
+    const topic = ref(logicalId(stack.alerts.topic));
+    for (const cluster of ['main', 'orders']) {
+      for (const [metricName, what] of [
+        ['DrillFailed', 'DR drill failed'],
+        ['RestoreFailed', 'restore failed'],
+        ['VerificationFailed', 'verification failed'],
+      ] as const) {
+        const matching = alarms.filter(
+          (a) =>
+            a.MetricName === metricName &&
+            JSON.stringify(a.Dimensions) === JSON.stringify([{ Name: 'Cluster', Value: cluster }]),
+        );
+        expect(matching, `${cluster} ${metricName}`).toHaveLength(1);
+        expect(matching[0]).toMatchObject({
+          AlarmName: `pgvault ${cluster}: ${what}`,
+          Namespace: 'pgvault',
+          Statistic: 'Sum',
+          Period: 300,
+          Threshold: 1,
+          ComparisonOperator: 'GreaterThanOrEqualToThreshold',
+          EvaluationPeriods: 1,
+          TreatMissingData: 'notBreaching',
+          AlarmActions: [topic],
+        });
+      }
+    }
+    // The tasks' EMF lines reach the same metrics through a metric filter on the task log group
+    // (Lambda extracts the functions' lines itself).
+    const filters = resourcesOf(template, 'AWS::Logs::MetricFilter').map(([, f]) => f.Properties);
+    for (const name of ['DrillFailed', 'RestoreFailed', 'VerificationFailed']) {
+      const filter = filters.find((f) => f.MetricTransformations[0].MetricName === name)!;
+      expect(filter.LogGroupName).toEqual(ref(logicalId(stack.tasks.logGroup)));
+      expect(filter.MetricTransformations[0]).toMatchObject({
+        MetricNamespace: 'pgvault',
+        MetricValue: `$.${name}`,
+        Dimensions: [{ Key: 'Cluster', Value: '$.Cluster' }],
+        Unit: 'Count',
+      });
+    }
   });
 });

@@ -21,6 +21,8 @@ export interface SynthOptions {
   readonly bundle?: boolean;
   /** Run CDK's built-in CloudFormation validation (slow, wasm). @default false */
   readonly cfnValidation?: boolean;
+  /** More CDK context (e.g. `@aws-cdk/core:stackResourceLimit`). */
+  readonly context?: Readonly<Record<string, unknown>>;
 }
 
 /**
@@ -33,7 +35,7 @@ export function buildStack(
 ): { app: App; stack: PgvaultStack } {
   const app = new App({
     builtinCloudFormationValidation: options.cfnValidation ?? false,
-    context: options.bundle ? {} : { 'aws:cdk:bundling-stacks': [] },
+    context: { ...(options.bundle ? {} : { 'aws:cdk:bundling-stacks': [] }), ...options.context },
   });
   const stack = new PgvaultStack(app, config.stackName, {
     config,
