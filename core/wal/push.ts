@@ -107,6 +107,8 @@ export async function pushWalFiles(
   ctx: WalPushContext,
   paths: readonly string[],
   onOutcome: (outcome: WalPushOutcome) => void | Promise<void>,
+  /** Called once the compressor is done with the batch (its objects may still be completing). */
+  onCompressed?: () => void,
 ): Promise<void> {
   const toWrite: PreparedPush[] = [];
   for (const path of paths) {
@@ -166,6 +168,7 @@ export async function pushWalFiles(
     splitter.destroy(err as Error);
     compressor.child.kill();
   }
+  onCompressed?.();
   await Promise.all(writes);
   // Files whose frame never started (the run failed before them).
   for (const [index, prepared] of toWrite.entries()) {

@@ -288,8 +288,19 @@ export async function runUploader(
    * backlog go out in small batches (acknowledged soon) and the rest in large ones (cheaper).
    */
   let batchLimit = 2;
+  /** Wakes the loop when a lane frees up before its batch's objects are all complete. */
+  let wake: () => void = () => {};
   const push = (names: readonly string[]) => {
     batches++;
+    // A lane is free once its compressor is done: the next batch compresses while this one's last
+    // objects are still being encrypted, written and fsynced.
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      batches--;
+      wake();
+    };
     const job = pushWalFiles(
       pushCtx,
       names.map((name) => join(pgWalDir, name)),
@@ -297,13 +308,14 @@ export async function runUploader(
         const name = basename(outcome.path);
         return 'result' in outcome ? onStored(name) : onFailed(name, outcome.error);
       },
+      release,
     )
       .catch(async (err: unknown) => {
         // Only a failure to write a marker lands here; the files are tried again.
         for (const name of names) if (!stored.has(name)) await onFailed(name, err);
       })
       .finally(() => {
-        batches--;
+        release();
         for (const name of names) inFlight.delete(name);
       });
     for (const name of names) inFlight.set(name, job);
@@ -362,7 +374,15 @@ export async function runUploader(
       if (pending === 0 && inFlight.size === 0) batchLimit = 2;
       if (inFlight.size > 0 || pending > 0) idleSince = now;
       else if (now - idleSince > idleMs) break;
-      await Promise.race([changes.next(), sleep(inFlight.size > 0 ? 1000 : 250), ...inFlight.values()]);
+      const laneFree = new Promise<void>((resolve) => {
+        wake = resolve;
+      });
+      await Promise.race([
+        changes.next(),
+        laneFree,
+        sleep(inFlight.size > 0 ? 1000 : 250),
+        ...inFlight.values(),
+      ]);
     }
   } finally {
     changes.close();
