@@ -46,6 +46,12 @@ export interface CloudConfig {
   readonly prefix: string;
   readonly s3Endpoint?: string;
   readonly region: string;
+  /**
+   * S3_LIFECYCLE_TAGS: tag each object with its lifecycle class (`pgvault-lifecycle`), which the AWS
+   * deployment's bucket rules select on. Off by default: hand-made policies and some S3-compatible
+   * stores do not allow tagging.
+   */
+  readonly lifecycleTags: boolean;
 }
 
 /** Thresholds of the alerts (core/alert/thresholds.ts) and where they are sent. */
@@ -378,6 +384,7 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
       prefix: (text(raw, 'CLOUD_PREFIX') ?? '').replace(/^\/+|\/+$/g, ''),
       s3Endpoint,
       region: text(raw, 'AWS_DEFAULT_REGION') ?? text(raw, 'AWS_REGION') ?? 'us-east-1',
+      lifecycleTags: boolean(raw, 'S3_LIFECYCLE_TAGS', false),
     },
     localCopy: boolean(raw, 'LOCAL_COPY', true),
     deploymentMode: oneOf(raw, 'DEPLOYMENT_MODE', DEPLOYMENT_MODES, 'single-node'),

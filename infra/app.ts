@@ -2,18 +2,19 @@
 import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { DeployConfigError, deployConfigPath, loadDeployConfig } from './config';
-import { PgvaultStack } from './stack';
+import { createDeployment } from './stack';
 
 /**
  * `npx cdk synth|deploy`: the configuration comes from `-c config=PATH`, PGVAULT_DEPLOY_CONFIG, or the
- * example in infra/pgvault.example.json. cdk-nag's AwsSolutions checks run on every synth.
+ * example in infra/pgvault.example.json. cdk-nag's AwsSolutions checks run on every synth, on every stack.
  */
 function main(): void {
   const app = new App();
   const path = deployConfigPath(app.node.tryGetContext('config'));
   try {
     const config = loadDeployConfig(path);
-    new PgvaultStack(app, config.stackName, {
+    // One shared stack and as many fleet stacks as the clusters need: `npx cdk deploy --all`.
+    createDeployment(app, {
       config,
       description:
         'pgvault: PostgreSQL backups and disaster recovery (vault bucket, Fargate tasks, Lambdas, schedules)',

@@ -104,7 +104,8 @@ export const deployConfigSchema = z
       .string()
       .regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'a region such as eu-west-1')
       .optional(),
-    // One stack holds at most 500 resources, so no more clusters than that can ever fit (the stack checks the real count).
+    // The deployment splits into a shared stack and fleet stacks of 12 clusters (stack.ts): 500 clusters are 42
+    // fleet stacks, each well under CloudFormation's 500 resources (the stacks check their real count).
     clusters: z.array(clusterSchema).min(1).max(500),
     network: z.strictObject({
       vpcId: z.string().regex(/^vpc-[0-9a-f]{8,17}$/, 'a VPC id such as vpc-0123456789abcdef0'),

@@ -1,13 +1,19 @@
-import { CfnOutput, CfnResource, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, CfnResource, Duration, type Environment, Stack, type StackProps } from 'aws-cdk-lib';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import type { Construct } from 'constructs';
-import { type DeployConfig, DeployConfigError, expirationDays, receivesWal } from './config';
+import {
+  type ClusterConfig,
+  type DeployConfig,
+  DeployConfigError,
+  expirationDays,
+  receivesWal,
+} from './config';
 import { Alerts } from './constructs/alerts';
 import { CLUSTERS_FILE, FUNCTION_NAMES, type FunctionCluster, Functions } from './constructs/functions';
-import { Monitoring } from './constructs/monitoring';
-import { Schedules } from './constructs/schedules';
-import { BackupTasks, CONTAINER_NAME } from './constructs/tasks';
-import { VaultBucket } from './constructs/vault-bucket';
+import { ClusterMonitoring, Monitoring } from './constructs/monitoring';
+import { ClusterSchedules, Schedules } from './constructs/schedules';
+import { BackupTasks, ClusterTasks, CONTAINER_NAME, taskFamily } from './constructs/tasks';
+import { LIFECYCLE_TAGS_SETTING, VaultBucket } from './constructs/vault-bucket';
 
 export interface PgvaultStackProps extends StackProps {
   readonly config: DeployConfig;
@@ -15,7 +21,7 @@ export interface PgvaultStackProps extends StackProps {
   readonly image?: ecs.ContainerImage;
 }
 
-/** Feature flags the stack needs (also in cdk.json). */
+/** Feature flags the stacks need (also in cdk.json). */
 export const FEATURE_FLAGS = [
   '@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy',
   '@aws-cdk/aws-iam:minimizePolicies',
@@ -27,36 +33,59 @@ export const FEATURE_FLAGS = [
 const STACK_RESOURCE_LIMIT_CONTEXT = '@aws-cdk/core:stackResourceLimit';
 
 /**
- * Resources a stack has whatever the fleet (bucket, keys, topic, functions, ECS cluster, dashboard, ...;
- * about 58, a few more with EFS for wal receive): the rest is per cluster (25 to 36 each).
+ * Clusters per fleet stack. A cluster brings at most 36 resources (two task definitions with their task
+ * and execution roles and policies, nine schedules, nine alarms, and with `walReceive` a receiver task
+ * definition, its roles and policies, service, access point and alarm); 12 of them are 432, under 450
+ * with the stack's dashboard and metadata: a margin under CloudFormation's 500. A constant, not derived
+ * from the config, so switching an option never moves a cluster to another stack (its names, alarm
+ * and schedule names among them, would then be created in one stack before the other deleted them).
  */
-const SHARED_RESOURCES = 60;
+export const CLUSTERS_PER_FLEET_STACK = 12;
 
 /** Lambda's limit on the environment of one function (keys and values). */
 const LAMBDA_ENV_LIMIT = 4096;
 
+/** Name of the n-th fleet stack (from 1) of a deployment. */
+export function fleetStackName(deployment: string, n: number): string {
+  return `${deployment}-Fleet${n}`;
+}
+
+/** The clusters of each fleet stack: config order, CLUSTERS_PER_FLEET_STACK at a time. */
+export function fleetChunks<T>(clusters: readonly T[]): T[][] {
+  const chunks: T[][] = [];
+  for (let i = 0; i < clusters.length; i += CLUSTERS_PER_FLEET_STACK) {
+    chunks.push(clusters.slice(i, i + CLUSTERS_PER_FLEET_STACK));
+  }
+  return chunks;
+}
+
 /**
- * pgvault on AWS: the vault bucket, the Fargate tasks, the five functions, the schedules, alerts and
- * monitoring, for every cluster of the configuration.
+ * The shared stack of a deployment (named `stackName`): the vault bucket and its key, the passphrase,
+ * alerts (topic, key, event bus), the ECS cluster, task log group, image and WAL staging file system,
+ * the five functions with the cluster layer, the schedule group, role and dead-letter queue, and the
+ * deployment-wide monitoring. Its size does not depend on the fleet; the clusters' own resources are in
+ * the fleet stacks (FleetStack), which reference these through CloudFormation exports.
  */
 export class PgvaultStack extends Stack {
+  public readonly config: DeployConfig;
   public readonly vault: VaultBucket;
   public readonly alerts: Alerts;
   public readonly tasks: BackupTasks;
   public readonly functions: Functions;
   public readonly schedules: Schedules;
   public readonly monitoring: Monitoring;
+  /** Settings the tasks and the functions share (core/config.ts keys). */
+  public readonly sharedEnvironment: Readonly<Record<string, string>>;
 
   constructor(scope: Construct, id: string, props: PgvaultStackProps) {
     super(scope, id, props);
     // Behaviour this stack relies on, whatever cdk.json says (tests build it without cdk.json).
     for (const flag of FEATURE_FLAGS) this.node.setContext(flag, true);
     const c = props.config;
-    const clusterNames = c.clusters.map((cl) => cl.name);
-    const walReceivers = new Set(c.clusters.filter((cl) => receivesWal(c, cl)).map((cl) => cl.name));
+    this.config = c;
+    const deployment = c.stackName;
 
     this.vault = new VaultBucket(this, 'Vault', {
-      clusters: clusterNames,
       prefix: c.bucket.prefix,
       archiveStorageClass: c.bucket.archiveStorageClass,
       archiveAfterDays: c.bucket.archiveAfterDays,
@@ -73,11 +102,12 @@ export class PgvaultStack extends Stack {
       eventBusName: `${this.stackName}-events`,
     });
 
-    // Settings the tasks and the functions share (core/config.ts keys).
-    const shared: Record<string, string> = {
+    this.sharedEnvironment = {
       CLOUD_PROVIDER: 's3',
       CLOUD_BUCKET: this.vault.bucket.bucketName,
       ...(c.bucket.prefix ? { CLOUD_PREFIX: c.bucket.prefix } : {}),
+      // The writer tags objects for the bucket's lifecycle rules (VaultBucket, LIFECYCLE_TAG).
+      [LIFECYCLE_TAGS_SETTING]: 'true',
       LOCAL_COPY: 'false',
       ENCRYPTION: 'true',
       RETENTION_DAYS: String(c.retention.days),
@@ -97,50 +127,39 @@ export class PgvaultStack extends Stack {
     };
 
     this.tasks = new BackupTasks(this, 'Tasks', {
-      vault: this.vault,
-      topic: this.alerts.topic,
-      eventBus: this.alerts.eventBus,
-      clusters: c.clusters,
-      walReceivers,
+      needsWalFileSystem: c.clusters.some((cl) => receivesWal(c, cl)),
       network: c.network,
-      // Fargate's scratch space (ephemeralStorageGiB) is the root file system: TMPDIR and BACKUP_DIR live there.
-      sharedEnvironment: { ...shared, BACKUP_DIR: '/var/lib/pgvault', TMPDIR: '/tmp' },
-      task: c.task,
-      restoreTask: c.restoreTask,
-      walReceive: c.walReceive,
       architecture: c.taskArchitecture,
       postgresServerVersions: c.postgresServerVersions,
       logRetentionDays: c.logRetentionDays,
       image: props.image,
     });
 
-    const first = this.tasks.byCluster.get(clusterNames[0]!)!;
     // The cluster list the functions read (functions/env.ts): plain values known at synth, so it ships
-    // in a layer rather than the 4 KB environment. Task definitions by family: RunTask starts the
-    // newest revision, which is the one the functions' RunTask permission names.
-    const functionClusters: FunctionCluster[] = c.clusters.map((cl) => {
-      const t = this.tasks.byCluster.get(cl.name)!;
-      return {
-        name: cl.name,
-        mode: cl.mode,
-        host: cl.host,
-        port: cl.port,
-        database: cl.database,
-        credentialsSecretArn: cl.credentialsSecretArn,
-        ...(cl.patroniUrl ? { patroniUrl: cl.patroniUrl } : {}),
-        ...(cl.citusCoordinator ? { citusCoordinator: cl.citusCoordinator } : {}),
-        // Each cluster has its own task definitions (its credentials are ECS secrets of that definition).
-        taskDefinition: t.backup.family,
-        restoreTaskDefinition: t.restore.family,
-      };
-    });
+    // in a layer rather than the 4 KB environment. Task definitions by family (they are in the fleet
+    // stacks): RunTask starts the newest revision, which the functions' RunTask pattern covers.
+    const functionClusters: FunctionCluster[] = c.clusters.map((cl) => ({
+      name: cl.name,
+      mode: cl.mode,
+      host: cl.host,
+      port: cl.port,
+      database: cl.database,
+      credentialsSecretArn: cl.credentialsSecretArn,
+      ...(cl.patroniUrl ? { patroniUrl: cl.patroniUrl } : {}),
+      ...(cl.citusCoordinator ? { citusCoordinator: cl.citusCoordinator } : {}),
+      // Each cluster has its own task definitions (its credentials are ECS secrets of that definition).
+      taskDefinition: taskFamily(deployment, 'backup', cl.name),
+      restoreTaskDefinition: taskFamily(deployment, 'restore', cl.name),
+    }));
+    const first = c.clusters[0]!.name;
     const functionEnvironment: Record<string, string> = {
-      ...shared,
+      ...this.sharedEnvironment,
       BACKUP_DIR: '/tmp/pgvault',
       ENCRYPTION_KEY_SECRET_ARN: this.vault.passphrase.secretArn,
       ECS_CLUSTER_ARN: this.tasks.cluster.clusterArn,
-      TASK_DEFINITION_ARN: first.backup.taskDefinitionArn,
-      RESTORE_TASK_DEFINITION_ARN: first.restore.taskDefinitionArn,
+      // The first cluster's, by family (RunTask takes a family; the cluster list's entries win).
+      TASK_DEFINITION_ARN: taskFamily(deployment, 'backup', first),
+      RESTORE_TASK_DEFINITION_ARN: taskFamily(deployment, 'restore', first),
       TASK_CONTAINER_NAME: CONTAINER_NAME,
       SUBNET_IDS: c.network.subnetIds.join(','),
       SECURITY_GROUP_IDS: c.network.securityGroupIds.join(','),
@@ -156,6 +175,7 @@ export class PgvaultStack extends Stack {
     }
 
     this.functions = new Functions(this, 'Functions', {
+      deployment,
       vault: this.vault,
       tasks: this.tasks,
       topic: this.alerts.topic,
@@ -166,28 +186,17 @@ export class PgvaultStack extends Stack {
     });
 
     this.schedules = new Schedules(this, 'Schedules', {
-      clusters: clusterNames,
       functions: this.functions.functions,
-      expressions: c.schedules,
-      timeZone: c.timeZone,
       physicalBackups: c.physicalBackups,
-      retryAttempts: c.scheduleRetry.attempts,
-      maxEventAge: Duration.minutes(c.scheduleRetry.maxEventAgeMinutes),
       groupName: this.stackName,
     });
 
-    const receivers = new Map<string, ecs.FargateService>();
-    for (const [name, t] of this.tasks.byCluster) if (t.walReceiver) receivers.set(name, t.walReceiver);
     this.monitoring = new Monitoring(this, 'Monitoring', {
       topic: this.alerts.topic,
       ecsCluster: this.tasks.cluster,
       taskLogGroup: this.tasks.logGroup,
-      clusters: clusterNames,
       functions: this.functions.functions,
       deadLetterQueue: this.schedules.deadLetterQueue,
-      walReceivers: receivers,
-      thresholds: c.alerts,
-      storageQuotaGb: c.storageQuotaGb,
       dashboardName: `${this.stackName}-pgvault`,
     });
 
@@ -201,28 +210,144 @@ export class PgvaultStack extends Stack {
     for (const name of FUNCTION_NAMES) {
       new CfnOutput(this, `${name}FunctionName`, { value: this.functions.functions[name].functionName });
     }
-
-    // CloudFormation takes at most 500 resources per stack and every cluster brings its own task
-    // definitions, roles, schedules and alarms: refuse a fleet that does not fit with one line, before
-    // CDK's own synth check (a list of resource types) or a failed deployment.
-    const limit = resourceLimit(this);
-    const resources = this.node.findAll().filter((n) => CfnResource.isCfnResource(n)).length + 1; // + CDKMetadata
-    if (limit > 0 && resources > limit) {
-      const perCluster = (resources - SHARED_RESOURCES) / c.clusters.length;
-      const fit = Math.max(1, Math.floor((limit - SHARED_RESOURCES) / perCluster));
-      throw new DeployConfigError(
-        `pgvault deploy config: clusters: ${c.clusters.length} clusters need about ${resources} CloudFormation ` +
-          `resources, more than the ${limit} one stack may hold; deploy the fleet as several stacks of at most ` +
-          `about ${fit} clusters (one config file each, its own stackName)`,
-      );
-    }
+    checkResourceCount(this);
   }
 }
 
+export interface FleetStackProps extends StackProps {
+  readonly shared: PgvaultStack;
+  /** This stack's clusters (at most CLUSTERS_PER_FLEET_STACK). */
+  readonly clusters: readonly ClusterConfig[];
+}
+
+/**
+ * A fleet stack: the resources of up to CLUSTERS_PER_FLEET_STACK clusters (task definitions and their
+ * roles, wal receive services and access points, schedules, alarms, a dashboard). Everything shared is
+ * the shared stack's, referenced the CDK way (exports and imports); nothing in the shared stack refers
+ * to a fleet stack, so fleet stacks deploy after it, in parallel with each other.
+ */
+export class FleetStack extends Stack {
+  public readonly clusterNames: readonly string[];
+  public readonly tasks: ClusterTasks;
+  public readonly schedules: ClusterSchedules;
+  public readonly monitoring: ClusterMonitoring;
+
+  constructor(scope: Construct, id: string, props: FleetStackProps) {
+    super(scope, id, props);
+    for (const flag of FEATURE_FLAGS) this.node.setContext(flag, true);
+    const { shared } = props;
+    const c = shared.config;
+    this.addStackDependency(shared, 'the fleet uses the shared vault, functions, ECS cluster and topic');
+    this.clusterNames = props.clusters.map((cl) => cl.name);
+    const walReceivers = new Set(props.clusters.filter((cl) => receivesWal(c, cl)).map((cl) => cl.name));
+
+    this.tasks = new ClusterTasks(this, 'Tasks', {
+      deployment: c.stackName,
+      platform: shared.tasks,
+      vault: shared.vault,
+      topic: shared.alerts.topic,
+      eventBus: shared.alerts.eventBus,
+      clusters: props.clusters,
+      walReceivers,
+      network: c.network,
+      // Fargate's scratch space (ephemeralStorageGiB) is the root file system: TMPDIR and BACKUP_DIR live there.
+      sharedEnvironment: { ...shared.sharedEnvironment, BACKUP_DIR: '/var/lib/pgvault', TMPDIR: '/tmp' },
+      task: c.task,
+      restoreTask: c.restoreTask,
+      walReceive: c.walReceive,
+      architecture: c.taskArchitecture,
+    });
+
+    this.schedules = new ClusterSchedules(this, 'Schedules', {
+      clusters: this.clusterNames,
+      base: shared.schedules,
+      functions: shared.functions.functions,
+      expressions: c.schedules,
+      timeZone: c.timeZone,
+      physicalBackups: c.physicalBackups,
+      retryAttempts: c.scheduleRetry.attempts,
+      maxEventAge: Duration.minutes(c.scheduleRetry.maxEventAgeMinutes),
+    });
+
+    const receivers = new Map<string, ecs.FargateService>();
+    for (const [name, t] of this.tasks.byCluster) if (t.walReceiver) receivers.set(name, t.walReceiver);
+    this.monitoring = new ClusterMonitoring(this, 'Monitoring', {
+      topic: shared.alerts.topic,
+      clusters: this.clusterNames,
+      walReceivers: receivers,
+      thresholds: c.alerts,
+      storageQuotaGb: c.storageQuotaGb,
+      dashboardName: `${this.stackName}-pgvault`,
+    });
+    checkResourceCount(this);
+  }
+}
+
+/** A deployment: the shared stack and its fleet stacks. */
+export interface PgvaultDeployment {
+  readonly shared: PgvaultStack;
+  readonly fleets: readonly FleetStack[];
+  /** Every stack, shared first. */
+  readonly stacks: readonly Stack[];
+}
+
+export interface PgvaultDeploymentProps {
+  readonly config: DeployConfig;
+  readonly env?: Environment;
+  readonly description?: string;
+  /** Test seam: a container image instead of building tasks/Dockerfile. @default the Dockerfile asset */
+  readonly image?: ecs.ContainerImage;
+}
+
+/**
+ * The stacks of one configuration: `<stackName>` (shared) and `<stackName>-Fleet1..N`, N = the cluster
+ * count / CLUSTERS_PER_FLEET_STACK rounded up (one for a small fleet). `cdk deploy --all` deploys the
+ * shared stack first, then the fleet stacks.
+ */
+export function createDeployment(scope: Construct, props: PgvaultDeploymentProps): PgvaultDeployment {
+  const c = props.config;
+  const describe = (what: string) => (props.description ? `${props.description} (${what})` : undefined);
+  const shared = new PgvaultStack(scope, c.stackName, {
+    config: c,
+    env: props.env,
+    image: props.image,
+    description: describe('shared: vault, functions, alerts'),
+  });
+  const chunks = fleetChunks(c.clusters);
+  const fleets = chunks.map(
+    (clusters, i) =>
+      new FleetStack(scope, fleetStackName(c.stackName, i + 1), {
+        shared,
+        clusters,
+        env: props.env,
+        description: describe(
+          `clusters ${clusters[0]!.name} to ${clusters[clusters.length - 1]!.name}, ${i + 1} of ${chunks.length}`,
+        ),
+      }),
+  );
+  return { shared, fleets, stacks: [shared, ...fleets] };
+}
+
 /** CloudFormation's resource limit per stack as CDK applies it (context `@aws-cdk/core:stackResourceLimit`, 0: off). */
-function resourceLimit(stack: Stack): number {
+export function resourceLimit(stack: Stack): number {
   const configured = stack.node.tryGetContext(STACK_RESOURCE_LIMIT_CONTEXT);
   return configured === undefined ? 500 : Number.parseInt(String(configured), 10);
+}
+
+/**
+ * CloudFormation takes at most 500 resources per stack. The split keeps every stack well under it;
+ * should a stack still not fit, refuse with one line before CDK's own synth check (a list of resource
+ * types) or a failed deployment.
+ */
+function checkResourceCount(stack: Stack): void {
+  const limit = resourceLimit(stack);
+  const resources = stack.node.findAll().filter((n) => CfnResource.isCfnResource(n)).length + 1; // + CDKMetadata
+  if (limit > 0 && resources > limit) {
+    throw new DeployConfigError(
+      `pgvault deploy config: stack ${stack.stackName} needs about ${resources} CloudFormation resources, ` +
+        `more than the ${limit} one stack may hold`,
+    );
+  }
 }
 
 /** Bytes the environment will take once deployed, counting each unresolved reference as a long ARN. */

@@ -27,6 +27,7 @@ export function createTargets(config: Config): StorageTarget[] {
         prefix: cloud.prefix,
         region: cloud.region,
         endpoint: cloud.s3Endpoint,
+        lifecycleTags: cloud.lifecycleTags,
       });
       return config.localCopy ? [new FileTarget(config.backupDir), s3] : [s3];
     }

@@ -112,6 +112,49 @@ export interface S3TargetOptions {
   readonly connectionTimeoutMs?: number;
   /** Milliseconds to wait for response headers of a single (non-part) request. @default 60000 */
   readonly requestTimeoutMs?: number;
+  /**
+   * Tag each object with its lifecycle class (LIFECYCLE_TAG, from its key; see lifecycleTagFor), for
+   * bucket lifecycle rules that select by tag instead of one prefix per cluster. Needs
+   * s3:PutObjectTagging, and a store that implements object tagging.
+   * @default false (core/config.ts: S3_LIFECYCLE_TAGS, which the AWS deployment sets)
+   */
+  readonly lifecycleTags?: boolean;
+}
+
+/** The object tag bucket lifecycle rules select on (infra/constructs/vault-bucket.ts has the rules). */
+export const LIFECYCLE_TAG = 'pgvault-lifecycle';
+
+/** Lifecycle class of each folder below a cluster's folder; anything else (manual/, ...) is not tagged. */
+const LIFECYCLE_FOLDERS: ReadonlyArray<readonly [string, 'archive' | 'expire' | 'report']> = [
+  ['full/daily/', 'expire'],
+  ['full/weekly/', 'archive'],
+  ['full/monthly/', 'archive'],
+  ['base/daily/', 'expire'],
+  ['base/weekly/', 'archive'],
+  ['base/monthly/', 'archive'],
+  ['config/', 'expire'],
+  ['indexes/', 'expire'],
+  ['wal/', 'expire'],
+  ['reports/', 'report'],
+  ['drills/', 'report'],
+];
+
+/**
+ * The lifecycle class of a repository key (relative to the prefix, `<cluster>/<folder>/...`):
+ * `archive` (weekly and monthly backups: archived, then expired as a safety net), `expire` (the other
+ * folders retention manages), `report` (reports and drill records); undefined for keys no lifecycle
+ * rule may touch (manual backups, files outside a cluster's managed folders).
+ */
+export function lifecycleTagFor(key: string): 'archive' | 'expire' | 'report' | undefined {
+  const slash = key.indexOf('/');
+  if (slash <= 0) return undefined;
+  const rest = key.slice(slash + 1);
+  // The WAL archive's identity (how its objects are encrypted) is written once and read forever.
+  if (rest === 'wal/archive.json') return undefined;
+  for (const [folder, tag] of LIFECYCLE_FOLDERS) {
+    if (rest.startsWith(folder) && rest.length > folder.length) return tag;
+  }
+  return undefined;
 }
 
 /**
@@ -124,6 +167,8 @@ export class S3Target implements StorageTarget {
   readonly location: string;
   readonly bucket: string;
   readonly prefix: string;
+  /** Whether objects are tagged with their lifecycle class (S3TargetOptions.lifecycleTags). */
+  readonly lifecycleTags: boolean;
   private readonly options: S3TargetOptions;
   private clientPromise: Promise<{ client: S3Client; sdk: S3Sdk }> | undefined;
   private readonly requestOptions: { readonly requestTimeout: number };
@@ -140,6 +185,14 @@ export class S3Target implements StorageTarget {
     this.bucket = options.bucket;
     this.prefix = (options.prefix ?? '').replace(/^\/+|\/+$/g, '');
     this.location = this.prefix === '' ? `s3://${this.bucket}` : `s3://${this.bucket}/${this.prefix}`;
+    this.lifecycleTags = options.lifecycleTags ?? false;
+  }
+
+  /** The tags a new object gets: its lifecycle class, when tagging is on and the key has one. */
+  private tagsFor(key: string): Array<{ Key: string; Value: string }> {
+    if (!this.lifecycleTags) return [];
+    const tag = lifecycleTagFor(key);
+    return tag ? [{ Key: LIFECYCLE_TAG, Value: tag }] : [];
   }
 
   async put(key: string, source: Readable, options: PutOptions = {}): Promise<{ size: number }> {
@@ -152,6 +205,9 @@ export class S3Target implements StorageTarget {
       upload = new Upload({
         client,
         params: { Bucket: this.bucket, Key: objectKey, Body: reading.body },
+        // Applied with PutObjectTagging once the object is complete; a failure fails the put (and the
+        // clean-up below removes the object), so no stored object misses its lifecycle rule.
+        tags: this.tagsFor(key),
         queueSize: 4,
         partSize: this.options.partSize ?? choosePartSize(options.sizeHint),
         // Upload's own abort would replace the real error when the abort fails (s3rver answers 405):
@@ -180,6 +236,22 @@ export class S3Target implements StorageTarget {
       );
     } catch (err) {
       throw this.storageError(err, `upload ${key}`);
+    }
+    const tags = this.tagsFor(key);
+    if (tags.length === 0) return;
+    try {
+      // A separate request, as Upload does for put(): S3-compatible stores (and s3rver) that honour
+      // PutObjectTagging do not all honour the x-amz-tagging header of PutObject.
+      await client.send(
+        new sdk.PutObjectTaggingCommand({ Bucket: this.bucket, Key: objectKey, Tagging: { TagSet: tags } }),
+        this.requestOptions,
+      );
+    } catch (err) {
+      // Like a failed put: nothing left behind, the caller sees why.
+      await client
+        .send(new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: objectKey }), this.requestOptions)
+        .catch(() => {});
+      throw this.storageError(err, `tag ${key}`);
     }
   }
 

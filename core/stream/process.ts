@@ -114,6 +114,11 @@ function isSpawnNotFound(err: NodeJS.ErrnoException): boolean {
  * process with an unhandled rejection; a caller that awaits it still sees the failure.
  */
 export function startTool(command: string, args: string[], options: StartToolOptions = {}): ToolProcess {
+  return spawnTool(command, args, options, true);
+}
+
+/** `hold`: see heldOutput; false only for a caller that attaches to stdout before it returns. */
+function spawnTool(command: string, args: string[], options: StartToolOptions, hold: boolean): ToolProcess {
   const label = options.label ?? basename(command);
   const stderrTail = new TailBuffer(STDERR_TAIL_BYTES);
   const [file, argv] =
@@ -162,7 +167,7 @@ export function startTool(command: string, args: string[], options: StartToolOpt
 
   return {
     child,
-    stdout: child.stdout ? heldOutput(child.stdout) : Readable.from([]),
+    stdout: child.stdout ? (hold ? heldOutput(child.stdout) : child.stdout) : Readable.from([]),
     stdin:
       child.stdin ??
       new Writable({
@@ -228,7 +233,8 @@ class ToolStage extends Duplex {
     super({ readableHighWaterMark: STAGE_HIGH_WATER_MARK, writableHighWaterMark: STAGE_HIGH_WATER_MARK });
     this.label = options.label ?? basename(command);
     this.discardUnreadInput = options.discardUnreadInput ?? false;
-    this.tool = startTool(command, args, options);
+    // Its 'data' handler is attached below, before anything can be awaited: no need to hold stdout.
+    this.tool = spawnTool(command, args, options, false);
     const { stdout, stdin, exited } = this.tool;
 
     exited.catch((err: unknown) => this.destroy(err as Error));

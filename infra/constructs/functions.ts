@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { ArnFormat, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import type * as events from 'aws-cdk-lib/aws-events';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -11,7 +11,8 @@ import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import type * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
-import { type BackupTasks, REPO_ROOT } from './tasks';
+import { nagResource } from '../nag';
+import { type BackupTasks, REPO_ROOT, taskFamily, taskRolePath } from './tasks';
 import type { VaultBucket } from './vault-bucket';
 
 export const FUNCTION_NAMES = ['dispatch', 'retention', 'verify', 'report', 'restore'] as const;
@@ -68,6 +69,8 @@ export interface FunctionCluster {
 }
 
 export interface FunctionsProps {
+  /** The deployment's name (config.stackName): the task families and role paths the functions may use. */
+  readonly deployment: string;
   readonly vault: VaultBucket;
   readonly tasks: BackupTasks;
   readonly topic: sns.ITopic;
@@ -121,13 +124,10 @@ export class Functions extends Construct {
     });
     for (const name of FUNCTION_NAMES) this.functions[name] = this.create(name, props);
 
-    const { vault, tasks } = props;
-    const all = [...tasks.byCluster.values()];
-    const backupDefs = all.map((t) => t.backup);
-    const restoreDefs = all.map((t) => t.restore);
+    const { vault, tasks, deployment } = props;
 
     // dispatch: run the backup task definitions, nothing in the bucket.
-    this.grantRunTasks(this.functions.dispatch, tasks.cluster, backupDefs);
+    this.grantRunTasks(this.functions.dispatch, tasks.cluster, deployment, 'backup');
 
     // retention: read manifests, delete under the repository prefix.
     vault.grantRepository(this.functions.retention, { read: true, delete: true });
@@ -136,7 +136,7 @@ export class Functions extends Construct {
     // verify: quick checks read the vault; the deep check is a backup/verify task run.
     vault.grantRepository(this.functions.verify, { read: true });
     vault.passphrase.grantRead(this.functions.verify);
-    this.grantRunTasks(this.functions.verify, tasks.cluster, backupDefs);
+    this.grantRunTasks(this.functions.verify, tasks.cluster, deployment, 'backup');
 
     // report: read the vault, store reports (and presign a link to them).
     vault.grantRepository(this.functions.report, { read: true });
@@ -146,7 +146,7 @@ export class Functions extends Construct {
     // restore: resolve the backup (read), run only the restore task definitions.
     vault.grantRepository(this.functions.restore, { read: true });
     vault.passphrase.grantRead(this.functions.restore);
-    this.grantRunTasks(this.functions.restore, tasks.cluster, restoreDefs);
+    this.grantRunTasks(this.functions.restore, tasks.cluster, deployment, 'restore');
 
     for (const name of FUNCTION_NAMES) {
       props.topic.grantPublish(this.functions[name]);
@@ -215,24 +215,61 @@ export class Functions extends Construct {
     return fn;
   }
 
+  /**
+   * RunTask on the deployment's task definitions of one kind, and PassRole on their roles, named by
+   * pattern: the families `<deployment>-<kind>-*` and the IAM path `/<deployment>/<kind>/`. The
+   * definitions live in the fleet stacks (which depend on this one), and naming each of them would grow
+   * these policies with the fleet past IAM's size limits; the patterns are the same for any fleet and
+   * still keep restore to restore definitions and dispatch and verify to backup ones.
+   */
   private grantRunTasks(
     fn: lambda.IFunction,
     cluster: ecs.ICluster,
-    defs: ecs.FargateTaskDefinition[],
+    deployment: string,
+    kind: 'backup' | 'restore',
   ): void {
+    const stack = Stack.of(this);
+    const definitions = stack.formatArn({
+      service: 'ecs',
+      resource: 'task-definition',
+      resourceName: `${taskFamily(deployment, kind, '*')}`,
+      arnFormat: ArnFormat.SLASH_RESOURCE_NAME,
+    });
+    const roles = stack.formatArn({
+      service: 'iam',
+      region: '',
+      resource: 'role',
+      resourceName: `${taskRolePath(deployment, kind).slice(1)}*`,
+      arnFormat: ArnFormat.SLASH_RESOURCE_NAME,
+    });
     fn.addToRolePolicy(
       new iam.PolicyStatement({
         actions: ['ecs:RunTask'],
-        resources: defs.map((d) => d.taskDefinitionArn),
+        resources: [definitions],
         conditions: { ArnEquals: { 'ecs:cluster': cluster.clusterArn } },
       }),
     );
     fn.addToRolePolicy(
       new iam.PolicyStatement({
         actions: ['iam:PassRole'],
-        resources: defs.flatMap((d) => [d.taskRole.roleArn, d.obtainExecutionRole().roleArn]),
+        resources: [roles],
         conditions: { StringLike: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } },
       }),
+    );
+    const role = fn.role as iam.Role;
+    Validations.of(role).acknowledge(
+      {
+        id: `AwsSolutions-IAM5[Resource::${nagResource(role, definitions)}]`,
+        reason:
+          `The ${kind} task definitions of this deployment, any revision (family ${taskFamily(deployment, kind, '*')}): ` +
+          'they are in the fleet stacks, and naming each would grow this policy with the fleet; only in the pgvault ECS cluster.',
+      },
+      {
+        id: `AwsSolutions-IAM5[Resource::${nagResource(role, roles)}]`,
+        reason:
+          `The task and execution roles of this deployment's ${kind} tasks (IAM path ${taskRolePath(deployment, kind)}), ` +
+          'passed only to ECS tasks; a pattern so the policy does not grow with the fleet.',
+      },
     );
   }
 }

@@ -22,9 +22,14 @@ export interface MonitoringProps {
   readonly topic: sns.ITopic;
   readonly ecsCluster: ecs.ICluster;
   readonly taskLogGroup: logs.ILogGroup;
-  readonly clusters: readonly string[];
   readonly functions: Readonly<Record<string, lambda.IFunction>>;
   readonly deadLetterQueue: sqs.IQueue;
+  readonly dashboardName: string;
+}
+
+export interface ClusterMonitoringProps {
+  readonly topic: sns.ITopic;
+  readonly clusters: readonly string[];
   readonly walReceivers: ReadonlyMap<string, ecs.FargateService>;
   readonly thresholds: {
     readonly backupAgeHours: number;
@@ -39,9 +44,10 @@ export interface MonitoringProps {
 }
 
 /**
- * Failure alerts, metric alarms and the dashboard: a stopped task with a non-zero exit (or killed for
- * memory) becomes a backup-failure message in the topic; the pgvault metrics have alarms on their
- * targets; every alarm notifies the topic.
+ * What the deployment watches as a whole (the shared stack): a stopped task with a non-zero exit (or
+ * killed for memory) becomes a backup-failure message in the topic; the metric filters turning the
+ * tasks' EMF lines into metrics; function errors and schedule dead letters; the deployment dashboard.
+ * Per-cluster alarms and dashboards are in the fleet stacks (ClusterMonitoring).
  */
 export class Monitoring extends Construct {
   public readonly taskFailureRule: events.Rule;
@@ -97,6 +103,82 @@ export class Monitoring extends Construct {
       });
     }
 
+    const action = new actions.SnsAction(props.topic);
+    const add = (alarm: cloudwatch.Alarm): void => {
+      alarm.addAlarmAction(action);
+      this.alarms.push(alarm);
+    };
+
+    add(
+      props.deadLetterQueue
+        .metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) })
+        .createAlarm(this, 'ScheduleDeadLetters', {
+          alarmName: 'pgvault: a scheduled job could not be started (dead-letter queue)',
+          threshold: 1,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+          evaluationPeriods: 1,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        }),
+    );
+    const errorMetrics: cloudwatch.IMetric[] = [];
+    for (const [name, fn] of Object.entries(props.functions)) {
+      const errors = fn.metricErrors({ period: Duration.minutes(5), statistic: 'Sum' });
+      errorMetrics.push(errors.with({ label: name }));
+      add(
+        errors.createAlarm(this, `${name}-Errors`, {
+          alarmName: `pgvault: ${name} function failed`,
+          threshold: 1,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+          evaluationPeriods: 1,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        }),
+      );
+    }
+
+    this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', {
+      dashboardName: props.dashboardName,
+      defaultInterval: Duration.days(14),
+      widgets: [
+        [
+          new cloudwatch.AlarmStatusWidget({
+            title: 'pgvault alarms',
+            alarms: this.alarms,
+            width: 24,
+            height: 6,
+          }),
+        ],
+        [
+          new cloudwatch.GraphWidget({ title: 'Function errors', left: errorMetrics, width: 12 }),
+          new cloudwatch.LogQueryWidget({
+            title: 'Task errors (last lines)',
+            logGroupNames: [props.taskLogGroup.logGroupName],
+            queryLines: [
+              'fields @timestamp, @logStream, @message',
+              'filter @message like /pgvault: /',
+              'sort @timestamp desc',
+              'limit 50',
+            ],
+            width: 12,
+          }),
+        ],
+      ],
+    });
+  }
+}
+
+/** CloudWatch allows up to 100 alarms in one alarm status widget. */
+const ALARMS_PER_STATUS_WIDGET = 100;
+
+/**
+ * One fleet stack's per-cluster alarms (into the topic) and its dashboard: the pgvault metrics have
+ * alarms on their targets, failures alarm at the first one.
+ */
+export class ClusterMonitoring extends Construct {
+  public readonly alarms: cloudwatch.Alarm[] = [];
+  public readonly dashboard: cloudwatch.Dashboard;
+
+  constructor(scope: Construct, id: string, props: ClusterMonitoringProps) {
+    super(scope, id);
     const t = props.thresholds;
     const action = new actions.SnsAction(props.topic);
     const add = (alarm: cloudwatch.Alarm): void => {
@@ -248,60 +330,21 @@ export class Monitoring extends Construct {
       ]);
     }
 
-    add(
-      props.deadLetterQueue
-        .metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) })
-        .createAlarm(this, 'ScheduleDeadLetters', {
-          alarmName: 'pgvault: a scheduled job could not be started (dead-letter queue)',
-          threshold: 1,
-          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-          evaluationPeriods: 1,
-          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    const statusWidgets: cloudwatch.IWidget[][] = [];
+    for (let i = 0; i < this.alarms.length; i += ALARMS_PER_STATUS_WIDGET) {
+      statusWidgets.push([
+        new cloudwatch.AlarmStatusWidget({
+          title: `pgvault alarms (${props.clusters[0]} to ${props.clusters[props.clusters.length - 1]})`,
+          alarms: this.alarms.slice(i, i + ALARMS_PER_STATUS_WIDGET),
+          width: 24,
+          height: 6,
         }),
-    );
-    const errorMetrics: cloudwatch.IMetric[] = [];
-    for (const [name, fn] of Object.entries(props.functions)) {
-      const errors = fn.metricErrors({ period: Duration.minutes(5), statistic: 'Sum' });
-      errorMetrics.push(errors.with({ label: name }));
-      add(
-        errors.createAlarm(this, `${name}-Errors`, {
-          alarmName: `pgvault: ${name} function failed`,
-          threshold: 1,
-          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-          evaluationPeriods: 1,
-          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-        }),
-      );
+      ]);
     }
-
     this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', {
       dashboardName: props.dashboardName,
       defaultInterval: Duration.days(14),
-      widgets: [
-        [
-          new cloudwatch.AlarmStatusWidget({
-            title: 'pgvault alarms',
-            alarms: this.alarms,
-            width: 24,
-            height: 6,
-          }),
-        ],
-        ...widgets,
-        [
-          new cloudwatch.GraphWidget({ title: 'Function errors', left: errorMetrics, width: 12 }),
-          new cloudwatch.LogQueryWidget({
-            title: 'Task errors (last lines)',
-            logGroupNames: [props.taskLogGroup.logGroupName],
-            queryLines: [
-              'fields @timestamp, @logStream, @message',
-              'filter @message like /pgvault: /',
-              'sort @timestamp desc',
-              'limit 50',
-            ],
-            width: 12,
-          }),
-        ],
-      ],
+      widgets: [...statusWidgets, ...widgets],
     });
   }
 }

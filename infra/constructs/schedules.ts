@@ -54,26 +54,19 @@ export const SCHEDULED_JOBS: readonly ScheduledJob[] = [
 ];
 
 export interface SchedulesProps {
-  readonly clusters: readonly string[];
   readonly functions: Readonly<Record<FunctionName, lambda.IFunction>>;
-  /** Crontab or Scheduler expression per job; null turns it off. */
-  readonly expressions: Readonly<Record<ScheduleName, string | null>>;
-  readonly timeZone: string;
   readonly physicalBackups: boolean;
-  readonly retryAttempts: number;
-  readonly maxEventAge: Duration;
   readonly groupName: string;
 }
 
 /**
- * EventBridge Scheduler: one schedule per cluster per job, in the configured time zone, with retries
- * and a dead-letter queue for invocations that still fail.
+ * What every cluster's schedules share (the shared stack): the schedule group, the role that invokes
+ * the functions and the dead-letter queue. The schedules themselves are in the fleet stacks.
  */
 export class Schedules extends Construct {
   public readonly group: scheduler.CfnScheduleGroup;
   public readonly deadLetterQueue: sqs.Queue;
   public readonly role: iam.Role;
-  public readonly schedules: scheduler.CfnSchedule[] = [];
 
   constructor(scope: Construct, id: string, props: SchedulesProps) {
     super(scope, id);
@@ -105,7 +98,30 @@ export class Schedules extends Construct {
       }),
     );
     this.deadLetterQueue.grantSendMessages(this.role);
+  }
+}
 
+export interface ClusterSchedulesProps {
+  readonly clusters: readonly string[];
+  readonly base: Schedules;
+  readonly functions: Readonly<Record<FunctionName, lambda.IFunction>>;
+  /** Crontab or Scheduler expression per job; null turns it off. */
+  readonly expressions: Readonly<Record<ScheduleName, string | null>>;
+  readonly timeZone: string;
+  readonly physicalBackups: boolean;
+  readonly retryAttempts: number;
+  readonly maxEventAge: Duration;
+}
+
+/**
+ * EventBridge Scheduler: one schedule per cluster per job (of one fleet stack), in the configured time
+ * zone, with retries and the shared dead-letter queue for invocations that still fail.
+ */
+export class ClusterSchedules extends Construct {
+  public readonly schedules: scheduler.CfnSchedule[] = [];
+
+  constructor(scope: Construct, id: string, props: ClusterSchedulesProps) {
+    super(scope, id);
     for (const cluster of props.clusters) {
       for (const job of SCHEDULED_JOBS) {
         if (job.physicalOnly && !props.physicalBackups) continue;
@@ -115,7 +131,7 @@ export class Schedules extends Construct {
         if (!scheduleExpression) throw new Error(`schedules.${job.schedule}: cannot convert ${expression}`);
         const schedule = new scheduler.CfnSchedule(this, `${cluster}-${job.schedule}`, {
           name: `${cluster}-${job.schedule}`,
-          groupName: this.group.ref,
+          groupName: props.base.group.ref,
           description: `pgvault ${job.function} ${JSON.stringify(job.input(cluster))}`,
           scheduleExpression,
           scheduleExpressionTimezone: props.timeZone,
@@ -123,13 +139,13 @@ export class Schedules extends Construct {
           state: 'ENABLED',
           target: {
             arn: props.functions[job.function].functionArn,
-            roleArn: this.role.roleArn,
+            roleArn: props.base.role.roleArn,
             input: JSON.stringify(job.input(cluster)),
             retryPolicy: {
               maximumRetryAttempts: props.retryAttempts,
               maximumEventAgeInSeconds: props.maxEventAge.toSeconds(),
             },
-            deadLetterConfig: { arn: this.deadLetterQueue.queueArn },
+            deadLetterConfig: { arn: props.base.deadLetterQueue.queueArn },
           },
         });
         this.schedules.push(schedule);

@@ -1,9 +1,10 @@
-import { IgnoreMode, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { IgnoreMode, RemovalPolicy, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as efs from 'aws-cdk-lib/aws-efs';
 import type * as events from 'aws-cdk-lib/aws-events';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
@@ -34,24 +35,27 @@ export interface TaskSize {
   readonly ephemeralStorageGiB: number;
 }
 
+/**
+ * IAM path of the roles of one kind of task (`/<deployment>/backup/`): the functions' PassRole names
+ * `role/<deployment>/backup/*` instead of every cluster's roles, so their policies do not grow with the
+ * fleet, and restore still passes only restore roles.
+ */
+export function taskRolePath(deployment: string, kind: 'backup' | 'restore' | 'wal-receive'): string {
+  return `/${deployment}/${kind}/`;
+}
+
+export interface NetworkConfig {
+  readonly vpcId: string;
+  readonly subnetIds: readonly string[];
+  readonly securityGroupIds: readonly string[];
+  readonly assignPublicIp: boolean;
+}
+
+/** What the deployment's task platform (shared stack) needs. */
 export interface BackupTasksProps {
-  readonly vault: VaultBucket;
-  readonly topic: sns.ITopic;
-  readonly eventBus: events.IEventBus;
-  readonly clusters: readonly ClusterConfig[];
-  /** Clusters that run `pgvault wal receive` as a service. */
-  readonly walReceivers: ReadonlySet<string>;
-  readonly network: {
-    vpcId: string;
-    subnetIds: readonly string[];
-    securityGroupIds: readonly string[];
-    assignPublicIp: boolean;
-  };
-  /** pgvault settings every container shares (CLOUD_*, RETENTION_*, COMPRESSION, ...). */
-  readonly sharedEnvironment: Readonly<Record<string, string>>;
-  readonly task: TaskSize;
-  readonly restoreTask: TaskSize;
-  readonly walReceive: { cpu: number; memoryMiB: number };
+  /** Whether any cluster runs `pgvault wal receive` (the EFS staging file system is shared). */
+  readonly needsWalFileSystem: boolean;
+  readonly network: NetworkConfig;
   readonly architecture: 'arm64' | 'x86_64';
   /** PostgreSQL server majors built into the image (PG_SERVER_VERSIONS). */
   readonly postgresServerVersions: readonly number[];
@@ -60,8 +64,28 @@ export interface BackupTasksProps {
   readonly image?: ecs.ContainerImage;
 }
 
+/** What one fleet stack's task definitions need. */
+export interface ClusterTasksProps {
+  /** The deployment's name (config.stackName): task families and role paths carry it. */
+  readonly deployment: string;
+  readonly platform: BackupTasks;
+  readonly vault: VaultBucket;
+  readonly topic: sns.ITopic;
+  readonly eventBus: events.IEventBus;
+  readonly clusters: readonly ClusterConfig[];
+  /** Clusters that run `pgvault wal receive` as a service. */
+  readonly walReceivers: ReadonlySet<string>;
+  readonly network: NetworkConfig;
+  /** pgvault settings every container shares (CLOUD_*, RETENTION_*, COMPRESSION, ...). */
+  readonly sharedEnvironment: Readonly<Record<string, string>>;
+  readonly task: TaskSize;
+  readonly restoreTask: TaskSize;
+  readonly walReceive: { cpu: number; memoryMiB: number };
+  readonly architecture: 'arm64' | 'x86_64';
+}
+
 /** One cluster's task definitions and (optional) WAL receiver service. */
-export interface ClusterTasks {
+export interface ClusterTaskSet {
   /** Backups and deep verification (`TASK_DEFINITION_ARN`). */
   readonly backup: ecs.FargateTaskDefinition;
   /** Restores (`RESTORE_TASK_DEFINITION_ARN`): its own role, only the restore Lambda may run it. */
@@ -70,10 +94,9 @@ export interface ClusterTasks {
 }
 
 /**
- * ECS cluster and Fargate task definitions running the pgvault container. One backup and one restore
- * task definition per database cluster: each holds that cluster's connection settings and takes its
- * credentials (PGUSER, PGPASSWORD) from that cluster's secret, which ECS cannot override per run; each
- * task role may touch only its cluster's folder of the vault.
+ * What every cluster's tasks share (the shared stack): the ECS cluster, the task log group, the image,
+ * the imported network and the EFS file system `wal receive` stages on. The task definitions are in
+ * the fleet stacks (ClusterTasks).
  */
 export class BackupTasks extends Construct {
   public readonly cluster: ecs.Cluster;
@@ -82,7 +105,6 @@ export class BackupTasks extends Construct {
   public readonly vpc: ec2.IVpc;
   public readonly subnets: ec2.ISubnet[];
   public readonly securityGroups: ec2.ISecurityGroup[];
-  public readonly byCluster = new Map<string, ClusterTasks>();
   public readonly walFileSystem?: efs.FileSystem;
 
   constructor(scope: Construct, id: string, props: BackupTasksProps) {
@@ -134,8 +156,7 @@ export class BackupTasks extends Construct {
         }),
       );
 
-    const needsEfs = props.clusters.some((c) => props.walReceivers.has(c.name));
-    if (needsEfs) {
+    if (props.needsWalFileSystem) {
       const efsSecurityGroup = new ec2.SecurityGroup(this, 'WalFsSecurityGroup', {
         vpc: this.vpc,
         description: 'pgvault wal receive staging (NFS from the task security groups)',
@@ -152,7 +173,42 @@ export class BackupTasks extends Construct {
         removalPolicy: RemovalPolicy.DESTROY,
       });
     }
+  }
+}
 
+/**
+ * One fleet stack's Fargate task definitions. One backup and one restore task definition per database
+ * cluster: each holds that cluster's connection settings and takes its credentials (PGUSER, PGPASSWORD)
+ * from that cluster's secret, which ECS cannot override per run; each task role may touch only its
+ * cluster's folder of the vault. Roles carry the deployment's IAM path (taskRolePath).
+ */
+export class ClusterTasks extends Construct {
+  public readonly byCluster = new Map<string, ClusterTaskSet>();
+  private readonly subnets: ec2.ISubnet[];
+  private readonly securityGroups: ec2.ISecurityGroup[];
+
+  constructor(scope: Construct, id: string, props: ClusterTasksProps) {
+    super(scope, id);
+    // Plain ids, imported again in this stack (nothing to reference across stacks).
+    this.subnets = props.network.subnetIds.map((sid) => ec2.Subnet.fromSubnetId(this, `Subnet-${sid}`, sid));
+    for (const subnet of this.subnets) {
+      Validations.of(subnet).acknowledge({
+        id: 'Annotation::@aws-cdk/aws-ec2:noSubnetRouteTableId',
+        reason: 'Subnets are only passed to the wal receive service; no route table is read.',
+      });
+    }
+    this.securityGroups = props.network.securityGroupIds.map((gid) =>
+      ec2.SecurityGroup.fromSecurityGroupId(this, `Sg-${gid}`, gid, { mutable: false }),
+    );
+    // The passphrase by reference (its ARN and key through the shared stack's exports): granting the
+    // shared secret itself would add each execution role to the vault key's policy (a KMS grant through
+    // Secrets Manager), which names this stack's roles from the shared stack, a cycle, and grows the
+    // key policy with the fleet. The key's policy lets IAM policies grant its use; the grant is the
+    // execution role's own (kms:Decrypt via Secrets Manager only).
+    const passphrase = secretsmanager.Secret.fromSecretAttributes(this, 'Passphrase', {
+      secretCompleteArn: props.vault.passphrase.secretArn,
+      encryptionKey: kms.Key.fromKeyArn(this, 'VaultKey', props.vault.key.keyArn),
+    });
     for (const c of props.clusters) {
       const env: Record<string, string> = {
         ...props.sharedEnvironment,
@@ -171,7 +227,7 @@ export class BackupTasks extends Construct {
           : undefined,
       });
       const secrets: Record<string, ecs.Secret> = {
-        ENCRYPTION_KEY: ecs.Secret.fromSecretsManager(props.vault.passphrase),
+        ENCRYPTION_KEY: ecs.Secret.fromSecretsManager(passphrase),
         PGUSER: ecs.Secret.fromSecretsManager(credentials, 'username'),
         PGPASSWORD: ecs.Secret.fromSecretsManager(credentials, 'password'),
       };
@@ -207,8 +263,9 @@ export class BackupTasks extends Construct {
       props.vault.grantRepository(restore.taskRole, { write: true, cluster: c.name, folder: 'drills' });
 
       let walReceiver: ecs.FargateService | undefined;
-      if (props.walReceivers.has(c.name) && this.walFileSystem) {
-        walReceiver = this.walReceiver(c.name, props, env, secrets, this.walFileSystem);
+      const fileSystem = props.platform.walFileSystem;
+      if (props.walReceivers.has(c.name) && fileSystem) {
+        walReceiver = this.walReceiver(c.name, props, env, secrets, fileSystem);
       }
       this.byCluster.set(c.name, { backup, restore, walReceiver });
     }
@@ -216,15 +273,26 @@ export class BackupTasks extends Construct {
 
   private taskDefinition(
     id: string,
-    props: BackupTasksProps,
+    props: ClusterTasksProps,
     size: { cpu: number; memoryMiB: number; ephemeralStorageGiB?: number },
     environment: Record<string, string>,
     secrets: Record<string, ecs.Secret>,
     cluster: string,
     kind: 'backup' | 'restore',
   ): ecs.FargateTaskDefinition {
+    const path = taskRolePath(props.deployment, kind);
     const def = new ecs.FargateTaskDefinition(this, id, {
-      family: taskFamily(Stack.of(this).stackName, kind, cluster),
+      family: taskFamily(props.deployment, kind, cluster),
+      taskRole: new iam.Role(this, `${id}TaskRole`, {
+        assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
+        path,
+        description: `pgvault ${kind} tasks of ${cluster}`,
+      }),
+      executionRole: new iam.Role(this, `${id}ExecutionRole`, {
+        assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
+        path,
+        description: `pgvault ${kind} task execution (image, logs, secrets) of ${cluster}`,
+      }),
       cpu: size.cpu,
       memoryLimitMiB: size.memoryMiB,
       ephemeralStorageGiB: size.ephemeralStorageGiB,
@@ -235,13 +303,16 @@ export class BackupTasks extends Construct {
       },
     });
     def.addContainer(CONTAINER_NAME, {
-      image: this.image,
+      image: props.platform.image,
       essential: true,
       // The dispatcher overrides the command with pgvault's arguments (["backup","full","daily"], ...).
       command: ['backup', 'stats'],
       environment,
       secrets,
-      logging: ecs.LogDrivers.awsLogs({ logGroup: this.logGroup, streamPrefix: `${kind}-${cluster}` }),
+      logging: ecs.LogDrivers.awsLogs({
+        logGroup: props.platform.logGroup,
+        streamPrefix: `${kind}-${cluster}`,
+      }),
     });
     // Every task may alert (SNS) and report lifecycle events; nothing else outside the vault.
     props.topic.grantPublish(def.taskRole);
@@ -252,18 +323,31 @@ export class BackupTasks extends Construct {
 
   private walReceiver(
     cluster: string,
-    props: BackupTasksProps,
+    props: ClusterTasksProps,
     env: Record<string, string>,
     secrets: Record<string, ecs.Secret>,
     fileSystem: efs.FileSystem,
   ): ecs.FargateService {
-    const accessPoint = fileSystem.addAccessPoint(`WalAccessPoint-${cluster}`, {
+    // In this stack, on the shared file system (fileSystem.addAccessPoint would put it in the shared stack).
+    const accessPoint = new efs.AccessPoint(this, `WalAccessPoint-${cluster}`, {
+      fileSystem,
       path: `/wal-receive/${cluster}`,
       createAcl: { ownerUid: '1000', ownerGid: '1000', permissions: '700' },
       posixUser: { uid: '1000', gid: '1000' },
     });
+    const rolePath = taskRolePath(props.deployment, 'wal-receive');
     const def = new ecs.FargateTaskDefinition(this, `WalReceive-${cluster}`, {
       family: `pgvault-wal-receive-${cluster}`,
+      taskRole: new iam.Role(this, `WalReceive-${cluster}TaskRole`, {
+        assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
+        path: rolePath,
+        description: `pgvault wal receive of ${cluster}`,
+      }),
+      executionRole: new iam.Role(this, `WalReceive-${cluster}ExecutionRole`, {
+        assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
+        path: rolePath,
+        description: `pgvault wal receive task execution of ${cluster}`,
+      }),
       cpu: props.walReceive.cpu,
       memoryLimitMiB: props.walReceive.memoryMiB,
       runtimePlatform: {
@@ -283,12 +367,15 @@ export class BackupTasks extends Construct {
       ],
     });
     const container = def.addContainer(CONTAINER_NAME, {
-      image: this.image,
+      image: props.platform.image,
       essential: true,
       command: ['wal', 'receive'],
       environment: { ...env, WAL_RECEIVE_DIR },
       secrets,
-      logging: ecs.LogDrivers.awsLogs({ logGroup: this.logGroup, streamPrefix: `wal-receive-${cluster}` }),
+      logging: ecs.LogDrivers.awsLogs({
+        logGroup: props.platform.logGroup,
+        streamPrefix: `wal-receive-${cluster}`,
+      }),
     });
     container.addMountPoints({
       containerPath: WAL_RECEIVE_DIR,
@@ -302,7 +389,7 @@ export class BackupTasks extends Construct {
     acknowledgeTaskDefinition(def);
 
     return new ecs.FargateService(this, `WalReceiver-${cluster}`, {
-      cluster: this.cluster,
+      cluster: props.platform.cluster,
       taskDefinition: def,
       serviceName: `pgvault-wal-receive-${cluster}`,
       desiredCount: 1,
@@ -318,24 +405,26 @@ export class BackupTasks extends Construct {
   }
 }
 
-/** The findings every pgvault task definition carries, with why they are accepted. */
+/**
+ * The findings every pgvault task definition carries, with why they are accepted: on the definition,
+ * its execution role and its task role (the roles carry the deployment's IAM path, so they are made
+ * beside the definition rather than inside it).
+ */
 function acknowledgeTaskDefinition(def: ecs.FargateTaskDefinition): void {
-  Validations.of(def).acknowledge(
-    {
-      id: 'AwsSolutions-ECS2',
-      reason:
-        'Environment variables hold non-secret settings only (bucket, prefix, host, retention); the passphrase ' +
-        'and database credentials come from Secrets Manager as ECS secrets.',
-    },
-    {
-      id: 'AwsSolutions-IAM5[Resource::*]',
-      reason:
-        'ecr:GetAuthorizationToken (execution role, pulling the image) has no resource to name; IAM requires *.',
-    },
-    {
-      id: 'AwsSolutions-IAM5[Action::kms:GenerateDataKey*]',
-      reason:
-        'Publishing to the KMS-encrypted alert topic needs GenerateDataKey* on its key (the one key is named).',
-    },
-  );
+  Validations.of(def).acknowledge({
+    id: 'AwsSolutions-ECS2',
+    reason:
+      'Environment variables hold non-secret settings only (bucket, prefix, host, retention); the passphrase ' +
+      'and database credentials come from Secrets Manager as ECS secrets.',
+  });
+  Validations.of(def.obtainExecutionRole()).acknowledge({
+    id: 'AwsSolutions-IAM5[Resource::*]',
+    reason:
+      'ecr:GetAuthorizationToken (execution role, pulling the image) has no resource to name; IAM requires *.',
+  });
+  Validations.of(def.taskRole).acknowledge({
+    id: 'AwsSolutions-IAM5[Action::kms:GenerateDataKey*]',
+    reason:
+      'Publishing to the KMS-encrypted alert topic needs GenerateDataKey* on its key (the one key is named).',
+  });
 }

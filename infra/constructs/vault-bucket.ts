@@ -4,10 +4,9 @@ import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct, type IConstruct } from 'constructs';
+import { nagResource } from '../nag';
 
 export interface VaultBucketProps {
-  /** Cluster names; lifecycle rules are per cluster because the cluster is a folder of every key. */
-  readonly clusters: readonly string[];
   /** Key prefix of the repository (CLOUD_PREFIX); '' for the bucket root. @default 'pgvault' */
   readonly prefix: string;
   readonly archiveStorageClass: 'GLACIER' | 'GLACIER_IR' | 'DEEP_ARCHIVE';
@@ -23,19 +22,29 @@ export interface VaultBucketProps {
   readonly retainData: boolean;
 }
 
-/** Folders whose objects the retention function manages; `manual/` is never expired. */
-const RETENTION_MANAGED = [
-  'full/daily/',
-  'full/weekly/',
-  'full/monthly/',
-  'base/daily/',
-  'base/weekly/',
-  'base/monthly/',
-  'config/',
-  'indexes/',
-  'wal/',
-] as const;
-const ARCHIVED = new Set<string>(['full/weekly/', 'full/monthly/', 'base/weekly/', 'base/monthly/']);
+/**
+ * The object tag the lifecycle rules select on. The writer (core/storage/s3.ts, with S3_LIFECYCLE_TAGS)
+ * tags each object from its key: `<cluster>/<folder>/...` below the prefix. A lifecycle prefix cannot
+ * hold a wildcard for the cluster folder, so rules by prefix would be per cluster (15 each, S3 allows
+ * 1,000 per bucket); rules by tag are the same few for any fleet.
+ */
+export const LIFECYCLE_TAG = 'pgvault-lifecycle';
+/** Tag value per folder below the cluster; `manual/` and anything else get no tag (no rule reaches them). */
+export const LIFECYCLE_CLASSES: Readonly<Record<string, 'archive' | 'expire' | 'report'>> = {
+  'full/daily/': 'expire',
+  'full/weekly/': 'archive',
+  'full/monthly/': 'archive',
+  'base/daily/': 'expire',
+  'base/weekly/': 'archive',
+  'base/monthly/': 'archive',
+  'config/': 'expire',
+  'indexes/': 'expire',
+  'wal/': 'expire',
+  'reports/': 'report',
+  'drills/': 'report',
+};
+/** Environment setting that turns the tagging on in core/storage/s3.ts. */
+export const LIFECYCLE_TAGS_SETTING = 'S3_LIFECYCLE_TAGS';
 
 /**
  * The vault: an S3 bucket encrypted with a customer-managed KMS key, versioned, private, TLS only,
@@ -80,7 +89,13 @@ export class VaultBucket extends Construct {
       reason: 'This is the access-log bucket of the vault; logging it into itself would loop.',
     });
 
-    const base = props.prefix ? `${props.prefix}/` : '';
+    // The same seven rules for one cluster or five hundred: weekly and monthly backups (tag "archive")
+    // move to the archive class above the size floor; every managed folder has its safety-net expiration.
+    const base = props.prefix ? `${props.prefix}/` : undefined;
+    const tagged = (value: 'archive' | 'expire' | 'report') => ({
+      ...(base ? { prefix: base } : {}),
+      tagFilters: { [LIFECYCLE_TAG]: value },
+    });
     const lifecycleRules: s3.LifecycleRule[] = [
       { id: 'abort-incomplete-multipart', abortIncompleteMultipartUploadAfter: Duration.days(1) },
       {
@@ -88,46 +103,34 @@ export class VaultBucket extends Construct {
         noncurrentVersionExpiration: Duration.days(props.noncurrentVersionExpireDays),
       },
       { id: 'remove-expired-delete-markers', expiredObjectDeleteMarker: true },
+      {
+        id: 'archive-weekly-monthly',
+        ...tagged('archive'),
+        // Safety net only: the retention function deletes long before (GFS plus 60 days by default).
+        expiration: Duration.days(props.expireAfterDays),
+        transitions: [
+          {
+            storageClass: new s3.StorageClass(props.archiveStorageClass),
+            transitionAfter: Duration.days(props.archiveAfterDays),
+          },
+        ],
+        // Manifests (small JSON) stay in STANDARD: list, retention and restore read them.
+        objectSizeGreaterThan: props.archiveMinObjectBytes,
+      },
+      {
+        // The size filter above also keeps small objects out of the expiration; expire them here.
+        id: 'archive-weekly-monthly-small',
+        ...tagged('archive'),
+        objectSizeLessThan: props.archiveMinObjectBytes + 1,
+        expiration: Duration.days(props.expireAfterDays),
+      },
+      { id: 'expire-managed', ...tagged('expire'), expiration: Duration.days(props.expireAfterDays) },
+      {
+        id: 'expire-reports-drills',
+        ...tagged('report'),
+        expiration: Duration.days(props.reportsExpireAfterDays),
+      },
     ];
-    for (const cluster of props.clusters) {
-      for (const folder of RETENTION_MANAGED) {
-        const archived = ARCHIVED.has(folder);
-        lifecycleRules.push({
-          id: `${cluster}-${folder.replace(/\/$/, '').replace('/', '-')}`,
-          prefix: `${base}${cluster}/${folder}`,
-          // Safety net only: the retention function deletes long before (GFS plus 60 days by default).
-          expiration: Duration.days(props.expireAfterDays),
-          ...(archived
-            ? {
-                transitions: [
-                  {
-                    storageClass: new s3.StorageClass(props.archiveStorageClass),
-                    transitionAfter: Duration.days(props.archiveAfterDays),
-                  },
-                ],
-                // Manifests (small JSON) stay in STANDARD: list, retention and restore read them.
-                objectSizeGreaterThan: props.archiveMinObjectBytes,
-              }
-            : {}),
-        });
-        if (archived) {
-          // The size filter above also keeps small objects out of the expiration; expire them here.
-          lifecycleRules.push({
-            id: `${cluster}-${folder.replace(/\/$/, '').replace('/', '-')}-small`,
-            prefix: `${base}${cluster}/${folder}`,
-            objectSizeLessThan: props.archiveMinObjectBytes + 1,
-            expiration: Duration.days(props.expireAfterDays),
-          });
-        }
-      }
-      for (const folder of ['reports/', 'drills/']) {
-        lifecycleRules.push({
-          id: `${cluster}-${folder.replace(/\/$/, '')}`,
-          prefix: `${base}${cluster}/${folder}`,
-          expiration: Duration.days(props.reportsExpireAfterDays),
-        });
-      }
-    }
 
     const lock = props.objectLock;
     this.bucket = new s3.Bucket(this, 'Bucket', {
@@ -166,25 +169,35 @@ export class VaultBucket extends Construct {
     });
   }
 
+  /**
+   * The bucket ARN as `scope`'s stack sees it: the attribute itself in this stack, an import of this
+   * stack's export (Stack.exportValue, the name CDK gives the automatic reference) in a fleet stack.
+   */
+  bucketArnFor(scope?: IConstruct): string {
+    if (!scope || Stack.of(scope) === Stack.of(this)) return this.bucket.bucketArn;
+    return Stack.of(this).exportValue(this.bucket.bucketArn);
+  }
+
   /** ARN pattern of objects under the repository, or under one cluster's folder (optionally a subfolder). */
-  objectsArn(cluster?: string, folder?: string): string {
+  objectsArn(cluster?: string, folder?: string, scope?: IConstruct): string {
     const parts = [this.prefix, cluster, folder].filter((p): p is string => !!p);
-    return `${this.bucket.bucketArn}/${parts.length ? `${parts.join('/')}/` : ''}*`;
+    return `${this.bucketArnFor(scope)}/${parts.length ? `${parts.join('/')}/` : ''}*`;
   }
 
   /** s3:ListBucket limited to the repository (or one cluster's folder) by the s3:prefix condition. */
-  listStatement(cluster?: string): iam.PolicyStatement {
+  listStatement(cluster?: string, scope?: IConstruct): iam.PolicyStatement {
     const parts = [this.prefix, cluster].filter((p): p is string => !!p);
     return new iam.PolicyStatement({
       actions: ['s3:ListBucket'],
-      resources: [this.bucket.bucketArn],
+      resources: [this.bucketArnFor(scope)],
       conditions: parts.length ? { StringLike: { 's3:prefix': [`${parts.join('/')}/*`] } } : undefined,
     });
   }
 
   /**
-   * Grants what pgvault needs on the repository: read, write (write once, multipart, Object Lock retention),
-   * delete; scoped to one cluster's folder or one of its subfolders when given.
+   * Grants what pgvault needs on the repository: read, write (write once, multipart, the lifecycle tag,
+   * Object Lock retention), delete; scoped to one cluster's folder or one of its subfolders when given.
+   * The grantee may live in a fleet stack: the statements then name the bucket through its export.
    */
   grantRepository(
     grantee: iam.IGrantable,
@@ -193,22 +206,21 @@ export class VaultBucket extends Construct {
     const actions: string[] = [];
     if (access.read) actions.push('s3:GetObject', 's3:GetObjectAttributes');
     if (access.write) {
-      actions.push('s3:PutObject', 's3:AbortMultipartUpload');
+      // PutObjectTagging: the writer tags each object for the lifecycle rules (LIFECYCLE_TAG).
+      actions.push('s3:PutObject', 's3:AbortMultipartUpload', 's3:PutObjectTagging');
       if (this.lockEnabled) actions.push('s3:PutObjectRetention');
     }
     if (access.delete) actions.push('s3:DeleteObject');
     if (this.lockEnabled && (access.read || access.delete)) actions.push('s3:GetObjectRetention');
-    grantee.grantPrincipal.addToPrincipalPolicy(this.listStatement(access.cluster));
-    grantee.grantPrincipal.addToPrincipalPolicy(
-      new iam.PolicyStatement({ actions, resources: [this.objectsArn(access.cluster, access.folder)] }),
-    );
+    const principal: IConstruct = grantee.grantPrincipal instanceof Construct ? grantee.grantPrincipal : this;
+    const objects = this.objectsArn(access.cluster, access.folder, principal);
+    grantee.grantPrincipal.addToPrincipalPolicy(this.listStatement(access.cluster, principal));
+    grantee.grantPrincipal.addToPrincipalPolicy(new iam.PolicyStatement({ actions, resources: [objects] }));
     const keyActions = access.write ? ['kms:Decrypt', 'kms:GenerateDataKey'] : ['kms:Decrypt'];
     this.key.grant(grantee, ...keyActions);
-    const principal: IConstruct = grantee.grantPrincipal instanceof Construct ? grantee.grantPrincipal : this;
-    const bucketId = Stack.of(this).getLogicalId(this.bucket.node.defaultChild as s3.CfnBucket);
     const path = this.objectsArn(access.cluster, access.folder).slice(this.bucket.bucketArn.length);
     Validations.of(principal).acknowledge({
-      id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>${path}]`,
+      id: `AwsSolutions-IAM5[Resource::${nagResource(principal, objects)}]`,
       reason:
         `Backup objects are created at run time with generated keys; access is limited to the ${path.slice(1)} ` +
         'folder of the vault bucket (never the whole bucket, never another bucket).',

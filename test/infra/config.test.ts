@@ -12,6 +12,7 @@ import {
   loadDeployConfig,
   parseDeployConfig,
 } from '../../infra/config';
+import { CLUSTERS_PER_FLEET_STACK } from '../../infra/stack';
 import { resourcesOf, synthTemplate, testConfig } from './synth';
 
 const minimal = {
@@ -167,14 +168,16 @@ describe('deploy configuration', () => {
 
 describe('configuration variants', () => {
   it('null turns a schedule off; base backups only with physicalBackups', () => {
-    const { template } = synthTemplate(
+    const { template, fleets } = synthTemplate(
       testConfig({
         clusters: [testConfig().clusters[0]!],
         physicalBackups: false,
         schedules: { ...DEFAULT_SCHEDULES, indexes: null },
       }),
     );
-    const names = resourcesOf(template, 'AWS::Scheduler::Schedule').map(([, s]) => s.Properties.Name);
+    expect(fleets).toHaveLength(1);
+    const fleet = fleets[0]!.template;
+    const names = resourcesOf(fleet, 'AWS::Scheduler::Schedule').map(([, s]) => s.Properties.Name);
     expect(names.sort()).toEqual(
       [
         'main-config',
@@ -187,43 +190,62 @@ describe('configuration variants', () => {
       ].sort(),
     );
     // Without WAL receiving: no service, no EFS.
-    template.resourceCountIs('AWS::ECS::Service', 0);
+    fleet.resourceCountIs('AWS::ECS::Service', 0);
     template.resourceCountIs('AWS::EFS::FileSystem', 0);
   }, 60_000);
 
   it('without a prefix the grants cover the bucket; without Object Lock no retention permissions; GLACIER stays selectable', () => {
     const base = testConfig();
-    const { template, stack } = synthTemplate(
+    const { template, stack, fleets } = synthTemplate(
       testConfig({
         clusters: [base.clusters[0]!],
         bucket: { ...base.bucket, prefix: '', objectLock: null, archiveStorageClass: 'GLACIER' },
       }),
     );
-    const text = JSON.stringify(template.toJSON());
+    const text = JSON.stringify([template.toJSON(), ...fleets.map((f) => f.template.toJSON())]);
     expect(text).not.toContain('s3:PutObjectRetention');
     expect(text).not.toContain('ObjectLockConfiguration');
     const rules = template.toJSON().Resources[
       stack.getLogicalId(stack.vault.bucket.node.defaultChild as never)
     ].Properties.LifecycleConfiguration.Rules as Array<{ Id: string; Prefix?: string }>;
-    expect(rules.find((r) => r.Id === 'main-full-weekly')).toMatchObject({
-      Prefix: 'main/full/weekly/',
+    const archive = rules.find((r) => r.Id === 'archive-weekly-monthly');
+    expect(archive).toMatchObject({
+      TagFilters: [{ Key: 'pgvault-lifecycle', Value: 'archive' }],
       Transitions: [{ StorageClass: 'GLACIER', TransitionInDays: 30 }],
     });
+    // The whole bucket is the repository: the rules select by tag alone.
+    expect(rules.filter((r) => r.Prefix !== undefined)).toEqual([]);
     const fns = resourcesOf(template, 'AWS::Lambda::Function');
     expect(fns[0]![1].Properties.Environment.Variables.CLOUD_PREFIX).toBeUndefined();
   }, 60_000);
 
-  it('fails synth with one line when the fleet does not fit in one stack (500 resources)', () => {
+  it('splits a larger fleet into fleet stacks of 12 clusters, in config order', () => {
     const base = testConfig();
     const clusters = Array.from({ length: 30 }, (_, i) => ({ ...base.clusters[0]!, name: `cluster-${i}` }));
+    const { deployment, fleets } = synthTemplate(testConfig({ clusters }));
+    expect(CLUSTERS_PER_FLEET_STACK).toBe(12);
+    expect(deployment.stacks.map((s) => s.stackName)).toEqual([
+      'Pgvault',
+      'Pgvault-Fleet1',
+      'Pgvault-Fleet2',
+      'Pgvault-Fleet3',
+    ]);
+    expect(fleets.map((f) => f.stack.clusterNames.length)).toEqual([12, 12, 6]);
+    expect(fleets[1]!.stack.clusterNames[0]).toBe('cluster-12');
+    for (const f of fleets) expect(f.stack.dependencies).toEqual([deployment.shared]);
+  }, 60_000);
+
+  it('fails synth with one line when a stack still does not fit (the resource limit, here lowered)', () => {
+    const base = testConfig();
+    const clusters = Array.from({ length: 12 }, (_, i) => ({ ...base.clusters[0]!, name: `cluster-${i}` }));
     let message = '';
     try {
-      synthTemplate(testConfig({ clusters }));
+      synthTemplate(testConfig({ clusters }), { context: { '@aws-cdk/core:stackResourceLimit': 150 } });
     } catch (err) {
       message = (err as Error).message;
     }
     expect(message).toMatch(
-      /^pgvault deploy config: clusters: 30 clusters need about \d+ CloudFormation resources, more than the 500 one stack may hold; deploy the fleet as several stacks of at most about \d+ clusters/,
+      /^pgvault deploy config: stack Pgvault-Fleet1 needs about \d+ CloudFormation resources, more than the 150 one stack may hold$/,
     );
     expect(message.split('\n')).toHaveLength(1);
   }, 60_000);

@@ -2,8 +2,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
-import type { Template } from 'aws-cdk-lib/assertions';
+import { type App, Validations } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
 import { mockClient } from 'aws-sdk-client-mock';
+import { AwsSolutionsChecks } from 'cdk-nag';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { handler as dispatch } from '../../functions/dispatch';
 import {
@@ -15,15 +17,17 @@ import {
 } from '../../functions/env';
 import type { DeployConfig } from '../../infra/config';
 import { CLUSTERS_FILE } from '../../infra/constructs/functions';
-import type { PgvaultStack } from '../../infra/stack';
-import { type CfnJson, resourcesOf, synthTemplate, testConfig } from './synth';
+import { SCHEDULED_JOBS } from '../../infra/constructs/schedules';
+import { CLUSTERS_PER_FLEET_STACK, type PgvaultStack } from '../../infra/stack';
+import { buildStack, type CfnJson, resourcesOf, type SynthResult, synthTemplate, testConfig } from './synth';
 
 /**
- * A fleet: 150 clusters. The functions' environment does not grow with the fleet (Lambda allows 4 KB
- * per function); the cluster list ships in a layer, and the handlers find any cluster by name in it.
- * One stack cannot hold the resources of 150 clusters (CloudFormation's 500), so the synth here lifts
- * CDK's resource limit to look at the functions, and the last test shows the default synth refusing
- * the fleet with one line.
+ * A fleet: 150 clusters, synthesized with CloudFormation's normal 500-resource check on. The deployment
+ * splits into a shared stack (vault, functions, alerts: the same size for any fleet) and fleet stacks of
+ * at most CLUSTERS_PER_FLEET_STACK clusters each. The functions' environment does not grow with the
+ * fleet (Lambda allows 4 KB per function): the cluster list ships in a layer, and the handlers find any
+ * cluster by name in it. Nothing else grows with it either: the bucket's lifecycle rules and every IAM
+ * policy are the same size for two clusters or 150.
  */
 
 const FLEET = 150;
@@ -33,9 +37,10 @@ function fleetConfig(): DeployConfig {
   const [single, patroni] = base.clusters;
   const clusters = Array.from({ length: FLEET }, (_, i) => {
     const name = `cluster-${String(i).padStart(3, '0')}`;
-    // Realistic lengths: long internal host names, Patroni URLs on every other cluster.
+    // Realistic lengths: long internal host names, Patroni URLs on every other cluster; every tenth
+    // cluster receives WAL (the most resources a cluster brings).
     return i % 2 === 0
-      ? { ...single!, name, host: `${name}.db.eu-west-1.internal.example.com` }
+      ? { ...single!, name, host: `${name}.db.eu-west-1.internal.example.com`, walReceive: i % 10 === 0 }
       : {
           ...patroni!,
           name,
@@ -63,22 +68,155 @@ function environments(template: Template): CfnJson[] {
   return resourcesOf(template, 'AWS::Lambda::Function').map(([, fn]) => fn.Properties.Environment.Variables);
 }
 
+/** Every IAM policy document of a template, as JSON text (inline policies of roles included). */
+function policyDocuments(template: Template): string[] {
+  const policies = resourcesOf(template, 'AWS::IAM::Policy').map(([, p]) => p.Properties.PolicyDocument);
+  const inline = resourcesOf(template, 'AWS::IAM::Role').flatMap(([, r]) =>
+    ((r.Properties.Policies ?? []) as CfnJson[]).map((p) => p.PolicyDocument),
+  );
+  return [...policies, ...inline].map((d) => JSON.stringify(d));
+}
+
+let app: App;
 let template: Template;
 let stack: PgvaultStack;
+let fleets: SynthResult['fleets'];
 let clusterFile: string;
 
 beforeAll(() => {
-  ({ template, stack } = synthTemplate(fleetConfig(), {
-    context: { '@aws-cdk/core:stackResourceLimit': 0 },
-  }));
+  const config = fleetConfig();
+  const built = buildStack(config);
+  app = built.app;
+  stack = built.stack;
+  // Cross-stack references become exports and imports at synth: the templates are read after it.
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  // Synth throws the list of cdk-nag findings that are not acknowledged, in any stack.
+  app.synth();
+  template = Template.fromStack(stack);
+  fleets = built.deployment.fleets.map((f) => ({ stack: f, template: Template.fromStack(f) }));
   clusterFile = join(stack.functions.clusterLayerFolder, 'pgvault', 'clusters.json');
-}, 180_000);
+}, 300_000);
 
 describe(`a fleet of ${FLEET} clusters`, () => {
+  it('synthesizes with the normal resource check on: a shared stack and fleet stacks, each well under 500', () => {
+    expect(fleets).toHaveLength(Math.ceil(FLEET / CLUSTERS_PER_FLEET_STACK));
+    expect(fleets.map((f) => f.stack.stackName)).toEqual(fleets.map((_, i) => `Fleet-Fleet${i + 1}`));
+    const count = (t: Template) => Object.keys(t.toJSON().Resources).length;
+    expect(count(template)).toBeLessThan(450);
+    for (const f of fleets) expect(count(f.template), f.stack.stackName).toBeLessThan(450);
+    // The shared stack does not grow with the fleet: the same resources as for two clusters.
+    const small = synthTemplate(testConfig({ stackName: 'Fleet' })).template;
+    const types = (t: Template) =>
+      Object.values(t.toJSON().Resources as CfnJson)
+        .map((r) => r.Type as string)
+        .filter((type) => type !== 'AWS::Lambda::LayerVersion')
+        .sort();
+    expect(types(template)).toEqual(types(small));
+    // The fleet stacks depend on the shared one (deployed first by `cdk deploy --all`), never the reverse.
+    for (const f of fleets) expect(f.stack.dependencies).toEqual([stack]);
+    expect(stack.dependencies).toEqual([]);
+  });
+
+  it('holds the worst case too: a fleet stack of clusters that all receive WAL stays under 450', () => {
+    const base = testConfig();
+    const clusters = Array.from({ length: CLUSTERS_PER_FLEET_STACK }, (_, i) => ({
+      ...base.clusters[1]!,
+      name: `worst-${i}`,
+      walReceive: true,
+    }));
+    // Every schedule on (physical backups), the storage alarm on (a quota): the most each cluster brings.
+    const worst = synthTemplate(testConfig({ clusters, physicalBackups: true, storageQuotaGb: 100 }));
+    expect(worst.fleets).toHaveLength(1);
+    const resources = Object.keys(worst.fleets[0]!.template.toJSON().Resources).length;
+    expect(resources).toBeLessThan(450);
+    expect(resources).toBeGreaterThan(CLUSTERS_PER_FLEET_STACK * 30);
+  }, 120_000);
+
+  it('reaches the config’s limit: 500 clusters in 42 fleet stacks, every stack under 450 resources', () => {
+    const base = testConfig();
+    const clusters = Array.from({ length: 500 }, (_, i) => ({
+      ...base.clusters[i % 2]!,
+      name: `db-${String(i).padStart(3, '0')}`,
+      walReceive: false,
+    }));
+    const { app, deployment } = buildStack(testConfig({ clusters }));
+    const assembly = app.synth();
+    expect(deployment.fleets).toHaveLength(42);
+    for (const s of deployment.stacks) {
+      const t = assembly.getStackByName(s.stackName).template as CfnJson;
+      expect(Object.keys(t.Resources).length, s.stackName).toBeLessThan(450);
+      // CloudFormation allows 200 outputs (the shared stack's exports among them) per stack.
+      expect(Object.keys(t.Outputs ?? {}).length, s.stackName).toBeLessThan(200);
+    }
+  }, 300_000);
+
+  it('keeps the bucket lifecycle rules a constant number', () => {
+    const rules = (t: Template) =>
+      Object.values(t.toJSON().Resources as CfnJson).find(
+        (r) =>
+          r.Type === 'AWS::S3::Bucket' &&
+          r.Properties.LifecycleConfiguration?.Rules?.some((x: CfnJson) => x.TagFilters),
+      )!.Properties.LifecycleConfiguration.Rules as CfnJson[];
+    const small = synthTemplate(testConfig({ stackName: 'Fleet' })).template;
+    expect(rules(template)).toHaveLength(7);
+    expect(rules(template)).toEqual(rules(small));
+  });
+
+  it('gives every cluster its schedules exactly once, across the fleet stacks', () => {
+    expect(resourcesOf(template, 'AWS::Scheduler::Schedule')).toEqual([]);
+    const names = fleets.flatMap((f) =>
+      resourcesOf(f.template, 'AWS::Scheduler::Schedule').map(([, s]) => s.Properties.Name as string),
+    );
+    expect(new Set(names).size).toBe(names.length);
+    const jobs = SCHEDULED_JOBS.map((j) => j.schedule);
+    expect(names).toHaveLength(FLEET * jobs.length);
+    for (let i = 0; i < FLEET; i++) {
+      const cluster = `cluster-${String(i).padStart(3, '0')}`;
+      for (const job of jobs) expect(names, `${cluster}-${job}`).toContain(`${cluster}-${job}`);
+    }
+    // Each cluster's task definitions, alarms and schedules are in one fleet stack only.
+    const owner = new Map<string, string>();
+    for (const f of fleets) {
+      for (const name of f.stack.clusterNames) {
+        expect(owner.get(name)).toBeUndefined();
+        owner.set(name, f.stack.stackName);
+        const families = resourcesOf(f.template, 'AWS::ECS::TaskDefinition').map(
+          ([, d]) => d.Properties.Family,
+        );
+        expect(families).toEqual(expect.arrayContaining([`Fleet-backup-${name}`, `Fleet-restore-${name}`]));
+      }
+    }
+    expect(owner.size).toBe(FLEET);
+  });
+
+  it('keeps every IAM policy the same size whatever the fleet (no statement lists the clusters)', () => {
+    const small = synthTemplate(testConfig({ stackName: 'Fleet' }));
+    const largest = (t: Template) => Math.max(...policyDocuments(t).map((d) => d.length));
+    // The shared stack's policies (functions, scheduler) do not depend on the cluster count.
+    expect(
+      policyDocuments(template)
+        .map((d) => d.length)
+        .sort(),
+    ).toEqual(
+      policyDocuments(small.template)
+        .map((d) => d.length)
+        .sort(),
+    );
+    // A fleet stack's policies are per cluster role: no larger than those of a two-cluster deployment,
+    // and far under IAM's 10,240 characters per role.
+    const smallest = largest(small.fleets[0]!.template);
+    for (const f of fleets) expect(largest(f.template)).toBeLessThanOrEqual(smallest + 200);
+    expect(largest(template)).toBeLessThan(6000);
+  });
+
   it('keeps every function environment well under 4 KB, the same size as for two clusters', () => {
     const fleet = environments(template);
     expect(fleet).toHaveLength(5);
-    const small = environments(synthTemplate(testConfig()).template);
+    // Two clusters named as the fleet's first two (TASK_DEFINITION_ARN names the first one's family).
+    const small = environments(
+      synthTemplate(testConfig({ stackName: 'Fleet', clusters: fleetConfig().clusters.slice(0, 2) }))
+        .template,
+    );
     for (const env of fleet) {
       expect(env.PGVAULT_CLUSTERS).toBeUndefined();
       expect(env.PGVAULT_CLUSTERS_FILE).toBe(CLUSTERS_FILE);
@@ -107,19 +245,25 @@ describe(`a fleet of ${FLEET} clusters`, () => {
       taskDefinition: 'Fleet-backup-cluster-137',
       restoreTaskDefinition: 'Fleet-restore-cluster-137',
     });
+    // Every cluster of every fleet stack is in the list, with the families its fleet stack created.
+    const listed = new Map(clusters.map((c) => [c.name as string, c]));
+    for (const f of fleets) {
+      for (const [name, t] of f.stack.tasks.byCluster) {
+        expect(listed.get(name)).toMatchObject({
+          taskDefinition: t.backup.family,
+          restoreTaskDefinition: t.restore.family,
+        });
+      }
+    }
   });
 
-  it('is refused by the default synth with one line: CloudFormation holds 500 resources per stack', () => {
-    let message = '';
-    try {
-      synthTemplate(fleetConfig());
-    } catch (err) {
-      message = (err as Error).message;
-    }
-    expect(message).toMatch(
-      /^pgvault deploy config: clusters: 150 clusters need about \d+ CloudFormation resources, more than the 500 one stack may hold; deploy the fleet as several stacks of at most about \d+ clusters \(one config file each, its own stackName\)$/,
-    );
-  }, 120_000);
+  it('passes cdk-nag in every stack (the synth above ran AwsSolutions on all of them)', () => {
+    // app.synth() threw on any unacknowledged finding; the checks did run on the fleet stacks.
+    const acknowledged = fleets[0]!.stack.node
+      .findAll()
+      .flatMap((c) => c.node.metadata.filter((m) => m.type === 'aws:cdk:acknowledged-rules'));
+    expect(acknowledged.length).toBeGreaterThan(0);
+  });
 });
 
 describe('the handlers, reading the synthesized cluster list', () => {

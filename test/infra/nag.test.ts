@@ -1,8 +1,10 @@
-import { Validations } from 'aws-cdk-lib';
+import { App, Validations } from 'aws-cdk-lib';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import type { IConstruct } from 'constructs';
 import { describe, expect, it } from 'vitest';
+import { createDeployment } from '../../infra/stack';
 import { buildStack, testConfig } from './synth';
 
 const ACKNOWLEDGED = 'aws:cdk:acknowledged-rules';
@@ -21,6 +23,13 @@ describe('cdk-nag AwsSolutions', () => {
   it('runs at synth and throws on an unacknowledged finding (the check below is real)', () => {
     const { app, stack } = buildStack(testConfig());
     new sqs.Queue(stack, 'Unacknowledged');
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+    expect(() => app.synth()).toThrow(/AwsSolutions-SQS[34]/);
+  }, 120_000);
+
+  it('checks the fleet stacks too: an unacknowledged finding there fails the synth', () => {
+    const { app, deployment } = buildStack(testConfig());
+    new sqs.Queue(deployment.fleets[0]!, 'Unacknowledged');
     Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
     expect(() => app.synth()).toThrow(/AwsSolutions-SQS[34]/);
   }, 120_000);
@@ -54,5 +63,29 @@ describe('cdk-nag AwsSolutions', () => {
     );
     Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
     expect(() => app.synth()).not.toThrow();
+  }, 120_000);
+
+  it('holds in every stack of an environment-agnostic deployment (`cdk synth` without credentials), several fleet stacks', () => {
+    // As infra/app.ts builds it with no account or region: ARNs and acknowledgements then carry
+    // AWS::Region / AWS::AccountId, and the fleet stacks import the shared values.
+    const base = testConfig();
+    const clusters = Array.from({ length: 26 }, (_, i) => ({
+      ...base.clusters[i % 2]!,
+      name: `c${i}`,
+      walReceive: i % 5 === 0,
+    }));
+    const app = new App({
+      builtinCloudFormationValidation: false,
+      context: { 'aws:cdk:bundling-stacks': [] },
+    });
+    const deployment = createDeployment(app, {
+      config: testConfig({ clusters }),
+      description: 'pgvault',
+      image: ecs.ContainerImage.fromRegistry('public.ecr.aws/pgvault/test:latest'),
+    });
+    expect(deployment.fleets).toHaveLength(3);
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+    expect(() => app.synth()).not.toThrow();
+    for (const a of acknowledgements(app)) expect(typeof a.reason, `${a.path} ${a.id}`).toBe('string');
   }, 120_000);
 });

@@ -1,26 +1,44 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Stack } from 'aws-cdk-lib';
 import { Match, type Template } from 'aws-cdk-lib/assertions';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { PgvaultStack } from '../../infra/stack';
+import type { FleetStack, PgvaultStack } from '../../infra/stack';
 import { type CfnJson, resourcesOf, synthTemplate, testConfig } from './synth';
 
 // One synth of the example configuration (two clusters, Object Lock, physical backups, quota,
-// WAL receiving for "orders") for every assertion in this file.
+// WAL receiving for "orders") for every assertion in this file: the shared stack (`stack`, `template`)
+// and, two clusters being fewer than a fleet stack holds, one fleet stack (`fleet`, `fleetTemplate`).
 let template: Template;
 let stack: PgvaultStack;
+let fleetTemplate: Template;
+let fleet: FleetStack;
 beforeAll(() => {
-  ({ template, stack } = synthTemplate(testConfig()));
+  const result = synthTemplate(testConfig());
+  ({ template, stack } = result);
+  expect(result.fleets).toHaveLength(1);
+  ({ template: fleetTemplate, stack: fleet } = result.fleets[0]!);
 }, 120_000);
 
 const ref = (id: string) => ({ Ref: id });
-const logicalId = (c: { node: { defaultChild?: unknown } }) =>
-  stack.getLogicalId(c.node.defaultChild as Parameters<PgvaultStack['getLogicalId']>[0]);
+/** Logical id of a construct's resource, in whichever stack holds it. */
+const logicalId = (c: { node: { defaultChild?: unknown } }) => {
+  const child = c.node.defaultChild as Parameters<PgvaultStack['getLogicalId']>[0];
+  return Stack.of(child).getLogicalId(child);
+};
+/** What a fleet stack holds for a value of the shared stack: the import of the export CDK made for it. */
+function imported(value: unknown): CfnJson {
+  const outputs = Object.values(template.toJSON().Outputs as Record<string, CfnJson>);
+  const output = outputs.find((o) => o.Export && JSON.stringify(o.Value) === JSON.stringify(value));
+  expect(output, `an export of ${JSON.stringify(value)}`).toBeDefined();
+  return { 'Fn::ImportValue': output!.Export.Name };
+}
 
 type Statement = { Action: string | string[]; Resource: unknown; Effect: string; Condition?: unknown };
-/** Every statement of the policies attached to a role. */
+/** Every statement of the policies attached to a role (in the shared or the fleet stack). */
 function statementsOf(roleLogicalId: string): Statement[] {
-  return resourcesOf(template, 'AWS::IAM::Policy')
+  return [template, fleetTemplate]
+    .flatMap((t) => resourcesOf(t, 'AWS::IAM::Policy'))
     .filter(([, p]) => JSON.stringify(p.Properties.Roles).includes(`"${roleLogicalId}"`))
     .flatMap(([, p]) => p.Properties.PolicyDocument.Statement as Statement[]);
 }
@@ -82,6 +100,18 @@ describe('vault bucket', () => {
     const rules = template.toJSON().Resources[logicalId(stack.vault.bucket)].Properties.LifecycleConfiguration
       .Rules as CfnJson[];
     const byId = new Map(rules.map((r) => [r.Id, r]));
+    // The same rules for any fleet: they select by the object tag the writer sets, not by cluster folder.
+    expect([...byId.keys()].sort()).toEqual(
+      [
+        'abort-incomplete-multipart',
+        'expire-noncurrent-versions',
+        'remove-expired-delete-markers',
+        'archive-weekly-monthly',
+        'archive-weekly-monthly-small',
+        'expire-managed',
+        'expire-reports-drills',
+      ].sort(),
+    );
     expect(byId.get('abort-incomplete-multipart')).toMatchObject({
       AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 },
       Status: 'Enabled',
@@ -89,35 +119,56 @@ describe('vault bucket', () => {
     expect(byId.get('expire-noncurrent-versions')).toMatchObject({
       NoncurrentVersionExpiration: { NoncurrentDays: 30 },
     });
+    const tag = (value: string) => [{ Key: 'pgvault-lifecycle', Value: value }];
     // 6 months × 31 + 60 days: behind every retention hold.
-    for (const cluster of ['main', 'orders']) {
-      for (const folder of ['full/weekly', 'full/monthly', 'base/weekly', 'base/monthly']) {
-        const rule = byId.get(`${cluster}-${folder.replace('/', '-')}`);
-        expect(rule).toMatchObject({
-          Prefix: `pgvault/${cluster}/${folder}/`,
-          Transitions: [{ StorageClass: 'GLACIER_IR', TransitionInDays: 30 }],
-          ExpirationInDays: 246,
-          ObjectSizeGreaterThan: 4 * 1024 * 1024,
-        });
-        // Small objects (manifests) stay in STANDARD but get the same safety-net expiration.
-        expect(byId.get(`${cluster}-${folder.replace('/', '-')}-small`)).toMatchObject({
-          Prefix: `pgvault/${cluster}/${folder}/`,
-          ObjectSizeLessThan: 4 * 1024 * 1024 + 1,
-          ExpirationInDays: 246,
-        });
-      }
-      for (const folder of ['full/daily', 'base/daily', 'config', 'indexes', 'wal']) {
-        const rule = byId.get(`${cluster}-${folder.replace('/', '-')}`);
-        expect(rule).toMatchObject({ Prefix: `pgvault/${cluster}/${folder}/`, ExpirationInDays: 246 });
-        expect(rule?.Transitions).toBeUndefined();
-      }
-    }
-    // Manual backups are kept until deleted by hand: no rule may reach them.
-    expect(rules.filter((r) => String(r.Prefix ?? '').includes('manual'))).toEqual([]);
-    for (const r of rules.filter((x) => !x.Prefix)) {
+    expect(byId.get('archive-weekly-monthly')).toMatchObject({
+      Prefix: 'pgvault/',
+      TagFilters: tag('archive'),
+      Transitions: [{ StorageClass: 'GLACIER_IR', TransitionInDays: 30 }],
+      ExpirationInDays: 246,
+      ObjectSizeGreaterThan: 4 * 1024 * 1024,
+    });
+    // Small objects (manifests) stay in STANDARD but get the same safety-net expiration.
+    expect(byId.get('archive-weekly-monthly-small')).toMatchObject({
+      Prefix: 'pgvault/',
+      TagFilters: tag('archive'),
+      ObjectSizeLessThan: 4 * 1024 * 1024 + 1,
+      ExpirationInDays: 246,
+    });
+    expect(byId.get('archive-weekly-monthly-small')?.Transitions).toBeUndefined();
+    expect(byId.get('expire-managed')).toMatchObject({
+      Prefix: 'pgvault/',
+      TagFilters: tag('expire'),
+      ExpirationInDays: 246,
+    });
+    expect(byId.get('expire-managed')?.Transitions).toBeUndefined();
+    expect(byId.get('expire-reports-drills')).toMatchObject({
+      Prefix: 'pgvault/',
+      TagFilters: tag('report'),
+      ExpirationInDays: 400,
+    });
+    // Manual backups are kept until deleted by hand: no rule may reach them (they get no tag), and
+    // every rule that expires or archives current objects selects a tag.
+    for (const r of rules.filter((x) => !x.TagFilters)) {
       expect(r.ExpirationInDays).toBeUndefined();
       expect(r.Transitions).toBeUndefined();
     }
+  });
+
+  it('tells the writers to tag objects (S3_LIFECYCLE_TAGS), and lets them', () => {
+    for (const [, fn] of resourcesOf(template, 'AWS::Lambda::Function')) {
+      expect(fn.Properties.Environment.Variables.S3_LIFECYCLE_TAGS).toBe('true');
+    }
+    for (const [, def] of resourcesOf(fleetTemplate, 'AWS::ECS::TaskDefinition')) {
+      const env = def.Properties.ContainerDefinitions[0].Environment as Array<{
+        Name: string;
+        Value: unknown;
+      }>;
+      expect(env).toContainEqual({ Name: 'S3_LIFECYCLE_TAGS', Value: 'true' });
+    }
+    const backupRole = logicalId(fleet.tasks.byCluster.get('main')!.backup.taskRole);
+    const put = statementsOf(backupRole).find((s) => actionsOf(s).includes('s3:PutObject'))!;
+    expect(actionsOf(put)).toContain('s3:PutObjectTagging');
   });
 
   it('generates the passphrase at deploy, encrypted with the vault key, never in the template', () => {
@@ -131,7 +182,9 @@ describe('vault bucket', () => {
 
 describe('Fargate tasks', () => {
   it('one backup and one restore task definition per cluster, ARM64, sized from the config', () => {
-    const defs = resourcesOf(template, 'AWS::ECS::TaskDefinition');
+    // In the fleet stack; the shared stack has none.
+    expect(resourcesOf(template, 'AWS::ECS::TaskDefinition')).toEqual([]);
+    const defs = resourcesOf(fleetTemplate, 'AWS::ECS::TaskDefinition');
     const families = defs.map(([, d]) => d.Properties.Family).sort();
     expect(families).toEqual([
       'Pgvault-backup-main',
@@ -140,7 +193,7 @@ describe('Fargate tasks', () => {
       'Pgvault-restore-orders',
       'pgvault-wal-receive-orders',
     ]);
-    template.hasResourceProperties('AWS::ECS::TaskDefinition', {
+    fleetTemplate.hasResourceProperties('AWS::ECS::TaskDefinition', {
       Family: 'Pgvault-backup-main',
       Cpu: '1024',
       Memory: '4096',
@@ -148,7 +201,7 @@ describe('Fargate tasks', () => {
       RequiresCompatibilities: ['FARGATE'],
       RuntimePlatform: { CpuArchitecture: 'ARM64', OperatingSystemFamily: 'LINUX' },
     });
-    template.hasResourceProperties('AWS::ECS::TaskDefinition', {
+    fleetTemplate.hasResourceProperties('AWS::ECS::TaskDefinition', {
       Family: 'Pgvault-restore-main',
       Cpu: '2048',
       Memory: '8192',
@@ -157,7 +210,7 @@ describe('Fargate tasks', () => {
   });
 
   it('container: env without secrets, secrets from Secrets Manager, logs with retention', () => {
-    const [, def] = resourcesOf(template, 'AWS::ECS::TaskDefinition').find(
+    const [, def] = resourcesOf(fleetTemplate, 'AWS::ECS::TaskDefinition').find(
       ([, d]) => d.Properties.Family === 'Pgvault-backup-orders',
     )!;
     const container = def.Properties.ContainerDefinitions[0];
@@ -167,7 +220,8 @@ describe('Fargate tasks', () => {
     );
     expect(env).toMatchObject({
       CLOUD_PROVIDER: 's3',
-      CLOUD_BUCKET: ref(logicalId(stack.vault.bucket)),
+      // The shared stack's bucket, topic and bus, through its exports.
+      CLOUD_BUCKET: imported(ref(logicalId(stack.vault.bucket))),
       CLOUD_PREFIX: 'pgvault',
       LOCAL_COPY: 'false',
       ENCRYPTION: 'true',
@@ -188,8 +242,8 @@ describe('Fargate tasks', () => {
       DEPLOYMENT_MODE: 'patroni',
       PATRONI_URL: 'http://orders-patroni.internal.example.com:8008',
     });
-    expect(env.SNS_TOPIC_ARN).toEqual(ref(logicalId(stack.alerts.topic)));
-    expect(env.EVENT_BUS_NAME).toEqual(ref(logicalId(stack.alerts.eventBus)));
+    expect(env.SNS_TOPIC_ARN).toEqual(imported(ref(logicalId(stack.alerts.topic))));
+    expect(env.EVENT_BUS_NAME).toEqual(imported(ref(logicalId(stack.alerts.eventBus))));
     for (const k of ['ENCRYPTION_KEY', 'PGPASSWORD', 'PGUSER', 'ECS_CLUSTER_ARN', 'TASK_DEFINITION_ARN']) {
       expect(env[k]).toBeUndefined();
     }
@@ -198,14 +252,14 @@ describe('Fargate tasks', () => {
     );
     const creds = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgvault/orders-GhIjKl';
     expect(secrets).toEqual({
-      ENCRYPTION_KEY: ref(logicalId(stack.vault.passphrase)),
+      ENCRYPTION_KEY: imported(ref(logicalId(stack.vault.passphrase))),
       PGUSER: `${creds}:username::`,
       PGPASSWORD: `${creds}:password::`,
     });
     expect(container.LogConfiguration).toMatchObject({
       LogDriver: 'awslogs',
       Options: {
-        'awslogs-group': ref(logicalId(stack.tasks.logGroup)),
+        'awslogs-group': imported(ref(logicalId(stack.tasks.logGroup))),
         'awslogs-stream-prefix': 'backup-orders',
       },
     });
@@ -213,7 +267,7 @@ describe('Fargate tasks', () => {
   });
 
   it('task roles: only their cluster folder of the vault and the vault key', () => {
-    const main = stack.tasks.byCluster.get('main')!;
+    const main = fleet.tasks.byCluster.get('main')!;
     const backupRole = logicalId(main.backup.taskRole);
     const objectStatements = statementsOf(backupRole).filter((s) =>
       actionsOf(s).some((a) => a.startsWith('s3:')),
@@ -237,11 +291,19 @@ describe('Fargate tasks', () => {
     expect(allActions(restoreRole)).not.toContain('s3:DeleteObject');
     const puts = statementsOf(restoreRole).filter((s) => actionsOf(s).includes('s3:PutObject'));
     expect(JSON.stringify(puts)).toContain('/pgvault/main/drills/*');
-    expect(JSON.stringify(statementsOf(restoreRole))).toContain(logicalId(stack.vault.key));
+    expect(JSON.stringify(statementsOf(restoreRole))).toContain(
+      JSON.stringify(imported({ 'Fn::GetAtt': [logicalId(stack.vault.key), 'Arn'] })),
+    );
+    // Each kind's roles under the deployment's IAM path: the functions pass roles by that path.
+    const roles = fleetTemplate.toJSON().Resources as CfnJson;
+    expect(roles[backupRole].Properties.Path).toBe('/Pgvault/backup/');
+    expect(roles[logicalId(main.backup.obtainExecutionRole())].Properties.Path).toBe('/Pgvault/backup/');
+    expect(roles[restoreRole].Properties.Path).toBe('/Pgvault/restore/');
+    expect(roles[logicalId(main.restore.obtainExecutionRole())].Properties.Path).toBe('/Pgvault/restore/');
   });
 
   it('wal receive: one service (desired count 1) for the cluster that asks, EFS staging, never two at once', () => {
-    const services = resourcesOf(template, 'AWS::ECS::Service');
+    const services = resourcesOf(fleetTemplate, 'AWS::ECS::Service');
     expect(services).toHaveLength(1);
     expect(services[0]![1].Properties).toMatchObject({
       ServiceName: 'pgvault-wal-receive-orders',
@@ -256,7 +318,7 @@ describe('Fargate tasks', () => {
         },
       },
     });
-    const [, def] = resourcesOf(template, 'AWS::ECS::TaskDefinition').find(
+    const [, def] = resourcesOf(fleetTemplate, 'AWS::ECS::TaskDefinition').find(
       ([, d]) => d.Properties.Family === 'pgvault-wal-receive-orders',
     )!;
     const container = def.Properties.ContainerDefinitions[0];
@@ -276,7 +338,12 @@ describe('Fargate tasks', () => {
       ToPort: 2049,
       SourceSecurityGroupId: 'sg-0123456789abcdef0',
     });
-    template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+    // The file system is the deployment's (shared stack); the access point is the cluster's.
+    fleetTemplate.hasResourceProperties('AWS::EFS::AccessPoint', {
+      FileSystemId: imported(ref(logicalId(stack.tasks.walFileSystem!))),
+      RootDirectory: Match.objectLike({ Path: '/wal-receive/orders' }),
+    });
+    fleetTemplate.hasResourceProperties('AWS::CloudWatch::Alarm', {
       AlarmName: 'pgvault orders: wal receive is not running',
       TreatMissingData: 'breaching',
     });
@@ -366,24 +433,29 @@ describe('Lambda functions', () => {
       taskDefinition: 'Pgvault-backup-orders',
       restoreTaskDefinition: 'Pgvault-restore-orders',
     });
-    // The families are the task definitions' own, which the RunTask permissions name (by revision).
-    const orders = stack.tasks.byCluster.get('orders')!;
-    expect(resourcesOf(template, 'AWS::ECS::TaskDefinition').map(([, d]) => d.Properties.Family)).toEqual(
-      expect.arrayContaining([orders.backup.family, orders.restore.family]),
-    );
+    // The families are the task definitions' own, which the RunTask permissions name (by family pattern).
+    const orders = fleet.tasks.byCluster.get('orders')!;
+    expect(
+      resourcesOf(fleetTemplate, 'AWS::ECS::TaskDefinition').map(([, d]) => d.Properties.Family),
+    ).toEqual(expect.arrayContaining([orders.backup.family, orders.restore.family]));
   });
+
+  /** An ARN the functions' policies name by pattern, as the template renders it. */
+  const arn = (rest: string) => ({ 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, rest]] });
 
   it('dispatch runs only backup task definitions, in the pgvault cluster, and reads no bucket', () => {
     const role = logicalId(stack.functions.functions.dispatch.role!);
     const run = statementsOf(role).find((s) => actionsOf(s).includes('ecs:RunTask'))!;
-    const backups = [...stack.tasks.byCluster.values()].map((t) => ref(logicalId(t.backup)));
-    expect(run.Resource).toEqual(backups);
+    // The deployment's backup families, any revision: the definitions are in the fleet stacks, and the
+    // pattern keeps this policy the same size for any fleet.
+    expect(run.Resource).toEqual(arn(':ecs:eu-west-1:123456789012:task-definition/Pgvault-backup-*'));
+    for (const t of fleet.tasks.byCluster.values()) expect(t.backup.family).toMatch(/^Pgvault-backup-/);
     expect(run.Condition).toEqual({
       ArnEquals: { 'ecs:cluster': { 'Fn::GetAtt': [logicalId(stack.tasks.cluster), 'Arn'] } },
     });
     const pass = statementsOf(role).find((s) => actionsOf(s).includes('iam:PassRole'))!;
     expect(pass.Condition).toEqual({ StringLike: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } });
-    expect(JSON.stringify(pass.Resource)).not.toContain('Restore');
+    expect(pass.Resource).toEqual(arn(':iam::123456789012:role/Pgvault/backup/*'));
     expect(allActions(role).filter((a) => a.startsWith('s3:'))).toEqual([]);
     expect(allActions(role)).not.toContain('secretsmanager:GetSecretValue');
   });
@@ -391,12 +463,17 @@ describe('Lambda functions', () => {
   it('restore runs only the restore task definitions and passes only their roles', () => {
     const role = logicalId(stack.functions.functions.restore.role!);
     const run = statementsOf(role).find((s) => actionsOf(s).includes('ecs:RunTask'))!;
-    expect(run.Resource).toEqual([...stack.tasks.byCluster.values()].map((t) => ref(logicalId(t.restore))));
+    expect(run.Resource).toEqual(arn(':ecs:eu-west-1:123456789012:task-definition/Pgvault-restore-*'));
     const pass = statementsOf(role).find((s) => actionsOf(s).includes('iam:PassRole'))!;
-    const passed = JSON.stringify(pass.Resource);
-    for (const t of stack.tasks.byCluster.values()) {
-      expect(passed).toContain(logicalId(t.restore.taskRole));
-      expect(passed).not.toContain(logicalId(t.backup.taskRole));
+    expect(pass.Resource).toEqual(arn(':iam::123456789012:role/Pgvault/restore/*'));
+    // Restore roles carry that path, backup roles do not: restore cannot pass a backup role.
+    const resources = fleetTemplate.toJSON().Resources as CfnJson;
+    for (const t of fleet.tasks.byCluster.values()) {
+      for (const r of [t.restore.taskRole, t.restore.obtainExecutionRole()])
+        expect(resources[logicalId(r)].Properties.Path).toBe('/Pgvault/restore/');
+      for (const r of [t.backup.taskRole, t.backup.obtainExecutionRole()])
+        expect(resources[logicalId(r)].Properties.Path).not.toBe('/Pgvault/restore/');
+      expect(t.restore.family).toMatch(/^Pgvault-restore-/);
     }
     expect(allActions(role)).not.toContain('s3:DeleteObject');
     expect(allActions(role)).not.toContain('s3:PutObject');
@@ -418,7 +495,8 @@ describe('Lambda functions', () => {
   });
 
   it('no IAM statement uses "*" as a resource except ecr:GetAuthorizationToken', () => {
-    for (const [id, policy] of resourcesOf(template, 'AWS::IAM::Policy')) {
+    const policies = [template, fleetTemplate].flatMap((t) => resourcesOf(t, 'AWS::IAM::Policy'));
+    for (const [id, policy] of policies) {
       for (const s of policy.Properties.PolicyDocument.Statement as Statement[]) {
         const resources = Array.isArray(s.Resource) ? s.Resource : [s.Resource];
         if (resources.includes('*'))
@@ -426,7 +504,7 @@ describe('Lambda functions', () => {
       }
     }
     // Functions use their own roles: no AWS managed policy anywhere.
-    for (const [, role] of resourcesOf(template, 'AWS::IAM::Role')) {
+    for (const [, role] of [template, fleetTemplate].flatMap((t) => resourcesOf(t, 'AWS::IAM::Role'))) {
       expect(role.Properties.ManagedPolicyArns).toBeUndefined();
     }
   });
@@ -434,7 +512,9 @@ describe('Lambda functions', () => {
 
 describe('schedules', () => {
   it('one schedule per cluster per job, in the time zone, with the guide crontab and the contract payloads', () => {
-    const schedules = resourcesOf(template, 'AWS::Scheduler::Schedule').map(([, s]) => s.Properties);
+    // In the fleet stack, in the shared stack's group, invoking its functions through its role.
+    expect(resourcesOf(template, 'AWS::Scheduler::Schedule')).toEqual([]);
+    const schedules = resourcesOf(fleetTemplate, 'AWS::Scheduler::Schedule').map(([, s]) => s.Properties);
     expect(schedules).toHaveLength(18);
     const get = (name: string) => schedules.find((s) => s.Name === name)!;
     const expected: Record<string, [string, unknown, string]> = {
@@ -470,14 +550,15 @@ describe('schedules', () => {
       expect(s.ScheduleExpressionTimezone).toBe('Europe/Berlin');
       expect(s.FlexibleTimeWindow).toEqual({ Mode: 'OFF' });
       expect(JSON.parse(s.Target.Input)).toEqual(input);
-      expect(s.Target.Arn).toEqual({
-        'Fn::GetAtt': [logicalId(stack.functions.functions[fn as 'dispatch']), 'Arn'],
-      });
+      expect(s.GroupName).toEqual(imported(ref(stack.getLogicalId(stack.schedules.group))));
+      expect(s.Target.Arn).toEqual(
+        imported({ 'Fn::GetAtt': [logicalId(stack.functions.functions[fn as 'dispatch']), 'Arn'] }),
+      );
       expect(s.Target.RetryPolicy).toEqual({ MaximumRetryAttempts: 3, MaximumEventAgeInSeconds: 3600 });
       expect(s.Target.DeadLetterConfig).toEqual({
-        Arn: { 'Fn::GetAtt': [logicalId(stack.schedules.deadLetterQueue), 'Arn'] },
+        Arn: imported({ 'Fn::GetAtt': [logicalId(stack.schedules.deadLetterQueue), 'Arn'] }),
       });
-      expect(s.Target.RoleArn).toEqual({ 'Fn::GetAtt': [logicalId(stack.schedules.role), 'Arn'] });
+      expect(s.Target.RoleArn).toEqual(imported({ 'Fn::GetAtt': [logicalId(stack.schedules.role), 'Arn'] }));
     }
   });
 
@@ -577,7 +658,11 @@ describe('alerts and monitoring', () => {
   });
 
   it('metric alarms per cluster into the topic, metric filters for the task EMF lines, a dashboard', () => {
-    const alarms = resourcesOf(template, 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties);
+    // Per-cluster alarms in the fleet stack, deployment-wide ones (DLQ, function errors) in the shared one.
+    const sharedAlarms = resourcesOf(template, 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties);
+    const fleetAlarms = resourcesOf(fleetTemplate, 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties);
+    expect(sharedAlarms.filter((a) => JSON.stringify(a.Dimensions ?? []).includes('Cluster'))).toEqual([]);
+    const alarms = [...sharedAlarms, ...fleetAlarms];
     const byName = (n: string) => alarms.find((a) => a.AlarmName === n)!;
     expect(byName('pgvault main: newest backup older than 48 h')).toMatchObject({
       MetricName: 'BackupAgeHours',
@@ -607,7 +692,9 @@ describe('alerts and monitoring', () => {
     });
     expect(byName('pgvault: a scheduled job could not be started (dead-letter queue)')).toBeDefined();
     expect(byName('pgvault: dispatch function failed')).toMatchObject({ MetricName: 'Errors' });
-    for (const a of alarms) expect(a.AlarmActions).toEqual([ref(logicalId(stack.alerts.topic))]);
+    for (const a of sharedAlarms) expect(a.AlarmActions).toEqual([ref(logicalId(stack.alerts.topic))]);
+    for (const a of fleetAlarms)
+      expect(a.AlarmActions).toEqual([imported(ref(logicalId(stack.alerts.topic)))]);
 
     const filters = resourcesOf(template, 'AWS::Logs::MetricFilter').map(([, f]) => f.Properties);
     const names = filters.map((f) => f.MetricTransformations[0].MetricName).sort();
@@ -633,11 +720,15 @@ describe('alerts and monitoring', () => {
     });
     expect(duration.FilterPattern).toContain('$._aws.CloudWatchMetrics[0].Namespace = "pgvault"');
     template.hasResourceProperties('AWS::CloudWatch::Dashboard', { DashboardName: 'Pgvault-pgvault' });
+    fleetTemplate.hasResourceProperties('AWS::CloudWatch::Dashboard', {
+      DashboardName: 'Pgvault-Fleet1-pgvault',
+    });
+    expect(resourcesOf(fleetTemplate, 'AWS::Logs::MetricFilter')).toEqual([]);
   });
 
   it('drill, restore and verification failures alarm into the topic at the first one, per cluster', () => {
-    const alarms = resourcesOf(template, 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties);
-    const topic = ref(logicalId(stack.alerts.topic));
+    const alarms = resourcesOf(fleetTemplate, 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties);
+    const topic = imported(ref(logicalId(stack.alerts.topic)));
     for (const cluster of ['main', 'orders']) {
       for (const [metricName, what] of [
         ['DrillFailed', 'DR drill failed'],

@@ -8,7 +8,12 @@ import {
   loadDeployConfig,
   parseDeployConfig,
 } from '../../infra/config';
-import { PgvaultStack } from '../../infra/stack';
+import {
+  createDeployment,
+  type FleetStack,
+  type PgvaultDeployment,
+  type PgvaultStack,
+} from '../../infra/stack';
 
 /** A test config: the example's with overrides (top-level keys replaced). */
 export function testConfig(overrides: Partial<DeployConfigInput> = {}): DeployConfig {
@@ -26,31 +31,43 @@ export interface SynthOptions {
 }
 
 /**
- * Builds the stack as `cdk synth` does, but fast: Lambda bundling skipped (placeholder assets), a
- * registry image instead of the Dockerfile asset, CDK's own template validation off.
+ * Builds the deployment (shared stack and fleet stacks) as `cdk synth` does, but fast: Lambda bundling
+ * skipped (placeholder assets), a registry image instead of the Dockerfile asset, CDK's own template
+ * validation off. `stack` is the shared stack.
  */
 export function buildStack(
   config: DeployConfig,
   options: SynthOptions = {},
-): { app: App; stack: PgvaultStack } {
+): { app: App; stack: PgvaultStack; deployment: PgvaultDeployment } {
   const app = new App({
     builtinCloudFormationValidation: options.cfnValidation ?? false,
     context: { ...(options.bundle ? {} : { 'aws:cdk:bundling-stacks': [] }), ...options.context },
   });
-  const stack = new PgvaultStack(app, config.stackName, {
+  const deployment = createDeployment(app, {
     config,
     env: { account: '123456789012', region: 'eu-west-1' },
     image: options.bundle ? undefined : ecs.ContainerImage.fromRegistry('public.ecr.aws/pgvault/test:latest'),
   });
-  return { app, stack };
+  return { app, stack: deployment.shared, deployment };
 }
 
-export function synthTemplate(
-  config: DeployConfig,
-  options: SynthOptions = {},
-): { stack: PgvaultStack; template: Template } {
-  const { stack } = buildStack(config, options);
-  return { stack, template: Template.fromStack(stack) };
+export interface SynthResult {
+  /** The shared stack and its template. */
+  readonly stack: PgvaultStack;
+  readonly template: Template;
+  readonly deployment: PgvaultDeployment;
+  /** The fleet stacks' templates, in order. */
+  readonly fleets: ReadonlyArray<{ readonly stack: FleetStack; readonly template: Template }>;
+}
+
+export function synthTemplate(config: DeployConfig, options: SynthOptions = {}): SynthResult {
+  const { stack, deployment } = buildStack(config, options);
+  return {
+    stack,
+    template: Template.fromStack(stack),
+    deployment,
+    fleets: deployment.fleets.map((f) => ({ stack: f, template: Template.fromStack(f) })),
+  };
 }
 
 /** Template JSON as the assertions read it (CloudFormation is untyped). */
