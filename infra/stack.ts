@@ -29,6 +29,12 @@ export const FEATURE_FLAGS = [
   '@aws-cdk/aws-ecs:arnFormatIncludesClusterName',
 ] as const;
 
+/**
+ * Fleet stacks import the shared stack's exports; "strong" (CloudFormation exports, which protect the
+ * producer from removing a value still imported) is CDK's default, set explicitly.
+ */
+const CROSS_STACK_REFERENCES = '@aws-cdk/core:defaultCrossStackReferences';
+
 /** CDK's context key for CloudFormation's resource limit per stack (default 500; 0 turns the check off). */
 const STACK_RESOURCE_LIMIT_CONTEXT = '@aws-cdk/core:stackResourceLimit';
 
@@ -81,6 +87,7 @@ export class PgvaultStack extends Stack {
     super(scope, id, props);
     // Behaviour this stack relies on, whatever cdk.json says (tests build it without cdk.json).
     for (const flag of FEATURE_FLAGS) this.node.setContext(flag, true);
+    this.node.setContext(CROSS_STACK_REFERENCES, 'strong');
     const c = props.config;
     this.config = c;
     const deployment = c.stackName;
@@ -235,6 +242,7 @@ export class FleetStack extends Stack {
   constructor(scope: Construct, id: string, props: FleetStackProps) {
     super(scope, id, props);
     for (const flag of FEATURE_FLAGS) this.node.setContext(flag, true);
+    this.node.setContext(CROSS_STACK_REFERENCES, 'strong');
     const { shared } = props;
     const c = shared.config;
     this.addStackDependency(shared, 'the fleet uses the shared vault, functions, ECS cluster and topic');
