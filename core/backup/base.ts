@@ -1,4 +1,3 @@
-import { basename } from 'node:path';
 import type { ManifestBody, PhysicalInfo } from '../catalog/manifest';
 import type { Schedule } from '../catalog/naming';
 import type { Config } from '../config';
@@ -6,11 +5,10 @@ import { PostgresError } from '../errors';
 import { type ServerInfo, serverInfo } from '../pg/server';
 import { parseBackupLabel, parseWalRanges, TarScanner } from '../pg/tar';
 import { findPgBinary, pgEnv, toolMajorVersion, withClient } from '../pg/tools';
-import { compressionTool, toolVersion } from '../stream/compress';
 import { startTool } from '../stream/process';
 import type { Vault } from '../vault';
 import { formatLsn, parseLsn, segmentOfLsn } from '../wal/naming';
-import { type ObjectSource, runBackup } from './run';
+import { type ObjectSource, runBackup, toolVersions } from './run';
 
 export interface BaseBackupOptions {
   readonly schedule: Schedule;
@@ -93,12 +91,13 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
   const { config } = vault;
   const pgBasebackup = findPgBinary('pg_basebackup', config.pgBinDir);
   // The checks wait on the network and on programs starting: all at once, as for full backups.
-  const [, server, pre, toolMajor, tools] = await Promise.all([
+  // The programs start first, so they run while this process loads the PostgreSQL client.
+  const [toolMajor, tools, , server, pre] = await Promise.all([
+    toolMajorVersion(pgBasebackup),
+    toolVersions(pgBasebackup, config.compression),
     Promise.all(vault.targets.map((t) => t.probe())),
     serverInfo(config.pg),
     physicalPrerequisites(config),
-    toolMajorVersion(pgBasebackup),
-    toolVersions(pgBasebackup, config),
   ]);
   assertBaseBackupPossible(server, pre);
   if (toolMajor < server.major) {
@@ -213,18 +212,4 @@ export function physicalFromStream(
     serverManifestSha256: manifestMember.sha256,
     stopTime: (seen.stopSeenAt ?? manifestMember.seenAt).toISOString(),
   };
-}
-
-async function toolVersions(pgBasebackup: string, config: Config): Promise<Record<string, string>> {
-  const tools: Record<string, string> = {};
-  const own = await toolVersion(pgBasebackup).catch(() => undefined);
-  if (own) tools.pg_basebackup = own;
-  const compressor = compressionTool(config.compression);
-  if (compressor !== 'builtin') {
-    tools[basename(compressor.command)] =
-      (await toolVersion(compressor.command).catch(() => undefined)) ?? 'unknown';
-  } else if (config.compression !== 'none') {
-    tools[config.compression] = 'node:zlib';
-  }
-  return tools;
 }

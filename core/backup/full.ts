@@ -1,15 +1,14 @@
-import { basename } from 'node:path';
 import type { ManifestBody } from '../catalog/manifest';
 import { namePart, type Schedule } from '../catalog/naming';
-import type { Compression } from '../config';
 import { PostgresError } from '../errors';
 import { CustomArchiveScanner } from '../pg/archive';
+import { type ArchiveScanResult, archiveScannerScript, startArchiveScanner } from '../pg/archive-pump';
 import { type DatabaseInfo, listDatabases, pickDatabases, type ServerInfo, serverInfo } from '../pg/server';
 import { findPgBinary, pgEnv, toolMajorVersion } from '../pg/tools';
-import { compressionTool, toolVersion } from '../stream/compress';
+import { compressFile } from '../stream/compress';
 import { startTool } from '../stream/process';
 import type { Vault } from '../vault';
-import { type ObjectSource, runBackup } from './run';
+import { type ObjectSource, runBackup, toolVersions } from './run';
 
 export interface FullBackupOptions {
   readonly schedule: Schedule;
@@ -26,13 +25,14 @@ export async function backupFull(vault: Vault, options: FullBackupOptions): Prom
   const { config } = vault;
   const pgDump = findPgBinary('pg_dump', config.pgBinDir);
   const pgDumpAll = findPgBinary('pg_dumpall', config.pgBinDir);
-  // Independent checks at once: each is a round trip or a program started.
-  const [, server, dumpMajor, allDatabases, tools] = await Promise.all([
+  // Independent checks at once: each is a round trip or a program started. The programs start
+  // first, so they run while this process loads the PostgreSQL client (70 ms).
+  const [dumpMajor, tools, , server, allDatabases] = await Promise.all([
+    toolMajorVersion(pgDump),
+    toolVersions(pgDump, config.compression),
     Promise.all(vault.targets.map((t) => t.probe())),
     serverInfo(config.pg),
-    toolMajorVersion(pgDump),
     listDatabases(config.pg),
-    toolVersions(pgDump, config.compression),
   ]);
   assertDumpNotOlder(dumpMajor, server);
   const databases = pickDatabases(allDatabases, options.databases ?? []);
@@ -75,29 +75,71 @@ function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectS
     databaseInfo: { encoding: db.encoding, collate: db.collate, ctype: db.ctype, sizeBytes: db.sizeBytes },
     sizeHint: db.sizeBytes,
     label: `dump ${db.name}`,
-    open() {
+    open(onProgress) {
       // The database goes by PGDATABASE, not --dbname: a name with '=' would be read as a conninfo.
-      const dump = startTool(pgDump, ['--format=custom', '--compress=0'], {
+      const dump = {
+        args: ['--format=custom', '--compress=0'],
         env: pgEnv({ ...vault.config.pg, database: db.name }),
         label: `pg_dump of ${db.name}`,
+      };
+      const script = archiveScannerScript();
+      const { config } = vault;
+      const compressor = script
+        ? compressFile(
+            config.compression,
+            { threads: config.parallelJobs, level: config.compressionLevel },
+            'pipe',
+          )
+        : undefined;
+      if (script && compressor) {
+        // pg_dump → scanner → compressor, program to program: the raw dump never enters this process.
+        const scanner = startArchiveScanner(script, compressor.child.stdin!, onProgress);
+        const producer = startTool(pgDump, dump.args, {
+          ...dump,
+          stdin: 'ignore',
+          stdout: scanner.input,
+          bufferOutput: true,
+        });
+        // The programs hold their own ends of the two pipes now.
+        compressor.child.stdin!.destroy();
+        scanner.input.destroy();
+        let scanned: ArchiveScanResult | undefined;
+        scanner.result.then(
+          (r) => {
+            scanned = r;
+          },
+          () => {},
+        );
+        return {
+          source: { encoded: compressor.stdout, rawSize: () => scanned?.bytes ?? 0 },
+          upstream: [producer.exited, scanner.exited, scanner.result, compressor.exited],
+          finish: () => {
+            if (!scanned?.complete || scanned.unsupportedReason) {
+              return countsMissing(vault, db, scanned?.unsupportedReason);
+            }
+            return { tables: scanned.tables, tocPatches: scanned.tocPatches };
+          },
+        };
+      }
+      // No compressor program ('none', gzip without pigz or gzip) or no built scanner: Node reads the
+      // dump itself and scans it on the way.
+      const producer = startTool(pgDump, dump.args, {
+        ...dump,
         stdin: 'ignore',
         bufferOutput: true,
       });
       const scanner = new CustomArchiveScanner();
-      dump.stdout.pipe(scanner);
-      dump.stdout.on('error', (err) => scanner.destroy(err));
+      producer.stdout.pipe(scanner);
+      producer.stdout.on('error', (err) => scanner.destroy(err));
       // When the pass fails downstream (a target gives up), the scanner is destroyed: close pg_dump's
       // pipe too, so it ends on EPIPE instead of blocking forever on a full pipe.
-      scanner.on('close', () => dump.stdout.destroy());
+      scanner.on('close', () => producer.stdout.destroy());
       return {
         source: scanner,
-        upstream: [dump.exited],
+        upstream: [producer.exited],
         finish: () => {
           if (!scanner.complete || scanner.unsupportedReason) {
-            vault.reporter.warn(
-              `row counts for ${db.name} not recorded (${scanner.unsupportedReason ?? 'archive not fully read'}); validation will compare tables only`,
-            );
-            return {};
+            return countsMissing(vault, db, scanner.unsupportedReason);
           }
           return {
             tables: scanner.tableRowCounts(),
@@ -109,19 +151,11 @@ function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectS
   };
 }
 
-/** Versions of the programs that wrote the backup, for the manifest. */
-async function toolVersions(pgDump: string, compression: Compression): Promise<Record<string, string>> {
-  const tools: Record<string, string> = {};
-  const dump = await toolVersion(pgDump).catch(() => undefined);
-  if (dump) tools.pg_dump = dump;
-  const compressor = compressionTool(compression);
-  if (compressor !== 'builtin') {
-    const v = await toolVersion(compressor.command).catch(() => undefined);
-    tools[basename(compressor.command)] = v ?? 'unknown';
-  } else if (compression !== 'none') {
-    tools[compression] = 'node:zlib';
-  }
-  return tools;
+function countsMissing(vault: Vault, db: DatabaseInfo, reason: string | undefined): Record<string, never> {
+  vault.reporter.warn(
+    `row counts for ${db.name} not recorded (${reason ?? 'archive not fully read'}); validation will compare tables only`,
+  );
+  return {};
 }
 
 function globalsSource(vault: Vault, pgDumpAll: string, superuser: boolean): ObjectSource {

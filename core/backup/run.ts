@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { basename } from 'node:path';
 import { Readable } from 'node:stream';
 import { type ManifestBody, newEncryptionBlock, type StoredObject, sealManifest } from '../catalog/manifest';
 import {
@@ -10,10 +11,12 @@ import {
   objectExtension,
   type Schedule,
 } from '../catalog/naming';
-import { writeObject } from '../catalog/objects';
+import { type EncodedSource, writeObject } from '../catalog/objects';
 import { undoOnInterrupt } from '../cleanup';
+import type { Compression } from '../config';
 import { errorMessage } from '../errors';
 import type { ServerInfo } from '../pg/server';
+import { compressionTool, toolVersion } from '../stream/compress';
 import { newObjectEncryption, type Vault } from '../vault';
 
 /** One object of a backup, produced on demand so only one stream runs at a time. */
@@ -29,9 +32,13 @@ export interface ObjectSource {
   readonly label: string;
   /** A few KB (the globals): streamed beside the big objects rather than before them. */
   readonly small?: boolean;
-  /** Starts producing raw bytes; `upstream` settles when the producer has finished for good. */
-  open(): {
-    source: Readable;
+  /**
+   * Starts producing raw bytes, or bytes already compressed with the configured compression (then
+   * `onProgress` hears the raw bytes passed); `upstream` settles when the producers have finished
+   * for good.
+   */
+  open(onProgress?: (rawBytes: number) => void): {
+    source: Readable | EncodedSource;
     upstream: Promise<unknown>[];
     finish?: () => Pick<StoredObject, 'tables' | 'tocPatches'>;
   };
@@ -79,6 +86,26 @@ export const PGVAULT_VERSION: string = (() => {
 })();
 
 /**
+ * Versions of the programs that write a backup (the PostgreSQL program and the compressor), for the
+ * manifest; all asked at once, each once per process (toolVersionOutput).
+ */
+export async function toolVersions(
+  pgProgram: string,
+  compression: Compression,
+): Promise<Record<string, string>> {
+  const tools: Record<string, string> = {};
+  const compressor = compressionTool(compression);
+  const [own, compressorVersion] = await Promise.all([
+    toolVersion(pgProgram),
+    compressor === 'builtin' ? undefined : toolVersion(compressor.command),
+  ]);
+  if (own) tools[basename(pgProgram)] = own;
+  if (compressor !== 'builtin') tools[basename(compressor.command)] = compressorVersion ?? 'unknown';
+  else if (compression !== 'none') tools[compression] = 'node:zlib';
+  return tools;
+}
+
+/**
  * Takes one backup: every object streamed into every target, then the manifest, last. Any failure
  * removes what this run wrote, so a failed backup never looks complete and never touches another.
  */
@@ -97,7 +124,8 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   const forgetUndo = undoOnInterrupt(removeWritten);
   const store = async (src: ObjectSource): Promise<void> => {
     const key = `${folder}/${id}${src.part ? `.${src.part}` : ''}${objectExtension(src.format, config.compression, encryption !== undefined)}`;
-    const { source, upstream, finish } = src.open();
+    const onProgress = (bytes: number) => reporter.progress(src.label, bytes, src.sizeHint);
+    const { source, upstream, finish } = src.open(onProgress);
     reporter.info(`${src.label} → ${key}`);
     const result = await writeObject({
       key,
@@ -109,7 +137,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       encryption,
       targets,
       sizeHint: src.sizeHint,
-      onProgress: (bytes) => reporter.progress(src.label, bytes, src.sizeHint),
+      onProgress,
     });
     const object: StoredObject = {
       key,
@@ -127,10 +155,15 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   };
   const position = new Map<StoredObject, number>();
   // Small objects (the globals) stream beside the big ones instead of before them; the big ones
-  // go one at a time, so memory stays flat and pg_dumps do not compete.
+  // go one at a time, so memory stays flat and pg_dumps do not compete. The first big one starts
+  // first: it is what the run's time depends on.
+  const big = run.sources.filter((s) => !s.small);
+  const first = big.length > 0 ? store(big[0]!) : Promise.resolve();
+  first.catch(() => {});
   const beside = Promise.allSettled(run.sources.filter((src) => src.small).map(store));
   try {
-    for (const src of run.sources.filter((s) => !s.small)) await store(src);
+    await first;
+    for (const src of big.slice(1)) await store(src);
     const failedBeside = (await beside).find((r) => r.status === 'rejected') as
       | PromiseRejectedResult
       | undefined;

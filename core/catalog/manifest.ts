@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { z } from 'zod';
+import type { z as Zod } from 'zod';
 import { COMPRESSIONS } from '../config';
 import { IntegrityError, UsageError } from '../errors';
 import { deriveManifestKey, hmacHex, keyCheckHex, timingSafeEqualHex } from '../stream/encrypt';
@@ -14,119 +14,134 @@ import { BACKUP_TYPES, SCHEDULES } from './naming';
 
 export const MANIFEST_FORMAT = 'pgvault-manifest/1';
 
-const tableCount = z.object({ schema: z.string(), table: z.string(), rows: z.number().int().nonnegative() });
+/**
+ * The schemas, built on first use: zod takes about 80 ms to load, which every `backup` and
+ * archive_command run would pay before its first byte, though only reading a manifest needs it.
+ */
+function buildSchemas() {
+  const { z } = require('zod') as { z: typeof Zod };
+  const tableCount = z.object({
+    schema: z.string(),
+    table: z.string(),
+    rows: z.number().int().nonnegative(),
+  });
 
-const storedObject = z.object({
-  key: z.string().min(1),
-  /** What the object holds: one database's pg_dump archive, the globals, a config tarball, index SQL. */
-  kind: z.enum(['database', 'globals', 'config', 'indexes', 'base']),
-  /** pg_dump custom archive, plain SQL, or tar. */
-  format: z.enum(['dump', 'sql', 'tar']),
-  database: z.string().optional(),
-  /** Bytes before compression and encryption. */
-  rawSize: z.number().int().nonnegative(),
-  /** Bytes as stored. */
-  storedSize: z.number().int().nonnegative(),
-  /** sha256 of the stored bytes. */
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
-  /**
-   * sha256 of the raw bytes, when recorded. Hashing every dumped byte costs more CPU than the
-   * compressor on these machines, so dumps rely on the stored sha256 (the stored bytes are exactly
-   * those written) and the compressor's own frame checksum; the raw size is always checked.
-   */
-  rawSha256: z
-    .string()
-    .regex(/^[0-9a-f]{64}$/)
-    .optional(),
-  databaseInfo: z
-    .object({
-      encoding: z.string(),
-      collate: z.string(),
-      ctype: z.string(),
-      sizeBytes: z.number().int().nonnegative(),
-    })
-    .optional(),
-  /** Exact row counts as of the dump's snapshot, counted in the COPY data as it streamed. */
-  tables: z.array(tableCount).optional(),
-  /**
-   * The data offsets pg_dump could not write into its TOC when writing to a pipe, found while the
-   * dump streamed: [position of the TOC field in the raw archive, the field's bytes in hex]. A
-   * restore writes them into its staged copy, so pg_restore --jobs seeks to each table's data
-   * instead of scanning the archive, and the copy need not be read back to find them.
-   */
-  tocPatches: z
-    .array(z.tuple([z.number().int().nonnegative(), z.string().regex(/^([0-9a-f]{2})+$/)]))
-    .optional(),
-});
+  const storedObject = z.object({
+    key: z.string().min(1),
+    /** What the object holds: one database's pg_dump archive, the globals, a config tarball, index SQL. */
+    kind: z.enum(['database', 'globals', 'config', 'indexes', 'base']),
+    /** pg_dump custom archive, plain SQL, or tar. */
+    format: z.enum(['dump', 'sql', 'tar']),
+    database: z.string().optional(),
+    /** Bytes before compression and encryption. */
+    rawSize: z.number().int().nonnegative(),
+    /** Bytes as stored. */
+    storedSize: z.number().int().nonnegative(),
+    /** sha256 of the stored bytes. */
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    /**
+     * sha256 of the raw bytes, when recorded. Hashing every dumped byte costs more CPU than the
+     * compressor on these machines, so dumps rely on the stored sha256 (the stored bytes are exactly
+     * those written) and the compressor's own frame checksum; the raw size is always checked.
+     */
+    rawSha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/)
+      .optional(),
+    databaseInfo: z
+      .object({
+        encoding: z.string(),
+        collate: z.string(),
+        ctype: z.string(),
+        sizeBytes: z.number().int().nonnegative(),
+      })
+      .optional(),
+    /** Exact row counts as of the dump's snapshot, counted in the COPY data as it streamed. */
+    tables: z.array(tableCount).optional(),
+    /**
+     * The data offsets pg_dump could not write into its TOC when writing to a pipe, found while the
+     * dump streamed: [position of the TOC field in the raw archive, the field's bytes in hex]. A
+     * restore writes them into its staged copy, so pg_restore --jobs seeks to each table's data
+     * instead of scanning the archive, and the copy need not be read back to find them.
+     */
+    tocPatches: z
+      .array(z.tuple([z.number().int().nonnegative(), z.string().regex(/^([0-9a-f]{2})+$/)]))
+      .optional(),
+  });
 
-/** What a physical base backup needs to be recovered and rolled forward. */
-const physical = z.object({
-  /** Timeline the backup started on. */
-  timeline: z.number().int().positive(),
-  startLsn: z.string(),
-  stopLsn: z.string(),
-  /** First and last WAL segment the backup needs to reach consistency. */
-  startWal: z.string(),
-  stopWal: z.string(),
-  checkpointLsn: z.string().optional(),
-  /** Whether the WAL from start to stop is inside the tar (pg_basebackup -X fetch). */
-  walIncluded: z.boolean(),
-  segmentBytes: z.number().int().positive(),
-  /** sha256 of the server's own backup_manifest inside the tar. */
-  serverManifestSha256: z.string().optional(),
-  /**
-   * When the server had finished the backup (ISO time): seen in the stream, where WAL and the
-   * server manifest follow the backup's stop. A recovery target time must not be earlier.
-   */
-  stopTime: z.string().optional(),
-});
+  /** What a physical base backup needs to be recovered and rolled forward. */
+  const physical = z.object({
+    /** Timeline the backup started on. */
+    timeline: z.number().int().positive(),
+    startLsn: z.string(),
+    stopLsn: z.string(),
+    /** First and last WAL segment the backup needs to reach consistency. */
+    startWal: z.string(),
+    stopWal: z.string(),
+    checkpointLsn: z.string().optional(),
+    /** Whether the WAL from start to stop is inside the tar (pg_basebackup -X fetch). */
+    walIncluded: z.boolean(),
+    segmentBytes: z.number().int().positive(),
+    /** sha256 of the server's own backup_manifest inside the tar. */
+    serverManifestSha256: z.string().optional(),
+    /**
+     * When the server had finished the backup (ISO time): seen in the stream, where WAL and the
+     * server manifest follow the backup's stop. A recovery target time must not be earlier.
+     */
+    stopTime: z.string().optional(),
+  });
 
-const manifestBody = z.object({
-  format: z.literal(MANIFEST_FORMAT),
-  id: z.string().min(1),
-  type: z.enum(BACKUP_TYPES),
-  schedule: z.enum(SCHEDULES).optional(),
-  cluster: z.string(),
-  node: z.object({ host: z.string(), port: z.number().int() }),
-  server: z.object({
-    version: z.string(),
-    versionNum: z.number().int(),
-    systemIdentifier: z.string(),
-  }),
-  tools: z.record(z.string(), z.string()),
-  startedAt: z.string(),
-  finishedAt: z.string(),
-  durationMs: z.number().nonnegative(),
-  compression: z.object({ algorithm: z.enum(COMPRESSIONS), level: z.number().int().optional() }),
-  encryption: z
-    .object({
-      cipher: z.literal('aes-256-cbc'),
-      kdf: z.literal('pbkdf2-sha256'),
-      iterations: z.number().int().positive(),
-      /** Salt of the manifest HMAC key (hex). */
-      hmacSalt: z.string().regex(/^[0-9a-f]+$/),
-      /** Proves which passphrase made the backup without revealing it. */
-      keyCheck: z.string().regex(/^[0-9a-f]+$/),
-    })
-    .nullable(),
-  objects: z.array(storedObject).min(1),
-  rawSize: z.number().int().nonnegative(),
-  storedSize: z.number().int().nonnegative(),
-  physical: physical.optional(),
-});
+  const manifestBody = z.object({
+    format: z.literal(MANIFEST_FORMAT),
+    id: z.string().min(1),
+    type: z.enum(BACKUP_TYPES),
+    schedule: z.enum(SCHEDULES).optional(),
+    cluster: z.string(),
+    node: z.object({ host: z.string(), port: z.number().int() }),
+    server: z.object({
+      version: z.string(),
+      versionNum: z.number().int(),
+      systemIdentifier: z.string(),
+    }),
+    tools: z.record(z.string(), z.string()),
+    startedAt: z.string(),
+    finishedAt: z.string(),
+    durationMs: z.number().nonnegative(),
+    compression: z.object({ algorithm: z.enum(COMPRESSIONS), level: z.number().int().optional() }),
+    encryption: z
+      .object({
+        cipher: z.literal('aes-256-cbc'),
+        kdf: z.literal('pbkdf2-sha256'),
+        iterations: z.number().int().positive(),
+        /** Salt of the manifest HMAC key (hex). */
+        hmacSalt: z.string().regex(/^[0-9a-f]+$/),
+        /** Proves which passphrase made the backup without revealing it. */
+        keyCheck: z.string().regex(/^[0-9a-f]+$/),
+      })
+      .nullable(),
+    objects: z.array(storedObject).min(1),
+    rawSize: z.number().int().nonnegative(),
+    storedSize: z.number().int().nonnegative(),
+    physical: physical.optional(),
+  });
 
-const manifestSchema = manifestBody.extend({
-  hmac: z
-    .string()
-    .regex(/^[0-9a-f]{64}$/)
-    .optional(),
-});
+  const manifestSchema = manifestBody.extend({
+    hmac: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/)
+      .optional(),
+  });
+  return { tableCount, storedObject, physical, manifestBody, manifestSchema };
+}
 
-export type Manifest = z.infer<typeof manifestSchema>;
-export type ManifestBody = z.infer<typeof manifestBody>;
-export type StoredObject = z.infer<typeof storedObject>;
-export type TableCount = z.infer<typeof tableCount>;
-export type PhysicalInfo = z.infer<typeof physical>;
+type Schemas = ReturnType<typeof buildSchemas>;
+let schemas: Schemas | undefined;
+
+export type Manifest = Zod.infer<Schemas['manifestSchema']>;
+export type ManifestBody = Zod.infer<Schemas['manifestBody']>;
+export type StoredObject = Zod.infer<Schemas['storedObject']>;
+export type TableCount = Zod.infer<Schemas['tableCount']>;
+export type PhysicalInfo = Zod.infer<Schemas['physical']>;
 
 /** JSON with keys sorted at every level, so the HMAC does not depend on key order. */
 export function canonicalJson(value: unknown): string {
@@ -198,7 +213,8 @@ export function parseManifest(text: string, where: string): Manifest {
       `manifest ${where} is not valid JSON; the backup cannot be trusted, use another one`,
     );
   }
-  const result = manifestSchema.safeParse(json);
+  schemas ??= buildSchemas();
+  const result = schemas.manifestSchema.safeParse(json);
   if (!result.success) {
     const issue = result.error.issues[0];
     const path = issue?.path.join('.') || '(root)';

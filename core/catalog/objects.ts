@@ -31,7 +31,8 @@ import type { Manifest, StoredObject } from './manifest';
  */
 export interface EncodedSource {
   readonly encoded: Readable;
-  readonly rawSize: number;
+  /** A function when the size is known only once `encoded` has ended (and the upstream settled). */
+  readonly rawSize: number | (() => number);
 }
 
 export interface ObjectWriteSpec {
@@ -97,7 +98,7 @@ export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject>
     source = spec.source.encoded;
     stages = [];
     const size = spec.source.rawSize;
-    rawSize = () => size;
+    rawSize = typeof size === 'function' ? size : () => size;
   } else {
     // The raw side is only counted: see rawSha256 in the manifest schema for why it is not hashed.
     const raw = new DigestMeter({ onProgress: spec.onProgress, hash: false });

@@ -1,10 +1,9 @@
-import { execFile } from 'node:child_process';
 import { accessSync, constants, readdirSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { promisify } from 'node:util';
 import type { Client, ClientConfig } from 'pg';
 import type { PgConnection } from '../config';
 import { errorMessage, MissingToolError, PostgresError } from '../errors';
+import { toolVersionOutput } from '../stream/process';
 
 export type PgToolName =
   | 'pg_dump'
@@ -235,8 +234,6 @@ export async function withClient<T>(
   }
 }
 
-const execFileAsync = promisify(execFile);
-
 /** Parses "pg_dump (PostgreSQL) 15.18 (Debian ...)"; 9.6 and older report two-part majors (9.6). */
 export function parseToolVersion(output: string): number | undefined {
   const m = /\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?/.exec(output);
@@ -247,21 +244,17 @@ export function parseToolVersion(output: string): number | undefined {
 
 /** The major version of a PostgreSQL program, from `<binary> --version`. */
 export async function toolMajorVersion(binaryPath: string): Promise<number> {
-  let stdout: string;
-  try {
-    ({ stdout } = await execFileAsync(binaryPath, ['--version'], { timeout: 30_000 }));
-  } catch (err) {
+  const { text, error } = await toolVersionOutput(binaryPath);
+  if (error) {
     throw new PostgresError(
-      `cannot run ${binaryPath} --version (${errorMessage(err)}); check the installation`,
-      {
-        cause: err,
-      },
+      `cannot run ${binaryPath} --version (${errorMessage(error)}); check the installation`,
+      { cause: error },
     );
   }
-  const major = parseToolVersion(stdout);
+  const major = parseToolVersion(text);
   if (major === undefined) {
     throw new PostgresError(
-      `cannot read the version of ${binaryPath} from "${stdout.trim()}"; check that it is a PostgreSQL program`,
+      `cannot read the version of ${binaryPath} from "${text.trim()}"; check that it is a PostgreSQL program`,
     );
   }
   return major;

@@ -1,9 +1,8 @@
-import { execFile } from 'node:child_process';
 import { type Duplex, PassThrough, type Writable } from 'node:stream';
 import { createGunzip, createGzip } from 'node:zlib';
 import type { Compression } from '../config';
 import { ConfigError } from '../errors';
-import { isOnPath, startTool, type ToolProcess, toolStage } from './process';
+import { isOnPath, startTool, type ToolProcess, toolStage, toolVersionOutput } from './process';
 
 /**
  * Compression as a stream stage, run by the standard tools so every stored object opens with
@@ -266,13 +265,15 @@ export function decompressToFileStage(
 /**
  * A compressor program reading a file itself (as its stdin), its output on `stdout`: the raw bytes
  * never pass through Node. For a 16 MB WAL segment this saves Node reading the file and writing it
- * into the compressor's pipe, two thirds of what it spent per segment. undefined when no program
- * does the work ('none', or gzip with neither pigz nor gzip installed): read the file from Node.
+ * into the compressor's pipe, two thirds of what it spent per segment. `'pipe'` gives it a stdin
+ * pipe for another program to write into (ToolProcess.child.stdin, passed as that program's
+ * stdout). undefined when no program does the work ('none', or gzip with neither pigz nor gzip
+ * installed): read the file from Node.
  */
 export function compressFile(
   algorithm: Compression,
   options: CompressionOptions,
-  fd: number,
+  fd: number | 'pipe',
 ): ToolProcess | undefined {
   const invocation = compressionInvocation(algorithm, 'compress', options);
   if (invocation === 'builtin') return undefined;
@@ -309,31 +310,12 @@ export async function compressFiles(
   });
 }
 
-const versions = new Map<string, Promise<string | undefined>>();
-
 /**
  * The version number a program reports (`zstd` → '1.5.4'), or undefined when it is missing or says
- * nothing recognisable. Asked once per process and command.
+ * nothing recognisable.
  */
-export function toolVersion(command: string): Promise<string | undefined> {
-  let version = versions.get(command);
-  if (!version) {
-    version = new Promise((resolve) => {
-      const child = execFile(
-        command,
-        ['--version'],
-        { timeout: 5_000, maxBuffer: 64 * 1024 },
-        (_error, stdout, stderr) => {
-          resolve(parseVersion(`${stdout}\n${stderr}`));
-        },
-      );
-      // bzip2 prints its version and then compresses stdin: give it an empty one.
-      child.stdin?.on('error', () => {});
-      child.stdin?.end();
-    });
-    versions.set(command, version);
-  }
-  return version;
+export async function toolVersion(command: string): Promise<string | undefined> {
+  return parseVersion((await toolVersionOutput(command)).text);
 }
 
 /** Whether a dotted version (as parseVersion gives it) is at least `wanted`; false when unknown. */

@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { accessSync, constants, existsSync } from 'node:fs';
 import { basename, delimiter, join } from 'node:path';
 import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
@@ -39,6 +39,11 @@ export interface StartToolOptions {
    * buffer 8,800 reads of 60 KiB and 0.5 CPU-s, and pg_dump itself spends half the system time.
    */
   bufferOutput?: boolean;
+  /**
+   * A fourth descriptor (fd 3) piped back to Node for the program's own reports, separate from its
+   * output and its error messages (ToolProcess.channel).
+   */
+  channel?: boolean;
 }
 
 export interface ToolProcess {
@@ -54,6 +59,8 @@ export interface ToolProcess {
   exited: Promise<void>;
   /** The last few KB the child wrote to stderr. */
   stderrTail(): string;
+  /** What the child writes to its fd 3, when started with `channel`. */
+  channel?: Readable;
 }
 
 /** A program ended with a non-zero exit code or was killed by a signal. */
@@ -126,7 +133,12 @@ function spawnTool(command: string, args: string[], options: StartToolOptions, h
   const child = spawn(file, argv, {
     env: options.env ?? process.env,
     cwd: options.cwd,
-    stdio: [options.stdin ?? 'pipe', options.stdout ?? 'pipe', 'pipe'],
+    stdio: [
+      options.stdin ?? 'pipe',
+      options.stdout ?? 'pipe',
+      'pipe',
+      ...(options.channel ? ['pipe' as const] : []),
+    ],
     windowsHide: true,
   });
 
@@ -179,6 +191,7 @@ function spawnTool(command: string, args: string[], options: StartToolOptions, h
       }),
     exited,
     stderrTail: () => stderrTail.toString(),
+    ...(options.channel ? { channel: heldOutput(child.stdio[3] as Readable) } : {}),
   };
 }
 
@@ -397,4 +410,37 @@ export function isOnPath(name: string): boolean {
   }
   pathLookups.set(name, found);
   return found;
+}
+
+/** What `<program> --version` printed (stdout and stderr), or why it could not run. */
+export interface VersionOutput {
+  readonly text: string;
+  readonly error?: Error;
+}
+
+const versionOutputs = new Map<string, Promise<VersionOutput>>();
+
+/**
+ * Runs `<command> --version` once per process and command: the backup's checks and its manifest's
+ * tool list ask for the same programs, and each start costs a fork of this (large) process.
+ */
+export function toolVersionOutput(command: string): Promise<VersionOutput> {
+  let output = versionOutputs.get(command);
+  if (!output) {
+    output = new Promise((resolve) => {
+      const child = execFile(
+        command,
+        ['--version'],
+        { timeout: 30_000, maxBuffer: 64 * 1024 },
+        (error, stdout, stderr) => {
+          resolve({ text: `${stdout}\n${stderr}`, ...(error ? { error } : {}) });
+        },
+      );
+      // bzip2 prints its version and then compresses stdin: give it an empty one.
+      child.stdin?.on('error', () => {});
+      child.stdin?.end();
+    });
+    versionOutputs.set(command, output);
+  }
+  return output;
 }

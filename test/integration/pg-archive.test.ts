@@ -12,8 +12,10 @@ import {
   readArchiveToc,
   type TocEntry,
 } from '../../core/pg/archive';
+import { archiveScannerScript, startArchiveScanner } from '../../core/pg/archive-pump';
 import type { TempCluster } from '../../core/pg/cluster';
 import { findPgBinary, pgEnv } from '../../core/pg/tools';
+import { startTool } from '../../core/stream/process';
 import {
   buildCustomArchive,
   createSampleData,
@@ -279,6 +281,59 @@ describe('CustomArchiveScanner on real pg_dump output', () => {
     const { scanner } = await scanChunks([schemaOnly]);
     expect(scanner.complete).toBe(true);
     expect(scanner.tableRowCounts()).toEqual([]);
+  });
+
+  /** pg_dump → scanner process → `consumer`, as `backup full` wires them; the consumer's output. */
+  async function throughScannerProcess(consumer: { command: string; args: string[] }) {
+    const script = archiveScannerScript();
+    expect(script, 'the build (npm run build) provides dist/core/pg/archive-pump.js').toBeDefined();
+    const sink = startTool(consumer.command, consumer.args, { stdin: 'pipe' });
+    const progress: number[] = [];
+    const scanner = startArchiveScanner(script!, sink.child.stdin!, (bytes) => progress.push(bytes));
+    const dump = startTool(pgDump(), ['-Fc', '-Z0'], {
+      env: dumpEnv(),
+      stdin: 'ignore',
+      stdout: scanner.input,
+    });
+    sink.child.stdin!.destroy();
+    scanner.input.destroy();
+    const out: Buffer[] = [];
+    sink.stdout.on('data', (b: Buffer) => out.push(b));
+    const settled = await Promise.allSettled([dump.exited, scanner.exited, sink.exited, scanner.result]);
+    return { settled, output: Buffer.concat(out), scanner, progress };
+  }
+
+  it('the scanner process passes the archive on unchanged and finds what the in-process parser finds', async () => {
+    // Act
+    const { settled, output, scanner } = await throughScannerProcess({ command: 'cat', args: [] });
+
+    // Assess
+    expect(settled.map((s) => s.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled']);
+    const result = await scanner.result;
+    const reference = new CustomArchiveParser();
+    reference.write(output);
+    reference.end();
+    expect(reference.complete).toBe(true);
+    expect(result.bytes).toBe(output.length);
+    expect(result.complete).toBe(true);
+    expect(result.unsupportedReason).toBeUndefined();
+    expect(result.tables).toEqual(reference.tableRowCounts());
+    expect(result.tocPatches).toEqual(
+      reference.offsetPatches().map((p) => [p.position, p.bytes.toString('hex')]),
+    );
+    expect(result.tocPatches.length).toBeGreaterThan(0);
+    expect(new Map(result.tables.map((t) => [`${t.schema}.${t.table}`, t.rows]))).toEqual(expectedCounts);
+  });
+
+  it('the scanner process fails loudly when its reader stops early, and pg_dump stops too', async () => {
+    // Act: a consumer that takes 1000 bytes and leaves.
+    const { settled } = await throughScannerProcess({ command: 'head', args: ['-c', '1000'] });
+
+    // Assess
+    const [dump, scanned] = settled;
+    expect(dump.status).toBe('rejected');
+    expect(scanned.status).toBe('rejected');
+    expect(String((scanned as PromiseRejectedResult).reason)).toMatch(/stopped reading/);
   });
 });
 
