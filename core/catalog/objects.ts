@@ -6,6 +6,7 @@ import type { Compression } from '../config';
 import { errorMessage, IntegrityError, MissingToolError, ObjectNotFoundError, StorageError } from '../errors';
 import type { StorageTarget } from '../storage/target';
 import {
+  Coalesce,
   compressFile,
   compressStage,
   DigestMeter,
@@ -66,6 +67,9 @@ export interface WrittenObject {
   readonly sha256: string;
 }
 
+/** Stored bytes are gathered into chunks this large before encryption, hashing and the targets. */
+const COALESCE_BYTES = 256 * 1024;
+
 /** Streams one object into every target. On any failure nothing is left under the key anywhere. */
 export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject> {
   const compression = { threads: spec.threads, level: spec.compressionLevel };
@@ -110,6 +114,7 @@ export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject>
   // Rejections are observed by the gate; keep Node from reporting them as unhandled meanwhile.
   for (const p of upstream) p.catch(() => {});
   const stored = new DigestMeter();
+  stages.push(new Coalesce(COALESCE_BYTES));
   if (spec.encryption) stages.push(encryptStage(spec.encryption.passphrase, spec.encryption.iterations));
   stages.push(
     stored,

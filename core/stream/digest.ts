@@ -62,6 +62,44 @@ export class DigestMeter extends Transform {
 }
 
 /**
+ * Gathers small chunks into ones of at least `bytes` (the last may be smaller), so the stages after
+ * it (encryption, hashing, a file write through Node's thread pool) run once per large chunk instead
+ * of once per pipe read. A compressor writes its output in pieces of 20-30 KB; at 5.5 MB per WAL
+ * segment that was about 250 trips through every stage and the thread pool per segment.
+ */
+export class Coalesce extends Transform {
+  private held: Buffer[] = [];
+  private heldBytes = 0;
+
+  constructor(private readonly bytes: number) {
+    super({ readableHighWaterMark: bytes, writableHighWaterMark: bytes });
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    if (this.heldBytes === 0 && chunk.length >= this.bytes) {
+      callback(null, chunk);
+      return;
+    }
+    this.held.push(chunk);
+    this.heldBytes += chunk.length;
+    if (this.heldBytes >= this.bytes) this.release();
+    callback();
+  }
+
+  override _flush(callback: TransformCallback): void {
+    if (this.heldBytes > 0) this.release();
+    callback();
+  }
+
+  private release(): void {
+    const out = this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held, this.heldBytes);
+    this.held = [];
+    this.heldBytes = 0;
+    this.push(out);
+  }
+}
+
+/**
  * One Writable feeding several: every chunk goes to all destinations (the same Buffer, not copies)
  * and the next is accepted only when every destination that asked for a pause has drained, so the
  * slowest destination sets the pace and nothing piles up. Ending it ends them all; it finishes when

@@ -13,7 +13,7 @@ export {
   type ToolInvocation,
   toolVersion,
 } from './compress';
-export { DigestMeter, type DigestMeterOptions, gateOn, teeTo } from './digest';
+export { Coalesce, DigestMeter, type DigestMeterOptions, gateOn, teeTo } from './digest';
 export {
   decryptStage,
   deriveManifestKey,

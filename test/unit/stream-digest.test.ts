@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { DigestMeter, gateOn, teeTo } from '../../core/stream/digest';
+import { Coalesce, DigestMeter, gateOn, teeTo } from '../../core/stream/digest';
 
 function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
@@ -256,5 +256,52 @@ describe('gateOn', () => {
     // Assess
     await expect(copying).rejects.toThrow('pg_dump failed with exit code 1');
     expect(sink.stream.writableFinished).toBe(false);
+  });
+});
+
+describe('Coalesce', () => {
+  it('passes every byte in order, in chunks of at least the size asked but the last', async () => {
+    // Prepare: 1 MB in 20 KB pieces, as a compressor writes them, plus a large piece in the middle.
+    const pieces = [
+      ...Array.from({ length: 20 }, () => randomBytes(20_000)),
+      randomBytes(300_000),
+      ...Array.from({ length: 30 }, () => randomBytes(20_000)),
+    ];
+    const expected = Buffer.concat(pieces);
+    const sizes: number[] = [];
+    const out: Buffer[] = [];
+
+    // Act
+    await pipeline(
+      Readable.from(pieces),
+      new Coalesce(256 * 1024),
+      new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          sizes.push(chunk.length);
+          out.push(chunk);
+          cb();
+        },
+      }),
+    );
+
+    // Assess
+    expect(sha256(Buffer.concat(out))).toBe(sha256(expected));
+    expect(sizes.slice(0, -1).every((n) => n >= 256 * 1024)).toBe(true);
+    expect(sizes.length).toBeLessThan(pieces.length / 5);
+  });
+
+  it('passes an empty stream as empty', async () => {
+    const out: Buffer[] = [];
+    await pipeline(
+      Readable.from([]),
+      new Coalesce(1024),
+      new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          out.push(chunk);
+          cb();
+        },
+      }),
+    );
+    expect(out).toEqual([]);
   });
 });
