@@ -306,11 +306,43 @@ export async function checkedArchiveIdentity(
     assertSameServer(cached, file, header, targets);
     return cached;
   }
+  // The uploader's first batch asks for it once per file, all at once: one of them reads (or
+  // creates) it, the others wait for that one.
+  const where = `${ctx.stateDir ?? ''}\0${cluster}\0${targets.map((t) => t.location).join('\0')}`;
+  let establishing = identitiesEstablishing.get(where);
+  if (establishing === undefined) {
+    establishing = establishArchiveIdentity(ctx, header).finally(() => identitiesEstablishing.delete(where));
+    identitiesEstablishing.set(where, establishing);
+  }
+  const identity = await establishing;
+  assertSameServer(identity, file, header, targets);
+  return identity;
+}
+
+const identitiesEstablishing = new Map<string, Promise<WalArchiveIdentity>>();
+
+/**
+ * The archive's identity from the targets, or a new one from this segment's header when no target
+ * has one yet (first push); written where missing and cached in the spool when it matches this
+ * segment (the caller checks each segment against it).
+ */
+async function establishArchiveIdentity(
+  ctx: WalPushContext,
+  header: WalSegmentHeader,
+): Promise<WalArchiveIdentity> {
+  const { config, targets } = ctx;
+  const cluster = config.clusterName;
   const { identity: recorded, missingIn } = await readArchiveIdentity(targets, cluster);
   const identity =
     recorded ??
     newArchiveIdentity(cluster, header.systemIdentifier, header.segmentBytes, config.encryption.iterations);
-  assertSameServer(identity, file, header, targets);
+  // Another server's identity is not copied on: the caller refuses the segment (assertSameServer).
+  if (
+    identity.systemIdentifier !== header.systemIdentifier ||
+    identity.segmentBytes !== header.segmentBytes
+  ) {
+    return identity;
+  }
   const text = `${JSON.stringify(identity, null, 2)}\n`;
   await Promise.all(missingIn.map((target) => target.putBytes(archiveIdentityKey(cluster), text)));
   await rememberArchiveIdentity(ctx.stateDir, targets, cluster, identity);

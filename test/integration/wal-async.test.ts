@@ -178,6 +178,29 @@ describe("the uploader's batches: one compressor run for several segments", () =
     });
   });
 
+  it('lanes starting together on a new archive write its identity once', async () => {
+    // Prepare: a fresh vault, and a count of the writes of its archive.json.
+    const { paths, ctx } = await batchSetup('identity', 4);
+    const target = ctx.targets[0]!;
+    const putBytes = target.putBytes.bind(target);
+    let identityWrites = 0;
+    target.putBytes = (key, data) => {
+      if (key.endsWith('/wal/archive.json')) identityWrites++;
+      return putBytes(key, data);
+    };
+    const outcomes: WalPushOutcome[] = [];
+
+    // Act: two lanes at once, as the uploader starts them.
+    await Promise.all([
+      pushWalFiles(ctx, paths.slice(0, 2), (o) => void outcomes.push(o)),
+      pushWalFiles(ctx, paths.slice(2), (o) => void outcomes.push(o)),
+    ]);
+
+    // Assess
+    expect(outcomes.filter((o) => 'result' in o)).toHaveLength(4);
+    expect(identityWrites).toBe(1);
+  });
+
   it('keeps nothing of a batch whose zstd skipped a file, and stores them one at a time afterwards', async () => {
     // Prepare: a zstd that leaves out the second file and says so with exit code 1, as the real one
     // does for a file it cannot read: the frames after it belong to the wrong names.
