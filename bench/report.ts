@@ -244,15 +244,16 @@ export function observations(report: Report): string[] {
         `${node.toFixed(1)} CPU s where the hand pipeline's openssl used ${openssl.toFixed(1)}. In all ` +
         `${encTotal.toFixed(1)} against ${handTotal.toFixed(1)} CPU s, on ${report.machine.cores} cores, so the run is CPU-bound and ` +
         `node's extra work slows the whole pipeline. pgvault starts pg_dump ${(enc.spans.pg_dump?.from ?? 0).toFixed(1)} s after ` +
-        `its own start (node start-up, configuration, server checks, pg_dumpall --globals-only).`,
+        `its own start (node start-up, configuration, server checks; the globals are dumped beside it).`,
     );
     if (plain && none && floor) {
       out.push(
-        `Without encryption node used ${(plain.cpuSeconds.node ?? 0).toFixed(1)} CPU s (zstd) and ` +
-          `${(none.cpuSeconds.node ?? 0).toFixed(1)} CPU s with no compression at all, where it only passes ` +
-          `${mib(report.floorDumpBytes)} from pg_dump to the file (${seconds(none.wallMs)} against the floor's ` +
-          `${seconds(floor.wallMs)}): most of node's time goes into passing the raw dump through (reading it from ` +
-          `pg_dump, scanning it for row counts, writing it to the compressor), not into encryption.`,
+        `Without encryption node used ${(plain.cpuSeconds.node ?? 0).toFixed(1)} CPU s (zstd: the main process, ` +
+          `which handles only the compressed bytes, and the archive scanner process between pg_dump and zstd, ` +
+          `which passes the raw dump on and counts its rows) and ${(none.cpuSeconds.node ?? 0).toFixed(1)} CPU s ` +
+          `with no compression at all (no compressor program: the main process reads the ` +
+          `${mib(report.floorDumpBytes)} raw dump itself, scans it and writes it to the file; ` +
+          `${seconds(none.wallMs)} against the floor's ${seconds(floor.wallMs)}).`,
       );
     }
   }
