@@ -285,11 +285,11 @@ export async function runUploader(
   };
   let batches = 0;
   /**
-   * Largest batch to start now: 2 after a quiet spell, doubling with each batch up to MAX_BATCH. A
+   * Largest batch to start now: 1 after a quiet spell, doubling with each batch up to MAX_BATCH. A
    * batch's files are acknowledged together when its compressor exits, so the first files of a
    * backlog go out in small batches (acknowledged soon) and the rest in large ones (cheaper).
    */
-  let batchLimit = 2;
+  let batchLimit = 1;
   /** Wakes the loop when a lane frees up before its batch's objects are all complete. */
   let wake: () => void = () => {};
   const push = (names: readonly string[]) => {
@@ -373,7 +373,7 @@ export async function runUploader(
         lastSweep = now;
         await removeStaleMarkers(spoolDir, waiting);
       }
-      if (pending === 0 && inFlight.size === 0) batchLimit = 2;
+      if (pending === 0 && inFlight.size === 0) batchLimit = 1;
       if (inFlight.size > 0 || pending > 0) idleSince = now;
       else if (now - idleSince > idleMs) break;
       const laneFree = new Promise<void>((resolve) => {
@@ -398,9 +398,13 @@ export async function runUploader(
 const MAX_BATCH = 16;
 
 /**
- * Splits the files due (oldest first) into at most `free` batches of similar size (at most `limit`
- * files each), so every free lane starts at once. A file that failed before goes alone: one unreadable file must not hold back
- * the files batched with it again and again.
+ * Splits the files due (oldest first) into at most `free` batches, so every free lane starts at
+ * once: the first of at most `limit` files, each next one twice as large (up to MAX_BATCH), none
+ * larger than an even share of the files. PostgreSQL's archiver waits for the oldest file; the
+ * small batches in front finish first and keep it moving while the larger ones behind them are
+ * still compressing (lanes that all finish together made it catch up in one burst at the end).
+ * A file that failed before goes alone: one unreadable file must not hold back the files batched
+ * with it again and again.
  */
 export function batchesFor(
   due: readonly string[],
@@ -417,9 +421,13 @@ export function batchesFor(
   }
   const lanes = free - batches.length;
   if (lanes <= 0 || fresh.length === 0) return batches;
-  const size = Math.max(1, Math.min(limit, MAX_BATCH, Math.ceil(fresh.length / lanes)));
-  for (let i = 0; i < fresh.length && batches.length < free; i += size)
+  const share = Math.ceil(fresh.length / lanes);
+  let size = Math.max(1, Math.min(limit, MAX_BATCH, share));
+  for (let i = 0; i < fresh.length && batches.length < free; ) {
     batches.push(fresh.slice(i, i + size));
+    i += size;
+    size = Math.max(1, Math.min(size * 2, MAX_BATCH, share));
+  }
   return batches;
 }
 

@@ -15,8 +15,17 @@ describe('how the uploader batches the files due', () => {
   it('caps a batch at the limit and at 16 files', () => {
     const due = names(40);
 
-    expect(batchesFor(due, 2, 2, never)).toEqual([due.slice(0, 2), due.slice(2, 4)]);
+    expect(batchesFor(due, 2, 2, never)).toEqual([due.slice(0, 2), due.slice(2, 6)]);
     expect(batchesFor(due, 2, 64, never).map((b) => b.length)).toEqual([16, 16]);
+  });
+
+  it('puts the oldest files in the smallest batches, each next one twice as large', () => {
+    const due = names(64);
+
+    const batches = batchesFor(due, 4, 1, never);
+
+    expect(batches.map((b) => b.length)).toEqual([1, 2, 4, 8]);
+    expect(batches.flat()).toEqual(due.slice(0, 15));
   });
 
   it('sends a file that failed before on its own, so it cannot fail the others again', () => {
