@@ -120,10 +120,21 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   encryptionBlock.catch(() => {});
   const written: StoredObject[] = [];
   const tools = { pgvault: PGVAULT_VERSION, ...run.tools };
-  const removeWritten = () => Promise.allSettled(written.flatMap((o) => targets.map((t) => t.delete(o.key))));
-  const forgetUndo = undoOnInterrupt(removeWritten);
+  /** Every key whose write began: an object may complete between an interrupt and the exit. */
+  const keysBegun: string[] = [];
+  const storing = new Set<Promise<void>>();
+  const removeWritten = () =>
+    Promise.allSettled(keysBegun.flatMap((key) => targets.map((t) => t.delete(key))));
+  const forgetUndo = undoOnInterrupt(async () => {
+    // The programs got the signal too, so the writes in progress end soon, most by failing (and
+    // removing their own object); one that completes meanwhile is removed by the second pass.
+    await removeWritten();
+    await Promise.race([Promise.allSettled([...storing]), new Promise((r) => setTimeout(r, 5_000).unref())]);
+    await removeWritten();
+  });
   const store = async (src: ObjectSource): Promise<void> => {
     const key = `${folder}/${id}${src.part ? `.${src.part}` : ''}${objectExtension(src.format, config.compression, encryption !== undefined)}`;
+    keysBegun.push(key);
     const onProgress = (bytes: number) => reporter.progress(src.label, bytes, src.sizeHint);
     const { source, upstream, finish } = src.open(onProgress);
     reporter.info(`${src.label} → ${key}`);
@@ -153,17 +164,26 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
     position.set(object, run.sources.indexOf(src));
     written.push(object);
   };
+  const storeTracked = (src: ObjectSource): Promise<void> => {
+    const p = store(src);
+    storing.add(p);
+    void p.then(
+      () => storing.delete(p),
+      () => storing.delete(p),
+    );
+    return p;
+  };
   const position = new Map<StoredObject, number>();
   // Small objects (the globals) stream beside the big ones instead of before them; the big ones
   // go one at a time, so memory stays flat and pg_dumps do not compete. The first big one starts
   // first: it is what the run's time depends on.
   const big = run.sources.filter((s) => !s.small);
-  const first = big.length > 0 ? store(big[0]!) : Promise.resolve();
+  const first = big.length > 0 ? storeTracked(big[0]!) : Promise.resolve();
   first.catch(() => {});
-  const beside = Promise.allSettled(run.sources.filter((src) => src.small).map(store));
+  const beside = Promise.allSettled(run.sources.filter((src) => src.small).map(storeTracked));
   try {
     await first;
-    for (const src of big.slice(1)) await store(src);
+    for (const src of big.slice(1)) await storeTracked(src);
     const failedBeside = (await beside).find((r) => r.status === 'rejected') as
       | PromiseRejectedResult
       | undefined;
@@ -196,6 +216,8 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
     };
     const text = await sealManifest(body, encryption?.passphrase);
     const key = manifestKey(folder, id);
+    // Interrupted from here on, the manifest goes with the objects: none of them may be left alone.
+    keysBegun.push(key);
     const results = await Promise.allSettled(targets.map((t) => t.putBytes(key, text)));
     const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
     if (failed) {
