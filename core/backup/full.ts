@@ -1,8 +1,8 @@
-import type { ManifestBody } from '../catalog/manifest';
+import type { ManifestBody, StoredObject } from '../catalog/manifest';
 import { namePart, type Schedule } from '../catalog/naming';
 import { PostgresError } from '../errors';
-import { CustomArchiveScanner } from '../pg/archive';
-import { type ArchiveScanResult, archiveScannerScript, startArchiveScanner } from '../pg/archive-pump';
+import { type ArchiveScanResult, CustomArchiveScanner, scanFindings } from '../pg/archive';
+import { archiveScannerScript, startArchiveScanner } from '../pg/archive-pump';
 import { type DatabaseInfo, listDatabases, pickDatabases, type ServerInfo, serverInfo } from '../pg/server';
 import { findPgBinary, pgEnv, toolMajorVersion } from '../pg/tools';
 import { compressFile } from '../stream/compress';
@@ -113,12 +113,7 @@ function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectS
         return {
           source: { encoded: compressor.stdout, rawSize: () => scanned?.bytes ?? 0 },
           upstream: [producer.exited, scanner.exited, scanner.result, compressor.exited],
-          finish: () => {
-            if (!scanned?.complete || scanned.unsupportedReason) {
-              return countsMissing(vault, db, scanned?.unsupportedReason);
-            }
-            return { tables: scanned.tables, tocPatches: scanned.tocPatches };
-          },
+          finish: () => recordedCounts(vault, db, scanned),
         };
       }
       // No compressor program ('none', gzip without pigz or gzip) or no built scanner: Node reads the
@@ -137,25 +132,25 @@ function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectS
       return {
         source: scanner,
         upstream: [producer.exited],
-        finish: () => {
-          if (!scanner.complete || scanner.unsupportedReason) {
-            return countsMissing(vault, db, scanner.unsupportedReason);
-          }
-          return {
-            tables: scanner.tableRowCounts(),
-            tocPatches: scanner.offsetPatches().map((p) => [p.position, p.bytes.toString('hex')]),
-          };
-        },
+        finish: () => recordedCounts(vault, db, scanFindings(scanner, scanner.bytesSeen)),
       };
     },
   };
 }
 
-function countsMissing(vault: Vault, db: DatabaseInfo, reason: string | undefined): Record<string, never> {
-  vault.reporter.warn(
-    `row counts for ${db.name} not recorded (${reason ?? 'archive not fully read'}); validation will compare tables only`,
-  );
-  return {};
+/** The manifest's row counts and TOC offsets from a scan, or none (with a warning) when it fell short. */
+function recordedCounts(
+  vault: Vault,
+  db: DatabaseInfo,
+  scanned: ArchiveScanResult | undefined,
+): Pick<StoredObject, 'tables' | 'tocPatches'> {
+  if (!scanned?.complete || scanned.unsupportedReason) {
+    vault.reporter.warn(
+      `row counts for ${db.name} not recorded (${scanned?.unsupportedReason ?? 'archive not fully read'}); validation will compare tables only`,
+    );
+    return {};
+  }
+  return { tables: scanned.tables, tocPatches: scanned.tocPatches };
 }
 
 function globalsSource(vault: Vault, pgDumpAll: string, superuser: boolean): ObjectSource {

@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import { errorMessage, PgVaultError } from '../errors';
 import { startTool } from '../stream/process';
-import { CustomArchiveParser, type TableRowCount } from './archive';
+import { type ArchiveScanResult, CustomArchiveParser, scanFindings } from './archive';
 
 /**
  * pg_dump's archive on its way to the compressor, scanned for exact row counts and TOC data offsets
@@ -19,16 +19,7 @@ import { CustomArchiveParser, type TableRowCount } from './archive';
  * (measured: process.exit() waits for it), and pg_dump may sit idle for minutes behind a lock.
  */
 
-/** What the scanner learned; `bytes` is the raw archive's size. */
-export interface ArchiveScanResult {
-  readonly bytes: number;
-  readonly complete: boolean;
-  readonly unsupportedReason?: string;
-  readonly incompleteReason?: string;
-  readonly tables: TableRowCount[];
-  /** CustomArchiveParser.offsetPatches, as [position, hex bytes]. */
-  readonly tocPatches: Array<[number, string]>;
-}
+export type { ArchiveScanResult } from './archive';
 
 const BUFFER_BYTES = 1 << 20;
 const PROGRESS_EVERY_BYTES = 32 * 1024 * 1024;
@@ -133,17 +124,6 @@ function writeAll(fd: number, buffer: Buffer, length: number): void {
   }
 }
 
-function resultOf(parser: CustomArchiveParser, bytes: number): ArchiveScanResult {
-  return {
-    bytes,
-    complete: parser.complete,
-    unsupportedReason: parser.unsupportedReason,
-    incompleteReason: parser.incompleteReason,
-    tables: parser.tableRowCounts(),
-    tocPatches: parser.offsetPatches().map((p) => [p.position, p.bytes.toString('hex')]),
-  };
-}
-
 /** Copies stdin to stdout unchanged, parsing it; progress and the result go to fd 3 as lines. */
 export function runArchiveScanner(): void {
   const parser = new CustomArchiveParser();
@@ -164,7 +144,7 @@ export function runArchiveScanner(): void {
   // The compressor sees the end now, while the result is put together.
   closeSync(1);
   parser.end();
-  writeSync(3, `${RESULT_PREFIX}${JSON.stringify(resultOf(parser, bytes))}\n`);
+  writeSync(3, `${RESULT_PREFIX}${JSON.stringify(scanFindings(parser, bytes))}\n`);
 }
 
 if (require.main === module) {

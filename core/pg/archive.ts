@@ -757,6 +757,38 @@ export class CustomArchiveScanner extends Transform {
   }
 }
 
+/** What a scan of a whole archive found; `bytes` is the raw archive's size. */
+export interface ArchiveScanResult {
+  readonly bytes: number;
+  readonly complete: boolean;
+  readonly unsupportedReason?: string;
+  readonly incompleteReason?: string;
+  readonly tables: TableRowCount[];
+  /** CustomArchiveParser.offsetPatches, as [position, hex bytes] (the manifest's form). */
+  readonly tocPatches: Array<[number, string]>;
+}
+
+/**
+ * The findings of a parser (or scanner) that has seen the whole archive; `bytes` is counted by the
+ * caller, because a parser that stopped on something it does not understand stops counting too.
+ */
+export function scanFindings(
+  scan: Pick<
+    CustomArchiveParser,
+    'complete' | 'unsupportedReason' | 'incompleteReason' | 'tableRowCounts' | 'offsetPatches'
+  >,
+  bytes: number,
+): ArchiveScanResult {
+  return {
+    bytes,
+    complete: scan.complete,
+    unsupportedReason: scan.unsupportedReason,
+    incompleteReason: scan.incompleteReason,
+    tables: scan.tableRowCounts(),
+    tocPatches: scan.offsetPatches().map((p) => [p.position, p.bytes.toString('hex')]),
+  };
+}
+
 /** Reads a local custom-format archive only as far as the end of its TOC. */
 export async function readArchiveToc(path: string): Promise<{ header: ArchiveHeader; entries: TocEntry[] }> {
   const parser = new CustomArchiveParser();
