@@ -1,8 +1,16 @@
 import { type Duplex, PassThrough, type Writable } from 'node:stream';
 import { createGunzip, createGzip } from 'node:zlib';
 import type { Compression } from '../config';
-import { ConfigError } from '../errors';
-import { isOnPath, startTool, type ToolProcess, toolStage, toolVersionOutput } from './process';
+import { ConfigError, IntegrityError } from '../errors';
+import {
+  isOnPath,
+  startTool,
+  ToolExitError,
+  type ToolProcess,
+  toolStage,
+  toolVersionOutput,
+} from './process';
+import { ZstdFileReports } from './zstd-frames';
 
 /**
  * Compression as a stream stage, run by the standard tools so every stored object opens with
@@ -285,6 +293,16 @@ export function compressFile(
   });
 }
 
+/** One compressor run over several files (compressFiles). */
+export interface FileCompressor extends ToolProcess {
+  /**
+   * Resolves once frame `index` on stdout, `frameBytes` long, is known to hold file `index`: zstd
+   * reported that file done with that many bytes, in turn (ZstdFileReports), or exited 0. Rejects
+   * when zstd failed before reporting it, or reported another size.
+   */
+  fileDone(index: number, frameBytes: number): Promise<void>;
+}
+
 /**
  * One compressor run over several files, their frames back to back on stdout in the order given
  * (ZstdFrameSplitter takes them apart). Only zstd: its frames can be found without decompressing,
@@ -295,19 +313,67 @@ export async function compressFiles(
   algorithm: Compression,
   options: CompressionOptions,
   paths: readonly string[],
-): Promise<ToolProcess | undefined> {
+): Promise<FileCompressor | undefined> {
   if (algorithm !== 'zstd') return undefined;
   const invocation = compressionInvocation(algorithm, 'compress', options);
   if (invocation === 'builtin') return undefined;
+  const version = await toolVersion('zstd');
   // zstd 1.5.3 and later read and write through helper threads; a single-threaded run through whole
   // files gains nothing from them (16 WAL segments: 0.15 CPU s of system time less without).
-  const asyncIo = versionAtLeast(await toolVersion('zstd'), [1, 5, 3]) ? ['--no-asyncio'] : [];
-  return startTool(invocation.command, [...invocation.args, ...asyncIo, '--', ...paths], {
+  const asyncIo = versionAtLeast(version, [1, 5, 3]) ? ['--no-asyncio'] : [];
+  // Display level 4 (-q then -vvv): a report with exact sizes after each file (zstd 1.5 and later).
+  const reporting = versionAtLeast(version, [1, 5, 0]) ? ['-vvv', '--no-progress'] : [];
+  const tool = startTool(invocation.command, [...invocation.args, ...asyncIo, ...reporting, '--', ...paths], {
     env: toolEnvironment(),
     label: invocation.command,
     installHint: INSTALL_HINTS.zstd,
     stdin: 'ignore',
   });
+  const reports = new ZstdFileReports(paths);
+  tool.child.stderr?.on('data', (chunk: Buffer) => reports.push(chunk.toString('latin1')));
+  // Among the reports, the reason for a failure is zstd's own last `zstd: ...` line.
+  const exited = tool.exited.catch((err: unknown) => {
+    if (!(err instanceof ToolExitError) || reporting.length === 0) throw err;
+    const own = err.stderr.split(/[\r\n]/).filter((line) => line.startsWith('zstd:'));
+    throw new ToolExitError(
+      err.label,
+      err.toolExitCode,
+      err.signal,
+      own.length > 0 ? own.join('\n') : err.stderr,
+    );
+  });
+  exited.catch(() => {});
+  const fileDone = (index: number, frameBytes: number) =>
+    new Promise<void>((resolve, reject) => {
+      const judge = () => {
+        const reported = reports.reportedBytes(index);
+        if (reported === undefined) return false;
+        if (reported === frameBytes) resolve();
+        else {
+          reject(
+            new IntegrityError(
+              `zstd reported ${reported} compressed bytes for ${paths[index]}, but its frame holds ${frameBytes}; nothing of it was kept`,
+            ),
+          );
+        }
+        return true;
+      };
+      if (judge()) return;
+      const stop = reports.watch(() => {
+        if (judge() || !reports.mayReport(index)) stop();
+      });
+      exited.then(
+        () => {
+          stop();
+          resolve();
+        },
+        (err: unknown) => {
+          stop();
+          reject(err);
+        },
+      );
+    });
+  return { ...tool, exited, fileDone };
 }
 
 /**

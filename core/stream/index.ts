@@ -10,6 +10,7 @@ export {
   compressStage,
   decompressStage,
   decompressToFileStage,
+  type FileCompressor,
   type ToolInvocation,
   toolVersion,
 } from './compress';
@@ -33,4 +34,4 @@ export {
   type ToolStageOptions,
   toolStage,
 } from './process';
-export { type FrameSink, ZstdFrameSplitter } from './zstd-frames';
+export { type FrameEnd, type FrameSink, ZstdFileReports, ZstdFrameSplitter } from './zstd-frames';

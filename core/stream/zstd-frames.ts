@@ -24,6 +24,8 @@ const BLOCK_HEADER_BYTES = 3;
 const CHECKSUM_BYTES = 4;
 
 export type FrameSink = (index: number, contentSize: number | undefined) => Writable;
+/** Told when a frame's last byte has passed, with the frame's size in bytes. */
+export type FrameEnd = (index: number, bytes: number) => void;
 
 type State =
   | { readonly kind: 'magic' }
@@ -40,10 +42,13 @@ export class ZstdFrameSplitter extends Writable {
   private sink: Writable | undefined;
   private frames = 0;
   private checksummed = false;
+  /** Bytes of the current frame passed on so far. */
+  private frameBytes = 0;
 
   constructor(
     private readonly openFrame: FrameSink,
     private readonly expectedFrames?: number,
+    private readonly onFrameEnd?: FrameEnd,
   ) {
     super({ highWaterMark: 1 << 20 });
   }
@@ -187,6 +192,7 @@ export class ZstdFrameSplitter extends Writable {
       throw new IntegrityError(`zstd wrote more frames than the ${this.expectedFrames} file(s) it was given`);
     }
     const index = this.frames++;
+    this.frameBytes = 0;
     this.sink = this.openFrame(index, contentSizeOf(header, descriptor));
     await this.forward(header);
     this.state = { kind: 'block-header' };
@@ -196,12 +202,14 @@ export class ZstdFrameSplitter extends Writable {
     const sink = this.sink!;
     this.sink = undefined;
     this.state = { kind: 'magic' };
+    this.onFrameEnd?.(this.frames - 1, this.frameBytes);
     sink.end();
   }
 
   /** Writes to the current frame's sink, waiting while it is full. */
   private forward(bytes: Buffer): Promise<void> {
     const sink = this.sink!;
+    this.frameBytes += bytes.length;
     if (sink.destroyed) {
       return Promise.reject(
         sink.errored ?? new IntegrityError(`the consumer of zstd frame ${this.frames - 1} closed early`),
@@ -252,3 +260,62 @@ function contentSizeOf(header: Buffer, descriptor: number): number | undefined {
       return Number(header.readBigUInt64LE(at));
   }
 }
+
+/**
+ * What `zstd -vvv` (display level 4, zstd 1.5 and later) writes to stderr as it finishes each input
+ * file: `<path> : 31.33%   (16777216 B => 5256377 B, /*stdout*\)`. Taken in order, these reports
+ * tell which file each frame on stdout holds before zstd has exited. zstd skips an input it cannot
+ * open and goes on with the next, so without them a frame is known to belong to its file only once
+ * zstd exited 0 (ZstdFrameSplitter numbers frames, not files). A report is only accepted for the
+ * file whose turn it is; one for any other file (the file before it was skipped) or a line this
+ * parser does not understand ends the reports for the run: later frames wait for the exit status.
+ */
+export class ZstdFileReports {
+  /** Compressed bytes zstd reported for each file, in the order given; files after `stopped` never get one. */
+  private readonly reported: number[] = [];
+  private stopped = false;
+  private partial = '';
+  private readonly listeners = new Set<() => void>();
+
+  constructor(private readonly paths: readonly string[]) {}
+
+  /** Takes stderr output as it comes. */
+  push(chunk: string): void {
+    const lines = (this.partial + chunk).split(/[\r\n]/);
+    this.partial = lines.pop() ?? '';
+    let changed = false;
+    for (const line of lines) changed = this.take(line) || changed;
+    if (changed) for (const listener of [...this.listeners]) listener();
+  }
+
+  /** The compressed size reported for file `index`, when its report came in turn. */
+  reportedBytes(index: number): number | undefined {
+    return this.reported[index];
+  }
+
+  /** Whether file `index` can still get a report (the reports for this run have not stopped before it). */
+  mayReport(index: number): boolean {
+    return index < this.reported.length || !this.stopped;
+  }
+
+  /** Calls `listener` after every change; returns how to stop. */
+  watch(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private take(line: string): boolean {
+    if (this.stopped || !REPORT.test(line)) return false;
+    const path = this.paths[this.reported.length];
+    const match = path !== undefined && line.startsWith(path) ? REPORT.exec(line.slice(path.length)) : null;
+    if (match === null || match.index !== 0) {
+      this.stopped = true;
+      return true;
+    }
+    this.reported.push(Number(match[2]));
+    return true;
+  }
+}
+
+/** The end of a file's report: ` : 31.33%   (16777216 B => 5256377 B, `. */
+const REPORT = / *: *\d+(?:\.\d+)?% +\( *(\d+) B => *(\d+) B, /;

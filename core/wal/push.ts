@@ -98,10 +98,13 @@ export type WalPushOutcome =
 /**
  * The uploader's form: stores several files, each as its own object, with one compressor process
  * for all of them where the compression allows it (zstd; see ZstdFrameSplitter for why one process
- * matters). `onOutcome` hears about every file exactly once. An object is completed only after the
- * compressor exited 0 for the whole batch: zstd skips a file it cannot read and goes on, so until
- * its exit status is known a frame might belong to the next file. When the run fails, every file of
- * it fails and nothing of it is kept; the caller retries them one at a time (pushWalFile).
+ * matters). `onOutcome` hears about every file exactly once, as soon as its object is stored: the
+ * archiver waits for the oldest file, and it should not wait for the rest of the batch. An object
+ * is completed only once its frame is proven to hold its file: zstd skips a file it cannot read and
+ * goes on, so a frame's place alone does not say whose it is. The proof is zstd's report for that
+ * file, in turn and with the frame's size, or else zstd's exit 0 (FileCompressor.fileDone). When the
+ * run fails, every file not yet proven fails and nothing of it is kept; the caller retries them one
+ * at a time (pushWalFile).
  */
 export async function pushWalFiles(
   ctx: WalPushContext,
@@ -111,14 +114,20 @@ export async function pushWalFiles(
   onCompressed?: () => void,
 ): Promise<void> {
   const toWrite: PreparedPush[] = [];
-  for (const path of paths) {
-    try {
-      const prepared = await preparePush(ctx, path);
-      if (prepared.missing.length === 0) await onOutcome({ path, result: resultOf(prepared) });
-      else toWrite.push(prepared);
-    } catch (error) {
-      await onOutcome({ path, error });
-    }
+  // All at once: each is a few small reads and lookups, and the compressor starts after the last.
+  const checks = await Promise.all(
+    paths.map((path) =>
+      preparePush(ctx, path).then(
+        (prepared) => ({ path, prepared }),
+        (error: unknown) => ({ path, error }),
+      ),
+    ),
+  );
+  for (const check of checks) {
+    if (!('prepared' in check)) await onOutcome(check);
+    else if (check.prepared.missing.length === 0)
+      await onOutcome({ path: check.path, result: resultOf(check.prepared) });
+    else toWrite.push(check.prepared);
   }
   const { config } = ctx;
   const compressor =
@@ -139,27 +148,32 @@ export async function pushWalFiles(
     return;
   }
   const writes: Promise<void>[] = [];
-  const splitter = new ZstdFrameSplitter((index, contentSize) => {
-    const prepared = toWrite[index]!;
-    const frame = new PassThrough({ highWaterMark: 1 << 20 });
-    if (contentSize !== undefined && contentSize !== prepared.size) {
-      frame.destroy(
-        new IntegrityError(
-          `WAL file ${prepared.path} is ${prepared.size} bytes but its compressed frame holds ${contentSize}; it changed while it was read: nothing was kept, retry`,
-        ),
+  const proofs = toWrite.map(() => deferred());
+  const splitter = new ZstdFrameSplitter(
+    (index, contentSize) => {
+      const prepared = toWrite[index]!;
+      const frame = new PassThrough({ highWaterMark: 1 << 20 });
+      if (contentSize !== undefined && contentSize !== prepared.size) {
+        frame.destroy(
+          new IntegrityError(
+            `WAL file ${prepared.path} is ${prepared.size} bytes but its compressed frame holds ${contentSize}; it changed while it was read: nothing was kept, retry`,
+          ),
+        );
+      }
+      writes[index] = writeObject({
+        ...objectSpec(ctx, prepared),
+        source: { encoded: frame, rawSize: prepared.size },
+        threads: 1,
+        upstream: [proofs[index]!.promise],
+      }).then(
+        () => onOutcome({ path: prepared.path, result: resultOf(prepared) }),
+        (error: unknown) => onOutcome({ path: prepared.path, error }),
       );
-    }
-    writes[index] = writeObject({
-      ...objectSpec(ctx, prepared),
-      source: { encoded: frame, rawSize: prepared.size },
-      threads: 1,
-      upstream: [compressor.exited],
-    }).then(
-      () => onOutcome({ path: prepared.path, result: resultOf(prepared) }),
-      (error: unknown) => onOutcome({ path: prepared.path, error }),
-    );
-    return frame;
-  }, toWrite.length);
+      return frame;
+    },
+    toWrite.length,
+    (index, bytes) => proofs[index]!.follow(compressor.fileDone(index, bytes)),
+  );
   let failure: unknown;
   try {
     await Promise.all([pipeline(compressor.stdout, splitter), compressor.exited]);
@@ -168,12 +182,34 @@ export async function pushWalFiles(
     splitter.destroy(err as Error);
     compressor.child.kill();
   }
+  // A frame that never ended has no proof coming (its object fails with the run's reason).
+  for (const proof of proofs)
+    proof.follow(Promise.reject(failure ?? new IntegrityError('zstd frame incomplete')));
   onCompressed?.();
   await Promise.all(writes);
   // Files whose frame never started (the run failed before them).
   for (const [index, prepared] of toWrite.entries()) {
     if (writes[index] === undefined) await onOutcome({ path: prepared.path, error: failure });
   }
+}
+
+/** A promise settled later, once, like the first promise it is told to follow. */
+function deferred(): { promise: Promise<void>; follow(p: Promise<void>): void } {
+  let settle: ((p: Promise<void>) => void) | undefined;
+  const promise = new Promise<void>((resolve) => {
+    settle = resolve;
+  });
+  promise.catch(() => {});
+  let followed = false;
+  return {
+    promise,
+    follow(p) {
+      p.catch(() => {});
+      if (followed) return;
+      followed = true;
+      settle!(p);
+    },
+  };
 }
 
 /** Checks the file, the archive identity, and which targets already hold it (the same bytes, or not). */

@@ -284,12 +284,6 @@ export async function runUploader(
     await writeFileAtomically(errorMarker(spoolDir, name), `${line}\n`).catch(() => {});
   };
   let batches = 0;
-  /**
-   * Largest batch to start now: 1 after a quiet spell, doubling with each batch up to MAX_BATCH. A
-   * batch's files are acknowledged together when its compressor exits, so the first files of a
-   * backlog go out in small batches (acknowledged soon) and the rest in large ones (cheaper).
-   */
-  let batchLimit = 1;
   /** Wakes the loop when a lane frees up before its batch's objects are all complete. */
   let wake: () => void = () => {};
   const push = (names: readonly string[]) => {
@@ -347,7 +341,7 @@ export async function runUploader(
         await reacknowledge(spoolDir, stored, now);
       }
       let pending = 0;
-      const due: string[] = [];
+      const due = new Set<string>();
       for (const name of ready) {
         if (inFlight.has(name) || stored.has(name)) continue;
         if (!looked.has(name)) {
@@ -361,19 +355,23 @@ export async function runUploader(
         pending++;
         const failure = failures.get(name);
         if (failure !== undefined && now - failure.at < retryDelay(failure.count)) continue;
-        if (due.length < lanes * MAX_BATCH) due.push(name);
+        due.add(name);
       }
       if (now >= pausedUntil) {
-        for (const batch of batchesFor(due, lanes - batches, batchLimit, (name) => failures.has(name))) {
+        const free = lanes - batches;
+        for (const batch of batchesFor(
+          ready,
+          (name) => due.has(name),
+          free,
+          lanes,
+          (name) => failures.has(name),
+        ))
           push(batch);
-          batchLimit = Math.min(MAX_BATCH, batchLimit * 2);
-        }
       }
       if (now - lastSweep > STALE_MARKER_MS / 4) {
         lastSweep = now;
         await removeStaleMarkers(spoolDir, waiting);
       }
-      if (pending === 0 && inFlight.size === 0) batchLimit = 1;
       if (inFlight.size > 0 || pending > 0) idleSince = now;
       else if (now - idleSince > idleMs) break;
       const laneFree = new Promise<void>((resolve) => {
@@ -398,35 +396,40 @@ export async function runUploader(
 const MAX_BATCH = 16;
 
 /**
- * Splits the files due (oldest first) into at most `free` batches, so every free lane starts at
- * once: the first of at most `limit` files, each next one twice as large (up to MAX_BATCH), none
- * larger than an even share of the files. PostgreSQL's archiver waits for the oldest file; the
- * small batches in front finish first and keep it moving while the larger ones behind them are
- * still compressing (lanes that all finish together made it catch up in one burst at the end).
- * A file that failed before goes alone: one unreadable file must not hold back the files batched
- * with it again and again.
+ * Splits the files due into at most `free` batches, one per free lane, each at most MAX_BATCH and
+ * an even share of the files over all `lanes`. `waiting` is every file PostgreSQL waits for, oldest
+ * first; `due` says which of them may start now (not in flight, not stored, not waiting to be
+ * retried). Files are dealt across the lanes like cards: a batch takes the oldest file due and then
+ * every `lanes`-th file after it, so the lanes together finish files in the order PostgreSQL's
+ * archiver asks for them (oldest first, one at a time), each acknowledged as soon as it is stored;
+ * batches of consecutive files made the archiver wait for one lane while the files of the others
+ * piled up, and then work through them after the last one was stored. A file that failed before
+ * goes alone: one unreadable file must not hold back the files batched with it again and again.
  */
 export function batchesFor(
-  due: readonly string[],
+  waiting: readonly string[],
+  due: (name: string) => boolean,
   free: number,
-  limit: number,
+  lanes: number,
   failedBefore: (name: string) => boolean,
 ): string[][] {
   const batches: string[][] = [];
-  const fresh: string[] = [];
-  for (const name of due) {
-    if (batches.length >= free) break;
-    if (failedBefore(name)) batches.push([name]);
-    else fresh.push(name);
+  const fresh = new Set<string>();
+  for (const name of waiting) {
+    if (!due(name)) continue;
+    if (!failedBefore(name)) fresh.add(name);
+    else if (batches.length < free) batches.push([name]);
   }
-  const lanes = free - batches.length;
-  if (lanes <= 0 || fresh.length === 0) return batches;
-  const share = Math.ceil(fresh.length / lanes);
-  let size = Math.max(1, Math.min(limit, MAX_BATCH, share));
-  for (let i = 0; i < fresh.length && batches.length < free; ) {
-    batches.push(fresh.slice(i, i + size));
-    i += size;
-    size = Math.max(1, Math.min(size * 2, MAX_BATCH, share));
+  const size = Math.min(MAX_BATCH, Math.ceil(fresh.size / Math.max(1, lanes)));
+  let first = 0;
+  while (batches.length < free && fresh.size > 0) {
+    while (!fresh.has(waiting[first]!)) first++;
+    const batch: string[] = [];
+    for (let i = first; i < waiting.length && batch.length < size; i += lanes) {
+      const name = waiting[i]!;
+      if (fresh.delete(name)) batch.push(name);
+    }
+    batches.push(batch);
   }
   return batches;
 }

@@ -56,10 +56,10 @@ async function until(condition: () => boolean | Promise<boolean>, timeoutMs: num
 }
 
 describe('backup wal with ARCHIVE_ASYNC=true', () => {
-  it('drains a backlog of 40 segments and never acknowledges one that is not stored, even when the uploader is killed', async () => {
-    // Prepare: 40 segments wait while archive_command is not set (more than the uploader's first
-    // round of batches takes, so it is killed with work left).
-    const names = await fx.makeSegments(40);
+  it('drains a backlog of 100 segments and never acknowledges one that is not stored, even when the uploader is killed', async () => {
+    // Prepare: 100 segments wait while archive_command is not set (more than the uploader's first
+    // round of batches takes, 4 lanes of 16, so it is killed with work left).
+    const names = await fx.makeSegments(100);
     const originals = new Map(names.map((n) => [n, sha256(readSegment(fx.cluster, n))]));
     const failedBefore = (await fx.archiver()).failed;
 
@@ -92,7 +92,7 @@ describe('backup wal with ARCHIVE_ASYNC=true', () => {
       );
     }
     expect((await fx.archiver()).failed).toBe(failedBefore);
-    console.info(`async archiving drained 40 segments in ${seconds.toFixed(1)} s (uploader killed once)`);
+    console.info(`async archiving drained 100 segments in ${seconds.toFixed(1)} s (uploader killed once)`);
   });
 
   it('fails fast while the target is unwritable, keeps the segments, and drains them once it is back', async () => {
@@ -201,7 +201,37 @@ describe("the uploader's batches: one compressor run for several segments", () =
     expect(identityWrites).toBe(1);
   });
 
-  it('keeps nothing of a batch whose zstd skipped a file, and stores them one at a time afterwards', async () => {
+  it('acknowledges each segment of a batch as soon as it is stored, before zstd has exited', async () => {
+    // Prepare: a zstd that stays alive after its work until the test has heard about every file (or
+    // 10 s have passed, and then says so).
+    const { names, paths, dir, vaultDir, ctx } = await batchSetup('early', 3);
+    const heard = join(dir, 'heard-all');
+    const lingering = [
+      'zstd "$@" || exit $?',
+      `for i in $(seq 200); do [ -e ${heard} ] && exit 0; sleep 0.05; done`,
+      `echo waited >${join(dir, 'waited-out')}`,
+    ].join('\n');
+    const outcomes: WalPushOutcome[] = [];
+
+    // Act
+    await withZstd(dir, lingering, () =>
+      pushWalFiles(ctx, paths, (o) => {
+        outcomes.push(o);
+        if (outcomes.length === paths.length) writeFileSync(heard, '');
+      }),
+    );
+
+    // Assess
+    expect(existsSync(join(dir, 'waited-out'))).toBe(false);
+    expect(outcomes.map((o) => ('result' in o ? o.path : String(o.error))).sort()).toEqual(paths);
+    names.forEach((name, i) => {
+      expect(sha256(openWithoutPgvault(walKeyPath(vaultDir, name), fx.keyFile)), name).toBe(
+        sha256(readFileSync(paths[i]!)),
+      );
+    });
+  });
+
+  it("never stores a segment's neighbour under its name when zstd skips a file, and stores the rest one at a time afterwards", async () => {
     // Prepare: a zstd that leaves out the second file and says so with exit code 1, as the real one
     // does for a file it cannot read: the frames after it belong to the wrong names.
     const { names, paths, dir, vaultDir, ctx } = await batchSetup('skip', 3);
@@ -215,12 +245,20 @@ describe("the uploader's batches: one compressor run for several segments", () =
     // Act
     await withZstd(dir, skipping, () => pushWalFiles(ctx, paths, (o) => void outcomes.push(o)));
     const storedAfterFailure = names.filter((n) => existsSync(walKeyPath(vaultDir, n)));
-    for (const path of paths) await pushWalFile(ctx, path);
+    const firstAfterFailure = storedAfterFailure.includes(names[0]!)
+      ? sha256(openWithoutPgvault(walKeyPath(vaultDir, names[0]!), fx.keyFile))
+      : undefined;
+    for (const path of paths.slice(1)) await pushWalFile(ctx, path);
 
-    // Assess
-    expect(outcomes).toHaveLength(3);
-    expect(outcomes.every((o) => 'error' in o)).toBe(true);
-    expect(storedAfterFailure).toEqual([]);
+    // Assess: the first file, reported by zstd in turn, is stored and right; the second and third
+    // (the third's frame came where the second's should have) failed and left nothing.
+    expect(paths.map((path) => outcomes.filter((o) => o.path === path).map((o) => 'result' in o))).toEqual([
+      [true],
+      [false],
+      [false],
+    ]);
+    expect(storedAfterFailure).toEqual([names[0]]);
+    expect(firstAfterFailure).toBe(sha256(readFileSync(paths[0]!)));
     names.forEach((name, i) => {
       expect(sha256(openWithoutPgvault(walKeyPath(vaultDir, name), fx.keyFile)), name).toBe(
         sha256(readFileSync(paths[i]!)),

@@ -4,38 +4,53 @@ import { batchesFor } from '../../core/wal/spool';
 const names = (n: number) =>
   Array.from({ length: n }, (_, i) => `0000000100000000000000${(i + 16).toString(16).toUpperCase()}`);
 const never = () => false;
+const all = () => true;
 
 describe('how the uploader batches the files due', () => {
-  it('spreads a short backlog over every free lane, oldest first', () => {
-    const due = names(10);
+  it('deals a short backlog across every lane, so the lanes finish files oldest first', () => {
+    const waiting = names(10);
 
-    expect(batchesFor(due, 2, 16, never)).toEqual([due.slice(0, 5), due.slice(5)]);
+    const batches = batchesFor(waiting, all, 4, 4, never);
+
+    expect(batches).toEqual([
+      [waiting[0], waiting[4], waiting[8]],
+      [waiting[1], waiting[5], waiting[9]],
+      [waiting[2], waiting[6]],
+      [waiting[3], waiting[7]],
+    ]);
   });
 
-  it('caps a batch at the limit and at 16 files', () => {
-    const due = names(40);
+  it('caps a batch at an even share over all lanes and at 16 files', () => {
+    const waiting = names(200);
 
-    expect(batchesFor(due, 2, 2, never)).toEqual([due.slice(0, 2), due.slice(2, 6)]);
-    expect(batchesFor(due, 2, 64, never).map((b) => b.length)).toEqual([16, 16]);
+    expect(batchesFor(waiting, all, 4, 4, never).map((b) => b.length)).toEqual([16, 16, 16, 16]);
+    expect(batchesFor(names(12), all, 1, 4, never).map((b) => b.length)).toEqual([3]);
   });
 
-  it('puts the oldest files in the smallest batches, each next one twice as large', () => {
-    const due = names(64);
+  it('lines a lane freed later up behind the files in flight, not beside them', () => {
+    // The first lane holds the 1st, 5th, 9th ... file (10 of 40); the next free lane starts at the
+    // 2nd and takes its share of the 30 left (8).
+    const waiting = names(40);
+    const inFlight = new Set(batchesFor(waiting, all, 1, 4, never).flat());
 
-    const batches = batchesFor(due, 4, 1, never);
+    const [next] = batchesFor(waiting, (n) => !inFlight.has(n), 1, 4, never);
 
-    expect(batches.map((b) => b.length)).toEqual([1, 2, 4, 8]);
-    expect(batches.flat()).toEqual(due.slice(0, 15));
+    expect(next).toEqual(Array.from({ length: 8 }, (_, i) => waiting[1 + 4 * i]));
   });
 
   it('sends a file that failed before on its own, so it cannot fail the others again', () => {
-    const due = names(3);
+    const waiting = names(3);
 
-    expect(batchesFor(due, 2, 16, (n) => n === due[0])).toEqual([[due[0]], [due[1], due[2]]]);
-    expect(batchesFor(due, 1, 16, (n) => n === due[1])).toEqual([[due[1]]]);
+    expect(batchesFor(waiting, all, 3, 2, (n) => n === waiting[0])).toEqual([
+      [waiting[0]],
+      [waiting[1]],
+      [waiting[2]],
+    ]);
+    expect(batchesFor(waiting, all, 1, 2, (n) => n === waiting[1])).toEqual([[waiting[1]]]);
   });
 
-  it('starts nothing without a free lane', () => {
-    expect(batchesFor(names(5), 0, 16, never)).toEqual([]);
+  it('starts nothing without a free lane or a file due', () => {
+    expect(batchesFor(names(5), all, 0, 4, never)).toEqual([]);
+    expect(batchesFor(names(5), () => false, 4, 4, never)).toEqual([]);
   });
 });

@@ -7,7 +7,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IntegrityError } from '../../core/errors';
-import { ZstdFrameSplitter } from '../../core/stream';
+import { ZstdFileReports, ZstdFrameSplitter } from '../../core/stream';
 
 let dir: string;
 /** Files chosen to give every block type: text (compressed blocks), zeros (RLE), random (raw), empty. */
@@ -106,5 +106,47 @@ describe('splitting one zstd run over several files into its frames', () => {
 
   it('fails on bytes that are not a zstd frame', async () => {
     await expect(split(Buffer.from('not zstd at all'), 65536)).rejects.toThrow(/magic number/);
+  });
+});
+
+describe("zstd's report of each file it finished (-vvv), which proves a frame's file before zstd exits", () => {
+  function reportsOf(paths: string[]) {
+    const run = spawnSync('zstd', ['-q', '-c', '-3', '-vvv', '--no-progress', '--', ...paths], {
+      maxBuffer: 1 << 26,
+    });
+    const reports = new ZstdFileReports(paths);
+    const text = run.stderr.toString('latin1');
+    // In small pieces: a report may arrive split over reads.
+    for (let at = 0; at < text.length; at += 7) reports.push(text.slice(at, at + 7));
+    return { reports, stdout: run.stdout, status: run.status };
+  }
+
+  it('names every file in turn, with the size of its frame', async () => {
+    const paths = [files[0]!.path, files[2]!.path, files[4]!.path];
+
+    const { reports, stdout } = reportsOf(paths);
+    const frames = await split(stdout, 65536, 3);
+
+    expect(paths.map((_, i) => reports.reportedBytes(i))).toEqual(frames.map((f) => f.data.length));
+  });
+
+  it('credits nothing after a file zstd skipped, so no frame can pass for its neighbour', () => {
+    const paths = [files[0]!.path, join(dir, 'missing'), files[4]!.path];
+
+    const { reports, status } = reportsOf(paths);
+
+    expect(status).not.toBe(0);
+    expect(reports.reportedBytes(0)).toBeGreaterThan(0);
+    expect([reports.reportedBytes(1), reports.reportedBytes(2)]).toEqual([undefined, undefined]);
+    expect([reports.mayReport(1), reports.mayReport(2)]).toEqual([false, false]);
+  });
+
+  it('leaves a file unproven by a report with rounded sizes (lower verbosity or another version)', () => {
+    const reports = new ZstdFileReports(['/w/a']);
+
+    reports.push('/w/a : 33.79%   (  16.0 MiB =>   5.40 MiB, /*stdout*\\) \n');
+
+    expect(reports.reportedBytes(0)).toBeUndefined();
+    expect(reports.mayReport(0)).toBe(true);
   });
 });
