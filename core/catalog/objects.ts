@@ -58,6 +58,11 @@ export interface ObjectWriteSpec {
   readonly sizeHint?: number;
   /** Called with raw bytes read so far (throttled by the meter). */
   readonly onProgress?: (rawBytes: number) => void;
+  /**
+   * false: the stored bytes' sha256 is not computed, for objects with no manifest to record it in
+   * (WAL files: the zstd frame checksum and the WAL's own CRCs check them when they are read).
+   */
+  readonly digest?: false;
 }
 
 export interface WrittenObject {
@@ -71,7 +76,13 @@ export interface WrittenObject {
 const COALESCE_BYTES = 256 * 1024;
 
 /** Streams one object into every target. On any failure nothing is left under the key anywhere. */
-export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject> {
+export function writeObject(
+  spec: ObjectWriteSpec & { readonly digest: false },
+): Promise<Omit<WrittenObject, 'sha256'>>;
+export function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject>;
+export async function writeObject(
+  spec: ObjectWriteSpec,
+): Promise<Omit<WrittenObject, 'sha256'> & { sha256?: string }> {
   const compression = { threads: spec.threads, level: spec.compressionLevel };
   const upstreamWork = [...(spec.upstream ?? [])];
   let source: Readable;
@@ -113,7 +124,7 @@ export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject>
   const upstream = upstreamWork.map((p) => p.then(() => undefined));
   // Rejections are observed by the gate; keep Node from reporting them as unhandled meanwhile.
   for (const p of upstream) p.catch(() => {});
-  const stored = new DigestMeter();
+  const stored = new DigestMeter({ hash: spec.digest !== false });
   stages.push(new Coalesce(COALESCE_BYTES));
   if (spec.encryption) stages.push(encryptStage(spec.encryption.passphrase, spec.encryption.iterations));
   stages.push(
@@ -160,7 +171,7 @@ export async function writeObject(spec: ObjectWriteSpec): Promise<WrittenObject>
     key: spec.key,
     rawSize: rawSize(),
     storedSize: stored.bytes,
-    sha256: stored.sha256(),
+    ...(spec.digest !== false ? { sha256: stored.sha256() } : {}),
   };
 }
 

@@ -267,6 +267,8 @@ function objectSpec(ctx: WalPushContext, prepared: PreparedPush) {
         : undefined,
     targets: prepared.missing,
     sizeHint: prepared.size,
+    // A WAL object has no manifest to record a digest in.
+    digest: false as const,
   };
 }
 

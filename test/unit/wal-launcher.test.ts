@@ -1,7 +1,16 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { wakeWaiter } from '../../core/wal/spool';
 import { tempDir } from '../helpers/vault';
 
 /**
@@ -24,6 +33,11 @@ beforeEach(async () => {
 afterEach(async () => {
   await dir.remove();
 });
+
+/** Whether a marker was taken: bin/pgvault empties it (the uploader removes it later). */
+function taken(marker: string): boolean {
+  return !existsSync(marker) || statSync(marker).size === 0;
+}
 
 function launch(args: string[], env: Record<string, string> = {}, command = LAUNCHER) {
   const r = spawnSync(command, args, {
@@ -57,7 +71,7 @@ describe('bin/pgvault fast path', () => {
     const code = launch(['backup', 'wal', `pg_wal/${NAME}`]);
 
     expect(code).toBe(0);
-    expect(existsSync(marker)).toBe(false);
+    expect(taken(marker)).toBe(true);
   });
 
   it('leaves a marker older than the file to Node (an earlier life of the data directory)', () => {
@@ -69,7 +83,7 @@ describe('bin/pgvault fast path', () => {
     const code = launch(['backup', 'wal', `pg_wal/${NAME}`]);
 
     expect(code).toBe(1);
-    expect(existsSync(marker)).toBe(true);
+    expect(taken(marker)).toBe(false);
   });
 
   it('falls through to Node without a marker, and for every other command', () => {
@@ -98,7 +112,7 @@ describe('bin/pgvault fast path', () => {
     const failed = await launchAsync(['backup', 'wal', `pg_wal/${NAME}`]);
 
     expect(waited.code).toBe(0);
-    expect(existsSync(marker)).toBe(false);
+    expect(taken(marker)).toBe(true);
     expect(failed.code).toBe(1);
     expect(failed.stderr).toBe('pgvault: S3 endpoint http://x cannot be reached (ECONNREFUSED)\n');
     expect(existsSync(join(spool, `${NAME}.error`))).toBe(false);
@@ -122,8 +136,94 @@ describe('bin/pgvault fast path', () => {
     const fromDotEnv = launch(['backup', 'wal', `pg_wal/${NAME}`]);
 
     expect([fromEnv, fromFile, fromDotEnv]).toEqual([0, 0, 0]);
-    expect(['a', 'b', 'c'].map((d) => existsSync(marker(d)))).toEqual([false, false, false]);
+    expect(['a', 'b', 'c'].map((d) => taken(marker(d)))).toEqual([true, true, true]);
   });
+
+  it('starts the uploader itself in asynchronous mode, with the configuration the CLI would give it', async () => {
+    // Prepare: a stand-in for node that, run as the uploader, records how it was started, takes the
+    // lock and acknowledges the segment a moment later; run as anything else (the CLI) it fails.
+    const spool = join(dir.path, 'pg_wal', 'pgvault-spool');
+    const fakeNode = join(dir.path, 'fake-node');
+    writeFileSync(
+      fakeNode,
+      [
+        '#!/bin/sh',
+        'case " $* " in',
+        `  *" push-async "*) printf '%s\\n' "$*" >"${dir.path}/uploader-args"; echo $$ >"${spool}/uploader.pid"`,
+        `    sleep 0.3; echo ${NAME} >"${spool}/${NAME}.ok"; sleep 1 ;;`,
+        '  *) exit 1 ;;',
+        'esac',
+      ].join('\n'),
+      { mode: 0o755 },
+    );
+    writeFileSync(join(dir.path, 'pgvault.env'), 'ARCHIVE_ASYNC=yes\n');
+    const call = (args: string[]) => launch(args, { PGVAULT_NODE: fakeNode });
+
+    // Act: first for a file PostgreSQL has not marked .ready (a command run by hand), then for one it has.
+    const byHand = call(['--config', 'pgvault.env', 'backup', 'wal', `pg_wal/${NAME}`]);
+    const startedByHand = existsSync(join(dir.path, 'uploader-args'));
+    mkdirSync(join(dir.path, 'pg_wal', 'archive_status'));
+    writeFileSync(join(dir.path, 'pg_wal', 'archive_status', `${NAME}.ready`), '');
+    const archived = call(['--config', 'pgvault.env', 'backup', 'wal', `pg_wal/${NAME}`]);
+
+    // Assess
+    expect([byHand, startedByHand]).toEqual([1, false]);
+    expect(archived).toBe(0);
+    expect(taken(join(spool, `${NAME}.ok`))).toBe(true);
+    expect(readFileSync(join(dir.path, 'uploader-args'), 'utf8').trim()).toBe(
+      `${dirname(LAUNCHER)}/../dist/cli/main.js --config ${join(dir.path, 'pgvault.env')} wal push-async --pg-wal ${join(dir.path, 'pg_wal')}`,
+    );
+    expect(existsSync(join(spool, 'uploader.log'))).toBe(true);
+  });
+
+  it('leaves starting the uploader to the CLI when ARCHIVE_ASYNC is not on', () => {
+    mkdirSync(join(dir.path, 'pg_wal', 'archive_status'));
+    writeFileSync(join(dir.path, 'pg_wal', 'archive_status', `${NAME}.ready`), '');
+    writeFileSync(join(dir.path, '.env'), 'ARCHIVE_ASYNC=false\n');
+
+    const code = launch(['backup', 'wal', `pg_wal/${NAME}`], {
+      PGVAULT_NODE: join(dir.path, 'missing-node'),
+    });
+
+    expect(code).toBe(127);
+    expect(existsSync(join(dir.path, 'pg_wal', 'pgvault-spool', 'uploader.log'))).toBe(false);
+  });
+
+  it('sleeps until the uploader wakes it, and wakes only a launcher waiting for that file', async () => {
+    // Prepare: a live "uploader" (this test's process), and a sleep that would take 60 s, so only
+    // the signal can end the wait in time.
+    const spool = join(dir.path, 'pg_wal', 'pgvault-spool');
+    writeFileSync(join(spool, 'uploader.pid'), `${process.pid}\n`);
+    mkdirSync(join(dir.path, 'bin'));
+    writeFileSync(join(dir.path, 'bin', 'sleep'), '#!/bin/sh\nexec /bin/sleep 60\n', { mode: 0o755 });
+    const waitingFile = join(spool, `${NAME}.waiting`);
+    const other = spawn('/bin/sleep', ['30']);
+    const launcher = spawn(LAUNCHER, ['backup', 'wal', `pg_wal/${NAME}`], {
+      cwd: dir.path,
+      env: { PATH: `${join(dir.path, 'bin')}:${process.env.PATH ?? ''}`, PGVAULT_NODE: '/bin/false' },
+    });
+    const exited = new Promise<number | null>((r) => launcher.on('close', (code) => r(code)));
+    while (!existsSync(waitingFile) || readFileSync(waitingFile, 'utf8').trim() === '')
+      await new Promise((r) => setTimeout(r, 20));
+
+    // Act: the marker is written; a stranger's pid in the file is left alone, the launcher's is woken.
+    writeFileSync(join(spool, `${NAME}.ok`), `${NAME}\n`);
+    const launcherPid = readFileSync(waitingFile, 'utf8').trim();
+    writeFileSync(waitingFile, `${other.pid}\n`);
+    await wakeWaiter(spool, NAME);
+    const strangerEnded = new Promise<boolean>((r) => other.on('exit', () => r(true)));
+    const strangerAlive = !(await Promise.race([strangerEnded, new Promise((r) => setTimeout(r, 300))]));
+    writeFileSync(waitingFile, `${launcherPid}\n`);
+    await wakeWaiter(spool, NAME);
+    const code = await exited;
+    other.kill();
+
+    // Assess
+    expect(strangerAlive).toBe(true);
+    expect(code).toBe(0);
+    expect(taken(join(spool, `${NAME}.ok`))).toBe(true);
+    expect(readFileSync(waitingFile, 'utf8')).toBe('');
+  }, 20_000);
 
   it('finds the package through a symlink (npm links node_modules/.bin/pgvault)', () => {
     const link = join(dir.path, 'pgvault-link');
