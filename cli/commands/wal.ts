@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { loadConfig } from '../../core/config';
 import { IntegrityError } from '../../core/errors';
 import { createTargets } from '../../core/storage';
 import {
   PREFETCHER_MARKER,
+  PREFETCHER_STARTING,
   prefetchDirFor,
   prefetcherRunning,
   restoreWalFile,
@@ -113,6 +114,8 @@ function startPrefetcherProcess(prefetchDir: string, opts: GlobalOptions): void 
     });
     child.on('error', () => {});
     child.unref();
+    // bin/pgvault waits for a prefetcher still starting up rather than start Node again.
+    if (child.pid !== undefined) writeFileSync(join(prefetchDir, PREFETCHER_STARTING), `${child.pid}\n`);
   } finally {
     closeSync(fd);
   }

@@ -763,6 +763,8 @@ export async function releaseLock(path: string): Promise<void> {
 }
 
 export const PREFETCHER_MARKER = 'prefetch';
+/** The pid of a prefetcher just started, until it holds its lock (bin/pgvault waits for it). */
+export const PREFETCHER_STARTING = 'prefetcher.starting';
 
 /** Whether a prefetcher already runs for this folder. */
 export function prefetcherRunning(prefetchDir: string): Promise<boolean> {
@@ -781,13 +783,17 @@ export async function runPrefetcher(
   options: { readonly idleMs?: number; readonly log?: (line: string) => void } = {},
 ): Promise<void> {
   const lock = join(prefetchDir, PREFETCHER_LOCK);
-  if (!(await takeLock(lock, PREFETCHER_MARKER))) return;
+  const taken = await takeLock(lock, PREFETCHER_MARKER);
+  await unlink(join(prefetchDir, PREFETCHER_STARTING)).catch(() => {});
+  if (!taken) return;
   const log = options.log ?? (() => {});
   const idleMs = options.idleMs ?? PREFETCH_IDLE_MS;
   const fetchCtx: WalFetchContext = { ...ctx, stateDir: prefetchDir };
   const inFlight = new Map<string, Promise<void>>();
   /** Segments the archive did not have, and when that was seen. */
   const missing = new Map<string, number>();
+  /** Segments fetched a second time at the end of the archive (once each). */
+  const refetched = new Set<string>();
   let want = '';
   let lastChange = Date.now();
   let idle = false;
@@ -801,7 +807,9 @@ export async function runPrefetcher(
     // The lock lives in the folder: when the folder is removed (recovery over, a sandbox cleaned up), this stops.
     while (await holdsLock(lock)) {
       const requested = (await readFile(join(prefetchDir, WANT_FILE), 'utf8').catch(() => '')).trim();
-      if (requested !== want) {
+      // Not a file name (empty, or cut short): bin/pgvault is rewriting it in place right now;
+      // the window stays as it is.
+      if (requested !== want && parseWalFileName(requested) !== undefined) {
         want = requested;
         lastChange = Date.now();
       }
@@ -828,8 +836,24 @@ export async function runPrefetcher(
             historyCheck = undefined;
           });
       }
-      await removeOutsideWindow(prefetchDir, new Set(window), inFlight);
+      // The segment served last is kept too: see the end-of-archive case below.
+      await removeOutsideWindow(prefetchDir, new Set([want, ...window]), inFlight);
       const present = new Set(await readdir(prefetchDir).catch(() => [] as string[]));
+      // At the end of the archive (the next segment missing), recovery reads the segment it was
+      // given last once more when it ends and promotes: fetch it again, so that is a rename too.
+      if (
+        window.length > 0 &&
+        missing.has(window[0]!) &&
+        !present.has(want) &&
+        !inFlight.has(want) &&
+        !refetched.has(want)
+      ) {
+        refetched.add(want);
+        const job = prefetchOne(fetchCtx, prefetchDir, want)
+          .catch((err: unknown) => log(`prefetch of ${want} again failed: ${errorMessage(err)}`))
+          .finally(() => inFlight.delete(want));
+        inFlight.set(want, job);
+      }
       for (const name of window) {
         const seenMissing = missing.get(name);
         if (seenMissing !== undefined && Date.now() - seenMissing < 1000) break;
@@ -871,7 +895,8 @@ const HISTORY_RECHECK_MS = 5_000;
 const ABSENT_SUFFIX = '.absent';
 
 async function refreshHistory(ctx: WalFetchContext, prefetchDir: string, timeline: number): Promise<void> {
-  for (const next of [timeline + 1, timeline + 2]) {
+  // The current timeline's too: recovery asks for it again when it promotes.
+  for (const next of [timeline, timeline + 1, timeline + 2]) {
     const name = `${next.toString(16).toUpperCase().padStart(8, '0')}.history`;
     const absent = join(prefetchDir, `${name}${ABSENT_SUFFIX}`);
     if (
@@ -891,11 +916,21 @@ async function refreshHistory(ctx: WalFetchContext, prefetchDir: string, timelin
   }
 }
 
+/**
+ * Fetches a segment into the prefetch folder. One the archive does not have gets `<name>.absent`
+ * (until a later look finds it), so bin/pgvault answers recovery's request past the end of the
+ * archive without Node; the prefetcher looks again every second.
+ */
 async function prefetchOne(ctx: WalFetchContext, prefetchDir: string, name: string): Promise<void> {
   const marker = join(prefetchDir, inFlightName(name));
+  const absent = join(prefetchDir, `${name}${ABSENT_SUFFIX}`);
   await writeFile(marker, '', { mode: 0o600 });
   try {
     await fetchWalFile(ctx, name, join(prefetchDir, name));
+    await unlink(absent).catch(() => {});
+  } catch (err) {
+    if (err instanceof WalFileNotArchivedError) await writeFileAtomically(absent, '');
+    throw err;
   } finally {
     await unlink(marker).catch(() => {});
   }
@@ -914,8 +949,9 @@ async function removeOutsideWindow(
     return;
   }
   for (const entry of entries) {
-    const file = parseWalFileName(entry);
-    if (file?.kind !== 'segment' || window.has(entry) || inFlight.has(entry)) continue;
+    const name = entry.endsWith(ABSENT_SUFFIX) ? entry.slice(0, -ABSENT_SUFFIX.length) : entry;
+    const file = parseWalFileName(name);
+    if (file?.kind !== 'segment' || window.has(name) || inFlight.has(name)) continue;
     await unlink(join(prefetchDir, entry)).catch(() => {});
   }
 }

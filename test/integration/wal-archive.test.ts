@@ -10,6 +10,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nextSegment } from '../../core/wal/naming';
 import {
   CLUSTER_NAME,
   openWithoutPgvault,
@@ -260,6 +261,42 @@ describe('restore wal as restore_command', () => {
     expect(absentProbe.code).toBe(1);
     expect(absentProbe.stderr).toBe('pgvault: WAL file 00000003.history is not in the archive\n');
     expect(existsSync(join(restoreDir, 'pg_wal', 'RECOVERYHISTORY3'))).toBe(false);
+  });
+
+  it('at the end of the archive answers without Node: the next segment is missing, the last is served again', async () => {
+    // Prepare: the newest archived segment of timeline 1 and the one after it.
+    const folder = join(fx.vaultDir, CLUSTER_NAME, 'wal', '00000001', '0000000100000000');
+    const last = readdirSync(folder)
+      .map((f) => f.slice(0, 24))
+      .sort()
+      .at(-1)!;
+    const next = nextSegment(last, SEGMENT_BYTES);
+    const restoreDir = join(fx.work, 'restore-end');
+    mkdirSync(join(restoreDir, 'pg_wal'), { recursive: true });
+    const prefetchDir = join(restoreDir, 'pg_wal', 'pgvault-prefetch');
+
+    // Act: recovery is given the last segment; the prefetcher finds the next one missing and has
+    // the last one ready again (recovery reads it once more when it ends).
+    const served = fx.pgvault(['restore', 'wal', last, 'pg_wal/RECOVERYXLOG'], { cwd: restoreDir });
+    const deadline = Date.now() + 20_000;
+    while (
+      !(existsSync(join(prefetchDir, `${next}.absent`)) && existsSync(join(prefetchDir, last))) &&
+      Date.now() < deadline
+    )
+      await sleep(50);
+    const noNode = { cwd: restoreDir, env: { PGVAULT_NODE: '/bin/false' } };
+    const missing = fx.pgvault(['restore', 'wal', next, 'pg_wal/RECOVERYXLOG2'], noNode);
+    const again = fx.pgvault(['restore', 'wal', last, 'pg_wal/RECOVERYXLOG'], noNode);
+
+    // Assess
+    expect(served.code, served.stderr).toBe(0);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toBe(`pgvault: WAL file ${next} is not in the archive\n`);
+    expect(existsSync(join(restoreDir, 'pg_wal', 'RECOVERYXLOG2'))).toBe(false);
+    expect(again.code, again.stderr).toBe(0);
+    expect(sha256(readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYXLOG')))).toBe(
+      sha256(openWithoutPgvault(walKeyPath(fx.vaultDir, last), fx.keyFile)),
+    );
   });
 
   it('never serves a corrupt object: exits non-zero naming the key, leaves nothing at the path', () => {

@@ -225,6 +225,25 @@ describe('bin/pgvault fast path', () => {
     expect(readFileSync(waitingFile, 'utf8')).toBe('');
   }, 20_000);
 
+  it('restore wal: waits for a prefetcher that is still starting up, and is served by it without Node', async () => {
+    // Prepare: an earlier call started a prefetcher (its pid: this test's process) that is not up yet.
+    const prefetch = join(dir.path, 'pg_wal', 'pgvault-prefetch');
+    mkdirSync(prefetch);
+    writeFileSync(join(prefetch, 'prefetcher.starting'), `${process.pid}\n`);
+    setTimeout(() => {
+      writeFileSync(join(prefetch, 'prefetcher.pid'), `${process.pid}\n`);
+      writeFileSync(join(prefetch, NAME), 'prefetched segment');
+    }, 300);
+
+    // Act
+    const served = await launchAsync(['restore', 'wal', NAME, 'pg_wal/RECOVERYXLOG']);
+
+    // Assess
+    expect(served.code, served.stderr).toBe(0);
+    expect(readFileSync(join(dir.path, 'pg_wal', 'RECOVERYXLOG'), 'utf8')).toBe('prefetched segment');
+    expect(readFileSync(join(prefetch, 'want'), 'utf8')).toBe(`${NAME}\n`);
+  });
+
   it('finds the package through a symlink (npm links node_modules/.bin/pgvault)', () => {
     const link = join(dir.path, 'pgvault-link');
     symlinkSync(LAUNCHER, link);
