@@ -475,15 +475,18 @@ async function markerSize(path: string): Promise<number> {
 /**
  * Wakes the bin/pgvault waiting for this file's marker, if one left its pid in `<name>.waiting`:
  * it sleeps a quarter second at a time and would otherwise notice the marker only then. Only a
- * process whose command line names the file gets the signal (the pid of a launcher long gone may
- * belong to another process by now).
+ * process whose command line is the launcher's for this file gets the signal (the pid of a launcher
+ * long gone may belong to another process by now; the launcher also becomes Node, with its pid, when
+ * it hands over to the CLI).
  */
 export async function wakeWaiter(spoolDir: string, name: string): Promise<void> {
   const text = await readFile(join(spoolDir, `${name}.waiting`), 'utf8').catch(() => '');
   const pid = Number(text.trim());
   if (!Number.isInteger(pid) || pid <= 1) return;
-  const commandLine = await readFile(`/proc/${pid}/cmdline`, 'latin1').catch(() => '');
-  if (!commandLine.split('\0').some((arg) => arg.endsWith(`/${name}`) || arg === name)) return;
+  const args = (await readFile(`/proc/${pid}/cmdline`, 'latin1').catch(() => '')).split('\0');
+  // The launcher script itself, never a Node process (Node starts its debugger on SIGUSR1).
+  if (!args.some((arg) => basename(arg) === 'pgvault')) return;
+  if (!args.some((arg) => arg.endsWith(`/${name}`) || arg === name)) return;
   try {
     process.kill(pid, 'SIGUSR1');
   } catch {

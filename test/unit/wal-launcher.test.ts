@@ -197,7 +197,8 @@ describe('bin/pgvault fast path', () => {
     mkdirSync(join(dir.path, 'bin'));
     writeFileSync(join(dir.path, 'bin', 'sleep'), '#!/bin/sh\nexec /bin/sleep 60\n', { mode: 0o755 });
     const waitingFile = join(spool, `${NAME}.waiting`);
-    const other = spawn('/bin/sleep', ['30']);
+    // A process naming the file that is not a launcher (a Node CLI would start its debugger).
+    const other = spawn('/bin/sh', ['-c', 'sleep 30; true', 'stranger', `pg_wal/${NAME}`]);
     const launcher = spawn(LAUNCHER, ['backup', 'wal', `pg_wal/${NAME}`], {
       cwd: dir.path,
       env: { PATH: `${join(dir.path, 'bin')}:${process.env.PATH ?? ''}`, PGVAULT_NODE: '/bin/false' },
