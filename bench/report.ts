@@ -711,7 +711,8 @@ function walMeaning(report: Report): string {
   archive_command\` and \`pg_reload_conf()\`, and stops when the last segment's \`.ready\` file is renamed to
   \`.done\` (polled every 10 ms). The archiver runs one command at a time, oldest segment first, so the
   interval between two segments is the latency PostgreSQL sees per segment. Each command stores into its own
-  repository; async modes push ahead in the background with ${report.wal?.parallelJobs ?? 2} processes and the command confirms. \`cp\`
+  repository; async modes push ahead in the background and the command confirms: pgBackRest with
+  \`process-max=${report.wal?.parallelJobs ?? 2}\`, pgvault with \`PARALLEL_JOBS=${report.wal?.parallelJobs ?? 2}\` (one Node uploader, ${2 * (report.wal?.parallelJobs ?? 2)} zstd lanes). \`cp\`
   neither compresses, encrypts nor fsyncs: it shows what the archiver alone costs. CPU of the archive commands
   and whatever they start (uploaders, async workers) is the row's; the archiver itself is *server*.
 `;

@@ -1,4 +1,5 @@
 import { type Duplex, PassThrough, type Writable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 import { createGunzip, createGzip } from 'node:zlib';
 import type { Compression } from '../config';
 import { ConfigError, IntegrityError } from '../errors';
@@ -330,7 +331,9 @@ export async function compressFiles(
     stdin: 'ignore',
   });
   const reports = new ZstdFileReports(paths);
-  tool.child.stderr?.on('data', (chunk: Buffer) => reports.push(chunk.toString('latin1')));
+  // A path in UTF-8 may be cut between two reads.
+  const decoder = new StringDecoder('utf8');
+  tool.child.stderr?.on('data', (chunk: Buffer) => reports.push(decoder.write(chunk)));
   // Among the reports, the reason for a failure is zstd's own last `zstd: ...` line.
   const exited = tool.exited.catch((err: unknown) => {
     if (!(err instanceof ToolExitError) || reporting.length === 0) throw err;
