@@ -10,7 +10,7 @@ import {
 } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { wakeWaiter } from '../../core/wal/spool';
+import { wakeWaiter, withHugePages } from '../../core/wal/spool';
 import { tempDir } from '../helpers/vault';
 
 /**
@@ -149,7 +149,7 @@ describe('bin/pgvault fast path', () => {
       [
         '#!/bin/sh',
         'case " $* " in',
-        `  *" push-async "*) printf '%s\\n' "$*" >"${dir.path}/uploader-args"; echo $$ >"${spool}/uploader.pid"`,
+        `  *" push-async "*) printf '%s\\n' "$*" >"${dir.path}/uploader-args"; echo "$GLIBC_TUNABLES" >"${dir.path}/uploader-tunables"; echo $$ >"${spool}/uploader.pid"`,
         `    sleep 0.3; echo ${NAME} >"${spool}/${NAME}.ok"; sleep 1 ;;`,
         '  *) exit 1 ;;',
         'esac',
@@ -174,6 +174,13 @@ describe('bin/pgvault fast path', () => {
       `${dirname(LAUNCHER)}/../dist/cli/main.js --config ${join(dir.path, 'pgvault.env')} wal push-async --pg-wal ${join(dir.path, 'pg_wal')}`,
     );
     expect(existsSync(join(spool, 'uploader.log'))).toBe(true);
+    expect(readFileSync(join(dir.path, 'uploader-tunables'), 'utf8').trim()).toBe(withHugePages(undefined));
+  });
+
+  it('asks malloc for huge pages for the uploader, keeping the tunables a user set', () => {
+    expect(withHugePages(undefined)).toBe('glibc.malloc.hugetlb=1');
+    expect(withHugePages('glibc.malloc.arena_max=2')).toBe('glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1');
+    expect(withHugePages('glibc.malloc.hugetlb=0')).toBe('glibc.malloc.hugetlb=0');
   });
 
   it('leaves starting the uploader to the CLI when ARCHIVE_ASYNC is not on', () => {
