@@ -1,4 +1,3 @@
-import { createWriteStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { PassThrough, type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -13,6 +12,7 @@ import {
   decompressStage,
   decompressToFileStage,
   decryptStage,
+  descriptorWriteStream,
   encryptStage,
   gateOn,
   ToolExitError,
@@ -261,7 +261,7 @@ export async function readObjectToFile(spec: ObjectReadSpec, path: string): Prom
     };
     if (!(await decodeInto(spec, handle.fd, checkSize))) {
       // No program to write the file, or a decoded digest to check: Node reads the raw bytes itself.
-      await pipeline(await readObject(spec), createWriteStream('', { fd: handle.fd, autoClose: false }));
+      await pipeline(await readObject(spec), descriptorWriteStream(handle.fd));
     }
   } finally {
     await handle.close();

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { close, createWriteStream, type Dirent, fsync, open as openCallback, writeFile } from 'node:fs';
+import { close, type Dirent, fsync, open as openCallback, writeFile } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { removeOnExit } from '../cleanup';
 import { ObjectNotFoundError, StorageError } from '../errors';
+import { descriptorWriteStream } from '../stream/descriptor';
 import type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
 /** Backups hold secrets (table data, WAL, configuration files): only the owner may read them. */
@@ -99,7 +100,7 @@ export class FileTarget implements StorageTarget {
     try {
       return await this.writeAtomically(path, async (fd) => {
         // The descriptor stays open after the pipeline so it can be fsynced before the rename.
-        const output = createWriteStream(path, { fd, autoClose: false });
+        const output = descriptorWriteStream(fd);
         output.on('error', (error) => {
           firstFailure ??= { from: 'output', error };
         });

@@ -14,6 +14,7 @@ export {
   type ToolInvocation,
   toolVersion,
 } from './compress';
+export { descriptorWriteStream } from './descriptor';
 export { Coalesce, DigestMeter, type DigestMeterOptions, gateOn, teeTo } from './digest';
 export {
   decryptStage,

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { close, createWriteStream, fstat, fsync, open as openCallback, read } from 'node:fs';
+import { close, fstat, fsync, open as openCallback, read } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { PassThrough, type Readable, Writable } from 'node:stream';
@@ -26,6 +26,7 @@ import {
   decompressToFileStage,
   decryptStage,
   deriveWalPassphrase,
+  descriptorWriteStream,
 } from '../stream';
 import {
   DEFAULT_SEGMENT_BYTES,
@@ -586,7 +587,7 @@ async function decodeIntoFile(
       } else {
         const decoded = await openWalObject(target, key, file, codec, source);
         const recorder = new HeadRecorder(WAL_LONG_HEADER_BYTES);
-        const output = createWriteStream(temp, { fd, autoClose: false });
+        const output = descriptorWriteStream(fd);
         await pipeline(decoded, recorder, output);
         size = output.bytesWritten;
         head = recorder.head();

@@ -1,7 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, fstatSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { descriptorWriteStream } from '../../core/stream/descriptor';
 import { Coalesce, DigestMeter, gateOn, teeTo } from '../../core/stream/digest';
 
 function sha256(data: Buffer): string {
@@ -303,5 +307,40 @@ describe('Coalesce', () => {
       }),
     );
     expect(out).toEqual([]);
+  });
+});
+
+describe('descriptorWriteStream', () => {
+  it('leaves the descriptor open for its owner when the pipeline fails (no double close)', async () => {
+    // Prepare: a source that fails after 8 MiB, so writes are in flight when the stream is destroyed.
+    const dir = mkdtempSync(join(tmpdir(), 'pgvault-fd-'));
+    const fd = openSync(join(dir, 'out'), 'w');
+    let sent = 0;
+    const source = new Readable({
+      read() {
+        sent++;
+        if (sent > 8) this.destroy(new Error('source failed'));
+        else this.push(Buffer.alloc(1 << 20));
+      },
+    });
+
+    // Act
+    const failure = await pipeline(source, descriptorWriteStream(fd)).catch((err: Error) => err);
+    await new Promise((r) => setTimeout(r, 50));
+    const stillOpen = (() => {
+      try {
+        fstatSync(fd);
+        return true;
+      } catch {
+        return false;
+      }
+    })();
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+
+    // Assess
+    expect(failure).toBeInstanceOf(Error);
+    expect((failure as Error).message).toBe('source failed');
+    expect(stillOpen).toBe(true);
   });
 });
