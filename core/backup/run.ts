@@ -122,14 +122,15 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   const tools = { pgvault: PGVAULT_VERSION, ...run.tools };
   /** Every key whose write began: an object may complete between an interrupt and the exit. */
   const keysBegun: string[] = [];
-  const storing = new Set<Promise<void>>();
+  /** Every store started (settled ones count as done at once). */
+  const storing: Promise<void>[] = [];
   const removeWritten = () =>
     Promise.allSettled(keysBegun.flatMap((key) => targets.map((t) => t.delete(key))));
   const forgetUndo = undoOnInterrupt(async () => {
     // The programs got the signal too, so the writes in progress end soon, most by failing (and
     // removing their own object); one that completes meanwhile is removed by the second pass.
     await removeWritten();
-    await Promise.race([Promise.allSettled([...storing]), new Promise((r) => setTimeout(r, 5_000).unref())]);
+    await Promise.race([Promise.allSettled(storing), new Promise((r) => setTimeout(r, 5_000).unref())]);
     await removeWritten();
   });
   const store = async (src: ObjectSource): Promise<void> => {
@@ -166,11 +167,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   };
   const storeTracked = (src: ObjectSource): Promise<void> => {
     const p = store(src);
-    storing.add(p);
-    void p.then(
-      () => storing.delete(p),
-      () => storing.delete(p),
-    );
+    storing.push(p);
     return p;
   };
   const position = new Map<StoredObject, number>();

@@ -19,8 +19,6 @@ import { type ArchiveScanResult, CustomArchiveParser, scanFindings } from './arc
  * (measured: process.exit() waits for it), and pg_dump may sit idle for minutes behind a lock.
  */
 
-export type { ArchiveScanResult } from './archive';
-
 const BUFFER_BYTES = 1 << 20;
 const PROGRESS_EVERY_BYTES = 32 * 1024 * 1024;
 const RESULT_PREFIX = 'result ';

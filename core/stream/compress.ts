@@ -346,36 +346,16 @@ export async function compressFiles(
     );
   });
   exited.catch(() => {});
-  const fileDone = (index: number, frameBytes: number) =>
-    new Promise<void>((resolve, reject) => {
-      const judge = () => {
-        const reported = reports.reportedBytes(index);
-        if (reported === undefined) return false;
-        if (reported === frameBytes) resolve();
-        else {
-          reject(
-            new IntegrityError(
-              `zstd reported ${reported} compressed bytes for ${paths[index]}, but its frame holds ${frameBytes}; nothing of it was kept`,
-            ),
-          );
-        }
-        return true;
-      };
-      if (judge()) return;
-      const stop = reports.watch(() => {
-        if (judge() || !reports.mayReport(index)) stop();
-      });
-      exited.then(
-        () => {
-          stop();
-          resolve();
-        },
-        (err: unknown) => {
-          stop();
-          reject(err);
-        },
+  const fileDone = async (index: number, frameBytes: number) => {
+    // Whichever comes first: the file's report, or zstd's exit (0 proves every frame).
+    const reported = await Promise.race([reports.report(index), exited.then(() => frameBytes)]);
+    if (reported === undefined) return exited; // no report will count for it: the exit decides
+    if (reported !== frameBytes) {
+      throw new IntegrityError(
+        `zstd reported ${reported} compressed bytes for ${paths[index]}, but its frame holds ${frameBytes}; nothing of it was kept`,
       );
-    });
+    }
+  };
   return { ...tool, exited, fileDone };
 }
 

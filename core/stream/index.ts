@@ -35,4 +35,4 @@ export {
   type ToolStageOptions,
   toolStage,
 } from './process';
-export { type FrameEnd, type FrameSink, ZstdFileReports, ZstdFrameSplitter } from './zstd-frames';
+export { type FrameSink, ZstdFileReports, ZstdFrameSplitter } from './zstd-frames';

@@ -23,9 +23,11 @@ const ZSTD_MAGIC = 0xfd2fb528;
 const BLOCK_HEADER_BYTES = 3;
 const CHECKSUM_BYTES = 4;
 
-export type FrameSink = (index: number, contentSize: number | undefined) => Writable;
-/** Told when a frame's last byte has passed, with the frame's size in bytes. */
-export type FrameEnd = (index: number, bytes: number) => void;
+/**
+ * Where frame `index` goes. `ended` resolves with the frame's size in bytes once its last byte has
+ * passed, and rejects if the splitter stops inside it.
+ */
+export type FrameSink = (index: number, contentSize: number | undefined, ended: Promise<number>) => Writable;
 
 type State =
   | { readonly kind: 'magic' }
@@ -44,11 +46,12 @@ export class ZstdFrameSplitter extends Writable {
   private checksummed = false;
   /** Bytes of the current frame passed on so far. */
   private frameBytes = 0;
+  /** Settles the current frame's `ended`. */
+  private frameEnded: { resolve(bytes: number): void; reject(err: Error): void } | undefined;
 
   constructor(
     private readonly openFrame: FrameSink,
     private readonly expectedFrames?: number,
-    private readonly onFrameEnd?: FrameEnd,
   ) {
     super({ highWaterMark: 1 << 20 });
   }
@@ -87,7 +90,9 @@ export class ZstdFrameSplitter extends Writable {
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     if (this.sink !== undefined && !this.sink.writableFinished) {
-      this.sink.destroy(error ?? new IntegrityError('the zstd frame splitter was stopped mid-frame'));
+      const stopped = error ?? new IntegrityError('the zstd frame splitter was stopped mid-frame');
+      this.frameEnded?.reject(stopped);
+      this.sink.destroy(stopped);
     }
     callback(error);
   }
@@ -193,7 +198,12 @@ export class ZstdFrameSplitter extends Writable {
     }
     const index = this.frames++;
     this.frameBytes = 0;
-    this.sink = this.openFrame(index, contentSizeOf(header, descriptor));
+    const ended = new Promise<number>((resolve, reject) => {
+      this.frameEnded = { resolve, reject };
+    });
+    // A caller that ignores it must not see an unhandled rejection.
+    ended.catch(() => {});
+    this.sink = this.openFrame(index, contentSizeOf(header, descriptor), ended);
     await this.forward(header);
     this.state = { kind: 'block-header' };
   }
@@ -202,7 +212,8 @@ export class ZstdFrameSplitter extends Writable {
     const sink = this.sink!;
     this.sink = undefined;
     this.state = { kind: 'magic' };
-    this.onFrameEnd?.(this.frames - 1, this.frameBytes);
+    this.frameEnded?.resolve(this.frameBytes);
+    this.frameEnded = undefined;
     sink.end();
   }
 
@@ -271,11 +282,12 @@ function contentSizeOf(header: Buffer, descriptor: number): number | undefined {
  * parser does not understand ends the reports for the run: later frames wait for the exit status.
  */
 export class ZstdFileReports {
-  /** Compressed bytes zstd reported for each file, in the order given; files after `stopped` never get one. */
+  /** Compressed bytes zstd reported for each file, in the order given. */
   private readonly reported: number[] = [];
   private stopped = false;
   private partial = '';
-  private readonly listeners = new Set<() => void>();
+  /** Callers waiting for a file's report, by index. */
+  private readonly waiting = new Map<number, ((bytes: number | undefined) => void)[]>();
 
   constructor(private readonly paths: readonly string[]) {}
 
@@ -283,37 +295,33 @@ export class ZstdFileReports {
   push(chunk: string): void {
     const lines = (this.partial + chunk).split(/[\r\n]/);
     this.partial = lines.pop() ?? '';
-    let changed = false;
-    for (const line of lines) changed = this.take(line) || changed;
-    if (changed) for (const listener of [...this.listeners]) listener();
+    for (const line of lines) this.take(line);
   }
 
-  /** The compressed size reported for file `index`, when its report came in turn. */
-  reportedBytes(index: number): number | undefined {
-    return this.reported[index];
+  /**
+   * The compressed size zstd reported for file `index`, once its report came in turn; undefined once
+   * the reports have stopped before it (no report will count for it). Pending until one or the other.
+   */
+  report(index: number): Promise<number | undefined> {
+    if (index < this.reported.length) return Promise.resolve(this.reported[index]);
+    if (this.stopped) return Promise.resolve(undefined);
+    return new Promise((resolve) => this.waiting.set(index, [...(this.waiting.get(index) ?? []), resolve]));
   }
 
-  /** Whether file `index` can still get a report (the reports for this run have not stopped before it). */
-  mayReport(index: number): boolean {
-    return index < this.reported.length || !this.stopped;
-  }
-
-  /** Calls `listener` after every change; returns how to stop. */
-  watch(listener: () => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
-  }
-
-  private take(line: string): boolean {
-    if (this.stopped || !REPORT.test(line)) return false;
-    const path = this.paths[this.reported.length];
+  private take(line: string): void {
+    if (this.stopped || !REPORT.test(line)) return;
+    const index = this.reported.length;
+    const path = this.paths[index];
     const match = path !== undefined && line.startsWith(path) ? REPORT.exec(line.slice(path.length)) : null;
     if (match === null || match.index !== 0) {
       this.stopped = true;
-      return true;
+      for (const callers of this.waiting.values()) for (const resolve of callers) resolve(undefined);
+      this.waiting.clear();
+      return;
     }
     this.reported.push(Number(match[2]));
-    return true;
+    for (const resolve of this.waiting.get(index) ?? []) resolve(this.reported[index]);
+    this.waiting.delete(index);
   }
 }
 

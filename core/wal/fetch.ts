@@ -849,11 +849,13 @@ export async function runPrefetcher(
         !inFlight.has(want) &&
         !refetched.has(want)
       ) {
-        refetched.add(want);
-        const job = prefetchOne(fetchCtx, prefetchDir, want)
-          .catch((err: unknown) => log(`prefetch of ${want} again failed: ${errorMessage(err)}`))
-          .finally(() => inFlight.delete(want));
-        inFlight.set(want, job);
+        // `want` moves on with the next request; the job must clean up after its own name.
+        const again = want;
+        refetched.add(again);
+        const job = prefetchOne(fetchCtx, prefetchDir, again)
+          .catch((err: unknown) => log(`prefetch of ${again} again failed: ${errorMessage(err)}`))
+          .finally(() => inFlight.delete(again));
+        inFlight.set(again, job);
       }
       for (const name of window) {
         const seenMissing = missing.get(name);

@@ -148,32 +148,27 @@ export async function pushWalFiles(
     return;
   }
   const writes: Promise<void>[] = [];
-  const proofs = toWrite.map(() => deferred());
-  const splitter = new ZstdFrameSplitter(
-    (index, contentSize) => {
-      const prepared = toWrite[index]!;
-      const frame = new PassThrough({ highWaterMark: 1 << 20 });
-      if (contentSize !== undefined && contentSize !== prepared.size) {
-        frame.destroy(
-          new IntegrityError(
-            `WAL file ${prepared.path} is ${prepared.size} bytes but its compressed frame holds ${contentSize}; it changed while it was read: nothing was kept, retry`,
-          ),
-        );
-      }
-      writes[index] = writeObject({
-        ...objectSpec(ctx, prepared),
-        source: { encoded: frame, rawSize: prepared.size },
-        threads: 1,
-        upstream: [proofs[index]!.promise],
-      }).then(
-        () => onOutcome({ path: prepared.path, result: resultOf(prepared) }),
-        (error: unknown) => onOutcome({ path: prepared.path, error }),
+  const splitter = new ZstdFrameSplitter((index, contentSize, ended) => {
+    const prepared = toWrite[index]!;
+    const frame = new PassThrough({ highWaterMark: 1 << 20 });
+    if (contentSize !== undefined && contentSize !== prepared.size) {
+      frame.destroy(
+        new IntegrityError(
+          `WAL file ${prepared.path} is ${prepared.size} bytes but its compressed frame holds ${contentSize}; it changed while it was read: nothing was kept, retry`,
+        ),
       );
-      return frame;
-    },
-    toWrite.length,
-    (index, bytes) => proofs[index]!.follow(compressor.fileDone(index, bytes)),
-  );
+    }
+    writes[index] = writeObject({
+      ...objectSpec(ctx, prepared),
+      source: { encoded: frame, rawSize: prepared.size },
+      threads: 1,
+      upstream: [ended.then((bytes) => compressor.fileDone(index, bytes))],
+    }).then(
+      () => onOutcome({ path: prepared.path, result: resultOf(prepared) }),
+      (error: unknown) => onOutcome({ path: prepared.path, error }),
+    );
+    return frame;
+  }, toWrite.length);
   let failure: unknown;
   try {
     await Promise.all([pipeline(compressor.stdout, splitter), compressor.exited]);
@@ -182,34 +177,12 @@ export async function pushWalFiles(
     splitter.destroy(err as Error);
     compressor.child.kill();
   }
-  // A frame that never ended has no proof coming (its object fails with the run's reason).
-  for (const proof of proofs)
-    proof.follow(Promise.reject(failure ?? new IntegrityError('zstd frame incomplete')));
   onCompressed?.();
   await Promise.all(writes);
   // Files whose frame never started (the run failed before them).
   for (const [index, prepared] of toWrite.entries()) {
     if (writes[index] === undefined) await onOutcome({ path: prepared.path, error: failure });
   }
-}
-
-/** A promise settled later, once, like the first promise it is told to follow. */
-function deferred(): { promise: Promise<void>; follow(p: Promise<void>): void } {
-  let settle: ((p: Promise<void>) => void) | undefined;
-  const promise = new Promise<void>((resolve) => {
-    settle = resolve;
-  });
-  promise.catch(() => {});
-  let followed = false;
-  return {
-    promise,
-    follow(p) {
-      p.catch(() => {});
-      if (followed) return;
-      followed = true;
-      settle!(p);
-    },
-  };
 }
 
 /** Checks the file, the archive identity, and which targets already hold it (the same bytes, or not). */
