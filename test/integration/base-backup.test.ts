@@ -81,14 +81,26 @@ describe('backup base', () => {
     const bytes = await readFile(path);
     bytes[Math.floor(bytes.length / 2)]! ^= 0x10;
     await writeFile(path, bytes);
+    // A TMPDIR of its own: test files running beside this one verify backups in the shared one.
+    const ownTmp = await mkdtemp(join(tmpdir(), 'pgvault-flip-tmp-'));
+    const sharedTmp = process.env.TMPDIR;
+    process.env.TMPDIR = ownTmp;
 
     // Act
-    const result = verifyBackupFile(vault, m.id);
+    let leftovers: string[];
+    try {
+      const result = verifyBackupFile(vault, m.id);
 
-    // Assess
-    await expect(result).rejects.toThrow(IntegrityError);
-    await expect(verifyBackupFile(vault, m.id)).rejects.toThrow(/corrupt/);
-    expect((await readdir(tmpdir())).filter((n) => n.startsWith('pgvault-verify-'))).toEqual([]);
+      // Assess
+      await expect(result).rejects.toThrow(IntegrityError);
+      await expect(verifyBackupFile(vault, m.id)).rejects.toThrow(/corrupt/);
+    } finally {
+      if (sharedTmp === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = sharedTmp;
+      leftovers = (await readdir(ownTmp)).filter((n) => n.startsWith('pgvault-verify-'));
+      await rm(ownTmp, { recursive: true, force: true });
+    }
+    expect(leftovers).toEqual([]);
   });
 
   it('verify file runs pg_verifybackup: a changed data file with matching digests is still caught', async () => {
