@@ -222,7 +222,7 @@ export class TempCluster {
     } catch (err) {
       if (!(err instanceof MissingToolError)) throw err;
       const hint =
-        /install it with: (apt-get install \S+)/.exec(err.message)?.[1] ?? 'apt-get install postgresql-15';
+        /install it with: (apt-get install \S+)/.exec(err.message)?.[1] ?? 'apt-get install postgresql';
       throw new MissingToolError(
         `PostgreSQL server binaries not found (initdb); install them with: ${hint}`,
         {

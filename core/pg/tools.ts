@@ -21,9 +21,6 @@ export type PgToolName =
 /** Where Debian and Ubuntu install each major version side by side (/usr/lib/postgresql/15/bin, ...). */
 const VERSIONED_ROOT = '/usr/lib/postgresql';
 
-/** The major version the install hint names when no version is installed to copy it from (Debian 12's). */
-export const DEFAULT_PG_MAJOR = 15;
-
 /** Binaries the Debian package postgresql-NN ships; the rest come with postgresql-client-NN. */
 const SERVER_TOOLS: ReadonlySet<PgToolName> = new Set(['initdb', 'pg_ctl', 'postgres', 'pg_controldata']);
 
@@ -54,11 +51,17 @@ function installedMajors(): string[] {
   return names.filter((n) => /^\d+(\.\d+)?$/.test(n)).sort((a, b) => Number(b) - Number(a));
 }
 
+/**
+ * The package that brings a missing program: the installed major's own package, else the
+ * release's default major through Debian's `postgresql` / `postgresql-client` (15 on Debian 12,
+ * 17 on Debian 13), never a pinned major that the release may not have.
+ */
 export function installHint(name: PgToolName): string {
-  const major = installedMajors()[0]?.split('.')[0] ?? String(DEFAULT_PG_MAJOR);
+  const major = installedMajors()[0]?.split('.')[0];
+  const suffix = major === undefined ? '' : `-${major}`;
   return SERVER_TOOLS.has(name)
-    ? `apt-get install postgresql-${major}`
-    : `apt-get install postgresql-client-${major}`;
+    ? `apt-get install postgresql${suffix}`
+    : `apt-get install postgresql-client${suffix}`;
 }
 
 /**

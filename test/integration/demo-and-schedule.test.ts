@@ -27,7 +27,7 @@ describe('npm run demo', () => {
     const lines = r.stderr.trim().split('\n');
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(
-      /PostgreSQL server binaries not found \(initdb\).*apt-get install postgresql-15/,
+      /PostgreSQL server binaries not found \(initdb\).*apt-get install postgresql-\d+/,
     );
   });
 });

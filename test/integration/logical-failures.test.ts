@@ -14,12 +14,13 @@ import {
   writeSync,
 } from 'node:fs';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupFull } from '../../core/backup/full';
 import { parseConfig } from '../../core/config';
 import { ConfigError, IntegrityError, PostgresError, StorageError, UsageError } from '../../core/errors';
 import type { TempCluster } from '../../core/pg/cluster';
+import { findPgBinary } from '../../core/pg/tools';
 import { restoreFull } from '../../core/restore/full';
 import { restorePartial } from '../../core/restore/partial';
 import { openVault, type Vault } from '../../core/vault';
@@ -226,7 +227,7 @@ describe('refusals that leave everything as it was', () => {
     // Prepare: a pg_dump that writes part of a real dump, then fails.
     const bin = `${work.path}/fakebin`;
     mkdirSync(bin, { recursive: true });
-    const real = '/usr/lib/postgresql/15/bin';
+    const real = dirname(findPgBinary('pg_dump'));
     writeFileSync(
       `${bin}/pg_dump`,
       `#!/bin/sh\n${real}/pg_dump "$@" | head -c 20000\necho "pg_dump: error: simulated failure" >&2\nexit 1\n`,

@@ -40,7 +40,8 @@ describe('findPgBinary', () => {
 
   it('prefers the newest /usr/lib/postgresql/N/bin, and PG_BIN_DIR when given', () => {
     expect(findPgBinary('pg_dump')).toMatch(/^\/usr\/lib\/postgresql\/\d+\/bin\/pg_dump$/);
-    expect(findPgBinary('pg_ctl', '/usr/lib/postgresql/15/bin')).toBe('/usr/lib/postgresql/15/bin/pg_ctl');
+    const bin = findPgBinary('pg_dump').replace(/\/pg_dump$/, '');
+    expect(findPgBinary('pg_ctl', bin)).toBe(`${bin}/pg_ctl`);
   });
 
   it('names the package to install when a program is missing', () => {
