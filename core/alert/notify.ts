@@ -57,7 +57,9 @@ function secretsOf(
 }
 
 /** Every channel the config names: SNS first (the AWS deployment's), then SMTP, webhook, command. */
-export function alertChannels(config: Pick<Config, 'alerts'>): AlertChannel[] {
+export function alertChannels(
+  config: Pick<Config, 'alerts'> & Partial<Pick<Config, 'cloud'>>,
+): AlertChannel[] {
   const arn = config.alerts.snsTopicArn;
   const sns: AlertChannel[] =
     arn === undefined
@@ -66,7 +68,7 @@ export function alertChannels(config: Pick<Config, 'alerts'>): AlertChannel[] {
           {
             name: arn,
             send: async (alert, context) => {
-              await publishAlert(arn, alert, context);
+              await publishAlert(arn, alert, context, config.cloud);
             },
           },
         ];
@@ -95,7 +97,10 @@ export function regionOfTopic(arn: string): string | undefined {
 
 let client: { arn: string; client: SNSClient; sdk: SnsSdk } | undefined;
 
-function snsFor(arn: string): { client: SNSClient; sdk: SnsSdk } {
+function snsFor(
+  arn: string,
+  aws?: Pick<Config['cloud'], 'credentials' | 'profile'>,
+): { client: SNSClient; sdk: SnsSdk } {
   if (client?.arn !== arn) {
     const sdk = require('@aws-sdk/client-sns') as SnsSdk;
     client = {
@@ -103,6 +108,9 @@ function snsFor(arn: string): { client: SNSClient; sdk: SnsSdk } {
       sdk,
       client: new sdk.SNSClient({
         region: regionOfTopic(arn),
+        // Keys or a profile from the config file, which the SDK's default chain never reads.
+        credentials: aws?.credentials && { ...aws.credentials },
+        profile: aws?.profile,
         maxAttempts: 3,
         requestHandler: { connectionTimeout: 3000, requestTimeout: PUBLISH_TIMEOUT_MS },
       }),
@@ -125,8 +133,9 @@ export async function publishAlert(
   arn: string,
   alert: Alert,
   context: AlertContext,
+  aws?: Pick<Config['cloud'], 'credentials' | 'profile'>,
 ): Promise<string | undefined> {
-  const { client: sns, sdk } = snsFor(arn);
+  const { client: sns, sdk } = snsFor(arn, aws);
   const subject = alertSubject(alert);
   const message = alertBody(alert, context);
   const fifo = arn.endsWith('.fifo')
