@@ -418,8 +418,11 @@ function alertConfig(raw: Raw): AlertConfig {
       'SMTP_URL is set but EMAIL_TO is empty; set EMAIL_TO to the addresses that get alerts',
     );
   }
-  const from = text(raw, 'EMAIL_FROM') ?? `pgvault@${hostname()}`;
-  if (!/^([^<>\r\n]*<[^\s@<>]+@[^\s@<>]+>|[^\s@<>]+@[^\s@<>]+)$/.test(from)) {
+  const from = text(raw, 'EMAIL_FROM') ?? `pgvault@${hostname() || 'localhost'}`;
+  if (
+    text(raw, 'EMAIL_FROM') !== undefined &&
+    !/^([^<>\r\n]*<[^\s@<>]+@[^\s@<>]+>|[^\s@<>]+@[^\s@<>]+)$/.test(from)
+  ) {
     throw new ConfigError(
       `EMAIL_FROM=${from} is not allowed; use an address like pgvault@db1.example.com or "pgvault <pgvault@db1.example.com>"`,
     );

@@ -5,6 +5,9 @@ import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { SMTPServer } from 'smtp-server';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { commandFailedAlert } from '../../core/alert/failure';
+import { sendAlerts } from '../../core/alert/notify';
+import { parseConfig } from '../../core/config';
 import { tempDir } from '../helpers/vault';
 
 /**
@@ -278,6 +281,43 @@ describe('a failed backup reaches every local channel', () => {
   });
 });
 
+describe('redaction before any channel', () => {
+  it('an alert whose text holds every secret reaches SMTP, the webhook and the command without them', async () => {
+    // Prepare: an error line that happens to contain the secrets (a URL with a password, a key echoed).
+    const config = parseConfig({
+      BACKUP_DIR: join(work.path, 'redact'),
+      CLUSTER_NAME: 'main',
+      ENCRYPTION: 'true',
+      ENCRYPTION_KEY,
+      PGPASSWORD,
+      ...Object.fromEntries(
+        channelLines('redact').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+      ),
+    });
+    const alert = commandFailedAlert({
+      cluster: 'main',
+      commandPath: 'backup full',
+      argv: ['backup', 'full'],
+      error: new Error(
+        `failed with key ${ENCRYPTION_KEY}, password ${PGPASSWORD}, smtp ${SMTP_PASSWORD}, hook /hooks/${HOOK_TOKEN}`,
+      ),
+      startedAt: new Date(),
+    });
+
+    // Act
+    const result = await sendAlerts(config, [alert], { write: () => {} });
+
+    // Assess
+    expect(result).toMatchObject({ published: 3, failures: [] });
+    const stdin = readFileSync(join(work.path, 'redact-stdin.txt'), 'utf8');
+    const env = readFileSync(join(work.path, 'redact-env.txt'), 'utf8');
+    for (const text of [mails[0]!.raw, hooks[0]!.body, stdin, env, ...result.lines]) {
+      expect(text).toContain('failed with key ***, password ***, smtp ***, hook ***');
+      for (const secret of SECRETS) expect(text).not.toContain(secret);
+    }
+  });
+});
+
 describe('what the CLI loads', () => {
   it('loads nodemailer only when a mail is sent', () => {
     // Act: the notifier and its channels, as `verify report` loads them, but nothing sent.
@@ -301,7 +341,7 @@ describe('warnings on every command', () => {
     // Prepare
     const guide = configFile('guide', [
       'DEPLOYMENT_MODE=patroni',
-      'WAL_ARCHIVE_DIR=' + join(work.path, 'guide', 'wal'),
+      `WAL_ARCHIVE_DIR=${join(work.path, 'guide', 'wal')}`,
     ]);
 
     // Act
