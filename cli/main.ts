@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { pendingUndoSteps, runUndoSteps } from '../core/cleanup';
-import { fail, failWithAlert, type GlobalOptions, recordCommandOutcome } from './output';
+import { fail, failWithAlert, type GlobalOptions, printConfigWarnings, recordCommandOutcome } from './output';
 
 /**
  * The pgvault command. Command modules load when their command runs, so that a call like the WAL
@@ -29,6 +29,9 @@ function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, na
     const positional = args.slice(0, -2);
     const command = { path: commandPath(cmd), args: givenArguments(cmd, positional), startedAt: new Date() };
     let result: unknown;
+    // Once per command, on stderr. Not for the commands PostgreSQL runs once per WAL segment: the
+    // server log would carry the same line thousands of times a day; every other command says it.
+    if (!PER_SEGMENT_COMMANDS.has(command.path)) printConfigWarnings(opts);
     try {
       const mod = await load();
       result = await (mod[name] as T)(...([...positional, opts] as never[]));
@@ -39,6 +42,9 @@ function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, na
     await recordCommandOutcome(opts, command, { result });
   };
 }
+
+/** archive_command, restore_command and the uploader they start: run per WAL segment. */
+const PER_SEGMENT_COMMANDS = new Set(['backup wal', 'restore wal', 'wal push-async']);
 
 /** The operands and the options given on the command line (not defaults), as words. */
 function givenArguments(cmd: Command, positional: readonly unknown[]): string[] {

@@ -62,6 +62,20 @@ export function readConfig(options: GlobalOptions): Config {
   return loadConfig({ configFile: options.config });
 }
 
+/**
+ * The config's warnings (a placeholder key, a DEPLOYMENT_MODE not built yet), one stderr line each;
+ * stdout stays for --json. A config that cannot be read prints nothing here: the command says why.
+ */
+export function printConfigWarnings(options: GlobalOptions): void {
+  let warnings: readonly string[];
+  try {
+    warnings = readConfig(options).warnings;
+  } catch {
+    return;
+  }
+  for (const w of warnings) process.stderr.write(`pgvault: warning: ${w}\n`);
+}
+
 export function vaultFor(options: GlobalOptions): Vault {
   // Loaded here, not at the top: the catalog pulls in zod (~100 ms), which --help, --version and
   // the WAL commands must not pay for.

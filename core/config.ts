@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { isAbsolute, resolve } from 'node:path';
 import { parseEnv } from 'node:util';
 import { ConfigError } from './errors';
@@ -52,6 +52,17 @@ export interface CloudConfig {
    * stores do not allow tagging.
    */
   readonly lifecycleTags: boolean;
+  /**
+   * AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN) from any source (a --config file
+   * too), handed to the S3 client. Never logged. Absent: the SDK's default chain.
+   */
+  readonly credentials?: {
+    readonly accessKeyId: string;
+    readonly secretAccessKey: string;
+    readonly sessionToken?: string;
+  };
+  /** AWS_PROFILE from any source, handed to the S3 client (used when no keys are given). */
+  readonly profile?: string;
 }
 
 /** Thresholds of the alerts (core/alert/thresholds.ts) and where they are sent. */
@@ -70,8 +81,22 @@ export interface AlertConfig {
   readonly storageQuotaBytes?: number;
   /** SNS_TOPIC_ARN: alerts are published there when set. */
   readonly snsTopicArn?: string;
-  /** EMAIL_TO: the topic's email subscribers (the guide's key; the stack subscribes them). */
+  /**
+   * EMAIL_TO: who gets alert mail: the topic's email subscribers (the stack subscribes them) and,
+   * with SMTP_URL, the recipients of the mail pgvault sends itself.
+   */
   readonly emailTo: readonly string[];
+  /** EMAIL_NOTIFICATIONS: false turns SMTP mail off; true needs SMTP_URL or SNS_TOPIC_ARN. */
+  readonly emailNotifications?: boolean;
+  /**
+   * SMTP_URL (smtp:// or smtps://, user:password@ allowed) with EMAIL_TO: alerts are mailed there.
+   * The URL may hold a password: never logged; messages name it by host and port only.
+   */
+  readonly smtp?: { readonly url: string; readonly from: string; readonly to: readonly string[] };
+  /** ALERT_WEBHOOK_URL: each alert is POSTed there as JSON (core/alert/channels.ts). May hold a token. */
+  readonly webhookUrl?: string;
+  /** ALERT_COMMAND: run by /bin/sh for each alert, the alert in its environment and on stdin. */
+  readonly command?: string;
 }
 
 export interface Config {
@@ -129,6 +154,11 @@ export interface Config {
   readonly metrics: 'emf' | 'off';
   /** Where the values came from, for `pgvault config` style messages. */
   readonly sources: readonly string[];
+  /**
+   * Settings that work but should be changed (a placeholder or short ENCRYPTION_KEY, a
+   * DEPLOYMENT_MODE not built yet): one line each, printed by the CLI once per command. No secret.
+   */
+  readonly warnings: readonly string[];
 }
 
 export interface LoadConfigOptions {
@@ -231,14 +261,88 @@ function absolutePath(raw: Raw, key: string, fallback: string, cwd: string): str
   return isAbsolute(v) ? v : resolve(cwd, v);
 }
 
-function passphrase(raw: Raw, cwd: string): string | undefined {
+/**
+ * A path setting that must be absolute: archive_command and restore_command run in the data
+ * directory, so a relative path would name another place there than in the shell that tested it.
+ */
+function absoluteOnly(raw: Raw, key: string): string | undefined {
+  const v = text(raw, key);
+  if (v !== undefined && !isAbsolute(v)) {
+    throw new ConfigError(
+      `${key}=${v} is a relative path; use an absolute path (archive_command runs in the data directory, where ${v} names another place)`,
+    );
+  }
+  return v === undefined ? undefined : resolve(v);
+}
+
+/** The guide's example key, and the shortest key that is not warned about. */
+export const PLACEHOLDER_KEY = 'your-secret-key-here';
+export const MIN_KEY_LENGTH = 16;
+
+function configWarnings(key: string | undefined, mode: DeploymentMode, raw: Raw): string[] {
+  const warnings: string[] = [];
+  const from =
+    text(raw, 'ENCRYPTION_KEY_FILE') === undefined ? 'ENCRYPTION_KEY' : 'the key in ENCRYPTION_KEY_FILE';
+  if (key === PLACEHOLDER_KEY) {
+    warnings.push(
+      `${from} is the guide's placeholder, which anyone can read; create a key with \`openssl rand -base64 32 > /secure/path/encryption-key\` and set ENCRYPTION_KEY_FILE (existing backups still need the old key)`,
+    );
+  } else if (key !== undefined && key.length < MIN_KEY_LENGTH) {
+    warnings.push(
+      `${from} is shorter than ${MIN_KEY_LENGTH} characters and easy to guess; create a key with \`openssl rand -base64 32 > /secure/path/encryption-key\` and set ENCRYPTION_KEY_FILE (existing backups still need the old key)`,
+    );
+  }
+  if (mode !== 'single-node') {
+    warnings.push(
+      `DEPLOYMENT_MODE=${mode} is not built yet; pgvault acts as single-node on PGHOST (${text(raw, 'PGHOST') ?? 'the libpq default'})`,
+    );
+  }
+  return warnings;
+}
+
+/**
+ * WAL_ARCHIVE_DIR: WAL is archived into the backup targets under {cluster}/wal (retention, verify wal,
+ * report and PITR read it there). The guide's value ($BACKUP_DIR/wal) and that place are accepted;
+ * any other directory is refused rather than ignored.
+ */
+function walArchiveDir(raw: Raw, backupDir: string, cluster: string): string {
+  const where = resolve(backupDir, cluster, 'wal');
+  const v = text(raw, 'WAL_ARCHIVE_DIR');
+  if (v === undefined) return where;
+  if (!isAbsolute(v)) {
+    throw new ConfigError(
+      `WAL_ARCHIVE_DIR=${v} is a relative path; remove it (WAL is archived under ${where})`,
+    );
+  }
+  if (resolve(v) !== resolve(backupDir, 'wal') && resolve(v) !== where) {
+    throw new ConfigError(
+      `WAL_ARCHIVE_DIR=${v} is not supported; WAL is archived into the backup targets under BACKUP_DIR/CLUSTER_NAME/wal (${where}): remove WAL_ARCHIVE_DIR`,
+    );
+  }
+  return where;
+}
+
+function awsCredentials(raw: Raw): CloudConfig['credentials'] {
+  const accessKeyId = text(raw, 'AWS_ACCESS_KEY_ID');
+  const secretAccessKey = raw.AWS_SECRET_ACCESS_KEY?.trim() || undefined;
+  if (accessKeyId === undefined && secretAccessKey === undefined) return undefined;
+  if (accessKeyId === undefined || secretAccessKey === undefined) {
+    throw new ConfigError(
+      `${accessKeyId === undefined ? 'AWS_SECRET_ACCESS_KEY is set without AWS_ACCESS_KEY_ID' : 'AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY'}; set both, or neither (AWS_PROFILE or an IAM role)`,
+    );
+  }
+  const sessionToken = raw.AWS_SESSION_TOKEN?.trim() || undefined;
+  return { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) };
+}
+
+function passphrase(raw: Raw): string | undefined {
   const inline = raw.ENCRYPTION_KEY;
   const file = text(raw, 'ENCRYPTION_KEY_FILE');
   if (inline && file) {
     throw new ConfigError('ENCRYPTION_KEY and ENCRYPTION_KEY_FILE are both set; keep only one of them');
   }
   if (file) {
-    const path = isAbsolute(file) ? file : resolve(cwd, file);
+    const path = absoluteOnly(raw, 'ENCRYPTION_KEY_FILE') ?? file;
     let contents: string;
     try {
       contents = readFileSync(path, 'utf8');
@@ -257,9 +361,8 @@ function passphrase(raw: Raw, cwd: string): string | undefined {
   return inline === undefined || inline === '' ? undefined : inline;
 }
 
-function keyFilePath(raw: Raw, cwd: string): string | undefined {
-  const file = text(raw, 'ENCRYPTION_KEY_FILE');
-  return file === undefined ? undefined : isAbsolute(file) ? file : resolve(cwd, file);
+function keyFilePath(raw: Raw): string | undefined {
+  return absoluteOnly(raw, 'ENCRYPTION_KEY_FILE');
 }
 
 function clusterName(raw: Raw): string {
@@ -296,6 +399,40 @@ function alertConfig(raw: Raw): AlertConfig {
     if (!/^[^\s@]+@[^\s@]+$/.test(e))
       throw new ConfigError(`EMAIL_TO=${e} is not allowed; use addresses separated by commas`);
   }
+  const emailNotifications =
+    text(raw, 'EMAIL_NOTIFICATIONS') === undefined ? undefined : boolean(raw, 'EMAIL_NOTIFICATIONS', false);
+  const smtpUrl = text(raw, 'SMTP_URL');
+  if (smtpUrl !== undefined && !validUrl(smtpUrl, ['smtp:', 'smtps:'])) {
+    throw new ConfigError(
+      'SMTP_URL is not a valid smtp:// or smtps:// URL; use smtp://user:password@mail.example.com:587 (or smtps:// for port 465)',
+    );
+  }
+  if (emailNotifications === true && smtpUrl === undefined && arn === undefined) {
+    throw new ConfigError(
+      'EMAIL_NOTIFICATIONS=true but there is no way to send mail; set SMTP_URL (smtp://user:password@host:587) or SNS_TOPIC_ARN, or set EMAIL_NOTIFICATIONS=false',
+    );
+  }
+  const mailing = smtpUrl !== undefined && emailNotifications !== false;
+  if (mailing && emailTo.length === 0) {
+    throw new ConfigError(
+      'SMTP_URL is set but EMAIL_TO is empty; set EMAIL_TO to the addresses that get alerts',
+    );
+  }
+  const from = text(raw, 'EMAIL_FROM') ?? `pgvault@${hostname() || 'localhost'}`;
+  if (
+    text(raw, 'EMAIL_FROM') !== undefined &&
+    !/^([^<>\r\n]*<[^\s@<>]+@[^\s@<>]+>|[^\s@<>]+@[^\s@<>]+)$/.test(from)
+  ) {
+    throw new ConfigError(
+      `EMAIL_FROM=${from} is not allowed; use an address like pgvault@db1.example.com or "pgvault <pgvault@db1.example.com>"`,
+    );
+  }
+  const webhookUrl = text(raw, 'ALERT_WEBHOOK_URL');
+  if (webhookUrl !== undefined && !validUrl(webhookUrl, ['http:', 'https:'])) {
+    throw new ConfigError(
+      'ALERT_WEBHOOK_URL is not a valid http:// or https:// URL; use the URL your chat or paging service gave you',
+    );
+  }
   return {
     capacityPercent: integer(raw, 'ALERT_CAPACITY_PERCENT', 80, 1, 100),
     backupAgeHours: integer(raw, 'ALERT_BACKUP_AGE_HOURS', 48, 1),
@@ -305,7 +442,21 @@ function alertConfig(raw: Raw): AlertConfig {
     storageQuotaBytes: quota === undefined ? undefined : Math.round(Number(quota) * 1024 ** 3),
     snsTopicArn: arn,
     emailTo,
+    emailNotifications,
+    smtp: mailing ? { url: smtpUrl, from, to: emailTo } : undefined,
+    webhookUrl,
+    command: text(raw, 'ALERT_COMMAND'),
   };
+}
+
+/** Whether text parses as a URL with one of the protocols (the value is not echoed: it may hold a password). */
+function validUrl(value: string, protocols: readonly string[]): boolean {
+  try {
+    const url = new URL(value);
+    return protocols.includes(url.protocol) && url.hostname !== '';
+  } catch {
+    return false;
+  }
 }
 
 function eventBusName(raw: Raw): string | undefined {
@@ -334,9 +485,9 @@ function metricsMode(raw: Raw): 'emf' | 'off' {
 
 /** Validates merged raw values into a Config. Throws ConfigError naming the key, the value and what is allowed. */
 export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd()): Config {
-  const backupDir = absolutePath(raw, 'BACKUP_DIR', '/var/backups/postgresql', cwd);
+  const backupDir = absoluteOnly(raw, 'BACKUP_DIR') ?? '/var/backups/postgresql';
   const encryptionEnabled = boolean(raw, 'ENCRYPTION', false);
-  const key = passphrase(raw, cwd);
+  const key = passphrase(raw);
   if (encryptionEnabled && key === undefined) {
     throw new ConfigError(
       'ENCRYPTION=true needs ENCRYPTION_KEY or ENCRYPTION_KEY_FILE; create one with `openssl rand -base64 32 > /secure/path/encryption-key` and set ENCRYPTION_KEY_FILE to it',
@@ -358,9 +509,10 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
   const compression = oneOf(raw, 'COMPRESSION', COMPRESSIONS, 'zstd');
   const port = optionalInteger(raw, 'PGPORT', 1, 65535);
   const parallelJobs = integer(raw, 'PARALLEL_JOBS', Math.max(1, availableParallelism()), 1, 256);
+  const deploymentMode = oneOf(raw, 'DEPLOYMENT_MODE', DEPLOYMENT_MODES, 'single-node');
   return {
     backupDir,
-    walArchiveDir: absolutePath(raw, 'WAL_ARCHIVE_DIR', `${backupDir}/wal`, cwd),
+    walArchiveDir: walArchiveDir(raw, backupDir, clusterName(raw)),
     retention: {
       days: integer(raw, 'RETENTION_DAYS', 7, 0),
       weeks: integer(raw, 'RETENTION_WEEKS', 4, 0),
@@ -375,7 +527,7 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
     encryption: {
       enabled: encryptionEnabled,
       passphrase: key,
-      keyFile: keyFilePath(raw, cwd),
+      keyFile: keyFilePath(raw),
       iterations: integer(raw, 'ENCRYPTION_ITERATIONS', DEFAULT_ENCRYPTION_ITERATIONS, 1000, 10_000_000),
     },
     cloud: {
@@ -385,9 +537,11 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
       s3Endpoint,
       region: text(raw, 'AWS_DEFAULT_REGION') ?? text(raw, 'AWS_REGION') ?? 'us-east-1',
       lifecycleTags: boolean(raw, 'S3_LIFECYCLE_TAGS', false),
+      credentials: awsCredentials(raw),
+      profile: text(raw, 'AWS_PROFILE'),
     },
     localCopy: boolean(raw, 'LOCAL_COPY', true),
-    deploymentMode: oneOf(raw, 'DEPLOYMENT_MODE', DEPLOYMENT_MODES, 'single-node'),
+    deploymentMode,
     clusterName: clusterName(raw),
     pg: {
       host: text(raw, 'PGHOST'),
@@ -396,21 +550,18 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
       database: text(raw, 'PGDATABASE'),
       password: raw.PGPASSWORD === '' ? undefined : raw.PGPASSWORD,
     },
-    pgBinDir: text(raw, 'PG_BIN_DIR'),
+    pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),
     spoolDir: text(raw, 'SPOOL_DIR') === undefined ? undefined : absolutePath(raw, 'SPOOL_DIR', '', cwd),
     archiveTimeoutSeconds: integer(raw, 'ARCHIVE_TIMEOUT', 60, 1, 86_400),
     walPrefetch: integer(raw, 'WAL_PREFETCH', parallelJobs * 2, 0, 1024),
-    walReceiveDir: absolutePath(
-      raw,
-      'WAL_RECEIVE_DIR',
-      `${backupDir}/.pgvault-receive/${clusterName(raw)}`,
-      cwd,
-    ),
+    walReceiveDir:
+      absoluteOnly(raw, 'WAL_RECEIVE_DIR') ?? `${backupDir}/.pgvault-receive/${clusterName(raw)}`,
     alerts: alertConfig(raw),
     eventBusName: eventBusName(raw),
     metrics: metricsMode(raw),
     sources,
+    warnings: configWarnings(key, deploymentMode, raw),
   };
 }
 

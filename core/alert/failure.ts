@@ -3,13 +3,13 @@ import { type Config, loadConfig } from '../config';
 import { errorMessage } from '../errors';
 import { openVault } from '../vault';
 import { utc } from './format';
-import { type SendResult, sendAlerts, withTimeout } from './notify';
+import { alertChannels, type SendResult, sendAlerts, withTimeout } from './notify';
 import type { Alert } from './types';
 
 /**
  * The failure alert of a command (the guide's "backup failure" and "restore test failure"), sent
- * from the CLI's one error path. Only with SNS_TOPIC_ARN: the stderr line is the command's own
- * error line, which this never replaces.
+ * from the CLI's one error path. Only with a channel (SNS_TOPIC_ARN, SMTP_URL, ALERT_WEBHOOK_URL,
+ * ALERT_COMMAND): the stderr line is the command's own error line, which this never replaces.
  */
 
 /**
@@ -87,7 +87,7 @@ async function lastSuccessOf(
 }
 
 /**
- * Publishes the failure alert when SNS_TOPIC_ARN is set. Never throws; a config that cannot be read
+ * Sends the failure alert through the configured channels. Never throws; a config that cannot be read
  * (often the very failure) means no topic is known, and nothing is sent.
  */
 export async function sendFailureAlert(input: {
@@ -105,7 +105,7 @@ export async function sendFailureAlert(input: {
   } catch {
     return undefined;
   }
-  if (config.alerts.snsTopicArn === undefined) return undefined;
+  if (alertChannels(config).length === 0) return undefined;
   try {
     const lastSuccess = await lastSuccessOf(config, input.commandPath);
     const alert = commandFailedAlert({ ...input, cluster: config.clusterName, lastSuccess });

@@ -4,13 +4,15 @@ import { hostname } from 'node:os';
 import type { SNSClient } from '@aws-sdk/client-sns';
 import type { Config } from '../config';
 import { errorMessage } from '../errors';
+import { localChannels } from './channels';
 import { alertBody, alertLine, alertSubject, redact } from './format';
-import type { Alert } from './types';
+import type { Alert, AlertChannel, AlertContext } from './types';
 
 /**
- * The notifier. Every alert is one line on stderr; with SNS_TOPIC_ARN set it is also published to
- * the topic (one message per alert: each email names one problem and its fix). Sending never
- * throws: a failed publish is one warning line and the caller's exit code stays its own.
+ * The notifier. Every alert is one line on stderr; it is also sent through every configured channel:
+ * SNS_TOPIC_ARN (published to the topic), SMTP_URL (mailed to EMAIL_TO), ALERT_WEBHOOK_URL and
+ * ALERT_COMMAND (core/alert/channels.ts), one message per alert: each names one problem and its fix.
+ * Sending never throws: a channel that fails is one warning line and the caller's exit code stays its own.
  */
 
 type SnsSdk = typeof import('@aws-sdk/client-sns');
@@ -34,18 +36,50 @@ export interface SendResult {
 }
 
 /** Values that must never leave the machine in a message. */
-function secretsOf(config: Pick<Config, 'encryption' | 'pg'>): (string | undefined)[] {
+function secretsOf(
+  config: Pick<Config, 'encryption' | 'pg'> & Partial<Pick<Config, 'alerts' | 'cloud'>>,
+): (string | undefined)[] {
+  const smtp = config.alerts?.smtp && new URL(config.alerts.smtp.url);
+  const hook = config.alerts?.webhookUrl && new URL(config.alerts.webhookUrl);
   return [
     config.encryption.passphrase,
     config.pg.password,
     process.env.PGPASSWORD,
     process.env.AWS_SECRET_ACCESS_KEY,
     process.env.AWS_SESSION_TOKEN,
+    config.cloud?.credentials?.secretAccessKey,
+    config.cloud?.credentials?.sessionToken,
+    smtp ? decodeURIComponent(smtp.password) : undefined,
+    smtp ? smtp.password : undefined,
+    // A webhook's path and query are its token (Slack, Teams): never echoed.
+    hook ? `${hook.pathname}${hook.search}`.replace(/^\/$/, '') : undefined,
   ];
 }
 
+/** Every channel the config names: SNS first (the AWS deployment's), then SMTP, webhook, command. */
+export function alertChannels(
+  config: Pick<Config, 'alerts'> & Partial<Pick<Config, 'cloud'>>,
+): AlertChannel[] {
+  const arn = config.alerts.snsTopicArn;
+  const sns: AlertChannel[] =
+    arn === undefined
+      ? []
+      : [
+          {
+            name: arn,
+            send: async (alert, context) => {
+              await publishAlert(arn, alert, context, config.cloud);
+            },
+          },
+        ];
+  return [...sns, ...localChannels(config.alerts)];
+}
+
 /** The alert with every text field redacted. */
-export function redactAlert(alert: Alert, config: Pick<Config, 'encryption' | 'pg'>): Alert {
+export function redactAlert(
+  alert: Alert,
+  config: Pick<Config, 'encryption' | 'pg'> & Partial<Pick<Config, 'alerts' | 'cloud'>>,
+): Alert {
   const secrets = secretsOf(config);
   return {
     ...alert,
@@ -63,7 +97,10 @@ export function regionOfTopic(arn: string): string | undefined {
 
 let client: { arn: string; client: SNSClient; sdk: SnsSdk } | undefined;
 
-function snsFor(arn: string): { client: SNSClient; sdk: SnsSdk } {
+function snsFor(
+  arn: string,
+  aws?: Pick<Config['cloud'], 'credentials' | 'profile'>,
+): { client: SNSClient; sdk: SnsSdk } {
   if (client?.arn !== arn) {
     const sdk = require('@aws-sdk/client-sns') as SnsSdk;
     client = {
@@ -71,6 +108,9 @@ function snsFor(arn: string): { client: SNSClient; sdk: SnsSdk } {
       sdk,
       client: new sdk.SNSClient({
         region: regionOfTopic(arn),
+        // Keys or a profile from the config file, which the SDK's default chain never reads.
+        credentials: aws?.credentials && { ...aws.credentials },
+        profile: aws?.profile,
         maxAttempts: 3,
         requestHandler: { connectionTimeout: 3000, requestTimeout: PUBLISH_TIMEOUT_MS },
       }),
@@ -92,9 +132,10 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): P
 export async function publishAlert(
   arn: string,
   alert: Alert,
-  context: { host: string; checkedAt: string },
+  context: AlertContext,
+  aws?: Pick<Config['cloud'], 'credentials' | 'profile'>,
 ): Promise<string | undefined> {
-  const { client: sns, sdk } = snsFor(arn);
+  const { client: sns, sdk } = snsFor(arn, aws);
   const subject = alertSubject(alert);
   const message = alertBody(alert, context);
   const fifo = arn.endsWith('.fifo')
@@ -127,11 +168,12 @@ export async function publishAlert(
 }
 
 /**
- * Sends alerts: one stderr line each (unless options.stderr is false) and, with SNS_TOPIC_ARN, one
- * SNS message each. Never throws. The caller decides the exit code (non-zero when alerts.length > 0).
+ * Sends alerts: one stderr line each (unless options.stderr is false) and one message per alert
+ * through each configured channel. Never throws. The caller decides the exit code (non-zero when
+ * alerts.length > 0).
  */
 export async function sendAlerts(
-  config: Pick<Config, 'alerts' | 'encryption' | 'pg'>,
+  config: Pick<Config, 'alerts' | 'encryption' | 'pg'> & Partial<Pick<Config, 'cloud'>>,
   alerts: readonly Alert[],
   options: SendOptions = {},
 ): Promise<SendResult> {
@@ -146,24 +188,34 @@ export async function sendAlerts(
       write(line);
     }
   }
-  const arn = config.alerts.snsTopicArn;
-  if (arn === undefined || clean.length === 0) return { lines, published: 0, failures: [] };
+  const channels = clean.length === 0 ? [] : alertChannels(config);
+  const outcomes = await Promise.all(
+    channels.map(async (channel) => {
+      let published = 0;
+      const failures: string[] = [];
+      for (const a of clean) {
+        try {
+          await channel.send(a, context);
+          published++;
+        } catch (err) {
+          const reason = redact(errorMessage(err).split('\n')[0] ?? '', secretsOf(config));
+          failures.push(`alert "${alertSubject(a)}" not sent to ${channel.name}: ${reason}`);
+        }
+      }
+      return { published, failures };
+    }),
+  );
   let published = 0;
   const failures: string[] = [];
-  for (const a of clean) {
-    try {
-      await publishAlert(arn, a, context);
-      published++;
-    } catch (err) {
-      const reason = redact(errorMessage(err).split('\n')[0] ?? '', secretsOf(config));
-      failures.push(`alert "${alertSubject(a)}" not sent to ${arn}: ${reason}`);
+  for (const o of outcomes) {
+    published += o.published;
+    failures.push(...o.failures);
+    // One warning line per channel however many alerts failed: one cause (credentials, network) fails them all.
+    if (o.failures.length > 0) {
+      const line = `pgvault: warning: ${o.failures[0]}${o.failures.length > 1 ? ` (and ${o.failures.length - 1} more alert(s) not sent)` : ''}`;
+      lines.push(line);
+      write(line);
     }
-  }
-  // One warning line however many alerts failed: the same cause (credentials, network) fails them all.
-  if (failures.length > 0) {
-    const line = `pgvault: warning: ${failures[0]}${failures.length > 1 ? ` (and ${failures.length - 1} more alert(s) not sent)` : ''}`;
-    lines.push(line);
-    write(line);
   }
   return { lines, published, failures };
 }

@@ -39,3 +39,19 @@ export interface Alert {
   /** Optional second sentence: what to look at besides the command. */
   readonly hint?: string;
 }
+
+/** Where and when an alert was raised: the host pgvault ran on and the time it checked. */
+export interface AlertContext {
+  readonly host: string;
+  readonly checkedAt: string;
+}
+
+/**
+ * One way an alert leaves the machine (SNS, SMTP, webhook, ALERT_COMMAND; core/alert/channels.ts).
+ * send() gets an alert already redacted and throws when it was not delivered.
+ */
+export interface AlertChannel {
+  /** Where it goes, for the "not sent" line: never a password or a token (no URL path or query). */
+  readonly name: string;
+  send(alert: Alert, context: AlertContext): Promise<void>;
+}

@@ -28,6 +28,9 @@ export function createTargets(config: Config): StorageTarget[] {
         region: cloud.region,
         endpoint: cloud.s3Endpoint,
         lifecycleTags: cloud.lifecycleTags,
+        // Keys or a profile from the config file, which the SDK's default chain never reads.
+        credentials: cloud.credentials && { ...cloud.credentials }, // a copy: the SDK marks what it is given
+        profile: cloud.profile,
       });
       return config.localCopy ? [new FileTarget(config.backupDir), s3] : [s3];
     }

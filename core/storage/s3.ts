@@ -100,6 +100,8 @@ export interface S3TargetOptions {
   readonly forcePathStyle?: boolean;
   /** @default the SDK's default credential chain (env, profile, container or instance role) */
   readonly credentials?: S3ClientConfig['credentials'];
+  /** A named profile of ~/.aws (AWS_PROFILE from the config file); used when credentials are absent. */
+  readonly profile?: string;
   /** A ready client (tests, or callers with their own settings); the options above then only name things. */
   readonly client?: S3Client;
   /** Fixed multipart part size, overriding choosePartSize (tests use S3's 5 MiB minimum). */
@@ -371,6 +373,7 @@ export class S3Target implements StorageTarget {
           endpoint,
           forcePathStyle: this.options.forcePathStyle ?? endpoint !== undefined,
           credentials: this.options.credentials,
+          profile: this.options.profile,
           maxAttempts: this.options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
           requestHandler: {
             connectionTimeout: this.options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
