@@ -13,6 +13,12 @@ export interface CatalogEntry {
   readonly manifestKey: string;
   /** Targets holding this backup, local first (restores read the nearest copy). */
   readonly targets: readonly StorageTarget[];
+  /**
+   * The key of the object the reference named, when it named one object rather than the whole
+   * backup (a path or key such as .../full-daily-20260212-020000.app.dump.zst): restores take that
+   * object as their source.
+   */
+  readonly namedObject?: string;
 }
 
 export type CatalogWarning = (line: string) => void;
@@ -90,7 +96,7 @@ export class Catalog {
     }
     const path = isAbsolute(trimmed) || trimmed.startsWith('.') ? resolve(trimmed) : undefined;
     if (path !== undefined && relative(this.backupDir, path).startsWith('..')) {
-      return this.resolveDetached(path, id);
+      return withNamedObject(await this.resolveDetached(path, id), trimmed);
     }
     const found = (await this.list()).find((e) => e.manifest.id === id);
     if (!found) {
@@ -98,7 +104,7 @@ export class Catalog {
         `backup ${id} not found in ${this.targets.map((t) => t.location).join(', ')} (or it has no manifest, so it is incomplete); see \`pgvault restore list\``,
       );
     }
-    return found;
+    return withNamedObject(found, trimmed);
   }
 
   /** A backup copied somewhere by hand: its objects and manifest sit side by side in one folder. */
@@ -120,6 +126,24 @@ export class Catalog {
       targets: [target],
     };
   }
+}
+
+/**
+ * The entry with the object a reference names: its file name is one object's (id.part.ext), not the
+ * bare id, the manifest or the backup's folder. A name that is none of the backup's objects is
+ * refused rather than read as the whole backup.
+ */
+function withNamedObject(entry: CatalogEntry, ref: string): CatalogEntry {
+  const name = basename(ref);
+  const id = entry.manifest.id;
+  if (name === id || !name.startsWith(`${id}.`) || name === `${id}${MANIFEST_SUFFIX}`) return entry;
+  const hit = entry.manifest.objects.find((o) => basename(o.key) === name);
+  if (!hit) {
+    throw new UsageError(
+      `backup ${id} has no object ${name}; it holds ${entry.manifest.objects.map((o) => basename(o.key)).join(', ')}`,
+    );
+  }
+  return { ...entry, namedObject: hit.key };
 }
 
 async function* manifestsIn(target: StorageTarget, prefixes: readonly string[]): AsyncIterable<ObjectInfo> {
