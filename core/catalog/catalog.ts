@@ -73,7 +73,8 @@ export class Catalog {
   /**
    * Finds one backup by `latest`, its id, an object or manifest key, or a file path (the guide
    * passes paths such as /var/backups/postgresql/full/full-daily-20260212-020000.dump.zst.enc).
-   * A path outside BACKUP_DIR is read in place, with the manifest beside it.
+   * A path outside BACKUP_DIR is read in place, with the manifest beside it. A path or key of one
+   * object (…/full-daily-20260212-020000.app.dump.zst) comes back with that object as namedObject.
    */
   async resolve(ref: string, type: BackupType = 'full'): Promise<CatalogEntry> {
     const trimmed = ref.trim();
@@ -128,17 +129,40 @@ export class Catalog {
   }
 }
 
+/** File-name parts that say how a file is stored, not what it holds. */
+const STORAGE_PARTS = new Set([
+  'dump',
+  'sql',
+  'tar',
+  'gz',
+  'bz2',
+  'xz',
+  'zst',
+  'lz4',
+  'enc',
+  'manifest',
+  'json',
+]);
+
 /**
- * The entry with the object a reference names: its file name is one object's (id.part.ext), not the
- * bare id, the manifest or the backup's folder. A name that is none of the backup's objects is
- * refused rather than read as the whole backup.
+ * The entry with the object a reference names: its file name is one object's (id.part.ext). The bare
+ * id, the manifest, the backup's folder or the guide's id.dump.zst.enc (no part) name the whole backup.
+ * A name with a part that is none of the backup's objects (a mistyped database) is refused rather
+ * than read as the whole backup.
  */
 function withNamedObject(entry: CatalogEntry, ref: string): CatalogEntry {
   const name = basename(ref);
   const id = entry.manifest.id;
-  if (name === id || !name.startsWith(`${id}.`) || name === `${id}${MANIFEST_SUFFIX}`) return entry;
+  if (!name.startsWith(`${id}.`)) return entry;
   const hit = entry.manifest.objects.find((o) => basename(o.key) === name);
   if (!hit) {
+    if (
+      name
+        .slice(id.length + 1)
+        .split('.')
+        .every((p) => STORAGE_PARTS.has(p))
+    )
+      return entry;
     throw new UsageError(
       `backup ${id} has no object ${name}; it holds ${entry.manifest.objects.map((o) => basename(o.key)).join(', ')}`,
     );

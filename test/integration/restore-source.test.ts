@@ -244,6 +244,19 @@ describe('the source of a restore', () => {
     expect(objects.find((o) => o.database === 'my_database')?.tables).toHaveLength(3);
   });
 
+  it("a path naming no object of the backup is refused; the guide's id.dump.zst names the whole backup", async () => {
+    // Act
+    const typo = pgvault(['restore', 'full', objectPath('my_databse'), 'md_typo']);
+    const whole = pgvault(['restore', 'list', join(work.path, 'backups/main/full/daily', `${id}.dump.zst`)]);
+
+    // Assess
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toContain(`backup ${id} has no object ${id}.my_databse.dump.zst; it holds`);
+    expect(await databaseExists('md_typo')).toBe(false);
+    expect(whole.code, whole.stderr).toBe(0);
+    expect(whole.stdout).toMatch(/^database app: /m);
+  });
+
   it('a PITR time without a zone is read in TZ and printed in UTC and local time', () => {
     // Act: no base backup exists, so it fails after saying which moment it was asked for.
     const r = pgvault(['restore', 'pitr', 'auto', '2026-07-01 09:30:00', 'somedb'], {
