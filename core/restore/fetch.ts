@@ -70,12 +70,14 @@ export interface SourceChoice {
  * The one rule for which database of a backup a restore reads: the one --from names; else the one
  * with the target's name; else, when the backup holds one user database (besides `postgres`, which
  * full backups hold too), that one; else a usage error listing them. PGDATABASE is where pgvault
- * connects, never the source. `what` names the backup or cluster in messages.
+ * connects, never the source. `what` names the backup or cluster in messages; `byPath` says a
+ * path to one database's object can name it too (logical backups).
  */
 export function chooseSourceDatabase(
   names: readonly string[],
   choice: { from?: string; target?: string },
   what: string,
+  byPath = true,
 ): string {
   const list = names.join(', ');
   if (choice.from !== undefined) {
@@ -88,7 +90,7 @@ export function chooseSourceDatabase(
   if (user.length === 1) return user[0]!;
   if (names.length === 1) return names[0]!;
   throw new UsageError(
-    `${what} holds several databases (${list})${choice.target !== undefined ? `, none named "${choice.target}"` : ''}; name the one to restore with --from NAME (or pass the path of its object)`,
+    `${what} holds several databases (${list})${choice.target !== undefined ? `, none named "${choice.target}"` : ''}; name the one to restore with --from NAME${byPath ? ' (or pass the path of its object)' : ''}`,
   );
 }
 

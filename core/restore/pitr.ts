@@ -641,6 +641,7 @@ export async function restorePitrDatabase(
       names,
       { from: options.from, target: options.database },
       `the cluster recovered from ${plan.manifest.id}`,
+      false,
     );
     reporter.info(
       `recovered to ${recovered.lastTransactionTime ?? 'no transaction after the backup'}${recovered.lsn ? ` (LSN ${recovered.lsn})` : ''}; copying "${source}" into "${options.database}"`,

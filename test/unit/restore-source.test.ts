@@ -45,6 +45,14 @@ describe('chooseSourceDatabase', () => {
     );
   });
 
+  it('in a recovered cluster (restore pitr) the error does not offer a path', () => {
+    expect(() =>
+      chooseSourceDatabase(['app', 'crm', 'postgres'], {}, 'the cluster recovered from b', false),
+    ).toThrow(
+      /^the cluster recovered from b holds several databases \(app, crm, postgres\); name the one to restore with --from NAME$/,
+    );
+  });
+
   it('a --from the backup does not hold', () => {
     expect(() => chooseSourceDatabase(['app', 'postgres'], { from: 'nope' }, 'backup b')).toThrow(
       'backup b has no database "nope"; it holds app, postgres',
