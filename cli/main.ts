@@ -136,8 +136,8 @@ restore
   .description('check what restores need')
   .action(run(restoreCmds, 'restoreInitCommand'));
 restore
-  .command('list')
-  .description('complete backups, newest first')
+  .command('list [backup]')
+  .description('complete backups, newest first; with a backup: its databases and their tables')
   .action(run(restoreCmds, 'restoreListCommand'));
 restore
   .command('full <backup> [database]')
@@ -162,14 +162,20 @@ restore
 restore
   .command('pitr <backup> [time] [database]')
   .description('point-in-time recovery from a base backup (or latest|auto) and the WAL archive')
-  .option('--target-time <time>', 'recover to this time (also the second argument)')
+  .option(
+    '--target-time <time>',
+    'recover to this time (also the second argument); without a zone: local time (TZ)',
+  )
   .option('--target-lsn <lsn>', 'recover to this LSN')
   .option('--target-xid <xid>', 'recover to this transaction id')
   .option('--target-name <name>', 'recover to this restore point')
   .option('--immediate', 'stop as soon as the backup is consistent')
   .option('--pgdata <dir>', 'lay down a data directory ready to start, instead of copying a database')
   .option('--force', 'with --pgdata: use a directory that is not empty')
-  .option('--from <name>', 'database in the recovered cluster to copy, when it differs from <database>')
+  .option(
+    '--from <name>',
+    'database in the recovered cluster to copy (default: the one named <database>, else its one user database)',
+  )
   .action(run(pitrCmds, 'restorePitrCommand'));
 restore
   .command('wal <name> <path>')
@@ -189,8 +195,10 @@ restore
   .action(run(restoreCmds, 'restoreValidateCommand'));
 restore
   .command('test <backup>')
-  .description('restore into a temporary database, validate, drop it, report the time')
-  .option('--from <name>', 'database inside the backup, when it holds several')
+  .description(
+    'restore every database of the backup into temporary databases, validate, drop them, report the time',
+  )
+  .option('--from <name>', 'test only this database of the backup')
   .action(run(restoreCmds, 'restoreTestCommand'));
 
 const verify = program.command('verify').description("check backups (the guide's verify-backups)");

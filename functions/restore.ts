@@ -215,12 +215,15 @@ async function resolveBackup(vault: Vault, p: RestorePayload): Promise<string | 
   if (p.type !== 'pitr') {
     const source = sourceDatabase(p);
     try {
+      // The CLI's rule (chooseSourceDatabase): "database" (--from), else the target's name, else the
+      // one user database. A test without a database tests every database of the backup.
       if (p.type !== 'test' || source !== undefined)
-        pickDatabaseObject(m, source, p.type === 'test' ? undefined : (p.targetDatabase ?? source));
+        pickDatabaseObject(m, { from: source, target: p.type === 'test' ? undefined : p.targetDatabase });
     } catch (err) {
-      const why = errorMessage(err)
-        .replace(' with --from NAME', ' in "database"')
-        .replace(' (pick one with --from NAME)', '');
+      const why = errorMessage(err).replace(
+        ' with --from NAME (or pass the path of its object)',
+        ' in "database"',
+      );
       throw invalid('database', why);
     }
   }

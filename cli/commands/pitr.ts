@@ -6,6 +6,8 @@ import {
   parseRecoveryTarget,
   restorePitrDatabase,
   restorePitrToDataDirectory,
+  targetTimeLine,
+  targetTimeOf,
 } from '../../core/restore/pitr';
 import { emit, formatBytes, formatDuration, type GlobalOptions, vaultFor } from '../output';
 
@@ -85,14 +87,20 @@ export async function restorePitrCommand(
     );
   }
   const vault = vaultFor(opts);
+  // The moment recovery stops at, in UTC and local time, before anything is restored.
+  const targetTime = targetTimeOf(target);
+  const timeLine = targetTimeLine(target);
+  if (timeLine !== undefined) vault.reporter.info(timeLine);
+  const timeLines = timeLine !== undefined ? [`  ${timeLine}`] : [];
   if (opts.pgdata !== undefined) {
     const r = await restorePitrToDataDirectory(vault, backup, target, {
       pgdata: opts.pgdata,
       force: opts.force,
     });
-    emit(opts, { ok: true, ...r }, () =>
+    emit(opts, { ok: true, ...r, ...(targetTime ? { targetTime } : {}) }, () =>
       [
         `laid down ${r.backupId} in ${r.pgdata} for recovery to ${r.target} (${formatDuration(r.durationMs)})`,
+        ...timeLines,
         `  base backup: ${r.choice}`,
         `  restore_command = '${r.restoreCommand}' (config ${r.configFile})`,
         `  start it${serverUserHint()}: pg_ctl -D ${r.pgdata} start; it replays the archived WAL to the target, then promotes`,
@@ -113,9 +121,10 @@ export async function restorePitrCommand(
   }
   const r = await restorePitrDatabase(vault, backup, target, { database, from: opts.from });
   const point = r.recovered;
-  emit(opts, { ok: true, ...r }, () =>
+  emit(opts, { ok: true, ...r, ...(targetTime ? { targetTime } : {}) }, () =>
     [
       `recovered "${r.source}" from ${r.backupId} to ${r.target} into "${r.database}" in ${formatDuration(r.durationMs)} (recovery ${formatDuration(r.recoveryMs)}, copy ${formatDuration(r.copyMs)})`,
+      ...timeLines,
       `  base backup: ${r.choice}`,
       `  recovered point: last transaction ${point.lastTransactionTime ?? 'none after the backup'}, LSN ${point.lsn ?? 'unknown'}${point.timeline ? `, new timeline ${point.timeline}` : ''}${point.stopReason ? ` (recovery stopping ${point.stopReason})` : ''}`,
       `  ${point.segmentsRestored} WAL segment(s) restored from the archive`,

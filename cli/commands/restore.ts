@@ -5,8 +5,8 @@ import { restoreFull } from '../../core/restore/full';
 import { restoreGlobals } from '../../core/restore/globals';
 import { restoreIndexes } from '../../core/restore/indexes';
 import { restorePartial } from '../../core/restore/partial';
-import { restoreTest } from '../../core/restore/test';
 import { assertValid, validateDatabase } from '../../core/restore/validate';
+import { restoreAndValidate } from '../../core/verify/restore';
 import { emit, formatBytes, formatDuration, type GlobalOptions, table, vaultFor } from '../output';
 import { recoverableLine, reportChecks } from './backup';
 
@@ -21,8 +21,12 @@ export async function restoreInitCommand(opts: GlobalOptions) {
   reportChecks(opts, await checkRestorePrerequisites(vaultFor(opts)));
 }
 
-export async function restoreListCommand(opts: GlobalOptions & { type?: string }) {
+export async function restoreListCommand(
+  backup: string | undefined,
+  opts: GlobalOptions & { type?: string },
+) {
   const vault = vaultFor(opts);
+  if (backup !== undefined) return backupContentsCommand(vault, backup, opts);
   const entries = await vault.catalog.list();
   const rows = entries.map((e) => ({
     id: e.manifest.id,
@@ -54,6 +58,38 @@ export async function restoreListCommand(opts: GlobalOptions & { type?: string }
               r.databases.join(','),
             ]),
           )),
+  );
+}
+
+/** `restore list <backup>`: what one backup holds, each database with its tables and row counts. */
+async function backupContentsCommand(
+  vault: ReturnType<typeof vaultFor>,
+  backup: string,
+  opts: GlobalOptions,
+) {
+  const entry = await vault.catalog.resolve(backup);
+  const m = entry.manifest;
+  const objects = m.objects.map((o) => ({
+    key: o.key,
+    kind: o.kind,
+    ...(o.database !== undefined ? { database: o.database } : {}),
+    storedSize: o.storedSize,
+    ...(o.tables !== undefined ? { tables: o.tables } : {}),
+  }));
+  emit(opts, { ok: true, id: m.id, type: m.type, time: m.startedAt, objects }, () =>
+    [
+      `${m.id} (${m.type}, ${m.startedAt.replace('T', ' ').slice(0, 19)} UTC)`,
+      ...objects.flatMap((o) => [
+        `${o.database !== undefined ? `database ${o.database}` : o.kind}: ${o.key} (${formatBytes(o.storedSize)})`,
+        ...(o.tables === undefined
+          ? o.kind === 'database'
+            ? ['  (no table list recorded)']
+            : []
+          : o.tables.length === 0
+            ? ['  no tables']
+            : o.tables.map((t) => `  ${t.schema}.${t.table}  ${t.rows} rows`)),
+      ]),
+    ].join('\n'),
   );
 }
 
@@ -138,13 +174,22 @@ export async function restoreValidateCommand(
   return { ok, ...v };
 }
 
+/**
+ * `restore test <backup>`: every database of the backup (or the one a path or --from names), as
+ * `verify restore` does, each into a temporary database, validated and dropped.
+ */
 export async function restoreTestCommand(backup: string, opts: GlobalOptions & { from?: string }) {
-  const r = await restoreTest(vaultFor(opts), backup, { from: opts.from });
-  emit(
-    opts,
-    { ok: true, ...r },
-    () =>
-      `restore test of ${r.backupId} (${r.source}) passed: restored and validated in ${formatDuration(r.restoreMs)}; ${validationLine(r.validation)}; ${r.temporaryDatabase} dropped`,
+  const vault = vaultFor(opts);
+  const entry = await vault.catalog.resolve(backup);
+  const r = await restoreAndValidate(vault, backup, entry, { from: opts.from });
+  emit(opts, { ok: true, ...r }, () =>
+    [
+      `restore test of ${r.backupId} passed: ${r.databases.length} database(s) restored and validated in ${formatDuration(r.restoreMs)}; ${r.tables} tables, ${r.rows} rows match the backup`,
+      ...r.databases.map(
+        (d) =>
+          `  ${d.database}: ${d.note ?? `${d.tables} tables, ${d.rows} rows`}${d.restoredAs === 'sandbox' ? ' (sandbox)' : `; ${d.restoredAs} dropped`}`,
+      ),
+    ].join('\n'),
   );
   return r;
 }

@@ -13,6 +13,12 @@ export interface CatalogEntry {
   readonly manifestKey: string;
   /** Targets holding this backup, local first (restores read the nearest copy). */
   readonly targets: readonly StorageTarget[];
+  /**
+   * The key of the object the reference named, when it named one object rather than the whole
+   * backup (a path or key such as .../full-daily-20260212-020000.app.dump.zst): restores take that
+   * object as their source.
+   */
+  readonly namedObject?: string;
 }
 
 export type CatalogWarning = (line: string) => void;
@@ -67,7 +73,8 @@ export class Catalog {
   /**
    * Finds one backup by `latest`, its id, an object or manifest key, or a file path (the guide
    * passes paths such as /var/backups/postgresql/full/full-daily-20260212-020000.dump.zst.enc).
-   * A path outside BACKUP_DIR is read in place, with the manifest beside it.
+   * A path outside BACKUP_DIR is read in place, with the manifest beside it. A path or key of one
+   * object (…/full-daily-20260212-020000.app.dump.zst) comes back with that object as namedObject.
    */
   async resolve(ref: string, type: BackupType = 'full'): Promise<CatalogEntry> {
     const trimmed = ref.trim();
@@ -90,7 +97,7 @@ export class Catalog {
     }
     const path = isAbsolute(trimmed) || trimmed.startsWith('.') ? resolve(trimmed) : undefined;
     if (path !== undefined && relative(this.backupDir, path).startsWith('..')) {
-      return this.resolveDetached(path, id);
+      return withNamedObject(await this.resolveDetached(path, id), trimmed);
     }
     const found = (await this.list()).find((e) => e.manifest.id === id);
     if (!found) {
@@ -98,7 +105,7 @@ export class Catalog {
         `backup ${id} not found in ${this.targets.map((t) => t.location).join(', ')} (or it has no manifest, so it is incomplete); see \`pgvault restore list\``,
       );
     }
-    return found;
+    return withNamedObject(found, trimmed);
   }
 
   /** A backup copied somewhere by hand: its objects and manifest sit side by side in one folder. */
@@ -120,6 +127,47 @@ export class Catalog {
       targets: [target],
     };
   }
+}
+
+/** File-name parts that say how a file is stored, not what it holds. */
+const STORAGE_PARTS = new Set([
+  'dump',
+  'sql',
+  'tar',
+  'gz',
+  'bz2',
+  'xz',
+  'zst',
+  'lz4',
+  'enc',
+  'manifest',
+  'json',
+]);
+
+/**
+ * The entry with the object a reference names: its file name is one object's (id.part.ext). The bare
+ * id, the manifest, the backup's folder or the guide's id.dump.zst.enc (no part) name the whole backup.
+ * A name with a part that is none of the backup's objects (a mistyped database) is refused rather
+ * than read as the whole backup.
+ */
+function withNamedObject(entry: CatalogEntry, ref: string): CatalogEntry {
+  const name = basename(ref);
+  const id = entry.manifest.id;
+  if (!name.startsWith(`${id}.`)) return entry;
+  const hit = entry.manifest.objects.find((o) => basename(o.key) === name);
+  if (!hit) {
+    if (
+      name
+        .slice(id.length + 1)
+        .split('.')
+        .every((p) => STORAGE_PARTS.has(p))
+    )
+      return entry;
+    throw new UsageError(
+      `backup ${id} has no object ${name}; it holds ${entry.manifest.objects.map((o) => basename(o.key)).join(', ')}`,
+    );
+  }
+  return { ...entry, namedObject: hit.key };
 }
 
 async function* manifestsIn(target: StorageTarget, prefixes: readonly string[]): AsyncIterable<ObjectInfo> {

@@ -1,6 +1,12 @@
 import { type DrillRecord, writeDrillRecord } from '../catalog/records';
 import { UsageError } from '../errors';
-import { parseRecoveryTarget, planPitr } from '../restore/pitr';
+import {
+  parseRecoveryTarget,
+  planPitr,
+  type TargetTime,
+  targetTimeLine,
+  targetTimeOf,
+} from '../restore/pitr';
 import type { Vault } from '../vault';
 import { oneLine, type RestoredDatabase, recoverInSandbox, restoreAndValidate } from '../verify/restore';
 
@@ -32,6 +38,8 @@ export interface DrillResult {
   readonly rtoMs: number;
   readonly rpoMs?: number;
   readonly restoredTo: string;
+  /** For pitr: the target in UTC and in pgvault's local time zone. */
+  readonly targetTime?: TargetTime;
   readonly record: DrillRecord;
   readonly warnings: readonly string[];
 }
@@ -54,12 +62,15 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
   const startedAt = new Date(started).toISOString();
   let backupId = 'none';
   let outcome: DrillOutcome;
+  let targetTime: TargetTime | undefined;
   try {
     if (options.pitr) {
       const target = parseRecoveryTarget({
         time: options.targetTime ?? new Date(started - HOUR_MS).toISOString(),
       });
       if (target.kind !== 'time') throw new UsageError('a PITR drill needs a target time');
+      targetTime = targetTimeOf(target);
+      vault.reporter.info(`drill: ${targetTimeLine(target)}`);
       const plan = await planPitr(vault, 'auto', target);
       backupId = plan.manifest.id;
       for (const w of plan.warnings) vault.reporter.warn(w);
@@ -124,6 +135,7 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
     ...(choice ? { choice } : {}),
     databases,
     ...measured,
+    ...(targetTime ? { targetTime } : {}),
     rtoMs,
     record,
     warnings,

@@ -27,15 +27,18 @@ export async function openBackup(entry: CatalogEntry, config: Config): Promise<M
   return entry.manifest;
 }
 
-/** Resolves a backup reference, checks its manifest, and picks the database to restore from it. */
+/**
+ * Resolves a backup reference, checks its manifest, and picks the database to restore from it
+ * (see chooseSourceDatabase). `target` is the database to restore into, when one was named.
+ */
 export async function openDatabaseBackup(
   vault: Vault,
   ref: string,
-  from: string | undefined,
+  choice: { from?: string; target?: string },
 ): Promise<{ entry: CatalogEntry; manifest: Manifest; object: StoredObject }> {
   const entry = await vault.catalog.resolve(ref);
   const manifest = await openBackup(entry, vault.config);
-  return { entry, manifest, object: pickDatabaseObject(manifest, from, vault.config.pg.database) };
+  return { entry, manifest, object: pickDatabaseObject(manifest, { ...choice, named: entry.namedObject }) };
 }
 
 /** Streams one object of a backup as its raw bytes from the nearest copy (digests checked at the end). */
@@ -53,31 +56,71 @@ export function readBackupObject(
   });
 }
 
+/** How a restore's source database was asked for; see chooseSourceDatabase. */
+export interface SourceChoice {
+  /** Key of the object a path or key named (CatalogEntry.namedObject). */
+  readonly named?: string;
+  /** --from NAME. */
+  readonly from?: string;
+  /** The database restored into, when named. */
+  readonly target?: string;
+}
+
 /**
- * The database object to restore from a backup: the only one, else --from, else PGDATABASE,
- * else a clear error listing what the backup holds.
+ * The one rule for which database of a backup a restore reads: the one --from names; else the one
+ * with the target's name; else, when the backup holds one user database (besides `postgres`, which
+ * full backups hold too), that one; else a usage error listing them. PGDATABASE is where pgvault
+ * connects, never the source. `what` names the backup or cluster in messages; `byPath` says a
+ * path to one database's object can name it too (logical backups).
  */
-export function pickDatabaseObject(
-  manifest: Manifest,
-  from: string | undefined,
-  fallback: string | undefined,
-): StoredObject {
+export function chooseSourceDatabase(
+  names: readonly string[],
+  choice: { from?: string; target?: string },
+  what: string,
+  byPath = true,
+): string {
+  const list = names.join(', ');
+  if (choice.from !== undefined) {
+    if (!names.includes(choice.from))
+      throw new UsageError(`${what} has no database "${choice.from}"; it holds ${list}`);
+    return choice.from;
+  }
+  if (choice.target !== undefined && names.includes(choice.target)) return choice.target;
+  const user = names.filter((n) => n !== 'postgres');
+  if (user.length === 1) return user[0]!;
+  if (names.length === 1) return names[0]!;
+  throw new UsageError(
+    `${what} holds several databases (${list})${choice.target !== undefined ? `, none named "${choice.target}"` : ''}; name the one to restore with --from NAME${byPath ? ' (or pass the path of its object)' : ''}`,
+  );
+}
+
+/**
+ * The database object to restore from a backup: the object a path or key named, else
+ * chooseSourceDatabase's rule over the backup's database objects.
+ */
+export function pickDatabaseObject(manifest: Manifest, choice: SourceChoice): StoredObject {
   const dbs = manifest.objects.filter((o) => o.kind === 'database');
-  const names = dbs.map((o) => o.database ?? '?');
+  if (choice.named !== undefined) {
+    const hit = manifest.objects.find((o) => o.key === choice.named);
+    if (hit?.kind !== 'database') {
+      throw new UsageError(
+        `${choice.named} is the ${hit?.kind ?? 'unknown'} object of backup ${manifest.id}, not a database dump; pass the path of a database's object, or the backup id with --from NAME`,
+      );
+    }
+    if (choice.from !== undefined && choice.from !== hit.database) {
+      throw new UsageError(
+        `the path names database "${hit.database}" of backup ${manifest.id} but --from names "${choice.from}"; give one of them`,
+      );
+    }
+    return hit;
+  }
   if (dbs.length === 0) throw new UsageError(`backup ${manifest.id} holds no database dump`);
-  const wanted = from ?? (dbs.length === 1 ? dbs[0]!.database : fallback);
-  if (wanted === undefined) {
-    throw new UsageError(
-      `backup ${manifest.id} holds several databases (${names.join(', ')}); name the one to restore with --from NAME`,
-    );
-  }
-  const hit = dbs.find((o) => o.database === wanted);
-  if (!hit) {
-    throw new UsageError(
-      `backup ${manifest.id} has no database "${wanted}"; it holds ${names.join(', ')} (pick one with --from NAME)`,
-    );
-  }
-  return hit;
+  const name = chooseSourceDatabase(
+    dbs.map((o) => o.database ?? '?'),
+    choice,
+    `backup ${manifest.id}`,
+  );
+  return dbs.find((o) => o.database === name)!;
 }
 
 /**

@@ -6,7 +6,7 @@ import { fetchToLocalFile, openDatabaseBackup } from './fetch';
 import { compareWithManifest, type ValidationReport } from './validate';
 
 export interface FullRestoreOptions {
-  /** Source database inside the backup (--from); see pickDatabaseObject. */
+  /** Source database inside the backup (--from); see chooseSourceDatabase. */
   readonly from?: string;
   /** Target database name; the source's name when absent. */
   readonly database?: string;
@@ -37,7 +37,10 @@ export async function restoreFull(
 ): Promise<FullRestoreResult> {
   const { config, reporter } = vault;
   const started = Date.now();
-  const { entry, manifest, object } = await openDatabaseBackup(vault, ref, options.from);
+  const { entry, manifest, object } = await openDatabaseBackup(vault, ref, {
+    from: options.from,
+    target: options.database,
+  });
   const database = options.database ?? object.database!;
 
   const exists = await databaseExists(config, database);

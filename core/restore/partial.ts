@@ -86,15 +86,14 @@ export function selectTableEntries(
   entries: readonly TocEntry[],
   schema: string | undefined,
   name: string,
+  part?: BackupPart,
 ): TocEntry[] {
   const tables = entries.filter(
     (e) => e.desc === 'TABLE' && e.tag === name && (schema === undefined || e.namespace === schema),
   );
   if (tables.length === 0) {
     const where = schema ? `${schema}.${name}` : name;
-    throw new UsageError(
-      `table ${where} is not in this backup; list its tables with \`pgvault restore list --json\``,
-    );
+    throw new UsageError(`table ${where} is not in ${describePart(part)}`);
   }
   if (tables.length > 1) {
     throw new UsageError(
@@ -127,6 +126,7 @@ export function selectSchemaEntries(
   entries: readonly TocEntry[],
   schema: string,
   schemaExists: boolean,
+  part?: BackupPart,
 ): TocEntry[] {
   const own = entries.filter(
     (e) =>
@@ -134,8 +134,22 @@ export function selectSchemaEntries(
       (!schemaExists && e.desc === 'SCHEMA' && e.tag === schema) ||
       ((e.desc === 'ACL' || e.desc === 'COMMENT') && e.tag === `SCHEMA ${schema}` && !schemaExists),
   );
-  if (own.length === 0) throw new UsageError(`schema ${schema} is not in this backup or holds nothing`);
+  if (own.length === 0)
+    throw new UsageError(`schema ${schema} is not in (or holds nothing in) ${describePart(part)}`);
   return own;
+}
+
+/** The database of a backup a partial restore reads, for messages. */
+export interface BackupPart {
+  readonly database: string;
+  readonly backupId: string;
+}
+
+/** What was searched, and where to see what it holds: `restore list <backup>` shows each database's tables. */
+function describePart(part: BackupPart | undefined): string {
+  return part
+    ? `database "${part.database}" of backup ${part.backupId}; list its tables with \`pgvault restore list ${part.backupId}\``
+    : 'this backup; list its tables with `pgvault restore list <backup>`';
 }
 
 /**
@@ -151,16 +165,20 @@ export async function restorePartial(
 ): Promise<PartialRestoreResult> {
   const { config, reporter } = vault;
   const started = Date.now();
-  const { entry, manifest, object } = await openDatabaseBackup(vault, ref, options.from);
+  const { entry, manifest, object } = await openDatabaseBackup(vault, ref, {
+    from: options.from,
+    target: options.database,
+  });
   const database = options.database ?? object.database!;
   const copy = await fetchToLocalFile(entry, object, config, reporter);
   try {
     const { entries } = await readArchiveToc(copy.path);
+    const source = { database: object.database!, backupId: manifest.id };
     let selected: TocEntry[];
     let inScope: (t: { schema: string; table: string }) => boolean;
     if (kind === 'table') {
       const q = parseQualifiedName(name);
-      selected = selectTableEntries(entries, q.schema, q.name);
+      selected = selectTableEntries(entries, q.schema, q.name, source);
       const table = selected.find((e) => e.desc === 'TABLE')!;
       const schema = table.namespace ?? 'public';
       if (!options.clean && (await relationExists(vault, database, schema, q.name))) {
@@ -176,7 +194,7 @@ export async function restorePartial(
           `schema ${name} already holds ${state.relations} relation(s) in "${database}"; drop it first, or pass --clean to replace its objects`,
         );
       }
-      selected = selectSchemaEntries(entries, name, state.exists);
+      selected = selectSchemaEntries(entries, name, state.exists, source);
       inScope = (t) => t.schema === name;
     }
     const listFile = join(dirname(copy.path), 'restore.list');

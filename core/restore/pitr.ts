@@ -17,7 +17,7 @@ import {
   type WalArchiveState,
 } from '../wal/archive';
 import { formatLsn, nextSegment, parseLsn, segmentNumber } from '../wal/naming';
-import { openBackup } from './fetch';
+import { chooseSourceDatabase, openBackup } from './fetch';
 import {
   assertServerUserCanUse,
   clearDirectory,
@@ -101,21 +101,36 @@ export function parseRecoveryTarget(input: RecoveryTargetInput): RecoveryTarget 
 const TIME_PATTERN =
   /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?\s*(Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?$/i;
 
+/** The time zone pgvault reads zoneless times in: the process's (TZ), as Intl resolves it. */
+export function localTimeZone(): string {
+  return Intl.DateTimeFormat().resolvedOptions().timeZone ?? 'UTC';
+}
+
 /**
  * A target time as ISO 8601 or PostgreSQL's own output ('2026-02-12 10:30:00.123456+00'). Without a
- * zone it is UTC. Microseconds are kept: commit times have them, and a target one microsecond after
- * a commit is how "just after this transaction" is said.
+ * zone it is pgvault's local time (TZ), as an operator reads a clock; a local time that does not
+ * exist (skipped by a daylight-saving change) is refused. Microseconds are kept: commit times have
+ * them, and a target one microsecond after a commit is how "just after this transaction" is said.
  */
 export function parseTargetTime(input: string): { time: Date; text: string } {
   const m = TIME_PATTERN.exec(input.trim());
   if (!m) {
     throw new UsageError(
-      `${input} is not a time; use ISO 8601 like "2026-02-12 10:30:00" (UTC) or "2026-02-12T10:30:00+01:00"`,
+      `${input} is not a time; use ISO 8601 like "2026-02-12 10:30:00" (local time, TZ=${localTimeZone()}) or "2026-02-12T10:30:00+01:00"`,
     );
   }
-  const [, y, mo, d, h, mi, s = '0', frac = '', zone = 'Z'] = m;
+  const [, y, mo, d, h, mi, s = '0', frac = '', zone] = m;
   let offsetMinutes = 0;
-  if (!/^(Z|UTC|GMT)$/i.test(zone)) {
+  if (zone === undefined) {
+    // The offset the local zone had at that wall-clock time (Date's local constructor applies TZ).
+    const wall = new Date(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s));
+    if (wall.getHours() !== Number(h) || wall.getMinutes() !== Number(mi) || wall.getDate() !== Number(d)) {
+      throw new UsageError(
+        `${input} does not exist in ${localTimeZone()} (the clocks skipped it); give the time with its offset, like "${y}-${mo}-${d}T${h}:${mi}:${s.padStart(2, '0')}+00:00"`,
+      );
+    }
+    offsetMinutes = -wall.getTimezoneOffset();
+  } else if (!/^(Z|UTC|GMT)$/i.test(zone)) {
     const z = /^([+-])(\d{2}):?(\d{2})?$/.exec(zone)!;
     offsetMinutes = (z[1] === '-' ? -1 : 1) * (Number(z[2]) * 60 + Number(z[3] ?? 0));
   }
@@ -143,6 +158,30 @@ export function parseTargetTime(input: string): { time: Date; text: string } {
   const time = new Date(local - offsetMinutes * 60_000);
   const iso = time.toISOString(); // 2026-02-12T10:30:00.123Z
   return { time, text: `${iso.slice(0, 10)} ${iso.slice(11, 19)}.${micro}+00` };
+}
+
+/** A target time in UTC and in pgvault's local time zone, as every PITR prints it. */
+export interface TargetTime {
+  readonly utc: string;
+  readonly local: string;
+  readonly timeZone: string;
+}
+
+export function targetTimeOf(target: RecoveryTarget): TargetTime | undefined {
+  if (target.kind !== 'time') return undefined;
+  const t = target.time;
+  const micro = target.text.slice(20, 26);
+  const pad = (n: number, w = 2) => String(n).padStart(w, '0');
+  const offset = -t.getTimezoneOffset();
+  const sign = offset < 0 ? '-' : '+';
+  const local = `${t.getFullYear()}-${pad(t.getMonth() + 1)}-${pad(t.getDate())} ${pad(t.getHours())}:${pad(t.getMinutes())}:${pad(t.getSeconds())}.${micro}${sign}${pad(Math.floor(Math.abs(offset) / 60))}:${pad(Math.abs(offset) % 60)}`;
+  return { utc: `${target.text.slice(0, 26)} UTC`, local, timeZone: localTimeZone() };
+}
+
+/** "target time 2026-02-12 15:30:00.000000 UTC = 2026-02-12 10:30:00.000000-05:00 (America/New_York)". */
+export function targetTimeLine(target: RecoveryTarget): string | undefined {
+  const t = targetTimeOf(target);
+  return t && `target time ${t.utc} = ${t.local} (${t.timeZone})`;
 }
 
 export function describeTarget(target: RecoveryTarget): string {
@@ -522,7 +561,10 @@ export async function restorePitrToDataDirectory(
 export interface PitrDatabaseOptions {
   /** Name of the database created in the configured server. */
   readonly database: string;
-  /** Database inside the recovered cluster (default: the same name). */
+  /**
+   * Database inside the recovered cluster. Default (chooseSourceDatabase): the one with the target's
+   * name, else the cluster's one user database besides postgres.
+   */
   readonly from?: string;
   /** Give up waiting for recovery after this long; no limit by default. */
   readonly maxWaitMs?: number;
@@ -571,7 +613,6 @@ export async function restorePitrDatabase(
 ): Promise<PitrDatabaseResult> {
   const started = Date.now();
   const { config, reporter } = vault;
-  const source = options.from ?? options.database;
   const plan = await planPitr(vault, ref, target);
   const { exists } = await checkTargetDatabase(config, options.database);
   for (const w of plan.warnings) reporter.warn(w);
@@ -590,6 +631,18 @@ export async function restorePitrDatabase(
     await sandbox.start();
     const recovered = await sandbox.waitForPromotion({ maxWaitMs: options.maxWaitMs });
     const recoveryMs = Date.now() - recoveryStarted;
+    const names = await withClient(sandbox.connection('template1'), 'template1', async (c) => {
+      const r = await c.query<{ datname: string }>(
+        'SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY 1',
+      );
+      return r.rows.map((x) => x.datname);
+    });
+    const source = chooseSourceDatabase(
+      names,
+      { from: options.from, target: options.database },
+      `the cluster recovered from ${plan.manifest.id}`,
+      false,
+    );
     reporter.info(
       `recovered to ${recovered.lastTransactionTime ?? 'no transaction after the backup'}${recovered.lsn ? ` (LSN ${recovered.lsn})` : ''}; copying "${source}" into "${options.database}"`,
     );

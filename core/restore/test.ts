@@ -14,8 +14,10 @@ export interface RestoreTestResult {
 }
 
 /**
- * `restore test <backup>` (and the guide's `verify restore`): restore into a temporary database,
- * validate row counts against the manifest, always drop it, and report the measured restore time.
+ * One database of a backup (chosen as restore full chooses: a path's object, else `from`, else the
+ * one user database) restored into a temporary database, validated against the manifest, always
+ * dropped, with the measured restore time. `restore test` and `verify restore` run it for every
+ * database of the backup (core/verify/restore.ts restoreAndValidate).
  */
 export async function restoreTest(
   vault: Vault,

@@ -24,7 +24,10 @@ export interface ValidationReport {
   readonly note?: string;
 }
 
-/** Row counts of every table in the database against the counts recorded in the backup. */
+/**
+ * Row counts of every table in the database against the counts recorded in the backup: a table the
+ * manifest lists that the database lacks, or holds with another count, is a mismatch.
+ */
 export async function compareWithManifest(
   config: Config,
   database: string,
@@ -52,6 +55,11 @@ export async function compareWithManifest(
     const got = actualByKey.get(key(t));
     if (got !== t.rows) mismatches.push({ schema: t.schema, table: t.table, expected: t.rows, actual: got });
     actualByKey.delete(key(t));
+  }
+  // A restore of part of a backup whose manifest lists none of the tables it restored has checked
+  // nothing: that is a failure, not "0 tables match".
+  if (only && expected.length === 0) {
+    for (const t of actual) mismatches.push({ schema: t.schema, table: t.table, actual: t.rows });
   }
   return {
     database,
@@ -114,11 +122,11 @@ export async function validateDatabase(
   }
   if (!entry) return { health };
   const manifest = await openBackup(entry, config);
-  const object = pickDatabaseObject(
-    manifest,
-    options.from ?? (options.against ? undefined : database),
-    database,
-  );
+  const object = pickDatabaseObject(manifest, {
+    named: entry.namedObject,
+    from: options.from,
+    target: database,
+  });
   const report = await compareWithManifest(config, database, object);
   return { health, against: manifest.id, report };
 }

@@ -4,7 +4,7 @@ import { type DrillRecord, writeDrillRecord } from '../catalog/records';
 import { errorMessage, IntegrityError, UsageError } from '../errors';
 import { exactRowCounts } from '../pg/server';
 import { withClient } from '../pg/tools';
-import { openBackup } from '../restore/fetch';
+import { openBackup, pickDatabaseObject } from '../restore/fetch';
 import { describeTarget, type RecoveryTarget, recoverySettings } from '../restore/pitr';
 import { type RecoveredPoint, RecoverySandbox } from '../restore/sandbox';
 import { restoreTest } from '../restore/test';
@@ -57,8 +57,9 @@ function totals(databases: readonly RestoredDatabase[]): { tables: number; rows:
 }
 
 /**
- * Restores every database of a full backup (or only `from`) into its own temporary database with
- * `restore test`, one after the other, each validated against the manifest's row counts and dropped.
+ * Restores every database of a full backup (or only the one a path names, or `from`) into its own
+ * temporary database with `restore test`, one after the other, each validated against the
+ * manifest's row counts and dropped.
  */
 async function restoreLogical(
   vault: Vault,
@@ -70,11 +71,12 @@ async function restoreLogical(
   const manifest = entry.manifest;
   const names = manifest.objects.filter((o) => o.kind === 'database').map((o) => o.database!);
   if (names.length === 0) throw new UsageError(`backup ${manifest.id} holds no database dump`);
-  if (from !== undefined && !names.includes(from)) {
-    throw new UsageError(`backup ${manifest.id} has no database "${from}"; it holds ${names.join(', ')}`);
-  }
+  const only =
+    entry.namedObject !== undefined || from !== undefined
+      ? pickDatabaseObject(manifest, { named: entry.namedObject, from }).database!
+      : undefined;
   const databases: RestoredDatabase[] = [];
-  for (const name of from !== undefined ? [from] : names) {
+  for (const name of only !== undefined ? [only] : names) {
     vault.reporter.info(`restoring "${name}" from ${manifest.id} into a temporary database`);
     // `latest` is pinned to the backup resolved at the start, should a new one finish meanwhile.
     const r = await restoreTest(vault, ref.trim() === 'latest' ? manifest.id : ref, { from: name });

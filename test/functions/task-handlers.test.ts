@@ -123,6 +123,7 @@ beforeAll(async () => {
   const both = { app: 1000, crm: 1000 };
   await store('main', 'full', 'weekly', '2026-02-08T03:00:00Z', both);
   await store('main', 'base', 'weekly', '2026-02-09T03:00:00Z', { '-': 1000 });
+  await store('main', 'full', 'manual', '2026-02-10T02:00:00Z', { postgres: 10, app: 1000 });
   await store('main', 'full', 'manual', '2026-02-11T02:00:00Z', { app: 1000 });
   await store('main', 'full', 'daily', '2026-02-12T02:00:00Z', both);
   await store('crm', 'full', 'daily', '2026-02-12T02:00:00Z', { crm: 1000 });
@@ -286,6 +287,17 @@ describe('restore', () => {
       ['restore', 'full', 'full-manual-20260211-020000'],
     ],
     [
+      // The CLI's rule: no "database" and no database of the target's name, but one user database.
+      'full of a backup holding postgres and one user database, into another name',
+      { type: 'full', cluster: 'main', backup: 'full-manual-20260210-020000', targetDatabase: 'app_copy' },
+      ['restore', 'full', 'full-manual-20260210-020000', 'app_copy'],
+    ],
+    [
+      'full into the database of the same name in the backup',
+      { type: 'full', cluster: 'main', targetDatabase: 'crm' },
+      ['restore', 'full', FULL_LATEST, 'crm'],
+    ],
+    [
       'partial table',
       { type: 'partial', cluster: 'main', database: 'app', table: 'sales.orders' },
       ['restore', 'partial', FULL_LATEST, 'table', 'sales.orders', 'app', '--from', 'app'],
@@ -443,6 +455,10 @@ describe('restore', () => {
     [
       { type: 'full', cluster: 'main' },
       `invalid payload: "database": backup ${FULL_LATEST} holds several databases (app, crm); name the one to restore in "database"`,
+    ],
+    [
+      { type: 'full', cluster: 'main', targetDatabase: 'app_copy' },
+      `invalid payload: "database": backup ${FULL_LATEST} holds several databases (app, crm), none named "app_copy"; name the one to restore in "database"`,
     ],
     [
       { type: 'partial', cluster: 'main', database: 'nope', table: 't' },

@@ -79,7 +79,8 @@ describe('pgvault CLI', () => {
     expect(list.backups[0].id).toBe(backup.manifest.id);
     expect(list.backups[0].encrypted).toBe(true);
     expect(verify.objects.length).toBe(backup.manifest.objects.length);
-    expect(test.validation.ok).toBe(true);
+    expect(test.databases.map((d: { database: string }) => d.database)).toEqual(['app']);
+    expect(test.databases[0].mismatches).toEqual([]);
     expect(test.restoreMs).toBeGreaterThan(0);
     expect(stats.byType.find((t: { type: string }) => t.type === 'full/daily').count).toBe(1);
   });

@@ -93,6 +93,7 @@ describe('pgvault drill', () => {
     // Batches 0 and 1 only: recovery stopped at the target.
     expect(r.databases.find((d) => d.database === 'app')).toMatchObject({ tables: 1, rows: 100 });
     expect(r.restoredTo).toBe(new Date(target).toISOString());
+    expect(r.targetTime?.utc).toBe(`${target.slice(0, 10)} ${target.slice(11, 23)}000 UTC`);
     expect(r.rpoMs).toBeGreaterThanOrEqual(0);
     const stored = (await listDrillRecords(a.vault())).find((x) => x.startedAt === r.record.startedAt);
     expect(stored).toMatchObject({ kind: 'pitr', ok: true, backupId: base.id, rtoMs: r.rtoMs });

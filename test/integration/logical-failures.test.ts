@@ -130,7 +130,7 @@ describe('partial restore', () => {
 
   it('names a table that is not in the backup', async () => {
     await expect(restorePartial(vault, backupId, 'table', 'public.nope')).rejects.toThrow(
-      /table public\.nope is not in this backup/,
+      `table public.nope is not in database "app" of backup ${backupId}; list its tables with \`pgvault restore list ${backupId}\``,
     );
   });
 });

@@ -114,39 +114,67 @@ describe('restore pitr into a sandbox, copying the database back', () => {
     expect(await batchesIn(into, 'pitr_immediate')).toEqual({ 0: 50 });
   });
 
-  it('the CLI form `restore pitr auto "<time>" <database> --from app` reports the recovered point', async () => {
-    // Act
-    const time = between(batches[2]!.commitTime, batches[3]!.commitTime);
-    const { stdout } = await run(
+  it('the CLI form `restore pitr auto "<time>" <database>`: a local time in TZ, the one user database as source', async () => {
+    // Act: the time as a clock in New York shows it, without a zone; no --from (the recovered
+    // cluster holds postgres and app, so app is the source, not the target's name or PGDATABASE).
+    const moment = new Date(between(batches[2]!.commitTime, batches[3]!.commitTime));
+    const time = wallClock(moment, 'America/New_York');
+    const { stdout, stderr } = await run(
       process.execPath,
-      [
-        PGVAULT_BIN,
-        '--config',
-        a.configFile,
-        '--json',
-        'restore',
-        'pitr',
-        'auto',
-        time,
-        'pitr_cli',
-        '--from',
-        'app',
-      ],
-      { env: { ...process.env, PGVAULT_CONFIG: '', PGHOST: into.host, PGPORT: String(into.port) } },
+      [PGVAULT_BIN, '--config', a.configFile, '--json', 'restore', 'pitr', 'auto', time, 'pitr_cli'],
+      {
+        env: {
+          ...process.env,
+          PGVAULT_CONFIG: '',
+          PGHOST: into.host,
+          PGPORT: String(into.port),
+          PGDATABASE: 'postgres',
+          TZ: 'America/New_York',
+        },
+      },
     );
 
     // Assess
     const out = JSON.parse(stdout) as {
       ok: boolean;
       backupId: string;
+      source: string;
       durationMs: number;
       recovered: { lsn?: string };
+      targetTime: { utc: string; local: string; timeZone: string };
     };
-    expect(out).toMatchObject({ ok: true, backupId: base.id });
+    expect(out).toMatchObject({ ok: true, backupId: base.id, source: 'app' });
+    const utc = moment.toISOString(); // 2026-12-05T12:00:01.234Z
+    expect(out.targetTime.utc).toBe(`${utc.slice(0, 10)} ${utc.slice(11, 23)}000 UTC`);
+    expect(out.targetTime.local.startsWith(time.replace('T', ' '))).toBe(true);
+    expect(out.targetTime.timeZone).toBe('America/New_York');
+    expect(stderr).toContain(
+      `target time ${out.targetTime.utc} = ${out.targetTime.local} (America/New_York)`,
+    );
     expect(out.recovered.lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
     expect(await batchesIn(into, 'pitr_cli')).toEqual({ 0: 50, 1: 50, 2: 50 });
   });
 });
+
+/** `date` as a wall clock in `timeZone` shows it, without a zone: 2026-12-05 07:00:01.234. */
+function wallClock(date: Date, timeZone: string): string {
+  const parts = Object.fromEntries(
+    new Intl.DateTimeFormat('en-US', {
+      timeZone,
+      hourCycle: 'h23',
+      year: 'numeric',
+      month: '2-digit',
+      day: '2-digit',
+      hour: '2-digit',
+      minute: '2-digit',
+      second: '2-digit',
+    })
+      .formatToParts(date)
+      .map((p) => [p.type, p.value]),
+  );
+  const ms = String(date.getUTCMilliseconds()).padStart(3, '0');
+  return `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute}:${parts.second}.${ms}`;
+}
 
 describe('restore pitr when recovery stops short', () => {
   it("fails with PostgreSQL's reason and copies nothing", async () => {
