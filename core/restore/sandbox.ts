@@ -283,7 +283,8 @@ export async function extractBaseBackup(options: ExtractOptions): Promise<void> 
   );
   let lastError: unknown;
   for (const target of entry.targets) {
-    const tarCmd = asServerUser('tar', ['-x', '-f', '-', '-C', dataDir]);
+    // -i: read to the end of the stream, past the end-of-archive blocks (see verify/file.ts).
+    const tarCmd = asServerUser('tar', ['-x', '-i', '-f', '-', '-C', dataDir]);
     const tar = startTool(tarCmd.file, tarCmd.args, { label: 'tar -x', stdout: 'ignore' });
     try {
       // The decompressor writes into tar's stdin itself; Node only checks and decrypts the stored bytes.

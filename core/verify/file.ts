@@ -116,8 +116,11 @@ async function verifyBaseBackupObject(
   const dir = await mkdtemp(join(tmpdir(), 'pgvault-verify-'));
   const forget = removeOnExit(dir);
   try {
-    // Never as the archive's owner: the copy stays private to whoever runs verify.
-    const tar = startTool('tar', ['-x', '-f', '-', '-C', dir, '--no-same-owner'], {
+    // Never as the archive's owner: the copy stays private to whoever runs verify. -i reads on past
+    // the end-of-archive blocks to the end of the stream: GNU tar 1.35 (Debian 13) exits at those
+    // blocks, closing its stdin while the padding after them is still being written ("Premature
+    // close"), and the whole object must pass through for its digest to be checked.
+    const tar = startTool('tar', ['-x', '-i', '-f', '-', '-C', dir, '--no-same-owner'], {
       label: 'tar -x',
       stdout: 'ignore',
     });
