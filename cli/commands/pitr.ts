@@ -41,6 +41,8 @@ interface PitrOptions extends GlobalOptions {
   readonly immediate?: boolean;
   readonly pgdata?: string;
   readonly force?: boolean;
+  /** With --pgdata: keep archiving, into the copy's own lineage. */
+  readonly archive?: boolean;
   /** Database inside the recovered cluster, when it differs from the name to create. */
   readonly from?: string;
 }
@@ -89,13 +91,19 @@ export async function restorePitrCommand(
     const r = await restorePitrToDataDirectory(vault, backup, target, {
       pgdata: opts.pgdata,
       force: opts.force,
+      archive: opts.archive,
     });
     emit(opts, { ok: true, ...r }, () =>
       [
         `laid down ${r.backupId} in ${r.pgdata} for recovery to ${r.target} (${formatDuration(r.durationMs)})`,
         `  base backup: ${r.choice}`,
         `  restore_command = '${r.restoreCommand}' (config ${r.configFile})`,
-        `  start it${serverUserHint()}: pg_ctl -D ${r.pgdata} start; it replays the archived WAL to the target, then promotes`,
+        `  start it on this host: ${r.startCommand}; it replays the archived WAL to the target, then promotes`,
+        `  port ${r.port} (free now; to change it, edit port in ${r.pgdata}/postgresql.auto.conf, or add -o '-p PORT' to pg_ctl)`,
+        r.archiveMode === 'off'
+          ? `  archive_mode = off: the copy archives nothing (restore again with --archive to archive it under CLUSTER_NAME=${r.lineage})`
+          : `  archive_mode = on, into its own lineage: archive_command stores its WAL under CLUSTER_NAME=${r.lineage}, never ${r.copyOf}`,
+        `  marked as a copy of ${r.copyOf} (pgvault.copy_of): back it up under CLUSTER_NAME=${r.lineage} or another name; ${r.copyOf} is refused`,
         ...(r.keyFileWritten
           ? [
               `  ${r.keyFile} holds the encryption key for restore_command: delete it once recovery has finished`,
@@ -123,8 +131,4 @@ export async function restorePitrCommand(
     ].join('\n'),
   );
   return r;
-}
-
-function serverUserHint(): string {
-  return process.getuid?.() === 0 ? ' as the postgres OS user' : '';
 }
