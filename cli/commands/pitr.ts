@@ -43,6 +43,8 @@ interface PitrOptions extends GlobalOptions {
   readonly force?: boolean;
   /** With --pgdata: keep archiving, into the copy's own lineage. */
   readonly archive?: boolean;
+  /** With --pgdata: the copy replaces the original server; it keeps its port, archiving and CLUSTER_NAME. */
+  readonly asOriginal?: boolean;
   /** Database inside the recovered cluster, when it differs from the name to create. */
   readonly from?: string;
 }
@@ -92,6 +94,7 @@ export async function restorePitrCommand(
       pgdata: opts.pgdata,
       force: opts.force,
       archive: opts.archive,
+      asOriginal: opts.asOriginal,
     });
     emit(opts, { ok: true, ...r }, () =>
       [
@@ -99,11 +102,17 @@ export async function restorePitrCommand(
         `  base backup: ${r.choice}`,
         `  restore_command = '${r.restoreCommand}' (config ${r.configFile})`,
         `  start it on this host: ${r.startCommand}; it replays the archived WAL to the target, then promotes`,
-        `  port ${r.port} (free now; to change it, edit port in ${r.pgdata}/postgresql.auto.conf, or add -o '-p PORT' to pg_ctl)`,
-        r.archiveMode === 'off'
-          ? `  archive_mode = off: the copy archives nothing (restore again with --archive to archive it under CLUSTER_NAME=${r.lineage})`
-          : `  archive_mode = on, into its own lineage: archive_command stores its WAL under CLUSTER_NAME=${r.lineage}, never ${r.copyOf}`,
-        `  marked as a copy of ${r.copyOf} (pgvault.copy_of): back it up under CLUSTER_NAME=${r.lineage} or another name; ${r.copyOf} is refused`,
+        ...(r.copyOf === undefined
+          ? [
+              `  --as-original: it keeps the original's port and archive_command and archives into CLUSTER_NAME=${r.lineage}; start it only once the original server is stopped for good`,
+            ]
+          : [
+              `  port ${r.port} (free now; to change it, edit port in ${r.pgdata}/postgresql.auto.conf, or add -o '-p PORT' to pg_ctl)`,
+              r.archiveMode === 'off'
+                ? `  archive_mode = off: the copy archives nothing (restore again with --archive to archive it under CLUSTER_NAME=${r.lineage})`
+                : `  archive_mode = on, into its own lineage: archive_command stores its WAL under CLUSTER_NAME=${r.lineage}, never ${r.copyOf}`,
+              `  marked as a copy of ${r.copyOf} (pgvault.copy_of): back it up under CLUSTER_NAME=${r.lineage} or another name; ${r.copyOf} is refused`,
+            ]),
         ...(r.keyFileWritten
           ? [
               `  ${r.keyFile} holds the encryption key for restore_command: delete it once recovery has finished`,

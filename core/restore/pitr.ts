@@ -417,6 +417,11 @@ export interface PitrDataDirectoryOptions {
   readonly force?: boolean;
   /** Keep archiving (into the copy's own lineage, never the original's); off by default. */
   readonly archive?: boolean;
+  /**
+   * The copy replaces the original server (disaster recovery, the original gone for good): it keeps
+   * the original's port, archive settings and CLUSTER_NAME, and is not marked as a copy.
+   */
+  readonly asOriginal?: boolean;
 }
 
 export interface PitrDataDirectoryResult {
@@ -430,14 +435,17 @@ export interface PitrDataDirectoryResult {
   readonly keyFile?: string;
   readonly keyFileWritten: boolean;
   readonly restoreCommand: string;
-  /** The port written into the copy's postgresql.auto.conf: free on this host when it was laid down. */
-  readonly port: number;
-  /** 'off' (default), or 'on' into the copy's own lineage (--archive). */
-  readonly archiveMode: 'off' | 'on';
+  /**
+   * The port written into the copy's postgresql.auto.conf, free on this host when it was laid down;
+   * undefined with asOriginal (the original's port is kept).
+   */
+  readonly port?: number;
+  /** 'off' (default), 'on' into the copy's own lineage (--archive), 'original' (asOriginal: unchanged). */
+  readonly archiveMode: 'off' | 'on' | 'original';
   /** The CLUSTER_NAME the copy archives and must be backed up under (pgvault.lineage). */
   readonly lineage: string;
-  /** The CLUSTER_NAME of the original (pgvault.copy_of): refused for the copy's WAL and backups. */
-  readonly copyOf: string;
+  /** The CLUSTER_NAME of the original (pgvault.copy_of), refused for the copy's WAL and backups; none with asOriginal. */
+  readonly copyOf?: string;
   readonly archiveCommand?: string;
   /** Starts the copy on this host (as the server's OS user), its log in logFile. */
   readonly startCommand: string;
@@ -510,16 +518,18 @@ export async function restorePitrToDataDirectory(
     const warnings = [...plan.warnings];
     // The copy is a server of its own on this host: another port, no archiving into the original's
     // archive (or, with --archive, into its own lineage), marked as a copy (see ./copy.ts).
-    const port = await freeServerPort();
-    const lineage = copyLineageName(config.clusterName);
-    const archiveCommand = options.archive
-      ? `CLUSTER_NAME=${lineage} ${files.pgvaultCommand} backup wal %p`
-      : undefined;
+    const asCopy = options.asOriginal !== true;
+    const port = asCopy ? await freeServerPort() : undefined;
+    const lineage = asCopy ? copyLineageName(config.clusterName) : config.clusterName;
+    const archiveCommand =
+      asCopy && options.archive ? `CLUSTER_NAME=${lineage} ${files.pgvaultCommand} backup wal %p` : undefined;
     const recovery = await prepareRecovery(
       pgdata,
       {
         ...recoverySettings(files.restoreCommand, target),
-        ...copySettings({ sourceCluster: config.clusterName, lineage, port, archiveCommand }),
+        ...(port === undefined
+          ? {}
+          : copySettings({ sourceCluster: config.clusterName, lineage, port, archiveCommand })),
       },
       `pgvault restore pitr from ${plan.manifest.id} to ${describeTarget(target)}`,
     );
@@ -544,9 +554,9 @@ export async function restorePitrToDataDirectory(
       keyFileWritten: files.keyFileWritten,
       restoreCommand: files.restoreCommand,
       port,
-      archiveMode: archiveCommand === undefined ? 'off' : 'on',
+      archiveMode: !asCopy ? 'original' : archiveCommand === undefined ? 'off' : 'on',
       lineage,
-      copyOf: config.clusterName,
+      copyOf: asCopy ? config.clusterName : undefined,
       archiveCommand,
       startCommand: [start.file, ...start.args].map(shellWord).join(' '),
       logFile,
