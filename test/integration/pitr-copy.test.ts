@@ -214,6 +214,30 @@ describe('restore pitr --pgdata on the host where the original runs', () => {
     expect(listing(walFolder())).toEqual(before);
   });
 
+  it("refuses the copy's WAL in asynchronous mode too (the uploader), through the sh launcher", () => {
+    // Prepare: archive_command's own form, run in the copy's data directory with ARCHIVE_ASYNC on
+    const pgWal = join(copy.pgdata, 'pg_wal');
+    const segment = readdirSync(pgWal)
+      .filter((n) => /^[0-9A-F]{24}$/.test(n) && n.slice(0, 8) !== '00000001')
+      .sort()[0]!;
+    const before = listing(walFolder());
+    // Act
+    const r = spawnSync(
+      join(PGVAULT_BIN, '..', 'pgvault'),
+      ['--config', a.configFile, 'backup', 'wal', `pg_wal/${segment}`],
+      {
+        encoding: 'utf8',
+        cwd: copy.pgdata,
+        env: { ...process.env, ARCHIVE_ASYNC: 'true', PGVAULT_NODE: process.execPath },
+        timeout: 120_000,
+      },
+    );
+    // Assert
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/copy of cluster pitr .*set CLUSTER_NAME=pitr-copy-/);
+    expect(listing(walFolder())).toEqual(before);
+  });
+
   it("refuses backup full and backup base of the copy under the original's CLUSTER_NAME; the catalog is unchanged", () => {
     // Prepare
     const clusterFolder = join(a.backupDir, 'pitr');
