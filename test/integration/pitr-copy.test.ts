@@ -238,6 +238,29 @@ describe('restore pitr --pgdata on the host where the original runs', () => {
     expect(listing(walFolder())).toEqual(before);
   });
 
+  it("refuses to stream the copy's WAL (wal receive) under the original's CLUSTER_NAME, creating no slot", async () => {
+    // Prepare
+    const before = listing(walFolder());
+    const receiveDir = join(a.work, 'receive-from-copy');
+    // Act: runs until stopped when it is not refused; the timeout ends it then
+    const r = spawnSync(
+      process.execPath,
+      [PGVAULT_BIN, '--config', a.configFile, 'wal', 'receive', '--slot', 'copy_slot'],
+      {
+        encoding: 'utf8',
+        cwd: a.work,
+        env: { ...process.env, PGPORT: String(copy.port), WAL_RECEIVE_DIR: receiveDir },
+        timeout: 20_000,
+      },
+    );
+    // Assert
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/copy of cluster pitr .*set CLUSTER_NAME=pitr-copy-/);
+    const slots = await query<{ slot_name: string }>(copy.port, 'SELECT slot_name FROM pg_replication_slots');
+    expect(slots).toEqual([]);
+    expect(listing(walFolder())).toEqual(before);
+  });
+
   it("refuses backup full and backup base of the copy under the original's CLUSTER_NAME; the catalog is unchanged", () => {
     // Prepare
     const clusterFolder = join(a.backupDir, 'pitr');
