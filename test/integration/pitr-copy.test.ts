@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupBase } from '../../core/backup/base';
 import { asServerUser } from '../../core/pg/cluster';
 import { findPgBinary, withClient } from '../../core/pg/tools';
+import { copyMarksOfDataDirectory } from '../../core/restore/copy';
 import {
   type ArchivingCluster,
   commitBatch,
@@ -294,6 +295,23 @@ describe('restore pitr --pgdata on the host where the original runs', () => {
     expect(JSON.parse(r.stdout).manifest.cluster).toBe(copy.lineage);
     expect(listing(join(a.backupDir, copy.lineage)).some((f) => f.startsWith('full/'))).toBe(true);
     expect(listing(join(a.backupDir, 'pitr'))).toEqual(before);
+  });
+
+  it('drops the marks as the refusal says, for a copy that replaces the original', async () => {
+    // Act: what the one-line refusal tells the operator to do
+    await query(copy.port, 'ALTER SYSTEM RESET pgvault.copy_of');
+    await query(copy.port, 'SELECT pg_reload_conf()');
+    await sleep(500);
+    // Assert: neither the server nor its data directory is marked any more
+    const [row] = await query<{ v: string | null }>(
+      copy.port,
+      "SELECT current_setting('pgvault.copy_of', true) AS v",
+    );
+    expect(row!.v ?? '').toBe('');
+    expect(await copyMarksOfDataDirectory(copy.pgdata)).toEqual({
+      copyOf: undefined,
+      lineage: copy.lineage,
+    });
     stopCopy(copy.pgdata);
   });
 });
