@@ -88,6 +88,11 @@ export async function restorePitrCommand(
       `--pgdata lays down a whole data directory, a database name copies one database; give one of them, not both`,
     );
   }
+  if (opts.pgdata === undefined && (opts.archive === true || opts.asOriginal === true)) {
+    throw new UsageError(
+      `${opts.archive ? '--archive' : '--as-original'} goes with --pgdata DIR (a data directory laid down to be started); a database copied through the sandbox archives nothing; nothing was restored`,
+    );
+  }
   const vault = vaultFor(opts);
   if (opts.pgdata !== undefined) {
     const r = await restorePitrToDataDirectory(vault, backup, target, {

@@ -192,6 +192,15 @@ describe('restore pitr --pgdata on the host where the original runs', () => {
     expect(r.stdout).toMatch(/pg_ctl -D \S+ -l \S+ start/);
   });
 
+  it('refuses --archive without --pgdata in one line, restoring nothing', () => {
+    // Act
+    const r = pgvault(['restore', 'pitr', 'latest', 'archived_copy', '--immediate', '--archive']);
+    // Assert
+    expect(r.status).toBe(2);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/--archive goes with --pgdata/);
+  });
+
   it("refuses the copy's WAL under the original's CLUSTER_NAME, segment and timeline history alike", () => {
     // Prepare: the copy promoted to a new timeline; its history file and newest segments are in pg_wal
     const pgWal = join(copy.pgdata, 'pg_wal');
