@@ -172,6 +172,11 @@ restore
   .option('--immediate', 'stop as soon as the backup is consistent')
   .option('--pgdata <dir>', 'lay down a data directory ready to start, instead of copying a database')
   .option('--force', 'with --pgdata: use a directory that is not empty')
+  .option('--archive', "with --pgdata: keep archiving, into the copy's own CLUSTER_NAME (off by default)")
+  .option(
+    '--as-original',
+    'with --pgdata: the copy replaces the original server (gone for good): keep its port, archiving and CLUSTER_NAME',
+  )
   .option(
     '--from <name>',
     'database in the recovered cluster to copy (default: the one named <database>, else its one user database)',

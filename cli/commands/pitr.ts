@@ -43,6 +43,10 @@ interface PitrOptions extends GlobalOptions {
   readonly immediate?: boolean;
   readonly pgdata?: string;
   readonly force?: boolean;
+  /** With --pgdata: keep archiving, into the copy's own lineage. */
+  readonly archive?: boolean;
+  /** With --pgdata: the copy replaces the original server; it keeps its port, archiving and CLUSTER_NAME. */
+  readonly asOriginal?: boolean;
   /** Database inside the recovered cluster, when it differs from the name to create. */
   readonly from?: string;
 }
@@ -86,6 +90,11 @@ export async function restorePitrCommand(
       `--pgdata lays down a whole data directory, a database name copies one database; give one of them, not both`,
     );
   }
+  if (opts.pgdata === undefined && (opts.archive === true || opts.asOriginal === true)) {
+    throw new UsageError(
+      `${opts.archive ? '--archive' : '--as-original'} goes with --pgdata DIR (a data directory laid down to be started); a database copied through the sandbox archives nothing; nothing was restored`,
+    );
+  }
   const vault = vaultFor(opts);
   // The moment recovery stops at, in UTC and local time, before anything is restored.
   const targetTime = targetTimeOf(target);
@@ -96,6 +105,8 @@ export async function restorePitrCommand(
     const r = await restorePitrToDataDirectory(vault, backup, target, {
       pgdata: opts.pgdata,
       force: opts.force,
+      archive: opts.archive,
+      asOriginal: opts.asOriginal,
     });
     emit(opts, { ok: true, ...r, ...(targetTime ? { targetTime } : {}) }, () =>
       [
@@ -103,7 +114,18 @@ export async function restorePitrCommand(
         ...timeLines,
         `  base backup: ${r.choice}`,
         `  restore_command = '${r.restoreCommand}' (config ${r.configFile})`,
-        `  start it${serverUserHint()}: pg_ctl -D ${r.pgdata} start; it replays the archived WAL to the target, then promotes`,
+        `  start it on this host: ${r.startCommand}; it replays the archived WAL to the target, then promotes`,
+        ...(r.copyOf === undefined
+          ? [
+              `  --as-original: it keeps the original's port and archive_command and archives into CLUSTER_NAME=${r.lineage}; start it only once the original server is stopped for good`,
+            ]
+          : [
+              `  port ${r.port} (free now; to change it, edit port in ${r.pgdata}/postgresql.auto.conf, or add -o '-p PORT' to pg_ctl)`,
+              r.archiveMode === 'off'
+                ? `  archive_mode = off: the copy archives nothing (restore again with --archive to archive it under CLUSTER_NAME=${r.lineage})`
+                : `  archive_mode = on, into its own lineage: archive_command stores its WAL under CLUSTER_NAME=${r.lineage}, never ${r.copyOf}`,
+              `  marked as a copy of ${r.copyOf} (pgvault.copy_of): back it up under CLUSTER_NAME=${r.lineage} or another name; ${r.copyOf} is refused`,
+            ]),
         ...(r.keyFileWritten
           ? [
               `  ${r.keyFile} holds the encryption key for restore_command: delete it once recovery has finished`,
@@ -132,8 +154,4 @@ export async function restorePitrCommand(
     ].join('\n'),
   );
   return r;
-}
-
-function serverUserHint(): string {
-  return process.getuid?.() === 0 ? ' as the postgres OS user' : '';
 }

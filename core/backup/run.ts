@@ -16,6 +16,7 @@ import { undoOnInterrupt } from '../cleanup';
 import type { Compression } from '../config';
 import { errorMessage } from '../errors';
 import type { ServerInfo } from '../pg/server';
+import { refuseCopyIntoSource } from '../restore/copy';
 import { compressionTool, toolVersion } from '../stream/compress';
 import { newObjectEncryption, type Vault } from '../vault';
 
@@ -111,6 +112,7 @@ export async function toolVersions(
  */
 export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestBody> {
   const { config, targets, reporter } = vault;
+  refuseCopyIntoSource(config.clusterName, run.server, `this ${run.type} backup`);
   const started = run.now ?? new Date();
   const folder = backupFolder(config.clusterName, run.type, run.schedule);
   const id = await uniqueId(vault, folder, backupId(run.type, run.schedule, started));

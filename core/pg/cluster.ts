@@ -1,7 +1,7 @@
 import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { chown, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { QueryResultRow } from 'pg';
@@ -163,6 +163,48 @@ export async function freePort(): Promise<number> {
       server.close(() => resolve(port));
     });
   });
+}
+
+/** True when something accepts a connection on this port of this address. */
+function listening(host: string, port: number): Promise<boolean> {
+  return new Promise((resolvePromise) => {
+    const socket = createConnection({ host, port });
+    const done = (answer: boolean) => {
+      socket.destroy();
+      resolvePromise(answer);
+    };
+    socket.setTimeout(1_000, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+/** True when the port can be bound on every address (0.0.0.0), as listen_addresses = '*' would. */
+function bindableEverywhere(port: number): Promise<boolean> {
+  return new Promise((resolvePromise) => {
+    const server = createServer();
+    server.unref();
+    server.once('error', () => resolvePromise(false));
+    server.listen({ port, host: '0.0.0.0', exclusive: true }, () => server.close(() => resolvePromise(true)));
+  });
+}
+
+/** Socket directories where a server on this host may already hold `.s.PGSQL.<port>`. */
+const SOCKET_DIRECTORIES = ['/var/run/postgresql', '/run/postgresql', '/tmp'];
+
+/**
+ * A port for the copy that no server on this host uses now: free on 127.0.0.1 (freePort), on every
+ * address, and with no PostgreSQL socket lock of that number in the usual socket directories.
+ */
+export async function freeServerPort(): Promise<number> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const port = await freePort();
+    if (SOCKET_DIRECTORIES.some((d) => existsSync(join(d, `.s.PGSQL.${port}.lock`)))) continue;
+    if (!(await bindableEverywhere(port))) continue;
+    if (await listening('::1', port)) continue;
+    return port;
+  }
+  throw new PgVaultError('cannot find a free TCP port on this host; free one and retry');
 }
 
 function lastLines(text: string, count: number): string[] {

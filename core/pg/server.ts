@@ -10,6 +10,10 @@ export interface ServerInfo {
   readonly systemIdentifier: string;
   /** Whether the connected role is a superuser (role password hashes need it). */
   readonly superuser: boolean;
+  /** Set on a copy laid down by restore pitr --pgdata: the original's CLUSTER_NAME (core/restore/copy.ts). */
+  readonly copyOf?: string;
+  /** The copy's own CLUSTER_NAME. */
+  readonly lineage?: string;
 }
 
 export interface DatabaseInfo {
@@ -22,9 +26,16 @@ export interface DatabaseInfo {
 
 export async function serverInfo(conn: PgConnection): Promise<ServerInfo> {
   return withClient(conn, conn.database ?? 'postgres', async (c) => {
-    const v = await c.query<{ version: string; num: string; su: boolean }>(
+    const v = await c.query<{
+      version: string;
+      num: string;
+      su: boolean;
+      copy_of: string | null;
+      lineage: string | null;
+    }>(
       `SELECT current_setting('server_version') AS version, current_setting('server_version_num') AS num,
-              (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS su`,
+              (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS su,
+              current_setting('pgvault.copy_of', true) AS copy_of, current_setting('pgvault.lineage', true) AS lineage`,
     );
     let systemIdentifier = 'unknown';
     try {
@@ -44,6 +55,8 @@ export async function serverInfo(conn: PgConnection): Promise<ServerInfo> {
       major: Math.floor(versionNum / 10000),
       systemIdentifier,
       superuser: row.su === true,
+      copyOf: row.copy_of || undefined,
+      lineage: row.lineage || undefined,
     };
   });
 }

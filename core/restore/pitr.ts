@@ -1,13 +1,13 @@
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, stat } from 'node:fs/promises';
-import { basename, dirname, resolve } from 'node:path';
+import { mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { CatalogEntry } from '../catalog/catalog';
 import type { Manifest, PhysicalInfo, StoredObject } from '../catalog/manifest';
 import type { Config } from '../config';
 import { IntegrityError, UsageError } from '../errors';
-import { chownToServerUser } from '../pg/cluster';
+import { asServerUser, chownToServerUser, freeServerPort } from '../pg/cluster';
 import { countUserRelations } from '../pg/server';
-import { withClient } from '../pg/tools';
+import { findPgBinary, withClient } from '../pg/tools';
 import type { Vault } from '../vault';
 import {
   continuousUntil,
@@ -17,6 +17,7 @@ import {
   type WalArchiveState,
 } from '../wal/archive';
 import { formatLsn, nextSegment, parseLsn, segmentNumber } from '../wal/naming';
+import { copyLineageName, copySettings } from './copy';
 import { chooseSourceDatabase, openBackup } from './fetch';
 import {
   assertServerUserCanUse,
@@ -26,6 +27,7 @@ import {
   prepareRecovery,
   type RecoveredPoint,
   RecoverySandbox,
+  shellWord,
   writeRestoreCommandFiles,
 } from './sandbox';
 
@@ -452,6 +454,13 @@ export interface PitrDataDirectoryOptions {
   readonly pgdata: string;
   /** Use a directory that is not empty (its contents are removed first). */
   readonly force?: boolean;
+  /** Keep archiving (into the copy's own lineage, never the original's); off by default. */
+  readonly archive?: boolean;
+  /**
+   * The copy replaces the original server (disaster recovery, the original gone for good): it keeps
+   * the original's port, archive settings and CLUSTER_NAME, and is not marked as a copy.
+   */
+  readonly asOriginal?: boolean;
 }
 
 export interface PitrDataDirectoryResult {
@@ -465,6 +474,21 @@ export interface PitrDataDirectoryResult {
   readonly keyFile?: string;
   readonly keyFileWritten: boolean;
   readonly restoreCommand: string;
+  /**
+   * The port written into the copy's postgresql.auto.conf, free on this host when it was laid down;
+   * undefined with asOriginal (the original's port is kept).
+   */
+  readonly port?: number;
+  /** 'off' (default), 'on' into the copy's own lineage (--archive), 'original' (asOriginal: unchanged). */
+  readonly archiveMode: 'off' | 'on' | 'original';
+  /** The CLUSTER_NAME the copy archives and must be backed up under (pgvault.lineage). */
+  readonly lineage: string;
+  /** The CLUSTER_NAME of the original (pgvault.copy_of), refused for the copy's WAL and backups; none with asOriginal. */
+  readonly copyOf?: string;
+  readonly archiveCommand?: string;
+  /** Starts the copy on this host (as the server's OS user), its log in logFile. */
+  readonly startCommand: string;
+  readonly logFile: string;
   readonly window: string;
   readonly warnings: readonly string[];
   readonly durationMs: number;
@@ -531,12 +555,34 @@ export async function restorePitrToDataDirectory(
       dataDir: pgdata,
     });
     const warnings = [...plan.warnings];
+    // The copy is a server of its own on this host: another port, no archiving into the original's
+    // archive (or, with --archive, into its own lineage), marked as a copy (see ./copy.ts).
+    const asCopy = options.asOriginal !== true;
+    const port = asCopy ? await freeServerPort() : undefined;
+    const lineage = asCopy ? copyLineageName(config.clusterName) : config.clusterName;
+    const archiveCommand =
+      asCopy && options.archive ? `CLUSTER_NAME=${lineage} ${files.pgvaultCommand} backup wal %p` : undefined;
     const recovery = await prepareRecovery(
       pgdata,
-      recoverySettings(files.restoreCommand, target),
+      {
+        ...recoverySettings(files.restoreCommand, target),
+        ...(port === undefined
+          ? {}
+          : copySettings({ sourceCluster: config.clusterName, lineage, port, archiveCommand })),
+      },
       `pgvault restore pitr from ${plan.manifest.id} to ${describeTarget(target)}`,
     );
     warnings.push(...recovery.warnings);
+    const logFile = join(dirname(pgdata), `${stem}.log`);
+    await writeFile(logFile, '', { mode: 0o600, flag: 'a' });
+    await chownToServerUser(logFile);
+    const start = asServerUser(findPgBinary('pg_ctl', config.pgBinDir), [
+      '-D',
+      pgdata,
+      '-l',
+      logFile,
+      'start',
+    ]);
     return {
       backupId: plan.manifest.id,
       choice: plan.choice,
@@ -546,6 +592,13 @@ export async function restorePitrToDataDirectory(
       keyFile: files.keyFile,
       keyFileWritten: files.keyFileWritten,
       restoreCommand: files.restoreCommand,
+      port,
+      archiveMode: !asCopy ? 'original' : archiveCommand === undefined ? 'off' : 'on',
+      lineage,
+      copyOf: asCopy ? config.clusterName : undefined,
+      archiveCommand,
+      startCommand: [start.file, ...start.args].map(shellWord).join(' '),
+      logFile,
       window: plan.window,
       warnings,
       durationMs: Date.now() - started,

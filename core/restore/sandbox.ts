@@ -71,7 +71,7 @@ const LIBPQ_VARIABLES = [
 ];
 
 /** Quotes one word for /bin/sh, which runs restore_command. */
-function shellWord(word: string): string {
+export function shellWord(word: string): string {
   return /^[A-Za-z0-9_./=:,@%+-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
 
@@ -145,6 +145,8 @@ export interface RestoreCommandFiles {
   readonly keyFileWritten: boolean;
   /** The restore_command line, ready for postgresql.auto.conf (unquoted). */
   readonly restoreCommand: string;
+  /** The same pgvault with the same config, for another subcommand (archive_command of a copy). */
+  readonly pgvaultCommand: string;
   /** Removes the files this command wrote. */
   remove(): Promise<void>;
 }
@@ -196,6 +198,7 @@ export async function writeRestoreCommandFiles(
     keyFile,
     keyFileWritten,
     restoreCommand: `${restoreCommand} restore wal %f %p`,
+    pgvaultCommand: restoreCommand,
     remove: async () => {
       await Promise.all(written.map((f) => rm(f, { force: true })));
     },

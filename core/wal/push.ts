@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { writeObject } from '../catalog/objects';
 import type { Config } from '../config';
 import { errorMessage, IntegrityError, PgVaultError, UsageError } from '../errors';
+import { refuseCopyWal } from '../restore/copy';
 import type { StorageTarget } from '../storage/target';
 import { compressFiles, ZstdFrameSplitter } from '../stream';
 import {
@@ -190,6 +191,7 @@ async function preparePush(ctx: WalPushContext, path: string): Promise<PreparedP
   const { config, targets } = ctx;
   const cluster = config.clusterName;
   const file = requireWalFileName(basename(path));
+  await refuseCopyWal(cluster, path);
   const { size, header } = await inspectWalFile(path, file);
   const identity =
     header !== undefined

@@ -3,7 +3,9 @@ import { join } from 'node:path';
 import { undoOnInterrupt } from '../cleanup';
 import type { Config } from '../config';
 import { errorMessage, PostgresError } from '../errors';
+import { serverInfo } from '../pg/server';
 import { findPgBinary, pgEnv, withClient } from '../pg/tools';
+import { refuseCopyIntoSource } from '../restore/copy';
 import type { StorageTarget } from '../storage/target';
 import { startTool, type ToolProcess } from '../stream/process';
 import { cachedArchiveIdentity } from './fetch';
@@ -80,6 +82,10 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 /** Runs until stopped: pg_receivewal supervised and restarted, completed segments pushed and removed. */
 export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): Promise<void> {
   const { config } = ctx;
+  // A copy laid down by restore pitr streams WAL of the original's system: never under its name. A
+  // server not reachable yet is left to pg_receivewal's retries, as before.
+  const marks = await serverInfo(config.pg).catch(() => ({}));
+  refuseCopyIntoSource(config.clusterName, marks, 'the WAL streamed from this server');
   const dir = config.walReceiveDir;
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const binary = findPgBinary('pg_receivewal', config.pgBinDir);

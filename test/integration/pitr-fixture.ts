@@ -46,7 +46,7 @@ export async function startArchivingCluster(
   await giveToServerUser(backupDir);
   await giveToServerUser(join(backupDir, clusterName));
   const keyFile = join(work.path, 'encryption-key');
-  await writeFile(keyFile, 'pitr test key\n', { mode: 0o600 });
+  await writeFile(keyFile, 'pitr test key, long enough\n', { mode: 0o600 });
   await giveToServerUser(keyFile);
   const configFile = join(work.path, 'pgvault.conf');
   const archiveCommand = `${process.execPath} ${PGVAULT_BIN} --config ${configFile} backup wal %p`;

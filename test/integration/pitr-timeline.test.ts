@@ -44,7 +44,11 @@ beforeAll(async () => {
   await switchAndWaitArchived(a.cluster);
 
   const pgdata = join(a.work, 'timeline-2');
-  await restorePitrToDataDirectory(a.vault(), 'auto', parseRecoveryTarget({ name: 'fork' }), { pgdata });
+  // It replaces the original (a failover): it archives into the same cluster, on a new timeline.
+  await restorePitrToDataDirectory(a.vault(), 'auto', parseRecoveryTarget({ name: 'fork' }), {
+    pgdata,
+    asOriginal: true,
+  });
   b = await TempCluster.startOn({
     dataDir: pgdata,
     settings: {
