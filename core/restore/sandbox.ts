@@ -111,7 +111,6 @@ export function pgvaultBin(): string {
 export function restoreCommandConfigText(config: Config, keyFile: string | undefined): string {
   const lines: Array<[string, string | number | boolean | undefined]> = [
     ['BACKUP_DIR', config.backupDir],
-    ['WAL_ARCHIVE_DIR', config.walArchiveDir],
     ['COMPRESSION', config.compression],
     ['COMPRESSION_LEVEL', config.compressionLevel],
     ['PARALLEL_JOBS', config.parallelJobs],
