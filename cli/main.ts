@@ -241,6 +241,14 @@ verify
   )
   .action(run(reportCmds, 'verifyReportCommand'));
 
+program
+  .command('check')
+  .description(
+    'WAL archiving end to end: settings, a forced WAL switch and its segment in the archive; fine, slow or broken, and what to do',
+  )
+  .option('--timeout <seconds>', 'how long to wait for the segment (default ARCHIVE_TIMEOUT)')
+  .action(run(async () => require('./commands/check') as Record<string, unknown>, 'checkCommand'));
+
 const wal = program.command('wal').description('continuous WAL archiving');
 wal
   .command('receive')

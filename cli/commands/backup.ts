@@ -78,7 +78,9 @@ export async function backupStatsCommand(opts: GlobalOptions) {
 }
 
 export async function backupInitCommand(opts: GlobalOptions) {
-  const checks = await initBackupTargets(vaultFor(opts));
+  const checks = await initBackupTargets(vaultFor(opts), {
+    configFile: opts.config ?? process.env.PGVAULT_CONFIG,
+  });
   reportChecks(opts, checks);
 }
 
