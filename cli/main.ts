@@ -110,6 +110,7 @@ backup
   .command('schedule')
   .description("print the guide's crontab for this host (or --install it)")
   .option('--install', "install it into this user's crontab")
+  .option('--syslog', "send the jobs' output to syslog (logger -t pgvault) instead of a rotated pgvault.log")
   .action(run(backupCmds, 'backupScheduleCommand'));
 backup
   .command('retention')
