@@ -78,6 +78,27 @@ describe('pgvault check', () => {
     await fx.waitArchived(last!, 60_000);
   });
 
+  it('says slow, not broken, when the archiver works but has not got there yet', async () => {
+    // Prepare: an archive_command that takes 15 s and then succeeds.
+    await fx.setArchiveCommand(`sleep 15; ${pgvaultCommand(fx.configFile)}`);
+    try {
+      // Act
+      const r = fx.pgvault(['--json', 'check', '--timeout', '3'], { env: serverEnv });
+
+      // Assert
+      const report = JSON.parse(r.stdout) as CheckJson;
+      expect(r.code).not.toBe(0);
+      expect(report.verdict).toBe('slow');
+      expect(report.summary).toContain('no failure');
+      expect(report.summary).toMatch(/1 file\(s\) wait for archive_command/);
+      expect(report.nextStep).toContain('ARCHIVE_ASYNC');
+    } finally {
+      await fx.setArchiveCommand(pgvaultCommand(fx.configFile));
+    }
+    const [last] = await fx.makeSegments(1);
+    await fx.waitArchived(last!, 90_000);
+  });
+
   it('says archiving is off when archive_mode is off', async () => {
     // Prepare
     let plain: TempCluster | undefined;
