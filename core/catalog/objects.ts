@@ -166,7 +166,13 @@ export async function writeObject(
         putResults[i]?.status === 'fulfilled' ? t.delete(spec.key) : Promise.resolve(),
       ),
     );
-    throw failure.reason;
+    // A target's write error reaches the pipeline raw (its branch is destroyed with it) before the
+    // target's own account of it, which names the target and the key ("BACKUP_DIR … is full
+    // (ENOSPC) while writing …"): report that one.
+    const told = putResults.find(
+      (r) => r.status === 'rejected' && r.reason instanceof Error && r.reason.cause === failure.reason,
+    );
+    throw told?.status === 'rejected' ? told.reason : failure.reason;
   }
   return {
     key: spec.key,

@@ -232,6 +232,37 @@ describe('backup init', () => {
 });
 
 describe('a full disk', () => {
+  it('a backup names BACKUP_DIR and the object it was writing, and leaves no backup behind', async () => {
+    // Prepare: BACKUP_DIR on a 256 kB file system (the probe fits, the dump does not).
+    await fx.cluster.query('CREATE DATABASE bigdb');
+    await fx.cluster.query(
+      'CREATE TABLE t AS SELECT g, md5(g::text) AS a, md5((g * 3)::text) AS b FROM generate_series(1, 100000) g',
+      [],
+      'bigdb',
+    );
+    const tiny = join(fx.work, 'tiny-backups');
+    mkdirSync(tiny);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', tiny]);
+    try {
+      // Act
+      const r = fx.pgvault(['backup', 'full', 'manual', '--database', 'bigdb'], {
+        env: { ...serverEnv, BACKUP_DIR: tiny },
+      });
+
+      // Assert
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(
+        new RegExp(`BACKUP_DIR ${tiny} is full \\(ENOSPC\\) while writing walt/full/manual/full-manual-\\S+`),
+      );
+      expect(r.stderr).not.toMatch(/corrupt/);
+      expect(r.code).toBe(1);
+      const list = fx.pgvault(['--json', 'restore', 'list'], { env: { ...serverEnv, BACKUP_DIR: tiny } });
+      expect(JSON.parse(list.stdout).backups).toEqual([]);
+    } finally {
+      execFileSync('umount', [tiny]);
+    }
+  });
+
   it('restore wal names the path it was writing, and does not call the object corrupt', async () => {
     // Prepare: an archived segment (1 MB) and a 256 kB file system to fetch it into.
     const [segment] = await fx.makeSegments(1);
