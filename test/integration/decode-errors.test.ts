@@ -115,6 +115,24 @@ describe('a stored object that cannot be decoded', () => {
     expect(verify.code).toBe(3);
   });
 
+  it('restore full refuses the damaged object with exit 3 naming it, and creates nothing', async () => {
+    // Prepare: the damaged backup of the test above.
+    const backupDir = join(work.path, 'one');
+    const config = join(work.path, 'one.env');
+    const [dump] = filesEnding(backupDir, '.dump.zst');
+
+    // Act
+    const restore = pgvault(config, ['restore', 'full', 'latest', 'decode_one', '--from', 'decode_src']);
+
+    // Assert
+    expect(restore.code).toBe(3);
+    expect(restore.stderr).toContain(dump!.slice(backupDir.length + 1));
+    const [exists] = await cluster.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM pg_database WHERE datname = 'decode_one'",
+    );
+    expect(exists!.n).toBe(0);
+  });
+
   it('verify file names the target holding an intact copy', async () => {
     // Prepare
     const backupDir = join(work.path, 'two');
@@ -139,5 +157,12 @@ describe('a stored object that cannot be decoded', () => {
     expect(verify.code).toBe(3);
     expect(verify.stderr).toContain(dump!.slice(backupDir.length + 1));
     expect(verify.stderr).toMatch(/intact copy is in s3:\/\/pgvault-decode\/two/);
+
+    // And a restore takes the intact copy, saying which one was damaged.
+    const restore = pgvault(config, ['restore', 'full', id, 'decode_two', '--from', 'decode_src']);
+    expect(restore.code, restore.stderr).toBe(0);
+    expect(restore.stderr).toContain(`file://${backupDir}`);
+    const [rows] = await cluster.query<{ n: number }>('SELECT count(*)::int AS n FROM t', [], 'decode_two');
+    expect(rows!.n).toBe(300000);
   });
 });
