@@ -1,5 +1,6 @@
 import type { Client } from 'pg';
 import type { PgConnection } from '../config';
+import { errorMessage, PostgresError } from '../errors';
 import { withClient } from './tools';
 
 /**
@@ -137,6 +138,16 @@ export async function archiverStateOf(c: Client): Promise<ArchiverState> {
  */
 export async function forceWalSwitch(c: Client): Promise<string> {
   await c.query('SELECT txid_current()');
-  const r = await c.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal() - 1) AS name');
-  return r.rows[0]!.name;
+  try {
+    const r = await c.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal() - 1) AS name');
+    return r.rows[0]!.name;
+  } catch (err) {
+    if ((err as { code?: string }).code === '42501') {
+      throw new PostgresError(
+        `this role may not switch WAL (${errorMessage(err)}); run the check as a superuser, or GRANT EXECUTE ON FUNCTION pg_switch_wal() TO the role in PGUSER`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
 }

@@ -127,6 +127,22 @@ describe('pgvault check', () => {
   });
 });
 
+describe('pgvault check as a role that may not switch WAL', () => {
+  it('says so in one line, with the grant that fixes it', async () => {
+    // Prepare
+    await fx.cluster.query('DROP ROLE IF EXISTS check_nosu');
+    await fx.cluster.query('CREATE ROLE check_nosu LOGIN');
+
+    // Act
+    const r = fx.pgvault(['check'], { env: { ...serverEnv, PGUSER: 'check_nosu' } });
+
+    // Assert
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toContain('GRANT EXECUTE ON FUNCTION pg_switch_wal() TO');
+  });
+});
+
 describe('backup wal by hand', () => {
   it('refuses the segment PostgreSQL is still writing, and stores nothing', async () => {
     // Prepare: something written into it. (pg_walfile_name names the previous segment for an LSN
