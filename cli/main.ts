@@ -116,6 +116,7 @@ backup
   .command('schedule')
   .description("print the guide's crontab for this host (or --install it)")
   .option('--install', "install it into this user's crontab")
+  .option('--syslog', "send the jobs' output to syslog (logger -t pgvault) instead of a rotated pgvault.log")
   .action(run(backupCmds, 'backupScheduleCommand'));
 backup
   .command('retention')
@@ -259,6 +260,14 @@ verify
     'HTML, Markdown and JSON report into {cluster}/reports/ of the targets; sends threshold alerts',
   )
   .action(run(reportCmds, 'verifyReportCommand'));
+
+program
+  .command('check')
+  .description(
+    'WAL archiving end to end: settings, a forced WAL switch and its segment in the archive; fine, slow or broken, and what to do',
+  )
+  .option('--timeout <seconds>', 'how long to wait for the segment (default ARCHIVE_TIMEOUT)')
+  .action(run(async () => require('./commands/check') as Record<string, unknown>, 'checkCommand'));
 
 const wal = program.command('wal').description('continuous WAL archiving');
 wal

@@ -78,7 +78,9 @@ export async function backupStatsCommand(opts: GlobalOptions) {
 }
 
 export async function backupInitCommand(opts: GlobalOptions) {
-  const checks = await initBackupTargets(vaultFor(opts));
+  const checks = await initBackupTargets(vaultFor(opts), {
+    configFile: opts.config ?? process.env.PGVAULT_CONFIG,
+  });
   reportChecks(opts, checks);
 }
 
@@ -93,11 +95,12 @@ export function reportChecks(
   if (!ok) process.exitCode = 1;
 }
 
-export async function backupScheduleCommand(opts: GlobalOptions & { install?: boolean }) {
+export async function backupScheduleCommand(opts: GlobalOptions & { install?: boolean; syslog?: boolean }) {
   const config = readConfig(opts);
   const block = renderCrontab(config, {
     pgvault: require.resolve('../../../bin/pgvault.js'),
     configFile: opts.config ?? process.env.PGVAULT_CONFIG,
+    syslog: opts.syslog === true,
   });
   if (opts.install) installCrontab(block);
   emit(opts, { ok: true, installed: opts.install === true, crontab: block }, () =>

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { loadConfig } from '../../core/config';
-import { IntegrityError } from '../../core/errors';
+import { IntegrityError, PgVaultError } from '../../core/errors';
 import { createTargets } from '../../core/storage';
 import {
   PREFETCHER_MARKER,
@@ -13,7 +13,7 @@ import {
   runPrefetcher,
 } from '../../core/wal/fetch';
 import { requireWalFileName } from '../../core/wal/naming';
-import { pushWalFile } from '../../core/wal/push';
+import { pushWalFile, refuseUnfinishedSegment } from '../../core/wal/push';
 import {
   awaitingArchive,
   confirmUpload,
@@ -50,7 +50,10 @@ function finish(code = 0): never {
 export async function backupWalCommand(path: string, opts: GlobalOptions) {
   const config = readConfig(opts);
   const file = requireWalFileName(basename(path));
-  if (config.archiveAsync && (await awaitingArchive(path))) {
+  // One stat, the one PostgreSQL's own calls always pass: it writes the .ready file first.
+  const ready = await awaitingArchive(path);
+  if (!ready) await refuseUnfinishedSegment(path, file);
+  if (config.archiveAsync && ready) {
     const spoolDir = spoolDirFor(config.spoolDir, path);
     await confirmUpload({
       spoolDir,
@@ -133,14 +136,38 @@ export async function verifyWalCommand(opts: GlobalOptions) {
         .join(
           ', ',
         )}${report.gaps.length > 3 ? ', ...' : ''}; recovery cannot pass them: take a new base backup after the last gap`;
-  emit(opts, report, () => describeVerifyReport(report));
+  // The server feeding the archive, when one answers (core/verify/wal-health.ts).
+  const { walServerHealth } =
+    require('../../core/verify/wal-health') as typeof import('../../core/verify/wal-health');
+  const server = await walServerHealth(vault, report);
+  const serverProblem = server.problems.length > 0 ? server.problems.join('; ') : undefined;
+  emit(opts, { ...report, ok: report.ok && serverProblem === undefined, server }, () =>
+    [describeVerifyReport(report, serverProblem === undefined), ...describeServerHealth(server)].join('\n'),
+  );
   // The report is already out (stdout); the exit code, one line and the alert say it failed.
   if (problem !== undefined) await failAfterReport(new IntegrityError(problem), opts, 'verify wal');
+  else if (serverProblem !== undefined)
+    await failAfterReport(
+      new PgVaultError(`WAL archiving is not healthy: ${serverProblem}`),
+      opts,
+      'verify wal',
+    );
+}
+
+function describeServerHealth(server: import('../../core/verify/wal-health').WalServerHealth): string[] {
+  if (!server.checked) return [`server: not checked, ${server.skipped}`];
+  const waiting = server.waiting
+    ? `, ${server.waiting.count} file(s) waiting in pg_wal${server.waiting.oldest ? ` (oldest ${server.waiting.oldest}, ${server.waiting.oldestAgeSeconds} s)` : ''}`
+    : '';
+  return [
+    `server ${server.server}: archive_mode ${server.archiveMode}, last archived ${server.lastArchivedWal ?? 'none'}${waiting}`,
+    ...server.problems.map((p) => `PROBLEM: ${p}`),
+  ];
 }
 
 type VerifyReport = Awaited<ReturnType<typeof import('../../core/wal/archive').verifyWalArchive>>;
 
-function describeVerifyReport(report: VerifyReport): string {
+function describeVerifyReport(report: VerifyReport, serverOk = true): string {
   const lines: string[] = [];
   const identity = report.systemIdentifier ? `system identifier ${report.systemIdentifier}, ` : '';
   lines.push(
@@ -183,7 +210,13 @@ function describeVerifyReport(report: VerifyReport): string {
       `RPO: ${formatDuration(report.rpoSeconds * 1000)} since the newest archived WAL (${report.newestModified})`,
     );
   }
-  lines.push(report.ok ? 'WAL archive OK' : 'WAL archive has gaps');
+  lines.push(
+    !report.ok
+      ? 'WAL archive has gaps'
+      : serverOk
+        ? 'WAL archive OK'
+        : 'WAL archive NOT OK: see the server below',
+  );
   return lines.join('\n');
 }
 

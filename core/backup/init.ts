@@ -4,9 +4,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SCHEDULES } from '../catalog/naming';
 import { errorMessage } from '../errors';
+import { type ArchiverState, archives, readArchiverState } from '../pg/archiving';
 import { serverInfo } from '../pg/server';
 import { findPgBinary, toolMajorVersion } from '../pg/tools';
 import type { Vault } from '../vault';
+import { checkArchiving } from '../wal/check';
 
 export interface Check {
   readonly check: string;
@@ -22,8 +24,14 @@ async function attempt(check: string, fn: () => Promise<string>): Promise<Check>
   }
 }
 
-/** `backup init`: lays out the local folders (0700) and proves every target can be written. Idempotent. */
-export async function initBackupTargets(vault: Vault): Promise<Check[]> {
+/**
+ * `backup init`: lays out the local folders (0700), proves every target can be written, and when a
+ * server answers, checks its WAL archiving end to end (pgvault check). Idempotent.
+ */
+export async function initBackupTargets(
+  vault: Vault,
+  options: { readonly configFile?: string } = {},
+): Promise<Check[]> {
   const { config } = vault;
   const checks: Check[] = [];
   if (vault.targets.some((t) => t.kind === 'file')) {
@@ -48,7 +56,39 @@ export async function initBackupTargets(vault: Vault): Promise<Check[]> {
       }),
     );
   }
+  checks.push(await archivingCheck(vault, options.configFile));
   return checks;
+}
+
+/**
+ * The archiving check of `backup init`: skipped (and said so) when no server answers; a server
+ * that does not archive is fine here (logical backups need no WAL; PITR does, and the line says so).
+ */
+async function archivingCheck(vault: Vault, configFile: string | undefined): Promise<Check> {
+  const check = 'WAL archiving';
+  const { config } = vault;
+  let state: ArchiverState;
+  try {
+    state = await readArchiverState(config.pg);
+  } catch (err) {
+    return {
+      check,
+      ok: true,
+      detail: `skipped: no server reachable (${errorMessage(err)}); run pgvault check once it is`,
+    };
+  }
+  if (!archives(state)) {
+    return {
+      check,
+      ok: true,
+      detail: `archive_mode is ${state.archiveMode}: no WAL is archived, so no point-in-time recovery (logical backups do not need it; pgvault check says how to turn it on)`,
+    };
+  }
+  return attempt(check, async () => {
+    const report = await checkArchiving(vault, { configFile });
+    if (!report.ok) throw new Error(`${report.summary}; next step: ${report.nextStep}`);
+    return report.summary;
+  });
 }
 
 /**

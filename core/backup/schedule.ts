@@ -3,7 +3,14 @@ import { resolve } from 'node:path';
 import type { Config } from '../config';
 import { errorMessage, PgVaultError } from '../errors';
 
-/** The guide's crontab, one line per job. */
+/**
+ * The crontab, one line per job: the guide's entries (full daily/weekly/monthly, config, indexes,
+ * retention at 5:00, verify all at 6:00), then what the guide leaves out but a recoverable setup
+ * needs: base backups (point-in-time recovery starts from one; the WAL archive alone restores
+ * nothing), the restore drills that prove backups restore, and the daily report. Base backups run
+ * on the same daily/weekly/monthly schedules as the full ones, so retention keeps a PITR start for
+ * each of them.
+ */
 export const GUIDE_SCHEDULE: ReadonlyArray<{
   readonly cron: string;
   readonly args: string;
@@ -16,7 +23,32 @@ export const GUIDE_SCHEDULE: ReadonlyArray<{
   { cron: '30 1 * * *', args: 'backup indexes', what: 'Index backup daily at 1:30 AM' },
   { cron: '0 5 * * *', args: 'backup retention', what: 'Retention policy at 5:00 AM' },
   { cron: '0 6 * * *', args: 'verify all', what: 'Verification daily at 6:00 AM' },
+  {
+    cron: '30 0 * * *',
+    args: 'backup base daily',
+    what: 'Daily base backup at 0:30 AM (point-in-time recovery starts from one)',
+  },
+  { cron: '30 3 * * 0', args: 'backup base weekly', what: 'Weekly base backup on Sunday at 3:30 AM' },
+  { cron: '30 4 1 * *', args: 'backup base monthly', what: 'Monthly base backup on the 1st at 4:30 AM' },
+  {
+    cron: '0 7 * * *',
+    args: 'verify report',
+    what: 'Report (HTML, Markdown, JSON) and threshold alerts daily at 7:00 AM',
+  },
+  {
+    cron: '0 8 * * 6',
+    args: 'drill',
+    what: 'Restore drill on Saturday at 8:00 AM: the newest full backup restored and validated, RTO recorded',
+  },
+  {
+    cron: '0 8 * * 0',
+    args: 'drill --pitr',
+    what: 'PITR drill on Sunday at 8:00 AM: recovery to one hour ago in a sandbox, RPO and RTO recorded',
+  },
 ];
+
+/** How many rotated logs are kept (pgvault.log.1 ... .7: a week of nights). */
+export const LOG_GENERATIONS = 7;
 
 const MARK = '# pgvault schedule';
 
@@ -26,17 +58,37 @@ function sh(word: string): string {
 }
 
 /**
- * The crontab block: absolute paths to node and pgvault, the configuration file named, output
- * appended to a log beside the backups. Cron's environment is bare, hence every path spelled out.
+ * The crontab block: absolute paths to node and pgvault, the configuration file named. Cron's
+ * environment is bare, hence every path spelled out. Output goes to `pgvault.log` beside the backups,
+ * rotated by a line of its own at 0:05 (seven generations, no logrotate needed, any user); or with
+ * `syslog`, to the system log through `logger -t pgvault` (journald or rsyslog rotates it).
  */
-export function renderCrontab(config: Config, options: { pgvault: string; configFile?: string }): string {
+export function renderCrontab(
+  config: Config,
+  options: { pgvault: string; configFile?: string; syslog?: boolean },
+): string {
   const node = process.execPath;
   const cli = resolve(options.pgvault);
   const cfg = options.configFile ? ` --config ${sh(resolve(options.configFile))}` : '';
-  const log = sh(`${config.backupDir}/pgvault.log`);
+  const logFile = `${config.backupDir}/pgvault.log`;
+  const log = sh(logFile);
+  const output = options.syslog ? '2>&1 | logger -t pgvault' : `>> ${log} 2>&1`;
   const lines = [`${MARK} (begin): generated ${new Date().toISOString()}`];
   for (const job of GUIDE_SCHEDULE) {
-    lines.push(`# ${job.what}`, `${job.cron} ${sh(node)} ${sh(cli)}${cfg} ${job.args} >> ${log} 2>&1`);
+    lines.push(`# ${job.what}`, `${job.cron} ${sh(node)} ${sh(cli)}${cfg} ${job.args} ${output}`);
+  }
+  if (!options.syslog) {
+    // pgvault.log -> .1 -> ... -> .7 (dropped). No % in it: cron turns % into a newline.
+    const shift = Array.from({ length: LOG_GENERATIONS - 1 }, (_, i) => LOG_GENERATIONS - 1 - i)
+      .map(
+        (i) =>
+          `{ [ ! -f ${sh(`${logFile}.${i}`)} ] || mv -f ${sh(`${logFile}.${i}`)} ${sh(`${logFile}.${i + 1}`)}; }`,
+      )
+      .join('; ');
+    lines.push(
+      `# Log rotation daily at 0:05 AM: ${logFile} and ${LOG_GENERATIONS} older ones`,
+      `5 0 * * * ${shift}; { [ ! -f ${log} ] || mv -f ${log} ${sh(`${logFile}.1`)}; }`,
+    );
   }
   lines.push(`${MARK} (end)`);
   return `${lines.join('\n')}\n`;

@@ -2,6 +2,7 @@ import { open } from 'node:fs/promises';
 import { PassThrough, type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Compression } from '../config';
+import { diskFullError, isDiskFull } from '../disk';
 import { errorMessage, IntegrityError, MissingToolError, ObjectNotFoundError, StorageError } from '../errors';
 import type { StorageTarget } from '../storage/target';
 import {
@@ -165,7 +166,13 @@ export async function writeObject(
         putResults[i]?.status === 'fulfilled' ? t.delete(spec.key) : Promise.resolve(),
       ),
     );
-    throw failure.reason;
+    // A target's write error reaches the pipeline raw (its branch is destroyed with it) before the
+    // target's own account of it, which names the target and the key ("BACKUP_DIR … is full
+    // (ENOSPC) while writing …"): report that one.
+    const told = putResults.find(
+      (r) => r.status === 'rejected' && r.reason instanceof Error && r.reason.cause === failure.reason,
+    );
+    throw told?.status === 'rejected' ? told.reason : failure.reason;
   }
   return {
     key: spec.key,
@@ -229,7 +236,13 @@ export async function readObject(spec: ObjectReadSpec): Promise<Readable> {
     }
     return undefined;
   }, read.integrity);
-  const out = new PassThrough({ highWaterMark: 1 << 20 });
+  // pipeline() destroys every stream of the chain with the first error, `out` too, before its
+  // promise settles: the error is explained here, so a consumer never sees a bare decompressor
+  // failure ("zstd failed ... Data corruption detected") instead of the object named as corrupt.
+  const out = new PassThrough({
+    highWaterMark: 1 << 20,
+    destroy: (err, callback) => callback(err === null ? null : read.explain(err)),
+  });
   pipeline([
     read.source,
     ...read.stages,
@@ -263,6 +276,8 @@ export async function readObjectToFile(spec: ObjectReadSpec, path: string): Prom
       // No program to write the file, or a decoded digest to check: Node reads the raw bytes itself.
       await pipeline(await readObject(spec), descriptorWriteStream(handle.fd));
     }
+  } catch (err) {
+    throw diskFullError(err, path, 'free space there (or set TMPDIR to a larger disk) and retry') ?? err;
   } finally {
     await handle.close();
   }
@@ -368,10 +383,12 @@ async function openStored(spec: ObjectReadSpec): Promise<StoredRead> {
     // A flipped byte usually trips the decryptor or decompressor before the digests are complete.
     // The key was proven by the manifest's key check, so this is a corrupt object: name it so,
     // keeping the tool's own words.
+    // A full disk on the writing side is not the object's fault (see diskFull).
     explain: (err) =>
       (err instanceof Error && ours.has(err)) ||
       err instanceof StorageError ||
-      err instanceof MissingToolError
+      err instanceof MissingToolError ||
+      isDiskFull(err)
         ? (err as Error)
         : integrity(`cannot be decoded: ${errorMessage(err)}`),
   };

@@ -6,7 +6,7 @@ import { type Manifest, type StoredObject, verifyManifest } from '../catalog/man
 import { decryptionFor, readObject, readObjectToFile } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
 import type { Config } from '../config';
-import { ensureFreeSpace } from '../disk';
+import { ensureFreeSpace, isDiskFull } from '../disk';
 import { errorMessage, IntegrityError, StorageError, UsageError } from '../errors';
 import { archiveOffsetPatches } from '../pg/archive';
 import type { Reporter, Vault } from '../vault';
@@ -180,7 +180,7 @@ export async function fetchToLocalFile(
     } catch (err) {
       lastError = err;
       // Corruption is about this copy: another target may hold a good one.
-      if (err instanceof IntegrityError || err instanceof StorageError) {
+      if ((err instanceof IntegrityError || err instanceof StorageError) && !isDiskFull(err)) {
         if (entry.targets.length > 1)
           reporter.warn(`${target.location}: ${errorMessage(err)}; trying the next copy`);
         continue;

@@ -9,11 +9,12 @@ import type { Manifest, StoredObject } from '../catalog/manifest';
 import { decryptionFor, readObject } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
 import type { Config } from '../config';
-import { ensureFreeSpace } from '../disk';
+import { ensureFreeSpace, isDiskFull } from '../disk';
 import { errorMessage, IntegrityError, PgVaultError, UsageError } from '../errors';
 import { CustomArchiveScanner } from '../pg/archive';
 import { findPgBinary } from '../pg/tools';
 import { openBackup } from '../restore/fetch';
+import type { StorageTarget } from '../storage/target';
 import { startTool, ToolExitError } from '../stream/process';
 import type { Vault } from '../vault';
 
@@ -46,36 +47,102 @@ export async function verifyBackupFile(vault: Vault, ref: string): Promise<FileV
   const target = entry.targets[0]!;
   const objects: ObjectVerification[] = [];
   for (const object of manifest.objects) {
-    const raw = await readObject({
-      target,
-      object,
-      compression: manifest.compression.algorithm,
-      threads: vault.config.parallelJobs,
-      encryption: decryptionFor(manifest, vault.config.encryption.passphrase),
-      onProgress: (bytes) =>
-        vault.reporter.progress(`verify ${object.database ?? object.kind}`, bytes, object.storedSize),
-    });
-    if (object.kind === 'base') {
-      await verifyBaseBackupObject(raw, object, manifest, vault.config);
-      objects.push({
-        key: object.key,
-        storedSize: object.storedSize,
-        rawSize: object.rawSize,
-        dataDirectoryVerified: true,
-      });
-      continue;
+    try {
+      objects.push(await verifyObject(vault, manifest, object, target));
+    } catch (err) {
+      const corrupt = asCorruption(err, object, target);
+      if (corrupt === undefined) throw err;
+      throw await withOtherCopies(vault, manifest, object, entry.targets, target, corrupt);
     }
-    const scanner = object.format === 'dump' ? new CustomArchiveScanner() : undefined;
-    const sink = new Writable({ write: (_chunk, _enc, cb) => cb() });
-    await pipeline(scanner ? [raw, scanner, sink] : [raw, sink]);
-    objects.push({
+  }
+  return { backupId: manifest.id, target: target.location, objects, durationMs: Date.now() - started };
+}
+
+/** Reads one object through in one target: digests, decryption, decompression, its own format. */
+async function verifyObject(
+  vault: Vault,
+  manifest: Manifest,
+  object: StoredObject,
+  target: StorageTarget,
+  options: { readonly quiet?: boolean } = {},
+): Promise<ObjectVerification> {
+  const raw = await readObject({
+    target,
+    object,
+    compression: manifest.compression.algorithm,
+    threads: vault.config.parallelJobs,
+    encryption: decryptionFor(manifest, vault.config.encryption.passphrase),
+    onProgress: options.quiet
+      ? undefined
+      : (bytes) =>
+          vault.reporter.progress(`verify ${object.database ?? object.kind}`, bytes, object.storedSize),
+  });
+  if (object.kind === 'base') {
+    await verifyBaseBackupObject(raw, object, manifest, vault.config);
+    return {
       key: object.key,
       storedSize: object.storedSize,
       rawSize: object.rawSize,
-      tablesMatched: scanner ? checkRowCounts(object, scanner) : undefined,
-    });
+      dataDirectoryVerified: true,
+    };
   }
-  return { backupId: manifest.id, target: target.location, objects, durationMs: Date.now() - started };
+  const scanner = object.format === 'dump' ? new CustomArchiveScanner() : undefined;
+  const sink = new Writable({ write: (_chunk, _enc, cb) => cb() });
+  await pipeline(scanner ? [raw, scanner, sink] : [raw, sink]);
+  return {
+    key: object.key,
+    storedSize: object.storedSize,
+    rawSize: object.rawSize,
+    tablesMatched: scanner ? checkRowCounts(object, scanner) : undefined,
+  };
+}
+
+/**
+ * A failure that says the object is damaged, as an IntegrityError naming it; undefined for one
+ * that says nothing about the object (a target unreachable, a tool missing, a full disk, a wrong
+ * setting). Whoever noticed first (zstd's "Data corruption detected", the archive parser seeing
+ * garbage before the digests are complete) the verdict is the same: this copy is corrupt.
+ */
+function asCorruption(err: unknown, object: StoredObject, target: StorageTarget): IntegrityError | undefined {
+  if (err instanceof IntegrityError) return err;
+  if (
+    (err instanceof PgVaultError && !(err instanceof ToolExitError)) ||
+    isDiskFull(err) ||
+    !(err instanceof Error)
+  )
+    return undefined;
+  return new IntegrityError(
+    `object ${object.key} in ${target.location} is corrupt (cannot be read: ${errorMessage(err).split('\n')[0]}); do not trust it, use another backup or target`,
+    { cause: err },
+  );
+}
+
+/** The corruption, and which other targets hold an intact copy of the object (each read through). */
+async function withOtherCopies(
+  vault: Vault,
+  manifest: Manifest,
+  object: StoredObject,
+  targets: readonly StorageTarget[],
+  damaged: StorageTarget,
+  corrupt: IntegrityError,
+): Promise<IntegrityError> {
+  const others = targets.filter((t) => t !== damaged);
+  if (others.length === 0) return corrupt;
+  const intact: string[] = [];
+  for (const other of others) {
+    const ok = await verifyObject(vault, manifest, object, other, { quiet: true }).then(
+      () => true,
+      () => false,
+    );
+    if (ok) intact.push(other.location);
+  }
+  const said = corrupt.message.replace(/; do not trust it, use another backup or target$/, '');
+  return new IntegrityError(
+    intact.length > 0
+      ? `${said}; an intact copy is in ${intact.join(', ')} (restores read it from there): copy it over the damaged one, or take a new backup`
+      : `${said}; no other target holds an intact copy (${others.map((t) => t.location).join(', ')} checked): use another backup`,
+    { cause: corrupt },
+  );
 }
 
 function checkRowCounts(object: StoredObject, scanner: CustomArchiveScanner): number | undefined {

@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { removeOnExit } from '../cleanup';
 import type { Compression, Config } from '../config';
+import { diskFullError, isDiskFull } from '../disk';
 import {
   ConfigError,
   errorMessage,
@@ -403,7 +404,11 @@ function decryptionStages(encrypted: boolean, codec: WalCodec): NodeJS.ReadWrite
 
 /** A failed decode: storage, tool and configuration errors pass on; anything else means a damaged object. */
 function decodingFailure(err: unknown, key: string, location: string): Error {
-  const passOn = err instanceof StorageError || err instanceof MissingToolError || err instanceof ConfigError;
+  const passOn =
+    err instanceof StorageError ||
+    err instanceof MissingToolError ||
+    err instanceof ConfigError ||
+    isDiskFull(err);
   return passOn ? (err as Error) : undecodable(key, location, errorMessage(err));
 }
 
@@ -506,7 +511,8 @@ export async function fetchWalFile(
       );
       return { key: opened.key, location: target.location, size };
     } catch (err) {
-      if (!(err instanceof PgVaultError)) throw err;
+      // Another copy would not fit either: the full disk is the answer.
+      if (!(err instanceof PgVaultError) || isDiskFull(err)) throw err;
       if (ctx.targets.length > 1) warn(errorMessage(err));
       failures.push(err);
     }
@@ -593,6 +599,11 @@ async function decodeIntoFile(
         head = recorder.head();
       }
       await fsyncFd(fd);
+    } catch (err) {
+      throw (
+        diskFullError(err, destination, "free space in the file system of the server's pg_wal and retry") ??
+        err
+      );
     } finally {
       await closeFd(fd).catch(() => {});
     }

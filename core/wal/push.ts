@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { open, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeObject } from '../catalog/objects';
@@ -184,6 +184,28 @@ export async function pushWalFiles(
   for (const [index, prepared] of toWrite.entries()) {
     if (writes[index] === undefined) await onOutcome({ path: prepared.path, error: failure });
   }
+}
+
+/**
+ * Refuses, by hand, a segment of a server's pg_wal that PostgreSQL has not finished: no
+ * `archive_status/<name>.ready` (it asks for archiving only after writing that) and no `.done`
+ * (already archived, so complete). That is the segment being written, or one preallocated for
+ * later: stored now, its incomplete copy would later block the real one ("already archived with
+ * different content"). Costs two stats, and only off PostgreSQL's own path (the caller has found
+ * no .ready); a file outside a pg_wal (no archive_status beside it) is taken as given.
+ */
+export async function refuseUnfinishedSegment(path: string, file: WalFileName): Promise<void> {
+  if (file.kind !== 'segment') return;
+  const status = join(dirname(resolve(path)), 'archive_status');
+  const exists = (p: string) =>
+    stat(p).then(
+      () => true,
+      () => false,
+    );
+  if (!(await exists(status)) || (await exists(join(status, `${file.name}.done`)))) return;
+  throw new UsageError(
+    `WAL file ${path} is not finished: PostgreSQL is still writing it (or keeps it for later), there is no ${join(status, `${file.name}.ready`)}; an incomplete copy in the archive would block the real one. PostgreSQL archives it itself once it is complete (SELECT pg_switch_wal() completes it now)`,
+  );
 }
 
 /** Checks the file, the archive identity, and which targets already hold it (the same bytes, or not). */

@@ -67,6 +67,6 @@ describe('backup schedule --install', () => {
     expect(text).toContain(
       `0 3 * * 0 ${process.execPath} /opt/pgvault/bin/pgvault.js --config /etc/pgvault.env backup full weekly >> /var/backups/postgresql/pgvault.log 2>&1`,
     );
-    expect(text.split('\n').filter((l) => /^[0-9*]/.test(l) && l.includes('pgvault.js'))).toHaveLength(7);
+    expect(text.split('\n').filter((l) => /^[0-9*]/.test(l) && l.includes('pgvault.js'))).toHaveLength(13);
   });
 });

@@ -1,0 +1,84 @@
+import { errorMessage } from '../errors';
+import { type ArchiverState, archives, lastAttemptFailed, readArchiverState } from '../pg/archiving';
+import type { Vault } from '../vault';
+
+/**
+ * `verify wal` looks at the archive; this looks at the server feeding it, when one is reachable, so
+ * that "OK" is never said of an archive that stopped receiving WAL: a server that archives into an
+ * empty archive, segments waiting in pg_wal (.ready) for longer than the RPO target, or an archiver
+ * whose last attempt failed.
+ */
+export interface WalServerHealth {
+  /** Whether a server was reached and judged. */
+  readonly checked: boolean;
+  readonly server: string;
+  /** Why it was not judged. */
+  readonly skipped?: string;
+  readonly archiveMode?: string;
+  readonly archiveCommand?: string;
+  readonly lastArchivedWal?: string | null;
+  readonly lastFailedWal?: string | null;
+  readonly lastFailedTime?: string | null;
+  readonly waiting?: ArchiverState['ready'];
+  /** Each one makes verify wal not OK. */
+  readonly problems: readonly string[];
+}
+
+export async function walServerHealth(
+  vault: Vault,
+  archive: { readonly timelines: readonly unknown[]; readonly systemIdentifier?: string },
+): Promise<WalServerHealth> {
+  const { config } = vault;
+  const server = `${config.pg.host ?? 'localhost'}:${config.pg.port ?? 5432}`;
+  let state: ArchiverState;
+  try {
+    state = await readArchiverState(config.pg);
+  } catch (err) {
+    return { checked: false, server, skipped: `no server reachable (${errorMessage(err)})`, problems: [] };
+  }
+  if (
+    archive.systemIdentifier !== undefined &&
+    state.systemIdentifier !== undefined &&
+    archive.systemIdentifier !== state.systemIdentifier
+  ) {
+    return {
+      checked: false,
+      server,
+      skipped: `the server at ${server} is another cluster (system identifier ${state.systemIdentifier}, the archive's is ${archive.systemIdentifier})`,
+      problems: [],
+    };
+  }
+  const problems: string[] = [];
+  const rpoSeconds = config.alerts.rpoTargetMinutes * 60;
+  if (!archives(state)) {
+    if (archive.timelines.length > 0)
+      problems.push(
+        `archive_mode is ${state.archiveMode} on ${server}, whose WAL this archive holds: no new WAL arrives; set archive_mode = on and restart PostgreSQL`,
+      );
+  } else {
+    if (archive.timelines.length === 0)
+      problems.push(
+        `${server} archives (archive_mode=${state.archiveMode}, archive_command '${state.archiveCommand}') but the archive holds no WAL; run pgvault check to see why`,
+      );
+    if (lastAttemptFailed(state))
+      problems.push(
+        `the archiver's last attempt failed (${state.lastFailedWal} at ${state.lastFailedTime}, ${state.failedCount} failure(s)); run pgvault check`,
+      );
+    const oldestAge = state.ready?.oldestAgeSeconds;
+    if (oldestAge !== undefined && oldestAge > rpoSeconds)
+      problems.push(
+        `${state.ready!.count} WAL file(s) wait in pg_wal for archive_command, the oldest (${state.ready!.oldest}) for ${Math.round(oldestAge / 60)} min, longer than the RPO target (${config.alerts.rpoTargetMinutes} min); run pgvault check`,
+      );
+  }
+  return {
+    checked: true,
+    server,
+    archiveMode: state.archiveMode,
+    archiveCommand: state.archiveCommand,
+    lastArchivedWal: state.lastArchivedWal,
+    lastFailedWal: state.lastFailedWal,
+    lastFailedTime: state.lastFailedTime,
+    waiting: state.ready,
+    problems,
+  };
+}
