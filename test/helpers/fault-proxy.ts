@@ -15,7 +15,7 @@ import type { AddressInfo, Socket } from 'node:net';
  *   server never sees the request).
  * - `stall`: reads the body and never answers (the client's timeouts must cut it).
  * - `lose-response`: forwards the request and lets the server answer (so an upload is stored), then
- *   resets the connection (`then: 'reset'`, default) or never answers (`then: 'stall'`) instead of
+ *   resets the connection (`answer: 'reset'`, default) or never answers (`answer: 'stall'`) instead of
  *   passing the answer on; `after` delays that until the given promise settles (tests use it to
  *   order two writers).
  *
@@ -26,7 +26,11 @@ export type FaultAction =
   | { readonly kind: 'status'; readonly status: 500 | 503 }
   | { readonly kind: 'reset-request'; readonly afterBytes: number }
   | { readonly kind: 'stall' }
-  | { readonly kind: 'lose-response'; readonly then?: 'reset' | 'stall'; readonly after?: Promise<unknown> };
+  | {
+      readonly kind: 'lose-response';
+      readonly answer?: 'reset' | 'stall';
+      readonly after?: Promise<unknown>;
+    };
 
 export interface FaultRule {
   /** HTTP method, e.g. PUT. Any when absent. */
@@ -168,7 +172,7 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
             void Promise.resolve(action.after)
               .catch(() => {})
               .then(() => {
-                if ((action.then ?? 'reset') === 'reset' && !req.socket.destroyed)
+                if ((action.answer ?? 'reset') === 'reset' && !req.socket.destroyed)
                   req.socket.resetAndDestroy();
               });
           });
