@@ -52,6 +52,13 @@ export interface CloudConfig {
    * stores do not allow tagging.
    */
   readonly lifecycleTags: boolean;
+  /**
+   * S3_REQUEST_TIMEOUT: seconds a request may go without an answer (a single request: to its
+   * answer; an upload: of silence on the connection) before it is cut and retried.
+   */
+  readonly requestTimeoutSeconds: number;
+  /** S3_MAX_ATTEMPTS: attempts per request, the first included. */
+  readonly maxAttempts: number;
 }
 
 /** Thresholds of the alerts (core/alert/thresholds.ts) and where they are sent. */
@@ -385,6 +392,8 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
       s3Endpoint,
       region: text(raw, 'AWS_DEFAULT_REGION') ?? text(raw, 'AWS_REGION') ?? 'us-east-1',
       lifecycleTags: boolean(raw, 'S3_LIFECYCLE_TAGS', false),
+      requestTimeoutSeconds: integer(raw, 'S3_REQUEST_TIMEOUT', 60, 1, 3600),
+      maxAttempts: integer(raw, 'S3_MAX_ATTEMPTS', 3, 1, 20),
     },
     localCopy: boolean(raw, 'LOCAL_COPY', true),
     deploymentMode: oneOf(raw, 'DEPLOYMENT_MODE', DEPLOYMENT_MODES, 'single-node'),

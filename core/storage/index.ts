@@ -28,6 +28,8 @@ export function createTargets(config: Config): StorageTarget[] {
         region: cloud.region,
         endpoint: cloud.s3Endpoint,
         lifecycleTags: cloud.lifecycleTags,
+        requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
+        maxAttempts: cloud.maxAttempts,
       });
       return config.localCopy ? [new FileTarget(config.backupDir), s3] : [s3];
     }

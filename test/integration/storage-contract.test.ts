@@ -450,7 +450,7 @@ describe('S3 target failures', () => {
       // Assess
       expect(Date.now() - started).toBeLessThan(5000);
       expect(stat.status === 'rejected' && stat.reason.message).toBe(
-        `S3 endpoint ${endpoint} did not answer in time (TimeoutError); check S3_ENDPOINT and the network`,
+        `S3 endpoint ${endpoint} did not answer in time: look up wal/000000010000000000000001 in s3://any timed out after 0.3 s without an answer (TimeoutError); check S3_ENDPOINT and the network, or raise S3_REQUEST_TIMEOUT`,
       );
     } finally {
       silent.close();
