@@ -559,6 +559,13 @@ export class S3Target implements StorageTarget {
       );
     }
     const code = connectionErrorCode(err);
+    if (code === 'ECONNRESET' || code === 'EPIPE') {
+      // Connected, then cut off: name what was cut (a WAL upload reset mid-body, say).
+      return new StorageError(
+        `${where} dropped the connection (${code}) trying to ${action} in ${this.location}; ${check}`,
+        { cause: err },
+      );
+    }
     if (code !== undefined) {
       return new StorageError(`${where} cannot be reached (${code}); ${check}`, { cause: err });
     }

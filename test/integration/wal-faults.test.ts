@@ -126,6 +126,8 @@ describe('WAL archiving into a faulty S3', () => {
     // Assess: B told PostgreSQL the segment is archived, so it must still be there and decode to it.
     expect(b.code, b.stderr).toBe(0);
     expect(aResult.stderr).not.toMatch(/killed after/);
+    // A's object is there and is A's own (its write id): only the answer was lost, so A succeeded too.
+    expect(aResult.code, aResult.stderr).toBe(0);
     expect(await bucket.stat(objectKey(name!))).toBeDefined();
     const back = await restored(name!);
     expect(back.code, back.stderr).toBe(0);
@@ -167,6 +169,42 @@ describe('WAL archiving into a faulty S3', () => {
     expect(r.code).toBe(3);
     expect(r.stderr).toMatch(/different content/);
     expect(Buffer.compare(await bucket.getBytes(objectKey(name!)), foreign)).toBe(0);
+  });
+
+  it('retries a WAL PUT answered 503, and a PUT cut after 100 kB fails the call with nothing kept until the next call', async () => {
+    // Prepare
+    const [busy, cut] = await fx.makeSegments(2);
+    proxy.addRule({
+      method: 'PUT',
+      path: new RegExp(`/${busy}\\.`),
+      nth: 1,
+      action: { kind: 'status', status: 503 },
+    });
+    proxy.addRule({
+      method: 'PUT',
+      path: new RegExp(`/${cut}\\.`),
+      action: { kind: 'reset-request', afterBytes: 100 * 1024 },
+    });
+
+    // Act
+    const retried = await run(['backup', 'wal', `pg_wal/${busy}`]);
+    const failed = await run(['backup', 'wal', `pg_wal/${cut}`]);
+    const leftAfterFailure = await bucket.stat(objectKey(cut!));
+    proxy.clearRules();
+    const again = await run(['backup', 'wal', `pg_wal/${cut}`]);
+
+    // Assess
+    expect(retried.code, retried.stderr).toBe(0);
+    expect(failed.code).not.toBe(0);
+    expect(failed.stderr).toMatch(/dropped the connection \(ECONNRESET\) trying to upload/);
+    expect(failed.stderr).toContain(cut);
+    expect(leftAfterFailure).toBeUndefined();
+    expect(again.code, again.stderr).toBe(0);
+    for (const name of [busy!, cut!]) {
+      const back = await restored(name);
+      expect(back.code, back.stderr).toBe(0);
+      expect(back.sha256).toBe(sha256(readSegment(fx.cluster, name)));
+    }
   });
 
   it('fails backup wal with a timeout naming the object when the WAL PUT stalls', async () => {
