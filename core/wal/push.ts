@@ -81,7 +81,7 @@ interface PreparedPush {
 
 /** Stores the WAL file at `path` in every target; resolves only once it is durably stored in all of them. */
 export async function pushWalFile(ctx: WalPushContext, path: string): Promise<WalPushResult> {
-  let prepared = await preparePush(ctx, path);
+  const prepared = await preparePush(ctx, path);
   if (prepared.missing.length === 0) return resultOf(prepared);
   let written: { rawSize: number };
   try {
@@ -92,12 +92,7 @@ export async function pushWalFile(ctx: WalPushContext, path: string): Promise<Wa
       threads: ctx.threads ?? 1,
     });
   } catch (err) {
-    if (!(err instanceof ObjectExistsError)) throw err;
-    // Another archiver of this file got there first (two `backup wal` of one segment): its object is
-    // judged as any found one is, by content; nothing of it is touched.
-    prepared = await preparePush(ctx, path);
-    if (prepared.missing.length === 0) return resultOf(prepared);
-    throw err;
+    return afterObjectExists(ctx, path, err);
   }
   await removeReplacedKeys(prepared);
   if (written.rawSize !== prepared.size) {
@@ -182,10 +177,18 @@ export async function pushWalFiles(
       source: { encoded: frame, rawSize: prepared.size },
       threads: 1,
       upstream: [ended.then((bytes) => compressor.fileDone(index, bytes))],
-    }).then(
-      () => onOutcome({ path: prepared.path, result: resultOf(prepared) }),
-      (error: unknown) => onOutcome({ path: prepared.path, error }),
-    );
+    })
+      .then(
+        async () => {
+          await removeReplacedKeys(prepared);
+          return resultOf(prepared);
+        },
+        (error: unknown) => afterObjectExists(ctx, prepared.path, error),
+      )
+      .then(
+        (result) => onOutcome({ path: prepared.path, result }),
+        (error: unknown) => onOutcome({ path: prepared.path, error }),
+      );
     return frame;
   }, toWrite.length);
   let failure: unknown;
@@ -202,6 +205,18 @@ export async function pushWalFiles(
   for (const [index, prepared] of toWrite.entries()) {
     if (writes[index] === undefined) await onOutcome({ path: prepared.path, error: failure });
   }
+}
+
+/**
+ * A create-only write refused because another archiver of this file got there first (two `backup
+ * wal` of one segment, or the uploader and a retry): the other object is judged as any found one
+ * is, by content, and never touched; the same bytes everywhere are a success. Other errors pass on.
+ */
+async function afterObjectExists(ctx: WalPushContext, path: string, err: unknown): Promise<WalPushResult> {
+  if (!(err instanceof ObjectExistsError)) throw err;
+  const again = await preparePush(ctx, path);
+  if (again.missing.length === 0) return resultOf(again);
+  throw err;
 }
 
 /**
