@@ -392,21 +392,17 @@ export class S3Target implements StorageTarget {
     this.clientPromise ??= loadS3Sdk().then((sdk) => {
       const given = this.options.client;
       if (given !== undefined) return { client: given, uploadClient: given, sdk };
-      const config = this.clientConfig();
       // Two clients: a socket idle limit would cut a download whose reader (pg_restore) pauses, so
       // only the uploads' client has one; single requests carry their own requestTimeout instead.
-      const client = new sdk.S3Client(config);
-      const uploadClient = new sdk.S3Client({
-        ...config,
-        requestHandler: { ...config.requestHandler, socketTimeout: this.requestOptions.requestTimeout },
-      });
+      const client = new sdk.S3Client(this.clientConfig('single'));
+      const uploadClient = new sdk.S3Client(this.clientConfig('upload'));
       return { client, uploadClient, sdk };
     });
     return this.clientPromise;
   }
 
   /** The settings of the clients this target makes (the uploads' one adds an idle limit). */
-  clientConfig(): S3ClientConfig & {
+  clientConfig(kind: 'single' | 'upload'): S3ClientConfig & {
     requestHandler: { connectionTimeout: number; throwOnRequestTimeout: boolean; socketTimeout?: number };
   } {
     const { endpoint } = this.options;
@@ -424,6 +420,7 @@ export class S3Target implements StorageTarget {
         connectionTimeout: this.options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
         // Without it an expired requestTimeout only logs a warning.
         throwOnRequestTimeout: true,
+        ...(kind === 'upload' ? { socketTimeout: this.requestOptions.requestTimeout } : {}),
       },
     };
   }

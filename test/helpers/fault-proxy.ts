@@ -48,6 +48,8 @@ export interface SeenRequest {
   readonly method: string;
   readonly path: string;
   readonly query: string;
+  /** The request's headers as received (checksums, conditions, metadata). */
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
   /** Index of the rule that fired, if any. */
   readonly rule?: number;
 }
@@ -116,7 +118,13 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
         chosen = { index, active };
       }
     }
-    requests.push({ method, path, query, ...(chosen ? { rule: chosen.index } : {}) });
+    requests.push({
+      method,
+      path,
+      query,
+      headers: { ...req.headers },
+      ...(chosen ? { rule: chosen.index } : {}),
+    });
     if (chosen === undefined) {
       forward(req, (upstreamRes) => {
         res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.headers);

@@ -195,6 +195,10 @@ describe('WAL archiving into a faulty S3', () => {
 
     // Assess
     expect(retried.code, retried.stderr).toBe(0);
+    // Every WAL PUT carries a checksum of its body: S3 refuses a body cut short instead of storing it.
+    const walPuts = proxy.requests.filter((q) => q.method === 'PUT' && q.path.includes(busy!));
+    expect(walPuts.length).toBeGreaterThan(0);
+    for (const put of walPuts) expect(put.headers['x-amz-checksum-crc32']).toBeTruthy();
     expect(failed.code).not.toBe(0);
     expect(failed.stderr).toMatch(/dropped the connection \(ECONNRESET\) trying to upload/);
     expect(failed.stderr).toContain(cut);
@@ -253,6 +257,9 @@ describe('WAL archiving into a faulty S3', () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/timed out/);
     expect(r.stderr).toContain('big.dump');
+    const parts = proxy.requests.filter((q) => q.method === 'PUT' && /partNumber=/.test(q.query));
+    expect(parts.length).toBeGreaterThan(0);
+    for (const part of parts) expect(part.headers['x-amz-checksum-crc32']).toBeTruthy();
     const keys: string[] = [];
     for await (const info of bucket.list(`${CLUSTER_NAME}/`)) keys.push(info.key);
     expect(keys.filter((k) => k.endsWith('.manifest.json'))).toEqual([]);

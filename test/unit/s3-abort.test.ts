@@ -192,7 +192,7 @@ describe('S3Target multipart failure handling', () => {
   });
 
   it('sends a checksum of every upload body (S3 then refuses a body cut short)', () => {
-    expect(target.clientConfig().requestChecksumCalculation).toBe('WHEN_SUPPORTED');
+    expect(target.clientConfig('upload').requestChecksumCalculation).toBe('WHEN_SUPPORTED');
   });
 
   it('uploads a body that fits one part with a single PutObject', async () => {
