@@ -60,6 +60,8 @@ export interface WalPushResult {
   readonly storedIn: readonly string[];
   /** Targets that already held the same bytes. */
   readonly alreadyIn: readonly string[];
+  /** Targets whose damaged object under this name was replaced (also in storedIn). */
+  readonly replacedIn?: readonly string[];
 }
 
 /** A file checked and looked up, ready to be written where it is missing. */
@@ -386,6 +388,7 @@ function resultOf(prepared: PreparedPush): WalPushResult {
     rawSize: prepared.size,
     storedIn: prepared.missing.map((t) => t.location),
     alreadyIn: prepared.alreadyIn,
+    ...(prepared.damaged.length > 0 ? { replacedIn: prepared.damaged.map((d) => d.target.location) } : {}),
   };
 }
 

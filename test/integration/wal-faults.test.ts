@@ -144,14 +144,31 @@ describe('WAL archiving into a faulty S3', () => {
     await bucket.putBytes(objectKey(name!), whole.subarray(0, Math.floor(whole.length / 2)));
 
     // Act
-    const again = await run(['backup', 'wal', `pg_wal/${name}`]);
+    const again = await run(['backup', 'wal', `pg_wal/${name}`, '--json']);
 
     // Assess
     expect(again.code, again.stderr).toBe(0);
     expect(again.stderr).toMatch(/warning: .*cannot be decoded.*replac/i);
+    expect(JSON.parse(again.stdout).replacedIn).toEqual([`s3://${s3.bucket}/${PREFIX}`]);
     const back = await restored(name!);
     expect(back.code, back.stderr).toBe(0);
     expect(back.sha256).toBe(sha256(readSegment(fx.cluster, name!)));
+  });
+
+  it('refuses, and keeps, an undecodable object that nothing proves a damaged copy (as a wrong key would see it)', async () => {
+    // Prepare: an encrypted-looking object whose ciphertext decrypts to noise under the archive's key.
+    const [name] = await fx.makeSegments(1);
+    const { randomBytes } = await import('node:crypto');
+    const noise = Buffer.concat([Buffer.from('Salted__'), randomBytes(8), randomBytes(64 * 1024)]);
+    await bucket.putBytes(objectKey(name!), noise);
+
+    // Act
+    const r = await run(['backup', 'wal', `pg_wal/${name}`]);
+
+    // Assess
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/cannot be decoded .*nothing proves it a damaged copy/);
+    expect(Buffer.compare(await bucket.getBytes(objectKey(name!)), noise)).toBe(0);
   });
 
   it('still refuses, and keeps, an object that decodes but holds other content', async () => {
