@@ -63,6 +63,13 @@ export interface CloudConfig {
   };
   /** AWS_PROFILE from any source, handed to the S3 client (used when no keys are given). */
   readonly profile?: string;
+  /**
+   * S3_REQUEST_TIMEOUT: seconds a request may go without an answer (a single request: to its
+   * answer; an upload: of silence on the connection) before it is cut and retried.
+   */
+  readonly requestTimeoutSeconds: number;
+  /** S3_MAX_ATTEMPTS: attempts per request, the first included. */
+  readonly maxAttempts: number;
 }
 
 /** Thresholds of the alerts (core/alert/thresholds.ts) and where they are sent. */
@@ -539,6 +546,8 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
       lifecycleTags: boolean(raw, 'S3_LIFECYCLE_TAGS', false),
       credentials: awsCredentials(raw),
       profile: text(raw, 'AWS_PROFILE'),
+      requestTimeoutSeconds: integer(raw, 'S3_REQUEST_TIMEOUT', 60, 1, 3600),
+      maxAttempts: integer(raw, 'S3_MAX_ATTEMPTS', 3, 1, 20),
     },
     localCopy: boolean(raw, 'LOCAL_COPY', true),
     deploymentMode,

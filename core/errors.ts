@@ -54,3 +54,17 @@ export class ObjectNotFoundError extends StorageError {
     super(`object ${key} not found in ${location}`);
   }
 }
+
+/**
+ * A create-only put (PutOptions.ifAbsent) found the key taken by another writer's object: nothing of
+ * this put was kept, and the other object was left as it is.
+ */
+export class ObjectExistsError extends StorageError {
+  constructor(
+    readonly key: string,
+    location: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`object ${key} already exists in ${location} (written by another writer)`, options);
+  }
+}

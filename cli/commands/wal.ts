@@ -80,6 +80,7 @@ export async function backupWalCommand(path: string, opts: GlobalOptions) {
       targets: createTargets(config),
       stateDir: config.spoolDir !== undefined || inPgWal ? spoolDirFor(config.spoolDir, path) : undefined,
       threads: config.parallelJobs,
+      warn: (line) => process.stderr.write(`pgvault: warning: ${line}\n`),
     },
     path,
   );

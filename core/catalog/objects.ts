@@ -64,6 +64,13 @@ export interface ObjectWriteSpec {
    * (WAL files: the zstd frame checksum and the WAL's own CRCs check them when they are read).
    */
   readonly digest?: false;
+  /**
+   * Create-only writes (PutOptions.ifAbsent), for objects whose name says their content (WAL files):
+   * a target already holding the key fails with ObjectExistsError and keeps its object, and on a
+   * failure the objects completed in other targets are kept (each is whole and right; another
+   * writer of the same name may already have reported it stored), not deleted.
+   */
+  readonly ifAbsent?: boolean;
 }
 
 export interface WrittenObject {
@@ -76,7 +83,10 @@ export interface WrittenObject {
 /** Stored bytes are gathered into chunks this large before encryption, hashing and the targets. */
 const COALESCE_BYTES = 256 * 1024;
 
-/** Streams one object into every target. On any failure nothing is left under the key anywhere. */
+/**
+ * Streams one object into every target. On any failure nothing of this write is left under the key
+ * anywhere (with `ifAbsent`: nothing incomplete; see there).
+ */
 export function writeObject(
   spec: ObjectWriteSpec & { readonly digest: false },
 ): Promise<Omit<WrittenObject, 'sha256'>>;
@@ -135,11 +145,13 @@ export async function writeObject(
 
   const branches = spec.targets.map(() => new PassThrough({ highWaterMark: 1 << 20 }));
   const puts = spec.targets.map((target, i) =>
-    target.put(spec.key, branches[i]!, { sizeHint: spec.sizeHint }).catch((err: unknown) => {
-      // A target that gives up must stop the whole pass, or the pipeline would wait on it forever.
-      branches[i]!.destroy(err as Error);
-      throw err;
-    }),
+    target
+      .put(spec.key, branches[i]!, { sizeHint: spec.sizeHint, ifAbsent: spec.ifAbsent })
+      .catch((err: unknown) => {
+        // A target that gives up must stop the whole pass, or the pipeline would wait on it forever.
+        branches[i]!.destroy(err as Error);
+        throw err;
+      }),
   );
   const flow = pipeline([source, ...stages, teeTo(branches)] as unknown as [
     Readable,
@@ -161,11 +173,13 @@ export async function writeObject(
   const failure = cause;
   if (failure) {
     source.destroy();
-    await Promise.allSettled(
-      spec.targets.map((t, i) =>
-        putResults[i]?.status === 'fulfilled' ? t.delete(spec.key) : Promise.resolve(),
-      ),
-    );
+    if (spec.ifAbsent !== true) {
+      await Promise.allSettled(
+        spec.targets.map((t, i) =>
+          putResults[i]?.status === 'fulfilled' ? t.delete(spec.key) : Promise.resolve(),
+        ),
+      );
+    }
     // A target's write error reaches the pipeline raw (its branch is destroyed with it) before the
     // target's own account of it, which names the target and the key ("BACKUP_DIR … is full
     // (ENOSPC) while writing …"): report that one.

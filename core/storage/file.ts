@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { close, type Dirent, fsync, open as openCallback, writeFile } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { removeOnExit } from '../cleanup';
-import { ObjectNotFoundError, StorageError } from '../errors';
+import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../errors';
 import { descriptorWriteStream } from '../stream/descriptor';
 import type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
@@ -18,6 +18,9 @@ const openFd = promisify(openCallback);
 const fsyncFd = promisify(fsync);
 const closeFd = promisify(close);
 const writeFileToFd = promisify(writeFile);
+
+/** link() failing for want of hard links on the file system (not because the key exists). */
+const LINK_UNSUPPORTED = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK']);
 
 /** `.{basename}.tmp-{random}`: written next to the final key, renamed over it when complete. */
 const TEMP_FILE_PATTERN = /^\..*\.tmp-[0-9a-f]+$/;
@@ -87,7 +90,7 @@ export class FileTarget implements StorageTarget {
     this.setting = options.setting ?? 'BACKUP_DIR';
   }
 
-  async put(key: string, source: Readable, _options?: PutOptions): Promise<{ size: number }> {
+  async put(key: string, source: Readable, options: PutOptions = {}): Promise<{ size: number }> {
     const path = this.pathOf(key);
     // pipeline() hands the first error to the other stream too, so whichever failed first is the cause:
     // a source failure is rethrown as it is, a write failure becomes a StorageError.
@@ -98,15 +101,19 @@ export class FileTarget implements StorageTarget {
     };
     source.on('error', onSourceError);
     try {
-      return await this.writeAtomically(path, async (fd) => {
-        // The descriptor stays open after the pipeline so it can be fsynced before the rename.
-        const output = descriptorWriteStream(fd);
-        output.on('error', (error) => {
-          firstFailure ??= { from: 'output', error };
-        });
-        await pipeline(source, output);
-        return output.bytesWritten;
-      });
+      return await this.writeAtomically(
+        path,
+        async (fd) => {
+          // The descriptor stays open after the pipeline so it can be fsynced before the rename.
+          const output = descriptorWriteStream(fd);
+          output.on('error', (error) => {
+            firstFailure ??= { from: 'output', error };
+          });
+          await pipeline(source, output);
+          return output.bytesWritten;
+        },
+        options.ifAbsent === true ? key : undefined,
+      );
     } catch (err) {
       // Failing before the pipeline started (mkdir, open) must still stop the producer.
       if (!source.destroyed) source.destroy();
@@ -224,10 +231,13 @@ export class FileTarget implements StorageTarget {
   /**
    * Writes through `write` into a temp file beside `path`, then fsyncs, renames over `path` and fsyncs
    * the directory. On any failure the temp file is removed and the original error is rethrown.
+   * With `createOnly` (the key, PutOptions.ifAbsent) the temp file is linked to `path` instead, which
+   * fails rather than replace another writer's object: ObjectExistsError, and that object untouched.
    */
   private async writeAtomically(
     path: string,
     write: (fd: number) => Promise<number>,
+    createOnly?: string,
   ): Promise<{ size: number }> {
     const directory = dirname(path);
     await mkdir(directory, { recursive: true, mode: DIRECTORY_MODE });
@@ -244,7 +254,25 @@ export class FileTarget implements StorageTarget {
       } finally {
         await closeFd(fd);
       }
-      await rename(tempPath, path);
+      if (createOnly === undefined) {
+        await rename(tempPath, path);
+      } else {
+        try {
+          await link(tempPath, path);
+        } catch (err) {
+          const code = errnoCode(err);
+          if (code === 'EEXIST') throw new ObjectExistsError(createOnly, this.location, { cause: err });
+          if (!LINK_UNSUPPORTED.has(code ?? '')) throw err;
+          // A file system without hard links: look, then rename (a narrow race instead of none).
+          if ((await stat(path).catch(() => undefined)) !== undefined) {
+            throw new ObjectExistsError(createOnly, this.location, { cause: err });
+          }
+          await rename(tempPath, path);
+        }
+        await unlink(tempPath).catch((err: unknown) => {
+          if (errnoCode(err) !== 'ENOENT') throw err;
+        });
+      }
       forget();
       await syncDirectory(directory);
       return { size };

@@ -31,6 +31,8 @@ export function createTargets(config: Config): StorageTarget[] {
         // Keys or a profile from the config file, which the SDK's default chain never reads.
         credentials: cloud.credentials && { ...cloud.credentials }, // a copy: the SDK marks what it is given
         profile: cloud.profile,
+        requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
+        maxAttempts: cloud.maxAttempts,
       });
       return config.localCopy ? [new FileTarget(config.backupDir), s3] : [s3];
     }

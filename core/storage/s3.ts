@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 // Types only: the SDK itself is loaded on first use (see loadS3Sdk), it costs ~250 ms to import.
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
-import { ObjectNotFoundError, StorageError } from '../errors';
+import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../errors';
 import { assertValidKey, assertValidPrefix } from './file';
 import type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
@@ -31,11 +31,15 @@ const DEFAULT_PAGE_SIZE = 1000;
 const DEFAULT_MAX_ATTEMPTS = 3;
 const DEFAULT_CONNECTION_TIMEOUT_MS = 3000;
 /**
- * Limit from sending a request to its response headers, for the single requests this class sends
- * (not Upload's parts, which may be large on a slow link). A download's body streams after it, so a
- * slow reader (pg_restore) is never cut off. Guards against an endpoint that accepts and never answers.
+ * S3_REQUEST_TIMEOUT. For the single requests this class sends: the limit from sending a request to
+ * its response headers (a download's body streams after it, so a slow reader such as pg_restore is
+ * never cut off). For uploads (Upload's PutObject, UploadPart, Complete...): the longest silence on
+ * the connection, so a large part on a slow link goes on as long as bytes move, but a part sent in
+ * full and never answered is cut. Guards against an endpoint that accepts and never answers.
  */
 const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+/** User metadata naming the write that made an object (see cleanUpFailedPut). */
+const WRITE_ID_METADATA = 'pgvault-write';
 
 /** Network failures worth naming as "cannot be reached". */
 const CONNECTION_ERROR_CODES = new Set([
@@ -112,7 +116,10 @@ export interface S3TargetOptions {
   readonly maxAttempts?: number;
   /** Milliseconds to wait for a TCP connection. @default 3000 */
   readonly connectionTimeoutMs?: number;
-  /** Milliseconds to wait for response headers of a single (non-part) request. @default 60000 */
+  /**
+   * Milliseconds a single request waits for its response headers, and an upload's requests may go
+   * without a byte moving on their connection. @default 60000 (core/config.ts: S3_REQUEST_TIMEOUT)
+   */
   readonly requestTimeoutMs?: number;
   /**
    * Tag each object with its lifecycle class (LIFECYCLE_TAG, from its key; see lifecycleTagFor), for
@@ -172,7 +179,7 @@ export class S3Target implements StorageTarget {
   /** Whether objects are tagged with their lifecycle class (S3TargetOptions.lifecycleTags). */
   readonly lifecycleTags: boolean;
   private readonly options: S3TargetOptions;
-  private clientPromise: Promise<{ client: S3Client; sdk: S3Sdk }> | undefined;
+  private clientPromise: Promise<{ client: S3Client; uploadClient: S3Client; sdk: S3Sdk }> | undefined;
   private readonly requestOptions: { readonly requestTimeout: number };
 
   constructor(options: S3TargetOptions) {
@@ -200,13 +207,22 @@ export class S3Target implements StorageTarget {
   async put(key: string, source: Readable, options: PutOptions = {}): Promise<{ size: number }> {
     const objectKey = this.objectKey(key);
     const reading = countingReader(source);
+    // Names this write on the object, so a failed write can tell its own object from another's.
+    const writeId = randomBytes(12).toString('hex');
     let upload: import('@aws-sdk/lib-storage').Upload | undefined;
     try {
-      const { client } = await this.connect();
+      const { uploadClient } = await this.connect();
       const { Upload } = await import('@aws-sdk/lib-storage');
       upload = new Upload({
-        client,
-        params: { Bucket: this.bucket, Key: objectKey, Body: reading.body },
+        client: uploadClient,
+        params: {
+          Bucket: this.bucket,
+          Key: objectKey,
+          Body: reading.body,
+          Metadata: { [WRITE_ID_METADATA]: writeId },
+          // Sent on PutObject and CompleteMultipartUpload: S3 then refuses (412) to replace an object.
+          ...(options.ifAbsent ? { IfNoneMatch: '*' } : {}),
+        },
         // Applied with PutObjectTagging once the object is complete; a failure fails the put (and the
         // clean-up below removes the object), so no stored object misses its lifecycle rule.
         tags: this.tagsFor(key),
@@ -222,8 +238,19 @@ export class S3Target implements StorageTarget {
       // Decided before the clean-up below, whose teardown of the streams must not count as the cause.
       const sourceFailure = reading.failure();
       source.destroy();
-      await this.cleanUpFailedPut(objectKey, upload?.uploadId, reading.done()).catch(() => {});
+      const outcome = await this.cleanUpFailedPut(
+        key,
+        objectKey,
+        writeId,
+        upload?.uploadId,
+        reading.done(),
+      ).catch(() => 'unknown' as const);
       if (sourceFailure !== undefined) throw sourceFailure.error;
+      // The final request reached the store and this write's object is there: only its answer was lost.
+      if (outcome === 'stored') return { size: reading.size() };
+      if (outcome === 'other' && isPreconditionFailed(err)) {
+        throw new ObjectExistsError(key, this.location, { cause: err });
+      }
       throw this.storageError(err, `upload ${key}`);
     }
   }
@@ -363,27 +390,42 @@ export class S3Target implements StorageTarget {
   }
 
   /** Creates the client on first use, so constructing a target (and the CLI's start-up) loads no SDK. */
-  private connect(): Promise<{ client: S3Client; sdk: S3Sdk }> {
+  private connect(): Promise<{ client: S3Client; uploadClient: S3Client; sdk: S3Sdk }> {
     this.clientPromise ??= loadS3Sdk().then((sdk) => {
-      const { endpoint } = this.options;
-      const client =
-        this.options.client ??
-        new sdk.S3Client({
-          region: this.options.region,
-          endpoint,
-          forcePathStyle: this.options.forcePathStyle ?? endpoint !== undefined,
-          credentials: this.options.credentials,
-          profile: this.options.profile,
-          maxAttempts: this.options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
-          requestHandler: {
-            connectionTimeout: this.options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
-            // Without it an expired requestTimeout only logs a warning.
-            throwOnRequestTimeout: true,
-          },
-        });
-      return { client, sdk };
+      const given = this.options.client;
+      if (given !== undefined) return { client: given, uploadClient: given, sdk };
+      // Two clients: a socket idle limit would cut a download whose reader (pg_restore) pauses, so
+      // only the uploads' client has one; single requests carry their own requestTimeout instead.
+      const client = new sdk.S3Client(this.clientConfig('single'));
+      const uploadClient = new sdk.S3Client(this.clientConfig('upload'));
+      return { client, uploadClient, sdk };
     });
     return this.clientPromise;
+  }
+
+  /** The settings of the clients this target makes (the uploads' one adds an idle limit). */
+  clientConfig(kind: 'single' | 'upload'): S3ClientConfig & {
+    requestHandler: { connectionTimeout: number; throwOnRequestTimeout: boolean; socketTimeout?: number };
+  } {
+    const { endpoint } = this.options;
+    return {
+      region: this.options.region,
+      endpoint,
+      forcePathStyle: this.options.forcePathStyle ?? endpoint !== undefined,
+      credentials: this.options.credentials,
+      profile: this.options.profile,
+      maxAttempts: this.options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
+      // A CRC32 of each PutObject and UploadPart body (the SDK's default, stated here so an upgrade
+      // cannot drop it): S3 refuses a body cut short or damaged on the way instead of storing it.
+      requestChecksumCalculation: 'WHEN_SUPPORTED',
+      responseChecksumValidation: 'WHEN_SUPPORTED',
+      requestHandler: {
+        connectionTimeout: this.options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
+        // Without it an expired requestTimeout only logs a warning.
+        throwOnRequestTimeout: true,
+        ...(kind === 'upload' ? { socketTimeout: this.requestOptions.requestTimeout } : {}),
+      },
+    };
   }
 
   private fullKey(relative: string): string {
@@ -397,11 +439,21 @@ export class S3Target implements StorageTarget {
   }
 
   /**
-   * Leaves nothing behind a failed put: aborts the multipart upload, and when the whole source was
-   * read (so the final request may have completed on the server) deletes the key. Failures here are
-   * swallowed: the caller needs the error that made the put fail, not this one.
+   * After a failed put: aborts the multipart upload, and when the whole source was read (so the
+   * final request may have completed on the server, its answer lost) looks at what is under the key.
+   * This write's own object (it carries this write's id) means the put did succeed: 'stored' (with
+   * its tags applied, else it is removed, conditionally on being still this write's). Another
+   * writer's object is never touched ('other'): a blind delete here once removed an object that a
+   * second archiver of the same WAL segment had completed and PostgreSQL had been told was archived.
+   * Failures here are swallowed by the caller: it needs the error that made the put fail.
    */
-  private async cleanUpFailedPut(objectKey: string, uploadId: string | undefined, sourceDone: boolean) {
+  private async cleanUpFailedPut(
+    key: string,
+    objectKey: string,
+    writeId: string,
+    uploadId: string | undefined,
+    sourceDone: boolean,
+  ): Promise<'stored' | 'absent' | 'other' | 'unknown'> {
     const { client, sdk } = await this.connect();
     if (uploadId !== undefined) {
       await client
@@ -411,10 +463,33 @@ export class S3Target implements StorageTarget {
         )
         .catch(() => {});
     }
-    if (sourceDone) {
-      await client
-        .send(new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: objectKey }), this.requestOptions)
-        .catch(() => {});
+    if (!sourceDone) return 'unknown';
+    let head: import('@aws-sdk/client-s3').HeadObjectCommandOutput;
+    try {
+      head = await client.send(
+        new sdk.HeadObjectCommand({ Bucket: this.bucket, Key: objectKey }),
+        this.requestOptions,
+      );
+    } catch (err) {
+      if (isNotFound(err)) return 'absent';
+      throw err;
+    }
+    if (head.Metadata?.[WRITE_ID_METADATA] !== writeId) return 'other';
+    const tags = this.tagsFor(key);
+    if (tags.length === 0) return 'stored';
+    try {
+      await client.send(
+        new sdk.PutObjectTaggingCommand({ Bucket: this.bucket, Key: objectKey, Tagging: { TagSet: tags } }),
+        this.requestOptions,
+      );
+      return 'stored';
+    } catch {
+      // An untagged object would miss its lifecycle rule: remove it, but only while it is this write's.
+      await client.send(
+        new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: objectKey, IfMatch: head.ETag }),
+        this.requestOptions,
+      );
+      return 'absent';
     }
   }
 
@@ -477,9 +552,20 @@ export class S3Target implements StorageTarget {
     const check =
       endpoint !== undefined ? 'check S3_ENDPOINT and the network' : 'check the network and AWS_REGION';
     if (isRequestTimeout(err)) {
-      return new StorageError(`${where} did not answer in time (TimeoutError); ${check}`, { cause: err });
+      const seconds = this.requestOptions.requestTimeout / 1000;
+      return new StorageError(
+        `${where} did not answer in time: ${action} in ${this.location} timed out after ${seconds} s without an answer (TimeoutError); ${check}, or raise S3_REQUEST_TIMEOUT`,
+        { cause: err },
+      );
     }
     const code = connectionErrorCode(err);
+    if (code === 'ECONNRESET' || code === 'EPIPE') {
+      // Connected, then cut off: name what was cut (a WAL upload reset mid-body, say).
+      return new StorageError(
+        `${where} dropped the connection (${code}) trying to ${action} in ${this.location}; ${check}`,
+        { cause: err },
+      );
+    }
     if (code !== undefined) {
       return new StorageError(`${where} cannot be reached (${code}); ${check}`, { cause: err });
     }
@@ -575,9 +661,21 @@ function isNotFound(err: unknown): boolean {
 }
 
 /** ECONNREFUSED and friends, found on the error, its cause, or (Node's happy eyeballs) its AggregateError members. */
-/** The handler's requestTimeout expired: connected, but no response headers in time. */
+/**
+ * The handler's requestTimeout expired (connected, but no response headers in time), or its
+ * socketTimeout (an upload's connection silent that long).
+ */
 function isRequestTimeout(err: unknown): boolean {
-  return err instanceof Error && err.name === 'TimeoutError' && err.message.includes('requestTimeout');
+  return (
+    err instanceof Error &&
+    err.name === 'TimeoutError' &&
+    (err.message.includes('requestTimeout') || err.message.includes('of inactivity'))
+  );
+}
+
+/** S3 refused a conditional write (If-None-Match: *): an object is already under the key. */
+function isPreconditionFailed(err: unknown): boolean {
+  return errorName(err) === 'PreconditionFailed' || httpStatus(err) === 412;
 }
 
 function connectionErrorCode(err: unknown, depth = 0): string | undefined {

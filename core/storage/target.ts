@@ -13,6 +13,13 @@ export interface PutOptions {
    * that keeps a multi-terabyte stream under the 10,000-part limit.
    */
   readonly sizeHint?: number;
+  /**
+   * Create-only: the put fails with ObjectExistsError when another writer's object is already under
+   * the key, and leaves that object alone (the file target links instead of renaming; S3 sends
+   * If-None-Match: *, which stores that ignore it treat as a plain put). For objects whose name says
+   * their content (WAL files), so that two writers of one name never undo each other.
+   */
+  readonly ifAbsent?: boolean;
 }
 
 /**
@@ -21,8 +28,10 @@ export interface PutOptions {
  *
  * Rules every backend keeps:
  * - put() is atomic: readers see the whole object or nothing. If the source stream errors, or the
- *   write fails, nothing is left under the key (temp file removed, multipart upload aborted) and
- *   put() rejects with the original error (not a cleanup error).
+ *   write fails, nothing of this write is left under the key (temp file removed, multipart upload
+ *   aborted) and put() rejects with the original error (not a cleanup error). Clean-up removes only
+ *   what this very write created, never an object another writer completed meanwhile; a write whose
+ *   answer was lost but whose object is proven stored (S3: it carries this write's id) succeeds.
  * - Objects are written once; put() over an existing key replaces it atomically, but the catalog
  *   never does that for data objects.
  * - A missing object is an ObjectNotFoundError from get()/getBytes(); stat() returns undefined.

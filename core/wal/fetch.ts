@@ -342,7 +342,7 @@ export async function findWalObject(
 }
 
 /** Compression and encryption of an object, from its key's extension; throws for one it cannot read. */
-function decodingOf(key: string, file: WalFileName): { compression: Compression; encrypted: boolean } {
+export function decodingOf(key: string, file: WalFileName): { compression: Compression; encrypted: boolean } {
   const extension = walKeyExtension(key, file);
   const encrypted = extension?.endsWith('.enc') ?? false;
   const compressionPart = encrypted ? extension!.slice(0, -'.enc'.length) : (extension ?? '');

@@ -1,19 +1,20 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { open, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeObject } from '../catalog/objects';
-import type { Config } from '../config';
-import { errorMessage, IntegrityError, PgVaultError, UsageError } from '../errors';
+import type { Compression, Config } from '../config';
+import { errorMessage, IntegrityError, ObjectExistsError, PgVaultError, UsageError } from '../errors';
 import { refuseCopyWal } from '../restore/copy';
 import type { StorageTarget } from '../storage/target';
-import { compressFiles, ZstdFrameSplitter } from '../stream';
+import { compressFiles, decompressStage, decryptStage, ZstdFrameSplitter } from '../stream';
 import {
   archiveIdentityKey,
   cachedArchiveIdentity,
   configuredWalExtension,
+  decodingOf,
   digestWalObject,
   findWalObject,
   loadArchiveIdentity,
@@ -48,6 +49,8 @@ export interface WalPushContext {
   readonly stateDir?: string;
   /** Compressor threads for this file. @default 1 (the uploader runs several files at once) */
   readonly threads?: number;
+  /** Where warnings go (a damaged object replaced): stderr for `backup wal`, the uploader's log. */
+  readonly warn?: (line: string) => void;
 }
 
 export interface WalPushResult {
@@ -58,6 +61,8 @@ export interface WalPushResult {
   readonly storedIn: readonly string[];
   /** Targets that already held the same bytes. */
   readonly alreadyIn: readonly string[];
+  /** Targets whose damaged object under this name was replaced (also in storedIn). */
+  readonly replacedIn?: readonly string[];
 }
 
 /** A file checked and looked up, ready to be written where it is missing. */
@@ -70,18 +75,29 @@ interface PreparedPush {
   readonly codec: WalCodec;
   readonly missing: readonly StorageTarget[];
   readonly alreadyIn: readonly string[];
+  /**
+   * Damaged objects (a cut upload a store kept) found under the file's name, to be replaced by the
+   * intact local file: their targets are in `missing` too, and are written over, not create-only.
+   */
+  readonly damaged: readonly { readonly target: StorageTarget; readonly key: string }[];
 }
 
 /** Stores the WAL file at `path` in every target; resolves only once it is durably stored in all of them. */
 export async function pushWalFile(ctx: WalPushContext, path: string): Promise<WalPushResult> {
   const prepared = await preparePush(ctx, path);
   if (prepared.missing.length === 0) return resultOf(prepared);
-  const written = await writeObject({
-    ...objectSpec(ctx, prepared),
-    // The compressor reads the segment itself; Node handles only the compressed bytes.
-    source: { path },
-    threads: ctx.threads ?? 1,
-  });
+  let written: { rawSize: number };
+  try {
+    written = await writeObject({
+      ...objectSpec(ctx, prepared),
+      // The compressor reads the segment itself; Node handles only the compressed bytes.
+      source: { path },
+      threads: ctx.threads ?? 1,
+    });
+  } catch (err) {
+    return afterObjectExists(ctx, path, err);
+  }
+  await removeReplacedKeys(prepared);
   if (written.rawSize !== prepared.size) {
     // PostgreSQL never changes a file it asked to archive; something else did while it was read.
     await Promise.allSettled(prepared.missing.map((t) => t.delete(prepared.key)));
@@ -164,10 +180,18 @@ export async function pushWalFiles(
       source: { encoded: frame, rawSize: prepared.size },
       threads: 1,
       upstream: [ended.then((bytes) => compressor.fileDone(index, bytes))],
-    }).then(
-      () => onOutcome({ path: prepared.path, result: resultOf(prepared) }),
-      (error: unknown) => onOutcome({ path: prepared.path, error }),
-    );
+    })
+      .then(
+        async () => {
+          await removeReplacedKeys(prepared);
+          return resultOf(prepared);
+        },
+        (error: unknown) => afterObjectExists(ctx, prepared.path, error),
+      )
+      .then(
+        (result) => onOutcome({ path: prepared.path, result }),
+        (error: unknown) => onOutcome({ path: prepared.path, error }),
+      );
     return frame;
   }, toWrite.length);
   let failure: unknown;
@@ -208,6 +232,29 @@ export async function refuseUnfinishedSegment(path: string, file: WalFileName): 
   );
 }
 
+/**
+ * A create-only write refused because another archiver of this file got there first (two `backup
+ * wal` of one segment, or the uploader and a retry): the other object is judged as any found one
+ * is, by content, and never touched; the same bytes everywhere are a success. Other errors pass on.
+ */
+async function afterObjectExists(ctx: WalPushContext, path: string, err: unknown): Promise<WalPushResult> {
+  if (!(err instanceof ObjectExistsError)) throw err;
+  const again = await preparePush(ctx, path);
+  if (again.missing.length === 0) return resultOf(again);
+  throw err;
+}
+
+/**
+ * A damaged object found under another key (stored with other compression or encryption) is
+ * removed once the good one is stored under the configured key.
+ */
+async function removeReplacedKeys(prepared: PreparedPush): Promise<void> {
+  for (const { target, key } of prepared.damaged) {
+    if (key === prepared.key) continue;
+    await target.delete(key).catch(() => {});
+  }
+}
+
 /** Checks the file, the archive identity, and which targets already hold it (the same bytes, or not). */
 async function preparePush(ctx: WalPushContext, path: string): Promise<PreparedPush> {
   const { config, targets } = ctx;
@@ -223,6 +270,7 @@ async function preparePush(ctx: WalPushContext, path: string): Promise<PreparedP
 
   const existing = await Promise.all(targets.map((target) => findWalObject(target, cluster, file)));
   const alreadyIn: string[] = [];
+  const damaged: { target: StorageTarget; key: string }[] = [];
   if (existing.some((info) => info !== undefined)) {
     const fileSha256 = await sha256OfFile(path);
     for (const [i, info] of existing.entries()) {
@@ -233,9 +281,18 @@ async function preparePush(ctx: WalPushContext, path: string): Promise<PreparedP
         stored = await digestWalObject(target, info.key, file, codec);
       } catch (err) {
         if (!(err instanceof IntegrityError)) throw err;
-        throw new IntegrityError(
-          `WAL file ${file.name} is already archived in ${target.location} as ${info.key}, but that object cannot be decoded (${errorMessage(err)}); objects are never overwritten: inspect it and remove it by hand if it is damaged`,
+        // The local file passed its checks (header, name, size) above: it is the good copy.
+        const proof = await damagedCopyProof(target, info.key, file, codec, path);
+        if (proof === undefined) {
+          throw new IntegrityError(
+            `WAL file ${file.name} is already archived in ${target.location} as ${info.key}, but that object cannot be decoded (${errorMessage(err)}) and nothing proves it a damaged copy of this file (a different encryption key?); it is left as it is: inspect it, and remove it by hand if it is damaged`,
+          );
+        }
+        ctx.warn?.(
+          `WAL file ${file.name}: the object ${info.key} in ${target.location} cannot be decoded (${proof}); replacing it with the intact local file`,
         );
+        damaged.push({ target, key: info.key });
+        continue;
       }
       if (stored.sha256 !== fileSha256) {
         throw new IntegrityError(
@@ -245,9 +302,86 @@ async function preparePush(ctx: WalPushContext, path: string): Promise<PreparedP
       alreadyIn.push(target.location);
     }
   }
-  const missing = targets.filter((_, i) => existing[i] === undefined);
+  const missing = targets.filter(
+    (target, i) => existing[i] === undefined || damaged.some((d) => d.target === target),
+  );
   const key = missing.length === 0 ? existing[0]!.key : walKey(cluster, file, configuredWalExtension(config));
-  return { path, file, size, key, codec, missing, alreadyIn };
+  return { path, file, size, key, codec, missing, alreadyIn, damaged };
+}
+
+/** The first bytes every stream of a compression starts with (none for 'none'). */
+const COMPRESSION_MAGIC: Partial<Record<Compression, Buffer>> = {
+  zstd: Buffer.from([0x28, 0xb5, 0x2f, 0xfd]),
+  gzip: Buffer.from([0x1f, 0x8b]),
+  lz4: Buffer.from([0x04, 0x22, 0x4d, 0x18]),
+  bzip2: Buffer.from('BZh'),
+  xz: Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]),
+};
+
+/**
+ * Why an undecodable object is provably damaged (a reason for the log), or undefined when nothing
+ * proves it. A wrong key also fails to decode, and must never get the archive's objects replaced:
+ * so, encrypted, the decrypted bytes must start as the compression's streams do (a wrong key gives
+ * random bytes there), or decode to a start of the local file. Whatever does decode must be a start
+ * of the local file (else it is another file's object: refused as a conflict). Each stage runs on
+ * its own, so one stage failing cannot cut off the output of the one before it.
+ */
+async function damagedCopyProof(
+  target: StorageTarget,
+  key: string,
+  file: WalFileName,
+  codec: WalCodec,
+  localPath: string,
+): Promise<string | undefined> {
+  const { compression, encrypted } = decodingOf(key, file);
+  const stored = await target.getBytes(key);
+  let problems: string[] = [];
+  let plain = stored;
+  let keyProven = !encrypted;
+  if (encrypted) {
+    if (codec.passphrase === undefined) return undefined;
+    const decrypted = await drain(readableOf(stored), decryptStage(codec.passphrase, codec.iterations));
+    plain = decrypted.bytes;
+    if (decrypted.error !== undefined) problems.push(errorMessage(decrypted.error));
+    const magic = COMPRESSION_MAGIC[compression];
+    keyProven =
+      magic !== undefined && plain.length >= magic.length && plain.subarray(0, magic.length).equals(magic);
+  }
+  const decoded = await drain(readableOf(plain), decompressStage(compression, { threads: 1 }));
+  if (decoded.error !== undefined) problems.push(errorMessage(decoded.error));
+  const local = await readFile(localPath);
+  const matches =
+    decoded.bytes.length <= local.length && local.subarray(0, decoded.bytes.length).equals(decoded.bytes);
+  if (!matches) return undefined;
+  if (!keyProven && decoded.bytes.length === 0) return undefined;
+  if (decoded.bytes.length === local.length && problems.length === 0) return undefined;
+  problems = problems.map((p) => p.split('\n')[0]!);
+  return `${stored.length} bytes stored, ${decoded.bytes.length} of the file's ${local.length} decode from it before it breaks off: ${problems[0] ?? 'it ends early'}`;
+}
+
+function readableOf(bytes: Buffer): Readable {
+  const stream = new PassThrough();
+  stream.end(bytes);
+  return stream;
+}
+
+/** Everything a stage puts out for `input`, and its error (kept, not thrown), once it stops. */
+function drain(input: Readable, stage: NodeJS.ReadWriteStream): Promise<{ bytes: Buffer; error?: unknown }> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let settled = false;
+    const finish = (error?: unknown) => {
+      if (settled) return;
+      settled = true;
+      resolve({ bytes: Buffer.concat(chunks), ...(error !== undefined ? { error } : {}) });
+    };
+    const readable = stage as unknown as Readable;
+    readable.on('data', (chunk: Buffer) => chunks.push(chunk));
+    readable.on('end', () => finish());
+    readable.on('error', (error) => finish(error));
+    input.on('error', (error) => finish(error));
+    input.pipe(stage as unknown as NodeJS.WritableStream);
+  });
 }
 
 /** What writeObject needs for a prepared file, but its source and threads. */
@@ -266,6 +400,8 @@ function objectSpec(ctx: WalPushContext, prepared: PreparedPush) {
     sizeHint: prepared.size,
     // A WAL object has no manifest to record a digest in.
     digest: false as const,
+    // Create-only, so two archivers of one file never undo each other; a damaged object is written over.
+    ifAbsent: prepared.damaged.length === 0,
   };
 }
 
@@ -276,6 +412,7 @@ function resultOf(prepared: PreparedPush): WalPushResult {
     rawSize: prepared.size,
     storedIn: prepared.missing.map((t) => t.location),
     alreadyIn: prepared.alreadyIn,
+    ...(prepared.damaged.length > 0 ? { replacedIn: prepared.damaged.map((d) => d.target.location) } : {}),
   };
 }
 

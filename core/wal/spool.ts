@@ -260,7 +260,12 @@ export async function runUploader(
   await mkdir(spoolDir, { recursive: true, mode: 0o700 });
   const lock = join(spoolDir, UPLOADER_LOCK);
   if (!(await takeLock(lock, UPLOADER_MARKER))) return;
-  const pushCtx: WalPushContext = { ...ctx, stateDir: spoolDir, threads: 1 };
+  const pushCtx: WalPushContext = {
+    ...ctx,
+    stateDir: spoolDir,
+    threads: 1,
+    warn: (line) => log(`warning: ${line}`),
+  };
   const inFlight = new Map<string, Promise<void>>();
   /** Files stored by this uploader, and when their `.ok` was (last) written. */
   const stored = new Map<string, number>();

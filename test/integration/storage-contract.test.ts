@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ObjectNotFoundError, StorageError } from '../../core/errors';
+import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../../core/errors';
 import { FileTarget } from '../../core/storage/file';
 import { S3Target } from '../../core/storage/s3';
 import type { ObjectInfo, StorageTarget } from '../../core/storage/target';
@@ -450,7 +450,7 @@ describe('S3 target failures', () => {
       // Assess
       expect(Date.now() - started).toBeLessThan(5000);
       expect(stat.status === 'rejected' && stat.reason.message).toBe(
-        `S3 endpoint ${endpoint} did not answer in time (TimeoutError); check S3_ENDPOINT and the network`,
+        `S3 endpoint ${endpoint} did not answer in time: look up wal/000000010000000000000001 in s3://any timed out after 0.3 s without an answer (TimeoutError); check S3_ENDPOINT and the network, or raise S3_REQUEST_TIMEOUT`,
       );
     } finally {
       silent.close();
@@ -563,6 +563,52 @@ describe('file target failures', () => {
     } finally {
       await chmod(parent, 0o700);
       await rm(parent, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('file target create-only puts (PutOptions.ifAbsent)', () => {
+  it('refuses a taken key with ObjectExistsError, keeping the other writer’s object and no temp file', async () => {
+    // Prepare
+    const root = await mkdtemp(join(tmpdir(), 'pgvault-file-ifabsent-'));
+    const target = new FileTarget(root);
+    await target.putBytes('wal/segment', 'first writer');
+
+    try {
+      // Act
+      const [put] = await Promise.allSettled([
+        target.put('wal/segment', Readable.from([Buffer.from('second writer')]), { ifAbsent: true }),
+      ]);
+
+      // Assess
+      expect(put.status === 'rejected' && put.reason).toBeInstanceOf(ObjectExistsError);
+      expect((await target.getBytes('wal/segment')).toString()).toBe('first writer');
+      expect(await readdir(join(root, 'wal'))).toEqual(['segment']);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it('lets exactly one of two concurrent writers of one key win, the object whole', async () => {
+    // Prepare
+    const root = await mkdtemp(join(tmpdir(), 'pgvault-file-ifabsent-'));
+    const target = new FileTarget(root);
+    const bodies = [randomBytes(MiB), randomBytes(MiB)];
+
+    try {
+      // Act
+      const puts = await Promise.allSettled(
+        bodies.map((body) => target.put('wal/segment', Readable.from([body]), { ifAbsent: true })),
+      );
+
+      // Assess
+      const won = puts.findIndex((p) => p.status === 'fulfilled');
+      expect(puts.filter((p) => p.status === 'fulfilled')).toHaveLength(1);
+      const lost = puts[1 - won]!;
+      expect(lost.status === 'rejected' && lost.reason).toBeInstanceOf(ObjectExistsError);
+      expect((await target.getBytes('wal/segment')).equals(bodies[won]!)).toBe(true);
+    } finally {
+      await rm(root, { recursive: true, force: true });
     }
   });
 });

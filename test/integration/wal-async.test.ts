@@ -201,6 +201,26 @@ describe("the uploader's batches: one compressor run for several segments", () =
     expect(identityWrites).toBe(1);
   });
 
+  it('two uploaders of the same segments at once both succeed, each object written once and whole (create-only writes)', async () => {
+    // Prepare: the same batch twice, as an uploader and a retry by another process would push it.
+    const { names, paths, vaultDir, ctx } = await batchSetup('twice', 3);
+    const outcomes: WalPushOutcome[] = [];
+
+    // Act
+    await Promise.all([
+      pushWalFiles(ctx, paths, (o) => void outcomes.push(o)),
+      pushWalFiles(ctx, paths, (o) => void outcomes.push(o)),
+    ]);
+
+    // Assess: a writer that found the name taken judged the other's object by content: a success.
+    expect(outcomes.map((o) => ('error' in o ? String(o.error) : 'stored'))).toEqual(Array(6).fill('stored'));
+    names.forEach((name, i) => {
+      expect(sha256(openWithoutPgvault(walKeyPath(vaultDir, name), fx.keyFile)), name).toBe(
+        sha256(readFileSync(paths[i]!)),
+      );
+    });
+  });
+
   it('acknowledges each segment of a batch as soon as it is stored, before zstd has exited', async () => {
     // Prepare: a zstd that stays alive after its work until the test has heard about every file (or
     // 10 s have passed, and then says so).

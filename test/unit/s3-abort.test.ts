@@ -4,13 +4,14 @@ import {
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
+  HeadObjectCommand,
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
-import { StorageError } from '../../core/errors';
+import { ObjectExistsError, StorageError } from '../../core/errors';
 import { choosePartSize, S3Target } from '../../core/storage/s3';
 
 const MiB = 1024 * 1024;
@@ -135,10 +136,11 @@ describe('S3Target multipart failure handling', () => {
     expect(s3Mock.commandCalls(CompleteMultipartUploadCommand)).toHaveLength(0);
   });
 
-  it('deletes the key best-effort when completing the upload fails after the whole source was read', async () => {
-    // Prepare
+  it('never deletes another writer’s object when completing the upload fails after the whole source was read', async () => {
+    // Prepare: the complete's answer is lost; the object under the key is another write's.
     const completeFailure = serviceError('InternalError', 'internal error', 500);
     s3Mock.on(CompleteMultipartUploadCommand).rejects(completeFailure);
+    s3Mock.on(HeadObjectCommand).resolves({ Metadata: { 'pgvault-write': 'someone-else' }, ETag: '"e"' });
 
     // Act
     const [put] = await Promise.allSettled([target.put('c1/full/full.dump', zeroSource(12 * MiB))]);
@@ -146,10 +148,51 @@ describe('S3Target multipart failure handling', () => {
     // Assess
     expect(put.status === 'rejected' && put.reason.cause).toBe(completeFailure);
     expect(s3Mock.commandCalls(AbortMultipartUploadCommand)).toHaveLength(1);
-    expect(s3Mock.commandCalls(DeleteObjectCommand)[0]!.args[0].input).toEqual({
-      Bucket: 'vault',
-      Key: 'pg/c1/full/full.dump',
+    expect(s3Mock.commandCalls(DeleteObjectCommand)).toHaveLength(0);
+  });
+
+  it('succeeds when the final request’s answer was lost but the object under the key is this write’s', async () => {
+    // Prepare: the PutObject reached the store (its metadata is there), its answer did not come back.
+    s3Mock.on(PutObjectCommand).rejects(serviceError('TimeoutError', 'socket hang up', 0));
+    s3Mock.on(HeadObjectCommand).callsFake(() => {
+      const sent = s3Mock.commandCalls(PutObjectCommand)[0]!.args[0].input;
+      return { Metadata: sent.Metadata, ETag: '"e"' };
     });
+
+    // Act
+    const { size } = await target.put('c1/wal/segment', zeroSource(3 * MiB));
+
+    // Assess
+    expect(size).toBe(3 * MiB);
+    expect(s3Mock.commandCalls(DeleteObjectCommand)).toHaveLength(0);
+  });
+
+  it('sends If-None-Match for a create-only put, and names a refusal ObjectExistsError without touching the object', async () => {
+    // Prepare
+    s3Mock
+      .on(PutObjectCommand)
+      .rejects(
+        serviceError(
+          'PreconditionFailed',
+          'At least one of the pre-conditions you specified did not hold',
+          412,
+        ),
+      );
+    s3Mock.on(HeadObjectCommand).resolves({ Metadata: { 'pgvault-write': 'another-archiver' }, ETag: '"e"' });
+
+    // Act
+    const [put] = await Promise.allSettled([
+      target.put('c1/wal/segment', zeroSource(MiB), { ifAbsent: true }),
+    ]);
+
+    // Assess
+    expect(s3Mock.commandCalls(PutObjectCommand)[0]!.args[0].input.IfNoneMatch).toBe('*');
+    expect(put.status === 'rejected' && put.reason).toBeInstanceOf(ObjectExistsError);
+    expect(s3Mock.commandCalls(DeleteObjectCommand)).toHaveLength(0);
+  });
+
+  it('sends a checksum of every upload body (S3 then refuses a body cut short)', () => {
+    expect(target.clientConfig('upload').requestChecksumCalculation).toBe('WHEN_SUPPORTED');
   });
 
   it('uploads a body that fits one part with a single PutObject', async () => {
