@@ -1,11 +1,13 @@
 import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, renameSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupConfig } from '../../core/backup/config-backup';
 import { backupFull } from '../../core/backup/full';
+import { inMemorySource, runBackup } from '../../core/backup/run';
 import type { TempCluster } from '../../core/pg/cluster';
 import { restoreFull } from '../../core/restore/full';
+import { runRetention } from '../../core/retention/apply';
 import { openVault, type Vault } from '../../core/vault';
 import { verifyAll } from '../../core/verify/all';
 import { verifyBackupFile } from '../../core/verify/file';
@@ -387,5 +389,40 @@ describe('a manifest that outlived its data', () => {
     expect(report.faults.some((f) => f.backup === broken.id && f.kind === 'missing')).toBe(true);
     expect(verifyCli.code).toBe(3);
     expect(`${verifyCli.stdout}${verifyCli.stderr}`).toContain(broken.id);
+  });
+});
+
+describe('retention beside a backup that completes while it runs', () => {
+  it('never deletes a backup whose manifest appeared after the listing (neither as incomplete nor as leftovers)', async () => {
+    // Prepare: a finished config backup whose manifest is held back, as if its run were still
+    // writing it; it lands right after retention has listed the config folder.
+    const vault = vaultOf(settings('race', 'race', 'none'));
+    const manifest = await runBackup(vault, {
+      type: 'config',
+      schedule: 'manual',
+      server: { version: '15.0', versionNum: 150000, major: 15, systemIdentifier: '1', superuser: true },
+      tools: {},
+      sources: [inMemorySource('config', 'tar', 'config', Buffer.alloc(4096, 7))],
+      now: new Date('2026-03-01T00:00:00Z'),
+    });
+    const manifestPath = `${work.path}/race/race/config/${manifest.id}.manifest.json`;
+    renameSync(manifestPath, `${work.path}/race-held-back`);
+    const target = vault.targets[0]!;
+    const list = target.list.bind(target);
+    target.list = async function* (prefix: string) {
+      yield* list(prefix);
+      if (prefix === 'race/config/' && !existsSync(manifestPath))
+        renameSync(`${work.path}/race-held-back`, manifestPath);
+    };
+
+    // Act: two days on, the objects are well past the leftover age.
+    const result = await runRetention(vault, { now: new Date(Date.now() + 2 * 24 * 3600 * 1000) });
+
+    // Assess
+    expect(result.deleted.backups).toEqual([]);
+    expect(result.deleted.leftoverObjects).toBe(0);
+    const entry = await vault.catalog.resolve('latest', 'config');
+    expect(entry.manifest.id).toBe(manifest.id);
+    expect(await vault.catalog.whole(entry)).toBeDefined();
   });
 });
