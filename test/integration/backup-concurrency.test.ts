@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupConfig } from '../../core/backup/config-backup';
 import { backupFull } from '../../core/backup/full';
 import { inMemorySource, runBackup } from '../../core/backup/run';
+import { runUndoSteps } from '../../core/cleanup';
 import type { TempCluster } from '../../core/pg/cluster';
 import { restoreFull } from '../../core/restore/full';
 import { runRetention } from '../../core/retention/apply';
@@ -424,5 +425,55 @@ describe('retention beside a backup that completes while it runs', () => {
     const entry = await vault.catalog.resolve('latest', 'config');
     expect(entry.manifest.id).toBe(manifest.id);
     expect(await vault.catalog.whole(entry)).toBeDefined();
+  });
+});
+
+describe('an interrupt while the manifest is being written', () => {
+  it('removes the manifest first; where that fails the objects stay, so no manifest outlives its data', async () => {
+    // Prepare: the manifest lands in the folder but its put has not returned when SIGINT comes, and
+    // the manifest cannot be deleted (a permission, a lost connection).
+    const vault = vaultOf(settings('sigint', 'sigint', 'none'));
+    const target = vault.targets[0]!;
+    const putBytes = target.putBytes.bind(target);
+    const remove = target.delete.bind(target);
+    let stored: () => void = () => {};
+    const manifestInPlace = new Promise<void>((r) => {
+      stored = r;
+    });
+    let release: () => void = () => {};
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    target.putBytes = async (key, data) => {
+      await putBytes(key, data);
+      if (key.endsWith('.manifest.json')) {
+        stored();
+        await released;
+      }
+    };
+    target.delete = async (key) => {
+      if (key.endsWith('.manifest.json')) throw new Error('injected: delete refused');
+      return remove(key);
+    };
+    const backup = runBackup(vault, {
+      type: 'config',
+      schedule: 'manual',
+      server: { version: '15.0', versionNum: 150000, major: 15, systemIdentifier: '1', superuser: true },
+      tools: {},
+      sources: [inMemorySource('config', 'tar', 'config', Buffer.alloc(4096, 9))],
+    });
+    backup.catch(() => {});
+    await manifestInPlace;
+
+    // Act: the CLI's SIGINT handling; the put returns meanwhile.
+    const undo = runUndoSteps(10_000);
+    setTimeout(release, 100);
+    await undo;
+
+    // Assess: the manifest stayed, and so did every object it lists.
+    const [entry] = await vault.catalog.list('config');
+    expect(entry).toBeDefined();
+    expect(await vault.catalog.whole(entry!)).toBeDefined();
+    expect(vault.reporter.warnings.join('\n')).toMatch(/kept/);
   });
 });
