@@ -2,12 +2,14 @@ import { spawn } from 'node:child_process';
 import { existsSync, renameSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupBase } from '../../core/backup/base';
 import { backupConfig } from '../../core/backup/config-backup';
 import { backupFull } from '../../core/backup/full';
 import { inMemorySource, runBackup } from '../../core/backup/run';
 import { runUndoSteps } from '../../core/cleanup';
 import type { TempCluster } from '../../core/pg/cluster';
 import { restoreFull } from '../../core/restore/full';
+import { planPitr } from '../../core/restore/pitr';
 import { runRetention } from '../../core/retention/apply';
 import { openVault, type Vault } from '../../core/vault';
 import { verifyAll } from '../../core/verify/all';
@@ -475,5 +477,24 @@ describe('an interrupt while the manifest is being written', () => {
     expect(entry).toBeDefined();
     expect(await vault.catalog.whole(entry!)).toBeDefined();
     expect(vault.reporter.warnings.join('\n')).toMatch(/kept/);
+  });
+});
+
+describe('point-in-time recovery beside a manifest that outlived its data', () => {
+  it('auto and latest choose the newest whole base backup', async () => {
+    // Prepare
+    const vault = vaultOf(settings('pitr', 'pitr', 'none'));
+    const older = await backupBase(vault, { schedule: 'daily' });
+    const newer = await backupBase(vault, { schedule: 'daily' });
+    for (const o of newer.objects) await vault.targets[0]!.delete(o.key);
+
+    // Act
+    const latest = await planPitr(vault, 'latest', { kind: 'immediate' });
+    const auto = await planPitr(vault, 'auto', { kind: 'immediate' });
+
+    // Assess
+    expect(newer.id).not.toBe(older.id);
+    expect(latest.manifest.id).toBe(older.id);
+    expect(auto.manifest.id).toBe(older.id);
   });
 });
