@@ -345,7 +345,8 @@ async function claimId(
         if (!free) break;
       }
     } catch (err) {
-      await Promise.allSettled(claimed.map((t) => t.delete(claimKey)));
+      // In every target: a claim whose write failed may still have been stored.
+      await Promise.allSettled(vault.targets.map((t) => t.delete(claimKey)));
       throw err;
     }
     if (free) return { id, claimKey };

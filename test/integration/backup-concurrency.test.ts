@@ -498,3 +498,66 @@ describe('point-in-time recovery beside a manifest that outlived its data', () =
     expect(auto.manifest.id).toBe(older.id);
   });
 });
+
+describe('a data upload cut off in S3', () => {
+  it('fails the backup; nothing of it is listed or left, and latest is still the previous backup', async () => {
+    // Prepare
+    const vault = vaultOf(settings('cut', 'cut', 's3'));
+    await setGeneration(7);
+    const good = await backupFull(vault, {
+      schedule: 'daily',
+      databases: ['app'],
+      now: new Date('2026-03-01T01:00:00Z'),
+    });
+    await setGeneration(8);
+    proxy.add({
+      method: 'PUT',
+      key: /\.app\.dump/,
+      action: 'reset',
+      afterBytes: 1000,
+      times: Number.POSITIVE_INFINITY,
+    });
+
+    // Act
+    const failure = await backupFull(vault, {
+      schedule: 'daily',
+      databases: ['app'],
+      now: new Date('2026-03-01T02:00:00Z'),
+    }).then(
+      () => undefined,
+      (err: unknown) => err as Error,
+    );
+    proxy.clear();
+
+    // Assess
+    expect(failure?.message).toMatch(/S3/);
+    expect((await vault.catalog.list()).map((e) => e.manifest.id)).toEqual([good.id]);
+    const left: string[] = [];
+    for await (const o of vault.targets[0]!.list('cut/full/daily/full-daily-20260301-020000'))
+      left.push(o.key);
+    expect(left).toEqual([]);
+    expect(await restoredGeneration(vault, 'latest')).toBe(7);
+  });
+});
+
+describe('a claim whose PUT answer is lost', () => {
+  it('fails the backup before any data is written, and leaves no claim behind', async () => {
+    // Prepare
+    const vault = vaultOf(settings('claim', 'claim', 's3'));
+    proxy.add({ method: 'PUT', key: /\.claim-/, action: 'reset-answer', times: Number.POSITIVE_INFINITY });
+
+    // Act
+    const failure = await backupFull(vault, { schedule: 'daily', databases: ['app'] }).then(
+      () => undefined,
+      (err: unknown) => err as Error,
+    );
+    proxy.clear();
+
+    // Assess
+    expect(failure?.message).toMatch(/S3/);
+    const left: string[] = [];
+    for await (const o of vault.targets[0]!.list('claim/')) left.push(o.key);
+    expect(left).toEqual([]);
+    expect(proxy.log.some((r) => r.key.startsWith('claim/') && r.key.includes('.dump'))).toBe(false);
+  });
+});
