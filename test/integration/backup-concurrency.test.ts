@@ -11,6 +11,7 @@ import type { TempCluster } from '../../core/pg/cluster';
 import { restoreFull } from '../../core/restore/full';
 import { planPitr } from '../../core/restore/pitr';
 import { runRetention } from '../../core/retention/apply';
+import { S3Target } from '../../core/storage/s3';
 import { openVault, type Vault } from '../../core/vault';
 import { verifyAll } from '../../core/verify/all';
 import { verifyBackupFile } from '../../core/verify/file';
@@ -559,5 +560,35 @@ describe('a claim whose PUT answer is lost', () => {
     for await (const o of vault.targets[0]!.list('claim/')) left.push(o.key);
     expect(left).toEqual([]);
     expect(proxy.log.some((r) => r.key.startsWith('claim/') && r.key.includes('.dump'))).toBe(false);
+  });
+});
+
+describe('a manifest PUT stored whose answer never comes', () => {
+  it('times out, is settled as stored by reading it back, and the backup succeeds', async () => {
+    // Prepare: a target with a short request timeout (the S3 default is 60 s) and one attempt.
+    const opened = vaultOf(settings('stall', 'stall', 's3'));
+    const target = new S3Target({
+      bucket: s3.bucket,
+      endpoint: proxy.endpoint,
+      region: s3.region,
+      credentials: s3.credentials,
+      requestTimeoutMs: 1500,
+      maxAttempts: 1,
+    });
+    const vault: Vault = { ...opened, targets: [target] };
+    proxy.add({ method: 'PUT', key: /\.manifest\.json$/, action: 'drop-answer' });
+
+    // Act
+    const outcome = await backupFull(vault, { schedule: 'manual', databases: ['app'] }).then(
+      (m) => m.id,
+      (err: unknown) => `failed: ${String(err)}`,
+    );
+    proxy.clear();
+
+    // Assess
+    expect(proxy.log.some((r) => r.fault === 'drop-answer')).toBe(true);
+    expect(outcome).toMatch(/^full-manual-/);
+    expect((await opened.catalog.resolve('latest')).manifest.id).toBe(outcome);
+    await verifyBackupFile(opened, outcome);
   });
 });
