@@ -128,6 +128,9 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   let manifestBegun = false;
   /** Every store started, the manifest's included (settled ones count as done at once). */
   const storing: Promise<unknown>[] = [];
+  /** This run's data objects and claim in one target. */
+  const removeData = (t: StorageTarget) =>
+    Promise.allSettled([...keysBegun, claimKey].map((key) => t.delete(key)));
   /**
    * Removes what this run wrote, the manifest first: in each target the data goes only once the
    * manifest is gone there, so a manifest can never outlive its objects. Where the manifest cannot
@@ -141,6 +144,9 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
           try {
             await t.delete(mKey);
           } catch (err) {
+            // The delete's answer may be what was lost: gone is gone.
+            const left = await t.stat(mKey).catch(() => null);
+            if (left === undefined) return removeData(t);
             reporter.warn(
               `backup ${id}: its manifest could not be removed from ${t.location} (${errorMessage(err)}); its objects are kept there so it stays whole; check it with \`pgvault verify file ${id}\` and remove it with \`pgvault backup delete ${id} --yes\``,
             );
@@ -148,7 +154,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
             return;
           }
         }
-        await Promise.allSettled([...keysBegun, claimKey].map((key) => t.delete(key)));
+        await removeData(t);
       }),
     );
     return kept;

@@ -281,6 +281,10 @@ class Deleter {
       await target.delete(key);
       return true;
     } catch (err) {
+      // A delete whose answer was lost may have happened: settled by looking, so a manifest that is
+      // gone lets its objects go too (else they would wait a day as leftovers, out of reach of
+      // `backup delete`, which finds a backup by its manifest).
+      if ((await target.stat(key).catch(() => null)) === undefined) return true;
       const lock = target.kind === 's3' ? objectLockDetail(err) : undefined;
       if (lock !== undefined) {
         this.result.locked.push({ key, target: target.location, detail: lock });

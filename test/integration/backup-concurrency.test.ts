@@ -10,7 +10,7 @@ import { runUndoSteps } from '../../core/cleanup';
 import type { TempCluster } from '../../core/pg/cluster';
 import { restoreFull } from '../../core/restore/full';
 import { planPitr } from '../../core/restore/pitr';
-import { runRetention } from '../../core/retention/apply';
+import { deleteBackupByHand, runRetention } from '../../core/retention/apply';
 import { S3Target } from '../../core/storage/s3';
 import { openVault, type Vault } from '../../core/vault';
 import { verifyAll } from '../../core/verify/all';
@@ -590,5 +590,29 @@ describe('a manifest PUT stored whose answer never comes', () => {
     expect(outcome).toMatch(/^full-manual-/);
     expect((await opened.catalog.resolve('latest')).manifest.id).toBe(outcome);
     await verifyBackupFile(opened, outcome);
+  });
+});
+
+describe('backup delete when the manifest DELETE answer is lost', () => {
+  it('settles the delete by looking, then removes the objects too', async () => {
+    // Prepare
+    const vault = vaultOf(settings('del', 'del', 's3'));
+    const doomed = await backupFull(vault, { schedule: 'manual', databases: ['app'] });
+    proxy.add({
+      method: 'DELETE',
+      key: /\.manifest\.json$/,
+      action: 'reset-answer',
+      times: Number.POSITIVE_INFINITY,
+    });
+
+    // Act
+    const result = await deleteBackupByHand(vault, doomed.id, { yes: true });
+    proxy.clear();
+
+    // Assess
+    expect(result.failed).toEqual([]);
+    const left: string[] = [];
+    for await (const o of vault.targets[0]!.list('del/')) left.push(o.key);
+    expect(left).toEqual([]);
   });
 });
