@@ -220,6 +220,10 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
     if (failedBeside) throw failedBeside.reason;
     // The manifest lists objects in the order of the sources, however they finished.
     written.sort((a, b) => (position.get(a) ?? 0) - (position.get(b) ?? 0));
+    // Objects finished hours ago (the globals of a long dump) may have gone meanwhile (retention
+    // takes a day-old object without a manifest for a leftover, or a hand): a manifest is written
+    // only over objects that are all still there, one stat each.
+    await assertStillStored(targets, written);
     const finished = new Date();
     const body: ManifestBody = {
       format: 'pgvault-manifest/1',
@@ -280,6 +284,19 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
     throw err;
   } finally {
     forgetUndo();
+  }
+}
+
+async function assertStillStored(targets: readonly StorageTarget[], objects: readonly StoredObject[]) {
+  for (const target of targets) {
+    for (const object of objects) {
+      const info = await target.stat(object.key);
+      if (info?.size !== object.storedSize) {
+        throw new StorageError(
+          `${object.key} ${info ? `has ${info.size} bytes instead of ${object.storedSize}` : 'is gone'} in ${target.location} before the manifest was written (removed by retention or by hand while the backup ran?); no manifest written, take the backup again`,
+        );
+      }
+    }
   }
 }
 

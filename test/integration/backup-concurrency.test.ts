@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, renameSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupBase } from '../../core/backup/base';
 import { backupConfig } from '../../core/backup/config-backup';
@@ -614,5 +615,56 @@ describe('backup delete when the manifest DELETE answer is lost', () => {
     const left: string[] = [];
     for await (const o of vault.targets[0]!.list('del/')) left.push(o.key);
     expect(left).toEqual([]);
+  });
+});
+
+describe('an object removed while its backup still runs', () => {
+  it('fails the backup before the manifest, instead of a manifest pointing at nothing', async () => {
+    // Prepare: a long dump; the globals, finished early, vanish meanwhile (retention took them for
+    // day-old leftovers, or a hand did).
+    const vault = vaultOf(settings('vanish', 'vanish', 'none'));
+    const dump = new Readable({ read() {} });
+    const backup = runBackup(vault, {
+      type: 'full',
+      schedule: 'manual',
+      server: { version: '15.0', versionNum: 150000, major: 15, systemIdentifier: '1', superuser: true },
+      tools: {},
+      sources: [
+        {
+          part: 'app',
+          kind: 'database',
+          format: 'dump',
+          database: 'app',
+          label: 'dump app',
+          open: () => ({ source: dump, upstream: [] }),
+        },
+        {
+          part: 'globals',
+          kind: 'globals',
+          format: 'sql',
+          label: 'globals',
+          small: true,
+          open: () => ({ source: Readable.from([Buffer.from('CREATE ROLE app;\n')]), upstream: [] }),
+        },
+      ],
+    });
+    backup.catch(() => {});
+    const target = vault.targets[0]!;
+    let globals: string | undefined;
+    for (let i = 0; i < 100 && globals === undefined; i++) {
+      for await (const o of target.list('vanish/full/manual/'))
+        if (o.key.includes('.globals.')) globals = o.key;
+      if (globals === undefined) await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(globals).toBeDefined();
+
+    // Act
+    await target.delete(globals!);
+    dump.push(Buffer.alloc(1024, 1));
+    dump.push(null);
+
+    // Assess
+    await expect(backup).rejects.toThrow(/globals.* is gone .* before the manifest was written/);
+    expect(await vault.catalog.list()).toEqual([]);
   });
 });
