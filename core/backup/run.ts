@@ -73,7 +73,16 @@ export interface BackupRun {
   readonly physical?: () => ManifestBody['physical'];
   /** Clock for the id; tests pass a fixed one. */
   readonly now?: Date;
+  /** How often the claim is written again while the run lasts. @default CLAIM_REFRESH_MS */
+  readonly claimRefreshMs?: number;
 }
+
+/**
+ * A running backup writes its claim again this often, so retention, which removes objects without a
+ * manifest once the newest of them is a day old (LEFTOVER_AGE_MS), never takes a long run's early
+ * objects (the globals, finished hours before the big dump) for a failed run's leftovers.
+ */
+export const CLAIM_REFRESH_MS = 3600 * 1000;
 
 export const PGVAULT_VERSION: string = (() => {
   // ../../ from the TypeScript source, ../../../ from the build in dist/.
@@ -115,7 +124,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   const { config, targets, reporter } = vault;
   const started = run.now ?? new Date();
   const folder = backupFolder(config.clusterName, run.type, run.schedule);
-  const { id, claimKey } = await claimId(vault, folder, backupId(run.type, run.schedule, started));
+  const { id, claimKey, claimText } = await claimId(vault, folder, backupId(run.type, run.schedule, started));
   const encryption = newObjectEncryption(config);
   // The manifest's key check costs a slow PBKDF2: derived while the objects stream, not after.
   const encryptionBlock = encryption ? newEncryptionBlock(encryption) : Promise.resolve(null);
@@ -137,6 +146,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
    * be removed, the objects stay (the backup stays whole) and the warning says so.
    */
   const undo = async (): Promise<string[]> => {
+    await stopRefresh();
     const kept: string[] = [];
     await Promise.all(
       targets.map(async (t) => {
@@ -158,6 +168,24 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       }),
     );
     return kept;
+  };
+  let refreshing: Promise<unknown> = Promise.resolve();
+  const refresh = setInterval(() => {
+    refreshing = Promise.allSettled(
+      targets.map((t) =>
+        t
+          .putBytes(claimKey, claimText)
+          .catch((err: unknown) =>
+            reporter.warn(`cannot refresh the claim of ${id} in ${t.location}: ${errorMessage(err)}`),
+          ),
+      ),
+    );
+  }, run.claimRefreshMs ?? CLAIM_REFRESH_MS);
+  refresh.unref();
+  /** Before the claim goes: no refresh may put it back after. */
+  const stopRefresh = () => {
+    clearInterval(refresh);
+    return refreshing;
   };
   const forgetUndo = undoOnInterrupt(async () => {
     // The programs got the signal too, so the writes in progress end soon, most by failing (and
@@ -270,6 +298,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       );
     }
     // The manifest now holds the id: the claim is no longer needed.
+    await stopRefresh();
     await Promise.allSettled(targets.map((t) => t.delete(claimKey)));
     return body;
   } catch (err) {
@@ -283,6 +312,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
     );
     throw err;
   } finally {
+    clearInterval(refresh);
     forgetUndo();
   }
 }
@@ -343,7 +373,7 @@ async function claimId(
   vault: Vault,
   folder: string,
   base: string,
-): Promise<{ id: string; claimKey: string }> {
+): Promise<{ id: string; claimKey: string; claimText: string }> {
   const token = randomBytes(8).toString('hex');
   const claim = `${JSON.stringify({ host: hostname(), pid: process.pid, claimedAt: new Date().toISOString() })}\n`;
   for (let n = 1; n <= CLAIM_TRIES; n++) {
@@ -372,7 +402,7 @@ async function claimId(
       await Promise.allSettled(vault.targets.map((t) => t.delete(claimKey)));
       throw err;
     }
-    if (free) return { id, claimKey };
+    if (free) return { id, claimKey, claimText: claim };
     await Promise.allSettled(claimed.map((t) => t.delete(claimKey)));
     if (claimed.length > 0) await new Promise((r) => setTimeout(r, 20 + Math.random() * 200));
   }

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, renameSync, utimesSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -666,5 +666,63 @@ describe('an object removed while its backup still runs', () => {
     // Assess
     await expect(backup).rejects.toThrow(/globals.* is gone .* before the manifest was written/);
     expect(await vault.catalog.list()).toEqual([]);
+  });
+});
+
+describe('retention beside a backup that runs for more than a day', () => {
+  it('keeps the early objects of the running backup: its claim is written again while it runs', async () => {
+    // Prepare: a dump still streaming; its globals and claim look two days old (a long run), and
+    // the claim refresh is made fast for the test (an hour by default).
+    const vault = vaultOf(settings('longrun', 'longrun', 'none'));
+    const dump = new Readable({ read() {} });
+    const backup = runBackup(vault, {
+      type: 'full',
+      schedule: 'manual',
+      server: { version: '15.0', versionNum: 150000, major: 15, systemIdentifier: '1', superuser: true },
+      tools: {},
+      claimRefreshMs: 100,
+      sources: [
+        {
+          part: 'app',
+          kind: 'database',
+          format: 'dump',
+          database: 'app',
+          label: 'dump app',
+          open: () => ({ source: dump, upstream: [] }),
+        },
+        {
+          part: 'globals',
+          kind: 'globals',
+          format: 'sql',
+          label: 'globals',
+          small: true,
+          open: () => ({ source: Readable.from([Buffer.from('CREATE ROLE app;\n')]), upstream: [] }),
+        },
+      ],
+    });
+    backup.catch(() => {});
+    const target = vault.targets[0]!;
+    const early = async () => {
+      const keys: string[] = [];
+      for await (const o of target.list('longrun/full/manual/')) keys.push(o.key);
+      return keys;
+    };
+    for (let i = 0; i < 100 && !(await early()).some((k) => k.includes('.globals.')); i++)
+      await new Promise((r) => setTimeout(r, 50));
+    const twoDaysAgo = new Date(Date.now() - 2 * 24 * 3600 * 1000);
+    for (const key of await early()) utimesSync(`${work.path}/longrun/${key}`, twoDaysAgo, twoDaysAgo);
+    await new Promise((r) => setTimeout(r, 500));
+
+    // Act
+    const result = await runRetention(vault);
+    dump.push(Buffer.alloc(1024, 1));
+    dump.push(null);
+
+    // Assess
+    expect(result.deleted.leftoverObjects).toBe(0);
+    const manifest = await backup;
+    const entry = await vault.catalog.resolve(manifest.id);
+    expect(await vault.catalog.whole(entry)).toBeDefined();
+    expect((await early()).filter((k) => k.includes('.claim-'))).toEqual([]);
   });
 });
