@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { basename } from 'node:path';
 import { Readable } from 'node:stream';
@@ -14,9 +15,10 @@ import {
 import { type EncodedSource, writeObject } from '../catalog/objects';
 import { undoOnInterrupt } from '../cleanup';
 import type { Compression } from '../config';
-import { errorMessage } from '../errors';
+import { errorMessage, ObjectNotFoundError, StorageError } from '../errors';
 import type { ServerInfo } from '../pg/server';
 import { refuseCopyIntoSource } from '../restore/copy';
+import type { StorageTarget } from '../storage/target';
 import { compressionTool, toolVersion } from '../stream/compress';
 import { newObjectEncryption, type Vault } from '../vault';
 
@@ -72,7 +74,16 @@ export interface BackupRun {
   readonly physical?: () => ManifestBody['physical'];
   /** Clock for the id; tests pass a fixed one. */
   readonly now?: Date;
+  /** How often the claim is written again while the run lasts. @default CLAIM_REFRESH_MS */
+  readonly claimRefreshMs?: number;
 }
+
+/**
+ * A running backup writes its claim again this often, so retention, which removes objects without a
+ * manifest once the newest of them is a day old (LEFTOVER_AGE_MS), never takes a long run's early
+ * objects (the globals, finished hours before the big dump) for a failed run's leftovers.
+ */
+export const CLAIM_REFRESH_MS = 3600 * 1000;
 
 export const PGVAULT_VERSION: string = (() => {
   // ../../ from the TypeScript source, ../../../ from the build in dist/.
@@ -115,25 +126,75 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   refuseCopyIntoSource(config.clusterName, run.server, `this ${run.type} backup`);
   const started = run.now ?? new Date();
   const folder = backupFolder(config.clusterName, run.type, run.schedule);
-  const id = await uniqueId(vault, folder, backupId(run.type, run.schedule, started));
+  const { id, claimKey, claimText } = await claimId(vault, folder, backupId(run.type, run.schedule, started));
   const encryption = newObjectEncryption(config);
   // The manifest's key check costs a slow PBKDF2: derived while the objects stream, not after.
   const encryptionBlock = encryption ? newEncryptionBlock(encryption) : Promise.resolve(null);
   encryptionBlock.catch(() => {});
   const written: StoredObject[] = [];
   const tools = { pgvault: PGVAULT_VERSION, ...run.tools };
-  /** Every key whose write began: an object may complete between an interrupt and the exit. */
+  const mKey = manifestKey(folder, id);
+  /** Every data key whose write began: an object may complete between an interrupt and the exit. */
   const keysBegun: string[] = [];
-  /** Every store started (settled ones count as done at once). */
-  const storing: Promise<void>[] = [];
-  const removeWritten = () =>
-    Promise.allSettled(keysBegun.flatMap((key) => targets.map((t) => t.delete(key))));
+  let manifestBegun = false;
+  /** Every store started, the manifest's included (settled ones count as done at once). */
+  const storing: Promise<unknown>[] = [];
+  /** This run's data objects and claim in one target. */
+  const removeData = (t: StorageTarget) =>
+    Promise.allSettled([...keysBegun, claimKey].map((key) => t.delete(key)));
+  /**
+   * Removes what this run wrote, the manifest first: in each target the data goes only once the
+   * manifest is gone there, so a manifest can never outlive its objects. Where the manifest cannot
+   * be removed, the objects stay (the backup stays whole) and the warning says so.
+   */
+  const undo = async (): Promise<string[]> => {
+    await stopRefresh();
+    const kept: string[] = [];
+    await Promise.all(
+      targets.map(async (t) => {
+        if (manifestBegun) {
+          try {
+            await t.delete(mKey);
+          } catch (err) {
+            // The delete's answer may be what was lost: gone is gone.
+            const left = await t.stat(mKey).catch(() => null);
+            if (left === undefined) return removeData(t);
+            reporter.warn(
+              `backup ${id}: its manifest could not be removed from ${t.location} (${errorMessage(err)}); its objects are kept there so it stays whole; check it with \`pgvault verify file ${id}\` and remove it with \`pgvault backup delete ${id} --yes\``,
+            );
+            kept.push(t.location);
+            return;
+          }
+        }
+        await removeData(t);
+      }),
+    );
+    return kept;
+  };
+  let refreshing: Promise<unknown> = Promise.resolve();
+  const refresh = setInterval(() => {
+    refreshing = Promise.allSettled(
+      targets.map((t) =>
+        t
+          .putBytes(claimKey, claimText)
+          .catch((err: unknown) =>
+            reporter.warn(`cannot refresh the claim of ${id} in ${t.location}: ${errorMessage(err)}`),
+          ),
+      ),
+    );
+  }, run.claimRefreshMs ?? CLAIM_REFRESH_MS);
+  refresh.unref();
+  /** Before the claim goes: no refresh may put it back after. */
+  const stopRefresh = () => {
+    clearInterval(refresh);
+    return refreshing;
+  };
   const forgetUndo = undoOnInterrupt(async () => {
     // The programs got the signal too, so the writes in progress end soon, most by failing (and
     // removing their own object); one that completes meanwhile is removed by the second pass.
-    await removeWritten();
+    await undo();
     await Promise.race([Promise.allSettled(storing), new Promise((r) => setTimeout(r, 5_000).unref())]);
-    await removeWritten();
+    await undo();
   });
   const store = async (src: ObjectSource): Promise<void> => {
     const key = `${folder}/${id}${src.part ? `.${src.part}` : ''}${objectExtension(src.format, config.compression, encryption !== undefined)}`;
@@ -189,6 +250,10 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
     if (failedBeside) throw failedBeside.reason;
     // The manifest lists objects in the order of the sources, however they finished.
     written.sort((a, b) => (position.get(a) ?? 0) - (position.get(b) ?? 0));
+    // Objects finished hours ago (the globals of a long dump) may have gone meanwhile (retention
+    // takes a day-old object without a manifest for a leftover, or a hand): a manifest is written
+    // only over objects that are all still there, one stat each.
+    await assertStillStored(targets, written);
     const finished = new Date();
     const body: ManifestBody = {
       format: 'pgvault-manifest/1',
@@ -214,32 +279,142 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       physical: run.physical?.(),
     };
     const text = await sealManifest(body, encryption?.passphrase);
-    const key = manifestKey(folder, id);
-    // Interrupted from here on, the manifest goes with the objects: none of them may be left alone.
-    keysBegun.push(key);
-    const results = await Promise.allSettled(targets.map((t) => t.putBytes(key, text)));
-    const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
-    if (failed) {
-      await Promise.allSettled(targets.map((t) => t.delete(key)));
-      throw failed.reason;
+    // Interrupted from here on, the manifest goes first, then the objects: none may be left alone.
+    manifestBegun = true;
+    const putting = Promise.allSettled(targets.map((t) => t.putBytes(mKey, text)));
+    storing.push(putting);
+    const results = await putting;
+    // A write that failed may still have been stored (its answer lost): read it back before
+    // calling the backup failed, so the exit and the catalog agree.
+    const outcomes = await Promise.all(
+      results.map((r, i) =>
+        r.status === 'fulfilled' ? ('stored' as const) : settleWrite(targets[i]!, mKey, text, reporter),
+      ),
+    );
+    const failedAt = outcomes.findIndex((o) => o !== 'stored');
+    if (failedAt !== -1) {
+      const reason = (results[failedAt] as PromiseRejectedResult).reason;
+      throw new StorageError(
+        `the manifest of backup ${id} could not be stored in ${targets[failedAt]!.location}${outcomes[failedAt] === 'unknown' ? ' (and could not be read back to tell)' : ''}: ${errorMessage(reason)}`,
+        { cause: reason },
+      );
     }
+    // The manifest now holds the id: the claim is no longer needed.
+    await stopRefresh();
+    await Promise.allSettled(targets.map((t) => t.delete(claimKey)));
     return body;
   } catch (err) {
     // A small object still streaming would be left behind by a cleanup that did not wait for it.
     await beside;
-    await removeWritten();
-    reporter.warn(`backup ${id} failed and was removed: ${errorMessage(err)}`);
+    const kept = await undo();
+    reporter.warn(
+      kept.length === 0
+        ? `backup ${id} failed and was removed: ${errorMessage(err)}`
+        : `backup ${id} failed and was removed except in ${kept.join(', ')}, where its manifest stayed and so its objects were kept: ${errorMessage(err)}`,
+    );
     throw err;
   } finally {
+    clearInterval(refresh);
     forgetUndo();
   }
 }
 
-/** Two backups in the same second (a retry, a manual run beside cron) get -2, -3, ... */
-async function uniqueId(vault: Vault, folder: string, base: string): Promise<string> {
-  for (let n = 1; ; n++) {
-    const id = n === 1 ? base : `${base}-${n}`;
-    const taken = await Promise.all(vault.targets.map((t) => t.stat(manifestKey(folder, id))));
-    if (taken.every((x) => x === undefined)) return id;
+async function assertStillStored(targets: readonly StorageTarget[], objects: readonly StoredObject[]) {
+  for (const target of targets) {
+    for (const object of objects) {
+      const info = await target.stat(object.key);
+      if (info?.size !== object.storedSize) {
+        throw new StorageError(
+          `${object.key} ${info ? `has ${info.size} bytes instead of ${object.storedSize}` : 'is gone'} in ${target.location} before the manifest was written (removed by retention or by hand while the backup ran?); no manifest written, take the backup again`,
+        );
+      }
+    }
   }
+}
+
+/**
+ * Whether a write whose request failed is stored after all (the answer may be lost after the store
+ * took it): `stored` when the object reads back byte for byte, `absent` when it is not there,
+ * `unknown` when it cannot be read.
+ */
+async function settleWrite(
+  target: StorageTarget,
+  key: string,
+  text: string,
+  reporter: Vault['reporter'],
+): Promise<'stored' | 'absent' | 'unknown'> {
+  try {
+    const back = await target.getBytes(key);
+    if (back.equals(Buffer.from(text, 'utf8'))) {
+      reporter.warn(
+        `${key} in ${target.location}: the write's answer was lost, but it reads back whole: stored`,
+      );
+      return 'stored';
+    }
+    return 'unknown';
+  } catch (err) {
+    return err instanceof ObjectNotFoundError ? 'absent' : 'unknown';
+  }
+}
+
+/** Tries before giving up on finding a free id (each try moves one suffix on). */
+const CLAIM_TRIES = 50;
+
+/**
+ * Claims a backup id in every target, so two runs never share one (a retry beside cron, two hosts
+ * writing one bucket in the same second). In each target the run writes a claim object of its own
+ * (`{id}.claim-{random}`, a name no other run writes), then lists `{id}.`: the id is its own only
+ * when that listing holds its claim and nothing else (no other claim, no object, no manifest).
+ * Two runs racing for one id can both see the other and both move on, never both win: the listing
+ * is read after the own claim is stored, and stores list what they stored (S3 is strongly
+ * consistent, so are files). Conditional writes (S3 If-None-Match) would do it in one request,
+ * but S3-compatible stores (s3rver among them) ignore that header on PUT and overwrite silently.
+ * A lost race moves to the next suffix (-2, -3, ...) after a short random pause.
+ */
+async function claimId(
+  vault: Vault,
+  folder: string,
+  base: string,
+): Promise<{ id: string; claimKey: string; claimText: string }> {
+  const token = randomBytes(8).toString('hex');
+  const claim = `${JSON.stringify({ host: hostname(), pid: process.pid, claimedAt: new Date().toISOString() })}\n`;
+  for (let n = 1; n <= CLAIM_TRIES; n++) {
+    const id = n === 1 ? base : `${base}-${n}`;
+    const claimKey = `${folder}/${id}.claim-${token}`;
+    const claimed: StorageTarget[] = [];
+    let free = true;
+    try {
+      for (const target of vault.targets) {
+        if (!(await idFreeBeforeClaim(target, folder, id))) {
+          free = false;
+          break;
+        }
+        await target.putBytes(claimKey, claim);
+        claimed.push(target);
+        for await (const o of target.list(`${folder}/${id}.`)) {
+          if (o.key !== claimKey) {
+            free = false;
+            break;
+          }
+        }
+        if (!free) break;
+      }
+    } catch (err) {
+      // In every target: a claim whose write failed may still have been stored.
+      await Promise.allSettled(vault.targets.map((t) => t.delete(claimKey)));
+      throw err;
+    }
+    if (free) return { id, claimKey, claimText: claim };
+    await Promise.allSettled(claimed.map((t) => t.delete(claimKey)));
+    if (claimed.length > 0) await new Promise((r) => setTimeout(r, 20 + Math.random() * 200));
+  }
+  throw new StorageError(
+    `no free backup id from ${base} to ${base}-${CLAIM_TRIES} in ${folder}; other backups are running or left claims behind (\`pgvault backup retention\` removes claims older than a day)`,
+  );
+}
+
+/** Cheap look before writing a claim: anything under the id already (a finished backup, a claim). */
+async function idFreeBeforeClaim(target: StorageTarget, folder: string, id: string): Promise<boolean> {
+  for await (const _ of target.list(`${folder}/${id}.`)) return false;
+  return true;
 }

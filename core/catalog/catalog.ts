@@ -81,13 +81,15 @@ export class Catalog {
     if (trimmed === '')
       throw new UsageError('no backup given; pass an id from `pgvault restore list`, a path, or latest');
     if (trimmed === 'latest') {
-      const newest = (await this.list(type))[0];
-      if (!newest) {
-        throw new UsageError(
-          `no complete ${type} backup of cluster ${this.cluster} in ${this.targets.map((t) => t.location).join(', ')}; take one with \`pgvault backup ${type}\``,
-        );
+      // Newest first, but only a backup whose objects are all there: a manifest that outlived its
+      // data (an undo cut short, an object removed by hand) must not shadow the good one before it.
+      for (const entry of await this.list(type)) {
+        const whole = await this.whole(entry);
+        if (whole) return whole;
       }
-      return newest;
+      throw new UsageError(
+        `no complete ${type} backup of cluster ${this.cluster} in ${this.targets.map((t) => t.location).join(', ')}; take one with \`pgvault backup ${type}\``,
+      );
     }
     const id = idFromReference(trimmed);
     if (id === undefined) {
@@ -106,6 +108,43 @@ export class Catalog {
       );
     }
     return withNamedObject(found, trimmed);
+  }
+
+  /**
+   * The entry narrowed to the targets that hold every one of its objects at the manifest's size
+   * (one stat per object, no read), or undefined, with a warning naming what is missing, when no
+   * target does. `verify all --quick` reports the same as a fault.
+   */
+  async whole(entry: CatalogEntry): Promise<CatalogEntry | undefined> {
+    const holding: StorageTarget[] = [];
+    const problems: string[] = [];
+    for (const target of entry.targets) {
+      let problem: string | undefined;
+      for (const object of entry.manifest.objects) {
+        try {
+          const info = await target.stat(object.key);
+          if (info === undefined) problem = `${object.key} is missing`;
+          else if (info.size !== object.storedSize)
+            problem = `${object.key} has ${info.size} bytes, not ${object.storedSize}`;
+        } catch (err) {
+          problem = `${object.key} cannot be looked up (${errorMessage(err)})`;
+        }
+        if (problem) break;
+      }
+      if (problem) problems.push(`${problem} in ${target.location}`);
+      else holding.push(target);
+    }
+    if (holding.length === 0) {
+      this.warn(
+        `skipping ${entry.manifest.id} as latest: ${problems.join('; ')}; see \`pgvault verify all --quick\``,
+      );
+      return undefined;
+    }
+    if (holding.length === entry.targets.length) return entry;
+    this.warn(
+      `${entry.manifest.id}: ${problems.join('; ')}; reading it from ${holding.map((t) => t.location).join(', ')}`,
+    );
+    return { ...entry, targets: holding };
   }
 
   /** A backup copied somewhere by hand: its objects and manifest sit side by side in one folder. */

@@ -375,7 +375,16 @@ function assertReachable(reach: BackupReach, target: RecoveryTarget, window: str
  * and refuses an unreachable target. Reads the catalog and the archive listing; restores nothing.
  */
 export async function planPitr(vault: Vault, ref: string, target: RecoveryTarget): Promise<PitrPlan> {
-  const bases = (await vault.catalog.list('base')).filter((e) => e.manifest.physical !== undefined);
+  const wanted = ref.trim();
+  const listed = (await vault.catalog.list('base')).filter((e) => e.manifest.physical !== undefined);
+  // `auto` and `latest` choose among base backups whose objects are all there (a manifest that
+  // outlived its data must not be chosen over the good one before it); a named one is taken as named.
+  const bases =
+    wanted === 'auto' || wanted === 'latest'
+      ? (await Promise.all(listed.map((e) => vault.catalog.whole(e)))).filter(
+          (e): e is CatalogEntry => e !== undefined,
+        )
+      : listed;
   if (bases.length === 0) {
     throw new UsageError(
       `no complete base backup of cluster ${vault.config.clusterName} in ${vault.targets.map((t) => t.location).join(', ')}; take one with \`pgvault backup base\``,
@@ -391,7 +400,6 @@ export async function planPitr(vault: Vault, ref: string, target: RecoveryTarget
 
   let reach: BackupReach;
   let choice: string;
-  const wanted = ref.trim();
   if (wanted === 'auto') {
     if (target.kind === 'time' || target.kind === 'lsn') {
       const eligible = reaches.filter((r) =>

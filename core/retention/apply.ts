@@ -1,5 +1,5 @@
 import type { CatalogEntry } from '../catalog/catalog';
-import { BACKUP_TYPES } from '../catalog/naming';
+import { BACKUP_TYPES, MANIFEST_SUFFIX } from '../catalog/naming';
 import type { Config } from '../config';
 import { errorMessage, PgVaultError, StorageError, UsageError } from '../errors';
 import type { ObjectInfo, StorageTarget } from '../storage/target';
@@ -117,6 +117,14 @@ export async function runRetention(
   for (const l of plan.leftovers.filter((d) => d.action === 'delete')) {
     const targets = vault.targets.filter((t) => l.targets.includes(t.location));
     for (const target of targets) {
+      // A backup that completed since the listing (a long one, whose objects are old) now has its
+      // manifest: what another run completed is never deleted as a leftover.
+      if (await manifestAppeared(target, l.id, l.keys)) {
+        vault.reporter.info(
+          `${l.id} in ${target.location} completed since the listing; its objects are kept`,
+        );
+        continue;
+      }
       result.deleted.leftoverObjects += await deleter.many(target, l.keys);
     }
   }
@@ -138,6 +146,23 @@ export async function runRetention(
     }
   }
   return result;
+}
+
+/** Whether a manifest for `id` is now in a folder of `keys` (a stat failure counts as yes: keep). */
+async function manifestAppeared(
+  target: StorageTarget,
+  id: string,
+  keys: readonly string[],
+): Promise<boolean> {
+  const folders = new Set(keys.map((k) => k.slice(0, k.lastIndexOf('/') + 1)));
+  for (const folder of folders) {
+    try {
+      if ((await target.stat(`${folder}${id}${MANIFEST_SUFFIX}`)) !== undefined) return true;
+    } catch {
+      return true;
+    }
+  }
+  return false;
 }
 
 /**
@@ -256,6 +281,10 @@ class Deleter {
       await target.delete(key);
       return true;
     } catch (err) {
+      // A delete whose answer was lost may have happened: settled by looking, so a manifest that is
+      // gone lets its objects go too (else they would wait a day as leftovers, out of reach of
+      // `backup delete`, which finds a backup by its manifest).
+      if ((await target.stat(key).catch(() => null)) === undefined) return true;
       const lock = target.kind === 's3' ? objectLockDetail(err) : undefined;
       if (lock !== undefined) {
         this.result.locked.push({ key, target: target.location, detail: lock });

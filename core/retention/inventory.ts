@@ -32,14 +32,17 @@ export function inventory(
     objects: new Map(l.objects.map((o) => [o.key, o])),
   }));
 
-  const backups: RetentionBackup[] = manifests.map(({ manifest: m, manifestKey }) => {
+  const backups: RetentionBackup[] = manifests.flatMap(({ manifest: m, manifestKey }) => {
     const holders = byTarget.filter((t) => t.objects.has(manifestKey));
+    // A manifest no listing holds was written after the listings were taken: a backup that has just
+    // completed, not an incomplete one. It is left alone (its objects stay young leftovers) until the
+    // next run lists it.
+    if (holders.length === 0) return [];
     let missing: string[] = m.objects.map((o) => o.key);
     for (const t of holders) {
       const absent = m.objects.filter((o) => t.objects.get(o.key)?.size !== o.storedSize).map((o) => o.key);
       if (absent.length < missing.length) missing = absent;
     }
-    if (holders.length === 0) missing = [manifestKey];
     return {
       id: m.id,
       type: m.type,
@@ -62,7 +65,7 @@ export function inventory(
             },
           }
         : {}),
-    };
+    } satisfies RetentionBackup;
   });
 
   // Objects whose target holds no manifest for their id: a backup that failed, is still being
