@@ -124,15 +124,18 @@ function startPrefetcherProcess(prefetchDir: string, opts: GlobalOptions): void 
 export async function verifyWalCommand(opts: GlobalOptions) {
   const { verifyWalArchive } = require('../../core/wal/archive') as typeof import('../../core/wal/archive');
   const vault = vaultFor(opts);
-  const report = await verifyWalArchive(vault);
+  const report = await verifyWalArchive(vault, new Date(), { keys: true });
+  const keyFault = report.keys?.faults[0];
   const problem = report.ok
     ? undefined
-    : `the WAL archive has ${report.gaps.length} gap(s): ${report.gaps
-        .slice(0, 3)
-        .map((g) => (g.count > 1 ? `${g.from}..${g.to} (${g.count})` : g.from))
-        .join(
-          ', ',
-        )}${report.gaps.length > 3 ? ', ...' : ''}; recovery cannot pass them: take a new base backup after the last gap`;
+    : keyFault !== undefined
+      ? `${report.keys!.faults.length} WAL object(s) cannot be read with the keys set; first: ${keyFault.problem}`
+      : `the WAL archive has ${report.gaps.length} gap(s): ${report.gaps
+          .slice(0, 3)
+          .map((g) => (g.count > 1 ? `${g.from}..${g.to} (${g.count})` : g.from))
+          .join(
+            ', ',
+          )}${report.gaps.length > 3 ? ', ...' : ''}; recovery cannot pass them: take a new base backup after the last gap`;
   emit(opts, report, () => describeVerifyReport(report));
   // The report is already out (stdout); the exit code, one line and the alert say it failed.
   if (problem !== undefined) await failAfterReport(new IntegrityError(problem), opts, 'verify wal');
@@ -183,7 +186,20 @@ function describeVerifyReport(report: VerifyReport): string {
       `RPO: ${formatDuration(report.rpoSeconds * 1000)} since the newest archived WAL (${report.newestModified})`,
     );
   }
-  lines.push(report.ok ? 'WAL archive OK' : 'WAL archive has gaps');
+  if (report.keys !== undefined) {
+    const byKey = Object.entries(report.keys.keys).map(([id, n]) => `${n} with key id ${id}`);
+    lines.push(
+      `encryption: ${report.keys.checked} object(s) checked${byKey.length > 0 ? ` (${byKey.join(', ')})` : ''}, ${report.keys.readThrough} newest segment(s) read through`,
+    );
+    for (const f of report.keys.faults) lines.push(`KEY FAULT: ${f.problem}`);
+  }
+  lines.push(
+    report.ok
+      ? 'WAL archive OK'
+      : report.gaps.length > 0
+        ? 'WAL archive has gaps'
+        : 'WAL archive has objects that do not decrypt',
+  );
   return lines.join('\n');
 }
 

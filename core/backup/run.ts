@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { basename } from 'node:path';
 import { Readable } from 'node:stream';
+import { checkArchiveKey } from '../catalog/keys';
 import { type ManifestBody, newEncryptionBlock, type StoredObject, sealManifest } from '../catalog/manifest';
 import {
   type BackupType,
@@ -112,6 +113,8 @@ export async function toolVersions(
 export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestBody> {
   const { config, targets, reporter } = vault;
   const started = run.now ?? new Date();
+  // One key per archive: a key (or ENCRYPTION setting) that is not the archive's stores nothing.
+  await checkArchiveKey({ config, targets, warn: (line) => reporter.warn(line) });
   const folder = backupFolder(config.clusterName, run.type, run.schedule);
   const id = await uniqueId(vault, folder, backupId(run.type, run.schedule, started));
   const encryption = newObjectEncryption(config);

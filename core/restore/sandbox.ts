@@ -117,6 +117,7 @@ export function restoreCommandConfigText(config: Config, keyFile: string | undef
     ['PARALLEL_JOBS', config.parallelJobs],
     ['ENCRYPTION', config.encryption.enabled],
     ['ENCRYPTION_KEY_FILE', keyFile],
+    ['ENCRYPTION_KEYS_RETIRED_FILE', config.encryption.retiredFile],
     ['ENCRYPTION_ITERATIONS', config.encryption.iterations],
     ['CLOUD_PROVIDER', config.cloud.provider],
     ['CLOUD_BUCKET', config.cloud.bucket],

@@ -290,8 +290,9 @@ export async function walCodec(
   config: Config,
   identity: WalArchiveIdentity | undefined,
   file: WalFileName,
+  /** A key of the ring other than the current one. */
+  passphrase: string | undefined = config.encryption.passphrase,
 ): Promise<WalCodec> {
-  const passphrase = config.encryption.passphrase;
   const derivation = identity?.walKey;
   if (
     derivation === undefined ||
@@ -341,7 +342,7 @@ export async function findWalObject(
 }
 
 /** Compression and encryption of an object, from its key's extension; throws for one it cannot read. */
-function decodingOf(key: string, file: WalFileName): { compression: Compression; encrypted: boolean } {
+export function decodingOf(key: string, file: WalFileName): { compression: Compression; encrypted: boolean } {
   const extension = walKeyExtension(key, file);
   const encrypted = extension?.endsWith('.enc') ?? false;
   const compressionPart = encrypted ? extension!.slice(0, -'.enc'.length) : (extension ?? '');
@@ -490,21 +491,36 @@ export async function fetchWalFile(
   const cluster = ctx.config.clusterName;
   const identity = await loadArchiveIdentity(ctx.stateDir, ctx.targets, cluster);
   const codec = await walCodec(ctx.config, identity, file);
+  // After a key rotation older objects open with a retired key of the ring, tried (and derived)
+  // only when the current key does not open the object.
+  const retired = (ctx.config.encryption.retired ?? []).filter((k) => k !== ctx.config.encryption.passphrase);
   const failures: Error[] = [];
   for (const target of ctx.targets) {
     try {
-      const opened = await openStoredWalFile(target, cluster, file, ctx.config);
-      if (opened === undefined) continue;
-      const size = await decodeIntoFile(
-        target,
-        opened.key,
-        file,
-        codec,
-        opened.source,
-        destination,
-        identity,
-      );
-      return { key: opened.key, location: target.location, size };
+      for (let attempt = 0; ; attempt++) {
+        const opened = await openStoredWalFile(target, cluster, file, ctx.config);
+        if (opened === undefined) break;
+        const keyCodec =
+          attempt === 0 ? codec : await walCodec(ctx.config, identity, file, retired[attempt - 1]);
+        try {
+          const size = await decodeIntoFile(
+            target,
+            opened.key,
+            file,
+            keyCodec,
+            opened.source,
+            destination,
+            identity,
+          );
+          return { key: opened.key, location: target.location, size };
+        } catch (err) {
+          const another =
+            err instanceof IntegrityError &&
+            attempt < retired.length &&
+            decodingOf(opened.key, file).encrypted;
+          if (!another) throw err;
+        }
+      }
     } catch (err) {
       if (!(err instanceof PgVaultError)) throw err;
       if (ctx.targets.length > 1) warn(errorMessage(err));

@@ -1,0 +1,318 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { copyFile, cp, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupFull } from '../../core/backup/full';
+import { parseConfig } from '../../core/config';
+import { createTargets } from '../../core/storage';
+import { fetchWalFile } from '../../core/wal/fetch';
+import { pushWalFile } from '../../core/wal/push';
+import {
+  type ArchivingCluster,
+  batchesIn,
+  commitBatch,
+  giveToServerUser,
+  PGVAULT_BIN,
+  startAppCluster,
+  switchAndWaitArchived,
+} from './pitr-fixture';
+
+/**
+ * One key per archive (issue 11): a writer with a key (or ENCRYPTION setting) other than the
+ * archive's stores nothing and says so; restore init and verify notice a wrong key and WAL objects
+ * no key of the ring opens; a key rotation (new key current, the old one retired) keeps every
+ * backup restorable and verify names which key each backup needs.
+ */
+const CLUSTER = 'keys';
+let a: ArchivingCluster;
+let wrongKeyFile: string;
+/** The archive's first full backup, made with key A. */
+let fullA: string;
+
+beforeAll(async () => {
+  a = await startAppCluster({ cluster: CLUSTER });
+  await commitBatch(a.cluster, 0);
+  fullA = (await backupFull(a.vault(), { schedule: 'daily' })).id;
+  await switchAndWaitArchived(a.cluster);
+  wrongKeyFile = join(a.work, 'wrong-key');
+  await writeFile(wrongKeyFile, 'a key that is not the archive key\n', { mode: 0o600 });
+}, 180_000);
+
+afterAll(async () => {
+  await a?.stop();
+});
+
+function cli(args: string[], env: Record<string, string> = {}, cwd?: string) {
+  const r = spawnSync(process.execPath, [PGVAULT_BIN, '--config', a.configFile, ...args], {
+    encoding: 'utf8',
+    cwd: cwd ?? a.work,
+    env: { PATH: process.env.PATH ?? '', HOME: '/root', ...env },
+    timeout: 300_000,
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Every file under the cluster's folder of a vault, relative, sorted. */
+async function listing(dir = a.backupDir): Promise<string[]> {
+  const root = join(dir, CLUSTER);
+  const entries = await readdir(root, { recursive: true, withFileTypes: true });
+  return entries
+    .filter((e) => e.isFile())
+    .map((e) => relative(root, join(e.parentPath, e.name)))
+    .sort();
+}
+
+async function setArchiveCommand(command: string): Promise<void> {
+  await a.cluster.query(`ALTER SYSTEM SET archive_command = '${command.replace(/'/g, "''")}'`);
+  await a.cluster.query('SELECT pg_reload_conf()');
+}
+
+/** Completes a segment while archiving is held back, and copies it to a folder of the test's. */
+async function heldSegment(label: string): Promise<{ name: string; path: string }> {
+  await commitBatch(a.cluster, 100);
+  const [row] = await a.cluster.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal()) AS name');
+  const dir = join(a.work, `held-${label}`);
+  await mkdir(dir, { recursive: true });
+  const path = join(dir, row!.name);
+  await copyFile(join(a.cluster.dataDir, 'pg_wal', row!.name), path);
+  return { name: row!.name, path };
+}
+
+describe('one key per archive: writers', () => {
+  it('backup full, base, config and indexes with another key store nothing, exit 2 and say what to do', async () => {
+    for (const args of [['full', 'manual'], ['base', 'manual'], ['config'], ['indexes']]) {
+      // Prepare
+      const before = await listing();
+
+      // Act
+      const r = cli(['backup', ...args], { ENCRYPTION_KEY_FILE: wrongKeyFile });
+
+      // Assert
+      expect(r.code, `backup ${args[0]}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toMatch(/is not a key of the archive of cluster keys/);
+      expect(r.stderr).toMatch(/ENCRYPTION_KEYS_RETIRED_FILE/);
+      expect(await listing()).toEqual(before);
+    }
+  }, 300_000);
+
+  it('ENCRYPTION=false into the encrypted archive stores nothing and exits 2', async () => {
+    // Prepare
+    const before = await listing();
+
+    // Act
+    const r = cli(['backup', 'config'], { ENCRYPTION: 'false' });
+
+    // Assert
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(/is encrypted but ENCRYPTION is off/);
+    expect(await listing()).toEqual(before);
+  }, 120_000);
+
+  it('backup wal with another key (or ENCRYPTION=false) stores nothing under the segment name and exits 2; the right key stores it', async () => {
+    // Prepare: archiving held back, so the segment is ours to push.
+    await setArchiveCommand('/bin/false');
+    const { name, path } = await heldSegment('sync');
+    const spool = join(a.work, 'spool-sync');
+    const stored = async () => (await listing()).filter((f) => f.includes(name));
+    try {
+      // Act
+      const wrong = cli(['backup', 'wal', path], { ENCRYPTION_KEY_FILE: wrongKeyFile, SPOOL_DIR: spool });
+      const off = cli(['backup', 'wal', path], { ENCRYPTION: 'false', SPOOL_DIR: spool });
+
+      // Assert
+      expect(wrong.code, wrong.stderr).toBe(2);
+      expect(wrong.stderr.trim().split('\n')).toHaveLength(1);
+      expect(wrong.stderr).toMatch(/is not a key of the archive/);
+      expect(off.code, off.stderr).toBe(2);
+      expect(off.stderr).toMatch(/is encrypted but ENCRYPTION is off/);
+      expect(await stored()).toEqual([]);
+
+      // The right key stores it (and is remembered in the spool); a wrong key is still refused after.
+      const right = cli(['backup', 'wal', path], { SPOOL_DIR: spool });
+      expect(right.code, right.stderr).toBe(0);
+      expect(await stored()).toHaveLength(1);
+      const next = await heldSegment('sync-2');
+      const again = cli(['backup', 'wal', next.path], {
+        ENCRYPTION_KEY_FILE: wrongKeyFile,
+        SPOOL_DIR: spool,
+      });
+      expect(again.code, again.stderr).toBe(2);
+      expect((await listing()).filter((f) => f.includes(next.name))).toEqual([]);
+    } finally {
+      await setArchiveCommand(a.archiveCommand);
+    }
+    await switchAndWaitArchived(a.cluster);
+  }, 180_000);
+
+  it('the async uploader with another key stores nothing and reports the key in its .error marker', async () => {
+    // Prepare: the uploader starts with the wrong key (archive_command's environment).
+    await setArchiveCommand(`ARCHIVE_ASYNC=true ENCRYPTION_KEY_FILE=${wrongKeyFile} ${a.archiveCommand}`);
+    await giveToServerUser(wrongKeyFile);
+    const spool = join(a.cluster.dataDir, 'pg_wal', 'pgvault-spool');
+    const [before] = await a.cluster.query<{ failed: string }>(
+      'SELECT failed_count::text AS failed FROM pg_stat_archiver',
+    );
+    await commitBatch(a.cluster, 101);
+    const [row] = await a.cluster.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal()) AS name');
+    const name = row!.name;
+    let errorLine = '';
+    try {
+      // Act: wait for the uploader's .error marker (archive_command takes it away when it reads it).
+      const deadline = Date.now() + 60_000;
+      while (Date.now() < deadline && errorLine === '') {
+        const marker = join(spool, `${name}.error`);
+        if (existsSync(marker)) errorLine = await readFile(marker, 'utf8').catch(() => '');
+        const log = await readFile(join(spool, 'uploader.log'), 'utf8').catch(() => '');
+        if (errorLine === '' && log.includes(name) && log.includes('not a key of the archive'))
+          errorLine = log.split('\n').find((l) => l.includes('not a key of the archive')) ?? '';
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const [after] = await a.cluster.query<{ failed: string }>(
+        'SELECT failed_count::text AS failed FROM pg_stat_archiver',
+      );
+
+      // Assert
+      expect(errorLine).toMatch(/is not a key of the archive/);
+      expect(Number(after!.failed)).toBeGreaterThan(Number(before!.failed));
+      expect((await listing()).filter((f) => f.includes(name))).toEqual([]);
+    } finally {
+      // Our uploader: stopped by its pid, then archiving goes on with the right key.
+      const pid = Number(
+        (await readFile(join(spool, 'uploader.pid'), 'utf8').catch(() => '')).split(/\s/)[0],
+      );
+      if (pid > 0) {
+        try {
+          process.kill(pid, 'SIGTERM');
+        } catch {
+          // Gone already.
+        }
+      }
+      await setArchiveCommand(a.archiveCommand);
+    }
+    await switchAndWaitArchived(a.cluster, 60_000);
+    expect((await listing()).filter((f) => f.includes(name))).toHaveLength(1);
+  }, 240_000);
+});
+
+describe('one key per archive: readers', () => {
+  it('restore init fails with another key and passes with the archive key', async () => {
+    // Act
+    const wrong = cli(['restore', 'init'], { ENCRYPTION_KEY_FILE: wrongKeyFile });
+    const right = cli(['restore', 'init']);
+
+    // Assert
+    expect(wrong.code).not.toBe(0);
+    expect(wrong.stdout).toMatch(/FAIL\s+encryption keys: .*key id/);
+    expect(right.code, right.stdout + right.stderr).toBe(0);
+    expect(right.stdout).toMatch(/ok\s+encryption keys: key id [0-9a-f]{16} current/);
+  }, 120_000);
+
+  it('verify wal and verify all report a WAL object written with another key (exit 3)', async () => {
+    // Prepare: a copy of the repository whose newest segment was written with another key,
+    // straight through core (no key check on this path).
+    const last = await switchAndWaitArchived(a.cluster);
+    const copy = join(a.work, 'planted');
+    await cp(a.backupDir, copy, { recursive: true });
+    const good = parseConfig({ ...a.settings, BACKUP_DIR: copy });
+    const segment = join(a.work, 'planted-segment', last);
+    await mkdir(join(a.work, 'planted-segment'), { recursive: true });
+    await fetchWalFile({ config: good, targets: createTargets(good) }, last, segment);
+    const other = parseConfig({
+      ...a.settings,
+      BACKUP_DIR: join(a.work, 'other-vault'),
+      ENCRYPTION_KEY_FILE: wrongKeyFile,
+    });
+    const pushed = await pushWalFile({ config: other, targets: createTargets(other) }, segment);
+    await copyFile(join(a.work, 'other-vault', pushed.key), join(copy, pushed.key));
+
+    // Act
+    const wal = cli(['verify', 'wal'], { BACKUP_DIR: copy });
+    const all = cli(['verify', 'all', '--json'], { BACKUP_DIR: copy });
+
+    // Assert
+    expect(wal.code, wal.stdout + wal.stderr).toBe(3);
+    expect(wal.stdout + wal.stderr).toContain(`${last}.zst.enc`);
+    expect(wal.stdout + wal.stderr).toMatch(/does not decrypt with the current keys/);
+    expect(all.code, all.stderr).toBe(3);
+    const report = JSON.parse(all.stdout) as { faults: { kind: string; object?: string; problem: string }[] };
+    expect(report.faults).toEqual([
+      expect.objectContaining({
+        kind: 'wal',
+        object: pushed.key,
+        problem: expect.stringMatching(/does not decrypt/),
+      }),
+    ]);
+  }, 300_000);
+});
+
+describe('key rotation', () => {
+  it('a new key writes, the retired key still reads; verify all names the key each backup needs, and fails without it', async () => {
+    // Prepare: rotate to key B with key A retired, in the config archive_command reads too.
+    const keyA = (await readFile(a.settings.ENCRYPTION_KEY_FILE!, 'utf8')).trim();
+    const keyBFile = join(a.work, 'key-b');
+    const retiredFile = join(a.work, 'retired-keys');
+    await writeFile(keyBFile, 'the new quarterly key\n', { mode: 0o600 });
+    await writeFile(retiredFile, `${keyA}\n`, { mode: 0o600 });
+    await giveToServerUser(keyBFile);
+    await giveToServerUser(retiredFile);
+    const rotated = {
+      ...a.settings,
+      ENCRYPTION_KEY_FILE: keyBFile,
+      ENCRYPTION_KEYS_RETIRED_FILE: retiredFile,
+    };
+    await writeFile(
+      a.configFile,
+      `${Object.entries(rotated)
+        .map(([k, v]) => `${k}=${v}`)
+        .join('\n')}\n`,
+      { mode: 0o600 },
+    );
+    await giveToServerUser(a.configFile);
+    const oldSegment = (await readdir(join(a.backupDir, CLUSTER, 'wal'), { recursive: true }))
+      .map(String)
+      .filter((f) => /[0-9A-F]{24}\.zst\.enc$/.test(f))
+      .sort()[0]!
+      .replace(/^.*\//, '')
+      .replace('.zst.enc', '');
+
+    // Act: WAL and a new full backup under key B.
+    await commitBatch(a.cluster, 2);
+    await switchAndWaitArchived(a.cluster);
+    const fullB = cli(['backup', 'full', 'manual', '--json']);
+    expect(fullB.code, fullB.stderr).toBe(0);
+    const idB = (JSON.parse(fullB.stdout) as { manifest: { id: string } }).manifest.id;
+    const restoreA = cli(['restore', 'full', fullA, 'app_a', '--from', 'app']);
+    const restoreB = cli(['restore', 'full', idB, 'app_b', '--from', 'app']);
+    const oldWal = cli(['restore', 'wal', oldSegment, join(a.work, 'old-segment')]);
+    const verified = cli(['verify', 'all', '--json']);
+    await writeFile(retiredFile, '\n');
+    const withoutA = cli(['verify', 'all', '--json']);
+
+    // Assert: both backups restore, the first with the retired key.
+    expect(restoreA.code, restoreA.stderr).toBe(0);
+    expect(restoreB.code, restoreB.stderr).toBe(0);
+    expect(await batchesIn(a.cluster, 'app_a')).toEqual({ 0: 50 });
+    expect(await batchesIn(a.cluster, 'app_b')).toEqual(await batchesIn(a.cluster, 'app'));
+    expect(oldWal.code, oldWal.stderr).toBe(0);
+    const keys = JSON.parse(await readFile(join(a.backupDir, CLUSTER, 'keys.json'), 'utf8')) as {
+      keys: { id: string }[];
+    };
+    expect(keys.keys).toHaveLength(2);
+    const [idOfA, idOfB] = keys.keys.map((k) => k.id);
+    expect(JSON.stringify(keys)).not.toContain(keyA);
+    expect(verified.code, verified.stdout).toBe(0);
+    const report = JSON.parse(verified.stdout) as {
+      copies: { backup: string; keyId?: string; keyInRing?: boolean }[];
+      faults: unknown[];
+    };
+    expect(report.faults).toEqual([]);
+    expect(report.copies.find((c) => c.backup === fullA)).toMatchObject({ keyId: idOfA, keyInRing: true });
+    expect(report.copies.find((c) => c.backup === idB)).toMatchObject({ keyId: idOfB, keyInRing: true });
+    expect(withoutA.code).toBe(3);
+    const faults = (JSON.parse(withoutA.stdout) as { faults: { backup?: string; problem: string }[] }).faults;
+    expect(faults).toContainEqual(
+      expect.objectContaining({ backup: fullA, problem: expect.stringContaining(`needs key id ${idOfA}`) }),
+    );
+  }, 400_000);
+});
