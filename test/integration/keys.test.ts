@@ -1,6 +1,6 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { copyFile, cp, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, cp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupFull } from '../../core/backup/full';
@@ -63,20 +63,18 @@ async function listing(dir = a.backupDir): Promise<string[]> {
     .sort();
 }
 
-async function setArchiveCommand(command: string): Promise<void> {
-  await a.cluster.query(`ALTER SYSTEM SET archive_command = '${command.replace(/'/g, "''")}'`);
-  await a.cluster.query('SELECT pg_reload_conf()');
-}
-
-/** Completes a segment while archiving is held back, and copies it to a folder of the test's. */
-async function heldSegment(label: string): Promise<{ name: string; path: string }> {
-  await commitBatch(a.cluster, 100);
-  const [row] = await a.cluster.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal()) AS name');
-  const dir = join(a.work, `held-${label}`);
+/** A copy of the repository without the newest archived segment, and that segment as a file. */
+async function archiveWithoutNewest(label: string): Promise<{ name: string; path: string; copy: string }> {
+  const name = await switchAndWaitArchived(a.cluster);
+  const copy = join(a.work, `copy-${label}`);
+  await cp(a.backupDir, copy, { recursive: true });
+  const config = parseConfig({ ...a.settings, BACKUP_DIR: copy });
+  const dir = join(a.work, `segment-${label}`);
   await mkdir(dir, { recursive: true });
-  const path = join(dir, row!.name);
-  await copyFile(join(a.cluster.dataDir, 'pg_wal', row!.name), path);
-  return { name: row!.name, path };
+  const path = join(dir, name);
+  const fetched = await fetchWalFile({ config, targets: createTargets(config) }, name, path);
+  await rm(join(copy, fetched.key));
+  return { name, path, copy };
 }
 
 describe('one key per archive: writers', () => {
@@ -110,89 +108,73 @@ describe('one key per archive: writers', () => {
   }, 120_000);
 
   it('backup wal with another key (or ENCRYPTION=false) stores nothing under the segment name and exits 2; the right key stores it', async () => {
-    // Prepare: archiving held back, so the segment is ours to push.
-    await setArchiveCommand('/bin/false');
-    const { name, path } = await heldSegment('sync');
+    // Prepare: a copy of the archive without its newest segment, which is pushed again by hand.
+    const { name, path, copy } = await archiveWithoutNewest('sync');
     const spool = join(a.work, 'spool-sync');
-    const stored = async () => (await listing()).filter((f) => f.includes(name));
-    try {
-      // Act
-      const wrong = cli(['backup', 'wal', path], { ENCRYPTION_KEY_FILE: wrongKeyFile, SPOOL_DIR: spool });
-      const off = cli(['backup', 'wal', path], { ENCRYPTION: 'false', SPOOL_DIR: spool });
+    const env = { BACKUP_DIR: copy, SPOOL_DIR: spool };
+    const stored = async () => (await listing(copy)).filter((f) => f.includes(name));
 
-      // Assert
-      expect(wrong.code, wrong.stderr).toBe(2);
-      expect(wrong.stderr.trim().split('\n')).toHaveLength(1);
-      expect(wrong.stderr).toMatch(/is not a key of the archive/);
-      expect(off.code, off.stderr).toBe(2);
-      expect(off.stderr).toMatch(/is encrypted but ENCRYPTION is off/);
-      expect(await stored()).toEqual([]);
+    // Act
+    const wrong = cli(['backup', 'wal', path], { ...env, ENCRYPTION_KEY_FILE: wrongKeyFile });
+    const off = cli(['backup', 'wal', path], { ...env, ENCRYPTION: 'false' });
 
-      // The right key stores it (and is remembered in the spool); a wrong key is still refused after.
-      const right = cli(['backup', 'wal', path], { SPOOL_DIR: spool });
-      expect(right.code, right.stderr).toBe(0);
-      expect(await stored()).toHaveLength(1);
-      const next = await heldSegment('sync-2');
-      const again = cli(['backup', 'wal', next.path], {
-        ENCRYPTION_KEY_FILE: wrongKeyFile,
-        SPOOL_DIR: spool,
-      });
-      expect(again.code, again.stderr).toBe(2);
-      expect((await listing()).filter((f) => f.includes(next.name))).toEqual([]);
-    } finally {
-      await setArchiveCommand(a.archiveCommand);
-    }
-    await switchAndWaitArchived(a.cluster);
+    // Assert
+    expect(wrong.code, wrong.stderr).toBe(2);
+    expect(wrong.stderr.trim().split('\n')).toHaveLength(1);
+    expect(wrong.stderr).toMatch(/is not a key of the archive/);
+    expect(off.code, off.stderr).toBe(2);
+    expect(off.stderr).toMatch(/is encrypted but ENCRYPTION is off/);
+    expect(await stored()).toEqual([]);
+    // The right key stores it (and is remembered in the spool); another key is still refused after.
+    const right = cli(['backup', 'wal', path], env);
+    expect(right.code, right.stderr).toBe(0);
+    expect(await stored()).toHaveLength(1);
+    await rm(join(copy, (await stored())[0]!.replace(/^/, `${CLUSTER}/`)));
+    const again = cli(['backup', 'wal', path], { ...env, ENCRYPTION_KEY_FILE: wrongKeyFile });
+    expect(again.code, again.stderr).toBe(2);
+    expect(await stored()).toEqual([]);
   }, 180_000);
 
-  it('the async uploader with another key stores nothing and reports the key in its .error marker', async () => {
-    // Prepare: the uploader starts with the wrong key (archive_command's environment).
-    await setArchiveCommand(`ARCHIVE_ASYNC=true ENCRYPTION_KEY_FILE=${wrongKeyFile} ${a.archiveCommand}`);
-    await giveToServerUser(wrongKeyFile);
-    const spool = join(a.cluster.dataDir, 'pg_wal', 'pgvault-spool');
-    const [before] = await a.cluster.query<{ failed: string }>(
-      'SELECT failed_count::text AS failed FROM pg_stat_archiver',
+  it('the async uploader with another key stores nothing and says why in its .error marker', async () => {
+    // Prepare: a pg_wal of our own with one segment marked ready, and a copy of the archive lacking it.
+    const { name, path, copy } = await archiveWithoutNewest('async');
+    const pgWal = join(a.work, 'pg_wal-async');
+    await mkdir(join(pgWal, 'archive_status'), { recursive: true });
+    await copyFile(path, join(pgWal, name));
+    await writeFile(join(pgWal, 'archive_status', `${name}.ready`), '');
+    const marker = join(pgWal, 'pgvault-spool', `${name}.error`);
+
+    // Act
+    const uploader = spawn(
+      process.execPath,
+      [PGVAULT_BIN, '--config', a.configFile, 'wal', 'push-async', '--pg-wal', pgWal],
+      {
+        cwd: a.work,
+        env: {
+          PATH: process.env.PATH ?? '',
+          HOME: '/root',
+          BACKUP_DIR: copy,
+          ENCRYPTION_KEY_FILE: wrongKeyFile,
+        },
+        stdio: 'ignore',
+      },
     );
-    await commitBatch(a.cluster, 101);
-    const [row] = await a.cluster.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal()) AS name');
-    const name = row!.name;
-    let errorLine = '';
+    let line = '';
     try {
-      // Act: wait for the uploader's .error marker (archive_command takes it away when it reads it).
       const deadline = Date.now() + 60_000;
-      while (Date.now() < deadline && errorLine === '') {
-        const marker = join(spool, `${name}.error`);
-        if (existsSync(marker)) errorLine = await readFile(marker, 'utf8').catch(() => '');
-        const log = await readFile(join(spool, 'uploader.log'), 'utf8').catch(() => '');
-        if (errorLine === '' && log.includes(name) && log.includes('not a key of the archive'))
-          errorLine = log.split('\n').find((l) => l.includes('not a key of the archive')) ?? '';
+      while (Date.now() < deadline && line === '') {
+        if (existsSync(marker)) line = await readFile(marker, 'utf8');
         await new Promise((r) => setTimeout(r, 50));
       }
-      const [after] = await a.cluster.query<{ failed: string }>(
-        'SELECT failed_count::text AS failed FROM pg_stat_archiver',
-      );
-
-      // Assert
-      expect(errorLine).toMatch(/is not a key of the archive/);
-      expect(Number(after!.failed)).toBeGreaterThan(Number(before!.failed));
-      expect((await listing()).filter((f) => f.includes(name))).toEqual([]);
     } finally {
-      // Our uploader: stopped by its pid, then archiving goes on with the right key.
-      const pid = Number(
-        (await readFile(join(spool, 'uploader.pid'), 'utf8').catch(() => '')).split(/\s/)[0],
-      );
-      if (pid > 0) {
-        try {
-          process.kill(pid, 'SIGTERM');
-        } catch {
-          // Gone already.
-        }
-      }
-      await setArchiveCommand(a.archiveCommand);
+      uploader.kill('SIGKILL');
     }
-    await switchAndWaitArchived(a.cluster, 60_000);
-    expect((await listing()).filter((f) => f.includes(name))).toHaveLength(1);
-  }, 240_000);
+
+    // Assert
+    expect(line).toMatch(/is not a key of the archive/);
+    expect(existsSync(join(pgWal, 'pgvault-spool', `${name}.ok`))).toBe(false);
+    expect((await listing(copy)).filter((f) => f.includes(name))).toEqual([]);
+  }, 180_000);
 });
 
 describe('one key per archive: readers', () => {
