@@ -3,17 +3,21 @@ import { existsSync } from 'node:fs';
 import { copyFile, cp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupBase } from '../../core/backup/base';
 import { backupFull } from '../../core/backup/full';
 import { parseConfig } from '../../core/config';
+import { parseRecoveryTarget, restorePitrDatabase } from '../../core/restore/pitr';
 import { createTargets } from '../../core/storage';
 import { fetchWalFile } from '../../core/wal/fetch';
 import { pushWalFile } from '../../core/wal/push';
 import {
   type ArchivingCluster,
   batchesIn,
+  between,
   commitBatch,
   giveToServerUser,
   PGVAULT_BIN,
+  sleep,
   startAppCluster,
   switchAndWaitArchived,
 } from './pitr-fixture';
@@ -34,6 +38,9 @@ beforeAll(async () => {
   a = await startAppCluster({ cluster: CLUSTER });
   await commitBatch(a.cluster, 0);
   fullA = (await backupFull(a.vault(), { schedule: 'daily' })).id;
+  // The start of point-in-time recovery through WAL of both keys (the rotation test).
+  await backupBase(a.vault(), { schedule: 'weekly' });
+  await archiveNow();
   await switchAndWaitArchived(a.cluster);
   wrongKeyFile = join(a.work, 'wrong-key');
   await writeFile(wrongKeyFile, 'a key that is not the archive key\n', { mode: 0o600 });
@@ -53,19 +60,26 @@ function cli(args: string[], env: Record<string, string> = {}, cwd?: string) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-/** Every file under the cluster's folder of a vault, relative, sorted. */
-async function listing(dir = a.backupDir): Promise<string[]> {
+/** Every file under the cluster's folder of a vault, relative, sorted (`backups`: but the WAL the server archives meanwhile). */
+async function listing(dir = a.backupDir, which: 'all' | 'backups' = 'all'): Promise<string[]> {
   const root = join(dir, CLUSTER);
   const entries = await readdir(root, { recursive: true, withFileTypes: true });
   return entries
     .filter((e) => e.isFile())
     .map((e) => relative(root, join(e.parentPath, e.name)))
+    .filter((f) => which === 'all' || !f.startsWith('wal/'))
     .sort();
+}
+
+/** Writes a little WAL (no table), completes the segment and waits until it is archived. */
+async function archiveNow(): Promise<string> {
+  await a.cluster.query("SELECT pg_logical_emit_message(false, 'pgvault-keys-test', 'x')");
+  return switchAndWaitArchived(a.cluster);
 }
 
 /** A copy of the repository without the newest archived segment, and that segment as a file. */
 async function archiveWithoutNewest(label: string): Promise<{ name: string; path: string; copy: string }> {
-  const name = await switchAndWaitArchived(a.cluster);
+  const name = await archiveNow();
   const copy = join(a.work, `copy-${label}`);
   await cp(a.backupDir, copy, { recursive: true });
   const config = parseConfig({ ...a.settings, BACKUP_DIR: copy });
@@ -81,7 +95,7 @@ describe('one key per archive: writers', () => {
   it('backup full, base, config and indexes with another key store nothing, exit 2 and say what to do', async () => {
     for (const args of [['full', 'manual'], ['base', 'manual'], ['config'], ['indexes']]) {
       // Prepare
-      const before = await listing();
+      const before = await listing(a.backupDir, 'backups');
 
       // Act
       const r = cli(['backup', ...args], { ENCRYPTION_KEY_FILE: wrongKeyFile });
@@ -90,13 +104,13 @@ describe('one key per archive: writers', () => {
       expect(r.code, `backup ${args[0]}: ${r.stderr}`).toBe(2);
       expect(r.stderr).toMatch(/is not a key of the archive of cluster keys/);
       expect(r.stderr).toMatch(/ENCRYPTION_KEYS_RETIRED_FILE/);
-      expect(await listing()).toEqual(before);
+      expect(await listing(a.backupDir, 'backups')).toEqual(before);
     }
   }, 300_000);
 
   it('ENCRYPTION=false into the encrypted archive stores nothing and exits 2', async () => {
     // Prepare
-    const before = await listing();
+    const before = await listing(a.backupDir, 'backups');
 
     // Act
     const r = cli(['backup', 'config'], { ENCRYPTION: 'false' });
@@ -104,7 +118,7 @@ describe('one key per archive: writers', () => {
     // Assert
     expect(r.code, r.stderr).toBe(2);
     expect(r.stderr).toMatch(/is encrypted but ENCRYPTION is off/);
-    expect(await listing()).toEqual(before);
+    expect(await listing(a.backupDir, 'backups')).toEqual(before);
   }, 120_000);
 
   it('backup wal with another key (or ENCRYPTION=false) stores nothing under the segment name and exits 2; the right key stores it', async () => {
@@ -193,7 +207,7 @@ describe('one key per archive: readers', () => {
   it('verify wal and verify all report a WAL object written with another key (exit 3)', async () => {
     // Prepare: a copy of the repository whose newest segment was written with another key,
     // straight through core (no key check on this path).
-    const last = await switchAndWaitArchived(a.cluster);
+    const last = await archiveNow();
     const copy = join(a.work, 'planted');
     await cp(a.backupDir, copy, { recursive: true });
     const good = parseConfig({ ...a.settings, BACKUP_DIR: copy });
@@ -259,7 +273,9 @@ describe('key rotation', () => {
       .replace('.zst.enc', '');
 
     // Act: WAL and a new full backup under key B.
-    await commitBatch(a.cluster, 2);
+    const batch2 = await commitBatch(a.cluster, 2);
+    await sleep(1100);
+    const batch3 = await commitBatch(a.cluster, 3);
     await switchAndWaitArchived(a.cluster);
     const fullB = cli(['backup', 'full', 'manual', '--json']);
     expect(fullB.code, fullB.stderr).toBe(0);
@@ -268,6 +284,13 @@ describe('key rotation', () => {
     const restoreB = cli(['restore', 'full', idB, 'app_b', '--from', 'app']);
     const oldWal = cli(['restore', 'wal', oldSegment, join(a.work, 'old-segment')]);
     const verified = cli(['verify', 'all', '--json']);
+    // Point-in-time recovery from the base backup of key A through WAL of keys A and B.
+    const pitr = await restorePitrDatabase(
+      a.vault(rotated),
+      'auto',
+      parseRecoveryTarget({ time: between(batch2.commitTime, batch3.commitTime) }),
+      { database: 'app_pitr', from: 'app' },
+    );
     await writeFile(retiredFile, '\n');
     const withoutA = cli(['verify', 'all', '--json']);
 
@@ -277,6 +300,8 @@ describe('key rotation', () => {
     expect(await batchesIn(a.cluster, 'app_a')).toEqual({ 0: 50 });
     expect(await batchesIn(a.cluster, 'app_b')).toEqual(await batchesIn(a.cluster, 'app'));
     expect(oldWal.code, oldWal.stderr).toBe(0);
+    expect(pitr.backupId).toMatch(/^base-weekly-/);
+    expect(await batchesIn(a.cluster, 'app_pitr')).toEqual({ 0: 50, 2: 50 });
     const keys = JSON.parse(await readFile(join(a.backupDir, CLUSTER, 'keys.json'), 'utf8')) as {
       keys: { id: string }[];
     };
