@@ -114,7 +114,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   const { config, targets, reporter } = vault;
   const started = run.now ?? new Date();
   // One key per archive: a key (or ENCRYPTION setting) that is not the archive's stores nothing.
-  await checkArchiveKey({ config, targets, warn: (line) => reporter.warn(line) });
+  await checkArchiveKey({ config, targets, warn: (line) => reporter.warn(line), deferNewArchive: true });
   const folder = backupFolder(config.clusterName, run.type, run.schedule);
   const id = await uniqueId(vault, folder, backupId(run.type, run.schedule, started));
   const encryption = newObjectEncryption(config);

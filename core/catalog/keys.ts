@@ -163,6 +163,11 @@ export interface KeyCheckContext {
   readonly targets: readonly StorageTarget[];
   /** The spool: where an accepted key is remembered (WAL writers). */
   readonly stateDir?: string;
+  /**
+   * Backups: an archive with nothing in it yet gets its keys.json from the next writer, which finds
+   * this backup's manifest (and its key id): a backup that fails or is interrupted leaves nothing.
+   */
+  readonly deferNewArchive?: boolean;
   readonly warn?: (line: string) => void;
 }
 
@@ -242,8 +247,10 @@ async function checkOnce(ctx: KeyCheckContext, walCheck: string | undefined): Pr
   const cluster = config.clusterName;
   const where = targets.map((t) => t.location).join(', ');
   const { keys: recorded, missingIn } = await readArchiveKeys(targets, cluster);
-  const keys = recorded ?? (await keysFromEvidence(ctx));
+  const evidence = recorded === undefined ? await keysFromEvidence(ctx) : undefined;
+  const keys = recorded ?? evidence!.keys;
   if (keys.encrypted !== encrypted) throw encryptionMismatch(cluster, where, keys.encrypted);
+  if (evidence !== undefined && !evidence.found && ctx.deferNewArchive) return;
   if (!encrypted) {
     if (recorded === undefined || missingIn.length > 0)
       await writeArchiveKeys(recorded ? missingIn : targets, keys);
@@ -314,7 +321,23 @@ function encryptionMismatch(cluster: string, where: string, archiveEncrypted: bo
  * its newest backup says (encrypted or not, and the ring key that passes its manifest's key check).
  * A new archive gets the writer's own settings. The caller refuses a mismatch.
  */
-async function keysFromEvidence(ctx: KeyCheckContext): Promise<ArchiveKeys> {
+async function keysFromEvidence(ctx: KeyCheckContext): Promise<{ keys: ArchiveKeys; found: boolean }> {
+  const keys = await evidenceOf(ctx);
+  return keys === undefined
+    ? {
+        keys: {
+          format: KEYS_FORMAT,
+          cluster: ctx.config.clusterName,
+          encrypted: ctx.config.encryption.enabled,
+          keys: [],
+        },
+        found: false,
+      }
+    : { keys, found: true };
+}
+
+/** What the newest backup says, or undefined for an archive without backups. */
+async function evidenceOf(ctx: KeyCheckContext): Promise<ArchiveKeys | undefined> {
   const { config, targets } = ctx;
   const base = { format: KEYS_FORMAT, cluster: config.clusterName } as const;
   const catalog = new Catalog(targets, config.clusterName, config.backupDir, () => {});
@@ -327,7 +350,7 @@ async function keysFromEvidence(ctx: KeyCheckContext): Promise<ArchiveKeys> {
       `cannot list the backups of cluster ${config.clusterName} to find the archive's key: ${errorMessage(err)}`,
     );
   }
-  if (newest === undefined) return { ...base, encrypted: config.encryption.enabled, keys: [] };
+  if (newest === undefined) return undefined;
   const enc = newest.manifest.encryption;
   if (!enc) return { ...base, encrypted: false, keys: [] };
   const recordedId = (enc as { keyId?: string }).keyId;

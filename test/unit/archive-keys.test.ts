@@ -90,6 +90,12 @@ describe('checkArchiveKey', () => {
     expect(await keysJson(first.backupDir)).toEqual(recorded);
   });
 
+  it('a backup into an empty archive leaves keys.json to the next writer (a failed backup leaves nothing)', async () => {
+    const first = await setup('key A');
+    await checkArchiveKey({ ...first, deferNewArchive: true });
+    expect(existsSync(join(first.backupDir, archiveKeysKey('main')))).toBe(false);
+  });
+
   it('refuses ENCRYPTION=false into an encrypted archive and ENCRYPTION=true into an unencrypted one', async () => {
     const encrypted = await setup('key A');
     await checkArchiveKey(encrypted);
