@@ -37,6 +37,10 @@ export interface EncryptionConfig {
   readonly keyFile?: string;
   /** PBKDF2-SHA256 iterations for new objects; each object records its own. */
   readonly iterations: number;
+  /** Retired keys (ENCRYPTION_KEYS_RETIRED_FILE, one per line): they read older objects, never write. */
+  readonly retired?: readonly string[];
+  /** ENCRYPTION_KEYS_RETIRED_FILE as an absolute path (restore_command reuses it). */
+  readonly retiredFile?: string;
 }
 
 export interface CloudConfig {
@@ -368,6 +372,23 @@ function passphrase(raw: Raw): string | undefined {
   return inline === undefined || inline === '' ? undefined : inline;
 }
 
+/** ENCRYPTION_KEYS_RETIRED_FILE: the keys of the ring that only read, one per line (blank lines skipped). */
+function retiredKeys(raw: Raw): { retired: string[]; retiredFile?: string } {
+  const path = absoluteOnly(raw, 'ENCRYPTION_KEYS_RETIRED_FILE');
+  if (path === undefined) return { retired: [] };
+  let contents: string;
+  try {
+    contents = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? String(err);
+    throw new ConfigError(
+      `ENCRYPTION_KEYS_RETIRED_FILE=${path} cannot be read (${code}); check the path and its permissions`,
+    );
+  }
+  const retired = contents.split(/\r?\n/).filter((line) => line.length > 0);
+  return { retired, retiredFile: path };
+}
+
 function keyFilePath(raw: Raw): string | undefined {
   return absoluteOnly(raw, 'ENCRYPTION_KEY_FILE');
 }
@@ -536,6 +557,7 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
       passphrase: key,
       keyFile: keyFilePath(raw),
       iterations: integer(raw, 'ENCRYPTION_ITERATIONS', DEFAULT_ENCRYPTION_ITERATIONS, 1000, 10_000_000),
+      ...retiredKeys(raw),
     },
     cloud: {
       provider,

@@ -24,7 +24,7 @@ function describeVerifyAll(r: VerifyAllReport): string {
   ];
   for (const c of r.copies) {
     lines.push(
-      `  ${c.ok ? 'ok   ' : 'FAULT'}  ${c.backup}  ${c.objects} object(s), ${c.checked}  ${c.target}`,
+      `  ${c.ok ? 'ok   ' : 'FAULT'}  ${c.backup}  ${c.objects} object(s), ${c.checked}  ${c.target}${c.keyId ? `  key ${c.keyId}${c.keyInRing === false ? ' (NOT in the key ring)' : ''}` : ''}`,
     );
   }
   for (const t of r.readThrough) {

@@ -128,15 +128,18 @@ function startPrefetcherProcess(prefetchDir: string, opts: GlobalOptions): void 
 export async function verifyWalCommand(opts: GlobalOptions) {
   const { verifyWalArchive } = require('../../core/wal/archive') as typeof import('../../core/wal/archive');
   const vault = vaultFor(opts);
-  const report = await verifyWalArchive(vault);
+  const report = await verifyWalArchive(vault, new Date(), { keys: true });
+  const keyFault = report.keys?.faults[0];
   const problem = report.ok
     ? undefined
-    : `the WAL archive has ${report.gaps.length} gap(s): ${report.gaps
-        .slice(0, 3)
-        .map((g) => (g.count > 1 ? `${g.from}..${g.to} (${g.count})` : g.from))
-        .join(
-          ', ',
-        )}${report.gaps.length > 3 ? ', ...' : ''}; recovery cannot pass them: take a new base backup after the last gap`;
+    : keyFault !== undefined
+      ? `${report.keys!.faults.length} WAL object(s) cannot be read with the keys set; first: ${keyFault.problem}`
+      : `the WAL archive has ${report.gaps.length} gap(s): ${report.gaps
+          .slice(0, 3)
+          .map((g) => (g.count > 1 ? `${g.from}..${g.to} (${g.count})` : g.from))
+          .join(
+            ', ',
+          )}${report.gaps.length > 3 ? ', ...' : ''}; recovery cannot pass them: take a new base backup after the last gap`;
   // The server feeding the archive, when one answers (core/verify/wal-health.ts).
   const { walServerHealth } =
     require('../../core/verify/wal-health') as typeof import('../../core/verify/wal-health');
@@ -211,9 +214,18 @@ function describeVerifyReport(report: VerifyReport, serverOk = true): string {
       `RPO: ${formatDuration(report.rpoSeconds * 1000)} since the newest archived WAL (${report.newestModified})`,
     );
   }
+  if (report.keys !== undefined) {
+    const byKey = Object.entries(report.keys.keys).map(([id, n]) => `${n} with key id ${id}`);
+    lines.push(
+      `encryption: ${report.keys.checked} object(s) checked${byKey.length > 0 ? ` (${byKey.join(', ')})` : ''}, ${report.keys.readThrough} newest segment(s) read through`,
+    );
+    for (const f of report.keys.faults) lines.push(`KEY FAULT: ${f.problem}`);
+  }
   lines.push(
     !report.ok
-      ? 'WAL archive has gaps'
+      ? report.gaps.length > 0
+        ? 'WAL archive has gaps'
+        : 'WAL archive has objects that do not decrypt'
       : serverOk
         ? 'WAL archive OK'
         : 'WAL archive NOT OK: see the server below',

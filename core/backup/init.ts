@@ -2,6 +2,8 @@ import { mkdir, statfs } from 'node:fs/promises';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { describeArchiveKeys, keyRing } from '../catalog/keys';
+import { verifyManifest } from '../catalog/manifest';
 import { SCHEDULES } from '../catalog/naming';
 import { errorMessage } from '../errors';
 import { type ArchiverState, archives, readArchiverState } from '../pg/archiving';
@@ -149,6 +151,18 @@ export async function checkRestorePrerequisites(vault: Vault): Promise<Check[]> 
         );
       }
       return `${list.length} complete backup(s) in ${vault.targets.map((t) => t.location).join(', ')}`;
+    }),
+  );
+  checks.push(
+    await attempt('encryption keys', async () => {
+      const list = await vault.catalog.list();
+      const encrypted = list.filter((e) => e.manifest.encryption);
+      const needed = encrypted.map((e) => e.manifest.encryption!.keyId).filter((id) => id !== undefined);
+      const detail = await describeArchiveKeys(config, vault.targets, needed);
+      // The newest encrypted backup opens with the ring: its key check (and HMAC) prove it.
+      const newest = encrypted[0];
+      if (newest !== undefined) await verifyManifest(newest.manifest, keyRing(config), newest.manifestKey);
+      return detail;
     }),
   );
   return checks;

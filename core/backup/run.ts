@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { basename } from 'node:path';
 import { Readable } from 'node:stream';
+import { checkArchiveKey } from '../catalog/keys';
 import { type ManifestBody, newEncryptionBlock, type StoredObject, sealManifest } from '../catalog/manifest';
 import {
   type BackupType,
@@ -125,6 +126,8 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   const { config, targets, reporter } = vault;
   refuseCopyIntoSource(config.clusterName, run.server, `this ${run.type} backup`);
   const started = run.now ?? new Date();
+  // One key per archive: a key (or ENCRYPTION setting) that is not the archive's stores nothing.
+  await checkArchiveKey({ config, targets, warn: (line) => reporter.warn(line), deferNewArchive: true });
   const folder = backupFolder(config.clusterName, run.type, run.schedule);
   const { id, claimKey, claimText } = await claimId(vault, folder, backupId(run.type, run.schedule, started));
   const encryption = newObjectEncryption(config);

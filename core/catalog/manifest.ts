@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { z as Zod } from 'zod';
 import { COMPRESSIONS } from '../config';
 import { IntegrityError, UsageError } from '../errors';
-import { deriveManifestKey, hmacHex, keyCheckHex, timingSafeEqualHex } from '../stream/encrypt';
+import { deriveManifestKey, hmacHex, keyCheckHex, keyId, timingSafeEqualHex } from '../stream/encrypt';
 import { BACKUP_TYPES, SCHEDULES } from './naming';
 
 /**
@@ -117,6 +117,11 @@ function buildSchemas() {
         hmacSalt: z.string().regex(/^[0-9a-f]+$/),
         /** Proves which passphrase made the backup without revealing it. */
         keyCheck: z.string().regex(/^[0-9a-f]+$/),
+        /** The id of the key that made it (keyId), so a key ring picks it; absent before key rings. */
+        keyId: z
+          .string()
+          .regex(/^[0-9a-f]{16}$/)
+          .optional(),
       })
       .nullable(),
     objects: z.array(storedObject).min(1),
@@ -165,13 +170,17 @@ export async function newEncryptionBlock(
   enc: EncryptionParams,
 ): Promise<NonNullable<ManifestBody['encryption']>> {
   const salt = randomBytes(16);
-  const key = await manifestKey(enc.passphrase, salt.toString('hex'), enc.iterations);
+  const [key, id] = await Promise.all([
+    manifestKey(enc.passphrase, salt.toString('hex'), enc.iterations),
+    keyId(enc.passphrase),
+  ]);
   return {
     cipher: 'aes-256-cbc',
     kdf: 'pbkdf2-sha256',
     iterations: enc.iterations,
     hmacSalt: salt.toString('hex'),
     keyCheck: keyCheckHex(key),
+    keyId: id,
   };
 }
 
@@ -231,24 +240,55 @@ export function parseManifest(text: string, where: string): Manifest {
 /** The JSON each parsed manifest came from, for the HMAC check. */
 const asWritten = new WeakMap<Manifest, unknown>();
 
+/** The ring key verifyManifest found for each manifest (its objects open with it). */
+const verifiedKeys = new WeakMap<Manifest, string>();
+
+/** The key a verified manifest was made with, when verifyManifest found it in a ring. */
+export function verifiedPassphrase(manifest: Pick<Manifest, 'encryption'>): string | undefined {
+  return verifiedKeys.get(manifest as Manifest);
+}
+
 /**
  * Checks the HMAC of an encrypted manifest. Wrong key and tampering are told apart by the key
- * check, so the operator knows whether to look for another key or another backup.
+ * check, so the operator knows whether to look for another key or another backup. `passphrase` is
+ * one key or a key ring (current first, then retired keys): the key the manifest names by id is
+ * used, or for a manifest without a key id the first that passes its key check.
  */
 export async function verifyManifest(
   manifest: Manifest,
-  passphrase: string | undefined,
+  passphrase: string | readonly string[] | undefined,
   where: string,
 ): Promise<void> {
   const enc = manifest.encryption;
   if (!enc) return;
-  if (passphrase === undefined) {
+  const ring = (typeof passphrase === 'string' ? [passphrase] : (passphrase ?? [])).filter((k) => k !== '');
+  if (ring.length === 0) {
     throw new IntegrityError(
-      `backup ${manifest.id} is encrypted; set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to the key it was made with`,
+      `backup ${manifest.id} is encrypted; set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to the key it was made with${enc.keyId ? ` (key id ${enc.keyId})` : ''}`,
     );
   }
-  const key = await deriveManifestKey(passphrase, Buffer.from(enc.hmacSalt, 'hex'), enc.iterations);
-  if (!timingSafeEqualHex(keyCheckHex(key), enc.keyCheck)) {
+  let candidates: readonly string[] = ring;
+  if (enc.keyId !== undefined) {
+    const ids = await Promise.all(ring.map(keyId));
+    const i = ids.indexOf(enc.keyId);
+    if (i < 0) {
+      throw new IntegrityError(
+        `wrong encryption key for backup ${manifest.id}: ENCRYPTION_KEY is not the key it was made with (it needs key id ${enc.keyId}; the keys set are key id ${ids.join(', ')}: add it as ENCRYPTION_KEY or to ENCRYPTION_KEYS_RETIRED_FILE); nothing was restored`,
+      );
+    }
+    candidates = [ring[i]!];
+  }
+  let key: Buffer | undefined;
+  let matched: string | undefined;
+  for (const candidate of candidates) {
+    const derived = await deriveManifestKey(candidate, Buffer.from(enc.hmacSalt, 'hex'), enc.iterations);
+    if (timingSafeEqualHex(keyCheckHex(derived), enc.keyCheck)) {
+      key = derived;
+      matched = candidate;
+      break;
+    }
+  }
+  if (key === undefined || matched === undefined) {
     throw new IntegrityError(
       `wrong encryption key for backup ${manifest.id}: ENCRYPTION_KEY is not the key it was made with; nothing was restored`,
     );
@@ -259,4 +299,5 @@ export async function verifyManifest(
       `manifest ${where} has been modified since the backup was made (HMAC mismatch); do not trust this backup, use another one`,
     );
   }
+  verifiedKeys.set(manifest, matched);
 }

@@ -19,7 +19,7 @@ import {
   ToolExitError,
   teeTo,
 } from '../stream';
-import type { Manifest, StoredObject } from './manifest';
+import { type Manifest, type StoredObject, verifiedPassphrase } from './manifest';
 
 /**
  * The one data path, both ways. Writing: raw bytes → sha256 → compress → encrypt → sha256 and
@@ -218,8 +218,12 @@ export function decryptionFor(
   manifest: Pick<Manifest, 'encryption'>,
   passphrase: string | undefined,
 ): { passphrase: string; iterations: number } | undefined {
+  // After a key rotation the key is the ring's key verifyManifest found for this backup.
   return manifest.encryption
-    ? { passphrase: passphrase ?? '', iterations: manifest.encryption.iterations }
+    ? {
+        passphrase: verifiedPassphrase(manifest) ?? passphrase ?? '',
+        iterations: manifest.encryption.iterations,
+      }
     : undefined;
 }
 

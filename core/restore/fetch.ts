@@ -2,6 +2,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CatalogEntry } from '../catalog/catalog';
+import { keyRing } from '../catalog/keys';
 import { type Manifest, type StoredObject, verifyManifest } from '../catalog/manifest';
 import { decryptionFor, readObject, readObjectToFile } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
@@ -23,7 +24,7 @@ export interface LocalCopy {
  * encrypted, so a wrong key fails here, before any database is touched.
  */
 export async function openBackup(entry: CatalogEntry, config: Config): Promise<Manifest> {
-  await verifyManifest(entry.manifest, config.encryption.passphrase, entry.manifestKey);
+  await verifyManifest(entry.manifest, keyRing(config), entry.manifestKey);
   return entry.manifest;
 }
 

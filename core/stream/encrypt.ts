@@ -2,6 +2,7 @@ import {
   type Cipher,
   createCipheriv,
   createDecipheriv,
+  createHash,
   createHmac,
   type Decipher,
   pbkdf2,
@@ -245,6 +246,60 @@ export function hmacHex(key: Buffer, data: string | Buffer): string {
  */
 export function keyCheckHex(key: Buffer): string {
   return createHmac('sha256', key).update(KEY_CHECK_LABEL).digest().subarray(0, 16).toString('hex');
+}
+
+const KEY_ID_SALT = 'pgvault-key-id';
+const KEY_ID_ITERATIONS = 100_000;
+const keyIds = new Map<string, Promise<string>>();
+
+/**
+ * A key's id, a non-secret fingerprint that manifests and the archive's key check (keys.json) name
+ * keys by: the first 8 bytes (hex) of HMAC-SHA256(PBKDF2-SHA256(key, 'pgvault-key-id', 100000,
+ * 32 bytes), 'pgvault key id'). The slow KDF keeps a weak passphrase from being guessed from its
+ * id. Derived once per process and key.
+ */
+export function keyId(passphrase: string): Promise<string> {
+  const memo = createHash('sha256').update(passphrase).digest('hex');
+  let id = keyIds.get(memo);
+  if (id === undefined) {
+    id = pbkdf2Async(checkedPassphrase(passphrase), KEY_ID_SALT, KEY_ID_ITERATIONS, 32, 'sha256').then(
+      (derived) =>
+        createHmac('sha256', derived).update('pgvault key id').digest().subarray(0, 8).toString('hex'),
+    );
+    keyIds.set(memo, id);
+    id.catch(() => keyIds.delete(memo));
+  }
+  return id;
+}
+
+/** A short fingerprint of a derived WAL passphrase (cheap: that is a 256-bit secret already). */
+export function walKeyCheck(walPassphrase: string): string {
+  return createHmac('sha256', walPassphrase)
+    .update('pgvault wal key check')
+    .digest()
+    .subarray(0, 8)
+    .toString('hex');
+}
+
+/**
+ * The first 16 plaintext bytes of an encrypted object from its first 32 stored bytes (header and
+ * first cipher block), to tell which key of a ring opens it without reading it all; undefined when
+ * the bytes are not an openssl Salted__ object. A wrong key gives random bytes.
+ */
+export async function decryptFirstBlock(
+  passphrase: string,
+  iterations: number,
+  head: Buffer,
+): Promise<Buffer | undefined> {
+  if (head.length < HEADER_LENGTH + 16 || !head.subarray(0, MAGIC.length).equals(MAGIC)) return undefined;
+  const { key, iv } = await deriveFileKey(
+    checkedPassphrase(passphrase),
+    head.subarray(MAGIC.length, HEADER_LENGTH),
+    checkedIterations(iterations),
+  );
+  const decipher = createDecipheriv(CIPHER, key, iv);
+  decipher.setAutoPadding(false);
+  return decipher.update(head.subarray(HEADER_LENGTH, HEADER_LENGTH + 16));
 }
 
 /** Compares two hex strings in constant time (for HMACs); different lengths are simply unequal. */

@@ -1,7 +1,14 @@
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Catalog, type CatalogEntry } from '../catalog/catalog';
-import { type Manifest, parseManifest, type StoredObject, verifyManifest } from '../catalog/manifest';
+import { keyId, keyRing } from '../catalog/keys';
+import {
+  type Manifest,
+  parseManifest,
+  type StoredObject,
+  verifiedPassphrase,
+  verifyManifest,
+} from '../catalog/manifest';
 import { BACKUP_TYPES, type BackupType } from '../catalog/naming';
 import { errorMessage } from '../errors';
 import type { StorageTarget } from '../storage/target';
@@ -44,6 +51,10 @@ export interface BackupCopyCheck {
   /** 'sha256': every object digested; 'size': stat only (quick); 'read-through': decoded and parsed. */
   readonly checked: 'sha256' | 'size' | 'read-through';
   readonly ok: boolean;
+  /** The id of the key the backup needs (encrypted backups; from the manifest or the ring key that opened it). */
+  readonly keyId?: string;
+  /** Whether that key is in the ring (ENCRYPTION_KEY or ENCRYPTION_KEYS_RETIRED_FILE). */
+  readonly keyInRing?: boolean;
 }
 
 export interface ReadThroughCheck {
@@ -69,7 +80,10 @@ export interface VerifyAllReport {
   readonly readThrough: readonly ReadThroughCheck[];
   /** Stored bytes read to check digests (read-throughs included). */
   readonly bytesRead: number;
-  readonly wal?: Pick<WalVerifyReport, 'ok' | 'gaps' | 'windows' | 'rpoSeconds' | 'newestModified'> & {
+  readonly wal?: Pick<
+    WalVerifyReport,
+    'ok' | 'gaps' | 'windows' | 'rpoSeconds' | 'newestModified' | 'keys'
+  > & {
     readonly segments: number;
   };
   readonly faults: readonly VerifyFault[];
@@ -106,6 +120,7 @@ export async function verifyAll(
   const readThrough: ReadThroughCheck[] = [];
   let bytesRead = 0;
 
+  const ringIds = await Promise.all(keyRing(config).map(keyId));
   // Pass 1: manifests and sizes for every copy (cheap: one stat per object).
   const sound = new Map<string, boolean>();
   const copyKey = (e: CatalogEntry, t: StorageTarget) => `${e.manifestKey}\u0000${t.location}`;
@@ -205,11 +220,12 @@ export async function verifyAll(
         objects: entry.manifest.objects.length,
         checked,
         ok: sound.get(key) === true,
+        ...(await neededKey(entry.manifest, ringIds)),
       });
     }
   }
 
-  const wal = await checkWal(vault, now, faults);
+  const wal = await checkWal(vault, now, faults, !options.quick);
   return {
     ok: faults.length === 0,
     cluster: config.clusterName,
@@ -241,7 +257,7 @@ async function checkManifestCopy(
     if (target !== entry.targets[0]) {
       manifest = parseManifest((await target.getBytes(entry.manifestKey)).toString('utf8'), where);
     }
-    await verifyManifest(manifest, vault.config.encryption.passphrase, where);
+    await verifyManifest(manifest, keyRing(vault.config), where);
   } catch (err) {
     return [
       {
@@ -250,7 +266,7 @@ async function checkManifestCopy(
         target: target.location,
         problem: errorMessage(err),
         action: /wrong encryption key|ENCRYPTION_KEY/.test(errorMessage(err))
-          ? 'set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to the key this backup was made with'
+          ? `set ENCRYPTION_KEY or ENCRYPTION_KEY_FILE to the key this backup was made with${manifest.encryption?.keyId ? ` (key id ${manifest.encryption.keyId}), or list it in ENCRYPTION_KEYS_RETIRED_FILE` : ''}`
           : USE_ANOTHER,
       },
     ];
@@ -350,10 +366,26 @@ async function checkDigests(
   return { faults, bytes };
 }
 
-async function checkWal(vault: Vault, now: Date, faults: VerifyFault[]): Promise<VerifyAllReport['wal']> {
+/** The key a backup needs: the id its manifest names, or that of the ring key that verified it. */
+async function neededKey(
+  manifest: Manifest,
+  ringIds: readonly string[],
+): Promise<Pick<BackupCopyCheck, 'keyId' | 'keyInRing'>> {
+  if (!manifest.encryption) return {};
+  const verified = verifiedPassphrase(manifest);
+  const id = manifest.encryption.keyId ?? (verified !== undefined ? await keyId(verified) : undefined);
+  return id === undefined ? {} : { keyId: id, keyInRing: ringIds.includes(id) };
+}
+
+async function checkWal(
+  vault: Vault,
+  now: Date,
+  faults: VerifyFault[],
+  keys: boolean,
+): Promise<VerifyAllReport['wal']> {
   let report: WalVerifyReport;
   try {
-    report = await verifyWalArchive(vault, now);
+    report = await verifyWalArchive(vault, now, { keys });
   } catch (err) {
     faults.push({
       kind: 'wal',
@@ -362,7 +394,8 @@ async function checkWal(vault: Vault, now: Date, faults: VerifyFault[]): Promise
     });
     return undefined;
   }
-  if (report.timelines.length === 0 && report.backups.length === 0) return undefined;
+  if (report.timelines.length === 0 && report.backups.length === 0 && !report.keys?.faults.length)
+    return undefined;
   for (const g of report.gaps) {
     const blocked = report.backups.filter((b) => b.missing.some((m) => m.from === g.from)).map((b) => b.id);
     faults.push({
@@ -372,8 +405,19 @@ async function checkWal(vault: Vault, now: Date, faults: VerifyFault[]): Promise
         'if the file is still in pg_wal on the server, archive it (`pgvault backup wal <path>`); otherwise take a new base backup (`pgvault backup base`) so point-in-time recovery starts after the gap',
     });
   }
+  for (const f of report.keys?.faults ?? []) {
+    faults.push({
+      kind: 'wal',
+      object: f.key,
+      target: f.target,
+      problem: f.problem,
+      action:
+        'add the key it was written with to ENCRYPTION_KEYS_RETIRED_FILE; if no key opens it, take a new base backup (`pgvault backup base`) so point-in-time recovery does not need it',
+    });
+  }
   return {
     ok: report.ok,
+    ...(report.keys !== undefined ? { keys: report.keys } : {}),
     segments: report.timelines.reduce((n, t) => n + t.segments, 0),
     gaps: report.gaps,
     windows: report.windows,

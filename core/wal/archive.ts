@@ -2,6 +2,7 @@ import { errorMessage, IntegrityError } from '../errors';
 import type { StorageTarget } from '../storage/target';
 import type { Vault } from '../vault';
 import { openWalObject, readArchiveIdentity, type WalArchiveIdentity, walCodec } from './fetch';
+import { checkWalKeys, type WalKeyReport } from './keys';
 import {
   DEFAULT_SEGMENT_BYTES,
   formatLsn,
@@ -557,6 +558,8 @@ export interface WalVerifyReport {
   readonly gaps: WalGapReport[];
   /** Recoverable windows per timeline, from the base backups (or the archive itself without one). */
   readonly windows: WalWindow[];
+  /** Which key opens each WAL object, when asked for (`verify wal`, `verify all`): faults fail the check. */
+  readonly keys?: WalKeyReport;
 }
 
 /** Groups missing names into ranges of consecutive segments on one timeline; history files stand alone. */
@@ -585,8 +588,13 @@ function rangesOf(missing: readonly string[], segmentBytes: number): WalGapRepor
  * to, and reports gaps on the way, the recoverable window per timeline and the RPO. Without base
  * backups, every gap inside the archive counts.
  */
-export async function verifyWalArchive(vault: Vault, now = new Date()): Promise<WalVerifyReport> {
+export async function verifyWalArchive(
+  vault: Vault,
+  now = new Date(),
+  options: { keys?: boolean } = {},
+): Promise<WalVerifyReport> {
   const state = await readWalArchive(vault);
+  const keys = options.keys ? await checkWalKeys(vault) : undefined;
   const bytes = segmentBytesOf(state);
   const bases = (await vault.catalog.list('base')).filter((e) => e.manifest.physical !== undefined);
   const backups: WalBackupReach[] = [];
@@ -646,7 +654,7 @@ export async function verifyWalArchive(vault: Vault, now = new Date()): Promise<
     }
   }
   return {
-    ok: gaps.length === 0,
+    ok: gaps.length === 0 && (keys === undefined || keys.faults.length === 0),
     cluster: vault.config.clusterName,
     ...(state.systemIdentifier ? { systemIdentifier: state.systemIdentifier } : {}),
     segmentBytes: bytes,
@@ -669,6 +677,7 @@ export async function verifyWalArchive(vault: Vault, now = new Date()): Promise<
       to: segmentName(w.timeline, w.to, bytes),
       ...(w.toTime ? { toTime: w.toTime.toISOString() } : {}),
     })),
+    ...(keys !== undefined ? { keys } : {}),
   };
 }
 

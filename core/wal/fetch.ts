@@ -291,8 +291,9 @@ export async function walCodec(
   config: Config,
   identity: WalArchiveIdentity | undefined,
   file: WalFileName,
+  /** A key of the ring other than the current one. */
+  passphrase: string | undefined = config.encryption.passphrase,
 ): Promise<WalCodec> {
-  const passphrase = config.encryption.passphrase;
   const derivation = identity?.walKey;
   if (
     derivation === undefined ||
@@ -495,21 +496,36 @@ export async function fetchWalFile(
   const cluster = ctx.config.clusterName;
   const identity = await loadArchiveIdentity(ctx.stateDir, ctx.targets, cluster);
   const codec = await walCodec(ctx.config, identity, file);
+  // After a key rotation older objects open with a retired key of the ring, tried (and derived)
+  // only when the current key does not open the object.
+  const retired = (ctx.config.encryption.retired ?? []).filter((k) => k !== ctx.config.encryption.passphrase);
   const failures: Error[] = [];
   for (const target of ctx.targets) {
     try {
-      const opened = await openStoredWalFile(target, cluster, file, ctx.config);
-      if (opened === undefined) continue;
-      const size = await decodeIntoFile(
-        target,
-        opened.key,
-        file,
-        codec,
-        opened.source,
-        destination,
-        identity,
-      );
-      return { key: opened.key, location: target.location, size };
+      for (let attempt = 0; ; attempt++) {
+        const opened = await openStoredWalFile(target, cluster, file, ctx.config);
+        if (opened === undefined) break;
+        const keyCodec =
+          attempt === 0 ? codec : await walCodec(ctx.config, identity, file, retired[attempt - 1]);
+        try {
+          const size = await decodeIntoFile(
+            target,
+            opened.key,
+            file,
+            keyCodec,
+            opened.source,
+            destination,
+            identity,
+          );
+          return { key: opened.key, location: target.location, size };
+        } catch (err) {
+          const another =
+            err instanceof IntegrityError &&
+            attempt < retired.length &&
+            decodingOf(opened.key, file).encrypted;
+          if (!another) throw err;
+        }
+      }
     } catch (err) {
       // Another copy would not fit either: the full disk is the answer.
       if (!(err instanceof PgVaultError) || isDiskFull(err)) throw err;

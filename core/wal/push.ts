@@ -4,6 +4,7 @@ import { open, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { checkArchiveKey } from '../catalog/keys';
 import { writeObject } from '../catalog/objects';
 import type { Compression, Config } from '../config';
 import { errorMessage, IntegrityError, ObjectExistsError, PgVaultError, UsageError } from '../errors';
@@ -267,6 +268,13 @@ async function preparePush(ctx: WalPushContext, path: string): Promise<PreparedP
       ? await checkedArchiveIdentity(ctx, file, header)
       : await loadArchiveIdentity(ctx.stateDir, targets, cluster);
   const codec = await walCodec(config, identity, file);
+  // One key per archive, checked before anything is stored; a segment's derived WAL passphrase
+  // identifies an accepted key without another key derivation (cached in the spool).
+  const derived =
+    config.encryption.enabled && codec.passphrase !== config.encryption.passphrase
+      ? codec.passphrase
+      : undefined;
+  await checkArchiveKey({ config, targets, stateDir: ctx.stateDir }, derived);
 
   const existing = await Promise.all(targets.map((target) => findWalObject(target, cluster, file)));
   const alreadyIn: string[] = [];

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupBase } from '../../core/backup/base';
 import { backupFull } from '../../core/backup/full';
-import type { ManifestBody } from '../../core/catalog/manifest';
+import { type ManifestBody, sealManifest } from '../../core/catalog/manifest';
 import { listDrillRecords } from '../../core/catalog/records';
 import { runDrill } from '../../core/drill/drill';
 import { UsageError, ValidationError } from '../../core/errors';
@@ -101,14 +101,15 @@ describe('pgvault drill', () => {
   });
 
   it('a drill that fails is recorded with its error (a tampered full backup)', async () => {
-    // Prepare: a newer full backup whose manifest says app.t holds one row more (unencrypted: no HMAC).
-    const plain = a.vault({ ENCRYPTION: 'false' });
-    const tampered = await backupFull(plain, { schedule: 'manual', databases: ['app'] });
-    const target = plain.targets[0]!;
+    // Prepare: a newer full backup whose manifest says app.t holds one row more, sealed again with
+    // the archive's key (its HMAC holds: only the drill's recount can notice).
+    const vault = a.vault();
+    const tampered = await backupFull(vault, { schedule: 'manual', databases: ['app'] });
+    const target = vault.targets[0]!;
     const key = `drill/full/manual/${tampered.id}.manifest.json`;
-    const m = JSON.parse((await target.getBytes(key)).toString('utf8'));
+    const { hmac: _hmac, ...m } = JSON.parse((await target.getBytes(key)).toString('utf8'));
     m.objects.find((o: { database?: string }) => o.database === 'app').tables[0].rows += 1;
-    await target.putBytes(key, JSON.stringify(m));
+    await target.putBytes(key, await sealManifest(m, vault.config.encryption.passphrase));
 
     // Act
     const attempt = runDrill(a.vault());
