@@ -13,6 +13,7 @@ import {
   runPrefetcher,
 } from '../../core/wal/fetch';
 import { requireWalFileName } from '../../core/wal/naming';
+import { refuseCopyWal } from '../../core/restore/copy';
 import { pushWalFile, refuseUnfinishedSegment } from '../../core/wal/push';
 import {
   awaitingArchive,
@@ -52,7 +53,12 @@ export async function backupWalCommand(path: string, opts: GlobalOptions) {
   const file = requireWalFileName(basename(path));
   // One stat, the one PostgreSQL's own calls always pass: it writes the .ready file first.
   const ready = await awaitingArchive(path);
-  if (!ready) await refuseUnfinishedSegment(path, file);
+  if (!ready) {
+    // By hand (PostgreSQL writes .ready first): a copy's WAL is refused for what it is, before the
+    // segment's own state is looked at.
+    await refuseCopyWal(config.clusterName, path);
+    await refuseUnfinishedSegment(path, file);
+  }
   if (config.archiveAsync && ready) {
     const spoolDir = spoolDirFor(config.spoolDir, path);
     await confirmUpload({

@@ -71,6 +71,7 @@ describe('backup init and restore init', () => {
       ['free port for sandboxes', true],
       ['temporary space', true],
       ['backups readable', true],
+      ['encryption keys', true],
     ]);
   });
 });
