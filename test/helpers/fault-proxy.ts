@@ -2,22 +2,34 @@ import { createServer, request as httpRequest, type IncomingMessage, type Server
 import type { AddressInfo, Socket } from 'node:net';
 
 /**
- * A fault-injecting HTTP proxy for an S3-compatible test server (s3rver): every request is forwarded
- * unchanged (headers included, so SigV4 signatures still match), except those a rule picks, which get
- * a fault instead. It finds the partial-failure bugs a healthy server never shows: lost answers,
- * stalls, bodies cut in the middle.
+ * A fault-injecting HTTP proxy for an S3-compatible test server (s3rver, path-style): point the
+ * client's S3 endpoint at `endpoint`. Every request is forwarded unchanged (headers included, so SigV4
+ * signatures still match), except those a rule picks, which get a fault instead. It stands in for the
+ * faults no real S3 server can be made to produce on demand: lost answers, stalls, uploads and
+ * downloads cut in the middle. These are the partial-failure bugs a healthy server never shows.
  *
- * A rule matches on the method, a regex over the request's path (`/bucket/prefix/key`, decoded, no
- * query), optionally a regex over the query (`partNumber=` picks UploadPart out of the PUTs), and
- * the nth such request (1-based; without `nth`, every one). What it does:
+ * A rule matches on (each optional; all given must match):
+ * - `method`: the HTTP method (GET, PUT, DELETE, HEAD, POST);
+ * - `path`: a regex over the request's path, `/bucket/prefix/key` (decoded, no query);
+ * - `key`: a regex over the object key, the path after `/bucket/` (empty for bucket-level requests);
+ * - `query`: a regex over the raw query string (`partNumber=` picks UploadPart out of the PUTs);
+ * - `nth` and `times`: which of the matching requests (counted per rule, 1-based) get the fault:
+ *   `times` of them from the `nth` on. Neither given: every one; `nth` alone: that one only; `times`
+ *   alone: the first `times`. The SDK retries a failed request, so a fault meant to stick to one
+ *   object either leaves both out or sets `times` to at least its attempts.
+ * Rules are tried in the order added; the first whose turn it is wins.
+ *
+ * Faults (`action.kind`):
  * - `status`: answers 500 or 503 with an S3-style XML error, without forwarding.
  * - `reset-request`: reads `afterBytes` bytes of the request body, then resets the connection (the
- *   server never sees the request).
- * - `stall`: reads the body and never answers (the client's timeouts must cut it).
+ *   server never sees the request: an upload cut off in the middle).
+ * - `stall`: reads the body, forwards nothing and never answers (the client's timeouts must cut it).
  * - `lose-response`: forwards the request and lets the server answer (so an upload is stored), then
  *   resets the connection (`answer: 'reset'`, default) or never answers (`answer: 'stall'`) instead of
- *   passing the answer on; `after` delays that until the given promise settles (tests use it to
- *   order two writers).
+ *   passing the answer on: the client cannot know the outcome. `after` delays that until the given
+ *   promise settles (tests use it to order two writers).
+ * - `reset-download`: forwards the request, passes the answer's status, headers and at most
+ *   `afterBytes` bytes of its body on, then resets the connection: a download cut in the middle.
  *
  * Use `hits(index)` or `waitFor(index)` to know a rule fired; `requests` lists every request seen.
  */
@@ -30,23 +42,30 @@ export type FaultAction =
       readonly kind: 'lose-response';
       readonly answer?: 'reset' | 'stall';
       readonly after?: Promise<unknown>;
-    };
+    }
+  | { readonly kind: 'reset-download'; readonly afterBytes: number };
 
 export interface FaultRule {
   /** HTTP method, e.g. PUT. Any when absent. */
   readonly method?: string;
-  /** Matched against the decoded path, `/bucket/prefix/key`. */
-  readonly path: RegExp;
+  /** Matched against the decoded path, `/bucket/prefix/key`. Any when absent. */
+  readonly path?: RegExp;
+  /** Matched against the decoded object key, `prefix/key` (the path after `/bucket/`). Any when absent. */
+  readonly key?: RegExp;
   /** Matched against the raw query string (without '?'), e.g. /partNumber=/. Any when absent. */
   readonly query?: RegExp;
-  /** Only the nth matching request (1-based). Every matching request when absent. */
+  /** The first matching request (1-based) that gets the fault. @default 1 */
   readonly nth?: number;
+  /** How many matching requests from `nth` on get the fault. @default every one without `nth`, 1 with it */
+  readonly times?: number;
   readonly action: FaultAction;
 }
 
 export interface SeenRequest {
   readonly method: string;
   readonly path: string;
+  /** The object key: the path after `/bucket/`, '' for a bucket-level request. */
+  readonly key: string;
   readonly query: string;
   /** The request's headers as received (checksums, conditions, metadata). */
   readonly headers: Readonly<Record<string, string | string[] | undefined>>;
@@ -60,7 +79,7 @@ export interface FaultProxy {
   readonly requests: readonly SeenRequest[];
   /** Adds a rule (matched in the order added; the first that fires wins); returns its index. */
   addRule(rule: FaultRule): number;
-  /** Removes every rule (counts start again). */
+  /** Removes every rule (counts start again; `requests` stays). */
   clearRules(): void;
   /** How many times rule `index` fired. */
   hits(index: number): number;
@@ -76,6 +95,7 @@ interface ActiveRule {
   readonly waiters: Array<() => void>;
 }
 
+/** Starts a proxy on a free port of 127.0.0.1 forwarding to `upstream` (http://host:port). */
 export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
   const target = new URL(upstream);
   const rules: ActiveRule[] = [];
@@ -85,6 +105,19 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
   const fired = (active: ActiveRule) => {
     active.fired++;
     for (const wake of active.waiters.splice(0)) wake();
+  };
+
+  const matches = (rule: FaultRule, method: string, path: string, key: string, query: string) =>
+    (rule.method === undefined || rule.method.toUpperCase() === method) &&
+    (rule.path === undefined || rule.path.test(path)) &&
+    (rule.key === undefined || rule.key.test(key)) &&
+    (rule.query === undefined || rule.query.test(query));
+
+  const inTurn = (active: ActiveRule) => {
+    const { nth, times } = active.rule;
+    const first = nth ?? 1;
+    const count = times ?? (nth === undefined ? Number.POSITIVE_INFINITY : 1);
+    return active.matches >= first && active.matches < first + count;
   };
 
   const forward = (req: IncomingMessage, onAnswer: (upstreamRes: IncomingMessage) => void) => {
@@ -104,23 +137,20 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
 
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? '/', 'http://proxy');
-    const method = req.method ?? 'GET';
+    const method = (req.method ?? 'GET').toUpperCase();
     const path = decodeURIComponent(url.pathname);
+    const key = path.replace(/^\/+[^/]*\/?/, '');
     const query = url.search.replace(/^\?/, '');
     let chosen: { index: number; active: ActiveRule } | undefined;
     for (const [index, active] of rules.entries()) {
-      const { rule } = active;
-      if (rule.method !== undefined && rule.method.toUpperCase() !== method) continue;
-      if (!rule.path.test(path)) continue;
-      if (rule.query !== undefined && !rule.query.test(query)) continue;
+      if (!matches(active.rule, method, path, key, query)) continue;
       active.matches++;
-      if (chosen === undefined && (rule.nth === undefined || rule.nth === active.matches)) {
-        chosen = { index, active };
-      }
+      if (chosen === undefined && inTurn(active)) chosen = { index, active };
     }
     requests.push({
       method,
       path,
+      key,
       query,
       headers: { ...req.headers },
       ...(chosen ? { rule: chosen.index } : {}),
@@ -183,6 +213,36 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
                 if ((action.answer ?? 'reset') === 'reset' && !req.socket.destroyed)
                   req.socket.resetAndDestroy();
               });
+          });
+        });
+        return;
+      }
+      case 'reset-download': {
+        forward(req, (upstreamRes) => {
+          res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.headers);
+          let sent = 0;
+          let cutting = false;
+          const cut = () => {
+            upstreamRes.destroy();
+            fired(active);
+            req.socket.resetAndDestroy();
+          };
+          upstreamRes.on('data', (chunk: Buffer) => {
+            if (cutting) return;
+            const room = action.afterBytes - sent;
+            if (chunk.length < room) {
+              sent += chunk.length;
+              res.write(chunk);
+              return;
+            }
+            cutting = true;
+            res.write(chunk.subarray(0, room), cut);
+          });
+          // A body shorter than the limit: cut before its end is confirmed.
+          upstreamRes.on('end', () => {
+            if (cutting) return;
+            cutting = true;
+            cut();
           });
         });
         return;

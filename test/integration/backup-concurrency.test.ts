@@ -16,7 +16,7 @@ import { S3Target } from '../../core/storage/s3';
 import { openVault, type Vault } from '../../core/vault';
 import { verifyAll } from '../../core/verify/all';
 import { verifyBackupFile } from '../../core/verify/file';
-import { type FaultProxy, startFaultProxy } from '../helpers/fault-proxy-by-key';
+import { type FaultProxy, startFaultProxy } from '../helpers/fault-proxy';
 import { createSampleData, startCluster } from '../helpers/pg';
 import { startS3Server } from '../helpers/s3-server';
 import { recordingReporter, tempDir, testConfig } from '../helpers/vault';
@@ -40,7 +40,7 @@ let n = 0;
 
 beforeAll(async () => {
   [cluster, s3, work] = await Promise.all([startCluster(), startS3Server(), tempDir()]);
-  proxy = await startFaultProxy(s3.endpoint, s3.bucket);
+  proxy = await startFaultProxy(s3.endpoint);
   await createSampleData(cluster, 'app');
   await cluster.psql('CREATE TABLE generation (v int); INSERT INTO generation VALUES (0)', 'app');
   process.env.AWS_ACCESS_KEY_ID = s3.credentials.accessKeyId;
@@ -225,14 +225,8 @@ describe('a manifest PUT whose answer is lost (S3 through the fault proxy)', () 
       now: new Date('2026-03-01T01:00:00Z'),
     });
     await setGeneration(2);
-    proxy.add({ method: 'PUT', key: MANIFEST, action: 'reset-answer', times: Number.POSITIVE_INFINITY });
-    proxy.add({
-      method: 'DELETE',
-      key: MANIFEST,
-      action: 'status',
-      status: 500,
-      times: Number.POSITIVE_INFINITY,
-    });
+    proxy.addRule({ method: 'PUT', key: MANIFEST, action: { kind: 'lose-response' } });
+    proxy.addRule({ method: 'DELETE', key: MANIFEST, action: { kind: 'status', status: 500 } });
 
     // Act
     let outcome: string;
@@ -247,7 +241,7 @@ describe('a manifest PUT whose answer is lost (S3 through the fault proxy)', () 
     } catch (err) {
       outcome = `failed: ${String(err)}`;
     } finally {
-      proxy.clear();
+      proxy.clearRules();
     }
 
     // Assess: the run and the catalog agree, and latest restores what the run said.
@@ -264,28 +258,10 @@ describe('a manifest PUT whose answer is lost (S3 through the fault proxy)', () 
     // Prepare
     const vault = vaultOf(settings('lost2', 'lost2', 's3'));
     await setGeneration(3);
-    proxy.add({ method: 'PUT', key: MANIFEST, action: 'reset-answer', times: Number.POSITIVE_INFINITY });
-    proxy.add({
-      method: 'GET',
-      key: MANIFEST,
-      action: 'status',
-      status: 503,
-      times: Number.POSITIVE_INFINITY,
-    });
-    proxy.add({
-      method: 'HEAD',
-      key: MANIFEST,
-      action: 'status',
-      status: 503,
-      times: Number.POSITIVE_INFINITY,
-    });
-    proxy.add({
-      method: 'DELETE',
-      key: MANIFEST,
-      action: 'status',
-      status: 500,
-      times: Number.POSITIVE_INFINITY,
-    });
+    proxy.addRule({ method: 'PUT', key: MANIFEST, action: { kind: 'lose-response' } });
+    proxy.addRule({ method: 'GET', key: MANIFEST, action: { kind: 'status', status: 503 } });
+    proxy.addRule({ method: 'HEAD', key: MANIFEST, action: { kind: 'status', status: 503 } });
+    proxy.addRule({ method: 'DELETE', key: MANIFEST, action: { kind: 'status', status: 500 } });
 
     // Act
     const attempt = backupFull(vault, {
@@ -297,7 +273,7 @@ describe('a manifest PUT whose answer is lost (S3 through the fault proxy)', () 
       () => undefined,
       (err: unknown) => err as Error,
     );
-    proxy.clear();
+    proxy.clearRules();
 
     // Assess: it says it failed and why the objects were kept; whatever is listed is whole.
     expect(failure?.message).toMatch(/manifest/);
@@ -310,28 +286,16 @@ describe('a manifest PUT whose answer is lost (S3 through the fault proxy)', () 
   it('stored, answer lost, read-back impossible, DELETE works: the run fails and nothing of it is listed or left', async () => {
     // Prepare
     const vault = vaultOf(settings('lost3', 'lost3', 's3'));
-    proxy.add({ method: 'PUT', key: MANIFEST, action: 'reset-answer', times: Number.POSITIVE_INFINITY });
-    proxy.add({
-      method: 'GET',
-      key: MANIFEST,
-      action: 'status',
-      status: 503,
-      times: Number.POSITIVE_INFINITY,
-    });
-    proxy.add({
-      method: 'HEAD',
-      key: MANIFEST,
-      action: 'status',
-      status: 503,
-      times: Number.POSITIVE_INFINITY,
-    });
+    proxy.addRule({ method: 'PUT', key: MANIFEST, action: { kind: 'lose-response' } });
+    proxy.addRule({ method: 'GET', key: MANIFEST, action: { kind: 'status', status: 503 } });
+    proxy.addRule({ method: 'HEAD', key: MANIFEST, action: { kind: 'status', status: 503 } });
 
     // Act
     const failure = await backupFull(vault, { schedule: 'daily', databases: ['app'] }).then(
       () => undefined,
       (err: unknown) => err as Error,
     );
-    proxy.clear();
+    proxy.clearRules();
 
     // Assess
     expect(failure).toBeInstanceOf(Error);
@@ -344,11 +308,11 @@ describe('a manifest PUT whose answer is lost (S3 through the fault proxy)', () 
   it('CLI: the exit code and the catalog agree when the manifest answer is lost but stored', async () => {
     // Prepare
     const extra = settings('lost4', 'lost4', 's3');
-    proxy.add({ method: 'PUT', key: MANIFEST, action: 'reset-answer', times: Number.POSITIVE_INFINITY });
+    proxy.addRule({ method: 'PUT', key: MANIFEST, action: { kind: 'lose-response' } });
 
     // Act
     const run = await cli(extra, ['backup', 'full', 'manual', '--json']);
-    proxy.clear();
+    proxy.clearRules();
 
     // Assess
     const listed = await vaultOf(extra).catalog.list();
@@ -512,13 +476,7 @@ describe('a data upload cut off in S3', () => {
       now: new Date('2026-03-01T01:00:00Z'),
     });
     await setGeneration(8);
-    proxy.add({
-      method: 'PUT',
-      key: /\.app\.dump/,
-      action: 'reset',
-      afterBytes: 1000,
-      times: Number.POSITIVE_INFINITY,
-    });
+    proxy.addRule({ method: 'PUT', key: /\.app\.dump/, action: { kind: 'reset-request', afterBytes: 1000 } });
 
     // Act
     const failure = await backupFull(vault, {
@@ -529,7 +487,7 @@ describe('a data upload cut off in S3', () => {
       () => undefined,
       (err: unknown) => err as Error,
     );
-    proxy.clear();
+    proxy.clearRules();
 
     // Assess
     expect(failure?.message).toMatch(/S3/);
@@ -546,21 +504,21 @@ describe('a claim whose PUT answer is lost', () => {
   it('fails the backup before any data is written, and leaves no claim behind', async () => {
     // Prepare
     const vault = vaultOf(settings('claim', 'claim', 's3'));
-    proxy.add({ method: 'PUT', key: /\.claim-/, action: 'reset-answer', times: Number.POSITIVE_INFINITY });
+    proxy.addRule({ method: 'PUT', key: /\.claim-/, action: { kind: 'lose-response' } });
 
     // Act
     const failure = await backupFull(vault, { schedule: 'daily', databases: ['app'] }).then(
       () => undefined,
       (err: unknown) => err as Error,
     );
-    proxy.clear();
+    proxy.clearRules();
 
     // Assess
     expect(failure?.message).toMatch(/S3/);
     const left: string[] = [];
     for await (const o of vault.targets[0]!.list('claim/')) left.push(o.key);
     expect(left).toEqual([]);
-    expect(proxy.log.some((r) => r.key.startsWith('claim/') && r.key.includes('.dump'))).toBe(false);
+    expect(proxy.requests.some((r) => r.key.startsWith('claim/') && r.key.includes('.dump'))).toBe(false);
   });
 });
 
@@ -577,17 +535,23 @@ describe('a manifest PUT stored whose answer never comes', () => {
       maxAttempts: 1,
     });
     const vault: Vault = { ...opened, targets: [target] };
-    proxy.add({ method: 'PUT', key: /\.manifest\.json$/, action: 'drop-answer' });
+    const dropped = proxy.addRule({
+      method: 'PUT',
+      key: /\.manifest\.json$/,
+      nth: 1,
+      action: { kind: 'lose-response', answer: 'stall' },
+    });
 
     // Act
     const outcome = await backupFull(vault, { schedule: 'manual', databases: ['app'] }).then(
       (m) => m.id,
       (err: unknown) => `failed: ${String(err)}`,
     );
-    proxy.clear();
+    const droppedHits = proxy.hits(dropped);
+    proxy.clearRules();
 
     // Assess
-    expect(proxy.log.some((r) => r.fault === 'drop-answer')).toBe(true);
+    expect(droppedHits).toBeGreaterThan(0);
     expect(outcome).toMatch(/^full-manual-/);
     expect((await opened.catalog.resolve('latest')).manifest.id).toBe(outcome);
     await verifyBackupFile(opened, outcome);
@@ -599,16 +563,11 @@ describe('backup delete when the manifest DELETE answer is lost', () => {
     // Prepare
     const vault = vaultOf(settings('del', 'del', 's3'));
     const doomed = await backupFull(vault, { schedule: 'manual', databases: ['app'] });
-    proxy.add({
-      method: 'DELETE',
-      key: /\.manifest\.json$/,
-      action: 'reset-answer',
-      times: Number.POSITIVE_INFINITY,
-    });
+    proxy.addRule({ method: 'DELETE', key: /\.manifest\.json$/, action: { kind: 'lose-response' } });
 
     // Act
     const result = await deleteBackupByHand(vault, doomed.id, { yes: true });
-    proxy.clear();
+    proxy.clearRules();
 
     // Assess
     expect(result.failed).toEqual([]);
