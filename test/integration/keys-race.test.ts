@@ -314,3 +314,65 @@ describe('keys.json on S3: a write whose answer is lost', () => {
     expect(await storedKeyIds('s3', archive)).toEqual([await keyId('key A'), await keyId('key B')]);
   }, 120_000);
 });
+
+describe('keys.json on a store that ignores If-None-Match (s3rver)', () => {
+  it('a second creator whose PUT lands after the first one read its keys.json back still leaves one key: the first writer refuses on its second read', async () => {
+    // Prepare: X creates and reads back; only then does Y's PUT (which s3rver does not refuse) land;
+    // X's second read comes after it.
+    const archive = await newArchive('s3');
+    const x = await writer('s3', archive, 'key X');
+    const y = await writer('s3', archive, 'key Y');
+    const key = archiveKeysKey(CLUSTER);
+    const bothLooked = barrier(2);
+    let xReadBack: () => void = () => {};
+    const xHasReadBack = new Promise<void>((r) => {
+      xReadBack = r;
+    });
+    let yPut: () => void = () => {};
+    const yHasPut = new Promise<void>((r) => {
+      yPut = r;
+    });
+    const xPut = x.target.put.bind(x.target);
+    let xWrote = false;
+    x.target.put = async (k, source, options) => {
+      if (k !== key || xWrote) return xPut(k, source, options);
+      await bothLooked();
+      const result = await xPut(k, source, options);
+      xWrote = true;
+      return result;
+    };
+    const xGet = x.target.getBytes.bind(x.target);
+    let xReadsAfterWrite = 0;
+    x.target.getBytes = async (k) => {
+      if (k !== key || !xWrote) return xGet(k);
+      const nth = ++xReadsAfterWrite;
+      // The old code never reads back: Y goes on after a while then.
+      if (nth === 2) await yHasPut;
+      const bytes = await xGet(k);
+      if (nth === 1) xReadBack();
+      return bytes;
+    };
+    const yPutOrig = y.target.put.bind(y.target);
+    let yWrote = false;
+    y.target.put = async (k, source, options) => {
+      if (k !== key || yWrote) return yPutOrig(k, source, options);
+      yWrote = true;
+      await bothLooked();
+      await Promise.race([xHasReadBack, new Promise((r) => setTimeout(r, 3000))]);
+      try {
+        return await yPutOrig(k, source, options);
+      } finally {
+        yPut();
+      }
+    };
+
+    // Act
+    const [rx, ry] = await Promise.allSettled([checkArchiveKey(x), checkArchiveKey(y)]);
+
+    // Assert: Y's keys.json is what is stored, and X (whose key it is not) refuses.
+    expect(ry.status).toBe('fulfilled');
+    expect(rx.status).toBe('rejected');
+    expect((rx as PromiseRejectedResult).reason).toBeInstanceOf(ConfigError);
+    expect(await storedKeyIds('s3', archive)).toEqual([await keyId('key Y')]);
+  }, 120_000);
+});
