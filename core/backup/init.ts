@@ -9,6 +9,7 @@ import { errorMessage } from '../errors';
 import { type ArchiverState, archives, readArchiverState } from '../pg/archiving';
 import { serverInfo } from '../pg/server';
 import { findPgBinary, toolMajorVersion } from '../pg/tools';
+import { copyNotice } from '../restore/copy';
 import type { Vault } from '../vault';
 import { checkArchiving } from '../wal/check';
 
@@ -79,6 +80,8 @@ async function archivingCheck(vault: Vault, configFile: string | undefined): Pro
       detail: `skipped: no server reachable (${errorMessage(err)}); run pgvault check once it is`,
     };
   }
+  const copy = copyNotice(config.clusterName, state);
+  if (copy !== undefined) return { check, ok: false, detail: `${copy.summary}; ${copy.nextStep}` };
   if (!archives(state)) {
     return {
       check,

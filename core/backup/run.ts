@@ -127,7 +127,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   refuseCopyIntoSource(config.clusterName, run.server, `this ${run.type} backup`);
   const started = run.now ?? new Date();
   // One key per archive: a key (or ENCRYPTION setting) that is not the archive's stores nothing.
-  await checkArchiveKey({ config, targets, warn: (line) => reporter.warn(line), deferNewArchive: true });
+  await checkArchiveKey({ config, targets, warn: (line) => reporter.warn(line) });
   const folder = backupFolder(config.clusterName, run.type, run.schedule);
   const { id, claimKey, claimText } = await claimId(vault, folder, backupId(run.type, run.schedule, started));
   const encryption = newObjectEncryption(config);

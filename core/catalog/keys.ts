@@ -1,8 +1,16 @@
 import { createHash } from 'node:crypto';
 import { chown, mkdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { Readable } from 'node:stream';
 import type { Config } from '../config';
-import { ConfigError, errorMessage, IntegrityError, ObjectNotFoundError } from '../errors';
+import {
+  ConfigError,
+  errorMessage,
+  IntegrityError,
+  ObjectExistsError,
+  ObjectNotFoundError,
+  StorageError,
+} from '../errors';
 import type { StorageTarget } from '../storage/target';
 import { deriveManifestKey, keyCheckHex, keyId, timingSafeEqualHex, walKeyCheck } from '../stream/encrypt';
 import { writeFileAtomically } from '../wal/fetch';
@@ -131,17 +139,6 @@ export async function readArchiveKeys(
   };
 }
 
-async function writeArchiveKeys(targets: readonly StorageTarget[], keys: ArchiveKeys): Promise<void> {
-  const text = `${JSON.stringify(keys, null, 2)}\n`;
-  const key = archiveKeysKey(keys.cluster);
-  await Promise.all(
-    targets.map(async (t) => {
-      await t.putBytes(key, text);
-      await shareWithArchiveOwner(t, key);
-    }),
-  );
-}
-
 /**
  * A local keys.json written by root (a backup run from root's crontab) is handed to the owner of
  * the cluster's folder: archive_command runs as the server's user and must read it.
@@ -163,11 +160,6 @@ export interface KeyCheckContext {
   readonly targets: readonly StorageTarget[];
   /** The spool: where an accepted key is remembered (WAL writers). */
   readonly stateDir?: string;
-  /**
-   * Backups: an archive with nothing in it yet gets its keys.json from the next writer, which finds
-   * this backup's manifest (and its key id): a backup that fails or is interrupted leaves nothing.
-   */
-  readonly deferNewArchive?: boolean;
   readonly warn?: (line: string) => void;
 }
 
@@ -237,65 +229,179 @@ export function checkArchiveKey(ctx: KeyCheckContext, walPassphrase?: string): P
   return running;
 }
 
+/** Rounds of read, decide, write and read back before giving up on a keys.json that keeps changing. */
+const KEYS_WRITE_ATTEMPTS = 8;
+/**
+ * After replacing keys.json (or creating it where a create-only write is not enforced), it is read
+ * once more this long after: a writer that read the old one just before our write landed and wrote
+ * its own over it shows up then, and the lost entry is added again.
+ */
+const KEYS_SETTLE_MS = 300;
+
 async function checkOnce(ctx: KeyCheckContext, walCheck: string | undefined): Promise<void> {
-  const { config, targets } = ctx;
-  const encrypted = config.encryption.enabled;
+  const encrypted = ctx.config.encryption.enabled;
   const cached = await cachedAcceptance(ctx);
   if (cached !== undefined && cached.encrypted === encrypted) {
     if (!encrypted || (walCheck !== undefined && cached.walChecks.includes(walCheck))) return;
   }
-  const cluster = config.clusterName;
-  const where = targets.map((t) => t.location).join(', ');
-  const { keys: recorded, missingIn } = await readArchiveKeys(targets, cluster);
-  const evidence = recorded === undefined ? await keysFromEvidence(ctx) : undefined;
-  const keys = recorded ?? evidence!.keys;
-  if (keys.encrypted !== encrypted) throw encryptionMismatch(cluster, where, keys.encrypted);
-  if (evidence !== undefined && !evidence.found && ctx.deferNewArchive) return;
-  if (!encrypted) {
-    if (recorded === undefined || missingIn.length > 0)
-      await writeArchiveKeys(recorded ? missingIn : targets, keys);
-    await rememberAcceptance(ctx, undefined);
-    return;
-  }
-  const known = walCheck === undefined ? undefined : keys.keys.find((k) => k.walChecks?.includes(walCheck));
-  if (known !== undefined) {
-    if (recorded === undefined || missingIn.length > 0)
-      await writeArchiveKeys(recorded ? missingIn : targets, keys);
-    await rememberAcceptance(ctx, walCheck);
-    return;
-  }
-  const ring = keyRing(config);
-  const [currentId] = await keyRingIds(ring.slice(0, 1));
-  let updated: ArchiveKeys | undefined;
-  const entry = keys.keys.find((k) => k.id === currentId);
-  if (entry !== undefined) {
-    if (walCheck !== undefined && !(entry.walChecks ?? []).includes(walCheck)) {
-      updated = {
-        ...keys,
-        keys: keys.keys.map((k) =>
-          k === entry ? { ...k, walChecks: [...(k.walChecks ?? []), walCheck] } : k,
-        ),
-      };
-    }
-  } else if (keys.keys.length === 0) {
-    updated = { ...keys, keys: [newEntry(currentId!, walCheck)] };
-  } else {
-    const retiredIds = await keyRingIds(ring.slice(1));
-    const archiveIds = keys.keys.map((k) => k.id);
-    if (!retiredIds.some((r) => archiveIds.includes(r))) {
-      throw new ConfigError(
-        `ENCRYPTION_KEY (key id ${currentId}) is not a key of the archive of cluster ${cluster} in ${where} (it holds objects of key id ${archiveIds.join(', ')}); set ENCRYPTION_KEY_FILE to the archive's key, or to rotate keys list the old key in ENCRYPTION_KEYS_RETIRED_FILE; nothing was stored`,
+  const key = archiveKeysKey(ctx.config.clusterName);
+  for (let attempt = 1; ; attempt++) {
+    if (await checkAndRecord(ctx, walCheck)) break;
+    if (attempt >= KEYS_WRITE_ATTEMPTS) {
+      throw new StorageError(
+        `${key} in ${ctx.targets.map((t) => t.location).join(', ')} kept changing under other writers (${attempt} attempts to record this writer's key); nothing was stored; run again`,
       );
     }
-    ctx.warn?.(
-      `key rotation: new objects of cluster ${cluster} are encrypted with key id ${currentId}; keep the retired keys (${retiredIds.join(', ')}) in ENCRYPTION_KEYS_RETIRED_FILE while backups need them`,
-    );
-    updated = { ...keys, keys: [...keys.keys, newEntry(currentId!, walCheck)] };
+    await new Promise((r) => setTimeout(r, 20 * attempt + Math.floor(Math.random() * 50 * attempt)));
   }
-  if (updated !== undefined) await writeArchiveKeys(targets, updated);
-  else if (recorded === undefined || missingIn.length > 0)
-    await writeArchiveKeys(recorded ? missingIn : targets, keys);
-  await rememberAcceptance(ctx, walCheck);
+  await rememberAcceptance(ctx, encrypted ? walCheck : undefined);
+}
+
+/** keys.json of each target as stored (text and parsed), or undefined where it has none. */
+async function readEachTarget(
+  targets: readonly StorageTarget[],
+  key: string,
+): Promise<Array<{ text: string; keys: ArchiveKeys } | undefined>> {
+  return Promise.all(targets.map((t) => readOne(t, key)));
+}
+
+async function readOne(
+  target: StorageTarget,
+  key: string,
+): Promise<{ text: string; keys: ArchiveKeys } | undefined> {
+  try {
+    const text = (await target.getBytes(key)).toString('utf8');
+    return { text, keys: parseArchiveKeys(text, `${key} in ${target.location}`) };
+  } catch (err) {
+    if (err instanceof ObjectNotFoundError) return undefined;
+    throw err;
+  }
+}
+
+/**
+ * One round of the key check: reads keys.json, decides (refusing another key), and records what is
+ * missing, each write settled by reading it back. False when another writer changed keys.json
+ * meanwhile (the caller reads it again and decides anew: that is the merge).
+ *
+ * - A new keys.json is written create-only (file: link; S3: If-None-Match), in target order, and only
+ *   once a look just before shows none: of two writers only one creates it; the other finds the
+ *   winner's and is refused if its key differs. Stores that ignore If-None-Match are caught by the
+ *   read-back (and a second read a moment later): a keys.json that is not ours means another won.
+ * - An addition (a rotated key, a WAL check) replaces keys.json: the read-back (and the second read)
+ *   must still hold our entry, else the round is repeated on the other writer's keys.json.
+ * - A write whose answer is lost counts when the read-back shows it stored.
+ */
+async function checkAndRecord(ctx: KeyCheckContext, walCheck: string | undefined): Promise<boolean> {
+  const { config, targets } = ctx;
+  const encrypted = config.encryption.enabled;
+  const cluster = config.clusterName;
+  const where = targets.map((t) => t.location).join(', ');
+  const key = archiveKeysKey(cluster);
+  const found = await readEachTarget(targets, key);
+  const first = found.find((f) => f !== undefined);
+  const recorded = first?.keys;
+  const keys = recorded ?? (await keysFromEvidence(ctx)).keys;
+  if (keys.encrypted !== encrypted) throw encryptionMismatch(cluster, where, keys.encrypted);
+  /** Whether a stored keys.json accepts this writer. */
+  let accepts: (k: ArchiveKeys) => boolean = (k) => k.encrypted === encrypted;
+  let desired = keys;
+  let changed = recorded === undefined;
+  const known = walCheck === undefined ? undefined : keys.keys.find((k) => k.walChecks?.includes(walCheck));
+  if (encrypted && known !== undefined) {
+    accepts = (k) => k.encrypted && k.keys.some((e) => e.walChecks?.includes(walCheck!));
+  } else if (encrypted) {
+    const ring = keyRing(config);
+    const [currentId] = await keyRingIds(ring.slice(0, 1));
+    accepts = (k) =>
+      k.encrypted &&
+      k.keys.some(
+        (e) => e.id === currentId && (walCheck === undefined || (e.walChecks ?? []).includes(walCheck)),
+      );
+    const entry = keys.keys.find((k) => k.id === currentId);
+    if (entry !== undefined) {
+      if (walCheck !== undefined && !(entry.walChecks ?? []).includes(walCheck)) {
+        changed = true;
+        desired = {
+          ...keys,
+          keys: keys.keys.map((k) =>
+            k === entry ? { ...k, walChecks: [...(k.walChecks ?? []), walCheck] } : k,
+          ),
+        };
+      }
+    } else if (keys.keys.length === 0) {
+      changed = true;
+      desired = { ...keys, keys: [newEntry(currentId!, walCheck)] };
+    } else {
+      const retiredIds = await keyRingIds(ring.slice(1));
+      const archiveIds = keys.keys.map((k) => k.id);
+      if (!retiredIds.some((r) => archiveIds.includes(r))) {
+        throw new ConfigError(
+          `ENCRYPTION_KEY (key id ${currentId}) is not a key of the archive of cluster ${cluster} in ${where} (it holds objects of key id ${archiveIds.join(', ')}); set ENCRYPTION_KEY_FILE to the archive's key, or to rotate keys list the old key in ENCRYPTION_KEYS_RETIRED_FILE; nothing was stored`,
+        );
+      }
+      ctx.warn?.(
+        `key rotation: new objects of cluster ${cluster} are encrypted with key id ${currentId}; keep the retired keys (${retiredIds.join(', ')}) in ENCRYPTION_KEYS_RETIRED_FILE while backups need them`,
+      );
+      changed = true;
+      desired = { ...keys, keys: [...keys.keys, newEntry(currentId!, walCheck)] };
+    }
+  }
+  const text = `${JSON.stringify(desired, null, 2)}\n`;
+  let settle = false;
+  // In target order: the first target decides between two creators; the loser touches no other.
+  for (const [i, target] of targets.entries()) {
+    const stored = found[i];
+    if (stored !== undefined && !changed && accepts(stored.keys)) continue;
+    if (stored === undefined) {
+      const outcome = await createIn(target, key, text);
+      if (outcome !== 'created') return false;
+      if (target.kind !== 'file') settle = true;
+    } else {
+      // Replaced only when what is there is still what this round decided on.
+      if (!(await replaceIn(target, key, text, stored.text, accepts))) return false;
+      settle = true;
+    }
+    await shareWithArchiveOwner(target, key);
+  }
+  if (!settle) return true;
+  await new Promise((r) => setTimeout(r, KEYS_SETTLE_MS));
+  const after = await readEachTarget(targets, key);
+  return after.every((f) => f !== undefined && accepts(f.keys));
+}
+
+/** Creates keys.json create-only; 'taken' when another writer's is (or turns out to be) there. */
+async function createIn(target: StorageTarget, key: string, text: string): Promise<'created' | 'taken'> {
+  if ((await readOne(target, key)) !== undefined) return 'taken';
+  try {
+    await target.put(key, Readable.from([Buffer.from(text, 'utf8')]), { ifAbsent: true });
+  } catch (err) {
+    if (err instanceof ObjectExistsError) return 'taken';
+    // The answer may be what was lost: ours stored is ours.
+    if ((await readOne(target, key).catch(() => undefined))?.text === text) return 'created';
+    throw err;
+  }
+  // A store that ignores If-None-Match let a later writer replace it: then that writer won.
+  return (await readOne(target, key))?.text === text ? 'created' : 'taken';
+}
+
+/** Replaces keys.json if it is still `expected`; true once the stored one accepts this writer. */
+async function replaceIn(
+  target: StorageTarget,
+  key: string,
+  text: string,
+  expected: string,
+  accepts: (k: ArchiveKeys) => boolean,
+): Promise<boolean> {
+  if ((await readOne(target, key))?.text !== expected) return false;
+  try {
+    await target.putBytes(key, text);
+  } catch (err) {
+    const now = await readOne(target, key).catch(() => undefined);
+    if (now !== undefined && accepts(now.keys)) return true;
+    throw err;
+  }
+  const now = await readOne(target, key);
+  return now !== undefined && accepts(now.keys);
 }
 
 function newEntry(id: string, walCheck: string | undefined): ArchiveKeyEntry {

@@ -16,6 +16,9 @@ export interface ArchiverState {
   readonly archiveLibrary: string;
   readonly inRecovery: boolean;
   readonly systemIdentifier?: string;
+  /** pgvault.copy_of and pgvault.lineage: set on a copy laid down by restore pitr --pgdata (core/restore/copy.ts). */
+  readonly copyOf?: string;
+  readonly lineage?: string;
   readonly archivedCount: number;
   readonly lastArchivedWal: string | null;
   readonly lastArchivedTime: string | null;
@@ -72,13 +75,16 @@ export async function archiverStateOf(c: Client): Promise<ArchiverState> {
     last_failed_wal: string | null;
     last_failed_time: Date | null;
     now: Date;
+    copy_of: string | null;
+    lineage: string | null;
   }>(
     `SELECT current_setting('wal_level') AS wal_level, current_setting('archive_mode') AS archive_mode,
             current_setting('archive_command') AS archive_command,
             current_setting('archive_library', true) AS archive_library,
             pg_is_in_recovery() AS in_recovery, a.archived_count::text AS archived_count,
             a.last_archived_wal, a.last_archived_time, a.failed_count::text AS failed_count,
-            a.last_failed_wal, a.last_failed_time, clock_timestamp() AS now
+            a.last_failed_wal, a.last_failed_time, clock_timestamp() AS now,
+            current_setting('pgvault.copy_of', true) AS copy_of, current_setting('pgvault.lineage', true) AS lineage
        FROM pg_stat_archiver a`,
   );
   const row = s.rows[0]!;
@@ -128,6 +134,8 @@ export async function archiverStateOf(c: Client): Promise<ArchiverState> {
     currentWal,
     ready,
     now: row.now.toISOString(),
+    copyOf: row.copy_of || undefined,
+    lineage: row.lineage || undefined,
   };
 }
 

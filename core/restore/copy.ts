@@ -89,6 +89,24 @@ export function refuseCopyIntoSource(clusterName: string, marks: CopyMarks, what
 }
 
 /**
+ * What `backup init` and `pgvault check` say (in one line: `${summary}; ${nextStep}`) when the server
+ * they reach is a copy marked with this very CLUSTER_NAME, whose WAL and backups every writer
+ * refuses; undefined otherwise.
+ */
+export function copyNotice(
+  clusterName: string,
+  marks: CopyMarks,
+): { readonly summary: string; readonly nextStep: string } | undefined {
+  if (marks.copyOf === undefined || marks.copyOf !== clusterName) return undefined;
+  const own =
+    marks.lineage !== undefined && marks.lineage !== clusterName ? marks.lineage : `${clusterName}-copy`;
+  return {
+    summary: `this server is a copy of cluster ${clusterName} laid down by pgvault restore pitr (${COPY_OF_SETTING} = '${clusterName}'): its WAL and backups are refused under CLUSTER_NAME=${clusterName}`,
+    nextStep: `set CLUSTER_NAME=${own} (its own lineage) for it, or, if it now replaces the original server, ALTER SYSTEM RESET ${COPY_OF_SETTING} and reload it`,
+  };
+}
+
+/**
  * Refuses a WAL file of a copy's data directory bound for the original's cluster folder. Only a
  * file in a pg_wal directory is looked at (archive_command's %p); `wal receive`'s own folder is not
  * a data directory.

@@ -8,6 +8,7 @@ import {
   lastAttemptFailed,
 } from '../pg/archiving';
 import { withClient } from '../pg/tools';
+import { copyNotice } from '../restore/copy';
 import type { Vault } from '../vault';
 import { findWalObject } from './fetch';
 import { requireWalFileName } from './naming';
@@ -68,6 +69,11 @@ export async function checkArchiving(
     const before = await archiverStateOf(c);
     const checks = settingChecks(before, options.configFile);
     const base = { server, checks, arrivedIn: [] as string[] };
+    const copy = copyNotice(config.clusterName, before);
+    if (copy !== undefined) {
+      checks.unshift({ check: 'copy', ok: false, detail: `${copy.summary}; ${copy.nextStep}` });
+      return { ...base, ...copy, ok: false, verdict: 'broken', archiver: before };
+    }
     const stop = settingsVerdict(before, options.configFile);
     if (stop !== undefined) return { ...base, ...stop, ok: false, verdict: 'broken', archiver: before };
     const timeoutMs = (options.timeoutSeconds ?? config.archiveTimeoutSeconds) * 1000;

@@ -302,7 +302,8 @@ describe('a manifest PUT whose answer is lost (S3 through the fault proxy)', () 
     expect(await vault.catalog.list()).toEqual([]);
     const left: string[] = [];
     for await (const o of vault.targets[0]!.list('lost3/')) left.push(o.key);
-    expect(left).toEqual([]);
+    // keys.json, written before the first object, stays: it names the key this writer used.
+    expect(left).toEqual(['lost3/keys.json']);
   });
 
   it('CLI: the exit code and the catalog agree when the manifest answer is lost but stored', async () => {
@@ -517,7 +518,8 @@ describe('a claim whose PUT answer is lost', () => {
     expect(failure?.message).toMatch(/S3/);
     const left: string[] = [];
     for await (const o of vault.targets[0]!.list('claim/')) left.push(o.key);
-    expect(left).toEqual([]);
+    // keys.json, written before the first object, stays: it names the key this writer used.
+    expect(left).toEqual(['claim/keys.json']);
     expect(proxy.requests.some((r) => r.key.startsWith('claim/') && r.key.includes('.dump'))).toBe(false);
   });
 });
@@ -573,7 +575,8 @@ describe('backup delete when the manifest DELETE answer is lost', () => {
     expect(result.failed).toEqual([]);
     const left: string[] = [];
     for await (const o of vault.targets[0]!.list('del/')) left.push(o.key);
-    expect(left).toEqual([]);
+    // keys.json, written before the first object, stays: it names the key this writer used.
+    expect(left).toEqual(['del/keys.json']);
   });
 });
 

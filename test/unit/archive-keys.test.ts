@@ -90,10 +90,11 @@ describe('checkArchiveKey', () => {
     expect(await keysJson(first.backupDir)).toEqual(recorded);
   });
 
-  it('a backup into an empty archive leaves keys.json to the next writer (a failed backup leaves nothing)', async () => {
+  it('a check on an empty archive records keys.json before it returns (a backup establishes it before its first object)', async () => {
     const first = await setup('key A');
-    await checkArchiveKey({ ...first, deferNewArchive: true });
-    expect(existsSync(join(first.backupDir, archiveKeysKey('main')))).toBe(false);
+    await checkArchiveKey(first);
+    expect(existsSync(join(first.backupDir, archiveKeysKey('main')))).toBe(true);
+    await expect(checkArchiveKey(await setup('key X', [], first.backupDir))).rejects.toThrow(ConfigError);
   });
 
   it('refuses ENCRYPTION=false into an encrypted archive and ENCRYPTION=true into an unencrypted one', async () => {
