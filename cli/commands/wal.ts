@@ -3,6 +3,7 @@ import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { loadConfig } from '../../core/config';
 import { IntegrityError, PgVaultError } from '../../core/errors';
+import { refuseCopyWal } from '../../core/restore/copy';
 import { createTargets } from '../../core/storage';
 import {
   PREFETCHER_MARKER,
@@ -13,7 +14,6 @@ import {
   runPrefetcher,
 } from '../../core/wal/fetch';
 import { requireWalFileName } from '../../core/wal/naming';
-import { refuseCopyWal } from '../../core/restore/copy';
 import { pushWalFile, refuseUnfinishedSegment } from '../../core/wal/push';
 import {
   awaitingArchive,
