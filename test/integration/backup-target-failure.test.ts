@@ -1,23 +1,27 @@
-import type { Readable } from 'node:stream';
+import { type Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupFull } from '../../core/backup/full';
 import { StorageError } from '../../core/errors';
 import type { TempCluster } from '../../core/pg/cluster';
 import { FileTarget } from '../../core/storage/file';
-import type { StorageTarget } from '../../core/storage/target';
+import type { PutOptions, StorageTarget } from '../../core/storage/target';
 import type { Vault } from '../../core/vault';
 import { startCluster } from '../helpers/pg';
 import { recordingReporter, tempDir, testVault } from '../helpers/vault';
 
-/** A target that accepts small objects and gives up 1 MB into a large one, like a disk filling up. */
+/** A target that stores small objects (keys.json) and gives up 1 MiB into a large one, like a disk filling up. */
 class FailingTarget extends FileTarget {
-  override async put(key: string, source: Readable): Promise<{ size: number }> {
+  override put(key: string, source: Readable, options?: PutOptions): Promise<{ size: number }> {
     let seen = 0;
-    for await (const chunk of source) {
-      seen += (chunk as Buffer).length;
-      if (seen > 1 << 20) throw new StorageError(`disk full while writing ${key}`);
-    }
-    return { size: seen };
+    const limited = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        seen += chunk.length;
+        callback(seen > 1 << 20 ? new StorageError(`disk full while writing ${key}`) : null, chunk);
+      },
+    });
+    pipeline(source, limited).catch(() => {});
+    return super.put(key, limited, options);
   }
 }
 
