@@ -2,7 +2,9 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  giveToServer,
   openWithoutPgvault,
+  pgvaultCommand,
   readSegment,
   sha256,
   startWalFixture,
@@ -71,6 +73,31 @@ describe('an alert-channel mistake in the config', () => {
     expect(push).toMatchObject({ code: 0, stderr: '' });
     expect(fetch).toMatchObject({ code: 0, stderr: '' });
     expect(sha256(readFileSync(join(restored, 'RECOVERYXLOG')))).toBe(sha256(readSegment(fx.cluster, name!)));
+  });
+
+  it('does not stop the WAL uploader of ARCHIVE_ASYNC=true: it runs and the segments are stored', async () => {
+    // Prepare
+    const asyncFile = join(fx.work, 'async.env');
+    writeFileSync(asyncFile, `${readFileSync(fx.configFile, 'utf8')}ARCHIVE_ASYNC=true\n`, { mode: 0o600 });
+    giveToServer(asyncFile);
+    await fx.setArchiveCommand(pgvaultCommand(asyncFile));
+    const spool = join(fx.cluster.dataDir, 'pg_wal', 'pgvault-spool');
+
+    // Act
+    const names = await fx.makeSegments(3);
+    await fx.waitArchived(names[names.length - 1]!);
+    const pid = Number(readFileSync(join(spool, 'uploader.pid'), 'utf8'));
+    await fx.setArchiveCommand(pgvaultCommand(fx.configFile));
+
+    // Assess
+    for (const name of names) {
+      const object = walKeyPath(fx.vaultDir, name);
+      expect(existsSync(object), object).toBe(true);
+      expect(sha256(openWithoutPgvault(object, fx.keyFile))).toBe(sha256(readSegment(fx.cluster, name)));
+    }
+    expect(() => process.kill(pid, 0)).not.toThrow();
+    expect(readFileSync(join(spool, 'uploader.log'), 'utf8')).not.toContain('EMAIL_NOTIFICATIONS');
+    expect((await fx.archiver()).failed).toBe(0);
   });
 
   it('stops backup full, exit 2, with the unknown key named first and then the one error line', () => {
