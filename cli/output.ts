@@ -1,4 +1,4 @@
-import { type Config, loadConfig } from '../core/config';
+import { type Config, collectRawConfig, loadConfig, unknownKeyWarnings } from '../core/config';
 import { errorMessage, PgVaultError } from '../core/errors';
 import { formatBytes } from '../core/format';
 import { lifecycleKindOf } from '../core/lifecycle-kinds';
@@ -58,20 +58,26 @@ export function terminalReporter(options: GlobalOptions): Reporter {
   };
 }
 
-export function readConfig(options: GlobalOptions): Config {
-  return loadConfig({ configFile: options.config });
+/** The config; `load.lazyAlerts` for the per-segment commands, which send no alert (core/config.ts). */
+export function readConfig(options: GlobalOptions, load: { readonly lazyAlerts?: boolean } = {}): Config {
+  return loadConfig({ configFile: options.config, ...load });
 }
 
 /**
- * The config's warnings (a placeholder key, a DEPLOYMENT_MODE not built yet), one stderr line each;
- * stdout stays for --json. A config that cannot be read prints nothing here: the command says why.
+ * The config's warnings (a placeholder key, a DEPLOYMENT_MODE not built yet, a key of a config file
+ * pgvault does not know), one stderr line each; stdout stays for --json. A config that cannot be read
+ * prints only its unknown keys here (`ENCRYPTON_KEY` may be why it fails); the command says why.
  */
 export function printConfigWarnings(options: GlobalOptions): void {
   let warnings: readonly string[];
   try {
     warnings = readConfig(options).warnings;
   } catch {
-    return;
+    try {
+      warnings = unknownKeyWarnings(collectRawConfig({ configFile: options.config }).files);
+    } catch {
+      return;
+    }
   }
   for (const w of warnings) process.stderr.write(`pgvault: warning: ${w}\n`);
 }

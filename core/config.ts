@@ -179,6 +179,13 @@ export interface LoadConfigOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** Directory whose .env is read (default process.cwd()). */
   readonly cwd?: string;
+  /**
+   * The alert section (thresholds and channels: SNS_TOPIC_ARN, EMAIL_*, SMTP_URL, ALERT_WEBHOOK_URL,
+   * ...) is validated when `alerts` is first read instead of at load. For the per-segment commands
+   * (backup wal, restore wal, wal push-async), which send no alert: a mistake there must not stop
+   * archive_command or restore_command (pg_wal would fill up); every other command still stops on it.
+   */
+  readonly lazyAlerts?: boolean;
 }
 
 export const DEFAULT_ENCRYPTION_ITERATIONS = 100_000;
@@ -199,28 +206,234 @@ function readKeyValueFile(path: string, what: string): Raw {
 }
 
 /** Merges the sources, strongest last wins order reversed: env > config file > .env. */
-export function collectRawConfig(options: LoadConfigOptions = {}): { raw: Raw; sources: string[] } {
+export function collectRawConfig(options: LoadConfigOptions = {}): {
+  raw: Raw;
+  sources: string[];
+  /** The keys each file held (the .env, the config file), for unknownKeyWarnings. */
+  files: { path: string; keys: string[] }[];
+} {
   const env = options.env ?? process.env;
   const cwd = options.cwd ?? process.cwd();
   const sources: string[] = [];
+  const files: { path: string; keys: string[] }[] = [];
   let merged: Raw = {};
   const dotEnv = resolve(cwd, '.env');
   try {
-    merged = { ...parseEnv(readFileSync(dotEnv, 'utf8')) };
+    const values = parseEnv(readFileSync(dotEnv, 'utf8')) as Raw;
+    merged = { ...values };
     sources.push(dotEnv);
+    files.push({ path: dotEnv, keys: Object.keys(values) });
   } catch {
     // No .env in the working directory is the common case.
   }
   const file = options.configFile ?? env.PGVAULT_CONFIG;
   if (file) {
     const path = resolve(cwd, file);
-    merged = { ...merged, ...readKeyValueFile(path, 'config file') };
+    const values = readKeyValueFile(path, 'config file');
+    merged = { ...merged, ...values };
     sources.push(path);
+    files.push({ path, keys: Object.keys(values) });
   }
   const fromEnv: Raw = {};
   for (const [k, v] of Object.entries(env)) if (v !== undefined) fromEnv[k] = v;
   sources.push('environment');
-  return { raw: { ...merged, ...fromEnv }, sources };
+  return { raw: { ...merged, ...fromEnv }, sources, files };
+}
+
+/**
+ * Every key a config file (--config, PGVAULT_CONFIG, .env) may hold without a warning: the one list.
+ * test/unit/config-known-keys.test.ts checks that it holds every key this file reads, every key of
+ * README's configuration table, functions/env.ts's and bin/pgvault's. An entry ending in `*` is a prefix.
+ */
+export const KNOWN_KEYS: readonly string[] = [
+  // Read by this file.
+  'BACKUP_DIR',
+  'WAL_ARCHIVE_DIR',
+  'ARCHIVE_ASYNC',
+  'SPOOL_DIR',
+  'ARCHIVE_TIMEOUT',
+  'WAL_PREFETCH',
+  'WAL_RECEIVE_DIR',
+  'RETENTION_DAYS',
+  'RETENTION_WEEKS',
+  'RETENTION_MONTHS',
+  'RETENTION_CONFIG_COUNT',
+  'RETENTION_INDEXES_COUNT',
+  'RETENTION_WAL_DAYS',
+  'COMPRESSION',
+  'COMPRESSION_LEVEL',
+  'PARALLEL_JOBS',
+  'ENCRYPTION',
+  'ENCRYPTION_KEY',
+  'ENCRYPTION_KEY_FILE',
+  'ENCRYPTION_KEYS_RETIRED_FILE',
+  'ENCRYPTION_ITERATIONS',
+  'CLOUD_PROVIDER',
+  'CLOUD_BUCKET',
+  'CLOUD_PREFIX',
+  'S3_ENDPOINT',
+  'S3_LIFECYCLE_TAGS',
+  'S3_REQUEST_TIMEOUT',
+  'S3_MAX_ATTEMPTS',
+  'AWS_DEFAULT_REGION',
+  'AWS_REGION',
+  'AWS_ACCESS_KEY_ID',
+  'AWS_SECRET_ACCESS_KEY',
+  'AWS_SESSION_TOKEN',
+  'AWS_PROFILE',
+  'AWS_EXECUTION_ENV',
+  'ECS_CONTAINER_METADATA_URI_V4',
+  'LOCAL_COPY',
+  'DEPLOYMENT_MODE',
+  'CLUSTER_NAME',
+  'PGHOST',
+  'PGPORT',
+  'PGUSER',
+  'PGDATABASE',
+  'PGPASSWORD',
+  'PG_BIN_DIR',
+  'ALERT_CAPACITY_PERCENT',
+  'ALERT_BACKUP_AGE_HOURS',
+  'ALERT_SHRINK_PERCENT',
+  'RPO_TARGET_MINUTES',
+  'RTO_TARGET_MINUTES',
+  'STORAGE_QUOTA_GB',
+  'SNS_TOPIC_ARN',
+  'EMAIL_TO',
+  'EMAIL_NOTIFICATIONS',
+  'SMTP_URL',
+  'EMAIL_FROM',
+  'ALERT_WEBHOOK_URL',
+  'ALERT_COMMAND',
+  'EVENT_BUS_NAME',
+  'PGVAULT_METRICS',
+  // The CLI and its launcher (bin/pgvault, bin/pgvault.js), and the process (restores stage in TMPDIR,
+  // `restore pitr` reads times in TZ).
+  'PGVAULT_CONFIG',
+  'PGVAULT_NODE',
+  'PGVAULT_DEBUG',
+  'GLIBC_TUNABLES',
+  'TZ',
+  'TMPDIR',
+  // libpq (pg_dump, pg_restore, psql) and node-postgres, from the environment.
+  'PGHOSTADDR',
+  'PGPASSFILE',
+  'PGSERVICE',
+  'PGSERVICEFILE',
+  'PGOPTIONS',
+  'PGAPPNAME',
+  'PGCONNECT_TIMEOUT',
+  'PGCLIENTENCODING',
+  'PGDATESTYLE',
+  'PGTZ',
+  'PGSSLMODE',
+  'PGSSLCERT',
+  'PGSSLKEY',
+  'PGSSLROOTCERT',
+  'PGSSLCRL',
+  'PGSSLCRLDIR',
+  'PGSSLSNI',
+  'PGSSLCERTMODE',
+  'PGSSLNEGOTIATION',
+  'PGSSLMINPROTOCOLVERSION',
+  'PGSSLMAXPROTOCOLVERSION',
+  'PGREQUIREPEER',
+  'PGREQUIREAUTH',
+  'PGCHANNELBINDING',
+  'PGGSSENCMODE',
+  'PGGSSLIB',
+  'PGGSSDELEGATION',
+  'PGKRBSRVNAME',
+  'PGTARGETSESSIONATTRS',
+  'PGLOADBALANCEHOSTS',
+  'PGSYSCONFDIR',
+  'PGLOCALEDIR',
+  'PGDATA',
+  // The AWS SDK, from the environment.
+  'AWS_CONFIG_FILE',
+  'AWS_SHARED_CREDENTIALS_FILE',
+  'AWS_CA_BUNDLE',
+  'AWS_ROLE_ARN',
+  'AWS_ROLE_SESSION_NAME',
+  'AWS_WEB_IDENTITY_TOKEN_FILE',
+  'AWS_STS_REGIONAL_ENDPOINTS',
+  'AWS_MAX_ATTEMPTS',
+  'AWS_RETRY_MODE',
+  'AWS_USE_FIPS_ENDPOINT',
+  'AWS_USE_DUALSTACK_ENDPOINT',
+  'AWS_EC2_METADATA_DISABLED',
+  'AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED',
+  'AWS_ENDPOINT_URL',
+  'AWS_ENDPOINT_URL_*',
+  'AWS_CONTAINER_*',
+  'AWS_LAMBDA_*',
+  // The AWS deployment's functions (functions/env.ts) and tasks (infra/, tasks/).
+  'PGVAULT_CLUSTERS',
+  'PGVAULT_CLUSTERS_FILE',
+  'PGVAULT_BIN',
+  'ENCRYPTION_KEY_SECRET_ARN',
+  'ECS_CLUSTER_ARN',
+  'TASK_DEFINITION_ARN',
+  'RESTORE_TASK_DEFINITION_ARN',
+  'TASK_CONTAINER_NAME',
+  'SUBNET_IDS',
+  'SECURITY_GROUP_IDS',
+  'ASSIGN_PUBLIC_IP',
+  'PATRONI_URL',
+  'CITUS_COORDINATOR',
+  'NODE_OPTIONS',
+  'NODE_ENV',
+];
+
+export function isKnownKey(key: string): boolean {
+  return KNOWN_KEYS.some((k) => (k.endsWith('*') ? key.startsWith(k.slice(0, -1)) : key === k));
+}
+
+/** Levenshtein distance, for "did you mean". */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(
+        previous[j]! + 1,
+        current[j - 1]! + 1,
+        previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+    }
+    previous = current;
+  }
+  return previous[b.length]!;
+}
+
+/** The known key a misspelt one probably meant (edit distance 2 or less, case aside), if any. */
+export function closestKnownKey(key: string): string | undefined {
+  let best: { key: string; distance: number } | undefined;
+  for (const k of KNOWN_KEYS) {
+    if (k.endsWith('*')) continue;
+    const distance = editDistance(key.toUpperCase(), k);
+    if (distance <= 2 && (best === undefined || distance < best.distance)) best = { key: k, distance };
+  }
+  return best?.key;
+}
+
+/**
+ * One warning per key of a config file that pgvault does not know (`ENCRYPTON=true` would otherwise
+ * leave backups unencrypted without a word). Keys of the process environment are not judged: it holds
+ * everything else on the machine.
+ */
+export function unknownKeyWarnings(files: readonly { path: string; keys: readonly string[] }[]): string[] {
+  const warnings: string[] = [];
+  for (const { path, keys } of files) {
+    for (const key of keys) {
+      if (isKnownKey(key)) continue;
+      const near = closestKnownKey(key);
+      warnings.push(
+        `${path}: unknown setting ${key}${near === undefined ? '' : ` (did you mean ${near}?)`}; it is ignored`,
+      );
+    }
+  }
+  return warnings;
 }
 
 function text(raw: Raw, key: string): string | undefined {
@@ -344,6 +557,21 @@ function awsCredentials(raw: Raw): CloudConfig['credentials'] {
   }
   const sessionToken = raw.AWS_SESSION_TOKEN?.trim() || undefined;
   return { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) };
+}
+
+/**
+ * The credentials part of an AWS SDK client's settings (S3, SNS, EventBridge): the keys or the profile
+ * from any source (a --config file too, which the SDK's default chain never reads); neither: the
+ * chain. A copy: the SDK marks the object it is given.
+ */
+export function awsClientCredentials(cloud: Pick<CloudConfig, 'credentials' | 'profile'> | undefined): {
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  profile?: string;
+} {
+  return {
+    ...(cloud?.credentials ? { credentials: { ...cloud.credentials } } : {}),
+    ...(cloud?.profile ? { profile: cloud.profile } : {}),
+  };
 }
 
 function passphrase(raw: Raw): string | undefined {
@@ -512,7 +740,12 @@ function metricsMode(raw: Raw): 'emf' | 'off' {
 }
 
 /** Validates merged raw values into a Config. Throws ConfigError naming the key, the value and what is allowed. */
-export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd()): Config {
+export function parseConfig(
+  raw: Raw,
+  sources: string[] = [],
+  cwd = process.cwd(),
+  options: Pick<LoadConfigOptions, 'lazyAlerts'> = {},
+): Config {
   const backupDir = absoluteOnly(raw, 'BACKUP_DIR') ?? '/var/backups/postgresql';
   const encryptionEnabled = boolean(raw, 'ENCRYPTION', false);
   const key = passphrase(raw);
@@ -538,7 +771,7 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
   const port = optionalInteger(raw, 'PGPORT', 1, 65535);
   const parallelJobs = integer(raw, 'PARALLEL_JOBS', Math.max(1, availableParallelism()), 1, 256);
   const deploymentMode = oneOf(raw, 'DEPLOYMENT_MODE', DEPLOYMENT_MODES, 'single-node');
-  return {
+  const config: Config = {
     backupDir,
     walArchiveDir: walArchiveDir(raw, backupDir, clusterName(raw)),
     retention: {
@@ -588,15 +821,30 @@ export function parseConfig(raw: Raw, sources: string[] = [], cwd = process.cwd(
     walPrefetch: integer(raw, 'WAL_PREFETCH', parallelJobs * 2, 0, 1024),
     walReceiveDir:
       absoluteOnly(raw, 'WAL_RECEIVE_DIR') ?? `${backupDir}/.pgvault-receive/${clusterName(raw)}`,
-    alerts: alertConfig(raw),
+    alerts: options.lazyAlerts ? (undefined as unknown as AlertConfig) : alertConfig(raw),
     eventBusName: eventBusName(raw),
     metrics: metricsMode(raw),
     sources,
     warnings: configWarnings(key, deploymentMode, raw),
   };
+  if (options.lazyAlerts) {
+    // Validated (and a mistake thrown) by whatever reads it first; the per-segment commands never do.
+    let alerts: AlertConfig | undefined;
+    Object.defineProperty(config, 'alerts', {
+      enumerable: true,
+      get: () => {
+        alerts ??= alertConfig(raw);
+        return alerts;
+      },
+    });
+  }
+  return config;
 }
 
 export function loadConfig(options: LoadConfigOptions = {}): Config {
-  const { raw, sources } = collectRawConfig(options);
-  return parseConfig(raw, sources, options.cwd ?? process.cwd());
+  const { raw, sources, files } = collectRawConfig(options);
+  const config = parseConfig(raw, sources, options.cwd ?? process.cwd(), options);
+  // Set in place, not spread into a copy: a lazy `alerts` would be read (and validated) by a spread.
+  (config as { warnings: readonly string[] }).warnings = [...config.warnings, ...unknownKeyWarnings(files)];
+  return config;
 }

@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import type { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { redact } from './alert/format';
 import type { ThresholdInputs } from './alert/thresholds';
-import type { Config } from './config';
+import { awsClientCredentials, type Config } from './config';
 import { errorMessage } from './errors';
 import { type LifecycleKind, lifecycleKindOf } from './lifecycle-kinds';
 import type { ReportData } from './report/model';
@@ -130,21 +130,29 @@ export function eventDetail(
 }
 
 type EventBridgeSdk = typeof import('@aws-sdk/client-eventbridge');
-let client: { region: string; client: EventBridgeClient; sdk: EventBridgeSdk } | undefined;
+let client: { key: string; client: EventBridgeClient; sdk: EventBridgeSdk } | undefined;
 
 /** arn:aws:events:eu-west-1:123456789012:event-bus/x → eu-west-1; a bare name → the config's region. */
 function regionOf(bus: string, fallback: string): string {
   return bus.startsWith('arn:') ? (bus.split(':')[3] ?? fallback) : fallback;
 }
 
-function eventBridgeFor(region: string): { client: EventBridgeClient; sdk: EventBridgeSdk } {
-  if (client?.region !== region) {
+function eventBridgeFor(
+  region: string,
+  cloud: Pick<Config['cloud'], 'credentials' | 'profile'>,
+): { client: EventBridgeClient; sdk: EventBridgeSdk } {
+  const auth = awsClientCredentials(cloud);
+  // One client per region and credentials (kept in memory only, never printed).
+  const key = JSON.stringify([region, auth]);
+  if (client?.key !== key) {
     const sdk = require('@aws-sdk/client-eventbridge') as EventBridgeSdk;
     client = {
-      region,
+      key,
       sdk,
       client: new sdk.EventBridgeClient({
         region,
+        // Keys or a profile from the config file too, as the S3 and SNS clients get them.
+        ...auth,
         maxAttempts: 3,
         requestHandler: { connectionTimeout: 3000, requestTimeout: PUT_TIMEOUT_MS },
       }),
@@ -182,7 +190,7 @@ export async function publishLifecycleEvent(
   const type = detailType(event);
   try {
     const now = options.now ?? new Date();
-    const { client: eventBridge, sdk } = eventBridgeFor(regionOf(bus, config.cloud.region));
+    const { client: eventBridge, sdk } = eventBridgeFor(regionOf(bus, config.cloud.region), config.cloud);
     const out = await timeout(
       eventBridge.send(
         new sdk.PutEventsCommand({

@@ -4,7 +4,7 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { z } from 'zod';
 import { formatBytes, formatMinutes, utc } from '../core/alert/format';
 import { regionOfTopic } from '../core/alert/notify';
-import type { Config } from '../core/config';
+import { awsClientCredentials, type Config } from '../core/config';
 import { reportMetrics } from '../core/events';
 import { collectReport, type StoredReport, writeReport } from '../core/report/collect';
 import type { ReportData } from '../core/report/model';
@@ -54,6 +54,7 @@ async function presignedLink(config: Config, html: string): Promise<string> {
   const { bucket, key } = parseS3Url(html)!;
   const s3 = new S3Client({
     region: config.cloud.region,
+    ...awsClientCredentials(config.cloud),
     ...(config.cloud.s3Endpoint ? { endpoint: config.cloud.s3Endpoint, forcePathStyle: true } : {}),
   });
   return getSignedUrl(s3, new GetObjectCommand({ Bucket: bucket, Key: key }), {
@@ -108,7 +109,7 @@ export const handler = async (event: unknown): Promise<ReportFunctionResult> => 
     link = await presignedLink(config, stored.html);
     const topic = config.alerts.snsTopicArn;
     if (topic !== undefined) {
-      const sns = new SNSClient({ region: regionOfTopic(topic) });
+      const sns = new SNSClient({ region: regionOfTopic(topic), ...awsClientCredentials(config.cloud) });
       const out = await sns.send(
         new PublishCommand({
           TopicArn: topic,

@@ -43,13 +43,19 @@ import {
 /** This CLI's entry script, for the background processes it starts. */
 const CLI_ENTRY = join(__dirname, '..', 'main.js');
 
+/**
+ * archive_command, restore_command and what they start send no alert: a mistake in the alert settings
+ * must not stop them (core/config.ts lazyAlerts); every other command still stops on it.
+ */
+const PER_SEGMENT = { lazyAlerts: true } as const;
+
 /** Exits as soon as the answer is out: PostgreSQL waits for the process, not for idle sockets. */
 function finish(code = 0): never {
   process.exit(code);
 }
 
 export async function backupWalCommand(path: string, opts: GlobalOptions) {
-  const config = readConfig(opts);
+  const config = readConfig(opts, PER_SEGMENT);
   const file = requireWalFileName(basename(path));
   // One stat, the one PostgreSQL's own calls always pass: it writes the .ready file first.
   const ready = await awaitingArchive(path);
@@ -95,7 +101,7 @@ export async function backupWalCommand(path: string, opts: GlobalOptions) {
 }
 
 export async function restoreWalCommand(name: string, path: string, opts: GlobalOptions) {
-  const config = readConfig(opts);
+  const config = readConfig(opts, PER_SEGMENT);
   const result = await restoreWalFile({ config, targets: createTargets(config) }, name, path, {
     prefetchDir: prefetchDirFor(resolve(path)),
     startPrefetcher: async (prefetchDir) => {
@@ -257,7 +263,7 @@ export async function walReceiveCommand(opts: GlobalOptions & { readonly slot?: 
 }
 
 export async function walPushAsyncCommand(opts: GlobalOptions & { readonly pgWal?: string }) {
-  const config = readConfig(opts);
+  const config = readConfig(opts, PER_SEGMENT);
   const pgWalDir = resolve(opts.pgWal ?? 'pg_wal');
   await runUploader(
     { config, targets: createTargets(config) },
@@ -272,7 +278,7 @@ export async function walPushAsyncCommand(opts: GlobalOptions & { readonly pgWal
 
 /** Entry of the detached prefetcher: `node wal.js prefetch <folder>` (config from PGVAULT_CONFIG and the env). */
 async function prefetcherMain(prefetchDir: string): Promise<void> {
-  const config = loadConfig();
+  const config = loadConfig(PER_SEGMENT);
   await runPrefetcher({ config, targets: createTargets(config) }, prefetchDir, {
     log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
   });

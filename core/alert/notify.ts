@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 // Types only: the SNS client is required when SNS_TOPIC_ARN is set, never on CLI start-up.
 import type { SNSClient } from '@aws-sdk/client-sns';
-import type { Config } from '../config';
+import { awsClientCredentials, type Config } from '../config';
 import { errorMessage } from '../errors';
 import { localChannels } from './channels';
 import { alertBody, alertLine, alertSubject, redact } from './format';
@@ -95,22 +95,23 @@ export function regionOfTopic(arn: string): string | undefined {
   return arn.split(':')[3] || undefined;
 }
 
-let client: { arn: string; client: SNSClient; sdk: SnsSdk } | undefined;
+let client: { key: string; client: SNSClient; sdk: SnsSdk } | undefined;
 
 function snsFor(
   arn: string,
   aws?: Pick<Config['cloud'], 'credentials' | 'profile'>,
 ): { client: SNSClient; sdk: SnsSdk } {
-  if (client?.arn !== arn) {
+  const auth = awsClientCredentials(aws);
+  // One client per topic and credentials (kept in memory only, never printed).
+  const key = JSON.stringify([arn, auth]);
+  if (client?.key !== key) {
     const sdk = require('@aws-sdk/client-sns') as SnsSdk;
     client = {
-      arn,
+      key,
       sdk,
       client: new sdk.SNSClient({
         region: regionOfTopic(arn),
-        // Keys or a profile from the config file, which the SDK's default chain never reads.
-        credentials: aws?.credentials && { ...aws.credentials },
-        profile: aws?.profile,
+        ...auth,
         maxAttempts: 3,
         requestHandler: { connectionTimeout: 3000, requestTimeout: PUBLISH_TIMEOUT_MS },
       }),

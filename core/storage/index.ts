@@ -1,4 +1,4 @@
-import type { Config } from '../config';
+import { awsClientCredentials, type Config } from '../config';
 import { ConfigError } from '../errors';
 import { FileTarget } from './file';
 import { S3Target } from './s3';
@@ -28,9 +28,7 @@ export function createTargets(config: Config): StorageTarget[] {
         region: cloud.region,
         endpoint: cloud.s3Endpoint,
         lifecycleTags: cloud.lifecycleTags,
-        // Keys or a profile from the config file, which the SDK's default chain never reads.
-        credentials: cloud.credentials && { ...cloud.credentials }, // a copy: the SDK marks what it is given
-        profile: cloud.profile,
+        ...awsClientCredentials(cloud),
         requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
         maxAttempts: cloud.maxAttempts,
       });
