@@ -1,5 +1,3 @@
-import { Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { Catalog, type CatalogEntry } from '../catalog/catalog';
 import { keyId, keyRing } from '../catalog/keys';
 import {
@@ -10,9 +8,9 @@ import {
   verifyManifest,
 } from '../catalog/manifest';
 import { BACKUP_TYPES, type BackupType } from '../catalog/naming';
+import { digestStored } from '../catalog/objects';
 import { errorMessage, IntegrityError, PgVaultError } from '../errors';
 import type { StorageTarget } from '../storage/target';
-import { DigestMeter } from '../stream';
 import type { Vault } from '../vault';
 import { verifyWalArchive, type WalVerifyReport } from '../wal/archive';
 import { verifyBackupFile } from './file';
@@ -365,8 +363,6 @@ async function checkSizes(manifest: Manifest, target: StorageTarget): Promise<Ve
   return faults;
 }
 
-const discard = () => new Writable({ write: (_chunk, _enc, cb) => cb() });
-
 /** sha256 and size of each object's stored bytes, streamed; nothing is decrypted or held. */
 async function checkDigests(
   manifest: Manifest,
@@ -379,9 +375,9 @@ async function checkDigests(
   for (const object of objects) {
     const fault = (kind: FaultKind, problem: string, action?: string) =>
       faults.push(objectFault(manifest, object, target, kind, problem, action));
-    const meter = new DigestMeter({ onProgress: onProgress && ((n) => onProgress(bytes + n)) });
+    let meter: { bytes: number; sha256: string };
     try {
-      await pipeline(await target.get(object.key), meter, discard());
+      meter = await digestStored(target, object.key, onProgress && ((n) => onProgress(bytes + n)));
     } catch (err) {
       fault('missing', `cannot read ${object.key} in ${target.location}: ${errorMessage(err)}`, UNREADABLE);
       continue;
@@ -392,7 +388,7 @@ async function checkDigests(
         'size',
         `object ${object.key} of backup ${manifest.id} in ${target.location} read ${meter.bytes} bytes, the manifest says ${object.storedSize}`,
       );
-    } else if (meter.sha256() !== object.sha256) {
+    } else if (meter.sha256 !== object.sha256) {
       fault(
         'sha256',
         `object ${object.key} of backup ${manifest.id} in ${target.location} is corrupt: its sha256 differs from the manifest`,
