@@ -2,10 +2,9 @@ import { z } from 'zod';
 import { commandFailedAlert } from '../core/alert/failure';
 import { sendAlerts } from '../core/alert/notify';
 import { collectThresholdInputs, thresholdAlerts } from '../core/alert/thresholds';
-import { IntegrityError } from '../core/errors';
 import { recoveryMetrics } from '../core/events';
 import { openVault } from '../core/vault';
-import { type VerifyAllReport, verifyAll } from '../core/verify/all';
+import { type VerifyAllReport, verifyAll, verifyAllFailure } from '../core/verify/all';
 import {
   clusterConfig,
   clusterNameSchema,
@@ -43,6 +42,8 @@ export interface VerifyFunctionResult {
   /** The threshold alerts sent (their titles). */
   readonly alerts: readonly string[];
   readonly rpoSeconds?: number;
+  /** The server's WAL archiving: checked, or skipped and why (a function with no database access). */
+  readonly server: Pick<VerifyAllReport['server'], 'checked' | 'server' | 'skipped' | 'problems'>;
   /** The deep verification task, when "deep" was true. */
   readonly deepTask?: StartedTask;
 }
@@ -72,10 +73,8 @@ export const handler = async (event: unknown): Promise<VerifyFunctionResult> => 
   const alerts = thresholdAlerts(inputs, config.alerts);
   const log = { write: (line: string) => console.warn(line) };
   await sendAlerts(config, alerts, log);
-  if (!report.ok) {
-    const error = new IntegrityError(
-      `verify all found ${report.faults.length} fault(s); first: ${report.faults[0]!.problem}`,
-    );
+  const error = verifyAllFailure(report);
+  if (error !== undefined) {
     await sendAlerts(
       config,
       [commandFailedAlert({ cluster: cluster.name, commandPath: 'verify all', argv, error, startedAt })],
@@ -143,6 +142,12 @@ export const handler = async (event: unknown): Promise<VerifyFunctionResult> => 
     backups: report.backups,
     faults: report.faults,
     alerts: alerts.map((a) => a.title),
+    server: {
+      checked: report.server.checked,
+      server: report.server.server,
+      ...(report.server.skipped !== undefined ? { skipped: report.server.skipped } : {}),
+      problems: report.server.problems,
+    },
     ...(report.wal?.rpoSeconds !== undefined ? { rpoSeconds: report.wal.rpoSeconds } : {}),
     ...(deepTask ? { deepTask } : {}),
   };

@@ -1,5 +1,6 @@
-import { IntegrityError, ValidationError } from '../../core/errors';
+import { ValidationError } from '../../core/errors';
 import { verifyBackupFile } from '../../core/verify/file';
+import { describeWalServerHealth } from '../../core/verify/wal-health';
 import { emit, failAfterReport, formatBytes, formatDuration, type GlobalOptions, vaultFor } from '../output';
 
 export async function verifyFileCommand(backup: string, opts: GlobalOptions) {
@@ -40,6 +41,7 @@ function describeVerifyAll(r: VerifyAllReport): string {
       `  WAL: ${r.wal.segments} segment(s), ${r.wal.gaps.length === 0 ? 'continuous' : `${r.wal.gaps.length} gap(s)`}${r.wal.rpoSeconds !== undefined ? `, newest archived ${formatDuration(r.wal.rpoSeconds * 1000)} ago` : ''}`,
     );
   } else lines.push('  WAL: nothing archived and no base backup');
+  lines.push(...describeWalServerHealth(r.server).map((l) => `  ${l}`));
   if (r.faults.length === 0) lines.push('all backups verified');
   else {
     lines.push(`${r.faults.length} fault(s):`);
@@ -49,7 +51,8 @@ function describeVerifyAll(r: VerifyAllReport): string {
 }
 
 export async function verifyAllCommand(opts: GlobalOptions & { quick?: boolean }) {
-  const { verifyAll } = require('../../core/verify/all') as typeof import('../../core/verify/all');
+  const { verifyAll, verifyAllFailure } =
+    require('../../core/verify/all') as typeof import('../../core/verify/all');
   const vault = vaultFor(opts);
   const r = await verifyAll(vault, { quick: opts.quick });
   emit(opts, r, () => describeVerifyAll(r));
@@ -61,13 +64,9 @@ export async function verifyAllCommand(opts: GlobalOptions & { quick?: boolean }
   const alerts = await evaluateThresholds(vault);
   await sendAlerts(vault.config, alerts);
   if (alerts.length > 0) process.exitCode = 1;
-  if (!r.ok) {
-    await failAfterReport(
-      new IntegrityError(`verify all found ${r.faults.length} fault(s); first: ${r.faults[0]!.problem}`),
-      opts,
-      'verify all',
-    );
-  }
+  // Exit 3 when something stored is wrong, 1 when only the server's archiving is (see verifyAllFailure).
+  const failure = verifyAllFailure(r);
+  if (failure !== undefined) await failAfterReport(failure, opts, 'verify all');
   return r;
 }
 

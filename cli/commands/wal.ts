@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { loadConfig } from '../../core/config';
-import { IntegrityError, PgVaultError } from '../../core/errors';
+import { IntegrityError } from '../../core/errors';
 import { refuseCopyWal } from '../../core/restore/copy';
 import { createTargets } from '../../core/storage';
 import {
@@ -153,32 +153,18 @@ export async function verifyWalCommand(opts: GlobalOptions) {
             ', ',
           )}${report.gaps.length > 3 ? ', ...' : ''}; recovery cannot pass them: take a new base backup after the last gap`;
   // The server feeding the archive, when one answers (core/verify/wal-health.ts).
-  const { walServerHealth } =
+  const { walServerHealth, walServerFailure, describeWalServerHealth } =
     require('../../core/verify/wal-health') as typeof import('../../core/verify/wal-health');
   const server = await walServerHealth(vault, report);
-  const serverProblem = server.problems.length > 0 ? server.problems.join('; ') : undefined;
-  emit(opts, { ...report, ok: report.ok && serverProblem === undefined, server }, () =>
-    [describeVerifyReport(report, serverProblem === undefined), ...describeServerHealth(server)].join('\n'),
+  const serverFailure = walServerFailure(server);
+  emit(opts, { ...report, ok: report.ok && serverFailure === undefined, server }, () =>
+    [describeVerifyReport(report, serverFailure === undefined), ...describeWalServerHealth(server)].join(
+      '\n',
+    ),
   );
   // The report is already out (stdout); the exit code, one line and the alert say it failed.
   if (problem !== undefined) await failAfterReport(new IntegrityError(problem), opts, 'verify wal');
-  else if (serverProblem !== undefined)
-    await failAfterReport(
-      new PgVaultError(`WAL archiving is not healthy: ${serverProblem}`),
-      opts,
-      'verify wal',
-    );
-}
-
-function describeServerHealth(server: import('../../core/verify/wal-health').WalServerHealth): string[] {
-  if (!server.checked) return [`server: not checked, ${server.skipped}`];
-  const waiting = server.waiting
-    ? `, ${server.waiting.count} file(s) waiting in pg_wal${server.waiting.oldest ? ` (oldest ${server.waiting.oldest}, ${server.waiting.oldestAgeSeconds} s)` : ''}`
-    : '';
-  return [
-    `server ${server.server}: archive_mode ${server.archiveMode}, last archived ${server.lastArchivedWal ?? 'none'}${waiting}`,
-    ...server.problems.map((p) => `PROBLEM: ${p}`),
-  ];
+  else if (serverFailure !== undefined) await failAfterReport(serverFailure, opts, 'verify wal');
 }
 
 type VerifyReport = Awaited<ReturnType<typeof import('../../core/wal/archive').verifyWalArchive>>;

@@ -1,9 +1,17 @@
 import { open } from 'node:fs/promises';
-import { PassThrough, type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
+import { PassThrough, type Readable, Transform, type TransformCallback, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Compression } from '../config';
 import { diskFullError, isDiskFull } from '../disk';
-import { errorMessage, IntegrityError, MissingToolError, ObjectNotFoundError, StorageError } from '../errors';
+import {
+  ConfigError,
+  errorMessage,
+  IntegrityError,
+  MissingToolError,
+  ObjectNotFoundError,
+  StorageError,
+  UsageError,
+} from '../errors';
 import type { StorageTarget } from '../storage/target';
 import {
   Coalesce,
@@ -356,6 +364,55 @@ async function decodeInto(
 
 /** The program a decoded object was written into stopped reading (its own error says why). */
 export class ReaderGoneError extends StorageError {}
+
+/** The sha256 and size of an object's stored bytes, streamed (nothing decrypted, nothing held). */
+export async function digestStored(
+  target: StorageTarget,
+  key: string,
+  onProgress?: (bytes: number) => void,
+): Promise<{ bytes: number; sha256: string }> {
+  const meter = new DigestMeter({ onProgress });
+  await pipeline(await target.get(key), meter, new Writable({ write: (_c, _e, cb) => cb() }));
+  return { bytes: meter.bytes, sha256: meter.sha256() };
+}
+
+/**
+ * A program fed an object's decoded bytes (tar extracting a base backup) failed. Its input may have
+ * been garbage it noticed before any digest was complete (a corrupt tar header), or it failed on its
+ * own (a full disk, a directory it may not write): the stored bytes decide. `read` is how the read
+ * into the program ended: one that completed checked every stored byte on the way (intact); else
+ * the object is read through once more against the manifest's size and sha256. Resolves to the
+ * IntegrityError naming the object when it differs, undefined when it is intact; a target that
+ * cannot be read, or a wrong setting, rejects with the read's own error.
+ */
+export async function corruptionBehindProgramFailure(
+  target: StorageTarget,
+  object: StoredObject,
+  programError: unknown,
+  read: PromiseSettledResult<unknown>,
+): Promise<IntegrityError | undefined> {
+  if (read.status === 'fulfilled') return undefined;
+  const readError = read.reason;
+  if (
+    (readError instanceof StorageError && !(readError instanceof ReaderGoneError)) ||
+    readError instanceof MissingToolError ||
+    readError instanceof UsageError ||
+    readError instanceof ConfigError
+  )
+    throw readError;
+  const stored = await digestStored(target, object.key);
+  const reason =
+    stored.bytes !== object.storedSize
+      ? `size ${stored.bytes} bytes, manifest says ${object.storedSize}`
+      : stored.sha256 !== object.sha256
+        ? 'sha256 differs from the manifest'
+        : undefined;
+  if (reason === undefined) return undefined;
+  return new IntegrityError(
+    `object ${object.key} in ${target.location} is corrupt (${reason}; ${errorMessage(programError).split('\n')[0]}); do not trust it, use another backup or target`,
+    { cause: programError },
+  );
+}
 
 interface StoredRead {
   readonly source: Readable;

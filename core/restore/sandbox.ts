@@ -5,10 +5,10 @@ import { tmpdir, totalmem, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { CatalogEntry } from '../catalog/catalog';
 import type { StoredObject } from '../catalog/manifest';
-import { decryptionFor, ReaderGoneError, readObjectIntoProgram } from '../catalog/objects';
+import { corruptionBehindProgramFailure, decryptionFor, readObjectIntoProgram } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
 import { type Config, loadConfig, type PgConnection } from '../config';
-import { ensureFreeSpace } from '../disk';
+import { diskFullError, ensureFreeSpace } from '../disk';
 import {
   errorMessage,
   IntegrityError,
@@ -304,18 +304,23 @@ export async function extractBaseBackup(options: ExtractOptions): Promise<void> 
         tar.stdin,
       );
       const [fetched, extracted] = await Promise.allSettled([read, tar.exited]);
-      // A corrupt object makes tar fail too (its input stops mid-file): the object is the cause,
-      // unless the decompressor only stopped because tar had already gone.
-      if (fetched.status === 'rejected' && !(fetched.reason instanceof ReaderGoneError)) throw fetched.reason;
-      if (extracted.status === 'rejected') {
-        const own = extracted.reason;
-        throw new StorageError(
-          `cannot extract ${object.key} into ${dataDir}: ${errorMessage(own)}; check that the ${SERVER_OS_USER} OS user can write there and the disk has room`,
-          { cause: own },
-        );
+      if (extracted.status === 'fulfilled') {
+        if (fetched.status === 'rejected') throw fetched.reason;
+        return;
       }
-      if (fetched.status === 'rejected') throw fetched.reason;
-      return;
+      // tar failed. Whoever noticed first (tar seeing garbage, the decompressor finding tar gone),
+      // the stored bytes decide whether the object or the extraction is the cause.
+      const own = extracted.reason;
+      const corrupt = await corruptionBehindProgramFailure(target, object, own, fetched);
+      if (corrupt !== undefined) throw corrupt;
+      // Not the target's fault: another copy would fail the same way.
+      throw (
+        diskFullError(own, dataDir, 'free space there (or choose another directory) and retry') ??
+        new PgVaultError(
+          `cannot extract ${object.key} into ${dataDir}: ${errorMessage(own)}; the object is intact (its sha256 matches the manifest): check that the ${SERVER_OS_USER} OS user can write there and the disk has room`,
+          { cause: own },
+        )
+      );
     } catch (err) {
       if (tar.child.exitCode === null) tar.child.kill('SIGTERM');
       lastError = err;

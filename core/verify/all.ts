@@ -1,5 +1,3 @@
-import { Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { Catalog, type CatalogEntry } from '../catalog/catalog';
 import { keyId, keyRing } from '../catalog/keys';
 import {
@@ -10,19 +8,21 @@ import {
   verifyManifest,
 } from '../catalog/manifest';
 import { BACKUP_TYPES, type BackupType } from '../catalog/naming';
-import { errorMessage } from '../errors';
+import { digestStored } from '../catalog/objects';
+import { errorMessage, IntegrityError, PgVaultError } from '../errors';
 import type { StorageTarget } from '../storage/target';
-import { DigestMeter } from '../stream';
 import type { Vault } from '../vault';
 import { verifyWalArchive, type WalVerifyReport } from '../wal/archive';
 import { verifyBackupFile } from './file';
+import { type WalServerHealth, walServerHealth } from './wal-health';
 
 /**
  * `verify all` (the guide's `verify-backups.sh all`): every complete backup's objects, in every
  * target holding it, exist with the manifest's size and sha256, and encrypted manifests keep their
  * HMAC; the newest backup of each type is read through (decrypted, decompressed, the pg_dump archive
  * parsed and its rows recounted, a base backup checked by pg_verifybackup); and the WAL archive is
- * continuous as `verify wal` sees it. Every fault is collected and named, nothing stops at the first.
+ * continuous as `verify wal` sees it, and the server feeding it archives (`verify wal`'s server
+ * check, core/verify/wal-health.ts, when a server answers). Every fault is collected and named, nothing stops at the first.
  *
  * Cost: every stored byte is read once. The newest copy of each type is digested by its read-through
  * (readObject checks the sha256 on the way), every other copy by a plain streamed sha256 (no
@@ -30,7 +30,16 @@ import { verifyBackupFile } from './file';
  * sizes by stat and WAL continuity, small enough for a Lambda.
  */
 
-export type FaultKind = 'catalog' | 'manifest' | 'missing' | 'size' | 'sha256' | 'read-through' | 'wal';
+/** 'archiving': the server feeding the WAL archive is not healthy; every other kind is something stored. */
+export type FaultKind =
+  | 'catalog'
+  | 'manifest'
+  | 'missing'
+  | 'size'
+  | 'sha256'
+  | 'read-through'
+  | 'wal'
+  | 'archiving';
 
 export interface VerifyFault {
   readonly kind: FaultKind;
@@ -86,6 +95,8 @@ export interface VerifyAllReport {
   > & {
     readonly segments: number;
   };
+  /** The server's archiving, as `verify wal` checks it; `checked: false` with why when no server answered. */
+  readonly server: WalServerHealth;
   readonly faults: readonly VerifyFault[];
 }
 
@@ -225,7 +236,16 @@ export async function verifyAll(
     }
   }
 
-  const wal = await checkWal(vault, now, faults, !options.quick);
+  const { wal, archive } = await checkWal(vault, now, faults, !options.quick);
+  const server = await walServerHealth(vault, archive);
+  for (const problem of server.problems) {
+    faults.push({
+      kind: 'archiving',
+      problem: `WAL archiving on ${server.server}: ${problem}`,
+      action:
+        "run `pgvault check` on the server: it says whether archiving is broken, slow or off and what to fix (archive_command's own error is in the server log); until then new WAL is not archived and point-in-time recovery stops at the last archived segment",
+    });
+  }
   return {
     ok: faults.length === 0,
     cluster: config.clusterName,
@@ -237,8 +257,22 @@ export async function verifyAll(
     readThrough,
     bytesRead,
     ...(wal ? { wal } : {}),
+    server,
     faults,
   };
+}
+
+/**
+ * The failure a verify all run ends with (CLI and the verify Lambda): exit 3 when anything stored is
+ * wrong, exit 1 when the only faults are the server's archiving (as `verify wal`: nothing stored is
+ * wrong, the archive stopped growing). undefined when there is no fault.
+ */
+export function verifyAllFailure(report: Pick<VerifyAllReport, 'faults'>): PgVaultError | undefined {
+  const first = report.faults[0];
+  if (first === undefined) return undefined;
+  const stored = report.faults.find((f) => f.kind !== 'archiving');
+  const message = `verify all found ${report.faults.length} fault(s); first: ${(stored ?? first).problem}`;
+  return stored !== undefined ? new IntegrityError(message) : new PgVaultError(message);
 }
 
 /**
@@ -329,8 +363,6 @@ async function checkSizes(manifest: Manifest, target: StorageTarget): Promise<Ve
   return faults;
 }
 
-const discard = () => new Writable({ write: (_chunk, _enc, cb) => cb() });
-
 /** sha256 and size of each object's stored bytes, streamed; nothing is decrypted or held. */
 async function checkDigests(
   manifest: Manifest,
@@ -343,9 +375,9 @@ async function checkDigests(
   for (const object of objects) {
     const fault = (kind: FaultKind, problem: string, action?: string) =>
       faults.push(objectFault(manifest, object, target, kind, problem, action));
-    const meter = new DigestMeter({ onProgress: onProgress && ((n) => onProgress(bytes + n)) });
+    let meter: { bytes: number; sha256: string };
     try {
-      await pipeline(await target.get(object.key), meter, discard());
+      meter = await digestStored(target, object.key, onProgress && ((n) => onProgress(bytes + n)));
     } catch (err) {
       fault('missing', `cannot read ${object.key} in ${target.location}: ${errorMessage(err)}`, UNREADABLE);
       continue;
@@ -356,7 +388,7 @@ async function checkDigests(
         'size',
         `object ${object.key} of backup ${manifest.id} in ${target.location} read ${meter.bytes} bytes, the manifest says ${object.storedSize}`,
       );
-    } else if (meter.sha256() !== object.sha256) {
+    } else if (meter.sha256 !== object.sha256) {
       fault(
         'sha256',
         `object ${object.key} of backup ${manifest.id} in ${target.location} is corrupt: its sha256 differs from the manifest`,
@@ -382,7 +414,7 @@ async function checkWal(
   now: Date,
   faults: VerifyFault[],
   keys: boolean,
-): Promise<VerifyAllReport['wal']> {
+): Promise<{ wal?: VerifyAllReport['wal']; archive?: WalVerifyReport }> {
   let report: WalVerifyReport;
   try {
     report = await verifyWalArchive(vault, now, { keys });
@@ -392,10 +424,10 @@ async function checkWal(
       problem: `the WAL archive cannot be read: ${errorMessage(err)}`,
       action: 'check the targets, then run `pgvault verify wal`',
     });
-    return undefined;
+    return {};
   }
   if (report.timelines.length === 0 && report.backups.length === 0 && !report.keys?.faults.length)
-    return undefined;
+    return { archive: report };
   for (const g of report.gaps) {
     const blocked = report.backups.filter((b) => b.missing.some((m) => m.from === g.from)).map((b) => b.id);
     faults.push({
@@ -415,7 +447,7 @@ async function checkWal(
         'add the key it was written with to ENCRYPTION_KEYS_RETIRED_FILE; if no key opens it, take a new base backup (`pgvault backup base`) so point-in-time recovery does not need it',
     });
   }
-  return {
+  const wal = {
     ok: report.ok,
     ...(report.keys !== undefined ? { keys: report.keys } : {}),
     segments: report.timelines.reduce((n, t) => n + t.segments, 0),
@@ -424,4 +456,5 @@ async function checkWal(
     ...(report.rpoSeconds !== undefined ? { rpoSeconds: report.rpoSeconds } : {}),
     ...(report.newestModified ? { newestModified: report.newestModified } : {}),
   };
+  return { wal, archive: report };
 }

@@ -6,10 +6,10 @@ import { join } from 'node:path';
 import { type Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Manifest, StoredObject } from '../catalog/manifest';
-import { decryptionFor, readObject } from '../catalog/objects';
+import { corruptionBehindProgramFailure, decryptionFor, readObject } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
 import type { Config } from '../config';
-import { ensureFreeSpace, isDiskFull } from '../disk';
+import { diskFullError, ensureFreeSpace, isDiskFull } from '../disk';
 import { errorMessage, IntegrityError, PgVaultError, UsageError } from '../errors';
 import { CustomArchiveScanner } from '../pg/archive';
 import { findPgBinary } from '../pg/tools';
@@ -78,7 +78,7 @@ async function verifyObject(
           vault.reporter.progress(`verify ${object.database ?? object.kind}`, bytes, object.storedSize),
   });
   if (object.kind === 'base') {
-    await verifyBaseBackupObject(raw, object, manifest, vault.config);
+    await verifyBaseBackupObject(raw, target, object, manifest, vault.config);
     return {
       key: object.key,
       storedSize: object.storedSize,
@@ -169,6 +169,7 @@ function checkRowCounts(object: StoredObject, scanner: CustomArchiveScanner): nu
  */
 async function verifyBaseBackupObject(
   raw: Readable,
+  target: StorageTarget,
   object: StoredObject,
   manifest: Manifest,
   config: Config,
@@ -191,17 +192,22 @@ async function verifyBaseBackupObject(
       label: 'tar -x',
       stdout: 'ignore',
     });
-    try {
-      await Promise.all([pipeline(raw, tar.stdin), tar.exited]);
-    } catch (err) {
-      // The stream's own verdict (digest, decryption) explains a tar that saw garbage.
+    const [piped, extracted] = await Promise.allSettled([pipeline(raw, tar.stdin), tar.exited]);
+    if (piped.status === 'rejected' || extracted.status === 'rejected') {
       raw.destroy();
       tar.child.kill('SIGTERM');
-      const own = raw.errored ?? err;
-      if (own instanceof IntegrityError || own instanceof UsageError) throw own;
-      throw new IntegrityError(`base backup ${object.key} cannot be extracted: ${errorMessage(own)}`, {
-        cause: own,
-      });
+      // tar extracted all it was given: the stream's own verdict (digest, decryption) stands.
+      if (extracted.status === 'fulfilled') throw asStreamFailure(piped, object);
+      // tar failed: the stored bytes decide, as when a restore extracts it (core/restore/sandbox.ts).
+      const corrupt = await corruptionBehindProgramFailure(target, object, extracted.reason, piped);
+      if (corrupt !== undefined) throw corrupt;
+      throw (
+        diskFullError(extracted.reason, dir, 'set TMPDIR to a larger disk') ??
+        new PgVaultError(
+          `cannot extract base backup ${object.key} into ${dir} to verify it: ${errorMessage(extracted.reason)}; the object is intact (its sha256 matches the manifest): check that TMPDIR has room and can be written`,
+          { cause: extracted.reason },
+        )
+      );
     }
     const recorded = manifest.physical?.serverManifestSha256;
     if (recorded !== undefined) {
@@ -241,6 +247,15 @@ function firstErrorLine(stderr: string): string {
     .filter((l) => l !== '');
   const line = lines.find((l) => /error:/.test(l)) ?? lines[0] ?? 'no message';
   return line.replace(/^pg_verifybackup: (error: )?/, '');
+}
+
+/** A read of a base backup that failed while tar did not: decryption, digests or the target. */
+function asStreamFailure(piped: PromiseSettledResult<unknown>, object: StoredObject): Error {
+  const own = piped.status === 'rejected' ? piped.reason : undefined;
+  if (own instanceof IntegrityError || own instanceof UsageError) return own;
+  return new IntegrityError(`base backup ${object.key} cannot be extracted: ${errorMessage(own)}`, {
+    cause: own,
+  });
 }
 
 async function fileSha256(path: string): Promise<string> {

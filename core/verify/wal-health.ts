@@ -1,4 +1,4 @@
-import { errorMessage } from '../errors';
+import { errorMessage, PgVaultError } from '../errors';
 import { type ArchiverState, archives, lastAttemptFailed, readArchiverState } from '../pg/archiving';
 import type { Vault } from '../vault';
 
@@ -26,7 +26,8 @@ export interface WalServerHealth {
 
 export async function walServerHealth(
   vault: Vault,
-  archive: { readonly timelines: readonly unknown[]; readonly systemIdentifier?: string },
+  /** What the archive holds; undefined when it could not be read (its own checks are then skipped). */
+  archive: { readonly timelines: readonly unknown[]; readonly systemIdentifier?: string } | undefined,
 ): Promise<WalServerHealth> {
   const { config } = vault;
   const server = `${config.pg.host ?? 'localhost'}:${config.pg.port ?? 5432}`;
@@ -37,7 +38,7 @@ export async function walServerHealth(
     return { checked: false, server, skipped: `no server reachable (${errorMessage(err)})`, problems: [] };
   }
   if (
-    archive.systemIdentifier !== undefined &&
+    archive?.systemIdentifier !== undefined &&
     state.systemIdentifier !== undefined &&
     archive.systemIdentifier !== state.systemIdentifier
   ) {
@@ -51,12 +52,12 @@ export async function walServerHealth(
   const problems: string[] = [];
   const rpoSeconds = config.alerts.rpoTargetMinutes * 60;
   if (!archives(state)) {
-    if (archive.timelines.length > 0)
+    if (archive !== undefined && archive.timelines.length > 0)
       problems.push(
         `archive_mode is ${state.archiveMode} on ${server}, whose WAL this archive holds: no new WAL arrives; set archive_mode = on and restart PostgreSQL`,
       );
   } else {
-    if (archive.timelines.length === 0)
+    if (archive?.timelines.length === 0)
       problems.push(
         `${server} archives (archive_mode=${state.archiveMode}, archive_command '${state.archiveCommand}') but the archive holds no WAL; run pgvault check to see why`,
       );
@@ -81,4 +82,26 @@ export async function walServerHealth(
     waiting: state.ready,
     problems,
   };
+}
+
+/**
+ * The failure `verify wal` and `verify all` report for an unhealthy server: exit 1, not 3, since
+ * nothing stored is wrong (the archive is intact as far as it goes; it stopped growing).
+ * undefined when the server is healthy or was not checked.
+ */
+export function walServerFailure(server: WalServerHealth): PgVaultError | undefined {
+  if (server.problems.length === 0) return undefined;
+  return new PgVaultError(`WAL archiving is not healthy: ${server.problems.join('; ')}`);
+}
+
+/** The server's lines in the text output of `verify wal` and `verify all`. */
+export function describeWalServerHealth(server: WalServerHealth): string[] {
+  if (!server.checked) return [`server: not checked, ${server.skipped}`];
+  const waiting = server.waiting
+    ? `, ${server.waiting.count} file(s) waiting in pg_wal${server.waiting.oldest ? ` (oldest ${server.waiting.oldest}, ${server.waiting.oldestAgeSeconds} s)` : ''}`
+    : '';
+  return [
+    `server ${server.server}: archive_mode ${server.archiveMode}, last archived ${server.lastArchivedWal ?? 'none'}${waiting}`,
+    ...server.problems.map((p) => `PROBLEM: ${p}`),
+  ];
 }

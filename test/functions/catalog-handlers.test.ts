@@ -286,6 +286,13 @@ describe('verify function', () => {
       backups: 2,
       faults: [],
       alerts: ['RPO 2.0 h over target 60 min'],
+      // The function reaches no database (main.db.internal does not resolve): skipped, not failed.
+      server: {
+        checked: false,
+        server: 'main.db.internal:5432',
+        skipped: expect.stringMatching(/^no server reachable/),
+        problems: [],
+      },
       deepTask: { taskArn: TASK_ARN, command: ['verify', 'restore', 'latest'] },
     });
     const run = ecs.commandCalls(RunTaskCommand)[0]!.args[0].input;

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { appendFile, cp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, cp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupBase } from '../../core/backup/base';
@@ -105,6 +105,8 @@ describe('verify all', () => {
     expect(r.bytesRead).toBeGreaterThan(stored);
     expect(r.wal?.gaps).toEqual([]);
     expect(r.wal?.segments).toBeGreaterThan(3);
+    // The server feeding the archive was asked, and archives into it.
+    expect(r.server).toMatchObject({ checked: true, archiveMode: 'on', problems: [] });
   });
 
   it('names a missing object: which backup, which object, what to do', async () => {
@@ -229,5 +231,75 @@ describe('verify all', () => {
     const report = JSON.parse(json.stdout);
     expect(report.ok).toBe(false);
     expect(report.faults.map((f: { kind: string }) => f.kind).sort()).toEqual(['missing', 'size']);
+  });
+});
+
+describe('verify all and the server feeding the WAL archive', () => {
+  const cli = (args: string[], env: Record<string, string> = {}) =>
+    spawnSync(process.execPath, [PGVAULT_BIN, '--config', a.configFile, ...args], {
+      encoding: 'utf8',
+      env: { ...process.env, ...env },
+      timeout: 120_000,
+    });
+
+  it('says the server check was skipped, and passes, when no server answers', async () => {
+    // Act: a port nothing listens on (the verify Lambda reaches no database either).
+    const r = await verifyAll(a.vault({ PGHOST: '127.0.0.1', PGPORT: '1' }), { quick: true });
+
+    // Assess
+    expect(r.faults).toEqual([]);
+    expect(r.ok).toBe(true);
+    expect(r.server.checked).toBe(false);
+    expect(r.server.skipped).toMatch(/^no server reachable/);
+  });
+
+  it('is not OK when archive_command fails: the fault names the archiver failure and what to do, exit 1', async () => {
+    // Prepare: archive_command fails (the server's OS user can no longer read its config file);
+    // the next segment completed fails to archive.
+    await chmod(a.configFile, 0o000);
+    try {
+      await commitBatch(a.cluster, 10); // a switch with nothing written since the last is no switch
+      const [row] = await a.cluster.query<{ name: string }>(
+        'SELECT pg_walfile_name(pg_switch_wal()) AS name',
+      );
+      const failing = row!.name;
+      for (let i = 0; ; i++) {
+        const [s] = await a.cluster.query<{ failed: string | null }>(
+          'SELECT last_failed_wal AS failed FROM pg_stat_archiver',
+        );
+        if (s?.failed === failing) break;
+        if (i > 300) throw new Error(`${failing} never failed to archive`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+
+      // Act
+      const r = await verifyAll(a.vault(), { quick: true });
+      const text = cli(['verify', 'all', '--quick']);
+      const json = cli(['--json', 'verify', 'all', '--quick']);
+
+      // Assess
+      expect(r.ok).toBe(false);
+      expect(r.server.checked).toBe(true);
+      expect(r.faults).toHaveLength(1);
+      expect(r.faults[0]!.kind).toBe('archiving');
+      expect(r.faults[0]!.problem).toContain(`the archiver's last attempt failed (${failing}`);
+      expect(r.faults[0]!.action).toContain('pgvault check');
+      expect(text.status).toBe(1);
+      expect(text.stdout).not.toContain('all backups verified');
+      expect(text.stdout).toContain(`PROBLEM: the archiver's last attempt failed (${failing}`);
+      expect(text.stdout).toContain('what to do: run `pgvault check`');
+      expect(text.stderr).toMatch(/^pgvault: verify all found 1 fault\(s\); first: WAL archiving on /m);
+      expect(json.status).toBe(1);
+      const report = JSON.parse(json.stdout);
+      expect(report.ok).toBe(false);
+      expect(report.faults.map((f: { kind: string }) => f.kind)).toEqual(['archiving']);
+    } finally {
+      await chmod(a.configFile, 0o600);
+    }
+    // Archiving works again: the segments waiting go out, and verify all passes once more.
+    await switchAndWaitArchived(a.cluster, 120_000);
+    const after = await verifyAll(a.vault(), { quick: true });
+    expect(after.faults).toEqual([]);
+    expect(after.server).toMatchObject({ checked: true, problems: [] });
   });
 });
