@@ -1,6 +1,6 @@
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { PassThrough, type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import type { Compression } from '../config';
 import { diskFullError, isDiskFull } from '../disk';
 import { errorMessage, IntegrityError, MissingToolError, ObjectNotFoundError, StorageError } from '../errors';
@@ -42,9 +42,12 @@ export interface ObjectWriteSpec {
   /**
    * Raw bytes, e.g. pg_dump's stdout; or a file, which the compressor program then reads itself
    * (the raw size is the file's size when it was opened: only for files nobody changes meanwhile,
-   * such as WAL segments PostgreSQL has handed over).
+   * such as WAL segments PostgreSQL has handed over). With `size`, the file must have that size
+   * when opened and still have it once read through, else the write fails before the object is
+   * completed anywhere (IntegrityError): a file that changed meanwhile never leaves an object, so
+   * nobody has to delete one afterwards (a delete could hit another writer's completed object).
    */
-  readonly source: Readable | { readonly path: string } | EncodedSource;
+  readonly source: Readable | { readonly path: string; readonly size?: number } | EncodedSource;
   /**
    * Work that must succeed before the object may be completed (child processes exiting 0). The
    * last stage holds the end of the stream until these settle, so a pg_dump that dies mid-stream
@@ -100,18 +103,31 @@ export async function writeObject(
   let stages: NodeJS.ReadWriteStream[];
   let rawSize: () => number;
   if ('path' in spec.source) {
-    const handle = await open(spec.source.path, 'r');
+    const { path, size: expected } = spec.source;
+    const handle = await open(path, 'r');
     let streamOwnsHandle = false;
     try {
       const size = (await handle.stat()).size;
+      const changed = (now: number) =>
+        new IntegrityError(
+          `${path} changed size while it was being stored (${expected} → ${now} bytes); nothing was kept, retry`,
+        );
+      if (expected !== undefined && size !== expected) throw changed(size);
+      // Checked once the file is read through, before the gate lets the object complete.
+      const unchanged = async () => {
+        if (expected === undefined) return;
+        const now = (await stat(path)).size;
+        if (now !== expected) throw changed(now);
+      };
       const compressor = compressFile(spec.compression, compression, handle.fd);
       if (compressor) {
         source = compressor.stdout;
-        upstreamWork.push(compressor.exited);
+        upstreamWork.push(compressor.exited.then(unchanged));
         stages = [];
       } else {
         source = handle.createReadStream({ highWaterMark: 1 << 20 });
         streamOwnsHandle = true;
+        upstreamWork.push(finished(source).then(unchanged));
         stages = [compressStage(spec.compression, compression)];
       }
       spec.onProgress?.(size);
