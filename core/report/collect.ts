@@ -1,5 +1,5 @@
 import { redactAlert } from '../alert/notify';
-import { thresholdAlerts, thresholdInputsFrom } from '../alert/thresholds';
+import { brokenNewestBackups, thresholdAlerts, thresholdInputsFrom } from '../alert/thresholds';
 import type { Alert } from '../alert/types';
 import { formatStamp } from '../catalog/naming';
 import { listDrillRecords } from '../catalog/records';
@@ -27,15 +27,18 @@ export async function collectReport(
 ): Promise<{ data: ReportData; alerts: Alert[] }> {
   const { config } = vault;
   const entries = await vault.catalog.list();
-  const [wal, capacity, drills] = await Promise.all([
+  const [wal, capacity, drills, broken] = await Promise.all([
     verifyWalArchive(vault, now),
     verifyCapacity(vault, now),
     listDrillRecords(vault),
+    // Newer backups whose data is gone: a failing check, and not the newest backup of their type.
+    brokenNewestBackups(vault, entries),
   ]);
   const inputs = thresholdInputsFrom({
     cluster: config.clusterName,
     now,
     entries,
+    broken,
     wal,
     capacity,
     sizes: analyseSizes(config.clusterName, entries, config.alerts.shrinkPercent),
@@ -45,7 +48,7 @@ export async function collectReport(
   const data = buildReportData({
     now,
     targets: vault.targets.map((t) => t.location),
-    entries,
+    entries: entries.filter((e) => !broken.some((b) => b.id === e.manifest.id)),
     wal,
     inputs,
     alerts,

@@ -1,11 +1,17 @@
 import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { collectThresholdInputs, thresholdAlerts } from '../../core/alert/thresholds';
+import { backupFull } from '../../core/backup/full';
 import { parseConfig } from '../../core/config';
+import type { TempCluster } from '../../core/pg/cluster';
+import { collectReport } from '../../core/report/collect';
 import { createTargets } from '../../core/storage';
 import type { StorageTarget } from '../../core/storage/target';
+import { openVault, type Vault } from '../../core/vault';
 import { pushWalFile, type WalPushResult } from '../../core/wal/push';
-import { tempDir } from '../helpers/vault';
+import { createSampleData, startCluster } from '../helpers/pg';
+import { recordingReporter, tempDir, testConfig } from '../helpers/vault';
 
 /**
  * Issue 11, the same class of fault as "a backup whose manifest outlived its data": places where
@@ -13,11 +19,55 @@ import { tempDir } from '../helpers/vault';
  */
 
 let work: { path: string; remove(): Promise<void> };
+let cluster: TempCluster;
 beforeAll(async () => {
-  work = await tempDir('pgvault-whole-');
-});
+  [cluster, work] = await Promise.all([startCluster(), tempDir('pgvault-whole-')]);
+  await createSampleData(cluster, 'app');
+}, 120_000);
 afterAll(async () => {
-  await work.remove();
+  await Promise.all([cluster?.stop(), work?.remove()]);
+});
+
+function vaultOf(name: string, extra: Record<string, string> = {}): Vault {
+  return openVault(
+    testConfig(cluster, join(work.path, name), { CLUSTER_NAME: name, COMPRESSION: 'zstd', ...extra }),
+    recordingReporter(),
+  );
+}
+
+/** A good backup, then a newer one whose data objects are gone (its manifest still listed). */
+async function goodThenBroken(vault: Vault) {
+  const good = await backupFull(vault, { schedule: 'daily', databases: ['app'] });
+  const broken = await backupFull(vault, { schedule: 'daily', databases: ['app'] });
+  for (const o of broken.objects) await vault.targets[0]!.delete(o.key);
+  return { good, broken };
+}
+
+describe('freshness is judged by the newest whole backup', () => {
+  it('the age and RPO checks skip a newer backup whose data is gone, and name it; so does the report', async () => {
+    const vault = vaultOf('fresh');
+    const { good, broken } = await goodThenBroken(vault);
+    // The age limit falls between the two backups' ages: only the good one is over it.
+    const gap = Date.parse(broken.finishedAt) - Date.parse(good.finishedAt);
+    expect(gap).toBeGreaterThan(0);
+    const now = new Date(Date.parse(broken.finishedAt) + gap / 4);
+    const limits = { ...vault.config.alerts, backupAgeHours: gap / 2 / 3_600_000 };
+
+    const inputs = await collectThresholdInputs(vault, now);
+    const alerts = thresholdAlerts(inputs, limits);
+    const { data } = await collectReport(vault, now);
+
+    expect(inputs.newestBackup?.id).toBe(good.id);
+    expect(inputs.recoveryPoint?.id).toBe(good.id);
+    const age = alerts.find((a) => a.kind === 'backup-age');
+    expect(age?.what).toContain(good.id);
+    const incomplete = alerts.find((a) => a.kind === 'backup-incomplete');
+    expect(incomplete?.what).toContain(broken.id);
+    expect(incomplete?.what).toContain('missing');
+    expect(data.status).toBe('failing');
+    expect(data.failing.map((a) => a.kind)).toContain('backup-incomplete');
+    expect(data.backups.find((b) => b.type === 'full/daily')?.newestId).toBe(good.id);
+  });
 });
 
 describe('a WAL file that changes size while it is archived', () => {
