@@ -3,9 +3,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collectThresholdInputs, thresholdAlerts } from '../../core/alert/thresholds';
 import { backupFull } from '../../core/backup/full';
+import { listDrillRecords, writeDrillRecord } from '../../core/catalog/records';
 import { parseConfig } from '../../core/config';
 import type { TempCluster } from '../../core/pg/cluster';
-import { collectReport } from '../../core/report/collect';
+import { collectReport, writeReport } from '../../core/report/collect';
 import { createTargets } from '../../core/storage';
 import type { StorageTarget } from '../../core/storage/target';
 import { openVault, type Vault } from '../../core/vault';
@@ -113,5 +114,47 @@ describe('a WAL file that changes size while it is archived', () => {
     const stored = join(vaultDir, other.key);
     expect(existsSync(stored), `${other.key} (acknowledged by the other archiver) is gone`).toBe(true);
     expect(readFileSync(stored)).toEqual(readFileSync(history));
+  });
+});
+
+describe('drill records and reports of the same second', () => {
+  it('two drill records started in the same second are both kept', async () => {
+    const vault = vaultOf('drills');
+    const startedAt = '2026-03-01T02:00:00.000Z';
+    const record = (backupId: string, ok: boolean) =>
+      writeDrillRecord(vault, {
+        kind: 'drill',
+        backupId,
+        startedAt,
+        finishedAt: '2026-03-01T02:00:00.900Z',
+        ok,
+        ...(ok ? { rtoMs: 900 } : { error: 'restore failed' }),
+      });
+    // Two hosts (or a retry beside cron) drilling at once: one passes, one fails.
+    await Promise.all([
+      record('full-daily-20260301-010000', true),
+      record('full-daily-20260301-010001', false),
+    ]);
+
+    const records = await listDrillRecords(vault);
+    expect(records.map((r) => `${r.backupId} ${r.ok}`).sort()).toEqual([
+      'full-daily-20260301-010000 true',
+      'full-daily-20260301-010001 false',
+    ]);
+  });
+
+  it('two reports of the same second are both stored, neither over the other', async () => {
+    const vault = vaultOf('reports');
+    await backupFull(vault, { schedule: 'daily', databases: ['app'] });
+    const now = new Date();
+    const { data } = await collectReport(vault, now);
+    const other = { ...data, cluster: 'other-host-view' };
+
+    const [a, b] = await Promise.all([writeReport(vault, data), writeReport(vault, other)]);
+
+    expect(a[0]!.json).not.toBe(b[0]!.json);
+    expect(JSON.parse(readFileSync(a[0]!.json, 'utf8')).cluster).toBe(data.cluster);
+    expect(JSON.parse(readFileSync(b[0]!.json, 'utf8')).cluster).toBe('other-host-view');
+    expect(readFileSync(b[0]!.html, 'utf8')).toContain('other-host-view');
   });
 });
