@@ -156,6 +156,23 @@ export class Catalog {
     return holding.length > 0 ? undefined : problems.join('; ');
   }
 
+  /**
+   * missingObjects for each of `entries` (same order), `concurrency` backups at a time (each one's
+   * objects stat'ed in turn): `restore list` marks every listed backup this way.
+   */
+  async missingObjectsOf(entries: readonly CatalogEntry[], concurrency = 8): Promise<(string | undefined)[]> {
+    const results: (string | undefined)[] = new Array(entries.length);
+    let next = 0;
+    const worker = async () => {
+      while (next < entries.length) {
+        const i = next++;
+        results[i] = await this.missingObjects(entries[i]!);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(concurrency, entries.length) }, worker));
+    return results;
+  }
+
   private async holdingTargets(
     entry: CatalogEntry,
   ): Promise<{ holding: StorageTarget[]; problems: string[] }> {

@@ -1,5 +1,6 @@
+import { spawnSync } from 'node:child_process';
 import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collectThresholdInputs, thresholdAlerts } from '../../core/alert/thresholds';
 import { backupFull } from '../../core/backup/full';
@@ -114,6 +115,70 @@ describe('a WAL file that changes size while it is archived', () => {
     const stored = join(vaultDir, other.key);
     expect(existsSync(stored), `${other.key} (acknowledged by the other archiver) is gone`).toBe(true);
     expect(readFileSync(stored)).toEqual(readFileSync(history));
+  });
+});
+
+/** Runs the built CLI (dist/) against the vault `name` of this file, with --json. */
+function cliJson(
+  name: string,
+  args: string[],
+): { code: number | null; json: Record<string, unknown>; stdout: string } {
+  const file = join(work.path, `${name}.env`);
+  const lines = {
+    BACKUP_DIR: join(work.path, name),
+    CLUSTER_NAME: name,
+    COMPRESSION: 'zstd',
+    PGHOST: cluster.host,
+    PGPORT: String(cluster.port),
+    PGUSER: cluster.superuser,
+    PGDATABASE: 'postgres',
+  };
+  writeFileSync(
+    file,
+    `${Object.entries(lines)
+      .map(([k, v]) => `${k}=${v}`)
+      .join('\n')}\n`,
+    { mode: 0o600 },
+  );
+  const run = spawnSync(
+    process.execPath,
+    [resolve(__dirname, '../../bin/pgvault.js'), '--config', file, ...args],
+    {
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/root' },
+    },
+  );
+  let json: Record<string, unknown> = {};
+  try {
+    json = JSON.parse(run.stdout) as Record<string, unknown>;
+  } catch {
+    // left empty: the assertions below then name the output
+  }
+  return { code: run.status, json, stdout: `${run.stdout}${run.stderr}` };
+}
+
+describe('restore list and backup stats mark a backup whose data is gone', () => {
+  it('restore list: state incomplete with the missing object (JSON and text); backup stats: last success is the whole one', async () => {
+    const vault = vaultOf('listed');
+    const { good, broken } = await goodThenBroken(vault);
+
+    const list = cliJson('listed', ['restore', 'list', '--json']);
+    const text = cliJson('listed', ['restore', 'list']);
+    const stats = cliJson('listed', ['backup', 'stats', '--json']);
+
+    expect(list.code, list.stdout).toBe(0);
+    const rows = list.json.backups as { id: string; state: string; missing?: string }[];
+    expect(rows.find((r) => r.id === good.id)?.state).toBe('complete');
+    const row = rows.find((r) => r.id === broken.id);
+    expect(row?.state).toBe('incomplete');
+    expect(row?.missing).toContain(broken.objects[0]!.key);
+    expect(text.stdout).toMatch(new RegExp(`${broken.id}.*INCOMPLETE`));
+    expect(stats.code, stats.stdout).toBe(0);
+    const daily = (
+      stats.json.byType as { type: string; lastId?: string; incomplete?: { id: string }[] }[]
+    ).find((t) => t.type === 'full/daily');
+    expect(daily?.lastId).toBe(good.id);
+    expect(daily?.incomplete?.map((b) => b.id)).toEqual([broken.id]);
   });
 });
 
