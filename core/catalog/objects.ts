@@ -74,6 +74,13 @@ export interface ObjectWriteSpec {
    * writer of the same name may already have reported it stored), not deleted.
    */
   readonly ifAbsent?: boolean;
+  /**
+   * On a failure, keep the objects completed in other targets even when not create-only: a WAL file
+   * written over a damaged copy is whole and right once completed, and another archiver of the
+   * same name may already have found it and reported it archived; deleting it would remove an
+   * object that writer relies on (the clean-up may only remove what never completed).
+   */
+  readonly keepCompleted?: boolean;
 }
 
 export interface WrittenObject {
@@ -189,7 +196,7 @@ export async function writeObject(
   const failure = cause;
   if (failure) {
     source.destroy();
-    if (spec.ifAbsent !== true) {
+    if (spec.ifAbsent !== true && spec.keepCompleted !== true) {
       await Promise.allSettled(
         spec.targets.map((t, i) =>
           putResults[i]?.status === 'fulfilled' ? t.delete(spec.key) : Promise.resolve(),

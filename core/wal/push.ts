@@ -403,6 +403,9 @@ function objectSpec(ctx: WalPushContext, prepared: PreparedPush) {
     digest: false as const,
     // Create-only, so two archivers of one file never undo each other; a damaged object is written over.
     ifAbsent: prepared.damaged.length === 0,
+    // A completed WAL object is whole and right, and may already be another archiver's success:
+    // never deleted because another target failed (damaged copies are written over, not create-only).
+    keepCompleted: true as const,
   };
 }
 

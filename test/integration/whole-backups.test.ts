@@ -1,5 +1,5 @@
-import { spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collectThresholdInputs, thresholdAlerts } from '../../core/alert/thresholds';
@@ -115,6 +115,58 @@ describe('a WAL file that changes size while it is archived', () => {
     const stored = join(vaultDir, other.key);
     expect(existsSync(stored), `${other.key} (acknowledged by the other archiver) is gone`).toBe(true);
     expect(readFileSync(stored)).toEqual(readFileSync(history));
+  });
+});
+
+describe('a WAL file written over a damaged copy while another target fails', () => {
+  it('keeps the good object it completed, which another archiver has meanwhile acknowledged', async () => {
+    const vaultDir = join(work.path, 'wal-damaged');
+    const config = parseConfig({ BACKUP_DIR: vaultDir, CLUSTER_NAME: 'dmg', COMPRESSION: 'zstd' });
+    const [target] = createTargets(config);
+    const real = target!;
+    const history = join(work.path, 'dmg-00000003.history');
+    const file = join(work.path, 'dmg', '00000003.history');
+    mkdirSync(join(work.path, 'dmg'), { recursive: true });
+    writeFileSync(history, '1\t0/3000000\tno recovery target specified\n2\t0/5000000\tbefore 2026-03-01\n');
+    copyFileSync(history, file);
+    // A cut upload the store kept: the first half of the file's zstd object.
+    const whole = execFileSync('zstd', ['-c', '-q', history]);
+    const key = 'dmg/wal/00000003/00000003.history.zst';
+    await real.putBytes(key, whole.subarray(0, Math.floor(whole.length / 2)));
+    let other: WalPushResult | undefined;
+    // A second target that takes the whole stream, lets another archiver (using the first target
+    // only) find the good object and report it archived, and then fails.
+    const failing: StorageTarget = {
+      kind: 'file',
+      location: 'file:///failing',
+      putBytes: async () => {},
+      get: (k) => real.get(k),
+      getBytes: (k) => real.getBytes(k),
+      stat: async () => undefined,
+      async *list() {},
+      delete: async () => {},
+      probe: async () => {},
+      async put(_key, source) {
+        for await (const _ of source) {
+          // drained
+        }
+        for (let i = 0; i < 200; i++) {
+          const info = await real.stat(key);
+          if (info !== undefined && info.size === whole.length) break;
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        other = await pushWalFile({ config, targets: [real] }, file);
+        throw new Error('second target failed');
+      },
+    };
+
+    const first = pushWalFile({ config, targets: [real, failing] }, file);
+
+    await expect(first).rejects.toThrow(/second target failed/);
+    expect(other?.alreadyIn).toEqual([real.location]);
+    // What the other archiver reported archived is still there, and decodes to the file.
+    expect(existsSync(join(vaultDir, key)), `${key} (acknowledged by the other archiver) is gone`).toBe(true);
+    expect(execFileSync('zstd', ['-d', '-c', '-q', join(vaultDir, key)])).toEqual(readFileSync(history));
   });
 });
 
