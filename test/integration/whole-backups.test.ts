@@ -2,6 +2,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sendFailureAlert } from '../../core/alert/failure';
 import { collectThresholdInputs, thresholdAlerts } from '../../core/alert/thresholds';
 import { backupFull } from '../../core/backup/full';
 import { listDrillRecords, writeDrillRecord } from '../../core/catalog/records';
@@ -167,6 +168,40 @@ describe('a WAL file written over a damaged copy while another target fails', ()
     // What the other archiver reported archived is still there, and decodes to the file.
     expect(existsSync(join(vaultDir, key)), `${key} (acknowledged by the other archiver) is gone`).toBe(true);
     expect(execFileSync('zstd', ['-d', '-c', '-q', join(vaultDir, key)])).toEqual(readFileSync(history));
+  });
+});
+
+describe("a failed backup's alert", () => {
+  it('names the newest whole backup as the last success, not a newer one whose data is gone', async () => {
+    const vault = vaultOf('failing');
+    const { good, broken } = await goodThenBroken(vault);
+    const hintFile = join(work.path, 'failing-hint.txt');
+    const configFile = join(work.path, 'failing-alert.env');
+    const settings = {
+      BACKUP_DIR: join(work.path, 'failing'),
+      CLUSTER_NAME: 'failing',
+      ALERT_COMMAND: `printf '%s' "$PGVAULT_ALERT_HINT" > ${hintFile}`,
+    };
+    writeFileSync(
+      configFile,
+      `${Object.entries(settings)
+        .map(([k, v]) => `${k}=${v}`)
+        .join('\n')}\n`,
+      { mode: 0o600 },
+    );
+
+    await sendFailureAlert({
+      configFile,
+      commandPath: 'backup full',
+      argv: ['backup', 'full'],
+      error: new Error('pg_dump failed'),
+      startedAt: new Date(),
+      write: () => {},
+    });
+
+    const hint = readFileSync(hintFile, 'utf8');
+    expect(hint).toContain(`Last successful backup of this type: ${good.id}`);
+    expect(hint).not.toContain(broken.id);
   });
 });
 
