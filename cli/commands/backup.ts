@@ -73,6 +73,12 @@ export async function backupStatsCommand(opts: GlobalOptions) {
           t.lastAgeHours === undefined ? '-' : `${t.lastAgeHours.toFixed(1)} h`,
         ]),
       ),
+      ...stats.byType.flatMap((t) =>
+        (t.incomplete ?? []).map(
+          (b) =>
+            `INCOMPLETE ${b.id} (${t.type}): missing objects: ${b.missing}; see \`pgvault verify all --quick\``,
+        ),
+      ),
     ].join('\n'),
   );
 }

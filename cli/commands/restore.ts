@@ -28,8 +28,12 @@ export async function restoreListCommand(
   const vault = vaultFor(opts);
   if (backup !== undefined) return backupContentsCommand(vault, backup, opts);
   const entries = await vault.catalog.list();
-  const rows = entries.map((e) => ({
+  // Every listed backup's objects stat'ed (8 backups at a time): one whose data is gone is marked.
+  const missing = await vault.catalog.missingObjectsOf(entries);
+  const rows = entries.map((e, i) => ({
     id: e.manifest.id,
+    state: missing[i] === undefined ? ('complete' as const) : ('incomplete' as const),
+    ...(missing[i] !== undefined ? { missing: missing[i] } : {}),
     type: e.manifest.type,
     schedule: e.manifest.schedule ?? null,
     time: e.manifest.startedAt,
@@ -48,7 +52,7 @@ export async function restoreListCommand(
       (rows.length === 0
         ? 'no complete backups yet; take one with `pgvault backup full`'
         : table(
-            ['id', 'type', 'schedule', 'time (UTC)', 'size', 'databases'],
+            ['id', 'type', 'schedule', 'time (UTC)', 'size', 'databases', 'state'],
             rows.map((r) => [
               r.id,
               r.type,
@@ -56,8 +60,16 @@ export async function restoreListCommand(
               r.time.replace('T', ' ').slice(0, 19),
               formatBytes(r.storedSize),
               r.databases.join(','),
+              r.state === 'complete' ? 'ok' : 'INCOMPLETE',
             ]),
-          )),
+          ) +
+          rows
+            .filter((r) => r.missing !== undefined)
+            .map(
+              (r) =>
+                `\n${r.id} is incomplete (missing objects): ${r.missing}; it is never used as latest, see \`pgvault verify all --quick\``,
+            )
+            .join('')),
   );
 }
 

@@ -79,7 +79,13 @@ async function lastSuccessOf(
   const type = BACKUP_COMMANDS[commandPath];
   if (type === undefined) return undefined;
   try {
-    const newest = (await withTimeout(openVault(config).catalog.list(type), 5000, 'listing the catalog'))[0];
+    // The newest whole one: a newer backup whose data objects are gone is no success to point at.
+    const { catalog } = openVault(config);
+    const { whole: newest } = await withTimeout(
+      catalog.list(type).then((entries) => catalog.newestWhole(entries)),
+      5000,
+      'listing the catalog',
+    );
     return newest && { id: newest.manifest.id, finishedAt: newest.manifest.finishedAt };
   } catch {
     return undefined; // The storage may be the very failure: the alert goes out without it.

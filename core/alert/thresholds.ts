@@ -27,14 +27,51 @@ export interface RecoveryPoint {
 export interface ThresholdInputs {
   readonly cluster: string;
   readonly checkedAt: string;
-  /** Newest full or base backup. */
+  /** Newest whole full or base backup (every data object there, not only its manifest). */
   readonly newestBackup?: { readonly id: string; readonly type: string; readonly finishedAt: string };
   readonly recoveryPoint?: RecoveryPoint;
+  /** Full or base backups newer than newestBackup whose manifest is listed but whose data is gone. */
+  readonly brokenBackups?: readonly BrokenBackup[];
   readonly wal?: Pick<WalVerifyReport, 'gaps' | 'backups'>;
   readonly capacity?: CapacityReport;
   readonly sizes?: SizesReport;
   /** Newest first. */
   readonly drills: readonly DrillRecord[];
+}
+
+export interface BrokenBackup {
+  readonly id: string;
+  readonly type: string;
+  readonly finishedAt: string;
+  /** What is missing, e.g. "…app.dump.zst is missing in file:///…". */
+  readonly problem: string;
+}
+
+/**
+ * The full and base backups newer than the newest whole one, whose data objects are gone: the age
+ * and RPO checks must not count them. Stats the objects of the newest candidates only, newest
+ * first, until one is whole (catalog.newestWhole), never of every backup.
+ */
+export async function brokenNewestBackups(
+  vault: Vault,
+  entries: readonly CatalogEntry[],
+): Promise<BrokenBackup[]> {
+  const candidates = entries
+    .filter((e) => e.manifest.type === 'full' || e.manifest.type === 'base')
+    .sort((a, b) =>
+      a.manifest.finishedAt < b.manifest.finishedAt
+        ? 1
+        : a.manifest.finishedAt > b.manifest.finishedAt
+          ? -1
+          : 0,
+    );
+  const { broken } = await vault.catalog.newestWhole(candidates);
+  return broken.map(({ entry, problem }) => ({
+    id: entry.manifest.id,
+    type: entry.manifest.type,
+    finishedAt: entry.manifest.finishedAt,
+    problem,
+  }));
 }
 
 /** The data a logical dump holds is as of its start; a base backup recovers to its end. */
@@ -72,8 +109,12 @@ export function thresholdInputsFrom(parts: {
   capacity?: CapacityReport;
   sizes?: SizesReport;
   drills: readonly DrillRecord[];
+  /** From brokenNewestBackups: not counted as the newest backup nor as a recovery point. */
+  broken?: readonly BrokenBackup[];
 }): ThresholdInputs {
-  const data = parts.entries
+  const broken = parts.broken ?? [];
+  const whole = parts.entries.filter((e) => !broken.some((b) => b.id === e.manifest.id));
+  const data = whole
     .filter((e) => e.manifest.type === 'full' || e.manifest.type === 'base')
     .map((e) => e.manifest)
     .sort((a, b) => (a.finishedAt < b.finishedAt ? 1 : a.finishedAt > b.finishedAt ? -1 : 0));
@@ -82,7 +123,8 @@ export function thresholdInputsFrom(parts: {
     cluster: parts.cluster,
     checkedAt: parts.now.toISOString(),
     ...(newest ? { newestBackup: { id: newest.id, type: newest.type, finishedAt: newest.finishedAt } } : {}),
-    recoveryPoint: newestRecoveryPoint(parts.entries, parts.wal),
+    recoveryPoint: newestRecoveryPoint(whole, parts.wal),
+    ...(broken.length > 0 ? { brokenBackups: broken } : {}),
     ...(parts.wal ? { wal: parts.wal } : {}),
     ...(parts.capacity ? { capacity: parts.capacity } : {}),
     ...(parts.sizes ? { sizes: parts.sizes } : {}),
@@ -116,6 +158,19 @@ export function thresholdAlerts(inputs: ThresholdInputs, limits: AlertConfig): A
   const alerts: Alert[] = [];
   const base = { cluster, severity: 'critical' as const };
 
+  // A newer backup listed but with its data gone: it must not pass for the newest backup.
+  for (const b of inputs.brokenBackups ?? []) {
+    alerts.push({
+      ...base,
+      kind: 'backup-incomplete',
+      title: `backup ${b.id} has lost its data`,
+      what: `backup ${b.id} (${b.type}) is listed but its data is gone: ${b.problem}; the newest whole backup is ${inputs.newestBackup?.id ?? 'none'}`,
+      since: b.finishedAt,
+      sinceKind: 'checked',
+      nextStep: `pgvault backup ${b.type} daily`,
+      hint: 'It is never used as latest; `pgvault verify all --quick` names it. Find what removed its objects (a lifecycle rule, a clean-up by hand), then remove its manifest.',
+    });
+  }
   // Newest backup age (the guide's "newest backup older than 48 hours").
   const newest = inputs.newestBackup;
   if (newest === undefined) {
@@ -270,15 +325,17 @@ export function thresholdAlerts(inputs: ThresholdInputs, limits: AlertConfig): A
 /** Reads what the thresholds judge, from the targets. */
 export async function collectThresholdInputs(vault: Vault, now = new Date()): Promise<ThresholdInputs> {
   const entries = await vault.catalog.list();
-  const [wal, capacity, drills] = await Promise.all([
+  const [wal, capacity, drills, broken] = await Promise.all([
     verifyWalArchive(vault, now),
     verifyCapacity(vault, now),
     listDrillRecords(vault),
+    brokenNewestBackups(vault, entries),
   ]);
   return thresholdInputsFrom({
     cluster: vault.config.clusterName,
     now,
     entries,
+    broken,
     wal,
     capacity,
     sizes: analyseSizes(vault.config.clusterName, entries, vault.config.alerts.shrinkPercent),

@@ -9,6 +9,8 @@ export const ALERT_KINDS = [
   'capacity',
   /** The newest full or base backup is older than ALERT_BACKUP_AGE_HOURS (or there is none). */
   'backup-age',
+  /** A newer full or base backup is listed (its manifest is there) but its data objects are gone. */
+  'backup-incomplete',
   /** WAL files are missing between a base backup and the newest segment. */
   'wal-gap',
   /** The measured RPO (data that would be lost now) is over RPO_TARGET_MINUTES. */

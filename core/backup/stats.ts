@@ -9,9 +9,12 @@ export interface TypeStats {
   readonly storedBytes: number;
   /** stored / raw: 0.25 means the backups take a quarter of the dumped size. */
   readonly ratio: number;
+  /** The newest whole backup of the type (every data object there, not only its manifest). */
   readonly lastSuccess?: string;
   readonly lastId?: string;
   readonly lastAgeHours?: number;
+  /** Newer backups of the type whose manifest is listed but whose data objects are gone. */
+  readonly incomplete?: readonly { readonly id: string; readonly missing: string }[];
 }
 
 /** Point-in-time recovery reach: from the oldest base backup's end to the last unbroken WAL. */
@@ -44,23 +47,35 @@ export async function backupStats(vault: Vault, now = new Date()): Promise<Backu
     const type = m.schedule ? `${m.type}/${m.schedule}` : m.type;
     groups.set(type, [...(groups.get(type) ?? []), e]);
   }
-  const byType = [...groups.entries()]
-    .sort(([a], [b]) => a.localeCompare(b))
-    .map(([type, list]): TypeStats => {
-      const rawBytes = list.reduce((n, e) => n + e.manifest.rawSize, 0);
-      const storedBytes = list.reduce((n, e) => n + e.manifest.storedSize, 0);
-      const newest = list[0]!.manifest;
-      return {
-        type,
-        count: list.length,
-        rawBytes,
-        storedBytes,
-        ratio: rawBytes === 0 ? 0 : storedBytes / rawBytes,
-        lastSuccess: newest.finishedAt,
-        lastId: newest.id,
-        lastAgeHours: (now.getTime() - Date.parse(newest.finishedAt)) / 3_600_000,
-      };
-    });
+  // The last success of each type is its newest whole backup: the objects of the newest ones only
+  // are stat'ed, until one is whole (catalog.newestWhole), never every backup's.
+  const byType = await Promise.all(
+    [...groups.entries()]
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(async ([type, list]): Promise<TypeStats> => {
+        const rawBytes = list.reduce((n, e) => n + e.manifest.rawSize, 0);
+        const storedBytes = list.reduce((n, e) => n + e.manifest.storedSize, 0);
+        const { whole, broken } = await vault.catalog.newestWhole(list);
+        const newest = whole?.manifest;
+        return {
+          type,
+          count: list.length,
+          rawBytes,
+          storedBytes,
+          ratio: rawBytes === 0 ? 0 : storedBytes / rawBytes,
+          ...(newest
+            ? {
+                lastSuccess: newest.finishedAt,
+                lastId: newest.id,
+                lastAgeHours: (now.getTime() - Date.parse(newest.finishedAt)) / 3_600_000,
+              }
+            : {}),
+          ...(broken.length > 0
+            ? { incomplete: broken.map((b) => ({ id: b.entry.manifest.id, missing: b.problem })) }
+            : {}),
+        };
+      }),
+  );
   return {
     cluster: vault.config.clusterName,
     recoverable: await recoverableWindow(vault, entries, now),

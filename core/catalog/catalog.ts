@@ -116,6 +116,66 @@ export class Catalog {
    * target does. `verify all --quick` reports the same as a fault.
    */
   async whole(entry: CatalogEntry): Promise<CatalogEntry | undefined> {
+    const { holding, problems } = await this.holdingTargets(entry);
+    if (holding.length === 0) {
+      this.warn(
+        `skipping ${entry.manifest.id} as latest: ${problems.join('; ')}; see \`pgvault verify all --quick\``,
+      );
+      return undefined;
+    }
+    if (holding.length === entry.targets.length) return entry;
+    this.warn(
+      `${entry.manifest.id}: ${problems.join('; ')}; reading it from ${holding.map((t) => t.location).join(', ')}`,
+    );
+    return { ...entry, targets: holding };
+  }
+
+  /**
+   * The newest whole backup of `entries` (taken newest first, as given) and the ones before it whose
+   * data is gone (with what is missing). Stats only until the first whole one (one stat per object),
+   * never every backup; quiet (the callers report the broken ones themselves).
+   */
+  async newestWhole(
+    entries: readonly CatalogEntry[],
+  ): Promise<{ whole?: CatalogEntry; broken: { entry: CatalogEntry; problem: string }[] }> {
+    const broken: { entry: CatalogEntry; problem: string }[] = [];
+    for (const entry of entries) {
+      const problem = await this.missingObjects(entry);
+      if (problem === undefined) return { whole: entry, broken };
+      broken.push({ entry, problem });
+    }
+    return { broken };
+  }
+
+  /**
+   * What is missing of a backup when no target holds all its objects (one line naming the first
+   * missing object per target), or undefined when one target does. Quiet; one stat per object.
+   */
+  async missingObjects(entry: CatalogEntry): Promise<string | undefined> {
+    const { holding, problems } = await this.holdingTargets(entry);
+    return holding.length > 0 ? undefined : problems.join('; ');
+  }
+
+  /**
+   * missingObjects for each of `entries` (same order), `concurrency` backups at a time (each one's
+   * objects stat'ed in turn): `restore list` marks every listed backup this way.
+   */
+  async missingObjectsOf(entries: readonly CatalogEntry[], concurrency = 8): Promise<(string | undefined)[]> {
+    const results: (string | undefined)[] = new Array(entries.length);
+    let next = 0;
+    const worker = async () => {
+      while (next < entries.length) {
+        const i = next++;
+        results[i] = await this.missingObjects(entries[i]!);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(concurrency, entries.length) }, worker));
+    return results;
+  }
+
+  private async holdingTargets(
+    entry: CatalogEntry,
+  ): Promise<{ holding: StorageTarget[]; problems: string[] }> {
     const holding: StorageTarget[] = [];
     const problems: string[] = [];
     for (const target of entry.targets) {
@@ -134,17 +194,7 @@ export class Catalog {
       if (problem) problems.push(`${problem} in ${target.location}`);
       else holding.push(target);
     }
-    if (holding.length === 0) {
-      this.warn(
-        `skipping ${entry.manifest.id} as latest: ${problems.join('; ')}; see \`pgvault verify all --quick\``,
-      );
-      return undefined;
-    }
-    if (holding.length === entry.targets.length) return entry;
-    this.warn(
-      `${entry.manifest.id}: ${problems.join('; ')}; reading it from ${holding.map((t) => t.location).join(', ')}`,
-    );
-    return { ...entry, targets: holding };
+    return { holding, problems };
   }
 
   /** A backup copied somewhere by hand: its objects and manifest sit side by side in one folder. */

@@ -1,6 +1,6 @@
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { PassThrough, type Readable, Transform, type TransformCallback, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import type { Compression } from '../config';
 import { diskFullError, isDiskFull } from '../disk';
 import {
@@ -50,9 +50,12 @@ export interface ObjectWriteSpec {
   /**
    * Raw bytes, e.g. pg_dump's stdout; or a file, which the compressor program then reads itself
    * (the raw size is the file's size when it was opened: only for files nobody changes meanwhile,
-   * such as WAL segments PostgreSQL has handed over).
+   * such as WAL segments PostgreSQL has handed over). With `size`, the file must have that size
+   * when opened and still have it once read through, else the write fails before the object is
+   * completed anywhere (IntegrityError): a file that changed meanwhile never leaves an object, so
+   * nobody has to delete one afterwards (a delete could hit another writer's completed object).
    */
-  readonly source: Readable | { readonly path: string } | EncodedSource;
+  readonly source: Readable | { readonly path: string; readonly size?: number } | EncodedSource;
   /**
    * Work that must succeed before the object may be completed (child processes exiting 0). The
    * last stage holds the end of the stream until these settle, so a pg_dump that dies mid-stream
@@ -79,6 +82,13 @@ export interface ObjectWriteSpec {
    * writer of the same name may already have reported it stored), not deleted.
    */
   readonly ifAbsent?: boolean;
+  /**
+   * On a failure, keep the objects completed in other targets even when not create-only: a WAL file
+   * written over a damaged copy is whole and right once completed, and another archiver of the
+   * same name may already have found it and reported it archived; deleting it would remove an
+   * object that writer relies on (the clean-up may only remove what never completed).
+   */
+  readonly keepCompleted?: boolean;
 }
 
 export interface WrittenObject {
@@ -108,18 +118,31 @@ export async function writeObject(
   let stages: NodeJS.ReadWriteStream[];
   let rawSize: () => number;
   if ('path' in spec.source) {
-    const handle = await open(spec.source.path, 'r');
+    const { path, size: expected } = spec.source;
+    const handle = await open(path, 'r');
     let streamOwnsHandle = false;
     try {
       const size = (await handle.stat()).size;
+      const changed = (now: number) =>
+        new IntegrityError(
+          `${path} changed size while it was being stored (${expected} → ${now} bytes); nothing was kept, retry`,
+        );
+      if (expected !== undefined && size !== expected) throw changed(size);
+      // Checked once the file is read through, before the gate lets the object complete.
+      const unchanged = async () => {
+        if (expected === undefined) return;
+        const now = (await stat(path)).size;
+        if (now !== expected) throw changed(now);
+      };
       const compressor = compressFile(spec.compression, compression, handle.fd);
       if (compressor) {
         source = compressor.stdout;
-        upstreamWork.push(compressor.exited);
+        upstreamWork.push(compressor.exited.then(unchanged));
         stages = [];
       } else {
         source = handle.createReadStream({ highWaterMark: 1 << 20 });
         streamOwnsHandle = true;
+        upstreamWork.push(finished(source).then(unchanged));
         stages = [compressStage(spec.compression, compression)];
       }
       spec.onProgress?.(size);
@@ -181,7 +204,7 @@ export async function writeObject(
   const failure = cause;
   if (failure) {
     source.destroy();
-    if (spec.ifAbsent !== true) {
+    if (spec.ifAbsent !== true && spec.keepCompleted !== true) {
       await Promise.allSettled(
         spec.targets.map((t, i) =>
           putResults[i]?.status === 'fulfilled' ? t.delete(spec.key) : Promise.resolve(),

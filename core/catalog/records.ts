@@ -1,5 +1,8 @@
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import { Readable } from 'node:stream';
 import { errorMessage } from '../errors';
+import type { StorageTarget } from '../storage/target';
 import type { Vault } from '../vault';
 import { formatStamp } from './naming';
 
@@ -37,11 +40,35 @@ export interface DrillRecord {
 
 export const DRILLS_FOLDER = 'drills';
 
-export function drillRecordKey(cluster: string, record: Pick<DrillRecord, 'kind' | 'startedAt'>): string {
-  return `${cluster}/${DRILLS_FOLDER}/${formatStamp(new Date(record.startedAt))}-${record.kind}.json`;
+/**
+ * `{cluster}/drills/YYYYMMDD-HHMMSS-<kind>-<8 hex>.json`: the second sorts them, the random suffix
+ * keeps two runs started in the same second (two hosts, a retry beside cron) from sharing a key.
+ */
+export function drillRecordKey(
+  cluster: string,
+  record: Pick<DrillRecord, 'kind' | 'startedAt'>,
+  suffix = uniqueSuffix(),
+): string {
+  return `${cluster}/${DRILLS_FOLDER}/${formatStamp(new Date(record.startedAt))}-${record.kind}-${suffix}.json`;
 }
 
-/** Stores one record on every target; a target that fails is warned about, not fatal. */
+/** A random suffix for keys made from a time (drill records, reports): unique, not only per second. */
+export function uniqueSuffix(): string {
+  return randomBytes(4).toString('hex');
+}
+
+/**
+ * Writes a small object create-only (PutOptions.ifAbsent): it never replaces another run's object
+ * under the same key, and fails with ObjectExistsError instead.
+ */
+export async function putNew(target: StorageTarget, key: string, text: string): Promise<void> {
+  await target.put(key, Readable.from([Buffer.from(text)]), { ifAbsent: true });
+}
+
+/**
+ * Stores one record on every target, create-only under a key of its own (never over another run's
+ * record); a target that fails is warned about, not fatal.
+ */
 export async function writeDrillRecord(
   vault: Vault,
   record: Omit<DrillRecord, 'format' | 'host'>,
@@ -49,7 +76,7 @@ export async function writeDrillRecord(
   const full: DrillRecord = { format: 'pgvault-drill/1', host: hostname(), ...record };
   const key = drillRecordKey(vault.config.clusterName, full);
   const text = `${JSON.stringify(full, null, 2)}\n`;
-  const results = await Promise.allSettled(vault.targets.map((t) => t.putBytes(key, text)));
+  const results = await Promise.allSettled(vault.targets.map((t) => putNew(t, key, text)));
   results.forEach((r, i) => {
     if (r.status === 'rejected') {
       vault.reporter.warn(

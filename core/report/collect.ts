@@ -1,8 +1,8 @@
 import { redactAlert } from '../alert/notify';
-import { thresholdAlerts, thresholdInputsFrom } from '../alert/thresholds';
+import { brokenNewestBackups, thresholdAlerts, thresholdInputsFrom } from '../alert/thresholds';
 import type { Alert } from '../alert/types';
 import { formatStamp } from '../catalog/naming';
-import { listDrillRecords } from '../catalog/records';
+import { listDrillRecords, putNew, uniqueSuffix } from '../catalog/records';
 import { errorMessage, StorageError } from '../errors';
 import type { StorageTarget } from '../storage/target';
 import type { Vault } from '../vault';
@@ -27,15 +27,18 @@ export async function collectReport(
 ): Promise<{ data: ReportData; alerts: Alert[] }> {
   const { config } = vault;
   const entries = await vault.catalog.list();
-  const [wal, capacity, drills] = await Promise.all([
+  const [wal, capacity, drills, broken] = await Promise.all([
     verifyWalArchive(vault, now),
     verifyCapacity(vault, now),
     listDrillRecords(vault),
+    // Newer backups whose data is gone: a failing check, and not the newest backup of their type.
+    brokenNewestBackups(vault, entries),
   ]);
   const inputs = thresholdInputsFrom({
     cluster: config.clusterName,
     now,
     entries,
+    broken,
     wal,
     capacity,
     sizes: analyseSizes(config.clusterName, entries, config.alerts.shrinkPercent),
@@ -45,7 +48,7 @@ export async function collectReport(
   const data = buildReportData({
     now,
     targets: vault.targets.map((t) => t.location),
-    entries,
+    entries: entries.filter((e) => !broken.some((b) => b.id === e.manifest.id)),
     wal,
     inputs,
     alerts,
@@ -68,9 +71,10 @@ function whereIs(target: StorageTarget, key: string): string {
 }
 
 /**
- * Stores the three renderings in every target as `report-YYYYMMDD-HHMMSS.{html,md,json}` (written
- * once; a second report in the same second gets `-2`). A target that fails is warned about; the
- * command fails only when no target took the report.
+ * Stores the three renderings in every target as `report-YYYYMMDD-HHMMSS-<8 hex>.{html,md,json}`:
+ * the random suffix keeps two reports of the same second (two hosts, two runs) apart, and each file
+ * is written create-only, so a report never replaces another's. A target that fails is warned about;
+ * the command fails only when no target took the report.
  */
 export async function writeReport(vault: Vault, data: ReportData): Promise<StoredReport[]> {
   const files = {
@@ -80,20 +84,15 @@ export async function writeReport(vault: Vault, data: ReportData): Promise<Store
   };
   const folder = `${vault.config.clusterName}/${REPORTS_FOLDER}`;
   const stamp = formatStamp(new Date(data.generatedAt));
-  let base = `${folder}/report-${stamp}`;
-  for (let n = 2; n < 100; n++) {
-    const taken = await Promise.all(vault.targets.map((t) => t.stat(`${base}.json`).catch(() => undefined)));
-    if (taken.every((t) => t === undefined)) break;
-    base = `${folder}/report-${stamp}-${n}`;
-  }
+  const base = `${folder}/report-${stamp}-${uniqueSuffix()}`;
   const stored: StoredReport[] = [];
   const failures: string[] = [];
   for (const target of vault.targets) {
     try {
       // JSON last: like a manifest, it marks the report complete.
-      await target.putBytes(`${base}.html`, files.html);
-      await target.putBytes(`${base}.md`, files.md);
-      await target.putBytes(`${base}.json`, files.json);
+      await putNew(target, `${base}.html`, files.html);
+      await putNew(target, `${base}.md`, files.md);
+      await putNew(target, `${base}.json`, files.json);
       stored.push({
         target: target.location,
         html: whereIs(target, `${base}.html`),

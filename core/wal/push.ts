@@ -87,25 +87,18 @@ interface PreparedPush {
 export async function pushWalFile(ctx: WalPushContext, path: string): Promise<WalPushResult> {
   const prepared = await preparePush(ctx, path);
   if (prepared.missing.length === 0) return resultOf(prepared);
-  let written: { rawSize: number };
   try {
-    written = await writeObject({
+    await writeObject({
       ...objectSpec(ctx, prepared),
-      // The compressor reads the segment itself; Node handles only the compressed bytes.
-      source: { path },
+      // The compressor reads the segment itself; Node handles only the compressed bytes. A file
+      // that changes size meanwhile fails the write before its object completes anywhere.
+      source: { path, size: prepared.size },
       threads: ctx.threads ?? 1,
     });
   } catch (err) {
     return afterObjectExists(ctx, path, err);
   }
   await removeReplacedKeys(prepared);
-  if (written.rawSize !== prepared.size) {
-    // PostgreSQL never changes a file it asked to archive; something else did while it was read.
-    await Promise.allSettled(prepared.missing.map((t) => t.delete(prepared.key)));
-    throw new IntegrityError(
-      `WAL file ${path} changed size while it was archived (${prepared.size} → ${written.rawSize} bytes); nothing was kept, retry`,
-    );
-  }
   return resultOf(prepared);
 }
 
@@ -410,6 +403,9 @@ function objectSpec(ctx: WalPushContext, prepared: PreparedPush) {
     digest: false as const,
     // Create-only, so two archivers of one file never undo each other; a damaged object is written over.
     ifAbsent: prepared.damaged.length === 0,
+    // A completed WAL object is whole and right, and may already be another archiver's success:
+    // never deleted because another target failed (damaged copies are written over, not create-only).
+    keepCompleted: true as const,
   };
 }
 

@@ -176,11 +176,11 @@ describe('verify capacity on S3 (s3rver)', () => {
     expect(report.targets[0]!.percent).toBeUndefined();
     expect(report.ok).toBe(true);
     expect(stored[0]!.html).toMatch(
-      new RegExp(`^s3://${s3.bucket}/noquota/main/reports/report-\\d{8}-\\d{6}\\.html$`),
+      new RegExp(`^s3://${s3.bucket}/noquota/main/reports/report-\\d{8}-\\d{6}-[0-9a-f]{8}\\.html$`),
     );
     const keys: string[] = [];
     for await (const o of vault.targets[0]!.list('main/reports/')) keys.push(o.key);
-    expect(keys.map((k) => k.replace(/\d{8}-\d{6}/, 'TS'))).toEqual([
+    expect(keys.map((k) => k.replace(/\d{8}-\d{6}-[0-9a-f]{8}/, 'TS'))).toEqual([
       'main/reports/report-TS.html',
       'main/reports/report-TS.json',
       'main/reports/report-TS.md',

@@ -112,7 +112,9 @@ describe('verify report rendered in Chromium', () => {
 
     // Assess: the stored files.
     expect(stored).toHaveLength(1);
-    expect(stored[0]!.html).toMatch(new RegExp(`^${dir}/main/reports/report-\\d{8}-\\d{6}\\.html$`));
+    expect(stored[0]!.html).toMatch(
+      new RegExp(`^${dir}/main/reports/report-\\d{8}-\\d{6}-[0-9a-f]{8}\\.html$`),
+    );
     expect(readFileSync(stored[0]!.markdown, 'utf8')).toContain('## Failing');
     const json = JSON.parse(readFileSync(stored[0]!.json, 'utf8'));
     expect(json.format).toBe('pgvault-report/1');

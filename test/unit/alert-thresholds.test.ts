@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { type ThresholdInputs, thresholdAlerts } from '../../core/alert/thresholds';
+import { type ThresholdInputs, thresholdAlerts, thresholdInputsFrom } from '../../core/alert/thresholds';
+import type { CatalogEntry } from '../../core/catalog/catalog';
 import type { DrillRecord } from '../../core/catalog/records';
 import { parseConfig } from '../../core/config';
 import { ConfigError } from '../../core/errors';
@@ -100,6 +101,34 @@ describe('thresholdAlerts', () => {
       },
     ]);
     expect(custom.map((a) => a.kind)).toEqual(['backup-age']);
+  });
+
+  it('judges age and RPO by the newest whole backup; a newer one whose data is gone is its own alert', () => {
+    const entry = (id: string, finishedAt: string) =>
+      ({
+        manifest: { id, type: 'full', startedAt: finishedAt, finishedAt },
+        targets: [],
+      }) as unknown as CatalogEntry;
+    const good = entry('full-daily-20260210-020000', ago(50 * HOUR));
+    const broken = entry('full-daily-20260212-110000', ago(HOUR));
+    const problem =
+      'main/full/daily/full-daily-20260212-110000.app.dump.zst is missing in file:///var/backups';
+    const inputs = thresholdInputsFrom({
+      cluster: 'main',
+      now: NOW,
+      entries: [broken, good],
+      drills: [],
+      broken: [{ id: broken.manifest.id, type: 'full', finishedAt: broken.manifest.finishedAt, problem }],
+    });
+
+    const alerts = thresholdAlerts(inputs, limits);
+
+    expect(inputs.newestBackup?.id).toBe(good.manifest.id);
+    expect(inputs.recoveryPoint?.id).toBe(good.manifest.id);
+    expect(alerts.find((a) => a.kind === 'backup-age')?.what).toContain(good.manifest.id);
+    const incomplete = alerts.find((a) => a.kind === 'backup-incomplete');
+    expect(incomplete?.severity).toBe('critical');
+    expect(incomplete?.what).toContain(problem);
   });
 
   it('alerts when there is no backup at all', () => {
