@@ -376,7 +376,7 @@ describe('report function', () => {
 
     // Assess: the HTML is in the bucket, and the link serves it.
     expect(result.html).toMatch(
-      new RegExp(`^s3://${s3.bucket}/vault/main/reports/report-\\d{8}-\\d{6}\\.html$`),
+      new RegExp(`^s3://${s3.bucket}/vault/main/reports/report-\\d{8}-\\d{6}-[0-9a-f]{8}\\.html$`),
     );
     expect(result).toMatchObject({
       cluster: 'main',

@@ -196,7 +196,7 @@ describe('verify sizes, capacity and report from the CLI', () => {
     expect(r.code).toBe(1);
     expect(r.stdout).toContain('report of cluster main: 2 check(s) failing');
     expect(r.stdout).toMatch(
-      new RegExp(`${join(work.path, 'report')}/main/reports/report-\\d{8}-\\d{6}\\.html`),
+      new RegExp(`${join(work.path, 'report')}/main/reports/report-\\d{8}-\\d{6}-[0-9a-f]{8}\\.html`),
     );
     const alerts = r.stderr.trimEnd().split('\n');
     expect(alerts).toHaveLength(2);
