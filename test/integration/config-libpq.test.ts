@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -202,6 +202,30 @@ describe('libpq settings from the config file', () => {
     );
     expect(init.code).not.toBe(0);
     expect(init.stdout).toMatch(/FAIL +server connection: .*certificate.*check PGSSLROOTCERT/);
+  });
+
+  it('verify-ca checks the chain only, verify-full also the host name (PGHOST, with PGHOSTADDR dialled)', () => {
+    // Prepare
+    const lines = (mode: string) => [
+      `PGSSLMODE=${mode}`,
+      `PGSSLROOTCERT=${join(work.path, 'ca.crt')}`,
+      'PGHOSTADDR=127.0.0.1',
+    ];
+    const ca = configFile('verify-ca', [...lines('verify-ca')]);
+    const full = configFile('verify-full', [...lines('verify-full')]);
+    for (const f of [ca, full])
+      writeFileSync(f, readFileSync(f, 'utf8').replace('PGHOST=127.0.0.1', 'PGHOST=db.example'));
+
+    // Act
+    const chainOnly = pgvault(['--config', ca, '--json', 'backup', 'full', 'daily']);
+    const withName = pgvault(['--config', full, 'backup', 'full', 'daily']);
+
+    // Assess
+    expect(chainOnly.code, chainOnly.stderr).toBe(0);
+    expect(withName.code).toBe(1);
+    expect(withName.stderr.trim()).toMatch(
+      /^pgvault: cannot connect to PostgreSQL at db\.example:\d+: .*db\.example.*; check PGSSLROOTCERT/,
+    );
   });
 
   it('settings pgvault cannot honour are refused in one line: PGSERVICE, a PGSSLMODE libpq does not know', () => {
