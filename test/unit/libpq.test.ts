@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../../core/config';
 import { sslAttempts, sslMode, tlsOptions } from '../../core/pg/libpq';
 
 /** libpq's sslmode as node-postgres TLS settings (core/pg/libpq.ts); the CA file is this test file. */
@@ -40,5 +41,19 @@ describe('libpq sslmode for node-postgres', () => {
     expect(() =>
       tlsOptions({ PGSSLMODE: 'verify-full', PGSSLROOTCERT: '/nonexistent/ca.crt' }, 'db'),
     ).toThrow(/^PGSSLROOTCERT=\/nonexistent\/ca.crt cannot be read \(ENOENT\); check the path/);
+  });
+
+  it('a setting node-postgres cannot apply is warned about in one line, not dropped silently', () => {
+    // Act
+    const config = loadConfig({
+      env: { BACKUP_DIR: '/tmp/x', PGTARGETSESSIONATTRS: 'read-write', PGTZ: 'UTC' },
+      cwd: '/nonexistent',
+    });
+
+    // Assess
+    expect(config.pg.libpq).toMatchObject({ PGTARGETSESSIONATTRS: 'read-write', PGTZ: 'UTC' });
+    expect(config.warnings).toEqual([
+      "PGTARGETSESSIONATTRS reaches pg_dump, pg_restore and psql, but pgvault's own connections (node-postgres) cannot apply it: the server is not checked for it",
+    ]);
   });
 });
