@@ -3,6 +3,7 @@ import { availableParallelism, hostname } from 'node:os';
 import { isAbsolute, resolve } from 'node:path';
 import { parseEnv } from 'node:util';
 import { ConfigError } from './errors';
+import { libpqWarnings } from './pg/libpq';
 
 /**
  * The one config reader. Keys are the backup guide's (BACKUP_DIR, COMPRESSION, ...) plus libpq's
@@ -27,6 +28,12 @@ export interface PgConnection {
   readonly database?: string;
   /** Never logged, never put on a command line; handed to children as PGPASSWORD in their env. */
   readonly password?: string;
+  /**
+   * libpq's other settings (LIBPQ_KEYS: PGSSLMODE, PGSSLROOTCERT, PGAPPNAME, ...) from any source, the
+   * environment winning: handed to children as they are (pgEnv) and mapped for node-postgres
+   * (core/pg/libpq.ts). Paths and modes only; no secret.
+   */
+  readonly libpq?: Readonly<Record<string, string>>;
 }
 
 export interface EncryptionConfig {
@@ -241,6 +248,56 @@ export function collectRawConfig(options: LoadConfigOptions = {}): {
 }
 
 /**
+ * libpq's environment settings besides PGHOST, PGPORT, PGUSER, PGDATABASE and PGPASSWORD (config.pg's
+ * own fields): from a config file too, they reach every connection as if exported (config.pg.libpq).
+ */
+export const LIBPQ_KEYS: readonly string[] = [
+  'PGHOSTADDR',
+  'PGPASSFILE',
+  'PGSERVICE',
+  'PGSERVICEFILE',
+  'PGOPTIONS',
+  'PGAPPNAME',
+  'PGCONNECT_TIMEOUT',
+  'PGCLIENTENCODING',
+  'PGDATESTYLE',
+  'PGTZ',
+  'PGSSLMODE',
+  'PGREQUIRESSL',
+  'PGSSLCERT',
+  'PGSSLKEY',
+  'PGSSLROOTCERT',
+  'PGSSLCRL',
+  'PGSSLCRLDIR',
+  'PGSSLSNI',
+  'PGSSLCERTMODE',
+  'PGSSLNEGOTIATION',
+  'PGSSLMINPROTOCOLVERSION',
+  'PGSSLMAXPROTOCOLVERSION',
+  'PGREQUIREPEER',
+  'PGREQUIREAUTH',
+  'PGCHANNELBINDING',
+  'PGGSSENCMODE',
+  'PGGSSLIB',
+  'PGGSSDELEGATION',
+  'PGKRBSRVNAME',
+  'PGTARGETSESSIONATTRS',
+  'PGLOADBALANCEHOSTS',
+  'PGSYSCONFDIR',
+  'PGLOCALEDIR',
+];
+
+/** The LIBPQ_KEYS set in raw (any source), for config.pg.libpq. */
+function libpqSettings(raw: Raw): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const k of LIBPQ_KEYS) {
+    const v = raw[k];
+    if (v !== undefined && v !== '') out[k] = v;
+  }
+  return out;
+}
+
+/**
  * Every key a config file (--config, PGVAULT_CONFIG, .env) may hold without a warning: the one list.
  * test/unit/config-known-keys.test.ts checks that it holds every key this file reads, every key of
  * README's configuration table, functions/env.ts's and bin/pgvault's. An entry ending in `*` is a prefix.
@@ -315,39 +372,8 @@ export const KNOWN_KEYS: readonly string[] = [
   'GLIBC_TUNABLES',
   'TZ',
   'TMPDIR',
-  // libpq (pg_dump, pg_restore, psql) and node-postgres, from the environment.
-  'PGHOSTADDR',
-  'PGPASSFILE',
-  'PGSERVICE',
-  'PGSERVICEFILE',
-  'PGOPTIONS',
-  'PGAPPNAME',
-  'PGCONNECT_TIMEOUT',
-  'PGCLIENTENCODING',
-  'PGDATESTYLE',
-  'PGTZ',
-  'PGSSLMODE',
-  'PGSSLCERT',
-  'PGSSLKEY',
-  'PGSSLROOTCERT',
-  'PGSSLCRL',
-  'PGSSLCRLDIR',
-  'PGSSLSNI',
-  'PGSSLCERTMODE',
-  'PGSSLNEGOTIATION',
-  'PGSSLMINPROTOCOLVERSION',
-  'PGSSLMAXPROTOCOLVERSION',
-  'PGREQUIREPEER',
-  'PGREQUIREAUTH',
-  'PGCHANNELBINDING',
-  'PGGSSENCMODE',
-  'PGGSSLIB',
-  'PGGSSDELEGATION',
-  'PGKRBSRVNAME',
-  'PGTARGETSESSIONATTRS',
-  'PGLOADBALANCEHOSTS',
-  'PGSYSCONFDIR',
-  'PGLOCALEDIR',
+  // libpq (pg_dump, pg_restore, psql) and node-postgres: config.pg.libpq.
+  ...LIBPQ_KEYS,
   'PGDATA',
   // The AWS SDK, from the environment.
   'AWS_CONFIG_FILE',
@@ -813,6 +839,7 @@ export function parseConfig(
       user: text(raw, 'PGUSER'),
       database: text(raw, 'PGDATABASE'),
       password: raw.PGPASSWORD === '' ? undefined : raw.PGPASSWORD,
+      libpq: libpqSettings(raw),
     },
     pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),
@@ -825,7 +852,7 @@ export function parseConfig(
     eventBusName: eventBusName(raw),
     metrics: metricsMode(raw),
     sources,
-    warnings: configWarnings(key, deploymentMode, raw),
+    warnings: [...configWarnings(key, deploymentMode, raw), ...libpqWarnings(libpqSettings(raw))],
   };
   if (options.lazyAlerts) {
     // Validated (and a mistake thrown) by whatever reads it first; the per-segment commands never do.

@@ -4,6 +4,7 @@ import type { Client, ClientConfig } from 'pg';
 import type { PgConnection } from '../config';
 import { errorMessage, MissingToolError, PostgresError } from '../errors';
 import { toolVersionOutput } from '../stream/process';
+import { connectTimeoutSeconds, type NodePgSsl, refuseUnsupported, sslAttempts } from './libpq';
 
 export type PgToolName =
   | 'pg_dump'
@@ -117,10 +118,15 @@ export function clearPgBinaryCache(): void {
 /**
  * The environment for a PostgreSQL child process. The password travels as PGPASSWORD here and
  * never on a command line, where `ps` would show it. Fields the connection leaves out keep the
- * base environment's value, as libpq itself would.
+ * base environment's value, as libpq itself would. libpq's other settings (conn.libpq: PGSSLMODE,
+ * ...; from a config file too) go in as they are; PGAPPNAME is pgvault unless one is set.
  */
 export function pgEnv(conn: PgConnection, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...base, PGAPPNAME: PG_APPLICATION_NAME };
+  const env: NodeJS.ProcessEnv = {
+    ...base,
+    ...conn.libpq,
+    PGAPPNAME: conn.libpq?.PGAPPNAME ?? PG_APPLICATION_NAME,
+  };
   if (conn.host !== undefined) env.PGHOST = conn.host;
   if (conn.port !== undefined) env.PGPORT = String(conn.port);
   if (conn.user !== undefined) env.PGUSER = conn.user;
@@ -131,19 +137,45 @@ export function pgEnv(conn: PgConnection, base: NodeJS.ProcessEnv = process.env)
 }
 
 /**
- * node-postgres settings for a connection. An absent password stays undefined so node-postgres
- * falls back to PGPASSWORD and ~/.pgpass like the command-line tools do.
+ * node-postgres settings for a connection, libpq's settings (conn.libpq) mapped onto them:
+ * PGAPPNAME, PGCONNECT_TIMEOUT, PGOPTIONS, PGHOSTADDR (dialled; PGHOST still names the server for
+ * TLS), PGSSLNEGOTIATION, and the TLS settings of `ssl` (the first of sslAttempts; withClient tries
+ * the others). An absent password stays undefined so node-postgres falls back to PGPASSWORD and
+ * ~/.pgpass like the command-line tools do. Settings it cannot honour are refused (ConfigError).
  */
-export function clientConfig(conn: PgConnection, database?: string): ClientConfig {
+export function clientConfig(conn: PgConnection, database?: string, ssl?: NodePgSsl): ClientConfig {
+  const libpq = conn.libpq ?? {};
+  refuseUnsupported(libpq);
+  const timeout = connectTimeoutSeconds(libpq, CONNECT_TIMEOUT_SECONDS);
+  const negotiation = libpq.PGSSLNEGOTIATION?.trim();
+  const options = libpq.PGOPTIONS?.trim();
   return {
-    host: conn.host,
+    host: libpq.PGHOSTADDR?.trim() || conn.host,
     port: conn.port,
     user: conn.user,
     database: database ?? conn.database,
     password: conn.password,
-    application_name: PG_APPLICATION_NAME,
-    connectionTimeoutMillis: CONNECT_TIMEOUT_SECONDS * 1000,
+    application_name: libpq.PGAPPNAME ?? PG_APPLICATION_NAME,
+    connectionTimeoutMillis: timeout === undefined ? 0 : timeout * 1000,
+    ssl: ssl ?? sslAttempts(libpq, conn.host)[0],
+    ...(options ? { options } : {}),
+    ...(negotiation === 'direct' || negotiation === 'postgres' ? { sslnegotiation: negotiation } : {}),
   };
+}
+
+/** Errors after which libpq tries its next sslmode attempt: any but an unreachable server. */
+function worthAnotherAttempt(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return (
+    !['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT'].includes(
+      code ?? '',
+    ) && !/timeout/i.test(errorMessage(err))
+  );
+}
+
+/** An attempt's error that says only that the other attempt was needed (server without TLS, hba). */
+function isFallbackNoise(err: unknown): boolean {
+  return /does not support SSL|no encryption|SSL off|SSL on/i.test(errorMessage(err));
 }
 
 /** host:port as libpq would resolve it, for messages. */
@@ -194,6 +226,14 @@ export function connectionError(
         cause: err,
       });
   }
+  if (
+    /certificate|altnames|CERT_|SELF_SIGNED|Hostname\/IP does not match/i.test(`${e.code ?? ''} ${message}`)
+  ) {
+    return new PostgresError(
+      `${prefix}: ${message}; check PGSSLROOTCERT (the CA that signed the server's certificate) and PGSSLMODE (verify-full also checks the host name)`,
+      { cause: err },
+    );
+  }
   if (/timeout/i.test(message)) {
     return new PostgresError(
       `${prefix} (timed out after ${CONNECT_TIMEOUT_SECONDS}s); check PGHOST/PGPORT, firewalls and that the server is running`,
@@ -220,15 +260,31 @@ export async function withClient<T>(
 ): Promise<T> {
   // Loaded here, not at the top, so CLI commands that never talk to PostgreSQL don't pay for it.
   const pg = require('pg') as typeof import('pg');
-  const client = new pg.Client(clientConfig(conn, database));
-  // A server that goes away between queries emits 'error' on the client; without a listener that
-  // would crash the process instead of failing the next query.
-  client.on('error', () => {});
-  try {
-    await client.connect();
-  } catch (err) {
-    await client.end().catch(() => {});
-    throw connectionError(err, conn, database);
+  const libpq = conn.libpq ?? {};
+  // node-postgres's .pgpass lookup reads PGPASSFILE from the process environment only.
+  if (libpq.PGPASSFILE !== undefined && process.env.PGPASSFILE === undefined) {
+    process.env.PGPASSFILE = libpq.PGPASSFILE;
+  }
+  clientConfig(conn, database); // refuses unsupported settings before any attempt
+  const errors: unknown[] = [];
+  let client: Client | undefined;
+  for (const ssl of sslAttempts(libpq, conn.host)) {
+    const attempt = new pg.Client(clientConfig(conn, database, ssl));
+    // A server that goes away between queries emits 'error' on the client; without a listener that
+    // would crash the process instead of failing the next query.
+    attempt.on('error', () => {});
+    try {
+      await attempt.connect();
+      client = attempt;
+      break;
+    } catch (err) {
+      await attempt.end().catch(() => {});
+      errors.push(err);
+      if (!worthAnotherAttempt(err)) break;
+    }
+  }
+  if (client === undefined) {
+    throw connectionError(errors.find((e) => !isFallbackNoise(e)) ?? errors.at(-1), conn, database);
   }
   try {
     return await fn(client);

@@ -7,7 +7,7 @@ import type { CatalogEntry } from '../catalog/catalog';
 import type { StoredObject } from '../catalog/manifest';
 import { corruptionBehindProgramFailure, decryptionFor, readObjectIntoProgram } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
-import { type Config, loadConfig, type PgConnection } from '../config';
+import { type Config, LIBPQ_KEYS, loadConfig, type PgConnection } from '../config';
 import { diskFullError, ensureFreeSpace } from '../disk';
 import {
   errorMessage,
@@ -109,6 +109,7 @@ export function pgvaultBin(): string {
 }
 
 /** The effective non-secret settings restore_command needs, as a config file's text. */
+// No libpq setting (config.pg, LIBPQ_KEYS) goes in: restore_command reads the archive, never a database.
 export function restoreCommandConfigText(config: Config, keyFile: string | undefined): string {
   const lines: Array<[string, string | number | boolean | undefined]> = [
     ['BACKUP_DIR', config.backupDir],
@@ -454,14 +455,14 @@ function sandboxSettings(runDir: string, dataDir: string): Record<string, string
 /** The server's environment: no secrets it does not need, and no config keys that would override the file. */
 function sandboxServerEnv(): NodeJS.ProcessEnv {
   const env = { ...process.env };
-  for (const k of [...CONFIG_KEYS, ...LIBPQ_VARIABLES]) delete env[k];
+  for (const k of [...CONFIG_KEYS, ...LIBPQ_VARIABLES, ...LIBPQ_KEYS]) delete env[k];
   return env;
 }
 
 /** Environment for a client of the sandbox: none of the configured server's libpq variables. */
 function sandboxClientEnv(conn: PgConnection): NodeJS.ProcessEnv {
   const base = { ...process.env };
-  for (const k of LIBPQ_VARIABLES) delete base[k];
+  for (const k of [...LIBPQ_VARIABLES, ...LIBPQ_KEYS]) delete base[k];
   return pgEnv(conn, base);
 }
 
