@@ -109,6 +109,10 @@ export async function startAppCluster(
  * committed so far is in the archive.
  */
 export async function switchAndWaitArchived(cluster: TempCluster, timeoutMs = 30_000): Promise<string> {
+  // A record first, so the switch always completes a segment: with nothing written since the last
+  // switch, pg_switch_wal does nothing, and PostgreSQL 17 then names the segment in use (never
+  // archived while nothing is written), where 15 named the one just completed.
+  await cluster.query("SELECT pg_logical_emit_message(false, 'pgvault-test', 'switch')");
   const [row] = await cluster.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal()) AS name');
   const wanted = row!.name;
   const deadline = Date.now() + timeoutMs;
