@@ -1,4 +1,4 @@
-import { IgnoreMode, RemovalPolicy, Validations } from 'aws-cdk-lib';
+import { IgnoreMode, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -204,7 +204,8 @@ export class ClusterTasks extends Construct {
     // shared secret itself would add each execution role to the vault key's policy (a KMS grant through
     // Secrets Manager), which names this stack's roles from the shared stack, a cycle, and grows the
     // key policy with the fleet. The key's policy lets IAM policies grant its use; the grant is the
-    // execution role's own (kms:Decrypt via Secrets Manager only).
+    // execution role's own (kms:Decrypt via Secrets Manager only, grantSecretKeys): the imported
+    // secret's `encryptionKey` is not turned into a KMS grant by `grantRead`, so it is stated here.
     const passphrase = secretsmanager.Secret.fromSecretAttributes(this, 'Passphrase', {
       secretCompleteArn: props.vault.passphrase.secretArn,
       encryptionKey: kms.Key.fromKeyArn(this, 'VaultKey', props.vault.key.keyArn),
@@ -266,6 +267,9 @@ export class ClusterTasks extends Construct {
       const fileSystem = props.platform.walFileSystem;
       if (props.walReceivers.has(c.name) && fileSystem) {
         walReceiver = this.walReceiver(c.name, props, env, secrets, fileSystem);
+      }
+      for (const def of [backup, restore, walReceiver?.taskDefinition]) {
+        if (def) grantSecretKeys(def.obtainExecutionRole(), props.vault.key.keyArn, c);
       }
       this.byCluster.set(c.name, { backup, restore, walReceiver });
     }
@@ -402,6 +406,37 @@ export class ClusterTasks extends Construct {
       platformVersion: ecs.FargatePlatformVersion.LATEST,
       circuitBreaker: { enable: true, rollback: true },
     });
+  }
+}
+
+/**
+ * What an execution role needs to hand the container its `secrets`: ECS fetches them with the
+ * execution role, and Secrets Manager decrypts each with its KMS key on the caller's behalf, so the role
+ * needs kms:Decrypt on the vault key (the passphrase) and, when the cluster's credentials secret has its
+ * own customer-managed key (`credentialsKmsKeyArn`), on that key: only through Secrets Manager
+ * (kms:ViaService), in the region of the secret (the stack's for the passphrase, the ARN's for the
+ * credentials). Task roles need none of this: no task code calls Secrets Manager.
+ */
+function grantSecretKeys(role: iam.IRole, vaultKeyArn: string, cluster: ClusterConfig): void {
+  const viaSecretsManager = (region: string) => ({
+    StringEquals: { 'kms:ViaService': `secretsmanager.${region}.amazonaws.com` },
+  });
+  role.addToPrincipalPolicy(
+    new iam.PolicyStatement({
+      actions: ['kms:Decrypt'],
+      resources: [vaultKeyArn],
+      conditions: viaSecretsManager(Stack.of(role).region),
+    }),
+  );
+  if (cluster.credentialsKmsKeyArn) {
+    const secretRegion = cluster.credentialsSecretArn.split(':')[3] || Stack.of(role).region;
+    role.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: ['kms:Decrypt'],
+        resources: [cluster.credentialsKmsKeyArn],
+        conditions: viaSecretsManager(secretRegion),
+      }),
+    );
   }
 }
 
