@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { readdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TempCluster } from '../../core/pg/cluster';
@@ -35,14 +35,20 @@ interface TaskRole {
 }
 
 /** The S3 statements and environment of a cluster's backup or restore task, found by family. */
-function taskRole(kind: 'backup' | 'restore', clusterName: string, bucket: string): TaskRole {
+function taskRole(kind: 'backup' | 'restore' | 'wal-receive', clusterName: string, bucket: string): TaskRole {
   const config = testConfig();
   const synth = synthTemplate(config);
   const templates: Template[] = [synth.template, ...synth.fleets.map((f) => f.template)];
   for (const template of templates) {
     for (const def of Object.values(template.findResources('AWS::ECS::TaskDefinition')) as CfnJson[]) {
       const family = def.Properties.Family;
-      if (typeof family !== 'string' || !family.endsWith(`-${kind}-${clusterName}`)) continue;
+      const container = def.Properties.ContainerDefinitions[0];
+      const isWanted =
+        kind === 'wal-receive'
+          ? container.Command?.join(' ') === 'wal receive' &&
+            container.Environment?.some((e: CfnJson) => e.Name === 'CLUSTER_NAME' && e.Value === clusterName)
+          : typeof family === 'string' && family.endsWith(`-${kind}-${clusterName}`);
+      if (!isWanted) continue;
       const roleId = def.Properties.TaskRoleArn['Fn::GetAtt'][0] as string;
       const env: Record<string, string> = {};
       for (const e of def.Properties.ContainerDefinitions[0].Environment ?? []) {
@@ -135,9 +141,11 @@ describe('commands under their task role (issue 12)', () => {
     const proxy = await startPolicyProxy(s3.endpoint, role.statements);
     const commands = [
       ['backup', 'full', 'daily'],
+      ['backup', 'base', 'daily'],
       ['backup', 'config'],
       ['backup', 'indexes'],
       ['verify', 'restore', 'latest'],
+      ['drill'],
     ];
 
     try {
@@ -160,4 +168,32 @@ describe('commands under their task role (issue 12)', () => {
       await proxy.stop();
     }
   }, 300_000);
+
+  it('archives a WAL segment under the WAL receiver task role, touching only keys it allows', async () => {
+    // Prepare: the receiver's role (cluster `orders` receives WAL in the example) and one segment.
+    const role = taskRole('wal-receive', 'orders', s3.bucket);
+    const proxy = await startPolicyProxy(s3.endpoint, role.statements);
+    const walDir = join(cluster.dataDir, 'pg_wal');
+    await cluster.psql('CREATE TABLE IF NOT EXISTS walmark (v int); INSERT INTO walmark VALUES (1)', 'app');
+    await cluster.psql('SELECT pg_switch_wal()', 'postgres');
+    const segment = readdirSync(walDir)
+      .filter((f) => /^[0-9A-F]{24}$/.test(f))
+      .sort()[0]!;
+    // The server archives nothing here (archive_mode off): mark the finished segment as PostgreSQL would.
+    writeFileSync(join(walDir, 'archive_status', `${segment}.ready`), '');
+
+    try {
+      // Act
+      const run = await cli(role, proxy, ['backup', 'wal', join(walDir, segment)]);
+
+      // Assess
+      expect(`exit ${run.code} ${run.stderr.trim()}`).toBe('exit 0 ');
+      expect(proxy.denied).toEqual([]);
+      expect(
+        proxy.seen.some((r) => r.action === 's3:PutObject' && r.key.startsWith('pgvault/orders/wal/')),
+      ).toBe(true);
+    } finally {
+      await proxy.stop();
+    }
+  }, 120_000);
 });
