@@ -95,7 +95,7 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
   const [toolMajor, tools, , server, pre] = await Promise.all([
     toolMajorVersion(pgBasebackup),
     toolVersions(pgBasebackup, config.compression),
-    Promise.all(vault.targets.map((t) => t.probe())),
+    Promise.all(vault.targets.map((t) => t.probe(config.clusterName))),
     serverInfo(config.pg),
     physicalPrerequisites(config),
   ]);

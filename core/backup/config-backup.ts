@@ -14,7 +14,7 @@ import { type TarFile, tarArchive } from './tar';
  */
 export async function backupConfig(vault: Vault, options: { now?: Date } = {}): Promise<ManifestBody> {
   const { config } = vault;
-  await Promise.all(vault.targets.map((t) => t.probe()));
+  await Promise.all(vault.targets.map((t) => t.probe(config.clusterName)));
   const server = await serverInfo(config.pg);
   const files = await collectConfigFiles(vault);
   const archive = tarArchive(files, options.now);

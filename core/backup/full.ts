@@ -30,7 +30,7 @@ export async function backupFull(vault: Vault, options: FullBackupOptions): Prom
   const [dumpMajor, tools, , server, allDatabases] = await Promise.all([
     toolMajorVersion(pgDump),
     toolVersions(pgDump, config.compression),
-    Promise.all(vault.targets.map((t) => t.probe())),
+    Promise.all(vault.targets.map((t) => t.probe(config.clusterName))),
     serverInfo(config.pg),
     listDatabases(config.pg),
   ]);

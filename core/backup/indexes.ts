@@ -90,7 +90,7 @@ export function parseIndexSql(text: string): Map<string, string[]> {
 /** `backup indexes`: the definitions of every index in every database, as one SQL object. */
 export async function backupIndexes(vault: Vault, options: { now?: Date } = {}): Promise<ManifestBody> {
   const { config } = vault;
-  await Promise.all(vault.targets.map((t) => t.probe()));
+  await Promise.all(vault.targets.map((t) => t.probe(config.clusterName)));
   const server = await serverInfo(config.pg);
   const byDatabase = new Map<string, IndexDefinition[]>();
   for (const db of await listDatabases(config.pg))

@@ -54,7 +54,7 @@ export async function initBackupTargets(
   for (const t of vault.targets) {
     checks.push(
       await attempt(`write access ${t.location}`, async () => {
-        await t.probe();
+        await t.probe(config.clusterName);
         return 'writable';
       }),
     );

@@ -308,7 +308,7 @@ class FlatFolderTarget implements StorageTarget {
   delete(): Promise<void> {
     return Promise.reject(new UsageError('a hand-copied backup folder is read-only'));
   }
-  probe(): Promise<void> {
+  probe(_prefix: string): Promise<void> {
     return Promise.resolve();
   }
 }

@@ -201,10 +201,11 @@ export class FileTarget implements StorageTarget {
     }
   }
 
-  async probe(): Promise<void> {
-    const probePath = join(this.root, `.pgvault-probe.tmp-${randomBytes(6).toString('hex')}`);
+  async probe(prefix: string): Promise<void> {
+    const directory = this.pathOf(prefix);
+    const probePath = join(directory, `.pgvault-probe.tmp-${randomBytes(6).toString('hex')}`);
     try {
-      await mkdir(this.root, { recursive: true, mode: DIRECTORY_MODE });
+      await mkdir(directory, { recursive: true, mode: DIRECTORY_MODE });
       const handle = await open(probePath, 'wx', FILE_MODE);
       try {
         await handle.write('pgvault probe\n');

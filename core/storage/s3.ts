@@ -383,8 +383,8 @@ export class S3Target implements StorageTarget {
     }
   }
 
-  async probe(): Promise<void> {
-    const probeKey = `.pgvault-probe-${randomBytes(6).toString('hex')}`;
+  async probe(prefix: string): Promise<void> {
+    const probeKey = `${prefix}/.pgvault-probe-${randomBytes(6).toString('hex')}`;
     await this.putBytes(probeKey, 'pgvault probe\n');
     await this.delete(probeKey);
   }

@@ -50,6 +50,10 @@ export interface StorageTarget {
   stat(key: string): Promise<ObjectInfo | undefined>;
   list(prefix: string): AsyncIterable<ObjectInfo>;
   delete(key: string): Promise<void>;
-  /** Checks the target can be reached and written (writes and removes a small probe object). */
-  probe(): Promise<void>;
+  /**
+   * Checks the target can be reached and written: writes and removes a small probe object under
+   * `prefix/` (the cluster's own folder), never at the root, where a role scoped to its cluster's
+   * prefix may not write.
+   */
+  probe(prefix: string): Promise<void>;
 }

@@ -388,6 +388,8 @@ export class ClusterTasks extends Construct {
     });
     fileSystem.grant(def.taskRole, 'elasticfilesystem:ClientMount', 'elasticfilesystem:ClientWrite');
     props.vault.grantRepository(def.taskRole, { read: true, write: true, cluster, folder: 'wal' });
+    // Every WAL push checks the archive's key against <cluster>/keys.json (and records it in a new archive).
+    props.vault.grantClusterObject(def.taskRole, cluster, 'keys.json');
     props.topic.grantPublish(def.taskRole);
     props.eventBus.grantPutEventsTo(def.taskRole);
     acknowledgeTaskDefinition(def);

@@ -227,6 +227,20 @@ export class VaultBucket extends Construct {
     });
   }
 
+  /**
+   * Read and write of one named object of a cluster's folder, for a role otherwise scoped to a subfolder:
+   * the WAL receiver (`<cluster>/wal/*`) checks and records the archive's key in `<cluster>/keys.json`.
+   */
+  grantClusterObject(grantee: iam.IGrantable, cluster: string, name: string): void {
+    const actions = ['s3:GetObject', 's3:PutObject', 's3:PutObjectTagging'];
+    if (this.lockEnabled) actions.push('s3:PutObjectRetention', 's3:GetObjectRetention');
+    const principal: IConstruct = grantee.grantPrincipal instanceof Construct ? grantee.grantPrincipal : this;
+    const key = [this.prefix, cluster, name].filter((p): p is string => !!p).join('/');
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new iam.PolicyStatement({ actions, resources: [`${this.bucketArnFor(principal)}/${key}`] }),
+    );
+  }
+
   private get lockEnabled(): boolean {
     const cfn = this.bucket.node.defaultChild as s3.CfnBucket;
     return cfn.objectLockEnabled === true;

@@ -9,6 +9,7 @@ import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../../core
 import { FileTarget } from '../../core/storage/file';
 import { S3Target } from '../../core/storage/s3';
 import type { ObjectInfo, StorageTarget } from '../../core/storage/target';
+import { startFaultProxy } from '../helpers/fault-proxy';
 import { type S3TestServer, startS3Server } from '../helpers/s3-server';
 
 const MiB = 1024 * 1024;
@@ -377,7 +378,7 @@ describe.each([fileBackend(), s3Backend()])('storage target contract: $name', (b
 
   it('passes its probe', async () => {
     // Act
-    const probe = target.probe();
+    const probe = target.probe('c1');
 
     // Assess
     await expect(probe).resolves.toBeUndefined();
@@ -418,7 +419,7 @@ describe('S3 target failures', () => {
     // Act
     const [put, probe] = await Promise.allSettled([
       target.put('wal/000000010000000000000001', randomSource(MiB).stream),
-      target.probe(),
+      target.probe('c1'),
     ]);
 
     // Assess
@@ -497,6 +498,31 @@ describe('S3 target failures', () => {
     expect(await target.stat('base/failed.tar')).toBeUndefined();
   });
 
+  it('probes under the cluster prefix it is given, never at the root a cluster-scoped role may not write', async () => {
+    // Prepare: every request goes through a proxy that records the keys it touches.
+    const proxy = await startFaultProxy(server.endpoint);
+    const target = new S3Target({
+      bucket: server.bucket,
+      prefix: 'pgvault',
+      region: server.region,
+      endpoint: proxy.endpoint,
+      credentials: server.credentials,
+    });
+
+    try {
+      // Act
+      await target.probe('c1');
+
+      // Assess
+      const keys = proxy.requests.map((r) => r.key);
+      expect(keys.length).toBeGreaterThan(0);
+      expect(keys.filter((key) => !key.startsWith('pgvault/c1/'))).toEqual([]);
+      expect(await keysOf(target.list(''))).toEqual([]);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
   it('names a missing bucket in its probe', async () => {
     // Prepare
     const target = new S3Target({
@@ -507,7 +533,7 @@ describe('S3 target failures', () => {
     });
 
     // Act
-    const probe = target.probe();
+    const probe = target.probe('c1');
 
     // Assess
     await expect(probe).rejects.toThrow(StorageError);
@@ -548,7 +574,7 @@ describe('file target failures', () => {
 
     try {
       // Act
-      const [probe] = await Promise.allSettled([target.probe()]);
+      const [probe] = await Promise.allSettled([target.probe('c1')]);
 
       // Assess
       const message = probe.status === 'rejected' ? probe.reason.message : 'resolved';

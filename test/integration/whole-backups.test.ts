@@ -94,7 +94,7 @@ describe('a WAL file that changes size while it is archived', () => {
       getBytes: (key) => real.getBytes(key),
       stat: (key) => real.stat(key),
       delete: (key) => real.delete(key),
-      probe: () => real.probe(),
+      probe: (prefix: string) => real.probe(prefix),
       list(prefix: string) {
         if (!listed && prefix.endsWith('00000002.history')) {
           listed = true;

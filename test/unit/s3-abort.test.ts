@@ -214,7 +214,10 @@ describe('S3Target multipart failure handling', () => {
       .rejectsOnce(serviceError('AccessDenied', 'Access Denied', 403));
 
     // Act
-    const [missingBucket, denied] = await Promise.allSettled([target.probe(), target.putBytes('c1/x', 'x')]);
+    const [missingBucket, denied] = await Promise.allSettled([
+      target.probe('c1'),
+      target.putBytes('c1/x', 'x'),
+    ]);
 
     // Assess
     expect(missingBucket.status === 'rejected' && missingBucket.reason.message).toBe(
