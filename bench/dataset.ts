@@ -581,7 +581,8 @@ function tableJobs(
 }
 
 async function connect(conn: PgConnection, database: string): Promise<Client> {
-  const client = new Client({ ...clientConfig(conn, database), connectionTimeoutMillis: 10_000 });
+  // The benchmark's own throwaway cluster has no TLS: connect in plain, as sslmode=prefer ends up doing.
+  const client = new Client({ ...clientConfig(conn, database, false), connectionTimeoutMillis: 10_000 });
   client.on('error', () => {});
   await client.connect();
   // JIT only slows down these one-off statements; commits need not wait for the disk.
