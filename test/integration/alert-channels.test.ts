@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -8,6 +8,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { commandFailedAlert } from '../../core/alert/failure';
 import { sendAlerts } from '../../core/alert/notify';
 import { parseConfig } from '../../core/config';
+import { type CliRun, runPgvault } from '../helpers/cli';
 import { tempDir } from '../helpers/vault';
 
 /**
@@ -16,7 +17,6 @@ import { tempDir } from '../helpers/vault';
  * started here on free ports. A failed backup (PostgreSQL down) must reach each of them with the
  * cluster, what failed and the next command, and no secret; a channel that fails only adds a line.
  */
-const BIN = resolve(__dirname, '../../bin/pgvault.js');
 const ENCRYPTION_KEY = 'encryption-key-that-must-stay-home';
 const PGPASSWORD = 'pg-password-that-must-stay-home';
 const SMTP_PASSWORD = 'smtp-password-that-must-stay-home';
@@ -33,31 +33,12 @@ let hookStatus = 200;
 const mails: { from: string; to: string[]; raw: string; user?: string }[] = [];
 const hooks: { path: string; body: string; type?: string }[] = [];
 
-function pgvault(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((done) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      env: {
-        PATH: process.env.PATH ?? '',
-        HOME: work.path,
-        PGPASSWORD,
-        ENCRYPTION_KEY,
-        ...env,
-      },
-      cwd: work.path,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => {
-      stdout += c.toString();
-    });
-    child.stderr.on('data', (c: Buffer) => {
-      stderr += c.toString();
-    });
-    child.on('close', (code) => done({ code, stdout, stderr }));
-  });
+function pgvault(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
+  return runPgvault(
+    args,
+    { PATH: process.env.PATH ?? '', HOME: work.path, PGPASSWORD, ENCRYPTION_KEY, ...env },
+    work.path,
+  );
 }
 
 function configFile(name: string, lines: string[]): string {

@@ -1,10 +1,10 @@
-import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FileTarget } from '../../core/storage/file';
+import { type CliRun, runPgvault } from '../helpers/cli';
 import { tempDir } from '../helpers/vault';
 import { HOUR, storeBackup, storeHistory } from './report-fixture';
 
@@ -13,7 +13,6 @@ import { HOUR, storeBackup, storeHistory } from './report-fixture';
  * Publish, so the real client, its lazy loading and the CLI's error path are all exercised. Runs the
  * built CLI (npm test builds first).
  */
-const BIN = resolve(__dirname, '../../bin/pgvault.js');
 const TOPIC = 'arn:aws:sns:eu-west-1:123456789012:pgvault-alerts';
 let work: Awaited<ReturnType<typeof tempDir>>;
 let sns: Server;
@@ -22,32 +21,19 @@ let closedUrl: string;
 let closedPort: number;
 const published: Record<string, string>[] = [];
 
-function pgvault(
-  args: string[],
-  env: Record<string, string>,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((done) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      env: {
-        PATH: process.env.PATH ?? '',
-        HOME: process.env.HOME ?? '/root',
-        AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE',
-        AWS_SECRET_ACCESS_KEY: 'not-a-real-secret-key',
-        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-        ...env,
-      },
-      cwd: work.path,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => {
-      stdout += c.toString();
-    });
-    child.stderr.on('data', (c: Buffer) => {
-      stderr += c.toString();
-    });
-    child.on('close', (code) => done({ code, stdout, stderr }));
-  });
+function pgvault(args: string[], env: Record<string, string>): Promise<CliRun> {
+  return runPgvault(
+    args,
+    {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '/root',
+      AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE',
+      AWS_SECRET_ACCESS_KEY: 'not-a-real-secret-key',
+      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+      ...env,
+    },
+    work.path,
+  );
 }
 
 function configFile(name: string, lines: string[]): string {

@@ -1,7 +1,7 @@
-import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type CliRun, runPgvault } from '../helpers/cli';
 import { type S3TestServer, startS3Server } from '../helpers/s3-server';
 import { tempDir } from '../helpers/vault';
 
@@ -10,31 +10,20 @@ import { tempDir } from '../helpers/vault';
  * were ignored ("no AWS credentials found"). The built CLI runs with no AWS variable in its
  * environment and a HOME of its own, against s3rver, with the keys or a profile named only in the file.
  */
-const BIN = resolve(__dirname, '../../bin/pgvault.js');
 let work: Awaited<ReturnType<typeof tempDir>>;
 let s3: S3TestServer;
 
-function pgvault(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((done) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      // No AWS_* at all: only the config file can supply credentials.
-      env: {
-        PATH: process.env.PATH ?? '',
-        HOME: work.path,
-        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-      },
-      cwd: work.path,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => {
-      stdout += c.toString();
-    });
-    child.stderr.on('data', (c: Buffer) => {
-      stderr += c.toString();
-    });
-    child.on('close', (code) => done({ code, stdout, stderr }));
-  });
+function pgvault(args: string[]): Promise<CliRun> {
+  // No AWS_* at all: only the config file can supply credentials.
+  return runPgvault(
+    args,
+    {
+      PATH: process.env.PATH ?? '',
+      HOME: work.path,
+      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+    },
+    work.path,
+  );
 }
 
 function configFile(name: string, lines: string[]): string {
