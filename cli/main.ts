@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { pendingUndoSteps, runUndoSteps } from '../core/cleanup';
+import { applyDatabaseSecret } from '../core/pg/credentials-secret';
 import { fail, failWithAlert, type GlobalOptions, printConfigWarnings, recordCommandOutcome } from './output';
 
 /**
@@ -33,6 +34,8 @@ function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, na
     // server log would carry the same line thousands of times a day; every other command says it.
     if (!PER_SEGMENT_COMMANDS.has(command.path)) printConfigWarnings(opts);
     try {
+      // PGVAULT_PG_SECRET_ARN: the database credentials from Secrets Manager (a restore into another server).
+      if (!PER_SEGMENT_COMMANDS.has(command.path)) await applyDatabaseSecret({ configFile: opts.config });
       const mod = await load();
       result = await (mod[name] as T)(...([...positional, opts] as never[]));
     } catch (err) {

@@ -398,6 +398,8 @@ export const KNOWN_KEYS: readonly string[] = [
   'PGVAULT_CLUSTERS_FILE',
   'PGVAULT_BIN',
   'ENCRYPTION_KEY_SECRET_ARN',
+  // Database credentials from Secrets Manager, read at start (core/pg/credentials-secret.ts).
+  'PGVAULT_PG_SECRET_ARN',
   'ECS_CLUSTER_ARN',
   'TASK_DEFINITION_ARN',
   'RESTORE_TASK_DEFINITION_ARN',
