@@ -179,8 +179,9 @@ export class BackupTasks extends Construct {
 /**
  * One fleet stack's Fargate task definitions. One backup and one restore task definition per database
  * cluster: each holds that cluster's connection settings and takes its credentials (PGUSER, PGPASSWORD)
- * from that cluster's secret, which ECS cannot override per run; each task role may touch only its
- * cluster's folder of the vault. Roles carry the deployment's IAM path (taskRolePath).
+ * from that cluster's secret (the restore task from its restore secret), which ECS cannot override per
+ * run; each task role may touch only its cluster's folder of the vault. Roles carry the deployment's
+ * IAM path (taskRolePath).
  */
 export class ClusterTasks extends Construct {
   public readonly byCluster = new Map<string, ClusterTaskSet>();

@@ -9,7 +9,7 @@ import { type CfnJson, resourcesOf, synthTemplate, testConfig } from './synth';
 // its own key (credentialsKmsKeyArn). ECS fetches container `secrets` with the execution role and
 // Secrets Manager decrypts them on its behalf: without kms:Decrypt on the key (via Secrets Manager)
 // no task starts (ResourceInitializationError). The Lambdas read the passphrase at run time with their
-// own roles (functions/env.ts); task code never calls Secrets Manager, so task roles need no grant.
+// own roles (functions/env.ts); task code reads no secret but a restore target's (restore-credentials.test.ts).
 
 const CREDENTIALS_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab';
 
