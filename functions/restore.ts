@@ -321,11 +321,15 @@ export const handler = async (event: unknown): Promise<RestoreResult> => {
   const payload = parsePayload(payloadSchema, event);
   restoreArgv(payload); // every field checked before anything is read
   const cluster = findCluster(payload.cluster);
-  const target = 'target' in payload ? payload.target : undefined;
-  const environment = target === undefined ? undefined : targetEnvironment(cluster, target);
+  const to = 'target' in payload ? payload.target : undefined;
+  const environment = to === undefined ? undefined : targetEnvironment(cluster, to);
   const config = await clusterConfig(cluster, { withKey: false });
   const backupId = await resolveBackup(openVault(config, logReporter), payload);
   const argv = restoreArgv(backupId === undefined ? payload : { ...payload, backup: backupId });
+  const target =
+    environment === undefined
+      ? undefined
+      : { host: environment.PGHOST!, port: Number(environment.PGPORT), database: environment.PGDATABASE! };
   const startedAt = new Date();
   let started: RestoreResult;
   try {
@@ -353,18 +357,8 @@ export const handler = async (event: unknown): Promise<RestoreResult> => {
     taskArn: started.taskArn,
     startedAt: startedAt.toISOString(),
     ...(backupId !== undefined ? { backupId } : {}),
+    // Where the data goes, when not into the cluster's own server (no credentials).
+    ...(target !== undefined ? { details: { target } } : {}),
   });
-  return {
-    taskArn: started.taskArn,
-    command: started.command,
-    ...(environment !== undefined
-      ? {
-          target: {
-            host: environment.PGHOST!,
-            port: Number(environment.PGPORT),
-            database: environment.PGDATABASE!,
-          },
-        }
-      : {}),
-  };
+  return { taskArn: started.taskArn, command: started.command, ...(target !== undefined ? { target } : {}) };
 };

@@ -560,7 +560,10 @@ describe('restore into another server (issue 12: restores never touch production
       const sent = JSON.stringify([input, putEvents(), logged]);
       expect(sent).not.toContain(TARGET_PASSWORD);
       expect(sent).not.toContain('restorer');
-      expect(putEvents()[0]!.detail).toMatchObject({ command: command.join(' ') });
+      expect(putEvents()[0]!.detail).toMatchObject({
+        command: command.join(' '),
+        details: { target: { host: 'restore-db.internal', port: 6543, database: 'restores' } },
+      });
     },
   );
 
