@@ -96,6 +96,7 @@ const SCRATCH_SETTINGS: Readonly<Record<string, string>> = {
   max_wal_senders: '0',
   archive_mode: 'off',
   autovacuum: 'off',
+  maintenance_work_mem: '256MB',
   lc_messages: 'C',
   logging_collector: 'off',
   ssl: 'off',
@@ -121,12 +122,22 @@ export class ScratchServer {
       cluster = await TempCluster.start({
         binDir: binaries.binDir,
         socketOnly: true,
-        settings: SCRATCH_SETTINGS,
+        // pg_restore --jobs=PARALLEL_JOBS and the row counts' connections must fit.
+        settings: {
+          ...SCRATCH_SETTINGS,
+          max_connections: String(Math.max(100, config.parallelJobs * 2 + 10)),
+        },
         env: sandboxServerEnv(),
       });
     } catch (err) {
+      // initdb's failure is one line; a server that did not start adds its log's lines: the last says why.
+      const lines = errorMessage(err)
+        .split('\n')
+        .map((l) => l.trim())
+        .filter((l) => l !== '');
+      const why = lines.length > 1 ? `${lines[0]} … ${lines.at(-1)}` : (lines[0] ?? 'unknown error');
       throw new PostgresError(
-        `cannot start the restore-test sandbox (PostgreSQL ${binaries.major} in TMPDIR): ${errorMessage(err).split('\n')[0]}; free space in TMPDIR or point TMPDIR elsewhere, or ${ON_SERVER_HINT}`,
+        `cannot start the restore-test sandbox (PostgreSQL ${binaries.major} in TMPDIR): ${why}; free space in TMPDIR or point TMPDIR elsewhere, or ${ON_SERVER_HINT}`,
         { cause: err },
       );
     }

@@ -324,6 +324,20 @@ describe('what the sandbox cannot take', () => {
     );
   });
 
+  it('a TMPDIR the sandbox cannot be made in: one line naming TMPDIR and the fallback, nothing on the server', async () => {
+    // Act
+    const r = await pgvault(['verify', 'restore', 'latest'], { TMPDIR: join(work.path, 'no-such-dir') });
+
+    // Assess
+    expect(r.code).toBe(1);
+    const errors = r.stderr.split('\n').filter((l) => l.startsWith('pgvault: ') && !/warning/.test(l));
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatch(
+      /^pgvault: cannot start the restore-test sandbox \(PostgreSQL \d+ in TMPDIR\): .*ENOENT.*; free space in TMPDIR or point TMPDIR elsewhere, or restore on the configured server instead \(--on-server/,
+    );
+    expect(await temporaryDatabasesLeft(cluster)).toEqual([]);
+  });
+
   it('the sandbox runs the backup server major when installed', async () => {
     const binaries = await pickServerBinaries(undefined, Math.floor(full.server.versionNum / 10000));
 
