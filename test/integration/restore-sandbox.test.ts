@@ -148,6 +148,24 @@ describe('restore tests and drills in a sandbox server (the default)', () => {
     expect(await leftInTmp()).toEqual([]);
   });
 
+  it("libpq variables of the environment, meant for the configured server, reach none of the sandbox's clients", async () => {
+    // Prepare: PGHOSTADDR would send a client to an unroutable address (TEST-NET-1) instead of the
+    // sandbox's socket; PGSSLMODE=require would demand TLS the sandbox does not offer.
+    const env = { PGHOSTADDR: '192.0.2.1', PGSSLMODE: 'require', PGPASSWORD: 'not-for-the-sandbox' };
+
+    // Act
+    const r = await pgvault(['--json', 'restore', 'test', full.id], env);
+
+    // Assess
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      ok: true,
+      rows: SAMPLE_ROWS,
+      restoredOn: { kind: 'sandbox' },
+    });
+    expect(await leftInTmp()).toEqual([]);
+  });
+
   it('restore test: owners and grants name roles the sandbox lacks; it restores without them and validates', async () => {
     // The sample database grants to pgvault_reader, a role a fresh sandbox does not have.
     const r = await pgvault(['restore', 'test', full.id]);
