@@ -290,6 +290,10 @@ export class VaultBucket extends Construct {
    */
   private grantPassphraseReader(roleArn: string): void {
     const reader = new iam.ArnPrincipal(roleArn);
+    new CfnOutput(Stack.of(this), 'VaultKeyArn', {
+      value: this.key.keyArn,
+      description: "The passphrase's key: the reader role's own IAM policy names it (infra/README.md)",
+    });
     this.passphrase.addToResourcePolicy(
       new iam.PolicyStatement({
         sid: 'CopyOwnerReadsPassphrase',
