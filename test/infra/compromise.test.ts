@@ -246,6 +246,10 @@ describe('passphrase where the copy owner can reach it', () => {
       Condition: { StringEquals: { 'kms:ViaService': 'secretsmanager.eu-west-1.amazonaws.com' } },
     });
     expect(JSON.stringify(grant.Condition.StringLike)).toContain('kms:EncryptionContext:SecretARN');
+    // The reader's own account names the key in the role's IAM policy: the stack says which.
+    expect(template.toJSON().Outputs.VaultKeyArn.Value).toEqual({
+      'Fn::GetAtt': [logicalId(stack.vault.key), 'Arn'],
+    });
     expect(resourcesOf(plain, 'AWS::SecretsManager::ResourcePolicy')).toEqual([]);
   });
 });
