@@ -16,7 +16,8 @@ import type { RetentionPolicy } from './plan';
  * - schedule monthly: also the monthly tier: start of its UTC month + `monthly` months, if later.
  * - WAL (segments, history, backup labels): the PITR window keeps every segment written in the last
  *   `walDays` days: write time + `walDays` days.
- * - Nothing (undefined, no per-object date: the bucket's default retention applies) for manual backups
+ * - Nothing (undefined, no per-object date: the bucket's default retention applies) for a backup's
+ *   `.claim-` object (removed when the backup is done), manual backups
  *   (kept until deleted by hand), config and indexes backups (kept by count, whatever their cadence),
  *   reports, drills, `wal/archive.json`, `keys.json` and anything else.
  *
@@ -52,6 +53,8 @@ export function plannedExpiry(key: string, policy: RetentionPolicy, now: Date): 
   const schedule = parts[2];
   if (schedule !== 'daily' && schedule !== 'weekly' && schedule !== 'monthly') return undefined;
   const name = parts[parts.length - 1]!;
+  // A backup's claim (core/backup/run.ts) is removed once the backup is done: not kept by GFS.
+  if (name.includes('.claim-')) return undefined;
   const id = parseBackupId(name.slice(0, name.indexOf('.') < 0 ? name.length : name.indexOf('.')));
   const started = id && id.schedule === schedule ? stampDate(id.stamp) : now;
   const day = Date.UTC(started.getUTCFullYear(), started.getUTCMonth(), started.getUTCDate());

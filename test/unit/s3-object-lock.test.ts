@@ -78,6 +78,7 @@ describe('objectLockRetainUntil: each object locked until its planned GFS expiry
       'main/drills/x.json',
       'main/wal/archive.json',
       'main/keys.json',
+      'main/full/daily/full-daily-20260211-020000.claim-9c3c716532fee3f0',
       'main/.pgvault-probe-abc',
     ]) {
       expect(plannedExpiry(key, policy, now), key).toBeUndefined();
