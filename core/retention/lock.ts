@@ -11,9 +11,11 @@ import type { RetentionPolicy } from './plan';
  *
  * - full/base, schedule daily: the daily tier keeps a backup while its UTC day is among the `daily` most
  *   recent days that have one: at least until the start of its day + `daily` days.
- * - schedule weekly: also the weekly tier (which prefers weekly and monthly backups): start of its ISO
- *   week (Monday 00:00 UTC) + `weekly` weeks, if later.
- * - schedule monthly: also the monthly tier: start of its UTC month + `monthly` months, if later.
+ * - schedule weekly: also the weekly tier: start of its ISO week (Monday 00:00 UTC) + `weekly` weeks,
+ *   if later. (A weekly backup, taken on Sunday, is the newest of its ISO week.)
+ * - schedule monthly: also the monthly tier: start of its UTC month + `monthly` months, if later. Not the
+ *   weekly tier: a monthly backup may share its ISO week with a newer weekly one, which that tier keeps
+ *   instead (test/unit/retention-lock.test.ts simulates the schedules against the planner).
  * - WAL (segments, history, backup labels): the PITR window keeps every segment written in the last
  *   `walDays` days: write time + `walDays` days.
  * - Nothing (undefined, no per-object date: the bucket's default retention applies) for a backup's
@@ -59,7 +61,7 @@ export function plannedExpiry(key: string, policy: RetentionPolicy, now: Date): 
   const started = id && id.schedule === schedule ? stampDate(id.stamp) : now;
   const day = Date.UTC(started.getUTCFullYear(), started.getUTCMonth(), started.getUTCDate());
   const ends: number[] = [day + policy.daily * DAY_MS];
-  if (schedule !== 'daily') {
+  if (schedule === 'weekly') {
     const weekday = new Date(day).getUTCDay() || 7; // Monday 1 .. Sunday 7
     ends.push(day - (weekday - 1) * DAY_MS + policy.weekly * 7 * DAY_MS);
   }
