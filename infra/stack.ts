@@ -103,6 +103,10 @@ export class PgvaultStack extends Stack {
       accessLogExpireDays: c.bucket.accessLogExpireDays,
       objectLock: c.bucket.objectLock,
       retainData: c.retainData,
+      breakGlassRoleArn: c.bucket.breakGlassRoleArn,
+      protectKeyPolicy: c.bucket.protectKeyPolicy,
+      replication: c.bucket.replication,
+      passphraseCopy: c.bucket.passphraseCopy,
     });
     this.alerts = new Alerts(this, 'Alerts', {
       emails: c.alerts.emails,
@@ -117,6 +121,14 @@ export class PgvaultStack extends Stack {
       [LIFECYCLE_TAGS_SETTING]: 'true',
       LOCAL_COPY: 'false',
       ENCRYPTION: 'true',
+      // Each object locked until its planned GFS expiry, never less than the bucket default (core/retention/lock.ts).
+      ...(c.bucket.objectLock?.retain === 'gfs'
+        ? {
+            S3_OBJECT_LOCK_MODE: c.bucket.objectLock.mode,
+            S3_OBJECT_LOCK_RETAIN: 'gfs',
+            S3_OBJECT_LOCK_MIN_DAYS: String(c.bucket.objectLock.days),
+          }
+        : {}),
       RETENTION_DAYS: String(c.retention.days),
       RETENTION_WEEKS: String(c.retention.weeks),
       RETENTION_MONTHS: String(c.retention.months),
