@@ -129,6 +129,12 @@ export const deployConfigSchema = z
         ) as { [K in ScheduleName]: z.ZodDefault<z.ZodNullable<typeof cronField>> },
       )
       .prefault({}),
+    /**
+     * Scheduler's flexible time window: each run starts at a random moment within this many minutes after
+     * its scheduled time, so a fleet's schedules do not all fire in the same minute (500 clusters: 500
+     * RunTasks at 02:00). 0: exactly on time (window OFF). @default 15
+     */
+    scheduleWindowMinutes: z.number().int().min(0).max(1440).default(15),
     /** EventBridge Scheduler retries before a run goes to the dead-letter queue. */
     scheduleRetry: z
       .strictObject({

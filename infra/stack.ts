@@ -10,10 +10,11 @@ import {
 } from './config';
 import { Alerts } from './constructs/alerts';
 import { CLUSTERS_FILE, FUNCTION_NAMES, type FunctionCluster, Functions } from './constructs/functions';
-import { ClusterMonitoring, Monitoring } from './constructs/monitoring';
-import { ClusterSchedules, Schedules } from './constructs/schedules';
+import { ClusterMonitoring, type Heartbeat, Monitoring } from './constructs/monitoring';
+import { ClusterSchedules, heartbeatHours, Schedules } from './constructs/schedules';
 import { BackupTasks, ClusterTasks, CONTAINER_NAME, taskFamily } from './constructs/tasks';
 import { LIFECYCLE_TAGS_SETTING, VaultBucket } from './constructs/vault-bucket';
+import { BACKUP_TYPE_DIMENSION } from './metrics';
 
 export interface PgvaultStackProps extends StackProps {
   readonly config: DeployConfig;
@@ -204,6 +205,7 @@ export class PgvaultStack extends Stack {
       taskLogGroup: this.tasks.logGroup,
       functions: this.functions.functions,
       deadLetterQueue: this.schedules.deadLetterQueue,
+      failedRuns: this.functions.failedRuns,
       dashboardName: `${this.stackName}-pgvault`,
     });
 
@@ -275,6 +277,7 @@ export class FleetStack extends Stack {
       physicalBackups: c.physicalBackups,
       retryAttempts: c.scheduleRetry.attempts,
       maxEventAge: Duration.minutes(c.scheduleRetry.maxEventAgeMinutes),
+      windowMinutes: c.scheduleWindowMinutes,
     });
 
     const receivers = new Map<string, ecs.FargateService>();
@@ -285,10 +288,35 @@ export class FleetStack extends Stack {
       walReceivers: receivers,
       thresholds: c.alerts,
       storageQuotaGb: c.storageQuotaGb,
+      heartbeats: heartbeats(c),
       dashboardName: `${this.stackName}-pgvault`,
     });
     checkResourceCount(this);
   }
+}
+
+/**
+ * The per-cluster heartbeats: a successful full backup within the most frequent full schedule's
+ * interval (plus its window and 2 h), and a stored report within the report's. A job that is off, or
+ * whose schedule is irregular or sparser than CloudWatch's 7-day evaluation, gets none.
+ */
+export function heartbeats(c: DeployConfig): Heartbeat[] {
+  const list: Heartbeat[] = [];
+  const full = [c.schedules.fullDaily, c.schedules.fullWeekly, c.schedules.fullMonthly]
+    .map((e) => heartbeatHours(e, c.scheduleWindowMinutes))
+    .filter((h): h is number => h !== undefined);
+  if (full.length > 0)
+    list.push({
+      id: 'BackupHeartbeat',
+      what: 'successful full backup',
+      key: 'backupSucceeded',
+      dimensions: { [BACKUP_TYPE_DIMENSION]: 'full' },
+      hours: Math.min(...full),
+    });
+  const report = heartbeatHours(c.schedules.report, c.scheduleWindowMinutes);
+  if (report !== undefined)
+    list.push({ id: 'ReportHeartbeat', what: 'report', key: 'reportSucceeded', hours: report });
+  return list;
 }
 
 /** A deployment: the shared stack and its fleet stacks. */

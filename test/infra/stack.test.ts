@@ -548,7 +548,7 @@ describe('schedules', () => {
       const s = get(name);
       expect(s.ScheduleExpression, name).toBe(expression);
       expect(s.ScheduleExpressionTimezone).toBe('Europe/Berlin');
-      expect(s.FlexibleTimeWindow).toEqual({ Mode: 'OFF' });
+      expect(s.FlexibleTimeWindow).toEqual({ Mode: 'FLEXIBLE', MaximumWindowInMinutes: 15 });
       expect(JSON.parse(s.Target.Input)).toEqual(input);
       expect(s.GroupName).toEqual(imported(ref(stack.getLogicalId(stack.schedules.group))));
       expect(s.Target.Arn).toEqual(
