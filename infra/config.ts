@@ -143,6 +143,11 @@ export const deployConfigSchema = z
         .array(z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, 'an IPv4 CIDR such as 10.0.0.0/16'))
         .max(20)
         .default([]),
+      /**
+       * More ports the tasks may open to the databases besides each cluster's port and its Patroni REST port
+       * (a restore target on another port, Citus workers on theirs).
+       */
+      databasePorts: z.array(z.number().int().min(1).max(65535)).max(10).default([]),
       /** Or the databases' security groups (they must accept the task security group on their port). */
       databaseSecurityGroupIds: z
         .array(z.string().regex(/^sg-[0-9a-f]{8,17}$/, 'a security group id such as sg-0123456789abcdef0'))

@@ -45,9 +45,12 @@ export function endpointLookup(vpcId: string): { provider: string; props: Record
   };
 }
 
-/** The TCP ports the tasks open to the database hosts: each cluster's port and its Patroni REST port. */
-export function databasePorts(clusters: readonly ClusterConfig[]): number[] {
-  const ports = new Set<number>();
+/**
+ * The TCP ports the tasks open to the database hosts: each cluster's port, its Patroni REST port, and
+ * network.databasePorts.
+ */
+export function databasePorts(clusters: readonly ClusterConfig[], extra: readonly number[] = []): number[] {
+  const ports = new Set<number>(extra);
   for (const c of clusters) {
     ports.add(c.port);
     if (c.patroniUrl) {
@@ -92,7 +95,7 @@ export class Network extends Construct {
       Annotations.of(this).addWarningV2(
         SECURITY_GROUPS_IMPORTED_WARNING,
         `network.securityGroupIds (${n.securityGroupIds.join(', ')}) are used as they are: the stack cannot manage ` +
-          `their rules. The tasks need egress 443 (AWS APIs), ${databasePorts(props.clusters).join(', ')} to the ` +
+          `their rules. The tasks need egress 443 (AWS APIs), ${databasePorts(props.clusters, n.databasePorts).join(', ')} to the ` +
           'databases and 2049 to the WAL staging file system; leave securityGroupIds out to get a group with exactly that.',
       );
     } else {
@@ -108,7 +111,7 @@ export class Network extends Construct {
         ec2.Port.tcp(443),
         'HTTPS to S3, ECR, Secrets Manager, SNS, EventBridge, CloudWatch Logs (endpoints or NAT)',
       );
-      const ports = databasePorts(props.clusters);
+      const ports = databasePorts(props.clusters, n.databasePorts);
       const peers: ec2.IPeer[] = [
         ...n.databaseCidrs.map((cidr) => ec2.Peer.ipv4(cidr)),
         ...n.databaseSecurityGroupIds.map((gid) => ec2.Peer.securityGroupId(gid)),

@@ -251,7 +251,7 @@ describe('configured security groups and database destinations', () => {
     expect(line).toContain('2049');
   }, 120_000);
 
-  it('databaseSecurityGroupIds: egress to those groups; neither set: the ports open to 0.0.0.0/0, with a warning', () => {
+  it('databaseSecurityGroupIds: egress to those groups; neither set: the ports (with databasePorts) open to 0.0.0.0/0, with a warning', () => {
     const bySg = synthTemplate(
       testConfig({
         network: network({ databaseCidrs: [], databaseSecurityGroupIds: ['sg-0bbbbbbbbbbbbbbbb'] }),
@@ -265,16 +265,19 @@ describe('configured security groups and database destinations', () => {
       expect.objectContaining({ DestinationSecurityGroupId: 'sg-0bbbbbbbbbbbbbbbb', FromPort: 8008 }),
     ]);
 
-    const open = synthTemplate(testConfig({ network: network({ databaseCidrs: [] }) }));
+    const open = synthTemplate(
+      testConfig({ network: network({ databaseCidrs: [], databasePorts: [6432] }) }),
+    );
     const openEgress = open.template.toJSON().Resources[logicalId(open.stack.network.taskSecurityGroup!)]
       .Properties.SecurityGroupEgress as CfnJson[];
     expect(openEgress.map((r) => [r.CidrIp, r.FromPort])).toEqual([
       ['0.0.0.0/0', 443],
       ['0.0.0.0/0', 5432],
+      ['0.0.0.0/0', 6432],
       ['0.0.0.0/0', 8008],
     ]);
     const [line] = warnings(open.stack, 'pgvault:network-database-egress-open');
-    expect(line).toContain('5432, 8008');
+    expect(line).toContain('5432, 6432, 8008');
     expect(line).toContain('network.databaseCidrs');
   }, 120_000);
 });
