@@ -1,7 +1,8 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
@@ -54,6 +55,11 @@ export interface PatroniClusterOptions {
   readonly parameters?: Readonly<Record<string, string | number>>;
   /** Patroni's synchronous_mode. @default false */
   readonly synchronousMode?: boolean;
+  /**
+   * The REST APIs on https, with a certificate for 127.0.0.1 signed by a test CA (`caFile`), as
+   * restapi.certfile/keyfile. @default false
+   */
+  readonly tls?: boolean;
 }
 
 function findServerBinDir(): string {
@@ -79,14 +85,16 @@ export function apiRequest(
   method = 'GET',
   body?: unknown,
   timeoutMs = 3_000,
+  ca?: Buffer,
 ): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : JSON.stringify(body);
-    const req = request(
+    const req = (url.startsWith('https:') ? httpsRequest : request)(
       url,
       {
         method,
         timeout: timeoutMs,
+        ...(ca ? { ca } : {}),
         auth: method === 'GET' ? undefined : `${API_USER}:${API_PASSWORD}`,
         headers: data
           ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) }
@@ -147,6 +155,9 @@ export class PatroniCluster {
   etcdProc?: ChildProcess;
   /** Milliseconds from the first process started to a leader with streaming replicas. */
   startupMs = 0;
+  /** With `tls`: the CA file that signed the REST APIs' certificate (PATRONI_CACERT). */
+  caFile?: string;
+  private ca?: Buffer;
 
   private constructor(
     readonly dir: string,
@@ -176,6 +187,7 @@ export class PatroniCluster {
       PGUSER: SUPERUSER,
       PGPASSWORD: SUPERUSER_PASSWORD,
       PGSSLMODE: 'disable',
+      ...(this.caFile ? { PATRONI_CACERT: this.caFile } : {}),
       ...extra,
     };
   }
@@ -198,6 +210,7 @@ export class PatroniCluster {
     );
     try {
       cluster.startEtcd();
+      if (options.tls) cluster.makeCertificates();
       const binDir = findServerBinDir();
       const count = options.nodes ?? 2;
       for (let i = 1; i <= count; i++) {
@@ -208,7 +221,7 @@ export class PatroniCluster {
           name,
           pgPort,
           apiPort,
-          apiUrl: `http://127.0.0.1:${apiPort}`,
+          apiUrl: `${options.tls ? 'https' : 'http'}://127.0.0.1:${apiPort}`,
           dataDir: join(dir, name),
           configFile: join(dir, `${name}.yml`),
           logFile: join(dir, `${name}.log`),
@@ -246,6 +259,10 @@ export class PatroniCluster {
       .map(([k, v]) => `        ${k}: ${JSON.stringify(String(v))}`)
       .join('\n');
     const socketDir = join(this.dir, 'sockets');
+    const tls = this.caFile
+      ? `  certfile: ${join(this.dir, 'api.crt')}\n  keyfile: ${join(this.dir, 'api.key')}\n`
+      : '';
+    const ctl = this.caFile ? `ctl:\n  cacert: ${this.caFile}\n` : '';
     return `scope: ${this.scope}
 name: ${node.name}
 log:
@@ -256,7 +273,7 @@ restapi:
   authentication:
     username: ${API_USER}
     password: ${API_PASSWORD}
-etcd3:
+${tls}${ctl}etcd3:
   hosts: 127.0.0.1:${this.etcdClientPort}
 bootstrap:
   dcs:
@@ -291,11 +308,76 @@ postgresql:
       password: ${SUPERUSER_PASSWORD}
   pg_hba:
     - local all all trust
-    - host replication replicator 127.0.0.1/32 scram-sha-256
+    - host replication all 127.0.0.1/32 scram-sha-256
     - host all all 127.0.0.1/32 scram-sha-256
   parameters:
     unix_socket_directories: ${JSON.stringify(socketDir)}
 `;
+  }
+
+  /** A test CA and a certificate for 127.0.0.1 it signs, readable by the postgres OS user. */
+  private makeCertificates(): void {
+    const at = (f: string) => join(this.dir, f);
+    const openssl = (args: string[]) => execFileSync('openssl', args, { stdio: 'pipe' });
+    openssl([
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '2',
+      '-subj',
+      '/CN=pgvault test CA',
+      '-keyout',
+      at('ca.key'),
+      '-out',
+      at('ca.crt'),
+    ]);
+    openssl([
+      'req',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-keyout',
+      at('api.key'),
+      '-out',
+      at('api.csr'),
+    ]);
+    writeFileSync(at('api.ext'), 'subjectAltName = IP:127.0.0.1\n');
+    openssl([
+      'x509',
+      '-req',
+      '-in',
+      at('api.csr'),
+      '-CA',
+      at('ca.crt'),
+      '-CAkey',
+      at('ca.key'),
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-extfile',
+      at('api.ext'),
+      '-out',
+      at('api.crt'),
+    ]);
+    const user = serverOsUser();
+    if (user) for (const f of ['api.key', 'api.crt', 'ca.crt']) chownSync(at(f), user.uid, user.gid);
+    this.caFile = at('ca.crt');
+    this.ca = readFileSync(this.caFile);
+  }
+
+  /** A request to a member's REST API, trusting the test CA. */
+  api(
+    url: string,
+    method = 'GET',
+    body?: unknown,
+    timeoutMs = 3_000,
+  ): Promise<{ status: number; body: string }> {
+    return apiRequest(url, method, body, timeoutMs, this.ca);
   }
 
   private spawnGroup(file: string, args: string[], logFile: string): ChildProcess {
@@ -426,7 +508,7 @@ postgresql:
     let last: unknown;
     for (const n of this.nodes) {
       try {
-        const r = await apiRequest(`${n.apiUrl}/cluster`);
+        const r = await this.api(`${n.apiUrl}/cluster`);
         if (r.status === 200) return (JSON.parse(r.body) as { members: ClusterMember[] }).members;
         last = new Error(`${n.apiUrl}/cluster answered ${r.status}`);
       } catch (err) {
@@ -458,7 +540,7 @@ postgresql:
         seen = JSON.stringify(members);
         const leader = members.find((m) => m.role === 'leader' && m.state === 'running');
         if (leader && (options.leader === undefined || leader.name === options.leader)) {
-          const status = await apiRequest(`${this.node(leader.name).apiUrl}/patroni`);
+          const status = await this.api(`${this.node(leader.name).apiUrl}/patroni`);
           const info = JSON.parse(status.body) as { replication?: { state: string }[] };
           const streaming = (info.replication ?? []).filter((r) => r.state === 'streaming').length;
           const replicasRunning = members.filter(
@@ -482,7 +564,7 @@ postgresql:
   async switchover(candidate?: string): Promise<ClusterMember> {
     const leader = await this.leader();
     const to = candidate ?? this.nodes.find((n) => n.name !== leader.name)!.name;
-    const r = await apiRequest(
+    const r = await this.api(
       `${this.node(leader.name).apiUrl}/switchover`,
       'POST',
       { leader: leader.name, candidate: to },
@@ -495,7 +577,7 @@ postgresql:
   /** A manual failover (`POST /failover`) to `candidate`; waits for the new leader (replicas as running). */
   async failover(candidate: string): Promise<ClusterMember> {
     const api = this.nodes.find((n) => n.name === candidate)!.apiUrl;
-    const r = await apiRequest(`${api}/failover`, 'POST', { candidate }, 30_000);
+    const r = await this.api(`${api}/failover`, 'POST', { candidate }, 30_000);
     if (r.status !== 200) throw new Error(`failover to ${candidate} refused: ${r.status} ${r.body}`);
     return this.waitHealthy({ leader: candidate, timeoutMs: 60_000 });
   }

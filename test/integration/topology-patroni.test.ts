@@ -39,7 +39,7 @@ let work: string;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'pgvault-topology-'));
-  cluster = await PatroniCluster.start({ scope: 'shop-cluster' });
+  cluster = await PatroniCluster.start({ scope: 'shop-cluster', tls: true });
   // For the report: how long a two-node Patroni cluster takes to come up here.
   console.log(`Patroni cluster (etcd + 2 nodes) up in ${cluster.startupMs} ms`);
   await cluster.query('CREATE DATABASE shop');
@@ -153,6 +153,19 @@ describe('pgvault topology with a real Patroni cluster', () => {
     expect(r.stderr).not.toContain('hunter2-secret');
   });
 
+  it('an https API whose CA is not given (no PATRONI_CACERT): one line that says to set it', async () => {
+    // Act
+    const r = await pgvault(['topology'], { PATRONI_URL: cluster.node('node1').apiUrl, PATRONI_CACERT: '' });
+
+    // Assess
+    expect(r.code).toBe(1);
+    expect(r.stderr.trimEnd().split('\n')).toEqual([
+      expect.stringMatching(
+        /^pgvault: no Patroni REST API answered \(PATRONI_URL\): https:\/\/127\.0\.0\.1:\d+: TLS certificate not trusted \([A-Z_]+\); set PATRONI_CACERT to the CA file that signed it; /,
+      ),
+    ]);
+  });
+
   it('DEPLOYMENT_MODE=patroni without PATRONI_URL: exit 2, one line', async () => {
     // Act
     const r = await pgvault(['topology'], { PATRONI_URL: '' });
@@ -183,6 +196,22 @@ describe('pgvault topology with a real Patroni cluster', () => {
     });
     expect(restore.code, restore.stderr).toBe(0);
     expect(await orders('shop_from_replica', 'node1')).toBe(await orders('shop', 'node1'));
+  });
+
+  it('backup base connects to the leader, and its manifest names it', async () => {
+    // Act
+    const base = await pgvault(['--json', 'backup', 'base']);
+
+    // Assess
+    expect(base.code, base.stderr).toBe(0);
+    expect(manifestOf(base).node).toEqual({
+      host: '127.0.0.1',
+      port: cluster.node('node1').pgPort,
+      name: 'node1',
+      role: 'leader',
+      scope: 'shop-cluster',
+      timeline: 1,
+    });
   });
 
   it('after a switchover: topology shows the new leader; backup full and its restore work with no config change (PGHOST still names the old leader)', async () => {
