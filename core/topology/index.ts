@@ -104,6 +104,17 @@ export function routedNode(conn: PgConnection): RoutedNode | undefined {
   return conn.patroni === undefined ? undefined : settled.get(conn.patroni);
 }
 
+/**
+ * The server a connection goes to, for messages: host:port, or with Patroni the member it was routed
+ * to (`node1 (10.0.0.1:5432, Patroni leader)`), or `the Patroni leader` before the look-up.
+ */
+export function serverLabel(conn: PgConnection): string {
+  if (conn.patroni === undefined) return `${conn.host ?? 'localhost'}:${conn.port ?? 5432}`;
+  const routed = settled.get(conn.patroni);
+  if (routed === undefined) return 'the Patroni leader (PATRONI_URL)';
+  return `${routed.node.name} (${routed.node.host}:${routed.node.port}, Patroni leader)`;
+}
+
 /** Forgets the route (a long-running command that lost its leader asks again). */
 export function forgetRoute(conn: PgConnection): void {
   if (conn.patroni === undefined) return;

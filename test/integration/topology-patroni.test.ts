@@ -198,6 +198,53 @@ describe('pgvault topology with a real Patroni cluster', () => {
     expect(await orders('shop_from_replica', 'node1')).toBe(await orders('shop', 'node1'));
   });
 
+  it('pgvault check names the Patroni leader it checked', async () => {
+    // Act: archiving is not set up on this cluster, so the check says broken; the server is the point.
+    const r = await pgvault(['--json', 'check'], { PGHOST: '127.0.0.1', PGPORT: '1' });
+
+    // Assess
+    const report = JSON.parse(r.stdout) as { server: string };
+    expect(report.server).toBe(`node1 (127.0.0.1:${cluster.node('node1').pgPort}, Patroni leader)`);
+  });
+
+  it('commands that do not connect ask Patroni nothing: restore list works with every PATRONI_URL down', async () => {
+    // Act
+    const r = await pgvault(['--json', 'restore', 'list'], {
+      PATRONI_URL: `http://127.0.0.1:${await freePort()}`,
+    });
+
+    // Assess
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toBe('');
+  });
+
+  it('single-node: topology is the configured server, without connecting to it', async () => {
+    // Prepare: nothing listens on this port.
+    const port = await freePort();
+
+    // Act
+    const r = await pgvault(['--json', 'topology'], {
+      DEPLOYMENT_MODE: 'single-node',
+      PGHOST: '127.0.0.1',
+      PGPORT: String(port),
+    });
+
+    // Assess
+    expect(r.code, r.stderr).toBe(0);
+    const plan = JSON.parse(r.stdout) as PlanJson;
+    expect(plan.mode).toBe('single-node');
+    expect(plan.nodes).toEqual([
+      {
+        name: `127.0.0.1:${port}`,
+        role: 'leader',
+        state: 'configured',
+        host: '127.0.0.1',
+        port,
+        uses: ['connections', 'full backups', 'WAL archiving'],
+      },
+    ]);
+  });
+
   it('backup base connects to the leader, and its manifest names it', async () => {
     // Act
     const base = await pgvault(['--json', 'backup', 'base']);
