@@ -6,7 +6,10 @@ import { emit, type GlobalOptions, readConfig, table } from '../output';
 export async function topologyCommand(opts: GlobalOptions) {
   const plan = await planTopology(readConfig(opts));
   const lag = (n: (typeof plan.nodes)[number]) =>
-    n.lagBytes !== undefined ? formatBytes(n.lagBytes) : n.role === 'leader' ? '-' : 'unknown';
+    [
+      n.lagBytes !== undefined ? formatBytes(n.lagBytes) : n.role === 'leader' ? '-' : 'unknown',
+      ...(n.lagSeconds !== undefined ? [`${n.lagSeconds} s`] : []),
+    ].join(', ');
   const limit =
     'bytes' in plan.replicaMaxLag ? formatBytes(plan.replicaMaxLag.bytes) : `${plan.replicaMaxLag.seconds} s`;
   emit(opts, { ok: true, ...plan }, () =>

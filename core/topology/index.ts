@@ -122,6 +122,45 @@ export function forgetRoute(conn: PgConnection): void {
   settled.delete(conn.patroni);
 }
 
+/**
+ * Seconds a replica's replay is behind: 0 when it has replayed all it received, else the age of the
+ * last transaction it replayed (PostgreSQL's own measure; an idle leader makes it an overestimate).
+ */
+async function replayDelaySeconds(conn: PgConnection): Promise<number | undefined> {
+  const { withClient } = require('../pg/tools') as typeof import('../pg/tools');
+  return withClient(conn, conn.database ?? 'postgres', async (c) => {
+    const r = await c.query<{ s: string | null }>(
+      `SELECT CASE WHEN NOT pg_is_in_recovery() THEN NULL
+                   WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
+                   ELSE ceil(extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END::text AS s`,
+    );
+    const s = r.rows[0]?.s;
+    return s === null || s === undefined ? undefined : Number(s);
+  });
+}
+
+/**
+ * With REPLICA_MAX_LAG in seconds, Patroni's bytes do not say it (and a replica that receives but
+ * does not replay shows 0 bytes): each running replica is asked its replay delay. Bytes limits ask
+ * nothing.
+ */
+export async function withReplayDelays(
+  config: Pick<Config, 'pg' | 'replicaMaxLag'>,
+  topology: Topology,
+): Promise<Topology> {
+  if (!('seconds' in config.replicaMaxLag) || topology.mode !== 'patroni') return topology;
+  const nodes = await Promise.all(
+    topology.nodes.map(async (node) => {
+      if ((node.role !== 'replica' && node.role !== 'sync_standby') || !isRunning(node)) return node;
+      const { lagSeconds: _unknown, ...rest } = node;
+      const seconds = await replayDelaySeconds(nodeConnection(config.pg, node)).catch(() => undefined);
+      // Not answering: as Patroni says (the backup's probe then finds it unreachable and skips it).
+      return seconds === undefined ? node : { ...rest, lagSeconds: seconds };
+    }),
+  );
+  return { ...topology, nodes };
+}
+
 /** What pgvault does with a node, for `pgvault topology`. */
 export interface NodePlan {
   readonly node: TopologyNode;
@@ -185,7 +224,7 @@ export async function chooseReadSource<T>(
   warn: (line: string) => void,
 ): Promise<ReadSource<T>> {
   if (config.patroni === undefined) return { conn: config.pg, probed: await probe(config.pg) };
-  const topology = await readPatroniTopology(config.patroni);
+  const topology = await withReplayDelays(config, await readPatroniTopology(config.patroni));
   const theLeader = leader(topology);
   const skipped: string[] = [];
   if (config.backupFrom === 'replica') {
@@ -230,12 +269,13 @@ export interface TopologyPlan extends Topology {
 /**
  * `pgvault topology`: the nodes and what pgvault does with each. Patroni: connections and WAL
  * archiving on the leader (archive_command runs where PostgreSQL leads), full backups on the best
- * replica (BACKUP_FROM=replica) or the leader. No connection to PostgreSQL is made.
+ * replica (BACKUP_FROM=replica) or the leader. No connection to PostgreSQL is made, except to ask
+ * replicas their replay delay when REPLICA_MAX_LAG is in seconds.
  */
 export async function planTopology(
   config: Pick<Config, 'pg' | 'patroni' | 'backupFrom' | 'replicaMaxLag'>,
 ): Promise<TopologyPlan> {
-  const topology = await readTopology(config);
+  const topology = await withReplayDelays(config, await readTopology(config));
   const theLeader = leader(topology) ?? (topology.mode === 'single-node' ? topology.nodes[0] : undefined);
   const choice = replicaCandidates(topology, config.replicaMaxLag);
   const fullFrom =

@@ -1,10 +1,11 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Client } from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../core/pg/cluster';
 import { type CliRun, runPgvault } from '../helpers/cli';
-import { PatroniCluster } from '../helpers/patroni';
+import { PatroniCluster, SUPERUSER, SUPERUSER_PASSWORD } from '../helpers/patroni';
 
 /*
  * The topology module against a real Patroni cluster (Debian's patroni and etcd, two PostgreSQL
@@ -25,6 +26,7 @@ interface PlanJson {
     port: number;
     timeline?: number;
     lagBytes?: number;
+    lagSeconds?: number;
     uses: string[];
   }[];
 }
@@ -259,6 +261,58 @@ describe('pgvault topology with a real Patroni cluster', () => {
       scope: 'shop-cluster',
       timeline: 1,
     });
+  });
+
+  it('REPLICA_MAX_LAG in seconds: a replica whose replay is held up is asked its delay, and skipped once over it', async () => {
+    // Prepare: a query on node2 holds a lock that the leader's ALTER TABLE needs there too, so node2
+    // receives WAL but cannot replay it (max_standby_streaming_delay, 30 s by default).
+    const holder = new Client({
+      host: '127.0.0.1',
+      port: cluster.node('node2').pgPort,
+      user: SUPERUSER,
+      password: SUPERUSER_PASSWORD,
+      database: 'shop',
+    });
+    holder.on('error', () => {});
+    await holder.connect();
+    try {
+      await holder.query('BEGIN; LOCK TABLE orders IN ACCESS SHARE MODE');
+      await cluster.query(
+        'ALTER TABLE orders ADD COLUMN note text; INSERT INTO orders VALUES (500, $$held$$)',
+        {
+          database: 'shop',
+        },
+      );
+      for (let i = 0; ; i++) {
+        const [row] = await cluster.query<{ behind: boolean }>(
+          'SELECT pg_last_wal_receive_lsn() <> pg_last_wal_replay_lsn() AS behind',
+          { node: 'node2' },
+        );
+        if (row?.behind) break;
+        if (i > 100) throw new Error('node2 never fell behind in replay');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await new Promise((r) => setTimeout(r, 2_000));
+
+      // Act
+      const strict = await pgvault(['--json', 'backup', 'full', '--database', 'shop'], {
+        REPLICA_MAX_LAG: '1s',
+      });
+      const lenient = await pgvault(['--json', 'topology'], { REPLICA_MAX_LAG: '1h' });
+
+      // Assess
+      expect(strict.code, strict.stderr).toBe(0);
+      expect(strict.stderr.split('\n')[0]).toMatch(
+        /^pgvault: warning: backing up from the leader node1 \(127\.0\.0\.1:\d+\), not a replica: node2: it lags \d+ s, over REPLICA_MAX_LAG \(1 s\)$/,
+      );
+      expect(manifestOf(strict).node).toMatchObject({ name: 'node1', role: 'leader' });
+      const plan = JSON.parse(lenient.stdout) as PlanJson;
+      const node2 = plan.nodes.find((n) => n.name === 'node2');
+      expect(node2?.uses).toEqual(['full backups']);
+      expect(node2?.lagSeconds).toBeGreaterThanOrEqual(2);
+    } finally {
+      await holder.end().catch(() => {});
+    }
   });
 
   it('after a switchover: topology shows the new leader; backup full and its restore work with no config change (PGHOST still names the old leader)', async () => {
