@@ -582,6 +582,27 @@ postgresql:
     return this.waitHealthy({ leader: candidate, timeoutMs: 60_000 });
   }
 
+  /** Waits until every running replica has replayed the leader's WAL up to now (what the leader wrote is readable there). */
+  async waitReplayed(timeoutMs = 30_000): Promise<void> {
+    const leader = await this.leader();
+    const [{ lsn }] = (await this.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn', {
+      node: leader.name,
+    })) as [{ lsn: string }];
+    const replicas = (await this.members()).filter((m) => m.name !== leader.name && m.state !== 'stopped');
+    const deadline = Date.now() + timeoutMs;
+    for (const r of replicas) {
+      for (;;) {
+        const [row] = await this.query<{ done: boolean }>(
+          `SELECT pg_last_wal_replay_lsn() >= '${lsn}'::pg_lsn AS done`,
+          { node: r.name },
+        );
+        if (row?.done) break;
+        if (Date.now() > deadline) throw new Error(`${r.name} did not replay up to ${lsn} in time`);
+        await sleep(100);
+      }
+    }
+  }
+
   /** A SQL query on a member (default: the leader), as the superuser; the rows. */
   async query<T = Record<string, unknown>>(
     sql: string,

@@ -49,6 +49,7 @@ beforeAll(async () => {
     'CREATE TABLE orders (id int PRIMARY KEY, item text); INSERT INTO orders SELECT g, $$item $$ || g FROM generate_series(1, 250) g',
     { database: 'shop' },
   );
+  await cluster.waitReplayed();
 }, 180_000);
 
 afterAll(async () => {
