@@ -288,6 +288,13 @@ program
   .option('--timeout <seconds>', 'how long to wait for the segment (default ARCHIVE_TIMEOUT)')
   .action(run(async () => require('./commands/check') as Record<string, unknown>, 'checkCommand'));
 
+program
+  .command('topology')
+  .description(
+    "the cluster's nodes (Patroni: role, state, lag, timeline) and what pgvault does with each: connects, full backups, WAL archiving",
+  )
+  .action(run(async () => require('./commands/topology') as Record<string, unknown>, 'topologyCommand'));
+
 const wal = program.command('wal').description('continuous WAL archiving');
 wal
   .command('receive')

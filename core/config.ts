@@ -40,7 +40,30 @@ export interface PgConnection {
    * which name the configured server.
    */
   readonly isolated?: boolean;
+  /**
+   * DEPLOYMENT_MODE=patroni: connections go to the cluster's leader, found through the Patroni REST
+   * API (core/topology), not to host/port. Set on config.pg; a connection to one chosen node has none.
+   */
+  readonly patroni?: PatroniConfig;
 }
+
+/** The Patroni REST API (DEPLOYMENT_MODE=patroni), read by core/topology. */
+export interface PatroniConfig {
+  /**
+   * PATRONI_URL: every node's REST API, tried in turn; without the user:password of a URL (kept in
+   * `auth`). Never logged with credentials.
+   */
+  readonly urls: readonly { readonly url: string; readonly auth?: string }[];
+  /** PATRONI_USERNAME + PATRONI_PASSWORD as `user:password`, for URLs without their own. Never logged. */
+  readonly auth?: string;
+  /** PATRONI_CACERT: the CA file that signs the API's certificate (https://), read when first needed. */
+  readonly caFile?: string;
+  /** PATRONI_TIMEOUT: seconds one URL may take to answer before the next is tried. */
+  readonly timeoutSeconds: number;
+}
+
+/** REPLICA_MAX_LAG: a replica further behind than this is not read from (bytes of WAL, or seconds). */
+export type LagLimit = { readonly bytes: number } | { readonly seconds: number };
 
 export interface EncryptionConfig {
   readonly enabled: boolean;
@@ -156,6 +179,12 @@ export interface Config {
   readonly deploymentMode: DeploymentMode;
   readonly clusterName: string;
   readonly pg: PgConnection;
+  /** DEPLOYMENT_MODE=patroni: the REST API (also on pg.patroni); undefined otherwise. */
+  readonly patroni?: PatroniConfig;
+  /** BACKUP_FROM: where full backups read from (replica: a healthy one, else the leader with a warning). */
+  readonly backupFrom: 'replica' | 'leader';
+  /** REPLICA_MAX_LAG: the most a replica may lag to be read from. */
+  readonly replicaMaxLag: LagLimit;
   /** Directory holding pg_dump, pg_restore, ...; found automatically when absent. */
   readonly pgBinDir?: string;
   /**
@@ -366,6 +395,12 @@ export const KNOWN_KEYS: readonly string[] = [
   'LOCAL_COPY',
   'DEPLOYMENT_MODE',
   'CLUSTER_NAME',
+  'PATRONI_USERNAME',
+  'PATRONI_PASSWORD',
+  'PATRONI_CACERT',
+  'PATRONI_TIMEOUT',
+  'BACKUP_FROM',
+  'REPLICA_MAX_LAG',
   'PGHOST',
   'PGPORT',
   'PGUSER',
@@ -585,7 +620,7 @@ function configWarnings(key: string | undefined, mode: DeploymentMode, raw: Raw)
       `${from} is shorter than ${MIN_KEY_LENGTH} characters and easy to guess; create a key with \`openssl rand -base64 32 > /secure/path/encryption-key\` and set ENCRYPTION_KEY_FILE (existing backups still need the old key)`,
     );
   }
-  if (mode !== 'single-node') {
+  if (mode === 'citus') {
     warnings.push(
       `DEPLOYMENT_MODE=${mode} is not built yet; pgvault acts as single-node on PGHOST (${text(raw, 'PGHOST') ?? 'the libpq default'})`,
     );
@@ -808,6 +843,83 @@ function metricsMode(raw: Raw): 'emf' | 'off' {
     : 'off';
 }
 
+/**
+ * PATRONI_URL (comma-separated http(s) URLs of the nodes' REST APIs, `user:password@` allowed) and
+ * its credentials, CA file and timeout. A value that may hold a password is never echoed.
+ */
+function patroniConfig(raw: Raw, cwd: string): PatroniConfig {
+  const list = text(raw, 'PATRONI_URL');
+  if (list === undefined) {
+    throw new ConfigError(
+      'DEPLOYMENT_MODE=patroni needs PATRONI_URL; set it to the REST API of every Patroni node, comma-separated (like http://10.0.0.1:8008,http://10.0.0.2:8008)',
+    );
+  }
+  const entries = list
+    .split(',')
+    .map((e) => e.trim())
+    .filter((e) => e !== '');
+  const urls = entries.map((entry, i) => {
+    let url: URL;
+    try {
+      url = new URL(entry);
+    } catch {
+      url = new URL('invalid:');
+    }
+    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '') {
+      throw new ConfigError(
+        `PATRONI_URL entry ${i + 1} of ${entries.length} is not an http:// or https:// URL; use the REST API of every Patroni node, comma-separated (like http://10.0.0.1:8008,http://10.0.0.2:8008)`,
+      );
+    }
+    const auth =
+      url.username === '' && url.password === ''
+        ? undefined
+        : `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+    url.username = '';
+    url.password = '';
+    return { url: url.toString().replace(/\/+$/, ''), ...(auth ? { auth } : {}) };
+  });
+  const user = text(raw, 'PATRONI_USERNAME');
+  const password = raw.PATRONI_PASSWORD === '' ? undefined : raw.PATRONI_PASSWORD;
+  if ((user === undefined) !== (password === undefined)) {
+    throw new ConfigError(
+      `${user === undefined ? 'PATRONI_PASSWORD is set without PATRONI_USERNAME' : 'PATRONI_USERNAME is set without PATRONI_PASSWORD'}; set both (the REST API's restapi.authentication), or neither`,
+    );
+  }
+  const caFile = text(raw, 'PATRONI_CACERT');
+  return {
+    urls,
+    auth: user === undefined ? undefined : `${user}:${password}`,
+    caFile: caFile === undefined ? undefined : absolutePath(raw, 'PATRONI_CACERT', '', cwd),
+    timeoutSeconds: integer(raw, 'PATRONI_TIMEOUT', 5, 1, 300),
+  };
+}
+
+/** The passwords of PATRONI_URL and PATRONI_PASSWORD, for the lists of values never sent in a message. */
+export function patroniSecrets(patroni: PatroniConfig | undefined): string[] {
+  if (patroni === undefined) return [];
+  return [patroni.auth, ...patroni.urls.map((u) => u.auth)]
+    .filter((a): a is string => a !== undefined)
+    .map((a) => a.slice(a.indexOf(':') + 1))
+    .filter((p) => p !== '');
+}
+
+/** REPLICA_MAX_LAG: `16MB` (B, kB, MB, GB, TB; 1024-based like PostgreSQL's units) or `30s` (s, min, h). */
+function lagLimit(raw: Raw): LagLimit {
+  const v = text(raw, 'REPLICA_MAX_LAG') ?? '16MB';
+  const m = /^(\d+)\s*(b|kb|mb|gb|tb|s|min|h)?$/i.exec(v);
+  if (!m) {
+    throw new ConfigError(
+      `REPLICA_MAX_LAG=${v} is not allowed; use an amount of WAL like 16MB (B, kB, MB, GB) or a time like 30s (s, min, h)`,
+    );
+  }
+  const n = Number(m[1]);
+  const unit = (m[2] ?? 'b').toLowerCase();
+  const seconds: Record<string, number> = { s: 1, min: 60, h: 3600 };
+  if (unit in seconds) return { seconds: n * seconds[unit]! };
+  const power = ['b', 'kb', 'mb', 'gb', 'tb'].indexOf(unit);
+  return { bytes: n * 1024 ** power };
+}
+
 /** Validates merged raw values into a Config. Throws ConfigError naming the key, the value and what is allowed. */
 export function parseConfig(
   raw: Raw,
@@ -840,6 +952,7 @@ export function parseConfig(
   const port = optionalInteger(raw, 'PGPORT', 1, 65535);
   const parallelJobs = integer(raw, 'PARALLEL_JOBS', Math.max(1, availableParallelism()), 1, 256);
   const deploymentMode = oneOf(raw, 'DEPLOYMENT_MODE', DEPLOYMENT_MODES, 'single-node');
+  const patroni = deploymentMode === 'patroni' ? patroniConfig(raw, cwd) : undefined;
   const config: Config = {
     backupDir,
     walArchiveDir: walArchiveDir(raw, backupDir, clusterName(raw)),
@@ -884,7 +997,11 @@ export function parseConfig(
       database: text(raw, 'PGDATABASE'),
       password: raw.PGPASSWORD === '' ? undefined : raw.PGPASSWORD,
       libpq: libpqSettings(raw),
+      ...(patroni ? { patroni } : {}),
     },
+    patroni,
+    backupFrom: oneOf(raw, 'BACKUP_FROM', ['replica', 'leader'] as const, patroni ? 'replica' : 'leader'),
+    replicaMaxLag: lagLimit(raw),
     pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
     restoreTestTarget: oneOf(raw, 'RESTORE_TEST_TARGET', ['sandbox', 'server'] as const, 'sandbox'),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),

@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import type { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { redact } from './alert/format';
 import type { ThresholdInputs } from './alert/thresholds';
-import { awsClientCredentials, type Config } from './config';
+import { awsClientCredentials, type Config, patroniSecrets } from './config';
 import { errorMessage } from './errors';
 import { type LifecycleKind, lifecycleKindOf } from './lifecycle-kinds';
 import type { ReportData } from './report/model';
@@ -106,6 +106,7 @@ function secretsOf(config: Pick<Config, 'encryption' | 'pg'>): (string | undefin
   return [
     config.encryption.passphrase,
     config.pg.password,
+    ...patroniSecrets(config.pg.patroni),
     process.env.PGPASSWORD,
     process.env.AWS_SECRET_ACCESS_KEY,
     process.env.AWS_SESSION_TOKEN,

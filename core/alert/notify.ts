@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 // Types only: the SNS client is required when SNS_TOPIC_ARN is set, never on CLI start-up.
 import type { SNSClient } from '@aws-sdk/client-sns';
-import { awsClientCredentials, type Config } from '../config';
+import { awsClientCredentials, type Config, patroniSecrets } from '../config';
 import { errorMessage } from '../errors';
 import { localChannels } from './channels';
 import { alertBody, alertLine, alertSubject, redact } from './format';
@@ -44,6 +44,7 @@ function secretsOf(
   return [
     config.encryption.passphrase,
     config.pg.password,
+    ...patroniSecrets(config.pg.patroni),
     process.env.PGPASSWORD,
     process.env.AWS_SECRET_ACCESS_KEY,
     process.env.AWS_SESSION_TOKEN,

@@ -1,5 +1,6 @@
 import type { ManifestBody, StoredObject } from '../catalog/manifest';
 import { namePart, type Schedule } from '../catalog/naming';
+import type { PgConnection } from '../config';
 import { PostgresError } from '../errors';
 import { type ArchiveScanResult, CustomArchiveScanner, scanFindings } from '../pg/archive';
 import { archiveScannerScript, startArchiveScanner } from '../pg/archive-pump';
@@ -7,6 +8,7 @@ import { type DatabaseInfo, listDatabases, pickDatabases, type ServerInfo, serve
 import { findPgBinary, pgEnv, toolMajorVersion } from '../pg/tools';
 import { compressFile } from '../stream/compress';
 import { startTool } from '../stream/process';
+import { chooseReadSource } from '../topology';
 import type { Vault } from '../vault';
 import { type ObjectSource, runBackup, toolVersions } from './run';
 
@@ -27,13 +29,18 @@ export async function backupFull(vault: Vault, options: FullBackupOptions): Prom
   const pgDumpAll = findPgBinary('pg_dumpall', config.pgBinDir);
   // Independent checks at once: each is a round trip or a program started. The programs start
   // first, so they run while this process loads the PostgreSQL client (70 ms).
-  const [dumpMajor, tools, , server, allDatabases] = await Promise.all([
+  // BACKUP_FROM: with Patroni, a healthy replica (else the leader, with a warning); else config.pg.
+  const [dumpMajor, tools, , source] = await Promise.all([
     toolMajorVersion(pgDump),
     toolVersions(pgDump, config.compression),
     Promise.all(vault.targets.map((t) => t.probe(config.clusterName))),
-    serverInfo(config.pg),
-    listDatabases(config.pg),
+    chooseReadSource(
+      config,
+      (conn) => Promise.all([serverInfo(conn), listDatabases(conn)]),
+      (line) => vault.reporter.warn(line),
+    ),
   ]);
+  const [server, allDatabases] = source.probed;
   assertDumpNotOlder(dumpMajor, server);
   const databases = pickDatabases(allDatabases, options.databases ?? []);
   if (databases.length === 0) throw new PostgresError('the server has no database to back up');
@@ -44,10 +51,11 @@ export async function backupFull(vault: Vault, options: FullBackupOptions): Prom
     );
   }
   const sources: ObjectSource[] = [
-    globalsSource(vault, pgDumpAll, server.superuser),
-    ...databases.map((db) => databaseSource(vault, pgDump, db)),
+    globalsSource(vault, source.conn, pgDumpAll, server.superuser),
+    ...databases.map((db) => databaseSource(vault, source.conn, pgDump, db)),
   ];
   return runBackup(vault, {
+    node: source.node,
     type: 'full',
     schedule: options.schedule,
     server,
@@ -66,7 +74,7 @@ export function assertDumpNotOlder(dumpMajor: number, server: ServerInfo): void 
   }
 }
 
-function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectSource {
+function databaseSource(vault: Vault, conn: PgConnection, pgDump: string, db: DatabaseInfo): ObjectSource {
   return {
     part: namePart(db.name),
     kind: 'database',
@@ -79,7 +87,7 @@ function databaseSource(vault: Vault, pgDump: string, db: DatabaseInfo): ObjectS
       // The database goes by PGDATABASE, not --dbname: a name with '=' would be read as a conninfo.
       const dump = {
         args: ['--format=custom', '--compress=0'],
-        env: pgEnv({ ...vault.config.pg, database: db.name }),
+        env: pgEnv({ ...conn, database: db.name }),
         label: `pg_dump of ${db.name}`,
       };
       const script = archiveScannerScript();
@@ -153,7 +161,12 @@ function recordedCounts(
   return { tables: scanned.tables, tocPatches: scanned.tocPatches };
 }
 
-function globalsSource(vault: Vault, pgDumpAll: string, superuser: boolean): ObjectSource {
+function globalsSource(
+  vault: Vault,
+  conn: PgConnection,
+  pgDumpAll: string,
+  superuser: boolean,
+): ObjectSource {
   return {
     part: 'globals',
     kind: 'globals',
@@ -166,7 +179,7 @@ function globalsSource(vault: Vault, pgDumpAll: string, superuser: boolean): Obj
         pgDumpAll,
         superuser ? ['--globals-only'] : ['--globals-only', '--no-role-passwords'],
         {
-          env: pgEnv({ ...vault.config.pg, database: vault.config.pg.database ?? 'postgres' }),
+          env: pgEnv({ ...conn, database: vault.config.pg.database ?? 'postgres' }),
           label: 'pg_dumpall --globals-only',
         },
       );

@@ -10,6 +10,7 @@ import { type ArchiverState, archives, readArchiverState } from '../pg/archiving
 import { serverInfo } from '../pg/server';
 import { findPgBinary, toolMajorVersion } from '../pg/tools';
 import { copyNotice } from '../restore/copy';
+import { serverLabel } from '../topology';
 import type { Vault } from '../vault';
 import { checkArchiving } from '../wal/check';
 
@@ -108,7 +109,7 @@ export async function checkRestorePrerequisites(vault: Vault): Promise<Check[]> 
     await attempt('server connection', async () => {
       const s = await serverInfo(config.pg);
       serverMajor = s.major;
-      return `PostgreSQL ${s.version} at ${config.pg.host ?? 'localhost'}:${config.pg.port ?? 5432}`;
+      return `PostgreSQL ${s.version} at ${serverLabel(config.pg)}`;
     }),
   );
   for (const tool of ['pg_restore', 'pg_dump', 'psql'] as const) {

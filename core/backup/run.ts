@@ -21,6 +21,7 @@ import type { ServerInfo } from '../pg/server';
 import { refuseCopyIntoSource } from '../restore/copy';
 import type { StorageTarget } from '../storage/target';
 import { compressionTool, toolVersion } from '../stream/compress';
+import { routedSourceNode, type SourceNode } from '../topology';
 import { newObjectEncryption, type Vault } from '../vault';
 
 /** One object of a backup, produced on demand so only one stream runs at a time. */
@@ -73,6 +74,8 @@ export interface BackupRun {
   readonly sources: readonly ObjectSource[];
   /** Physical backups: LSNs and timeline, known once the objects are written. */
   readonly physical?: () => ManifestBody['physical'];
+  /** The node read from (BACKUP_FROM); default: where config.pg's connections went (core/topology). */
+  readonly node?: SourceNode;
   /** Clock for the id; tests pass a fixed one. */
   readonly now?: Date;
   /** How often the claim is written again while the run lasts. @default CLAIM_REFRESH_MS */
@@ -264,7 +267,8 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       type: run.type,
       schedule: hasSchedule(run.type) ? run.schedule : undefined,
       cluster: config.clusterName,
-      node: { host: config.pg.host ?? hostname(), port: config.pg.port ?? 5432 },
+      node: run.node ??
+        routedSourceNode(config.pg) ?? { host: config.pg.host ?? hostname(), port: config.pg.port ?? 5432 },
       server: {
         version: run.server.version,
         versionNum: run.server.versionNum,

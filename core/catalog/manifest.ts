@@ -97,7 +97,15 @@ function buildSchemas() {
     type: z.enum(BACKUP_TYPES),
     schedule: z.enum(SCHEDULES).optional(),
     cluster: z.string(),
-    node: z.object({ host: z.string(), port: z.number().int() }),
+    // name, role, scope and timeline: the Patroni member a backup read from (core/topology).
+    node: z.object({
+      host: z.string(),
+      port: z.number().int(),
+      name: z.string().optional(),
+      role: z.string().optional(),
+      scope: z.string().optional(),
+      timeline: z.number().int().optional(),
+    }),
     server: z.object({
       version: z.string(),
       versionNum: z.number().int(),

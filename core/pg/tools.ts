@@ -4,6 +4,7 @@ import type { Client, ClientConfig } from 'pg';
 import { LIBPQ_KEYS, type PgConnection } from '../config';
 import { errorMessage, MissingToolError, PostgresError } from '../errors';
 import { toolVersionOutput } from '../stream/process';
+import { resolveConnection, resolvedConnection } from '../topology';
 import { connectTimeoutSeconds, type NodePgSsl, refuseUnsupported, sslAttempts } from './libpq';
 
 export type PgToolName =
@@ -121,7 +122,9 @@ export function clearPgBinaryCache(): void {
  * base environment's value, as libpq itself would. libpq's other settings (conn.libpq: PGSSLMODE,
  * ...; from a config file too) go in as they are; PGAPPNAME is pgvault unless one is set.
  */
-export function pgEnv(conn: PgConnection, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+export function pgEnv(routed: PgConnection, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  // DEPLOYMENT_MODE=patroni: the leader a connection of this process already looked up (core/topology).
+  const conn = resolvedConnection(routed);
   const env: NodeJS.ProcessEnv = {
     ...(conn.isolated ? withoutLibpq(base) : base),
     ...conn.libpq,
@@ -264,10 +267,13 @@ export function connectionError(
  * one-liners; errors from fn itself pass through untouched.
  */
 export async function withClient<T>(
-  conn: PgConnection,
+  routed: PgConnection,
   database: string | undefined,
   fn: (c: Client) => Promise<T>,
 ): Promise<T> {
+  // DEPLOYMENT_MODE=patroni: the leader, asked of the REST API once per process (core/topology);
+  // otherwise the connection as it is, at no cost.
+  const conn = await resolveConnection(routed);
   // Loaded here, not at the top, so CLI commands that never talk to PostgreSQL don't pay for it.
   const pg = require('pg') as typeof import('pg');
   const libpq = conn.libpq ?? {};

@@ -2,6 +2,7 @@ import { pipeline } from 'node:stream/promises';
 import { UsageError } from '../errors';
 import { findPgBinary, pgEnv } from '../pg/tools';
 import { startTool } from '../stream/process';
+import { resolveConnection } from '../topology';
 import type { Vault } from '../vault';
 import { openBackup, readBackupObject } from './fetch';
 
@@ -23,11 +24,13 @@ export async function restoreGlobals(vault: Vault, ref: string): Promise<Globals
   const object = manifest.objects.find((o) => o.kind === 'globals');
   if (!object) throw new UsageError(`backup ${manifest.id} holds no roles (it has no globals object)`);
   const raw = await readBackupObject(vault, entry, object);
+  // DEPLOYMENT_MODE=patroni: the leader (core/topology); nothing has connected before psql here.
+  const conn = await resolveConnection(vault.config.pg);
   const psql = startTool(
     findPgBinary('psql', vault.config.pgBinDir),
     ['-X', '-q', '-v', 'ON_ERROR_STOP=0', '-f', '-'],
     {
-      env: pgEnv({ ...vault.config.pg, database: vault.config.pg.database ?? 'postgres' }),
+      env: pgEnv({ ...conn, database: vault.config.pg.database ?? 'postgres' }),
       label: 'psql (roles and tablespaces)',
       stdout: 'ignore',
     },

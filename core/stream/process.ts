@@ -72,13 +72,23 @@ export class ToolExitError extends PgVaultError {
     readonly stderr: string,
   ) {
     const how = signal ? `was killed by ${signal}` : `failed with exit code ${toolExitCode}`;
-    const detail = lastMeaningfulLine(stderr);
+    const detail = recoveryConflict(stderr) ?? lastMeaningfulLine(stderr);
     super(
       detail
         ? `${label} ${how}: ${detail}`
         : `${label} ${how} and wrote nothing to stderr; run it by hand to see why`,
     );
   }
+}
+
+/**
+ * pg_dump on a hot standby cancelled by replay (its last line is then only the COPY it was running):
+ * the reason, and the settings that prevent it.
+ */
+function recoveryConflict(stderr: string): string | undefined {
+  if (!/canceling statement due to conflict with recovery/i.test(stderr)) return undefined;
+  const why = /DETAIL:\s*(.+)/.exec(stderr)?.[1]?.trim();
+  return `canceling statement due to conflict with recovery${why ? ` (${why.replace(/\.$/, '')})` : ''}: the replica's WAL replay needed what the dump was reading; set hot_standby_feedback = on and raise max_standby_streaming_delay on the replicas (Patroni: postgresql.parameters), or back up from the leader (BACKUP_FROM=leader)`;
 }
 
 /** The last non-blank stderr line: tools print their reason for failing last. */

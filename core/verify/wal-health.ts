@@ -1,5 +1,6 @@
 import { errorMessage, PgVaultError } from '../errors';
 import { type ArchiverState, archives, lastAttemptFailed, readArchiverState } from '../pg/archiving';
+import { serverLabel } from '../topology';
 import type { Vault } from '../vault';
 
 /**
@@ -30,13 +31,19 @@ export async function walServerHealth(
   archive: { readonly timelines: readonly unknown[]; readonly systemIdentifier?: string } | undefined,
 ): Promise<WalServerHealth> {
   const { config } = vault;
-  const server = `${config.pg.host ?? 'localhost'}:${config.pg.port ?? 5432}`;
   let state: ArchiverState;
   try {
     state = await readArchiverState(config.pg);
   } catch (err) {
-    return { checked: false, server, skipped: `no server reachable (${errorMessage(err)})`, problems: [] };
+    return {
+      checked: false,
+      server: serverLabel(config.pg),
+      skipped: `no server reachable (${errorMessage(err)})`,
+      problems: [],
+    };
   }
+  // After the connection: with Patroni, the leader it went to (core/topology).
+  const server = serverLabel(config.pg);
   if (
     archive?.systemIdentifier !== undefined &&
     state.systemIdentifier !== undefined &&

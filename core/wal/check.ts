@@ -9,6 +9,7 @@ import {
 } from '../pg/archiving';
 import { withClient } from '../pg/tools';
 import { copyNotice } from '../restore/copy';
+import { serverLabel } from '../topology';
 import type { Vault } from '../vault';
 import { findWalObject } from './fetch';
 import { requireWalFileName } from './naming';
@@ -64,8 +65,9 @@ export async function checkArchiving(
   options: ArchivingCheckOptions = {},
 ): Promise<ArchivingCheck> {
   const { config } = vault;
-  const server = `${config.pg.host ?? 'localhost'}:${config.pg.port ?? 5432}`;
   return withClient(config.pg, config.pg.database ?? 'postgres', async (c) => {
+    // After the connection: with Patroni, the leader it went to (core/topology).
+    const server = serverLabel(config.pg);
     const before = await archiverStateOf(c);
     const checks = settingChecks(before, options.configFile);
     const base = { server, checks, arrivedIn: [] as string[] };

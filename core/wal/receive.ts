@@ -8,6 +8,7 @@ import { findPgBinary, pgEnv, withClient } from '../pg/tools';
 import { refuseCopyIntoSource } from '../restore/copy';
 import type { StorageTarget } from '../storage/target';
 import { startTool, type ToolProcess } from '../stream/process';
+import { resolveConnection } from '../topology';
 import { cachedArchiveIdentity } from './fetch';
 import { DEFAULT_SEGMENT_BYTES, formatLsn, parseLsn, parseWalFileName, segmentStartLsn } from './naming';
 import { pushFailureLine, pushWalFile } from './push';
@@ -89,7 +90,8 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
   const dir = config.walReceiveDir;
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const binary = findPgBinary('pg_receivewal', config.pgBinDir);
-  const env = pgEnv(config.pg);
+  // DEPLOYMENT_MODE=patroni: the leader (core/topology); the serverInfo above may not have reached it.
+  const env = pgEnv(await resolveConnection(config.pg));
   const stopping = new AbortController();
   options.signal?.addEventListener('abort', () => stopping.abort(), { once: true });
   let receiver: ToolProcess | undefined;

@@ -318,10 +318,10 @@ describe('what the CLI loads', () => {
 });
 
 describe('warnings on every command', () => {
-  it('DEPLOYMENT_MODE=patroni and the placeholder key: one stderr line each, --json stays clean', async () => {
+  it('DEPLOYMENT_MODE=citus and the placeholder key: one stderr line each, --json stays clean', async () => {
     // Prepare
     const guide = configFile('guide', [
-      'DEPLOYMENT_MODE=patroni',
+      'DEPLOYMENT_MODE=citus',
       `WAL_ARCHIVE_DIR=${join(work.path, 'guide', 'wal')}`,
     ]);
 
@@ -340,7 +340,7 @@ describe('warnings on every command', () => {
       expect.stringMatching(
         /^pgvault: warning: ENCRYPTION_KEY is the guide's placeholder, which anyone can read; /,
       ),
-      'pgvault: warning: DEPLOYMENT_MODE=patroni is not built yet; pgvault acts as single-node on PGHOST (127.0.0.1)',
+      'pgvault: warning: DEPLOYMENT_MODE=citus is not built yet; pgvault acts as single-node on PGHOST (127.0.0.1)',
     ]);
     expect(r.stderr).not.toContain('your-secret-key-here');
     // Per WAL segment the server would log it each time: restore_command does not say it.

@@ -208,7 +208,7 @@ describe('warnings on every command', () => {
     expect(good).toEqual([]);
   });
 
-  it.each(['patroni', 'citus'])('says DEPLOYMENT_MODE=%s is not built yet', (mode) => {
+  it.each(['citus'])('says DEPLOYMENT_MODE=%s is not built yet', (mode) => {
     // Act
     const { warnings, deploymentMode } = parseConfig({
       BACKUP_DIR: '/b',

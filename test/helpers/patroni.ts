@@ -1,0 +1,660 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { chownSync, closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client } from 'pg';
+import { chownToServerUser, freePort, freeServerPort, serverOsUser } from '../../core/pg/cluster';
+
+/*
+ * A real Patroni cluster for tests: one etcd (Debian's etcd-server, 3.4) and two or three PostgreSQL
+ * nodes run by Debian's patroni (3.0), all on 127.0.0.1, free ports, one temp directory. Every
+ * process runs in its own process group; stop() (and, if the test process dies first, an exit hook)
+ * ends the groups and any postmaster left behind. Start one cluster per test file (about 8 s).
+ */
+
+export const PATRONI_BIN = '/usr/bin/patroni';
+export const ETCD_BIN = '/usr/bin/etcd';
+/** The superuser pgvault connects as, and the REST API's user for switchover and failover. */
+export const SUPERUSER = 'postgres';
+export const SUPERUSER_PASSWORD = 'pgvault-test-superuser';
+export const API_USER = 'patroni';
+export const API_PASSWORD = 'pgvault-test-api';
+
+/** A member as `GET /cluster` reports it. */
+export interface ClusterMember {
+  readonly name: string;
+  readonly role: string;
+  readonly state: string;
+  readonly host: string;
+  readonly port: number;
+  readonly api_url?: string;
+  readonly timeline?: number;
+  readonly lag?: number | string;
+}
+
+export interface PatroniNode {
+  readonly name: string;
+  readonly pgPort: number;
+  readonly apiPort: number;
+  readonly apiUrl: string;
+  readonly dataDir: string;
+  readonly configFile: string;
+  readonly logFile: string;
+  proc?: ChildProcess;
+}
+
+export interface PatroniClusterOptions {
+  /** Members (2 or 3). @default 2 */
+  readonly nodes?: number;
+  /** Patroni scope (the cluster's name in the DCS). @default 'pgvault-test' */
+  readonly scope?: string;
+  /** Extra postgresql.parameters for every node (Patroni's dynamic configuration at bootstrap). */
+  readonly parameters?: Readonly<Record<string, string | number>>;
+  /** Patroni's synchronous_mode. @default false */
+  readonly synchronousMode?: boolean;
+  /**
+   * The REST APIs on https, with a certificate for 127.0.0.1 signed by a test CA (`caFile`), as
+   * restapi.certfile/keyfile. @default false
+   */
+  readonly tls?: boolean;
+}
+
+function findServerBinDir(): string {
+  for (const major of ['17', '16', '15']) {
+    const dir = `/usr/lib/postgresql/${major}/bin`;
+    if (existsSync(join(dir, 'postgres'))) return dir;
+  }
+  throw new Error('no PostgreSQL server binaries under /usr/lib/postgresql/*/bin');
+}
+
+/** Whether this machine can run the Patroni tests (Debian's patroni and etcd-server installed). */
+export function patroniAvailable(): boolean {
+  return existsSync(PATRONI_BIN) && existsSync(ETCD_BIN);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** One HTTP request to a Patroni REST API; resolves with the status and the body (never throws on status). */
+export function apiRequest(
+  url: string,
+  method = 'GET',
+  body?: unknown,
+  timeoutMs = 3_000,
+  ca?: Buffer,
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const req = (url.startsWith('https:') ? httpsRequest : request)(
+      url,
+      {
+        method,
+        timeout: timeoutMs,
+        ...(ca ? { ca } : {}),
+        auth: method === 'GET' ? undefined : `${API_USER}:${API_PASSWORD}`,
+        headers: data
+          ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) }
+          : {},
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => {
+          text += c;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`${method} ${url} timed out`)));
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
+/** Every process group started by any PatroniCluster of this test process, for the exit hook. */
+const liveGroups = new Set<number>();
+const liveDataDirs = new Set<string>();
+let exitHookInstalled = false;
+
+function postmasterPid(dataDir: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // Already gone.
+  }
+}
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const pgid of liveGroups) signal(-pgid, 'SIGKILL');
+    // Patroni starts the postmaster in a session of its own: it outlives Patroni's group.
+    for (const dir of liveDataDirs) {
+      const pid = postmasterPid(dir);
+      if (pid !== undefined) signal(pid, 'SIGQUIT');
+    }
+  });
+}
+
+export class PatroniCluster {
+  readonly nodes: PatroniNode[] = [];
+  etcdProc?: ChildProcess;
+  /** Milliseconds from the first process started to a leader with streaming replicas. */
+  startupMs = 0;
+  /** With `tls`: the CA file that signed the REST APIs' certificate (PATRONI_CACERT). */
+  caFile?: string;
+  private ca?: Buffer;
+
+  private constructor(
+    readonly dir: string,
+    readonly scope: string,
+    readonly etcdClientPort: number,
+    readonly etcdPeerPort: number,
+  ) {}
+
+  /** The comma-separated PATRONI_URL of every member's REST API. */
+  get patroniUrl(): string {
+    return this.nodes.map((n) => n.apiUrl).join(',');
+  }
+
+  node(name: string): PatroniNode {
+    const n = this.nodes.find((x) => x.name === name);
+    if (!n) throw new Error(`no Patroni member ${name}`);
+    return n;
+  }
+
+  /** The environment pgvault needs to back up this cluster (plus what the caller adds). */
+  env(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+    return {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      DEPLOYMENT_MODE: 'patroni',
+      PATRONI_URL: this.patroniUrl,
+      PGUSER: SUPERUSER,
+      PGPASSWORD: SUPERUSER_PASSWORD,
+      PGSSLMODE: 'disable',
+      ...(this.caFile ? { PATRONI_CACERT: this.caFile } : {}),
+      ...extra,
+    };
+  }
+
+  static async start(options: PatroniClusterOptions = {}): Promise<PatroniCluster> {
+    if (!patroniAvailable()) {
+      throw new Error(
+        `the Patroni tests need ${PATRONI_BIN} and ${ETCD_BIN}: apt-get install patroni etcd-server (.ci/run does)`,
+      );
+    }
+    installExitHook();
+    const t0 = Date.now();
+    const dir = await mkdtemp(join(tmpdir(), 'pgvault-patroni-'));
+    await chownToServerUser(dir);
+    const cluster = new PatroniCluster(
+      dir,
+      options.scope ?? 'pgvault-test',
+      await freePort(),
+      await freePort(),
+    );
+    try {
+      cluster.startEtcd();
+      if (options.tls) cluster.makeCertificates();
+      const binDir = findServerBinDir();
+      const count = options.nodes ?? 2;
+      for (let i = 1; i <= count; i++) {
+        const name = `node${i}`;
+        const pgPort = await freeServerPort();
+        const apiPort = await freePort();
+        const node: PatroniNode = {
+          name,
+          pgPort,
+          apiPort,
+          apiUrl: `${options.tls ? 'https' : 'http'}://127.0.0.1:${apiPort}`,
+          dataDir: join(dir, name),
+          configFile: join(dir, `${name}.yml`),
+          logFile: join(dir, `${name}.log`),
+        };
+        writeFileSync(node.configFile, cluster.configText(node, binDir, options));
+        await chownToServerUser(node.configFile);
+        cluster.nodes.push(node);
+        liveDataDirs.add(node.dataDir);
+      }
+      await cluster.waitForEtcd();
+      // The first node bootstraps alone, so that it is the leader; the others clone from it.
+      cluster.startNode('node1');
+      await cluster.waitListed('node1');
+      for (const n of cluster.nodes.slice(1)) cluster.startNode(n.name);
+      await cluster.waitHealthy({ timeoutMs: 60_000 });
+      cluster.startupMs = Date.now() - t0;
+      return cluster;
+    } catch (err) {
+      await cluster.stop();
+      throw err;
+    }
+  }
+
+  private configText(node: PatroniNode, binDir: string, options: PatroniClusterOptions): string {
+    const params = {
+      wal_level: 'replica',
+      hot_standby: 'on',
+      max_wal_senders: 10,
+      max_replication_slots: 10,
+      wal_keep_size: '128MB',
+      fsync: 'off',
+      ...options.parameters,
+    };
+    const paramLines = Object.entries(params)
+      .map(([k, v]) => `        ${k}: ${JSON.stringify(String(v))}`)
+      .join('\n');
+    const socketDir = join(this.dir, 'sockets');
+    const tls = this.caFile
+      ? `  certfile: ${join(this.dir, 'api.crt')}\n  keyfile: ${join(this.dir, 'api.key')}\n`
+      : '';
+    const ctl = this.caFile ? `ctl:\n  cacert: ${this.caFile}\n` : '';
+    return `scope: ${this.scope}
+name: ${node.name}
+log:
+  level: WARNING
+restapi:
+  listen: 127.0.0.1:${node.apiPort}
+  connect_address: 127.0.0.1:${node.apiPort}
+  authentication:
+    username: ${API_USER}
+    password: ${API_PASSWORD}
+${tls}${ctl}etcd3:
+  hosts: 127.0.0.1:${this.etcdClientPort}
+bootstrap:
+  dcs:
+    ttl: 10
+    loop_wait: 1
+    retry_timeout: 4
+    maximum_lag_on_failover: 1048576
+    synchronous_mode: ${options.synchronousMode ? 'true' : 'false'}
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+${paramLines}
+  initdb:
+    - encoding: UTF8
+    - locale: C.UTF-8
+postgresql:
+  listen: 127.0.0.1:${node.pgPort}
+  connect_address: 127.0.0.1:${node.pgPort}
+  data_dir: ${node.dataDir}
+  bin_dir: ${binDir}
+  pgpass: ${join(this.dir, `${node.name}.pgpass`)}
+  authentication:
+    superuser:
+      username: ${SUPERUSER}
+      password: ${SUPERUSER_PASSWORD}
+    replication:
+      username: replicator
+      password: replicator-secret
+    rewind:
+      username: ${SUPERUSER}
+      password: ${SUPERUSER_PASSWORD}
+  pg_hba:
+    - local all all trust
+    - host replication all 127.0.0.1/32 scram-sha-256
+    - host all all 127.0.0.1/32 scram-sha-256
+  parameters:
+    unix_socket_directories: ${JSON.stringify(socketDir)}
+`;
+  }
+
+  /** A test CA and a certificate for 127.0.0.1 it signs, readable by the postgres OS user. */
+  private makeCertificates(): void {
+    const at = (f: string) => join(this.dir, f);
+    const openssl = (args: string[]) => execFileSync('openssl', args, { stdio: 'pipe' });
+    openssl([
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '2',
+      '-subj',
+      '/CN=pgvault test CA',
+      '-keyout',
+      at('ca.key'),
+      '-out',
+      at('ca.crt'),
+    ]);
+    openssl([
+      'req',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-keyout',
+      at('api.key'),
+      '-out',
+      at('api.csr'),
+    ]);
+    writeFileSync(at('api.ext'), 'subjectAltName = IP:127.0.0.1\n');
+    openssl([
+      'x509',
+      '-req',
+      '-in',
+      at('api.csr'),
+      '-CA',
+      at('ca.crt'),
+      '-CAkey',
+      at('ca.key'),
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-extfile',
+      at('api.ext'),
+      '-out',
+      at('api.crt'),
+    ]);
+    const user = serverOsUser();
+    if (user) for (const f of ['api.key', 'api.crt', 'ca.crt']) chownSync(at(f), user.uid, user.gid);
+    this.caFile = at('ca.crt');
+    this.ca = readFileSync(this.caFile);
+  }
+
+  /** A request to a member's REST API, trusting the test CA. */
+  api(
+    url: string,
+    method = 'GET',
+    body?: unknown,
+    timeoutMs = 3_000,
+  ): Promise<{ status: number; body: string }> {
+    return apiRequest(url, method, body, timeoutMs, this.ca);
+  }
+
+  private spawnGroup(file: string, args: string[], logFile: string): ChildProcess {
+    const fd = openSync(logFile, 'a');
+    const child = spawn(file, args, { detached: true, stdio: ['ignore', fd, fd], cwd: this.dir });
+    closeSync(fd);
+    if (child.pid !== undefined) liveGroups.add(child.pid);
+    child.on('exit', () => {
+      if (child.pid !== undefined) liveGroups.delete(child.pid);
+    });
+    return child;
+  }
+
+  private startEtcd(): void {
+    const client = `http://127.0.0.1:${this.etcdClientPort}`;
+    const peer = `http://127.0.0.1:${this.etcdPeerPort}`;
+    this.etcdProc = this.spawnGroup(
+      ETCD_BIN,
+      [
+        '--name=etcd1',
+        `--data-dir=${join(this.dir, 'etcd')}`,
+        `--listen-client-urls=${client}`,
+        `--advertise-client-urls=${client}`,
+        `--listen-peer-urls=${peer}`,
+        `--initial-advertise-peer-urls=${peer}`,
+        `--initial-cluster=etcd1=${peer}`,
+        '--log-level=warn',
+      ],
+      join(this.dir, 'etcd.log'),
+    );
+  }
+
+  private async waitForEtcd(): Promise<void> {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      try {
+        const r = await apiRequest(`http://127.0.0.1:${this.etcdClientPort}/health`);
+        if (r.status === 200) return;
+      } catch {
+        // Not listening yet.
+      }
+      if (Date.now() > deadline) throw new Error(`etcd did not start: ${this.logTail('etcd.log')}`);
+      await sleep(100);
+    }
+  }
+
+  /** Waits until a member is listed by `GET /cluster` (it holds the initialize key when it is the first). */
+  private async waitListed(name: string): Promise<void> {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      try {
+        if ((await this.members()).some((m) => m.name === name)) return;
+      } catch {
+        // Its API is not up yet.
+      }
+      if (Date.now() > deadline) throw new Error(`${name} did not start: ${this.logTail(`${name}.log`)}`);
+      await sleep(100);
+    }
+  }
+
+  /** Starts (or restarts) a member's Patroni, as the postgres OS user. */
+  startNode(name: string): void {
+    const node = this.node(name);
+    const [file, args] =
+      serverOsUser() === undefined
+        ? [PATRONI_BIN, [node.configFile]]
+        : ['runuser', ['-u', 'postgres', '--', PATRONI_BIN, node.configFile]];
+    node.proc = this.spawnGroup(file, args, node.logFile);
+  }
+
+  /** Stops a member cleanly (Patroni stops its PostgreSQL); resolves when both are gone. */
+  async stopNode(name: string): Promise<void> {
+    const node = this.node(name);
+    await this.endGroup(node.proc, 'SIGTERM', 30_000);
+    await this.killPostmaster(node, 'SIGQUIT');
+  }
+
+  /** Crashes a member: kill -9 of Patroni and of its postmaster, no shutdown of any kind. */
+  async killNode(name: string): Promise<void> {
+    const node = this.node(name);
+    const pid = postmasterPid(node.dataDir);
+    await this.endGroup(node.proc, 'SIGKILL', 10_000);
+    if (pid !== undefined) signal(pid, 'SIGKILL');
+    await this.waitGone(pid, 10_000);
+  }
+
+  private async killPostmaster(node: PatroniNode, sig: NodeJS.Signals): Promise<void> {
+    const pid = postmasterPid(node.dataDir);
+    if (pid === undefined) return;
+    signal(pid, sig);
+    await this.waitGone(pid, 15_000);
+  }
+
+  private async waitGone(pid: number | undefined, timeoutMs: number): Promise<void> {
+    if (pid === undefined) return;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        return;
+      }
+      if (Date.now() > deadline) {
+        signal(pid, 'SIGKILL');
+        return;
+      }
+      await sleep(100);
+    }
+  }
+
+  private async endGroup(
+    proc: ChildProcess | undefined,
+    sig: NodeJS.Signals,
+    timeoutMs: number,
+  ): Promise<void> {
+    if (proc?.pid === undefined || proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+    signal(-proc.pid, sig);
+    const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), timeoutMs).unref());
+    if ((await Promise.race([exited, timer])) === 'timeout') {
+      signal(-proc.pid, 'SIGKILL');
+      await exited;
+    }
+  }
+
+  /** `GET /cluster` from the first member whose API answers. */
+  async members(): Promise<ClusterMember[]> {
+    let last: unknown;
+    for (const n of this.nodes) {
+      try {
+        const r = await this.api(`${n.apiUrl}/cluster`);
+        if (r.status === 200) return (JSON.parse(r.body) as { members: ClusterMember[] }).members;
+        last = new Error(`${n.apiUrl}/cluster answered ${r.status}`);
+      } catch (err) {
+        last = err;
+      }
+    }
+    throw last;
+  }
+
+  async leader(): Promise<ClusterMember> {
+    const leader = (await this.members()).find((m) => m.role === 'leader');
+    if (!leader) throw new Error('the cluster has no leader');
+    return leader;
+  }
+
+  /**
+   * Waits until there is a running leader and `replicas` members (default: every other started
+   * member) streaming from it, per the leader's own pg_stat_replication (`GET /patroni`).
+   */
+  async waitHealthy(
+    options: { timeoutMs?: number; replicas?: number; leader?: string } = {},
+  ): Promise<ClusterMember> {
+    const want = options.replicas ?? this.nodes.filter((n) => n.proc && n.proc.exitCode === null).length - 1;
+    const deadline = Date.now() + (options.timeoutMs ?? 60_000);
+    let seen = '';
+    for (;;) {
+      try {
+        const members = await this.members();
+        seen = JSON.stringify(members);
+        const leader = members.find((m) => m.role === 'leader' && m.state === 'running');
+        if (leader && (options.leader === undefined || leader.name === options.leader)) {
+          const status = await this.api(`${this.node(leader.name).apiUrl}/patroni`);
+          const info = JSON.parse(status.body) as { replication?: { state: string }[] };
+          const streaming = (info.replication ?? []).filter((r) => r.state === 'streaming').length;
+          const replicasRunning = members.filter(
+            (m) => m.role !== 'leader' && (m.state === 'running' || m.state === 'streaming'),
+          ).length;
+          if (streaming >= want && replicasRunning >= want) return leader;
+        }
+      } catch (err) {
+        seen = String(err);
+      }
+      if (Date.now() > deadline) {
+        throw new Error(
+          `Patroni cluster not healthy in time (want a leader${options.leader ? ` ${options.leader}` : ''} and ${want} streaming replicas); last seen: ${seen}; ${this.nodes.map((n) => `${n.name}: ${this.logTail(`${n.name}.log`)}`).join(' | ')}`,
+        );
+      }
+      await sleep(250);
+    }
+  }
+
+  /** A planned switchover (`POST /switchover`) to `candidate` (default: a replica); waits until it streams again. */
+  async switchover(candidate?: string): Promise<ClusterMember> {
+    const leader = await this.leader();
+    const to = candidate ?? this.nodes.find((n) => n.name !== leader.name)!.name;
+    const r = await this.api(
+      `${this.node(leader.name).apiUrl}/switchover`,
+      'POST',
+      { leader: leader.name, candidate: to },
+      30_000,
+    );
+    if (r.status !== 200) throw new Error(`switchover to ${to} refused: ${r.status} ${r.body}`);
+    return this.waitHealthy({ leader: to, timeoutMs: 60_000 });
+  }
+
+  /** A manual failover (`POST /failover`) to `candidate`; waits for the new leader (replicas as running). */
+  async failover(candidate: string): Promise<ClusterMember> {
+    const api = this.nodes.find((n) => n.name === candidate)!.apiUrl;
+    const r = await this.api(`${api}/failover`, 'POST', { candidate }, 30_000);
+    if (r.status !== 200) throw new Error(`failover to ${candidate} refused: ${r.status} ${r.body}`);
+    return this.waitHealthy({ leader: candidate, timeoutMs: 60_000 });
+  }
+
+  /** Waits until every running replica has replayed the leader's WAL up to now (what the leader wrote is readable there). */
+  async waitReplayed(timeoutMs = 30_000): Promise<void> {
+    const leader = await this.leader();
+    const [{ lsn }] = (await this.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn', {
+      node: leader.name,
+    })) as [{ lsn: string }];
+    const replicas = (await this.members()).filter((m) => m.name !== leader.name && m.state !== 'stopped');
+    const deadline = Date.now() + timeoutMs;
+    for (const r of replicas) {
+      for (;;) {
+        const [row] = await this.query<{ done: boolean }>(
+          `SELECT pg_last_wal_replay_lsn() >= '${lsn}'::pg_lsn AS done`,
+          { node: r.name },
+        );
+        if (row?.done) break;
+        if (Date.now() > deadline) throw new Error(`${r.name} did not replay up to ${lsn} in time`);
+        await sleep(100);
+      }
+    }
+  }
+
+  /** A SQL query on a member (default: the leader), as the superuser; the rows. */
+  async query<T = Record<string, unknown>>(
+    sql: string,
+    options: { node?: string; database?: string } = {},
+  ): Promise<T[]> {
+    const name = options.node ?? (await this.leader()).name;
+    const node = this.node(name);
+    const client = new Client({
+      host: '127.0.0.1',
+      port: node.pgPort,
+      user: SUPERUSER,
+      password: SUPERUSER_PASSWORD,
+      database: options.database ?? 'postgres',
+    });
+    await client.connect();
+    try {
+      return (await client.query(sql)).rows as T[];
+    } finally {
+      await client.end();
+    }
+  }
+
+  private logTail(file: string): string {
+    try {
+      return readFileSync(join(this.dir, file), 'utf8').trim().split('\n').slice(-5).join(' / ');
+    } catch {
+      return '(no log)';
+    }
+  }
+
+  /**
+   * Ends every member and etcd (no clean shutdown: the files are thrown away), removes the directory.
+   * Safe to call twice and after a failed start.
+   */
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.nodes.map(async (n) => {
+        await this.endGroup(n.proc, 'SIGKILL', 10_000);
+        await this.killPostmaster(n, 'SIGQUIT');
+      }),
+    );
+    await this.endGroup(this.etcdProc, 'SIGKILL', 10_000);
+    for (const n of this.nodes) liveDataDirs.delete(n.dataDir);
+    try {
+      rmSync(this.dir, { recursive: true, force: true });
+    } catch {
+      // Best effort: a file held by a process that is still exiting.
+    }
+  }
+}
+
+/** For a test's diagnostics: the server binaries' version line. */
+export function serverVersion(): string {
+  return execFileSync(join(findServerBinDir(), 'postgres'), ['--version'], { encoding: 'utf8' }).trim();
+}
