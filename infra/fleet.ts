@@ -104,7 +104,7 @@ export function fleetLayout(c: DeployConfig): FleetShard[] {
     const cause =
       c.fleet.layout === 'position' || pinned === clusters.length
         ? ''
-        : ` (fleet.shards is ${c.fleet.shards}; ${pinned} of them pinned with "shard")`;
+        : ` (fleet.shards is ${c.fleet.shards}${pinned ? `; ${pinned} of them pinned with "shard"` : ''})`;
     throw new DeployConfigError(
       `pgvault deploy config: fleet stack ${fleetStackName(c.stackName, shard)} would hold ${clusters.length} clusters` +
         `${cause}, more than the ${CLUSTERS_PER_FLEET_STACK} a fleet stack holds: ${shown}; ` +

@@ -330,10 +330,12 @@ class SharedImports extends Construct {
       walFileSystem: fs
         ? efs.FileSystem.fromFileSystemAttributes(this, 'WalFs', {
             fileSystemId: read('WalFileSystemId', fs.fileSystemId),
+            // Required by the import, used only by `connections` (NFS rules live in the shared stack): not
+            // rendered, so no parameter; should a fleet construct use it, synth refuses the export it makes.
             securityGroup: ec2.SecurityGroup.fromSecurityGroupId(
               this,
               'WalFsSecurityGroup',
-              read('WalFileSystemSecurityGroupId', fs.connections.securityGroups[0]!.securityGroupId),
+              fs.connections.securityGroups[0]!.securityGroupId,
               { mutable: false },
             ),
           })

@@ -573,7 +573,7 @@ describe('fleet stacks that stay put (stable shards)', () => {
     const message = refusal(thirteen, { layout: 'name', shards: 1 });
     expect(message.split('\n')).toHaveLength(1);
     expect(message).toBe(
-      'pgvault deploy config: fleet stack Pgvault-Fleet1 would hold 13 clusters (fleet.shards is 1; 0 of them pinned with "shard"), ' +
+      'pgvault deploy config: fleet stack Pgvault-Fleet1 would hold 13 clusters (fleet.shards is 1), ' +
         'more than the 12 a fleet stack holds: db0, db1, db10, db11, db12, db2 and 7 more; ' +
         'give the clusters you are adding "shard": 2 (Pgvault-Fleet2 has room), or raise fleet.shards before the first deployment; ' +
         'a deployment made before fleet shards keeps its stacks with fleet.layout "position" (infra/README.md "Fleet stacks")',
