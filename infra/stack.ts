@@ -68,7 +68,7 @@ const CROSS_STACK_REFERENCES = '@aws-cdk/core:defaultCrossStackReferences';
  * Context key (`-c pgvault:legacyExports=true`) for the one deployment that moves an existing deployment
  * from CloudFormation exports to SSM parameters: the shared stack keeps the exports earlier builds made
  * while the fleet stacks switch to the parameters (CloudFormation refuses to delete an export in use).
- * The next deployment without it drops them. infra/README.md "Fleet stacks".
+ * The next deployment without it drops them. infra/README.md "Shared values".
  */
 export const LEGACY_EXPORTS_CONTEXT = 'pgvault:legacyExports';
 
