@@ -42,6 +42,8 @@ export const DEFAULT_SCHEDULES = {
 export type ScheduleName = keyof typeof DEFAULT_SCHEDULES;
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
+/** Highest fleet stack number (`clusters[].shard`, `fleet.shards`): 100 stacks of 12 hold the 500 clusters with room. */
+export const MAX_FLEET_STACKS = 100;
 const SECRET_ARN =
   /^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$/;
 const KMS_KEY_ARN = /^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/;
@@ -104,6 +106,11 @@ const clusterSchema = z
       )
       .max(20)
       .default([]),
+    /**
+     * The fleet stack of this cluster (`<stackName>-Fleet<shard>`), fixed whatever the list around it;
+     * without it, `fleet.layout` decides (infra/fleet.ts).
+     */
+    shard: z.number().int().min(1).max(MAX_FLEET_STACKS).optional(),
   })
   .superRefine((c, ctx) => {
     if (c.mode === 'patroni' && !c.patroniUrl) {
@@ -150,6 +157,19 @@ export const deployConfigSchema = z
     // The deployment splits into a shared stack and fleet stacks of 12 clusters (stack.ts): 500 clusters are 42
     // fleet stacks, each well under CloudFormation's 500 resources (the stacks check their real count).
     clusters: z.array(clusterSchema).min(1).max(500),
+    /** Which fleet stack each cluster without an explicit `shard` goes to (infra/fleet.ts, infra/README.md "Fleet stacks"). */
+    fleet: z
+      .strictObject({
+        /**
+         * 'name': by a hash of the cluster's name over `shards` stacks, so adding, removing or reordering
+         * clusters never moves another one. 'position': the layout of earlier builds (the i-th cluster in
+         * stack i/12 + 1), for deployments made with it. @default 'name'
+         */
+        layout: z.enum(['name', 'position']).default('name'),
+        /** Stacks the name hash spreads clusters over; set it before the first deployment (changing it moves clusters). @default 1 */
+        shards: z.number().int().min(1).max(MAX_FLEET_STACKS).default(1),
+      })
+      .prefault({}),
     network: z.strictObject({
       vpcId: z.string().regex(/^vpc-[0-9a-f]{8,17}$/, 'a VPC id such as vpc-0123456789abcdef0'),
       subnetIds: z

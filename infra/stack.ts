@@ -1,6 +1,23 @@
-import { CfnOutput, CfnResource, Duration, type Environment, Stack, type StackProps } from 'aws-cdk-lib';
-import type * as ecs from 'aws-cdk-lib/aws-ecs';
-import type { Construct } from 'constructs';
+import {
+  CfnOutput,
+  CfnResource,
+  Duration,
+  type Environment,
+  Stack,
+  type StackProps,
+  Token,
+  Validations,
+} from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as efs from 'aws-cdk-lib/aws-efs';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
 import {
   type ClusterConfig,
   type DeployConfig,
@@ -9,19 +26,31 @@ import {
   receivesWal,
 } from './config';
 import { Alerts } from './constructs/alerts';
-import { CLUSTERS_FILE, FUNCTION_NAMES, type FunctionCluster, Functions } from './constructs/functions';
+import {
+  CLUSTERS_FILE,
+  FUNCTION_NAMES,
+  type FunctionCluster,
+  type FunctionName,
+  Functions,
+} from './constructs/functions';
 import { ClusterMonitoring, type Heartbeat, Monitoring } from './constructs/monitoring';
 import { Network } from './constructs/network';
-import { ClusterSchedules, heartbeatHours, Schedules } from './constructs/schedules';
+import { ClusterSchedules, heartbeatHours, type ScheduleBase, Schedules } from './constructs/schedules';
+import { checkNoExports, SharedValues } from './constructs/shared-values';
 import {
   BackupTasks,
   ClusterTasks,
   CONTAINER_NAME,
   type NetworkConfig,
+  type TaskPlatform,
   taskFamily,
 } from './constructs/tasks';
 import { LIFECYCLE_TAGS_SETTING, VaultBucket } from './constructs/vault-bucket';
+import { fleetLayout, fleetStackName } from './fleet';
 import { BACKUP_TYPE_DIMENSION } from './metrics';
+import { nagResource } from './nag';
+
+export { CLUSTERS_PER_FLEET_STACK, fleetStackName } from './fleet';
 
 export interface PgvaultStackProps extends StackProps {
   readonly config: DeployConfig;
@@ -38,47 +67,63 @@ export const FEATURE_FLAGS = [
 ] as const;
 
 /**
- * Fleet stacks import the shared stack's exports; "strong" (CloudFormation exports, which protect the
- * producer from removing a value still imported) is CDK's default, set explicitly.
+ * Fleet stacks read the shared stack's values through SSM parameters (SharedValues), never through
+ * CDK's automatic cross-stack references; should one be made anyway, the shared stack refuses synth
+ * (checkNoExports). The strength is set explicitly so CDK does not warn about its default.
  */
 const CROSS_STACK_REFERENCES = '@aws-cdk/core:defaultCrossStackReferences';
+
+/**
+ * Context key (`-c pgvault:legacyExports=true`) for the one deployment that moves an existing deployment
+ * from CloudFormation exports to SSM parameters: the shared stack keeps the exports earlier builds made
+ * while the fleet stacks switch to the parameters (CloudFormation refuses to delete an export in use).
+ * The next deployment without it drops them. infra/README.md "Shared values".
+ */
+export const LEGACY_EXPORTS_CONTEXT = 'pgvault:legacyExports';
+
+/**
+ * The exports of earlier builds, under the names CDK gave them (`<stack>:ExportsOutputRef...`,
+ * `...FnGetAtt...Arn...`: Stack.exportValue names a value the same way): every shared value a fleet
+ * stack of those builds imported. Returns the ids of the outputs, which checkNoExports then allows.
+ */
+function keepLegacyExports(stack: PgvaultStack): string[] {
+  const { vault, alerts, tasks, schedules, functions } = stack;
+  const values = [
+    vault.bucket.bucketArn,
+    vault.bucket.bucketName,
+    vault.key.keyArn,
+    vault.passphrase.secretArn,
+    alerts.topic.topicArn,
+    alerts.key.keyArn,
+    alerts.eventBus.eventBusArn,
+    alerts.eventBus.eventBusName,
+    tasks.logGroup.logGroupArn,
+    tasks.logGroup.logGroupName,
+    tasks.cluster.clusterName,
+    ...(tasks.walFileSystem ? [tasks.walFileSystem.fileSystemId, tasks.walFileSystem.fileSystemArn] : []),
+    schedules.group.ref,
+    schedules.role.roleArn,
+    schedules.deadLetterQueue.queueArn,
+    ...(['dispatch', 'retention', 'verify', 'report'] as const).map(
+      (f) => functions.functions[f].functionArn,
+    ),
+  ];
+  for (const value of values) stack.exportValue(value);
+  return stack.node.tryFindChild('Exports')?.node.children.map((c) => c.node.id) ?? [];
+}
 
 /** CDK's context key for CloudFormation's resource limit per stack (default 500; 0 turns the check off). */
 const STACK_RESOURCE_LIMIT_CONTEXT = '@aws-cdk/core:stackResourceLimit';
 
-/**
- * Clusters per fleet stack. A cluster brings at most 38 resources (two task definitions with their task
- * and execution roles and policies, nine schedules, eleven alarms with the two heartbeats, and with
- * `walReceive` a receiver task definition, its roles and policies, service, access point and alarm); 12 of
- * them are 456, 457 with the stack's dashboard and metadata: a margin under CloudFormation's 500. A constant, not derived
- * from the config, so switching an option never moves a cluster to another stack (its names, alarm
- * and schedule names among them, would then be created in one stack before the other deleted them).
- */
-export const CLUSTERS_PER_FLEET_STACK = 12;
-
 /** Lambda's limit on the environment of one function (keys and values). */
 const LAMBDA_ENV_LIMIT = 4096;
-
-/** Name of the n-th fleet stack (from 1) of a deployment. */
-export function fleetStackName(deployment: string, n: number): string {
-  return `${deployment}-Fleet${n}`;
-}
-
-/** The clusters of each fleet stack: config order, CLUSTERS_PER_FLEET_STACK at a time. */
-export function fleetChunks<T>(clusters: readonly T[]): T[][] {
-  const chunks: T[][] = [];
-  for (let i = 0; i < clusters.length; i += CLUSTERS_PER_FLEET_STACK) {
-    chunks.push(clusters.slice(i, i + CLUSTERS_PER_FLEET_STACK));
-  }
-  return chunks;
-}
 
 /**
  * The shared stack of a deployment (named `stackName`): the vault bucket and its key, the passphrase,
  * alerts (topic, key, event bus), the ECS cluster, task log group, image and WAL staging file system,
  * the five functions with the cluster layer, the schedule group, role and dead-letter queue, and the
  * deployment-wide monitoring. Its size does not depend on the fleet; the clusters' own resources are in
- * the fleet stacks (FleetStack), which reference these through CloudFormation exports.
+ * the fleet stacks (FleetStack), which read these through SSM parameters (SharedValues), not exports.
  */
 export class PgvaultStack extends Stack {
   public readonly config: DeployConfig;
@@ -233,6 +278,7 @@ export class PgvaultStack extends Stack {
     });
 
     this.monitoring = new Monitoring(this, 'Monitoring', {
+      deployment,
       topic: this.alerts.topic,
       ecsCluster: this.tasks.cluster,
       taskLogGroup: this.tasks.logGroup,
@@ -252,23 +298,131 @@ export class PgvaultStack extends Stack {
     for (const name of FUNCTION_NAMES) {
       new CfnOutput(this, `${name}FunctionName`, { value: this.functions.functions[name].functionName });
     }
+    // Upgrading a deployment whose fleet stacks still import: keep its exports for one deployment.
+    const legacy = this.node.tryGetContext(LEGACY_EXPORTS_CONTEXT);
+    const kept = legacy === true || legacy === 'true' ? keepLegacyExports(this) : [];
+    checkNoExports(this, kept);
     checkResourceCount(this);
   }
 }
 
 export interface FleetStackProps extends StackProps {
   readonly shared: PgvaultStack;
-  /** This stack's clusters (at most CLUSTERS_PER_FLEET_STACK). */
+  /** This stack's number (`<stackName>-Fleet<shard>`). */
+  readonly shard: number;
+  /** This stack's clusters (at most CLUSTERS_PER_FLEET_STACK), sorted by name. */
   readonly clusters: readonly ClusterConfig[];
+}
+
+/**
+ * The shared stack's resources as a fleet stack uses them: imported by the values the shared stack
+ * writes to SSM parameters (SharedValues). Nothing here is a reference to a construct of the shared
+ * stack, so no CloudFormation export ties the two (the vault's grants go through the same parameters,
+ * VaultBucket.bucketArnFor).
+ */
+class SharedImports extends Construct {
+  public readonly topic: sns.ITopic;
+  public readonly eventBus: events.IEventBus;
+  public readonly platform: TaskPlatform;
+  public readonly scheduleBase: ScheduleBase;
+  public readonly functions: Readonly<Record<FunctionName, lambda.IFunction>>;
+
+  constructor(scope: Construct, id: string, shared: PgvaultStack) {
+    super(scope, id);
+    const values = SharedValues.of(shared);
+    const read = (key: string, value: string) => values.valueFor(this, key, value);
+    const c = shared.config;
+
+    this.topic = sns.Topic.fromTopicAttributes(this, 'AlertTopic', {
+      topicArn: read('AlertTopicArn', shared.alerts.topic.topicArn),
+      // Publishing to the encrypted topic needs its key: grantPublish grants it from this ARN.
+      keyArn: read('AlertKeyArn', shared.alerts.key.keyArn),
+    });
+    this.eventBus = events.EventBus.fromEventBusArn(
+      this,
+      'EventBus',
+      read('EventBusArn', shared.alerts.eventBus.eventBusArn),
+    );
+
+    const platform = shared.tasks;
+    const vpc = ec2.Vpc.fromVpcAttributes(this, 'Vpc', {
+      vpcId: c.network.vpcId,
+      availabilityZones: ['unused'],
+    });
+    const fs = platform.walFileSystem;
+    this.platform = {
+      cluster: ecs.Cluster.fromClusterAttributes(this, 'EcsCluster', {
+        clusterName: read('EcsClusterName', platform.cluster.clusterName),
+        vpc,
+        securityGroups: [],
+      }),
+      logGroup: logs.LogGroup.fromLogGroupName(
+        this,
+        'TaskLogs',
+        read('TaskLogGroupName', platform.logGroup.logGroupName),
+      ),
+      // A registry image or the Dockerfile asset: its URI names the CDK asset repository, no resource here.
+      image: platform.image,
+      walFileSystem: fs
+        ? efs.FileSystem.fromFileSystemAttributes(this, 'WalFs', {
+            fileSystemId: read('WalFileSystemId', fs.fileSystemId),
+            // Required by the import, used only by `connections` (NFS rules live in the shared stack): not
+            // rendered, so no parameter; should a fleet construct use it, synth refuses the export it makes.
+            securityGroup: ec2.SecurityGroup.fromSecurityGroupId(
+              this,
+              'WalFsSecurityGroup',
+              fs.connections.securityGroups[0]!.securityGroupId,
+              { mutable: false },
+            ),
+          })
+        : undefined,
+    };
+
+    const schedules = shared.schedules;
+    this.scheduleBase = {
+      group: { ref: read('ScheduleGroupName', schedules.group.ref) },
+      role: iam.Role.fromRoleArn(this, 'SchedulerRole', read('SchedulerRoleArn', schedules.role.roleArn), {
+        mutable: false,
+      }),
+      deadLetterQueue: sqs.Queue.fromQueueArn(
+        this,
+        'ScheduleDeadLetters',
+        read('ScheduleDeadLetterQueueArn', schedules.deadLetterQueue.queueArn),
+      ),
+    };
+    // Imported on first use (while the schedules are built): a parameter only for the functions that some
+    // schedule invokes.
+    const functions = {} as Record<FunctionName, lambda.IFunction>;
+    const imported = new Map<FunctionName, lambda.IFunction>();
+    for (const name of FUNCTION_NAMES) {
+      Object.defineProperty(functions, name, {
+        enumerable: true,
+        get: () => {
+          let fn = imported.get(name);
+          if (!fn) {
+            fn = lambda.Function.fromFunctionAttributes(this, `Function-${name}`, {
+              functionArn: read(`${name}FunctionArn`, shared.functions.functions[name].functionArn),
+              sameEnvironment: true,
+            });
+            imported.set(name, fn);
+          }
+          return fn;
+        },
+      });
+    }
+    this.functions = functions;
+  }
 }
 
 /**
  * A fleet stack: the resources of up to CLUSTERS_PER_FLEET_STACK clusters (task definitions and their
  * roles, wal receive services and access points, schedules, alarms, a dashboard). Everything shared is
- * the shared stack's, referenced the CDK way (exports and imports); nothing in the shared stack refers
- * to a fleet stack, so fleet stacks deploy after it, in parallel with each other.
+ * the shared stack's, read through SSM parameters (SharedImports); nothing in the shared stack refers to
+ * a fleet stack, so fleet stacks deploy after it, in parallel with each other. Which clusters a fleet
+ * stack holds depends on each cluster alone (infra/fleet.ts), so the list's order changes nothing.
  */
 export class FleetStack extends Stack {
+  public readonly shard: number;
   public readonly clusterNames: readonly string[];
   public readonly tasks: ClusterTasks;
   public readonly schedules: ClusterSchedules;
@@ -280,31 +434,58 @@ export class FleetStack extends Stack {
     this.node.setContext(CROSS_STACK_REFERENCES, 'strong');
     const { shared } = props;
     const c = shared.config;
+    this.shard = props.shard;
     this.addStackDependency(shared, 'the fleet uses the shared vault, functions, ECS cluster and topic');
     this.clusterNames = props.clusters.map((cl) => cl.name);
     const walReceivers = new Set(props.clusters.filter((cl) => receivesWal(c, cl)).map((cl) => cl.name));
+    const imports = new SharedImports(this, 'Shared', shared);
 
     this.tasks = new ClusterTasks(this, 'Tasks', {
       deployment: c.stackName,
-      platform: shared.tasks,
+      platform: imports.platform,
       vault: shared.vault,
-      topic: shared.alerts.topic,
-      eventBus: shared.alerts.eventBus,
+      topic: imports.topic,
+      eventBus: imports.eventBus,
       clusters: props.clusters,
       walReceivers,
-      network: shared.taskNetwork,
+      // The task security groups the shared stack made, by id through their SSM parameters (no export).
+      network: {
+        ...shared.taskNetwork,
+        securityGroupIds: shared.taskNetwork.securityGroupIds.map((id, i) =>
+          Token.isUnresolved(id) ? SharedValues.of(shared).valueFor(this, `TaskSecurityGroupId${i}`, id) : id,
+        ),
+      },
       // Fargate's scratch space (ephemeralStorageGiB) is the root file system: TMPDIR and BACKUP_DIR live there.
-      sharedEnvironment: { ...shared.sharedEnvironment, BACKUP_DIR: '/var/lib/pgvault', TMPDIR: '/tmp' },
+      sharedEnvironment: {
+        ...sharedEnvironmentFor(this, shared),
+        BACKUP_DIR: '/var/lib/pgvault',
+        TMPDIR: '/tmp',
+      },
       task: c.task,
       restoreTask: c.restoreTask,
       walReceive: c.walReceive,
       architecture: c.taskArchitecture,
     });
 
+    // The execution roles write the task log streams as `log-group:<name>:*`, the ARN IAM gives a group's
+    // streams (in the shared stack the group's Arn attribute said the same without showing the `*`).
+    const logStreams = nagResource(this, imports.platform.logGroup.logGroupArn);
+    for (const set of this.tasks.byCluster.values()) {
+      for (const def of [set.backup, set.restore, set.walReceiver?.taskDefinition]) {
+        if (!def) continue;
+        Validations.of(def.obtainExecutionRole()).acknowledge({
+          id: `AwsSolutions-IAM5[Resource::${logStreams}]`,
+          reason:
+            "ECS writes the task's log streams, named at run time, in the deployment's one task log group; " +
+            'no other log group.',
+        });
+      }
+    }
+
     this.schedules = new ClusterSchedules(this, 'Schedules', {
       clusters: this.clusterNames,
-      base: shared.schedules,
-      functions: shared.functions.functions,
+      base: imports.scheduleBase,
+      functions: imports.functions,
       expressions: c.schedules,
       timeZone: c.timeZone,
       physicalBackups: c.physicalBackups,
@@ -316,7 +497,8 @@ export class FleetStack extends Stack {
     const receivers = new Map<string, ecs.FargateService>();
     for (const [name, t] of this.tasks.byCluster) if (t.walReceiver) receivers.set(name, t.walReceiver);
     this.monitoring = new ClusterMonitoring(this, 'Monitoring', {
-      topic: shared.alerts.topic,
+      deployment: c.stackName,
+      topic: imports.topic,
       clusters: this.clusterNames,
       walReceivers: receivers,
       thresholds: c.alerts,
@@ -352,9 +534,23 @@ export function heartbeats(c: DeployConfig): Heartbeat[] {
   return list;
 }
 
+/**
+ * The shared stack's environment as a fleet stack's tasks get it: plain values as they are, each value
+ * that refers to a shared resource (bucket, topic, bus) read through its SSM parameter.
+ */
+function sharedEnvironmentFor(scope: Construct, shared: PgvaultStack): Record<string, string> {
+  const values = SharedValues.of(shared);
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(shared.sharedEnvironment)) {
+    env[key] = Token.isUnresolved(value) ? values.valueFor(scope, `env.${key}`, value) : value;
+  }
+  return env;
+}
+
 /** A deployment: the shared stack and its fleet stacks. */
 export interface PgvaultDeployment {
   readonly shared: PgvaultStack;
+  /** The fleet stacks, by number. */
   readonly fleets: readonly FleetStack[];
   /** Every stack, shared first. */
   readonly stacks: readonly Stack[];
@@ -369,12 +565,14 @@ export interface PgvaultDeploymentProps {
 }
 
 /**
- * The stacks of one configuration: `<stackName>` (shared) and `<stackName>-Fleet1..N`, N = the cluster
- * count / CLUSTERS_PER_FLEET_STACK rounded up (one for a small fleet). `cdk deploy --all` deploys the
- * shared stack first, then the fleet stacks.
+ * The stacks of one configuration: `<stackName>` (shared) and a `<stackName>-Fleet<n>` for each fleet
+ * stack that holds a cluster (infra/fleet.ts decides which: an explicit `shard`, else `fleet.layout`).
+ * `cdk deploy --all` deploys the shared stack first, then the fleet stacks. A layout that would put more
+ * than CLUSTERS_PER_FLEET_STACK clusters in one stack refuses synth (DeployConfigError, one line).
  */
 export function createDeployment(scope: Construct, props: PgvaultDeploymentProps): PgvaultDeployment {
   const c = props.config;
+  const layout = fleetLayout(c);
   const describe = (what: string) => (props.description ? `${props.description} (${what})` : undefined);
   const shared = new PgvaultStack(scope, c.stackName, {
     config: c,
@@ -382,16 +580,15 @@ export function createDeployment(scope: Construct, props: PgvaultDeploymentProps
     image: props.image,
     description: describe('shared: vault, functions, alerts'),
   });
-  const chunks = fleetChunks(c.clusters);
-  const fleets = chunks.map(
-    (clusters, i) =>
-      new FleetStack(scope, fleetStackName(c.stackName, i + 1), {
+  const fleets = layout.map(
+    ({ shard, clusters }) =>
+      new FleetStack(scope, fleetStackName(c.stackName, shard), {
         shared,
+        shard,
         clusters,
         env: props.env,
-        description: describe(
-          `clusters ${clusters[0]!.name} to ${clusters[clusters.length - 1]!.name}, ${i + 1} of ${chunks.length}`,
-        ),
+        // The clusters by name (at most 12 of at most 32 characters): which stack holds a cluster, at a glance.
+        description: describe(`fleet stack ${shard}: ${clusters.map((cl) => cl.name).join(', ')}`),
       }),
   );
   return { shared, fleets, stacks: [shared, ...fleets] };

@@ -19,7 +19,18 @@ import {
   TASK_METRICS,
 } from '../metrics';
 
+/**
+ * An alarm's name: `<stackName>: <what>`, or `<stackName> <cluster>: <what>` for a cluster's alarm. Alarm
+ * names are unique per account and region, so they carry the deployment's name: two deployments in one
+ * account may both have a cluster `main`.
+ */
+export function alarmName(deployment: string, what: string, cluster?: string): string {
+  return cluster === undefined ? `${deployment}: ${what}` : `${deployment} ${cluster}: ${what}`;
+}
+
 export interface MonitoringProps {
+  /** The deployment's name (config.stackName): alarm names carry it. */
+  readonly deployment: string;
   readonly topic: sns.ITopic;
   readonly ecsCluster: ecs.ICluster;
   readonly taskLogGroup: logs.ILogGroup;
@@ -31,6 +42,8 @@ export interface MonitoringProps {
 }
 
 export interface ClusterMonitoringProps {
+  /** The deployment's name (config.stackName): alarm names carry it. */
+  readonly deployment: string;
   readonly topic: sns.ITopic;
   readonly clusters: readonly string[];
   readonly walReceivers: ReadonlyMap<string, ecs.FargateService>;
@@ -148,7 +161,7 @@ export class Monitoring extends Construct {
       props.deadLetterQueue
         .metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) })
         .createAlarm(this, 'ScheduleDeadLetters', {
-          alarmName: 'pgvault: a scheduled job could not be started (dead-letter queue)',
+          alarmName: alarmName(props.deployment, 'a scheduled job could not be started (dead-letter queue)'),
           threshold: 1,
           comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
           evaluationPeriods: 1,
@@ -175,7 +188,7 @@ export class Monitoring extends Construct {
       errorMetrics.push(errors.with({ label: name }));
       add(
         errors.createAlarm(this, `${name}-Errors`, {
-          alarmName: `pgvault: ${name} function failed`,
+          alarmName: alarmName(props.deployment, `${name} function failed`),
           threshold: 1,
           comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
           evaluationPeriods: 1,
@@ -255,7 +268,7 @@ export class ClusterMonitoring extends Construct {
           this,
           `${cluster}-BackupAge`,
           {
-            alarmName: `pgvault ${cluster}: newest backup older than ${t.backupAgeHours} h`,
+            alarmName: alarmName(props.deployment, `newest backup older than ${t.backupAgeHours} h`, cluster),
             threshold: t.backupAgeHours,
             comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluationPeriods: 1,
@@ -265,7 +278,7 @@ export class ClusterMonitoring extends Construct {
       );
       add(
         metric('rpoSeconds', cluster, 'Maximum', Duration.minutes(5)).createAlarm(this, `${cluster}-Rpo`, {
-          alarmName: `pgvault ${cluster}: RPO over ${t.rpoTargetMinutes} min`,
+          alarmName: alarmName(props.deployment, `RPO over ${t.rpoTargetMinutes} min`, cluster),
           threshold: t.rpoTargetMinutes * 60,
           comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
           evaluationPeriods: 1,
@@ -277,7 +290,7 @@ export class ClusterMonitoring extends Construct {
           this,
           `${cluster}-DrillRto`,
           {
-            alarmName: `pgvault ${cluster}: drill RTO over ${t.rtoTargetMinutes} min`,
+            alarmName: alarmName(props.deployment, `drill RTO over ${t.rtoTargetMinutes} min`, cluster),
             threshold: t.rtoTargetMinutes * 60,
             comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluationPeriods: 1,
@@ -290,7 +303,11 @@ export class ClusterMonitoring extends Construct {
           this,
           `${cluster}-BackupDuration`,
           {
-            alarmName: `pgvault ${cluster}: backup took over ${t.maxBackupDurationMinutes} min`,
+            alarmName: alarmName(
+              props.deployment,
+              `backup took over ${t.maxBackupDurationMinutes} min`,
+              cluster,
+            ),
             threshold: t.maxBackupDurationMinutes * 60,
             comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluationPeriods: 1,
@@ -306,7 +323,7 @@ export class ClusterMonitoring extends Construct {
             this,
             `${cluster}-${METRICS[key].name}`,
             {
-              alarmName: `pgvault ${cluster}: ${what}`,
+              alarmName: alarmName(props.deployment, what, cluster),
               alarmDescription: `pgvault ${METRICS[key].name} >= 1 for cluster ${cluster}: see the alert mail and the lifecycle event for the error`,
               threshold: 1,
               comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
@@ -339,7 +356,7 @@ export class ClusterMonitoring extends Construct {
       }
       // A sudden shrink: the stored size falls below the band learned from earlier backups.
       const sizeAlarm = new cloudwatch.AnomalyDetectionAlarm(this, `${cluster}-BackupSize`, {
-        alarmName: `pgvault ${cluster}: backup size unusually small`,
+        alarmName: alarmName(props.deployment, 'backup size unusually small', cluster),
         metric: metric('backupStoredBytes', cluster, 'Minimum', Duration.hours(1)),
         stdDevs: 3,
         comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_LOWER_THRESHOLD,
@@ -353,7 +370,11 @@ export class ClusterMonitoring extends Construct {
             this,
             `${cluster}-Storage`,
             {
-              alarmName: `pgvault ${cluster}: vault over ${t.capacityPercent}% of ${props.storageQuotaGb} GB`,
+              alarmName: alarmName(
+                props.deployment,
+                `vault over ${t.capacityPercent}% of ${props.storageQuotaGb} GB`,
+                cluster,
+              ),
               threshold: t.capacityPercent,
               comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
               evaluationPeriods: 1,
@@ -369,7 +390,7 @@ export class ClusterMonitoring extends Construct {
           receiver
             .metricCpuUtilization({ statistic: 'SampleCount', period: Duration.minutes(5) })
             .createAlarm(this, `${cluster}-WalReceiverDown`, {
-              alarmName: `pgvault ${cluster}: wal receive is not running`,
+              alarmName: alarmName(props.deployment, 'wal receive is not running', cluster),
               threshold: 1,
               comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
               evaluationPeriods: 2,

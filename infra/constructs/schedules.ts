@@ -101,9 +101,19 @@ export class Schedules extends Construct {
   }
 }
 
+/**
+ * What a fleet stack's schedules use of the shared Schedules: imported through SSM parameters
+ * (SharedValues) in a fleet stack, never the shared stack's constructs themselves.
+ */
+export interface ScheduleBase {
+  readonly group: { readonly ref: string };
+  readonly role: iam.IRole;
+  readonly deadLetterQueue: sqs.IQueue;
+}
+
 export interface ClusterSchedulesProps {
   readonly clusters: readonly string[];
-  readonly base: Schedules;
+  readonly base: ScheduleBase;
   readonly functions: Readonly<Record<FunctionName, lambda.IFunction>>;
   /** Crontab or Scheduler expression per job; null turns it off. */
   readonly expressions: Readonly<Record<ScheduleName, string | null>>;

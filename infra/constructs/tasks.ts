@@ -66,11 +66,22 @@ export interface BackupTasksProps {
   readonly image?: ecs.ContainerImage;
 }
 
+/**
+ * What the task definitions of a fleet stack use of the shared task platform (BackupTasks): in a fleet
+ * stack, imported through SSM parameters (SharedValues), never the shared stack's constructs themselves.
+ */
+export interface TaskPlatform {
+  readonly cluster: ecs.ICluster;
+  readonly logGroup: logs.ILogGroup;
+  readonly image: ecs.ContainerImage;
+  readonly walFileSystem?: efs.IFileSystem;
+}
+
 /** What one fleet stack's task definitions need. */
 export interface ClusterTasksProps {
   /** The deployment's name (config.stackName): task families and role paths carry it. */
   readonly deployment: string;
-  readonly platform: BackupTasks;
+  readonly platform: TaskPlatform;
   readonly vault: VaultBucket;
   readonly topic: sns.ITopic;
   readonly eventBus: events.IEventBus;
@@ -206,15 +217,16 @@ export class ClusterTasks extends Construct {
     this.securityGroups = props.network.securityGroupIds.map((gid) =>
       ec2.SecurityGroup.fromSecurityGroupId(this, `Sg-${gid}`, gid, { mutable: false }),
     );
-    // The passphrase by reference (its ARN and key through the shared stack's exports): granting the
+    // The passphrase by reference (its ARN and key through SSM parameters, SharedValues): granting the
     // shared secret itself would add each execution role to the vault key's policy (a KMS grant through
     // Secrets Manager), which names this stack's roles from the shared stack, a cycle, and grows the
     // key policy with the fleet. The key's policy lets IAM policies grant its use; the grant is the
     // execution role's own (kms:Decrypt via Secrets Manager only, grantSecretKeys): the imported
     // secret's `encryptionKey` is not turned into a KMS grant by `grantRead`, so it is stated here.
+    const vaultKeyArn = props.vault.keyArnFor(this);
     const passphrase = secretsmanager.Secret.fromSecretAttributes(this, 'Passphrase', {
-      secretCompleteArn: props.vault.passphrase.secretArn,
-      encryptionKey: kms.Key.fromKeyArn(this, 'VaultKey', props.vault.key.keyArn),
+      secretCompleteArn: props.vault.passphraseArnFor(this),
+      encryptionKey: kms.Key.fromKeyArn(this, 'VaultKey', vaultKeyArn),
     });
     for (const c of props.clusters) {
       const env: Record<string, string> = {
@@ -299,9 +311,9 @@ export class ClusterTasks extends Construct {
       }
       const backupCredentials = { secretArn: c.credentialsSecretArn, kmsKeyArn: c.credentialsKmsKeyArn };
       for (const def of [backup, walReceiver?.taskDefinition]) {
-        if (def) grantSecretKeys(def.obtainExecutionRole(), props.vault.key.keyArn, backupCredentials);
+        if (def) grantSecretKeys(def.obtainExecutionRole(), vaultKeyArn, backupCredentials);
       }
-      grantSecretKeys(restore.obtainExecutionRole(), props.vault.key.keyArn, restoreCredentials);
+      grantSecretKeys(restore.obtainExecutionRole(), vaultKeyArn, restoreCredentials);
       this.byCluster.set(c.name, { backup, restore, walReceiver });
     }
   }
@@ -361,7 +373,7 @@ export class ClusterTasks extends Construct {
     props: ClusterTasksProps,
     env: Record<string, string>,
     secrets: Record<string, ecs.Secret>,
-    fileSystem: efs.FileSystem,
+    fileSystem: efs.IFileSystem,
   ): ecs.FargateService {
     // In this stack, on the shared file system (fileSystem.addAccessPoint would put it in the shared stack).
     const accessPoint = new efs.AccessPoint(this, `WalAccessPoint-${cluster}`, {
@@ -372,7 +384,9 @@ export class ClusterTasks extends Construct {
     });
     const rolePath = taskRolePath(props.deployment, 'wal-receive');
     const def = new ecs.FargateTaskDefinition(this, `WalReceive-${cluster}`, {
-      family: `pgvault-wal-receive-${cluster}`,
+      // The stack name, as in the backup and restore families: two deployments in one account may both
+      // have a cluster `main`. (The service name is unique within the deployment's own ECS cluster.)
+      family: `${props.deployment}-wal-receive-${cluster}`,
       taskRole: new iam.Role(this, `WalReceive-${cluster}TaskRole`, {
         assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
         path: rolePath,

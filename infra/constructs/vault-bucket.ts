@@ -5,6 +5,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct, type IConstruct } from 'constructs';
 import { nagResource } from '../nag';
+import { SharedValues } from './shared-values';
 
 export interface VaultBucketProps {
   /** Key prefix of the repository (CLOUD_PREFIX); '' for the bucket root. @default 'pgvault' */
@@ -210,12 +211,22 @@ export class VaultBucket extends Construct {
   }
 
   /**
-   * The bucket ARN as `scope`'s stack sees it: the attribute itself in this stack, an import of this
-   * stack's export (Stack.exportValue, the name CDK gives the automatic reference) in a fleet stack.
+   * The bucket ARN as `scope`'s stack sees it: the attribute itself in this stack, the SSM parameter the
+   * shared stack writes for its fleet stacks in any other (SharedValues: no CloudFormation exports).
    */
   bucketArnFor(scope?: IConstruct): string {
-    if (!scope || Stack.of(scope) === Stack.of(this)) return this.bucket.bucketArn;
-    return Stack.of(this).exportValue(this.bucket.bucketArn);
+    if (!scope) return this.bucket.bucketArn;
+    return SharedValues.of(this).valueFor(scope, 'VaultBucketArn', this.bucket.bucketArn);
+  }
+
+  /** The vault key's ARN as `scope`'s stack sees it (see bucketArnFor). */
+  keyArnFor(scope: IConstruct): string {
+    return SharedValues.of(this).valueFor(scope, 'VaultKeyArn', this.key.keyArn);
+  }
+
+  /** The passphrase secret's ARN as `scope`'s stack sees it (see bucketArnFor). */
+  passphraseArnFor(scope: IConstruct): string {
+    return SharedValues.of(this).valueFor(scope, 'PassphraseSecretArn', this.passphrase.secretArn);
   }
 
   /** ARN pattern of objects under the repository, or under one cluster's folder (optionally a subfolder). */
@@ -237,7 +248,7 @@ export class VaultBucket extends Construct {
   /**
    * Grants what pgvault needs on the repository: read, write (write once, multipart, the lifecycle tag,
    * Object Lock retention), delete; scoped to one cluster's folder or one of its subfolders when given.
-   * The grantee may live in a fleet stack: the statements then name the bucket through its export.
+   * The grantee may live in a fleet stack: the statements then name the bucket and key through SharedValues.
    */
   grantRepository(
     grantee: iam.IGrantable,
@@ -257,7 +268,13 @@ export class VaultBucket extends Construct {
     grantee.grantPrincipal.addToPrincipalPolicy(this.listStatement(access.cluster, principal));
     grantee.grantPrincipal.addToPrincipalPolicy(new iam.PolicyStatement({ actions, resources: [objects] }));
     const keyActions = access.write ? ['kms:Decrypt', 'kms:GenerateDataKey'] : ['kms:Decrypt'];
-    this.key.grant(grantee, ...keyActions);
+    if (Stack.of(principal) === Stack.of(this)) this.key.grant(grantee, ...keyActions);
+    else {
+      // A fleet stack's role: the same statement Key.grant writes, naming the key through SharedValues.
+      grantee.grantPrincipal.addToPrincipalPolicy(
+        new iam.PolicyStatement({ actions: keyActions, resources: [this.keyArnFor(principal)] }),
+      );
+    }
     const path = this.objectsArn(access.cluster, access.folder).slice(this.bucket.bucketArn.length);
     Validations.of(principal).acknowledge({
       id: `AwsSolutions-IAM5[Resource::${nagResource(principal, objects)}]`,

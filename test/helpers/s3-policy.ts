@@ -10,7 +10,7 @@ import type { Template } from 'aws-cdk-lib/assertions';
  *
  * The evaluator knows the subset of IAM the templates use: Allow/Deny statements, Action and Resource
  * with `*` and `?` wildcards, the `s3:prefix` StringLike/StringEquals condition. Default deny; an
- * explicit Deny wins. Intrinsics in a Resource (the bucket's GetAtt, a fleet stack's ImportValue) stand
+ * explicit Deny wins. Intrinsics in a Resource (the bucket's GetAtt, a fleet stack's SSM parameter) stand
  * for the one vault bucket, `arn:aws:s3:::<bucket>`.
  */
 
@@ -65,7 +65,7 @@ function resolveResource(value: Json, bucket: string): string {
     const [sep, parts] = value['Fn::Join'] as [string, Json[]];
     return parts.map((p) => resolveResource(p, bucket)).join(sep);
   }
-  // The bucket's ARN through GetAtt, Ref or a cross-stack ImportValue.
+  // The bucket's ARN through GetAtt, Ref or the SSM parameter a fleet stack reads it from.
   return `arn:aws:s3:::${bucket}`;
 }
 

@@ -70,6 +70,9 @@ describe('deploy configuration', () => {
     expect(c.task).toEqual({ cpu: 1024, memoryMiB: 4096, ephemeralStorageGiB: 50 });
     expect(c.restoreTask.ephemeralStorageGiB).toBe(100);
     expect(expirationDays(c)).toBe(6 * 31 + 60);
+    // Fleet stacks by name, one of them until the operator spreads them (infra/README.md "Fleet stacks").
+    expect(c.fleet).toEqual({ layout: 'name', shards: 1 });
+    expect(c.clusters[0]!.shard).toBeUndefined();
   });
 
   it('the example file is valid', () => {
@@ -126,6 +129,10 @@ describe('deploy configuration', () => {
     [{ ...minimal, task: { ephemeralStorageGiB: 500 } }, 'task.ephemeralStorageGiB'],
     [{ ...minimal, alerts: { emails: ['not-an-address'] } }, 'alerts.emails[0]: an e-mail address'],
     [{ ...minimal, logRetentionDays: 10 }, 'logRetentionDays'],
+    [{ ...minimal, clusters: [{ ...minimal.clusters[0], shard: 0 }] }, 'clusters[0].shard'],
+    [{ ...minimal, clusters: [{ ...minimal.clusters[0], shard: 101 }] }, 'clusters[0].shard'],
+    [{ ...minimal, fleet: { layout: 'random' } }, 'fleet.layout'],
+    [{ ...minimal, fleet: { shards: 0 } }, 'fleet.shards'],
     [{ ...minimal, unknownKey: true }, '(top level)'],
   ])('rejects a bad configuration with one line naming the field (%#)', (input, expected) => {
     const message = rejection(input);
@@ -219,10 +226,10 @@ describe('configuration variants', () => {
     expect(fns[0]![1].Properties.Environment.Variables.CLOUD_PREFIX).toBeUndefined();
   }, 60_000);
 
-  it('splits a larger fleet into fleet stacks of 12 clusters, in config order', () => {
+  it('splits a larger fleet into fleet stacks of 12 clusters, in config order, with fleet.layout "position"', () => {
     const base = testConfig();
     const clusters = Array.from({ length: 30 }, (_, i) => ({ ...base.clusters[0]!, name: `cluster-${i}` }));
-    const { deployment, fleets } = synthTemplate(testConfig({ clusters }));
+    const { deployment, fleets } = synthTemplate(testConfig({ clusters, fleet: { layout: 'position' } }));
     expect(CLUSTERS_PER_FLEET_STACK).toBe(12);
     expect(deployment.stacks.map((s) => s.stackName)).toEqual([
       'Pgvault',
@@ -231,7 +238,8 @@ describe('configuration variants', () => {
       'Pgvault-Fleet3',
     ]);
     expect(fleets.map((f) => f.stack.clusterNames.length)).toEqual([12, 12, 6]);
-    expect(fleets[1]!.stack.clusterNames[0]).toBe('cluster-12');
+    expect(fleets[1]!.stack.clusterNames).toContain('cluster-12');
+    expect(fleets[0]!.stack.clusterNames).toContain('cluster-11');
     for (const f of fleets) expect(f.stack.dependencies).toEqual([deployment.shared]);
   }, 60_000);
 

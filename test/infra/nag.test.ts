@@ -106,7 +106,7 @@ describe('cdk-nag AwsSolutions', () => {
       context: { 'aws:cdk:bundling-stacks': [] },
     });
     const deployment = createDeployment(app, {
-      config: testConfig({ clusters }),
+      config: testConfig({ clusters, fleet: { layout: 'position' } }),
       description: 'pgvault',
       image: ecs.ContainerImage.fromRegistry('public.ecr.aws/pgvault/test:latest'),
     });

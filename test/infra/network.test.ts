@@ -97,8 +97,15 @@ describe('the task security group (example configuration: no securityGroupIds, d
     ];
     const groups = service.Properties.NetworkConfiguration.AwsvpcConfiguration.SecurityGroups as CfnJson[];
     expect(groups).toHaveLength(1);
-    // The shared stack's group (however the fleet stack refers to it), never a configured id.
-    expect(JSON.stringify(groups[0])).toContain(logicalId(stack.network.taskSecurityGroup!));
+    // The shared stack's group, read through the SSM parameter the shared stack writes (no export).
+    const ref = (groups[0] as { Ref?: string }).Ref;
+    expect(ref).toBeDefined();
+    const parameterName = (fleetTemplate.toJSON().Parameters as Record<string, { Default?: string }>)[ref!]
+      ?.Default;
+    const [[, parameter]] = resourcesOf(template, 'AWS::SSM::Parameter').filter(
+      ([, p]) => (p as { Properties: CfnJson }).Properties.Name === parameterName,
+    ) as [[string, { Properties: CfnJson }]];
+    expect(JSON.stringify(parameter.Properties.Value)).toContain(logicalId(stack.network.taskSecurityGroup!));
   });
 
   it('check (the default) creates no endpoint and asks the CDK CLI to look up the VPC’s endpoints', () => {

@@ -3,7 +3,7 @@ import { Template } from 'aws-cdk-lib/assertions';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createDeployment, type FleetStack, type PgvaultStack } from '../../infra/stack';
-import { type CfnJson, resourcesOf, synthTemplate, testConfig } from './synth';
+import { type CfnJson, resourcesOf, sharedValueIn, synthTemplate, testConfig } from './synth';
 
 // The passphrase secret is encrypted with the vault key, and a cluster's credentials secret may have
 // its own key (credentialsKmsKeyArn). ECS fetches container `secrets` with the execution role and
@@ -80,10 +80,7 @@ describe('secrets encrypted with customer-managed keys can be read (config with 
     ({ template, stack } = result);
     ({ template: fleetTemplate, stack: fleet } = result.fleets[0]!);
     const keyArn = { 'Fn::GetAtt': [logicalId(stack.vault.key), 'Arn'] };
-    const outputs = Object.values(template.toJSON().Outputs as Record<string, CfnJson>);
-    const output = outputs.find((o) => o.Export && same(o.Value, keyArn));
-    expect(output, 'an export of the vault key ARN').toBeDefined();
-    vaultKeyImport = { 'Fn::ImportValue': output!.Export.Name };
+    vaultKeyImport = sharedValueIn(template, fleetTemplate, keyArn);
   }, 120_000);
 
   it('every ECS execution role may decrypt the passphrase (vault key) via Secrets Manager only', () => {
@@ -178,9 +175,7 @@ describe('secrets encrypted with customer-managed keys can be read (environment-
     const fleet = deployment.fleets[0]!;
     const fleetTemplate = Template.fromStack(fleet);
     const keyArn = { 'Fn::GetAtt': [logicalId(deployment.shared.vault.key), 'Arn'] };
-    const outputs = Object.values(shared.toJSON().Outputs as Record<string, CfnJson>);
-    const output = outputs.find((o) => o.Export && same(o.Value, keyArn))!;
-    const vaultKeyImport = { 'Fn::ImportValue': output.Export.Name };
+    const vaultKeyImport = sharedValueIn(shared, fleetTemplate, keyArn);
     for (const { cluster, what, roleId } of executionRoles(fleet)) {
       const statements = statementsOf([fleetTemplate], roleId);
       expect(

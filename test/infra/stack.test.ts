@@ -4,7 +4,7 @@ import { Stack } from 'aws-cdk-lib';
 import { Match, type Template } from 'aws-cdk-lib/assertions';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { FleetStack, PgvaultStack } from '../../infra/stack';
-import { type CfnJson, resourcesOf, synthTemplate, testConfig } from './synth';
+import { type CfnJson, resourcesOf, sharedValueIn, synthTemplate, testConfig } from './synth';
 
 // One synth of the example configuration (two clusters, Object Lock, physical backups, quota,
 // WAL receiving for "orders") for every assertion in this file: the shared stack (`stack`, `template`)
@@ -26,12 +26,9 @@ const logicalId = (c: { node: { defaultChild?: unknown } }) => {
   const child = c.node.defaultChild as Parameters<PgvaultStack['getLogicalId']>[0];
   return Stack.of(child).getLogicalId(child);
 };
-/** What a fleet stack holds for a value of the shared stack: the import of the export CDK made for it. */
+/** What a fleet stack holds for a value of the shared stack: the SSM parameter the shared stack writes. */
 function imported(value: unknown): CfnJson {
-  const outputs = Object.values(template.toJSON().Outputs as Record<string, CfnJson>);
-  const output = outputs.find((o) => o.Export && JSON.stringify(o.Value) === JSON.stringify(value));
-  expect(output, `an export of ${JSON.stringify(value)}`).toBeDefined();
-  return { 'Fn::ImportValue': output!.Export.Name };
+  return sharedValueIn(template, fleetTemplate, value);
 }
 
 type Statement = { Action: string | string[]; Resource: unknown; Effect: string; Condition?: unknown };
@@ -198,7 +195,7 @@ describe('Fargate tasks', () => {
       'Pgvault-backup-orders',
       'Pgvault-restore-main',
       'Pgvault-restore-orders',
-      'pgvault-wal-receive-orders',
+      'Pgvault-wal-receive-orders',
     ]);
     fleetTemplate.hasResourceProperties('AWS::ECS::TaskDefinition', {
       Family: 'Pgvault-backup-main',
@@ -327,7 +324,7 @@ describe('Fargate tasks', () => {
       },
     });
     const [, def] = resourcesOf(fleetTemplate, 'AWS::ECS::TaskDefinition').find(
-      ([, d]) => d.Properties.Family === 'pgvault-wal-receive-orders',
+      ([, d]) => d.Properties.Family === 'Pgvault-wal-receive-orders',
     )!;
     const container = def.Properties.ContainerDefinitions[0];
     expect(container.Command).toEqual(['wal', 'receive']);
@@ -352,7 +349,7 @@ describe('Fargate tasks', () => {
       RootDirectory: Match.objectLike({ Path: '/wal-receive/orders' }),
     });
     fleetTemplate.hasResourceProperties('AWS::CloudWatch::Alarm', {
-      AlarmName: 'pgvault orders: wal receive is not running',
+      AlarmName: 'Pgvault orders: wal receive is not running',
       TreatMissingData: 'breaching',
     });
   });
@@ -672,34 +669,34 @@ describe('alerts and monitoring', () => {
     expect(sharedAlarms.filter((a) => JSON.stringify(a.Dimensions ?? []).includes('Cluster'))).toEqual([]);
     const alarms = [...sharedAlarms, ...fleetAlarms];
     const byName = (n: string) => alarms.find((a) => a.AlarmName === n)!;
-    expect(byName('pgvault main: newest backup older than 48 h')).toMatchObject({
+    expect(byName('Pgvault main: newest backup older than 48 h')).toMatchObject({
       MetricName: 'BackupAgeHours',
       Namespace: 'pgvault',
       Threshold: 48,
       Dimensions: [{ Name: 'Cluster', Value: 'main' }],
     });
-    expect(byName('pgvault main: RPO over 1440 min')).toMatchObject({
+    expect(byName('Pgvault main: RPO over 1440 min')).toMatchObject({
       MetricName: 'RpoSeconds',
       Threshold: 86400,
     });
-    expect(byName('pgvault orders: drill RTO over 240 min')).toMatchObject({
+    expect(byName('Pgvault orders: drill RTO over 240 min')).toMatchObject({
       MetricName: 'DrillRtoSeconds',
       Threshold: 14400,
     });
-    expect(byName('pgvault main: backup took over 240 min')).toMatchObject({
+    expect(byName('Pgvault main: backup took over 240 min')).toMatchObject({
       MetricName: 'BackupDurationSeconds',
       Threshold: 14400,
     });
-    expect(byName('pgvault main: vault over 80% of 500 GB')).toMatchObject({
+    expect(byName('Pgvault main: vault over 80% of 500 GB')).toMatchObject({
       MetricName: 'StorageUsedPercent',
       Threshold: 80,
     });
-    expect(byName('pgvault main: backup size unusually small')).toMatchObject({
+    expect(byName('Pgvault main: backup size unusually small')).toMatchObject({
       ComparisonOperator: 'LessThanLowerThreshold',
       ThresholdMetricId: expect.any(String),
     });
-    expect(byName('pgvault: a scheduled job could not be started (dead-letter queue)')).toBeDefined();
-    expect(byName('pgvault: dispatch function failed')).toMatchObject({ MetricName: 'Errors' });
+    expect(byName('Pgvault: a scheduled job could not be started (dead-letter queue)')).toBeDefined();
+    expect(byName('Pgvault: dispatch function failed')).toMatchObject({ MetricName: 'Errors' });
     for (const a of sharedAlarms) expect(a.AlarmActions).toEqual([ref(logicalId(stack.alerts.topic))]);
     for (const a of fleetAlarms)
       expect(a.AlarmActions).toEqual([imported(ref(logicalId(stack.alerts.topic)))]);
@@ -751,7 +748,7 @@ describe('alerts and monitoring', () => {
         );
         expect(matching, `${cluster} ${metricName}`).toHaveLength(1);
         expect(matching[0]).toMatchObject({
-          AlarmName: `pgvault ${cluster}: ${what}`,
+          AlarmName: `Pgvault ${cluster}: ${what}`,
           Namespace: 'pgvault',
           Statistic: 'Sum',
           Period: 300,

@@ -78,3 +78,21 @@ export type CfnJson = Record<string, any>;
 export function resourcesOf(template: Template, type: string): Array<[string, { Properties: CfnJson }]> {
   return Object.entries(template.findResources(type)) as Array<[string, { Properties: CfnJson }]>;
 }
+
+/**
+ * What a fleet stack holds for a value of the shared stack: a reference to its template parameter
+ * (type AWS::SSM::Parameter::Value<String>) that reads the SSM parameter the shared stack writes with
+ * that value (SharedValues; no CloudFormation exports between the stacks).
+ */
+export function sharedValueIn(shared: Template, fleet: Template, value: unknown): CfnJson {
+  const parameter = Object.values(shared.toJSON().Resources as CfnJson).find(
+    (r) => r.Type === 'AWS::SSM::Parameter' && JSON.stringify(r.Properties.Value) === JSON.stringify(value),
+  );
+  if (!parameter) throw new Error(`the shared stack writes no SSM parameter with ${JSON.stringify(value)}`);
+  const name = parameter.Properties.Name as string;
+  const entry = Object.entries((fleet.toJSON().Parameters ?? {}) as CfnJson).find(
+    ([, p]) => p.Type === 'AWS::SSM::Parameter::Value<String>' && p.Default === name,
+  );
+  if (!entry) throw new Error(`the fleet stack does not read the SSM parameter ${name}`);
+  return { Ref: entry[0] };
+}
