@@ -173,7 +173,10 @@ export class Monitoring extends Construct {
       props.failedRuns
         .metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) })
         .createAlarm(this, 'FailedRuns', {
-          alarmName: 'pgvault: a scheduled function failed after its retries (failed-runs queue)',
+          alarmName: alarmName(
+            props.deployment,
+            'a scheduled function failed after its retries (failed-runs queue)',
+          ),
           alarmDescription:
             'A function invoked asynchronously (a schedule) failed after Lambda retried it; the event and the error are messages of the failed-runs queue.',
           threshold: 1,
@@ -344,7 +347,7 @@ export class ClusterMonitoring extends Construct {
             statistic: 'SampleCount',
             period: Duration.hours(1),
           }).createAlarm(this, `${cluster}-${hb.id}`, {
-            alarmName: `pgvault ${cluster}: no ${hb.what} in ${hb.hours} h`,
+            alarmName: alarmName(props.deployment, `no ${hb.what} in ${hb.hours} h`, cluster),
             alarmDescription: `pgvault ${METRICS[hb.key].name} missing for ${hb.hours} hours for cluster ${cluster}: the job stopped running or never succeeds; missing data counts as breaching`,
             threshold: 1,
             comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
