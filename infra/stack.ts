@@ -101,6 +101,7 @@ export class PgvaultStack extends Stack {
       reportsExpireAfterDays: c.bucket.reportsExpireAfterDays,
       noncurrentVersionExpireDays: c.bucket.noncurrentVersionExpireDays,
       accessLogExpireDays: c.bucket.accessLogExpireDays,
+      abortIncompleteMultipartUploadDays: c.bucket.abortIncompleteMultipartUploadDays,
       objectLock: c.bucket.objectLock,
       retainData: c.retainData,
     });

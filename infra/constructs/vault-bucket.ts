@@ -16,6 +16,8 @@ export interface VaultBucketProps {
   readonly reportsExpireAfterDays: number;
   readonly noncurrentVersionExpireDays: number;
   readonly accessLogExpireDays: number;
+  /** Days before S3 aborts an unfinished multipart upload; longer than the longest backup upload. @default 7 */
+  readonly abortIncompleteMultipartUploadDays?: number;
   /** S3 Object Lock default retention; null: no Object Lock. @default null */
   readonly objectLock: { readonly mode: 'governance' | 'compliance'; readonly days: number } | null;
   /** Keep bucket, key and passphrase when the stack is deleted. @default true */
@@ -97,7 +99,10 @@ export class VaultBucket extends Construct {
       tagFilters: { [LIFECYCLE_TAG]: value },
     });
     const lifecycleRules: s3.LifecycleRule[] = [
-      { id: 'abort-incomplete-multipart', abortIncompleteMultipartUploadAfter: Duration.days(1) },
+      {
+        id: 'abort-incomplete-multipart',
+        abortIncompleteMultipartUploadAfter: Duration.days(props.abortIncompleteMultipartUploadDays ?? 7),
+      },
       {
         id: 'expire-noncurrent-versions',
         noncurrentVersionExpiration: Duration.days(props.noncurrentVersionExpireDays),
