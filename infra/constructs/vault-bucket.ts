@@ -211,7 +211,8 @@ export class VaultBucket extends Construct {
     const actions: string[] = [];
     if (access.read) actions.push('s3:GetObject', 's3:GetObjectAttributes');
     if (access.write) {
-      // PutObjectTagging: the writer tags each object for the lifecycle rules (LIFECYCLE_TAG).
+      // PutObjectTagging: the writer sends each object's lifecycle tag (LIFECYCLE_TAG) with the upload
+      // (x-amz-tagging on PutObject / CreateMultipartUpload), which S3 authorizes as s3:PutObjectTagging.
       actions.push('s3:PutObject', 's3:AbortMultipartUpload', 's3:PutObjectTagging');
       if (this.lockEnabled) actions.push('s3:PutObjectRetention');
     }

@@ -81,6 +81,8 @@ function cli(
     CLOUD_PROVIDER: 's3',
     CLOUD_BUCKET: s3.bucket,
     CLOUD_PREFIX: role.env.CLOUD_PREFIX ?? 'pgvault',
+    // As deployed: every write carries its lifecycle tag (S3 authorizes it as s3:PutObjectTagging).
+    S3_LIFECYCLE_TAGS: role.env.S3_LIFECYCLE_TAGS ?? 'false',
     S3_ENDPOINT: proxy.endpoint,
     LOCAL_COPY: 'false',
     BACKUP_DIR: `${work.path}/local-${n}`,
