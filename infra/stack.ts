@@ -14,6 +14,7 @@ import { ClusterMonitoring, Monitoring } from './constructs/monitoring';
 import { ClusterSchedules, Schedules } from './constructs/schedules';
 import { BackupTasks, ClusterTasks, CONTAINER_NAME, taskFamily } from './constructs/tasks';
 import { LIFECYCLE_TAGS_SETTING, VaultBucket } from './constructs/vault-bucket';
+import { warnScheduleDst } from './schedule-dst';
 
 export interface PgvaultStackProps extends StackProps {
   readonly config: DeployConfig;
@@ -198,6 +199,8 @@ export class PgvaultStack extends Stack {
       physicalBackups: c.physicalBackups,
       groupName: this.stackName,
     });
+    // DST: a schedule in an hour the time zone skips or repeats says what happens to that run.
+    warnScheduleDst(this, c);
 
     this.monitoring = new Monitoring(this, 'Monitoring', {
       topic: this.alerts.topic,

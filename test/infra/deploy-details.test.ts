@@ -152,3 +152,30 @@ describe('region', () => {
     );
   });
 });
+
+describe('schedules and daylight saving time', () => {
+  it('synth says in one line what EventBridge Scheduler does with a run in the skipped or repeated hour', () => {
+    const config = testConfig({
+      timeZone: 'Europe/Berlin',
+      schedules: { ...example().schedules, fullDaily: '30 2 * * *' },
+    });
+
+    const { stack } = synthTemplate(config);
+
+    const warnings = Annotations.fromStack(stack)
+      .findWarning('*', Match.stringLikeRegexp('^schedules\\.fullDaily'))
+      .map((w) => String(w.entry.data));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(
+      /^schedules\.fullDaily '30 2 \* \* \*' \(Europe\/Berlin\): 02:30 does not exist on \d{4}-03-\d\d \(02:00–03:00 is skipped\): EventBridge Scheduler skips that run; 02:30 happens twice on \d{4}-10-\d\d \(02:00–03:00 is repeated\): EventBridge Scheduler runs it once/,
+    );
+  });
+
+  it('says nothing in a zone without DST', () => {
+    const { stack } = synthTemplate(testConfig({ timeZone: 'UTC' }));
+
+    expect(Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('^schedules\\.'))).toEqual(
+      [],
+    );
+  });
+});
