@@ -34,6 +34,12 @@ export interface PgConnection {
    * (core/pg/libpq.ts). Paths and modes only; no secret.
    */
   readonly libpq?: Readonly<Record<string, string>>;
+  /**
+   * A private server of this process (the restore-test sandbox, core/restore/scratch.ts): its
+   * clients get none of the environment's libpq settings (PGHOSTADDR, PGSSLMODE, PGPASSWORD, ...),
+   * which name the configured server.
+   */
+  readonly isolated?: boolean;
 }
 
 export interface EncryptionConfig {
@@ -145,6 +151,12 @@ export interface Config {
   readonly pg: PgConnection;
   /** Directory holding pg_dump, pg_restore, ...; found automatically when absent. */
   readonly pgBinDir?: string;
+  /**
+   * RESTORE_TEST_TARGET: where `restore test`, `verify restore` and `drill` restore a full backup.
+   * 'sandbox' (default): a throwaway server this process starts (core/restore/scratch.ts); 'server':
+   * temporary databases on the configured server (needs CREATEDB; costs its disk, I/O and WAL).
+   */
+  readonly restoreTestTarget: 'sandbox' | 'server';
   /**
    * ARCHIVE_ASYNC: `backup wal` only confirms what a long-lived uploader (`wal push-async`) already
    * stored ahead of time, in parallel (pgBackRest's archive-async). Off: each call stores its file.
@@ -349,6 +361,7 @@ export const KNOWN_KEYS: readonly string[] = [
   'PGDATABASE',
   'PGPASSWORD',
   'PG_BIN_DIR',
+  'RESTORE_TEST_TARGET',
   'ALERT_CAPACITY_PERCENT',
   'ALERT_BACKUP_AGE_HOURS',
   'ALERT_SHRINK_PERCENT',
@@ -398,6 +411,8 @@ export const KNOWN_KEYS: readonly string[] = [
   'PGVAULT_CLUSTERS_FILE',
   'PGVAULT_BIN',
   'ENCRYPTION_KEY_SECRET_ARN',
+  // Database credentials from Secrets Manager, read at start (core/pg/credentials-secret.ts).
+  'PGVAULT_PG_SECRET_ARN',
   'ECS_CLUSTER_ARN',
   'TASK_DEFINITION_ARN',
   'RESTORE_TASK_DEFINITION_ARN',
@@ -842,6 +857,7 @@ export function parseConfig(
       libpq: libpqSettings(raw),
     },
     pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
+    restoreTestTarget: oneOf(raw, 'RESTORE_TEST_TARGET', ['sandbox', 'server'] as const, 'sandbox'),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),
     spoolDir: text(raw, 'SPOOL_DIR') === undefined ? undefined : absolutePath(raw, 'SPOOL_DIR', '', cwd),
     archiveTimeoutSeconds: integer(raw, 'ARCHIVE_TIMEOUT', 60, 1, 86_400),

@@ -78,11 +78,52 @@ const clusterSchema = z
     citusCoordinator: z.string().min(1).optional(),
     /** Overrides `walReceive.enabled` for this cluster. */
     walReceive: z.boolean().optional(),
+    /**
+     * The restore task's own credentials (JSON with `username` and `password`), separate from the
+     * backup's so the backup user needs no write rights. Unset: the restore task uses
+     * credentialsSecretArn, and synth warns.
+     */
+    restoreCredentialsSecretArn: z
+      .string()
+      .regex(SECRET_ARN, 'the complete secret ARN (ending in -XXXXXX)')
+      .optional(),
+    /** The customer-managed KMS key of restoreCredentialsSecretArn, when it has one. */
+    restoreCredentialsKmsKeyArn: z.string().regex(KMS_KEY_ARN, 'a KMS key ARN').optional(),
+    /**
+     * The servers' credentials a restore may name as its target (`target.credentialsSecretArn` of the
+     * restore function): the restore task role may read these secrets and no other. @default []
+     */
+    restoreTargets: z
+      .array(
+        z.strictObject({
+          credentialsSecretArn: z.string().regex(SECRET_ARN, 'the complete secret ARN (ending in -XXXXXX)'),
+          credentialsKmsKeyArn: z.string().regex(KMS_KEY_ARN, 'a KMS key ARN').optional(),
+        }),
+      )
+      .max(20)
+      .default([]),
   })
   .superRefine((c, ctx) => {
     if (c.mode === 'patroni' && !c.patroniUrl) {
       ctx.addIssue({ code: 'custom', path: ['patroniUrl'], message: 'required when mode is patroni' });
     }
+    if (c.restoreCredentialsKmsKeyArn && !c.restoreCredentialsSecretArn) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['restoreCredentialsKmsKeyArn'],
+        message: "set restoreCredentialsSecretArn too (the key is that secret's)",
+      });
+    }
+    const seen = new Set<string>();
+    c.restoreTargets.forEach((t, i) => {
+      if (seen.has(t.credentialsSecretArn))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['restoreTargets', i, 'credentialsSecretArn'],
+          message: `${t.credentialsSecretArn} is listed twice`,
+        });
+      seen.add(t.credentialsSecretArn);
+    });
   });
 
 export const deployConfigSchema = z

@@ -159,6 +159,10 @@ export class PgvaultStack extends Stack {
       // Each cluster has its own task definitions (its credentials are ECS secrets of that definition).
       taskDefinition: taskFamily(deployment, 'backup', cl.name),
       restoreTaskDefinition: taskFamily(deployment, 'restore', cl.name),
+      // The restore function refuses any other target secret (the restore task role may read only these).
+      ...(cl.restoreTargets.length > 0
+        ? { restoreTargetSecretArns: cl.restoreTargets.map((t) => t.credentialsSecretArn) }
+        : {}),
     }));
     const first = c.clusters[0]!.name;
     const functionEnvironment: Record<string, string> = {
