@@ -86,6 +86,8 @@ describe('wal receive', () => {
     expect(typeof last.lagBytes).toBe('number');
     // A stop (an ECS deployment's SIGTERM) is the receiver's normal end: exit 0, no alert.
     expect(`exit ${code}`, stderr).toBe('exit 0');
+    // Its twice-a-second sleeps leave no listener behind (they piled up on the stop signal before).
+    expect(stderr).not.toContain('MaxListenersExceededWarning');
     expect(beating, stderr).toBe(true);
     expect(existsSync(heartbeat)).toBe(false);
     // No partial segment reached the archive: the .partial stays in staging for the next run.
