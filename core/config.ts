@@ -87,6 +87,13 @@ export interface CloudConfig {
   readonly requestTimeoutSeconds: number;
   /** S3_MAX_ATTEMPTS: attempts per request, the first included. */
   readonly maxAttempts: number;
+  /**
+   * S3_OBJECT_LOCK_MODE (governance, compliance) with S3_OBJECT_LOCK_RETAIN=gfs (the default once a
+   * mode is set): each new object carries its own retain-until, its planned GFS expiry
+   * (core/retention/lock.ts), never less than S3_OBJECT_LOCK_MIN_DAYS from the write. Absent: no lock
+   * headers (a bucket's default retention still applies).
+   */
+  readonly objectLock?: { readonly mode: 'GOVERNANCE' | 'COMPLIANCE'; readonly minDays: number };
 }
 
 /** Thresholds of the alerts (core/alert/thresholds.ts) and where they are sent. */
@@ -152,7 +159,8 @@ export interface Config {
   /** Directory holding pg_dump, pg_restore, ...; found automatically when absent. */
   readonly pgBinDir?: string;
   /**
-   * RESTORE_TEST_TARGET: where `restore test`, `verify restore` and `drill` restore a full backup.
+   * RESTORE_TEST_TARGET: where `restore test`, `verify restore` and `drill` restore a full backup
+   * (`verify indexes` too, for the schema it rebuilds indexes on).
    * 'sandbox' (default): a throwaway server this process starts (core/restore/scratch.ts); 'server':
    * temporary databases on the configured server (needs CREATEDB; costs its disk, I/O and WAL).
    */
@@ -344,6 +352,9 @@ export const KNOWN_KEYS: readonly string[] = [
   'S3_LIFECYCLE_TAGS',
   'S3_REQUEST_TIMEOUT',
   'S3_MAX_ATTEMPTS',
+  'S3_OBJECT_LOCK_MODE',
+  'S3_OBJECT_LOCK_RETAIN',
+  'S3_OBJECT_LOCK_MIN_DAYS',
   'AWS_DEFAULT_REGION',
   'AWS_REGION',
   'AWS_ACCESS_KEY_ID',
@@ -475,6 +486,23 @@ export function unknownKeyWarnings(files: readonly { path: string; keys: readonl
     }
   }
   return warnings;
+}
+
+/** S3_OBJECT_LOCK_MODE / _RETAIN / _MIN_DAYS (CloudConfig.objectLock). */
+function objectLockSetting(raw: Raw): Pick<CloudConfig, 'objectLock'> {
+  const mode = oneOf(raw, 'S3_OBJECT_LOCK_MODE', ['off', 'governance', 'compliance'] as const, 'off');
+  const retain = oneOf(raw, 'S3_OBJECT_LOCK_RETAIN', ['gfs', 'bucket'] as const, 'gfs');
+  const minDays = integer(raw, 'S3_OBJECT_LOCK_MIN_DAYS', 0, 0, 36_500);
+  if (mode === 'off') {
+    if (text(raw, 'S3_OBJECT_LOCK_RETAIN') === 'gfs') {
+      throw new ConfigError(
+        'S3_OBJECT_LOCK_RETAIN=gfs needs S3_OBJECT_LOCK_MODE (governance or compliance); set the mode the bucket allows',
+      );
+    }
+    return {};
+  }
+  if (retain === 'bucket') return {};
+  return { objectLock: { mode: mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE', minDays } };
 }
 
 function text(raw: Raw, key: string): string | undefined {
@@ -844,6 +872,7 @@ export function parseConfig(
       profile: text(raw, 'AWS_PROFILE'),
       requestTimeoutSeconds: integer(raw, 'S3_REQUEST_TIMEOUT', 60, 1, 3600),
       maxAttempts: integer(raw, 'S3_MAX_ATTEMPTS', 3, 1, 20),
+      ...objectLockSetting(raw),
     },
     localCopy: boolean(raw, 'LOCAL_COPY', true),
     deploymentMode,

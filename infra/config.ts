@@ -45,6 +45,8 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
 const SECRET_ARN =
   /^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$/;
 const KMS_KEY_ARN = /^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/;
+const ROLE_ARN = /^arn:aws[a-z-]*:iam::\d{12}:role\/[A-Za-z0-9+=,.@_/-]{1,512}$/;
+const S3_BUCKET_ARN = /^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 const EMAIL = /^[^\s@,]+@[^\s@,]+\.[^\s@,]+$/;
 
 const cronField = z.string().refine((v) => cronToScheduler(v) !== undefined, {
@@ -154,10 +156,16 @@ export const deployConfigSchema = z
         .array(z.string().regex(/^subnet-[0-9a-f]{8,17}$/, 'a subnet id such as subnet-0123456789abcdef0'))
         .min(1)
         .max(16),
+      /**
+       * Your own security groups for the tasks, used as they are (the stack cannot manage their rules; synth
+       * warns). Default: the stack creates the task security group with only the egress the tasks need
+       * (infra/constructs/network.ts).
+       */
       securityGroupIds: z
         .array(z.string().regex(/^sg-[0-9a-f]{8,17}$/, 'a security group id such as sg-0123456789abcdef0'))
         .min(1)
-        .max(5),
+        .max(5)
+        .optional(),
       /**
        * The availability zone of each subnet (same order as subnetIds). With it, the WAL staging file
        * system gets one mount target per zone (EFS allows only one per zone); without it, one per subnet.
@@ -168,6 +176,34 @@ export const deployConfigSchema = z
         .optional(),
       /** Public IP for tasks in public subnets without NAT (they must reach S3, ECR, Secrets Manager). @default false */
       assignPublicIp: z.boolean().default(false),
+      /**
+       * VPC endpoints for what the tasks reach: `create` (S3 gateway plus interface endpoints for ECR api and
+       * dkr, CloudWatch Logs, Secrets Manager, SNS and EventBridge), `s3` (the gateway only: free, and it
+       * carries every dump and WAL byte), `check` (look them up at synth and warn about the missing ones),
+       * `none`. @default 'check'
+       */
+      endpoints: z.enum(['create', 's3', 'check', 'none']).default('check'),
+      /** Route tables of subnetIds: the S3 gateway endpoint's routes go there (required for `create` and `s3`). */
+      routeTableIds: z
+        .array(z.string().regex(/^rtb-[0-9a-f]{8,17}$/, 'a route table id such as rtb-0123456789abcdef0'))
+        .min(1)
+        .max(16)
+        .optional(),
+      /** Where the databases are (their ports and Patroni's REST port): the task security group's egress. */
+      databaseCidrs: z
+        .array(z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, 'an IPv4 CIDR such as 10.0.0.0/16'))
+        .max(20)
+        .default([]),
+      /**
+       * More ports the tasks may open to the databases besides each cluster's port and its Patroni REST port
+       * (a restore target on another port, Citus workers on theirs).
+       */
+      databasePorts: z.array(z.number().int().min(1).max(65535)).max(10).default([]),
+      /** Or the databases' security groups (they must accept the task security group on their port). */
+      databaseSecurityGroupIds: z
+        .array(z.string().regex(/^sg-[0-9a-f]{8,17}$/, 'a security group id such as sg-0123456789abcdef0'))
+        .max(5)
+        .default([]),
     }),
     /** IANA time zone of every schedule. @default 'UTC' */
     timeZone: z.string().refine(isTimeZone, 'an IANA time zone such as Europe/Berlin').default('UTC'),
@@ -178,6 +214,12 @@ export const deployConfigSchema = z
         ) as { [K in ScheduleName]: z.ZodDefault<z.ZodNullable<typeof cronField>> },
       )
       .prefault({}),
+    /**
+     * Scheduler's flexible time window: each run starts at a random moment within this many minutes after
+     * its scheduled time, so a fleet's schedules do not all fire in the same minute (500 clusters: 500
+     * RunTasks at 02:00). 0: exactly on time (window OFF). @default 15
+     */
+    scheduleWindowMinutes: z.number().int().min(0).max(1440).default(15),
     /** EventBridge Scheduler retries before a run goes to the dead-letter queue. */
     scheduleRetry: z
       .strictObject({
@@ -235,9 +277,77 @@ export const deployConfigSchema = z
           .strictObject({
             mode: z.enum(['governance', 'compliance']),
             days: z.number().int().min(1).max(36500),
+            /**
+             * `gfs`: the writer puts each backup and WAL object with its own retain-until, its planned GFS
+             * expiry (S3_OBJECT_LOCK_RETAIN=gfs), never less than `days`; `bucket`: the default retention only.
+             * @default 'gfs'
+             */
+            retain: z.enum(['gfs', 'bucket']).default('gfs'),
           })
           .nullable()
           .default(null),
+        // ---- Backups that survive a compromised account (infra/README.md "Threat model") ----
+        /**
+         * A role (ARN) that alone may schedule the vault key's deletion or disable it: the key policy
+         * denies kms:ScheduleKeyDeletion and kms:DisableKey to every other principal, root included.
+         */
+        breakGlassRoleArn: z
+          .string()
+          .regex(ROLE_ARN, 'an IAM role ARN such as arn:aws:iam::123456789012:role/break-glass')
+          .optional(),
+        /**
+         * Also deny kms:PutKeyPolicy to all but the break-glass role. The stack must then be deployed as that
+         * role (cdk deploy --role-arn): nobody else can change the key policy, CloudFormation included.
+         * @default false
+         */
+        protectKeyPolicy: z.boolean().default(false),
+        /** S3 replication of every backup and WAL object into a bucket of another account, under its own key. */
+        replication: z
+          .strictObject({
+            /** arn:aws:s3:::bucket of the destination (versioned; Object Lock on to keep the locks). */
+            destinationBucketArn: z
+              .string()
+              .regex(S3_BUCKET_ARN, 'an S3 bucket ARN such as arn:aws:s3:::pgvault-copy'),
+            /** The destination bucket's account: replicas are owned by it (AccessControlTranslation). */
+            destinationAccount: z.string().regex(/^\d{12}$/, '12 digits'),
+            /** The destination account's KMS key (its region is the bucket's) that encrypts the replicas. */
+            replicaKmsKeyArn: z
+              .string()
+              .regex(
+                KMS_KEY_ARN,
+                'a KMS key ARN such as arn:aws:kms:eu-central-1:210987654321:key/1234abcd-...',
+              ),
+            /** S3 Replication Time Control: 99.99% of objects within 15 minutes, with its metrics (extra cost). @default false */
+            replicationTimeControl: z.boolean().default(false),
+            /** Storage class of the replicas. @default the source object's */
+            storageClass: z
+              .enum(['STANDARD', 'STANDARD_IA', 'GLACIER_IR', 'GLACIER', 'DEEP_ARCHIVE'])
+              .optional(),
+          })
+          .nullable()
+          .default(null),
+        /** Where the copy's owner can read the passphrase (without it the copy cannot be decrypted). */
+        passphraseCopy: z
+          .strictObject({
+            /** Secrets Manager replicas of the passphrase in these regions (their own key, else aws/secretsmanager). */
+            replicaRegions: z
+              .array(
+                z.strictObject({
+                  region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'a region such as eu-central-1'),
+                  kmsKeyArn: z.string().regex(KMS_KEY_ARN, 'a KMS key ARN in that region').optional(),
+                }),
+              )
+              .max(5)
+              .default([]),
+            /** A role (of the copy's account) granted GetSecretValue on the passphrase and Decrypt on its key. */
+            readerRoleArn: z
+              .string()
+              .regex(ROLE_ARN, 'an IAM role ARN such as arn:aws:iam::210987654321:role/pgvault-restore')
+              .optional(),
+          })
+          .nullable()
+          .default(null),
+        // ---- end: compromised account ----
       })
       .prefault({}),
     alerts: z
@@ -303,6 +413,13 @@ export const deployConfigSchema = z
         message: `${zones.length} zone(s) for ${c.network.subnetIds.length} subnet(s); give one zone per subnet, in the order of subnetIds`,
       });
     }
+    if ((c.network.endpoints === 'create' || c.network.endpoints === 's3') && !c.network.routeTableIds) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['network', 'routeTableIds'],
+        message: `required when network.endpoints is ${c.network.endpoints}: the route tables of subnetIds, which the S3 gateway endpoint adds its routes to`,
+      });
+    }
     const lock = c.bucket.objectLock;
     const shortest = Math.min(
       c.retention.days || Number.POSITIVE_INFINITY,
@@ -338,6 +455,7 @@ export const deployConfigSchema = z
         message: `${c.bucket.noncurrentVersionExpireDays} is shorter than the Object Lock days (${lock.days})`,
       });
     }
+    compromiseIssues(c, ctx);
     for (const [name, t] of [
       ['task', c.task],
       ['restoreTask', c.restoreTask],
@@ -347,6 +465,66 @@ export const deployConfigSchema = z
       if (why) ctx.addIssue({ code: 'custom', path: [name, 'memoryMiB'], message: why });
     }
   });
+
+/** Checks across the "compromised account" options (bucket.breakGlassRoleArn, replication, passphraseCopy). */
+function compromiseIssues(
+  c: Pick<DeployConfig, 'bucket' | 'account' | 'region' | 'retainData'>,
+  ctx: z.RefinementCtx,
+): void {
+  const b = c.bucket;
+  const issue = (path: (string | number)[], message: string) =>
+    ctx.addIssue({ code: 'custom', path: ['bucket', ...path], message });
+  if (b.breakGlassRoleArn && !c.retainData) {
+    issue(
+      ['breakGlassRoleArn'],
+      'needs retainData: true (the key policy denies the key deletion a stack deletion would schedule)',
+    );
+  }
+  if (b.protectKeyPolicy && !b.breakGlassRoleArn) {
+    issue(
+      ['protectKeyPolicy'],
+      'needs bucket.breakGlassRoleArn (the one role left able to change the key policy)',
+    );
+  }
+  const r = b.replication;
+  if (r) {
+    if (c.account !== undefined && r.destinationAccount === c.account) {
+      issue(
+        ['replication', 'destinationAccount'],
+        `${r.destinationAccount} is this deployment's account; the copy must live in another account`,
+      );
+    }
+    const keyAccount = r.replicaKmsKeyArn.split(':')[4];
+    if (keyAccount !== r.destinationAccount) {
+      issue(
+        ['replication', 'replicaKmsKeyArn'],
+        `belongs to account ${keyAccount}, not the destination account ${r.destinationAccount}; use a key of the destination account`,
+      );
+    }
+  }
+  const p = b.passphraseCopy;
+  if (p) {
+    const seen = new Set<string>();
+    p.replicaRegions.forEach((rr, i) => {
+      if (rr.region === c.region || seen.has(rr.region)) {
+        issue(
+          ['passphraseCopy', 'replicaRegions', i, 'region'],
+          `${rr.region} is ${seen.has(rr.region) ? 'listed twice' : "the deployment's own region"}; name another region`,
+        );
+      }
+      seen.add(rr.region);
+      if (rr.kmsKeyArn && rr.kmsKeyArn.split(':')[3] !== rr.region) {
+        issue(
+          ['passphraseCopy', 'replicaRegions', i, 'kmsKeyArn'],
+          `is in ${rr.kmsKeyArn.split(':')[3]}, not ${rr.region}; a replica's key must be in its region`,
+        );
+      }
+    });
+    if (p.replicaRegions.length === 0 && !p.readerRoleArn) {
+      issue(['passphraseCopy'], 'names neither replicaRegions nor readerRoleArn; set one, or null');
+    }
+  }
+}
 
 export type DeployConfigInput = z.input<typeof deployConfigSchema>;
 export type DeployConfig = z.output<typeof deployConfigSchema>;
