@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { pendingUndoSteps, runUndoSteps } from '../core/cleanup';
+import { hasCleanStop, pendingUndoSteps, runCleanStop, runUndoSteps } from '../core/cleanup';
 import { applyDatabaseSecret } from '../core/pg/credentials-secret';
 import { fail, failWithAlert, type GlobalOptions, printConfigWarnings, recordCommandOutcome } from './output';
 
@@ -300,6 +300,7 @@ wal
   .command('receive')
   .description('stream WAL over replication (pg_receivewal with a slot) into the targets; runs until stopped')
   .option('--slot <name>', 'replication slot', 'pgvault')
+  .option('--heartbeat <file>', 'rewrite this file every 10 s while streaming (for a container health check)')
   .action(run(walCmds, 'walReceiveCommand'));
 wal
   .command('push-async', { hidden: true })
@@ -314,6 +315,13 @@ for (const [signal, code] of [
   ['SIGTERM', 143],
 ] as const) {
   process.once(signal, () => {
+    // A command that runs until stopped (wal receive) stops cleanly and exits 0; the Fargate stop
+    // timeout (120 s, infra/constructs/tasks.ts) is longer than this.
+    if (hasCleanStop()) {
+      process.stderr.write(`\npgvault: ${signal}: stopping cleanly\n`);
+      void runCleanStop(100_000).then((ok) => process.exit(ok ? 0 : code));
+      return;
+    }
     const undoing = pendingUndoSteps() > 0;
     process.stderr.write(
       `\npgvault: interrupted by ${signal}${undoing ? '; removing what this run stored' : ''}\n`,

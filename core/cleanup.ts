@@ -50,3 +50,34 @@ export async function runUndoSteps(timeoutMs: number): Promise<void> {
     new Promise((resolve) => setTimeout(resolve, timeoutMs).unref()),
   ]);
 }
+
+/**
+ * How a command that runs until stopped (`wal receive`) stops. On SIGTERM/SIGINT the CLI runs it
+ * instead of the undo steps and exits 0 when it finished in time: being stopped is that command's
+ * normal end (an ECS deployment or scale-in stops the old task with SIGTERM), not a failure to alert on.
+ */
+let cleanStop: (() => Promise<unknown>) | undefined;
+
+export function stopCleanlyOnInterrupt(stop: () => Promise<unknown>): () => void {
+  cleanStop = stop;
+  return () => {
+    if (cleanStop === stop) cleanStop = undefined;
+  };
+}
+
+export function hasCleanStop(): boolean {
+  return cleanStop !== undefined;
+}
+
+/** Runs the registered clean stop: true when it finished within `timeoutMs` without an error. */
+export async function runCleanStop(timeoutMs: number): Promise<boolean> {
+  const stop = cleanStop;
+  if (stop === undefined) return false;
+  return Promise.race([
+    stop().then(
+      () => true,
+      () => false,
+    ),
+    new Promise<boolean>((resolve) => setTimeout(() => resolve(false), timeoutMs).unref()),
+  ]);
+}

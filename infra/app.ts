@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { DeployConfigError, deployConfigPath, loadDeployConfig } from './config';
+import { DeployConfigError, deployConfigPath, deploymentEnv, loadDeployConfig } from './config';
 import { createDeployment } from './stack';
 
 /**
@@ -18,10 +18,7 @@ function main(): void {
       config,
       description:
         'pgvault: PostgreSQL backups and disaster recovery (vault bucket, Fargate tasks, Lambdas, schedules)',
-      env: {
-        account: config.account ?? process.env.CDK_DEFAULT_ACCOUNT,
-        region: config.region ?? process.env.CDK_DEFAULT_REGION,
-      },
+      env: deploymentEnv(config, path),
     });
     Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { writeSuppressionsToCloudFormation: true }));
     app.synth();

@@ -186,6 +186,14 @@ export const deployConfigSchema = z
         .min(1)
         .max(5)
         .optional(),
+      /**
+       * The availability zone of each subnet (same order as subnetIds). With it, the WAL staging file
+       * system gets one mount target per zone (EFS allows only one per zone); without it, one per subnet.
+       */
+      subnetAvailabilityZones: z
+        .array(z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d[a-z]$/, 'a zone such as eu-west-1a'))
+        .max(16)
+        .optional(),
       /** Public IP for tasks in public subnets without NAT (they must reach S3, ECR, Secrets Manager). @default false */
       assignPublicIp: z.boolean().default(false),
       /**
@@ -278,6 +286,12 @@ export const deployConfigSchema = z
         reportsExpireAfterDays: z.number().int().min(1).max(36500).default(400),
         noncurrentVersionExpireDays: z.number().int().min(1).max(3650).default(30),
         accessLogExpireDays: z.number().int().min(1).max(3650).default(365),
+        /**
+         * Days after which S3 aborts an unfinished multipart upload (and frees its parts). Longer than the
+         * longest backup upload: a dump streamed for more than a day must not have its parts removed
+         * under it. @default 7
+         */
+        abortIncompleteMultipartUploadDays: z.number().int().min(1).max(365).default(7),
         /** S3 Object Lock default retention (mode and days); objects get their own retain-until from their GFS expiry. */
         objectLock: z
           .strictObject({
@@ -411,6 +425,14 @@ export const deployConfigSchema = z
         });
       seen.add(key);
     });
+    const zones = c.network.subnetAvailabilityZones;
+    if (zones && zones.length !== c.network.subnetIds.length) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['network', 'subnetAvailabilityZones'],
+        message: `${zones.length} zone(s) for ${c.network.subnetIds.length} subnet(s); give one zone per subnet, in the order of subnetIds`,
+      });
+    }
     if ((c.network.endpoints === 'create' || c.network.endpoints === 's3') && !c.network.routeTableIds) {
       ctx.addIssue({
         code: 'custom',
@@ -642,6 +664,27 @@ export function loadDeployConfig(path: string): DeployConfig {
     throw new DeployConfigError(`pgvault deploy config ${path}: not valid JSON (${(err as Error).message})`);
   }
   return parseDeployConfig(json, path);
+}
+
+/**
+ * The account and region to deploy to: the configuration's, else the CDK CLI's (CDK_DEFAULT_ACCOUNT /
+ * CDK_DEFAULT_REGION, from the AWS profile). A region is required: the Secrets Manager condition of the
+ * KMS grants, the schedules' time zone and every ARN name it, and an environment-agnostic stack would
+ * deploy wherever the caller's profile points. The account may stay open (the profile's at deploy).
+ */
+export function deploymentEnv(
+  config: DeployConfig,
+  source: string,
+  env: NodeJS.ProcessEnv = process.env,
+): { account?: string; region: string } {
+  const region = config.region ?? env.CDK_DEFAULT_REGION;
+  if (!region) {
+    throw new DeployConfigError(
+      `pgvault deploy config ${source}: region: not set, and the AWS CLI profile names none (CDK_DEFAULT_REGION); set "region" (e.g. "eu-west-1")`,
+    );
+  }
+  const account = config.account ?? env.CDK_DEFAULT_ACCOUNT;
+  return account ? { account, region } : { region };
 }
 
 /** The path to load: `-c config=PATH`, else PGVAULT_DEPLOY_CONFIG, else the example. */

@@ -49,6 +49,7 @@ import { LIFECYCLE_TAGS_SETTING, VaultBucket } from './constructs/vault-bucket';
 import { fleetLayout, fleetStackName } from './fleet';
 import { BACKUP_TYPE_DIMENSION } from './metrics';
 import { nagResource } from './nag';
+import { warnScheduleDst } from './schedule-dst';
 
 export { CLUSTERS_PER_FLEET_STACK, fleetStackName } from './fleet';
 
@@ -158,6 +159,7 @@ export class PgvaultStack extends Stack {
       reportsExpireAfterDays: c.bucket.reportsExpireAfterDays,
       noncurrentVersionExpireDays: c.bucket.noncurrentVersionExpireDays,
       accessLogExpireDays: c.bucket.accessLogExpireDays,
+      abortIncompleteMultipartUploadDays: c.bucket.abortIncompleteMultipartUploadDays,
       objectLock: c.bucket.objectLock,
       retainData: c.retainData,
       breakGlassRoleArn: c.bucket.breakGlassRoleArn,
@@ -276,6 +278,8 @@ export class PgvaultStack extends Stack {
       physicalBackups: c.physicalBackups,
       groupName: this.stackName,
     });
+    // DST: a schedule in an hour the time zone skips or repeats says what happens to that run.
+    warnScheduleDst(this, c);
 
     this.monitoring = new Monitoring(this, 'Monitoring', {
       deployment,

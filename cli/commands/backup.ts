@@ -2,7 +2,7 @@ import { backupConfig } from '../../core/backup/config-backup';
 import { backupFull } from '../../core/backup/full';
 import { backupIndexes } from '../../core/backup/indexes';
 import { initBackupTargets } from '../../core/backup/init';
-import { installCrontab, renderCrontab } from '../../core/backup/schedule';
+import { crontabDstNotes, installCrontab, renderCrontab } from '../../core/backup/schedule';
 import { backupStats } from '../../core/backup/stats';
 import type { ManifestBody } from '../../core/catalog/manifest';
 import type { Schedule } from '../../core/catalog/naming';
@@ -109,7 +109,7 @@ export async function backupScheduleCommand(opts: GlobalOptions & { install?: bo
     syslog: opts.syslog === true,
   });
   if (opts.install) installCrontab(block);
-  emit(opts, { ok: true, installed: opts.install === true, crontab: block }, () =>
+  emit(opts, { ok: true, installed: opts.install === true, crontab: block, dst: crontabDstNotes() }, () =>
     opts.install ? `${block}\ninstalled into the crontab of this user` : block.trimEnd(),
   );
 }

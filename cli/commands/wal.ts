@@ -231,13 +231,16 @@ function describeVerifyReport(report: VerifyReport, serverOk = true): string {
   return lines.join('\n');
 }
 
-export async function walReceiveCommand(opts: GlobalOptions & { readonly slot?: string }) {
+export async function walReceiveCommand(
+  opts: GlobalOptions & { readonly slot?: string; readonly heartbeat?: string },
+) {
   const { receiveWal } = require('../../core/wal/receive') as typeof import('../../core/wal/receive');
   const config = readConfig(opts);
   await receiveWal(
     { config, targets: createTargets(config) },
     {
       slot: opts.slot ?? 'pgvault',
+      ...(opts.heartbeat ? { heartbeatFile: resolve(opts.heartbeat) } : {}),
       report: (status) => {
         if (opts.json) process.stdout.write(`${JSON.stringify(status)}\n`);
         else if (!opts.quiet) process.stderr.write(`pgvault wal receive: ${status.summary}\n`);

@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { resolve } from 'node:path';
 import type { Config } from '../config';
 import { errorMessage, PgVaultError } from '../errors';
+import { CRON_DST, dstNote } from '../schedule-dst';
 
 /**
  * The crontab, one line per job: the guide's entries (full daily/weekly/monthly, config, indexes,
@@ -47,6 +48,24 @@ export const GUIDE_SCHEDULE: ReadonlyArray<{
   },
 ];
 
+/**
+ * The time zone cron runs the jobs in: the host's (TZ, else the system's), as Node resolves it.
+ */
+export function hostTimeZone(): string {
+  return Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+}
+
+/**
+ * One line per job whose run time falls into an hour the time zone skips or repeats in the coming
+ * year, saying what cron does: Debian's cron runs a skipped hour's jobs right after the change and a
+ * repeated hour's jobs once (cron(8), for changes under 3 hours).
+ */
+export function crontabDstNotes(timeZone = hostTimeZone(), from = new Date()): string[] {
+  return GUIDE_SCHEDULE.map((job) =>
+    dstNote(`${job.args} ('${job.cron}')`, job.cron, timeZone, CRON_DST, from),
+  ).filter((n): n is string => n !== undefined);
+}
+
 /** How many rotated logs are kept (pgvault.log.1 ... .7: a week of nights). */
 export const LOG_GENERATIONS = 7;
 
@@ -65,7 +84,7 @@ function sh(word: string): string {
  */
 export function renderCrontab(
   config: Config,
-  options: { pgvault: string; configFile?: string; syslog?: boolean },
+  options: { pgvault: string; configFile?: string; syslog?: boolean; timeZone?: string },
 ): string {
   const node = process.execPath;
   const cli = resolve(options.pgvault);
@@ -74,6 +93,7 @@ export function renderCrontab(
   const log = sh(logFile);
   const output = options.syslog ? '2>&1 | logger -t pgvault' : `>> ${log} 2>&1`;
   const lines = [`${MARK} (begin): generated ${new Date().toISOString()}`];
+  for (const note of crontabDstNotes(options.timeZone)) lines.push(`# DST: ${note}`);
   for (const job of GUIDE_SCHEDULE) {
     lines.push(`# ${job.what}`, `${job.cron} ${sh(node)} ${sh(cli)}${cfg} ${job.args} ${output}`);
   }

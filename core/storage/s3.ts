@@ -123,8 +123,9 @@ export interface S3TargetOptions {
   readonly requestTimeoutMs?: number;
   /**
    * Tag each object with its lifecycle class (LIFECYCLE_TAG, from its key; see lifecycleTagFor), for
-   * bucket lifecycle rules that select by tag instead of one prefix per cluster. Needs
-   * s3:PutObjectTagging, and a store that implements object tagging.
+   * bucket lifecycle rules that select by tag instead of one prefix per cluster. The tag is sent with
+   * the write (x-amz-tagging), which S3 authorizes as s3:PutObjectTagging besides s3:PutObject; a
+   * store that ignores the header stores the object untagged.
    * @default false (core/config.ts: S3_LIFECYCLE_TAGS, which the AWS deployment sets)
    */
   readonly lifecycleTags?: boolean;
@@ -220,11 +221,15 @@ export class S3Target implements StorageTarget {
     return { ObjectLockMode: lock.mode, ObjectLockRetainUntilDate: until };
   }
 
-  /** The tags a new object gets: its lifecycle class, when tagging is on and the key has one. */
-  private tagsFor(key: string): Array<{ Key: string; Value: string }> {
-    if (!this.lifecycleTags) return [];
+  /**
+   * The tags a new object is created with (the x-amz-tagging header of PutObject and
+   * CreateMultipartUpload, `key=value` URL-encoded): its lifecycle class, when tagging is on and the
+   * key has one. Sent with the write itself, so no object is ever stored untagged, not even briefly.
+   */
+  private taggingFor(key: string): { Tagging?: string } {
+    if (!this.lifecycleTags) return {};
     const tag = lifecycleTagFor(key);
-    return tag ? [{ Key: LIFECYCLE_TAG, Value: tag }] : [];
+    return tag ? { Tagging: `${encodeURIComponent(LIFECYCLE_TAG)}=${encodeURIComponent(tag)}` } : {};
   }
 
   async put(key: string, source: Readable, options: PutOptions = {}): Promise<{ size: number }> {
@@ -243,13 +248,12 @@ export class S3Target implements StorageTarget {
           Key: objectKey,
           Body: reading.body,
           Metadata: { [WRITE_ID_METADATA]: writeId },
+          // On PutObject or CreateMultipartUpload: the object exists only with its lifecycle tag.
+          ...this.taggingFor(key),
           ...this.lockParamsFor(key),
           // Sent on PutObject and CompleteMultipartUpload: S3 then refuses (412) to replace an object.
           ...(options.ifAbsent ? { IfNoneMatch: '*' } : {}),
         },
-        // Applied with PutObjectTagging once the object is complete; a failure fails the put (and the
-        // clean-up below removes the object), so no stored object misses its lifecycle rule.
-        tags: this.tagsFor(key),
         queueSize: 4,
         partSize: this.options.partSize ?? choosePartSize(options.sizeHint),
         // Upload's own abort would replace the real error when the abort fails (s3rver answers 405):
@@ -262,13 +266,9 @@ export class S3Target implements StorageTarget {
       // Decided before the clean-up below, whose teardown of the streams must not count as the cause.
       const sourceFailure = reading.failure();
       source.destroy();
-      const outcome = await this.cleanUpFailedPut(
-        key,
-        objectKey,
-        writeId,
-        upload?.uploadId,
-        reading.done(),
-      ).catch(() => 'unknown' as const);
+      const outcome = await this.cleanUpFailedPut(objectKey, writeId, upload?.uploadId, reading.done()).catch(
+        () => 'unknown' as const,
+      );
       if (sourceFailure !== undefined) throw sourceFailure.error;
       // The final request reached the store and this write's object is there: only its answer was lost.
       if (outcome === 'stored') return { size: reading.size() };
@@ -288,28 +288,13 @@ export class S3Target implements StorageTarget {
           Bucket: this.bucket,
           Key: objectKey,
           Body: data,
+          ...this.taggingFor(key),
           ...this.lockParamsFor(key),
         }),
         this.requestOptions,
       );
     } catch (err) {
       throw this.storageError(err, `upload ${key}`);
-    }
-    const tags = this.tagsFor(key);
-    if (tags.length === 0) return;
-    try {
-      // A separate request, as Upload does for put(): S3-compatible stores (and s3rver) that honour
-      // PutObjectTagging do not all honour the x-amz-tagging header of PutObject.
-      await client.send(
-        new sdk.PutObjectTaggingCommand({ Bucket: this.bucket, Key: objectKey, Tagging: { TagSet: tags } }),
-        this.requestOptions,
-      );
-    } catch (err) {
-      // Like a failed put: nothing left behind, the caller sees why.
-      await client
-        .send(new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: objectKey }), this.requestOptions)
-        .catch(() => {});
-      throw this.storageError(err, `tag ${key}`);
     }
   }
 
@@ -470,14 +455,12 @@ export class S3Target implements StorageTarget {
   /**
    * After a failed put: aborts the multipart upload, and when the whole source was read (so the
    * final request may have completed on the server, its answer lost) looks at what is under the key.
-   * This write's own object (it carries this write's id) means the put did succeed: 'stored' (with
-   * its tags applied, else it is removed, conditionally on being still this write's). Another
-   * writer's object is never touched ('other'): a blind delete here once removed an object that a
-   * second archiver of the same WAL segment had completed and PostgreSQL had been told was archived.
+   * This write's own object (it carries this write's id) means the put did succeed: 'stored' (its
+   * tags came with it). Another writer's object is never touched ('other'): a blind delete here once
+   * removed an object that a second archiver of the same WAL segment had completed and PostgreSQL had been told was archived.
    * Failures here are swallowed by the caller: it needs the error that made the put fail.
    */
   private async cleanUpFailedPut(
-    key: string,
     objectKey: string,
     writeId: string,
     uploadId: string | undefined,
@@ -503,23 +486,8 @@ export class S3Target implements StorageTarget {
       if (isNotFound(err)) return 'absent';
       throw err;
     }
-    if (head.Metadata?.[WRITE_ID_METADATA] !== writeId) return 'other';
-    const tags = this.tagsFor(key);
-    if (tags.length === 0) return 'stored';
-    try {
-      await client.send(
-        new sdk.PutObjectTaggingCommand({ Bucket: this.bucket, Key: objectKey, Tagging: { TagSet: tags } }),
-        this.requestOptions,
-      );
-      return 'stored';
-    } catch {
-      // An untagged object would miss its lifecycle rule: remove it, but only while it is this write's.
-      await client.send(
-        new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: objectKey, IfMatch: head.ETag }),
-        this.requestOptions,
-      );
-      return 'absent';
-    }
+    // This write's object, created with its tags (they travel with the upload's first request).
+    return head.Metadata?.[WRITE_ID_METADATA] === writeId ? 'stored' : 'other';
   }
 
   /**

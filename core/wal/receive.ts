@@ -1,6 +1,6 @@
-import { mkdir, readdir, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { undoOnInterrupt } from '../cleanup';
+import { stopCleanlyOnInterrupt } from '../cleanup';
 import type { Config } from '../config';
 import { errorMessage, PostgresError } from '../errors';
 import { serverInfo } from '../pg/server';
@@ -58,25 +58,36 @@ export interface ReceiveOptions {
   readonly reportEveryMs?: number;
   /** Stops the receiver (tests; the CLI stops on SIGTERM/SIGINT). */
   readonly signal?: AbortSignal;
+  /**
+   * A file rewritten every HEARTBEAT_EVERY_MS while pg_receivewal has been streaming for a while, and
+   * removed on stop: a container health check tests its age (infra: the WAL receiver service).
+   */
+  readonly heartbeatFile?: string;
 }
 
 const RESTART_MIN_MS = 1_000;
 const RESTART_MAX_MS = 30_000;
 const SCAN_EVERY_MS = 500;
+/** How often the heartbeat file is rewritten while receiving. */
+export const HEARTBEAT_EVERY_MS = 10_000;
+/** pg_receivewal counts as streaming once it has run this long (a crash loop never does). */
+const STREAMING_AFTER_MS = 5_000;
 /** pg_receivewal gets this long to flush and leave after SIGTERM. */
 const STOP_GRACE_MS = 5_000;
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer);
-        resolve();
-      },
-      { once: true },
-    );
+    // The listener goes with the timer: the receiver sleeps twice a second for days, and listeners
+    // left on the signal piled up (Node warned of a leak after 11).
+    const onAbort = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -95,18 +106,36 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
   const stopping = new AbortController();
   options.signal?.addEventListener('abort', () => stopping.abort(), { once: true });
   let receiver: ToolProcess | undefined;
+  let receiverStarted = 0;
+  const streaming = () =>
+    receiver !== undefined &&
+    receiver.child.exitCode === null &&
+    receiver.child.signalCode === null &&
+    Date.now() - receiverStarted >= STREAMING_AFTER_MS;
+  const heartbeatFile = options.heartbeatFile;
+  const heartbeat =
+    heartbeatFile === undefined
+      ? undefined
+      : setInterval(() => {
+          if (streaming() && !stopping.signal.aborted)
+            void writeFile(heartbeatFile, `${new Date().toISOString()}\n`).catch(() => {});
+        }, HEARTBEAT_EVERY_MS);
+  heartbeat?.unref();
   let stopped: Promise<void> | undefined;
   const stop = () => {
     stopped ??= (async () => {
       stopping.abort();
+      if (heartbeat) clearInterval(heartbeat);
+      if (heartbeatFile) await rm(heartbeatFile, { force: true }).catch(() => {});
       await stopReceiver(receiver);
       await pushCompleted();
       options.report(await status());
     })();
     return stopped;
   };
-  // The CLI runs undo steps on SIGTERM / SIGINT before it exits: stop cleanly, push what is complete.
-  const forgetStop = undoOnInterrupt(stop);
+  // SIGTERM / SIGINT (an ECS deployment stopping the old task): stop pg_receivewal, push every
+  // completed segment (the .partial stays in the staging folder for the next run), exit 0.
+  const forgetStop = stopCleanlyOnInterrupt(stop);
 
   let archivedThrough: string | undefined;
   let storedThisRun = 0;
@@ -233,6 +262,7 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
           if (stopping.signal.aborted) break;
         }
         const started = Date.now();
+        receiverStarted = started;
         receiver = startTool(binary, ['-D', dir, '--slot', options.slot, '--no-password', '--verbose'], {
           env,
           stdin: 'ignore',

@@ -61,6 +61,11 @@ export interface ClusterMonitoringProps {
   readonly dashboardName: string;
 }
 
+/** ECS's stoppedReason for the old tasks of a service deployment (`... (deployment ecs-svc/123)`). */
+export const DEPLOYMENT_STOP_REASON = 'Scaling activity initiated by (deployment';
+/** ECS's stoppedReason for a task it replaced because its container health check failed. */
+export const HEALTH_CHECK_STOP_REASON = 'Task failed container health checks';
+
 /** A success metric expected at least once every `hours` per cluster (heartbeatHours in schedules.ts). */
 export interface Heartbeat {
   /** Construct id suffix and what the alarm name says stopped. */
@@ -95,9 +100,17 @@ export class Monitoring extends Construct {
           clusterArn: [props.ecsCluster.clusterArn],
           lastStatus: ['STOPPED'],
           $or: [
-            { containers: { exitCode: [{ 'anything-but': 0 }] } },
+            // A deployment stops the old WAL receiver with SIGTERM: `wal receive` exits 0 after its
+            // clean-up, and a receiver killed at the stop timeout during a deployment loses nothing
+            // (its staging is on EFS), so stops a deployment started are no failure.
+            {
+              containers: { exitCode: [{ 'anything-but': 0 }] },
+              stoppedReason: [{ 'anything-but': { prefix: DEPLOYMENT_STOP_REASON } }],
+            },
             { containers: { reason: [{ prefix: 'OutOfMemoryError' }] } },
             { stopCode: ['TaskFailedToStart'] },
+            // ECS replaced an unhealthy WAL receiver (its SIGTERM stop may well end with exit 0).
+            { stoppedReason: [{ prefix: HEALTH_CHECK_STOP_REASON }] },
           ],
         },
       },

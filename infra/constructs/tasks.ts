@@ -1,4 +1,4 @@
-import { Annotations, IgnoreMode, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { Annotations, Duration, IgnoreMode, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -18,6 +18,18 @@ import type { VaultBucket } from './vault-bucket';
 export const CONTAINER_NAME = 'pgvault';
 /** Where `wal receive` stages segments: an EFS access point, so a restart loses nothing. */
 export const WAL_RECEIVE_DIR = '/var/lib/pgvault/wal-receive';
+/** The file `wal receive --heartbeat` rewrites every 10 s while streaming; in the task, not on EFS. */
+export const WAL_RECEIVE_HEARTBEAT = '/tmp/pgvault-wal-receive.alive';
+/**
+ * The receiver's health check: its heartbeat is younger than a minute (pg_receivewal has been running
+ * for a while and the process is alive). A missing file (stopped, never streamed) fails too.
+ */
+export const WAL_RECEIVE_HEALTH_CHECK = `[ $(( $(date +%s) - $(stat -c %Y ${WAL_RECEIVE_HEARTBEAT}) )) -lt 60 ]`;
+/**
+ * Seconds between SIGTERM and SIGKILL for the receiver (Fargate's maximum): pg_receivewal flushes and
+ * every completed segment is pushed before `wal receive` exits 0 (it gives itself 100 s, cli/main.ts).
+ */
+export const WAL_RECEIVE_STOP_TIMEOUT_SECONDS = 120;
 export const REPO_ROOT = repoRoot();
 
 /**
@@ -49,6 +61,24 @@ export interface NetworkConfig {
   readonly subnetIds: readonly string[];
   readonly securityGroupIds: readonly string[];
   readonly assignPublicIp: boolean;
+  /** Zone of each subnet (order of subnetIds), when known: the EFS mount targets are then one per zone. */
+  readonly subnetAvailabilityZones?: readonly string[];
+}
+
+/**
+ * The subnets that get a WAL staging mount target: EFS allows one mount target per availability zone
+ * (a second subnet of the same zone fails the deploy), and a task reaches the file system through the
+ * mount target of its own zone. With the zones known, the first subnet of each zone; otherwise every
+ * subnet (right when each subnet is in its own zone, which `network.subnetAvailabilityZones` states).
+ */
+export function mountTargetSubnets(network: NetworkConfig): { ids: string[]; zones?: string[] } {
+  const zones = network.subnetAvailabilityZones;
+  if (!zones || zones.length !== network.subnetIds.length) return { ids: [...network.subnetIds] };
+  const byZone = new Map<string, string>();
+  network.subnetIds.forEach((id, i) => {
+    if (!byZone.has(zones[i]!)) byZone.set(zones[i]!, id);
+  });
+  return { ids: [...byZone.values()], zones: [...byZone.keys()] };
 }
 
 /** What the deployment's task platform (shared stack) needs. */
@@ -180,9 +210,17 @@ export class BackupTasks extends Construct {
       // Ingress here, and egress 2049 on the task group when the stack manages it (Network).
       for (const sg of this.securityGroups)
         efsSecurityGroup.connections.allowFrom(sg, ec2.Port.tcp(2049), 'NFS from pgvault tasks');
+      const mounts = mountTargetSubnets(props.network);
+      if (!mounts.zones) {
+        Annotations.of(this).addWarningV2(
+          'pgvault:efsMountTargetPerSubnet',
+          'WAL staging (EFS): one mount target per subnet; two subnets in one availability zone fail the deploy. ' +
+            'Set network.subnetAvailabilityZones to get one mount target per zone.',
+        );
+      }
       this.walFileSystem = new efs.FileSystem(this, 'WalFs', {
         vpc: this.vpc,
-        vpcSubnets: { subnets: this.subnets },
+        vpcSubnets: { subnets: this.subnets.filter((sn) => mounts.ids.includes(sn.subnetId)) },
         securityGroup: efsSecurityGroup,
         encrypted: true,
         // Staging only: segments leave it as soon as they are stored in the vault.
@@ -418,8 +456,18 @@ export class ClusterTasks extends Construct {
     const container = def.addContainer(CONTAINER_NAME, {
       image: props.platform.image,
       essential: true,
-      command: ['wal', 'receive'],
+      command: ['wal', 'receive', '--heartbeat', WAL_RECEIVE_HEARTBEAT],
       environment: { ...env, WAL_RECEIVE_DIR },
+      stopTimeout: Duration.seconds(WAL_RECEIVE_STOP_TIMEOUT_SECONDS),
+      // Unhealthy: ECS replaces the task (the task-failure rule alerts on that, infra/constructs/monitoring.ts).
+      healthCheck: {
+        command: ['CMD-SHELL', WAL_RECEIVE_HEALTH_CHECK],
+        interval: Duration.seconds(30),
+        timeout: Duration.seconds(5),
+        retries: 3,
+        // Slot creation and the first connection; the heartbeat starts 5 s after pg_receivewal does.
+        startPeriod: Duration.seconds(120),
+      },
       secrets,
       logging: ecs.LogDrivers.awsLogs({
         logGroup: props.platform.logGroup,

@@ -17,6 +17,8 @@ export interface VaultBucketProps {
   readonly reportsExpireAfterDays: number;
   readonly noncurrentVersionExpireDays: number;
   readonly accessLogExpireDays: number;
+  /** Days before S3 aborts an unfinished multipart upload; longer than the longest backup upload. @default 7 */
+  readonly abortIncompleteMultipartUploadDays?: number;
   /** S3 Object Lock default retention; null: no Object Lock. @default null */
   readonly objectLock: { readonly mode: 'governance' | 'compliance'; readonly days: number } | null;
   /** Keep bucket, key and passphrase when the stack is deleted. @default true */
@@ -120,7 +122,10 @@ export class VaultBucket extends Construct {
       tagFilters: { [LIFECYCLE_TAG]: value },
     });
     const lifecycleRules: s3.LifecycleRule[] = [
-      { id: 'abort-incomplete-multipart', abortIncompleteMultipartUploadAfter: Duration.days(1) },
+      {
+        id: 'abort-incomplete-multipart',
+        abortIncompleteMultipartUploadAfter: Duration.days(props.abortIncompleteMultipartUploadDays ?? 7),
+      },
       {
         id: 'expire-noncurrent-versions',
         noncurrentVersionExpiration: Duration.days(props.noncurrentVersionExpireDays),
@@ -257,7 +262,8 @@ export class VaultBucket extends Construct {
     const actions: string[] = [];
     if (access.read) actions.push('s3:GetObject', 's3:GetObjectAttributes');
     if (access.write) {
-      // PutObjectTagging: the writer tags each object for the lifecycle rules (LIFECYCLE_TAG).
+      // PutObjectTagging: the writer sends each object's lifecycle tag (LIFECYCLE_TAG) with the upload
+      // (x-amz-tagging on PutObject / CreateMultipartUpload), which S3 authorizes as s3:PutObjectTagging.
       actions.push('s3:PutObject', 's3:AbortMultipartUpload', 's3:PutObjectTagging');
       if (this.lockEnabled) actions.push('s3:PutObjectRetention');
     }

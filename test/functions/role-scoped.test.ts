@@ -71,6 +71,8 @@ function functionEnv(): Record<string, string> {
     CLOUD_PROVIDER: 's3',
     CLOUD_BUCKET: s3.bucket,
     CLOUD_PREFIX: 'pgvault',
+    // As deployed (infra/stack.ts): writes carry their lifecycle tag.
+    S3_LIFECYCLE_TAGS: 'true',
     S3_ENDPOINT: proxy?.endpoint ?? s3.endpoint,
     LOCAL_COPY: 'false',
     ENCRYPTION: 'true',
@@ -159,6 +161,10 @@ describe('functions under their role (issue 12)', () => {
 
     expect(proxy.denied).toEqual([]);
     expect(proxy.seen.some((r) => r.action === 's3:PutObject')).toBe(true);
+    // The report goes up with its lifecycle tag, which S3 authorizes as s3:PutObjectTagging.
+    expect(proxy.seen.some((r) => r.action === 's3:PutObjectTagging' && r.key.includes('/reports/'))).toBe(
+      true,
+    );
   });
 
   it('the retention function deletes only what its role allows, and deletes what the plan says', async () => {

@@ -163,8 +163,17 @@ export async function startPolicyProxy(
   const sockets = new Set<Socket>();
   const server = createServer((req, res) => {
     const request = s3RequestOf(req.method ?? 'GET', req.url ?? '/');
-    const allowed = isAllowed(statements, request);
-    seen.push({ ...request, allowed });
+    // A write carrying its tags (x-amz-tagging on PutObject or CreateMultipartUpload) is authorized
+    // by S3 as s3:PutObjectTagging too: both must be allowed.
+    const checks = [request];
+    if (request.action === 's3:PutObject' && req.headers['x-amz-tagging'] !== undefined)
+      checks.push({ ...request, action: 's3:PutObjectTagging' });
+    let allowed = true;
+    for (const check of checks) {
+      const ok = isAllowed(statements, check);
+      seen.push({ ...check, allowed: ok });
+      allowed &&= ok;
+    }
     if (!allowed) {
       req.resume();
       req.on('end', () => {

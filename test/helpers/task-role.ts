@@ -12,15 +12,17 @@ export interface TaskRole {
 
 /**
  * The S3 statements and environment of a cluster's backup, restore or WAL receiver task in the
- * deployment synthesized from the example configuration; backup and restore found by family. `bucket`
+ * deployment synthesized from the example configuration (or `config`); backup and restore found by family. `bucket`
  * stands for the vault bucket in the statements' resources.
  */
 export function taskRole(
   kind: 'backup' | 'restore' | 'wal-receive',
   clusterName: string,
   bucket: string,
+  /** @default the example configuration */
+  config = testConfig(),
 ): TaskRole {
-  const synth = synthTemplate(testConfig());
+  const synth = synthTemplate(config);
   const templates: Template[] = [synth.template, ...synth.fleets.map((f) => f.template)];
   for (const template of templates) {
     for (const def of Object.values(template.findResources('AWS::ECS::TaskDefinition')) as CfnJson[]) {
@@ -28,7 +30,7 @@ export function taskRole(
       const container = def.Properties.ContainerDefinitions[0];
       const isWanted =
         kind === 'wal-receive'
-          ? container.Command?.join(' ') === 'wal receive' &&
+          ? container.Command?.slice(0, 2).join(' ') === 'wal receive' &&
             container.Environment?.some((e: CfnJson) => e.Name === 'CLUSTER_NAME' && e.Value === clusterName)
           : typeof family === 'string' && family.endsWith(`-${kind}-${clusterName}`);
       if (!isWanted) continue;

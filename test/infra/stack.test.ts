@@ -117,7 +117,7 @@ describe('vault bucket', () => {
       ].sort(),
     );
     expect(byId.get('abort-incomplete-multipart')).toMatchObject({
-      AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 },
+      AbortIncompleteMultipartUpload: { DaysAfterInitiation: 7 },
       Status: 'Enabled',
     });
     expect(byId.get('expire-noncurrent-versions')).toMatchObject({
@@ -327,7 +327,7 @@ describe('Fargate tasks', () => {
       ([, d]) => d.Properties.Family === 'Pgvault-wal-receive-orders',
     )!;
     const container = def.Properties.ContainerDefinitions[0];
-    expect(container.Command).toEqual(['wal', 'receive']);
+    expect(container.Command).toEqual(['wal', 'receive', '--heartbeat', '/tmp/pgvault-wal-receive.alive']);
     expect(container.MountPoints).toEqual([
       { ContainerPath: '/var/lib/pgvault/wal-receive', SourceVolume: 'wal-receive', ReadOnly: false },
     ]);
@@ -645,9 +645,13 @@ describe('alerts and monitoring', () => {
           clusterArn: [{ 'Fn::GetAtt': [logicalId(stack.tasks.cluster), 'Arn'] }],
           lastStatus: ['STOPPED'],
           $or: [
-            { containers: { exitCode: [{ 'anything-but': 0 }] } },
+            {
+              containers: { exitCode: [{ 'anything-but': 0 }] },
+              stoppedReason: [{ 'anything-but': { prefix: 'Scaling activity initiated by (deployment' } }],
+            },
             { containers: { reason: [{ prefix: 'OutOfMemoryError' }] } },
             { stopCode: ['TaskFailedToStart'] },
+            { stoppedReason: [{ prefix: 'Task failed container health checks' }] },
           ],
         },
       },

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,6 +8,7 @@ import { isAllowed, type PolicyProxy, startPolicyProxy } from '../helpers/s3-pol
 import { startS3Server } from '../helpers/s3-server';
 import { type TaskRole, taskRole } from '../helpers/task-role';
 import { tempDir } from '../helpers/vault';
+import { testConfig } from '../infra/synth';
 
 /**
  * Issue 12: commands run under the IAM role the synthesized template gives their task, against
@@ -36,12 +37,23 @@ function cli(
   proxy: PolicyProxy,
   args: string[],
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return startCli(role, proxy, args).done;
+}
+
+/** As cli(), but hands back the child too (for a command that runs until stopped). */
+function startCli(
+  role: TaskRole,
+  proxy: PolicyProxy,
+  args: string[],
+): { child: ChildProcess; done: Promise<{ code: number | null; stdout: string; stderr: string }> } {
   const file = `${work.path}/cli-${++n}.env`;
   const settings = {
     CLUSTER_NAME: role.env.CLUSTER_NAME ?? 'main',
     CLOUD_PROVIDER: 's3',
     CLOUD_BUCKET: s3.bucket,
     CLOUD_PREFIX: role.env.CLOUD_PREFIX ?? 'pgvault',
+    // As deployed: every write carries its lifecycle tag (S3 authorizes it as s3:PutObjectTagging).
+    S3_LIFECYCLE_TAGS: role.env.S3_LIFECYCLE_TAGS ?? 'false',
     S3_ENDPOINT: proxy.endpoint,
     LOCAL_COPY: 'false',
     BACKUP_DIR: `${work.path}/local-${n}`,
@@ -56,16 +68,16 @@ function cli(
   };
   const lines = Object.entries(settings).map(([k, v]) => `${k}=${v}`);
   writeFileSync(file, `${lines.join('\n')}\n`, { mode: 0o600 });
-  return new Promise((done) => {
-    const child = spawn(process.execPath, [BIN, '--config', file, ...args], {
-      env: {
-        PATH: process.env.PATH ?? '',
-        HOME: process.env.HOME ?? '/root',
-        AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
-      },
-      cwd: work.path,
-    });
+  const child = spawn(process.execPath, [BIN, '--config', file, ...args], {
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '/root',
+      AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
+    },
+    cwd: work.path,
+  });
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((done) => {
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => {
@@ -76,6 +88,7 @@ function cli(
     });
     child.on('close', (code) => done({ code, stdout, stderr }));
   });
+  return { child, done };
 }
 
 describe('S3 statements evaluator', () => {
@@ -158,3 +171,84 @@ describe('commands under their task role (issue 12)', () => {
     }
   }, 120_000);
 });
+
+describe('PITR under the deployment’s roles (issue 12, leftover)', () => {
+  it('backup init and a base backup (backup task role), wal receive (its receiver role), then drill --pitr (backup task role): nothing refused', async () => {
+    // Prepare: every cluster receives WAL, so `main` has a receiver role; its backup role is the same.
+    const config = testConfig({ walReceive: { enabled: true, cpu: 512, memoryMiB: 1024 } });
+    const backupRole = taskRole('backup', 'main', s3.bucket, config);
+    const receiverRole = taskRole('wal-receive', 'main', s3.bucket, config);
+    expect(receiverRole.env.CLUSTER_NAME).toBe('main');
+    const backupProxy = await startPolicyProxy(s3.endpoint, backupRole.statements);
+    const receiverProxy = await startPolicyProxy(s3.endpoint, receiverRole.statements);
+    const heartbeat = join(work.path, 'receiver.alive');
+    const outcome = (command: string[], run: { code: number | null; stderr: string }) =>
+      `${command.join(' ')}: exit ${run.code}${run.code === 0 ? '' : ` ${run.stderr.trim()}`}`;
+
+    try {
+      // Act: the receiver streams from before the base backup, so the archive holds its WAL.
+      const receiver = startCli(receiverRole, receiverProxy, [
+        'wal',
+        'receive',
+        '--slot',
+        'pgvault_roles',
+        '--heartbeat',
+        heartbeat,
+      ]);
+      const outcomes: string[] = [];
+      for (const command of [
+        ['backup', 'init'],
+        ['backup', 'base', 'daily'],
+      ]) {
+        outcomes.push(outcome(command, await cli(backupRole, backupProxy, [...command, '--json'])));
+      }
+      await cluster.psql(
+        'CREATE TABLE IF NOT EXISTS pitr_mark (v int); INSERT INTO pitr_mark VALUES (1)',
+        'app',
+      );
+      await sleep(1100);
+      const target = new Date().toISOString();
+      await sleep(1100);
+      await cluster.psql('INSERT INTO pitr_mark VALUES (2)', 'app');
+      const [row] = await cluster.query<{ name: string }>(
+        'SELECT pg_walfile_name(pg_current_wal_lsn()) AS name',
+      );
+      const name = row!.name;
+      await cluster.psql('SELECT pg_switch_wal()', 'postgres');
+      const stored = () =>
+        receiverProxy.seen.some(
+          (r) => r.action === 's3:PutObject' && r.key.includes(`/wal/`) && r.key.includes(name),
+        );
+      const deadline = Date.now() + 60_000;
+      while (!stored() && receiver.child.exitCode === null && Date.now() < deadline) await sleep(200);
+      receiver.child.kill('SIGTERM');
+      const received = await receiver.done;
+      outcomes.push(outcome(['wal', 'receive'], received));
+      const drill = ['drill', '--pitr', '--target-time', target];
+      const drilled = await cli(backupRole, backupProxy, [...drill, '--json']);
+      outcomes.push(outcome(drill, drilled));
+
+      // Assess: each command succeeds under its own role and no request was refused.
+      expect(outcomes).toEqual([
+        'backup init: exit 0',
+        'backup base daily: exit 0',
+        'wal receive: exit 0',
+        `${drill.join(' ')}: exit 0`,
+      ]);
+      expect(backupProxy.denied).toEqual([]);
+      expect(receiverProxy.denied).toEqual([]);
+      expect(stored()).toBe(true);
+      expect(receiverProxy.seen.every((r) => r.key === '' || r.key.startsWith('pgvault/main/'))).toBe(true);
+      expect(JSON.parse(drilled.stdout)).toMatchObject({ ok: true, kind: 'pitr' });
+      expect(
+        backupProxy.seen.some((r) => r.action === 's3:PutObject' && r.key.startsWith('pgvault/main/drills/')),
+      ).toBe(true);
+    } finally {
+      await Promise.all([backupProxy.stop(), receiverProxy.stop()]);
+    }
+  }, 420_000);
+});
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

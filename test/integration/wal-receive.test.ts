@@ -3,7 +3,15 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, openWithoutPgvault, sha256, startWalFixture, type WalFixture, walKeyPath } from './wal-fixture';
+import {
+  BIN,
+  CLUSTER_NAME,
+  openWithoutPgvault,
+  sha256,
+  startWalFixture,
+  type WalFixture,
+  walKeyPath,
+} from './wal-fixture';
 
 /**
  * `wal receive` as the Fargate service runs it: pg_receivewal through a slot, each completed
@@ -23,10 +31,12 @@ afterAll(async () => {
 });
 
 describe('wal receive', () => {
-  it('stores every completed segment through a replication slot, reports its lag and stops cleanly on SIGTERM', async () => {
+  it('stores every completed segment through a replication slot, reports its lag and stops cleanly on SIGTERM (exit 0)', async () => {
     // Prepare
     const statuses: Array<Record<string, unknown>> = [];
-    receiver = spawn(BIN, ['--config', fx.configFile, 'wal', 'receive', '--slot', 'pgvault_test', '--json'], {
+    const heartbeat = join(fx.vaultDir, '..', 'receiver.alive');
+    const args = ['wal', 'receive', '--slot', 'pgvault_test', '--json', '--heartbeat', heartbeat];
+    receiver = spawn(BIN, ['--config', fx.configFile, ...args], {
       env: {
         PATH: process.env.PATH ?? '',
         HOME: '/root',
@@ -52,6 +62,11 @@ describe('wal receive', () => {
     while (!names.every((n) => existsSync(walKeyPath(fx.vaultDir, n))) && Date.now() < deadline)
       await sleep(100);
     const slots = await fx.cluster.query<{ slot_name: string }>('SELECT slot_name FROM pg_replication_slots');
+    // The health check's file: rewritten every 10 s once pg_receivewal has streamed for 5 s.
+    while (!existsSync(heartbeat) && Date.now() < deadline + 15_000) await sleep(200);
+    const beating = existsSync(heartbeat);
+    // WAL written after the last switch: pg_receivewal holds it in a .partial segment when stopped.
+    await fx.cluster.query('CREATE TABLE IF NOT EXISTS after_switch AS SELECT 1 AS v');
     receiver.kill('SIGTERM');
     const code = await exited;
 
@@ -69,7 +84,15 @@ describe('wal receive', () => {
     const last = statuses[statuses.length - 1]!;
     expect(last).toMatchObject({ slot: 'pgvault_test' });
     expect(typeof last.lagBytes).toBe('number');
-    expect(code).not.toBeNull();
+    // A stop (an ECS deployment's SIGTERM) is the receiver's normal end: exit 0, no alert.
+    expect(`exit ${code}`, stderr).toBe('exit 0');
+    // Its twice-a-second sleeps leave no listener behind (they piled up on the stop signal before).
+    expect(stderr).not.toContain('MaxListenersExceededWarning');
+    expect(beating, stderr).toBe(true);
+    expect(existsSync(heartbeat)).toBe(false);
+    // No partial segment reached the archive (a .partial stays in staging for the next run).
+    const archived = readdirSync(join(fx.vaultDir, CLUSTER_NAME, 'wal'), { recursive: true }).map(String);
+    expect(archived.filter((f) => f.includes('partial'))).toEqual([]);
   });
 });
 
