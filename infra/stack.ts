@@ -6,6 +6,7 @@ import {
   type DeployConfig,
   DeployConfigError,
   expirationDays,
+  postgresClientVersion,
   receivesWal,
 } from './config';
 import { Alerts } from './constructs/alerts';
@@ -138,6 +139,7 @@ export class PgvaultStack extends Stack {
       network: c.network,
       architecture: c.taskArchitecture,
       postgresServerVersions: c.postgresServerVersions,
+      postgresClientVersion: postgresClientVersion(c),
       logRetentionDays: c.logRetentionDays,
       image: props.image,
     });

@@ -81,7 +81,7 @@ describe('full synth (bundling, image asset, CloudFormation validation)', () => 
     expect(image).toMatchObject({
       dockerFile: 'tasks/Dockerfile',
       platform: 'linux/arm64',
-      dockerBuildArgs: { PG_SERVER_VERSIONS: '17' },
+      dockerBuildArgs: { PG_CLIENT_VERSION: '17', PG_SERVER_VERSIONS: '17' },
     });
     const context = join(assembly.directory, image.directory);
     const top = readdirSync(context).sort();
