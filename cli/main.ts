@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { pendingUndoSteps, runUndoSteps } from '../core/cleanup';
+import { applyDatabaseSecret } from '../core/pg/credentials-secret';
 import { fail, failWithAlert, type GlobalOptions, printConfigWarnings, recordCommandOutcome } from './output';
 
 /**
@@ -33,6 +34,8 @@ function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, na
     // server log would carry the same line thousands of times a day; every other command says it.
     if (!PER_SEGMENT_COMMANDS.has(command.path)) printConfigWarnings(opts);
     try {
+      // PGVAULT_PG_SECRET_ARN: the database credentials from Secrets Manager (a restore into another server).
+      if (!PER_SEGMENT_COMMANDS.has(command.path)) await applyDatabaseSecret({ configFile: opts.config });
       const mod = await load();
       result = await (mod[name] as T)(...([...positional, opts] as never[]));
     } catch (err) {
@@ -202,9 +205,13 @@ restore
 restore
   .command('test <backup>')
   .description(
-    'restore every database of the backup into temporary databases, validate, drop them, report the time',
+    'restore every database of the backup into temporary databases of a sandbox server, validate, remove, report the time',
   )
   .option('--from <name>', 'test only this database of the backup')
+  .option(
+    '--on-server',
+    'restore into temporary databases on the configured server instead of a sandbox server (needs CREATEDB)',
+  )
   .action(run(restoreCmds, 'restoreTestCommand'));
 
 const verify = program.command('verify').description("check backups (the guide's verify-backups)");
@@ -219,9 +226,13 @@ verify
 verify
   .command('restore <backup>')
   .description(
-    'restore into temporary databases (full) or a sandbox server (base), validate, drop, record the RTO sample',
+    'restore into a sandbox server (full: temporary databases; base: recovery), validate, remove, record the RTO sample',
   )
   .option('--from <name>', 'only this database of a full backup')
+  .option(
+    '--on-server',
+    'restore into temporary databases on the configured server instead of a sandbox server (needs CREATEDB)',
+  )
   .action(run(verifyCmds, 'verifyRestoreCommand'));
 verify
   .command('all')
@@ -244,6 +255,10 @@ program
   )
   .option('--pitr', 'point-in-time recovery from a base backup and the WAL archive, in a sandbox')
   .option('--target-time <time>', 'with --pitr: the point to recover to (default: one hour ago)')
+  .option(
+    '--on-server',
+    'restore into temporary databases on the configured server instead of a sandbox server (needs CREATEDB)',
+  )
   .action(run(drillCmds, 'drillCommand'));
 
 verify

@@ -34,6 +34,12 @@ export interface PgConnection {
    * (core/pg/libpq.ts). Paths and modes only; no secret.
    */
   readonly libpq?: Readonly<Record<string, string>>;
+  /**
+   * A private server of this process (the restore-test sandbox, core/restore/scratch.ts): its
+   * clients get none of the environment's libpq settings (PGHOSTADDR, PGSSLMODE, PGPASSWORD, ...),
+   * which name the configured server.
+   */
+  readonly isolated?: boolean;
 }
 
 export interface EncryptionConfig {
@@ -81,6 +87,13 @@ export interface CloudConfig {
   readonly requestTimeoutSeconds: number;
   /** S3_MAX_ATTEMPTS: attempts per request, the first included. */
   readonly maxAttempts: number;
+  /**
+   * S3_OBJECT_LOCK_MODE (governance, compliance) with S3_OBJECT_LOCK_RETAIN=gfs (the default once a
+   * mode is set): each new object carries its own retain-until, its planned GFS expiry
+   * (core/retention/lock.ts), never less than S3_OBJECT_LOCK_MIN_DAYS from the write. Absent: no lock
+   * headers (a bucket's default retention still applies).
+   */
+  readonly objectLock?: { readonly mode: 'GOVERNANCE' | 'COMPLIANCE'; readonly minDays: number };
 }
 
 /** Thresholds of the alerts (core/alert/thresholds.ts) and where they are sent. */
@@ -145,6 +158,12 @@ export interface Config {
   readonly pg: PgConnection;
   /** Directory holding pg_dump, pg_restore, ...; found automatically when absent. */
   readonly pgBinDir?: string;
+  /**
+   * RESTORE_TEST_TARGET: where `restore test`, `verify restore` and `drill` restore a full backup.
+   * 'sandbox' (default): a throwaway server this process starts (core/restore/scratch.ts); 'server':
+   * temporary databases on the configured server (needs CREATEDB; costs its disk, I/O and WAL).
+   */
+  readonly restoreTestTarget: 'sandbox' | 'server';
   /**
    * ARCHIVE_ASYNC: `backup wal` only confirms what a long-lived uploader (`wal push-async`) already
    * stored ahead of time, in parallel (pgBackRest's archive-async). Off: each call stores its file.
@@ -332,6 +351,9 @@ export const KNOWN_KEYS: readonly string[] = [
   'S3_LIFECYCLE_TAGS',
   'S3_REQUEST_TIMEOUT',
   'S3_MAX_ATTEMPTS',
+  'S3_OBJECT_LOCK_MODE',
+  'S3_OBJECT_LOCK_RETAIN',
+  'S3_OBJECT_LOCK_MIN_DAYS',
   'AWS_DEFAULT_REGION',
   'AWS_REGION',
   'AWS_ACCESS_KEY_ID',
@@ -349,6 +371,7 @@ export const KNOWN_KEYS: readonly string[] = [
   'PGDATABASE',
   'PGPASSWORD',
   'PG_BIN_DIR',
+  'RESTORE_TEST_TARGET',
   'ALERT_CAPACITY_PERCENT',
   'ALERT_BACKUP_AGE_HOURS',
   'ALERT_SHRINK_PERCENT',
@@ -398,6 +421,8 @@ export const KNOWN_KEYS: readonly string[] = [
   'PGVAULT_CLUSTERS_FILE',
   'PGVAULT_BIN',
   'ENCRYPTION_KEY_SECRET_ARN',
+  // Database credentials from Secrets Manager, read at start (core/pg/credentials-secret.ts).
+  'PGVAULT_PG_SECRET_ARN',
   'ECS_CLUSTER_ARN',
   'TASK_DEFINITION_ARN',
   'RESTORE_TASK_DEFINITION_ARN',
@@ -460,6 +485,23 @@ export function unknownKeyWarnings(files: readonly { path: string; keys: readonl
     }
   }
   return warnings;
+}
+
+/** S3_OBJECT_LOCK_MODE / _RETAIN / _MIN_DAYS (CloudConfig.objectLock). */
+function objectLockSetting(raw: Raw): Pick<CloudConfig, 'objectLock'> {
+  const mode = oneOf(raw, 'S3_OBJECT_LOCK_MODE', ['off', 'governance', 'compliance'] as const, 'off');
+  const retain = oneOf(raw, 'S3_OBJECT_LOCK_RETAIN', ['gfs', 'bucket'] as const, 'gfs');
+  const minDays = integer(raw, 'S3_OBJECT_LOCK_MIN_DAYS', 0, 0, 36_500);
+  if (mode === 'off') {
+    if (text(raw, 'S3_OBJECT_LOCK_RETAIN') === 'gfs') {
+      throw new ConfigError(
+        'S3_OBJECT_LOCK_RETAIN=gfs needs S3_OBJECT_LOCK_MODE (governance or compliance); set the mode the bucket allows',
+      );
+    }
+    return {};
+  }
+  if (retain === 'bucket') return {};
+  return { objectLock: { mode: mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE', minDays } };
 }
 
 function text(raw: Raw, key: string): string | undefined {
@@ -829,6 +871,7 @@ export function parseConfig(
       profile: text(raw, 'AWS_PROFILE'),
       requestTimeoutSeconds: integer(raw, 'S3_REQUEST_TIMEOUT', 60, 1, 3600),
       maxAttempts: integer(raw, 'S3_MAX_ATTEMPTS', 3, 1, 20),
+      ...objectLockSetting(raw),
     },
     localCopy: boolean(raw, 'LOCAL_COPY', true),
     deploymentMode,
@@ -842,6 +885,7 @@ export function parseConfig(
       libpq: libpqSettings(raw),
     },
     pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
+    restoreTestTarget: oneOf(raw, 'RESTORE_TEST_TARGET', ['sandbox', 'server'] as const, 'sandbox'),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),
     spoolDir: text(raw, 'SPOOL_DIR') === undefined ? undefined : absolutePath(raw, 'SPOOL_DIR', '', cwd),
     archiveTimeoutSeconds: integer(raw, 'ARCHIVE_TIMEOUT', 60, 1, 86_400),

@@ -95,6 +95,11 @@ const clusterEntrySchema = z.object({
   taskDefinition: taskDefinitionSchema.optional(),
   /** This cluster's restore task definition; wins over RESTORE_TASK_DEFINITION_ARN. */
   restoreTaskDefinition: taskDefinitionSchema.optional(),
+  /**
+   * The secrets a restore payload may name as its target's credentials (`restoreTargets` of the
+   * deployment config): the restore task role may read these and no other.
+   */
+  restoreTargetSecretArns: z.array(z.string().startsWith('arn:')).optional(),
   /** Earlier name of taskDefinition (an ARN), still accepted in PGVAULT_CLUSTERS. */
   taskDefinitionArn: z.string().startsWith('arn:').optional(),
   /** Earlier name of restoreTaskDefinition. */
@@ -337,7 +342,13 @@ export interface StartedTask {
 export function runTaskRequest(
   settings: TaskSettings,
   cluster: ClusterEntry,
-  task: { argv: readonly string[]; startedBy: string; definition: 'task' | 'restore' },
+  task: {
+    argv: readonly string[];
+    startedBy: string;
+    definition: 'task' | 'restore';
+    /** Variables over the cluster's (a restore to another server: its PGHOST, PGPORT, ...). No secret. */
+    environment?: Readonly<Record<string, string>>;
+  },
 ): RunTaskCommandInput {
   const taskDefinition =
     task.definition === 'restore'
@@ -362,7 +373,9 @@ export function runTaskRequest(
         {
           name: settings.containerName,
           command: [...task.argv],
-          environment: Object.entries(clusterEnvironment(cluster)).map(([name, value]) => ({ name, value })),
+          environment: Object.entries({ ...clusterEnvironment(cluster), ...task.environment }).map(
+            ([name, value]) => ({ name, value }),
+          ),
         },
       ],
     },
@@ -372,7 +385,7 @@ export function runTaskRequest(
 /** Starts `pgvault <argv>` for the cluster; a response with failures is an error naming the reason. */
 export async function startPgvaultTask(
   cluster: ClusterEntry,
-  task: { argv: readonly string[]; startedBy: string; definition: 'task' | 'restore' },
+  task: Parameters<typeof runTaskRequest>[2],
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<StartedTask> {
   const request = runTaskRequest(taskSettings(env), cluster, task);

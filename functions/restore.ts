@@ -1,10 +1,13 @@
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import type { CatalogEntry } from '../core/catalog/catalog';
 import { errorMessage, UsageError } from '../core/errors';
+import { PG_SECRET_SETTING, SECRET_ARN_PATTERN } from '../core/pg/credentials-secret';
 import { pickDatabaseObject } from '../core/restore/fetch';
 import { parseRecoveryTarget } from '../core/restore/pitr';
 import { openVault, type Vault } from '../core/vault';
 import {
+  type ClusterEntry,
   clusterConfig,
   clusterNameSchema,
   findCluster,
@@ -30,6 +33,16 @@ import {
  *
  * `database` (or its synonym `from`) is the database inside the backup, `targetDatabase` the one to
  * restore into (default: the same name).
+ *
+ * Full, partial and PITR restores take a `target`: another server to restore into instead of the
+ * cluster's own (`PGHOST`), e.g. `{"target": {"host": "restore-db.internal", "port": 5432, "database":
+ * "postgres", "credentialsSecretArn": "arn:aws:secretsmanager:...:secret:restore-db-AbCdEf"}}`.
+ * `database` there is where pgvault connects on that server (PGDATABASE, default postgres), not the
+ * database restored into. Host, port and database go to the task as PGHOST, PGPORT and PGDATABASE; the
+ * credentials never travel in the payload or the RunTask call: the task reads the secret named in
+ * PGVAULT_PG_SECRET_ARN itself (core/pg/credentials-secret.ts), and only the secrets listed for the
+ * cluster (`restoreTargets` of the deployment config) are accepted, which are all its role may read.
+ * Without `credentialsSecretArn` the task uses the cluster's restore credentials.
  */
 
 const ID = /^(full|base|config|indexes)-((daily|weekly|monthly|manual)-)?\d{8}-\d{6}(-\d+)?$/;
@@ -52,6 +65,49 @@ const pgName = (max: number) =>
     // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point.
     .refine((v) => !/[\u0000-\u001f]/.test(v), 'must not contain control characters');
 
+/** A DNS host name (RFC 1123 labels) or an IPv4/IPv6 address: what PGHOST may name here. */
+const HOST_LABEL = /^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$/;
+function isHostName(v: string): boolean {
+  if (isIP(v) !== 0) return true;
+  if (v.length > 253) return false;
+  const labels = (v.endsWith('.') ? v.slice(0, -1) : v).split('.');
+  // A name of digits and dots only is a malformed address, not a host name.
+  return labels.every((l) => HOST_LABEL.test(l)) && !labels.every((l) => /^\d+$/.test(l));
+}
+
+const credentialsInPayload = z.never({
+  error:
+    'credentials never go in the payload; store them in a Secrets Manager secret listed in the cluster\'s restoreTargets and name it in "target.credentialsSecretArn"',
+});
+
+const targetSchema = z.strictObject({
+  host: z
+    .string({ error: 'use the host name or IP address of the server to restore into' })
+    .refine(
+      isHostName,
+      'not a host name or IP address (letters, digits, "-" and "." only; or an IPv4/IPv6 address)',
+    ),
+  port: z
+    .number({ error: 'use a port number, 1 to 65535' })
+    .int('use a port number, 1 to 65535')
+    .min(1, 'use a port number, 1 to 65535')
+    .max(65535, 'use a port number, 1 to 65535')
+    .optional(),
+  database: pgName(63).optional(),
+  credentialsSecretArn: z
+    .string()
+    .regex(
+      SECRET_ARN_PATTERN,
+      'use the complete ARN of a Secrets Manager secret (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-XXXXXX)',
+    )
+    .optional(),
+  user: credentialsInPayload.optional(),
+  username: credentialsInPayload.optional(),
+  password: credentialsInPayload.optional(),
+});
+
+export type RestoreTarget = z.infer<typeof targetSchema>;
+
 const common = {
   cluster: clusterNameSchema,
   database: pgName(63).optional(),
@@ -67,6 +123,7 @@ const payloadSchema = z.discriminatedUnion(
       ...common,
       backup: backupRef.optional(),
       clean: z.boolean().optional(),
+      target: targetSchema.optional(),
     }),
     z.strictObject({
       type: z.literal('partial'),
@@ -75,6 +132,7 @@ const payloadSchema = z.discriminatedUnion(
       table: pgName(127).optional(),
       schema: pgName(63).optional(),
       clean: z.boolean().optional(),
+      target: targetSchema.optional(),
     }),
     z.strictObject({
       type: z.literal('pitr'),
@@ -85,6 +143,7 @@ const payloadSchema = z.discriminatedUnion(
       xid: z.union([z.string().min(1), z.number().int().nonnegative()]).optional(),
       name: z.string().min(1).optional(),
       immediate: z.literal(true).optional(),
+      target: targetSchema.optional(),
     }),
     z.strictObject({
       type: z.literal('test'),
@@ -103,6 +162,8 @@ export interface RestoreResult {
   readonly taskArn: string;
   /** The pgvault arguments the task runs. */
   readonly command: readonly string[];
+  /** The server restored into, when the payload named one (no credentials). */
+  readonly target?: { readonly host: string; readonly port: number; readonly database: string };
 }
 
 const invalid = (field: string, why: string) =>
@@ -189,6 +250,32 @@ export function restoreArgv(p: RestorePayload): string[] {
 }
 
 /**
+ * The task's variables for a restore into another server: PGHOST, PGPORT, PGDATABASE over the
+ * cluster's, and PGVAULT_PG_SECRET_ARN when the target has its own credentials, which must be one of
+ * the cluster's restore target secrets. The server is a plain single node: a Patroni or Citus
+ * setting of the cluster is blanked (ECS overrides cannot remove a variable). No secret value.
+ */
+export function targetEnvironment(cluster: ClusterEntry, target: RestoreTarget): Record<string, string> {
+  const arn = target.credentialsSecretArn;
+  if (arn !== undefined && !(cluster.restoreTargetSecretArns ?? []).includes(arn)) {
+    const listed = cluster.restoreTargetSecretArns ?? [];
+    throw invalid(
+      'target.credentialsSecretArn',
+      `${arn} is not a restore target secret of cluster ${cluster.name} (${listed.length === 0 ? 'it has none' : `it has ${listed.length}`}); add it to the cluster's restoreTargets in the deployment config and deploy, or name one of those`,
+    );
+  }
+  return {
+    PGHOST: target.host,
+    PGPORT: String(target.port ?? 5432),
+    PGDATABASE: target.database ?? 'postgres',
+    DEPLOYMENT_MODE: 'single-node',
+    ...(cluster.patroniUrl !== undefined ? { PATRONI_URL: '' } : {}),
+    ...(cluster.citusCoordinator !== undefined ? { CITUS_COORDINATOR: '' } : {}),
+    ...(arn !== undefined ? { [PG_SECRET_SETTING]: arn } : {}),
+  };
+}
+
+/**
  * The backup the task will restore, looked up in the catalog now: an unknown id, a backup of the wrong
  * type or a database the backup does not hold is refused before a task starts, and `latest` becomes the
  * id it means at this moment. Listing manifests needs no key. A PITR `auto` or `latest` is left to the
@@ -234,13 +321,24 @@ export const handler = async (event: unknown): Promise<RestoreResult> => {
   const payload = parsePayload(payloadSchema, event);
   restoreArgv(payload); // every field checked before anything is read
   const cluster = findCluster(payload.cluster);
+  const to = 'target' in payload ? payload.target : undefined;
+  const environment = to === undefined ? undefined : targetEnvironment(cluster, to);
   const config = await clusterConfig(cluster, { withKey: false });
   const backupId = await resolveBackup(openVault(config, logReporter), payload);
   const argv = restoreArgv(backupId === undefined ? payload : { ...payload, backup: backupId });
+  const target =
+    environment === undefined
+      ? undefined
+      : { host: environment.PGHOST!, port: Number(environment.PGPORT), database: environment.PGDATABASE! };
   const startedAt = new Date();
   let started: RestoreResult;
   try {
-    started = await startPgvaultTask(cluster, { argv, startedBy: 'pgvault-restore', definition: 'restore' });
+    started = await startPgvaultTask(cluster, {
+      argv,
+      startedBy: 'pgvault-restore',
+      definition: 'restore',
+      environment,
+    });
   } catch (err) {
     await recordFailure(config, 'restore', {
       kind: 'restore',
@@ -259,6 +357,8 @@ export const handler = async (event: unknown): Promise<RestoreResult> => {
     taskArn: started.taskArn,
     startedAt: startedAt.toISOString(),
     ...(backupId !== undefined ? { backupId } : {}),
+    // Where the data goes, when not into the cluster's own server (no credentials).
+    ...(target !== undefined ? { details: { target } } : {}),
   });
-  return { taskArn: started.taskArn, command: started.command };
+  return { taskArn: started.taskArn, command: started.command, ...(target !== undefined ? { target } : {}) };
 };

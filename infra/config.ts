@@ -45,6 +45,8 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
 const SECRET_ARN =
   /^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$/;
 const KMS_KEY_ARN = /^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/;
+const ROLE_ARN = /^arn:aws[a-z-]*:iam::\d{12}:role\/[A-Za-z0-9+=,.@_/-]{1,512}$/;
+const S3_BUCKET_ARN = /^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 const EMAIL = /^[^\s@,]+@[^\s@,]+\.[^\s@,]+$/;
 
 const cronField = z.string().refine((v) => cronToScheduler(v) !== undefined, {
@@ -78,11 +80,52 @@ const clusterSchema = z
     citusCoordinator: z.string().min(1).optional(),
     /** Overrides `walReceive.enabled` for this cluster. */
     walReceive: z.boolean().optional(),
+    /**
+     * The restore task's own credentials (JSON with `username` and `password`), separate from the
+     * backup's so the backup user needs no write rights. Unset: the restore task uses
+     * credentialsSecretArn, and synth warns.
+     */
+    restoreCredentialsSecretArn: z
+      .string()
+      .regex(SECRET_ARN, 'the complete secret ARN (ending in -XXXXXX)')
+      .optional(),
+    /** The customer-managed KMS key of restoreCredentialsSecretArn, when it has one. */
+    restoreCredentialsKmsKeyArn: z.string().regex(KMS_KEY_ARN, 'a KMS key ARN').optional(),
+    /**
+     * The servers' credentials a restore may name as its target (`target.credentialsSecretArn` of the
+     * restore function): the restore task role may read these secrets and no other. @default []
+     */
+    restoreTargets: z
+      .array(
+        z.strictObject({
+          credentialsSecretArn: z.string().regex(SECRET_ARN, 'the complete secret ARN (ending in -XXXXXX)'),
+          credentialsKmsKeyArn: z.string().regex(KMS_KEY_ARN, 'a KMS key ARN').optional(),
+        }),
+      )
+      .max(20)
+      .default([]),
   })
   .superRefine((c, ctx) => {
     if (c.mode === 'patroni' && !c.patroniUrl) {
       ctx.addIssue({ code: 'custom', path: ['patroniUrl'], message: 'required when mode is patroni' });
     }
+    if (c.restoreCredentialsKmsKeyArn && !c.restoreCredentialsSecretArn) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['restoreCredentialsKmsKeyArn'],
+        message: "set restoreCredentialsSecretArn too (the key is that secret's)",
+      });
+    }
+    const seen = new Set<string>();
+    c.restoreTargets.forEach((t, i) => {
+      if (seen.has(t.credentialsSecretArn))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['restoreTargets', i, 'credentialsSecretArn'],
+          message: `${t.credentialsSecretArn} is listed twice`,
+        });
+      seen.add(t.credentialsSecretArn);
+    });
   });
 
 export const deployConfigSchema = z
@@ -180,9 +223,77 @@ export const deployConfigSchema = z
           .strictObject({
             mode: z.enum(['governance', 'compliance']),
             days: z.number().int().min(1).max(36500),
+            /**
+             * `gfs`: the writer puts each backup and WAL object with its own retain-until, its planned GFS
+             * expiry (S3_OBJECT_LOCK_RETAIN=gfs), never less than `days`; `bucket`: the default retention only.
+             * @default 'gfs'
+             */
+            retain: z.enum(['gfs', 'bucket']).default('gfs'),
           })
           .nullable()
           .default(null),
+        // ---- Backups that survive a compromised account (infra/README.md "Threat model") ----
+        /**
+         * A role (ARN) that alone may schedule the vault key's deletion or disable it: the key policy
+         * denies kms:ScheduleKeyDeletion and kms:DisableKey to every other principal, root included.
+         */
+        breakGlassRoleArn: z
+          .string()
+          .regex(ROLE_ARN, 'an IAM role ARN such as arn:aws:iam::123456789012:role/break-glass')
+          .optional(),
+        /**
+         * Also deny kms:PutKeyPolicy to all but the break-glass role. The stack must then be deployed as that
+         * role (cdk deploy --role-arn): nobody else can change the key policy, CloudFormation included.
+         * @default false
+         */
+        protectKeyPolicy: z.boolean().default(false),
+        /** S3 replication of every backup and WAL object into a bucket of another account, under its own key. */
+        replication: z
+          .strictObject({
+            /** arn:aws:s3:::bucket of the destination (versioned; Object Lock on to keep the locks). */
+            destinationBucketArn: z
+              .string()
+              .regex(S3_BUCKET_ARN, 'an S3 bucket ARN such as arn:aws:s3:::pgvault-copy'),
+            /** The destination bucket's account: replicas are owned by it (AccessControlTranslation). */
+            destinationAccount: z.string().regex(/^\d{12}$/, '12 digits'),
+            /** The destination account's KMS key (its region is the bucket's) that encrypts the replicas. */
+            replicaKmsKeyArn: z
+              .string()
+              .regex(
+                KMS_KEY_ARN,
+                'a KMS key ARN such as arn:aws:kms:eu-central-1:210987654321:key/1234abcd-...',
+              ),
+            /** S3 Replication Time Control: 99.99% of objects within 15 minutes, with its metrics (extra cost). @default false */
+            replicationTimeControl: z.boolean().default(false),
+            /** Storage class of the replicas. @default the source object's */
+            storageClass: z
+              .enum(['STANDARD', 'STANDARD_IA', 'GLACIER_IR', 'GLACIER', 'DEEP_ARCHIVE'])
+              .optional(),
+          })
+          .nullable()
+          .default(null),
+        /** Where the copy's owner can read the passphrase (without it the copy cannot be decrypted). */
+        passphraseCopy: z
+          .strictObject({
+            /** Secrets Manager replicas of the passphrase in these regions (their own key, else aws/secretsmanager). */
+            replicaRegions: z
+              .array(
+                z.strictObject({
+                  region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'a region such as eu-central-1'),
+                  kmsKeyArn: z.string().regex(KMS_KEY_ARN, 'a KMS key ARN in that region').optional(),
+                }),
+              )
+              .max(5)
+              .default([]),
+            /** A role (of the copy's account) granted GetSecretValue on the passphrase and Decrypt on its key. */
+            readerRoleArn: z
+              .string()
+              .regex(ROLE_ARN, 'an IAM role ARN such as arn:aws:iam::210987654321:role/pgvault-restore')
+              .optional(),
+          })
+          .nullable()
+          .default(null),
+        // ---- end: compromised account ----
       })
       .prefault({}),
     alerts: z
@@ -280,6 +391,7 @@ export const deployConfigSchema = z
         message: `${c.bucket.noncurrentVersionExpireDays} is shorter than the Object Lock days (${lock.days})`,
       });
     }
+    compromiseIssues(c, ctx);
     const newestServer = Math.max(...c.postgresServerVersions);
     if (c.postgresClientVersion !== undefined && c.postgresClientVersion < newestServer) {
       ctx.addIssue({
@@ -297,6 +409,66 @@ export const deployConfigSchema = z
       if (why) ctx.addIssue({ code: 'custom', path: [name, 'memoryMiB'], message: why });
     }
   });
+
+/** Checks across the "compromised account" options (bucket.breakGlassRoleArn, replication, passphraseCopy). */
+function compromiseIssues(
+  c: Pick<DeployConfig, 'bucket' | 'account' | 'region' | 'retainData'>,
+  ctx: z.RefinementCtx,
+): void {
+  const b = c.bucket;
+  const issue = (path: (string | number)[], message: string) =>
+    ctx.addIssue({ code: 'custom', path: ['bucket', ...path], message });
+  if (b.breakGlassRoleArn && !c.retainData) {
+    issue(
+      ['breakGlassRoleArn'],
+      'needs retainData: true (the key policy denies the key deletion a stack deletion would schedule)',
+    );
+  }
+  if (b.protectKeyPolicy && !b.breakGlassRoleArn) {
+    issue(
+      ['protectKeyPolicy'],
+      'needs bucket.breakGlassRoleArn (the one role left able to change the key policy)',
+    );
+  }
+  const r = b.replication;
+  if (r) {
+    if (c.account !== undefined && r.destinationAccount === c.account) {
+      issue(
+        ['replication', 'destinationAccount'],
+        `${r.destinationAccount} is this deployment's account; the copy must live in another account`,
+      );
+    }
+    const keyAccount = r.replicaKmsKeyArn.split(':')[4];
+    if (keyAccount !== r.destinationAccount) {
+      issue(
+        ['replication', 'replicaKmsKeyArn'],
+        `belongs to account ${keyAccount}, not the destination account ${r.destinationAccount}; use a key of the destination account`,
+      );
+    }
+  }
+  const p = b.passphraseCopy;
+  if (p) {
+    const seen = new Set<string>();
+    p.replicaRegions.forEach((rr, i) => {
+      if (rr.region === c.region || seen.has(rr.region)) {
+        issue(
+          ['passphraseCopy', 'replicaRegions', i, 'region'],
+          `${rr.region} is ${seen.has(rr.region) ? 'listed twice' : "the deployment's own region"}; name another region`,
+        );
+      }
+      seen.add(rr.region);
+      if (rr.kmsKeyArn && rr.kmsKeyArn.split(':')[3] !== rr.region) {
+        issue(
+          ['passphraseCopy', 'replicaRegions', i, 'kmsKeyArn'],
+          `is in ${rr.kmsKeyArn.split(':')[3]}, not ${rr.region}; a replica's key must be in its region`,
+        );
+      }
+    });
+    if (p.replicaRegions.length === 0 && !p.readerRoleArn) {
+      issue(['passphraseCopy'], 'names neither replicaRegions nor readerRoleArn; set one, or null');
+    }
+  }
+}
 
 export type DeployConfigInput = z.input<typeof deployConfigSchema>;
 export type DeployConfig = z.output<typeof deployConfigSchema>;

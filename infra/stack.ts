@@ -104,6 +104,10 @@ export class PgvaultStack extends Stack {
       accessLogExpireDays: c.bucket.accessLogExpireDays,
       objectLock: c.bucket.objectLock,
       retainData: c.retainData,
+      breakGlassRoleArn: c.bucket.breakGlassRoleArn,
+      protectKeyPolicy: c.bucket.protectKeyPolicy,
+      replication: c.bucket.replication,
+      passphraseCopy: c.bucket.passphraseCopy,
     });
     this.alerts = new Alerts(this, 'Alerts', {
       emails: c.alerts.emails,
@@ -118,6 +122,14 @@ export class PgvaultStack extends Stack {
       [LIFECYCLE_TAGS_SETTING]: 'true',
       LOCAL_COPY: 'false',
       ENCRYPTION: 'true',
+      // Each object locked until its planned GFS expiry, never less than the bucket default (core/retention/lock.ts).
+      ...(c.bucket.objectLock?.retain === 'gfs'
+        ? {
+            S3_OBJECT_LOCK_MODE: c.bucket.objectLock.mode,
+            S3_OBJECT_LOCK_RETAIN: 'gfs',
+            S3_OBJECT_LOCK_MIN_DAYS: String(c.bucket.objectLock.days),
+          }
+        : {}),
       RETENTION_DAYS: String(c.retention.days),
       RETENTION_WEEKS: String(c.retention.weeks),
       RETENTION_MONTHS: String(c.retention.months),
@@ -159,6 +171,10 @@ export class PgvaultStack extends Stack {
       // Each cluster has its own task definitions (its credentials are ECS secrets of that definition).
       taskDefinition: taskFamily(deployment, 'backup', cl.name),
       restoreTaskDefinition: taskFamily(deployment, 'restore', cl.name),
+      // The restore function refuses any other target secret (the restore task role may read only these).
+      ...(cl.restoreTargets.length > 0
+        ? { restoreTargetSecretArns: cl.restoreTargets.map((t) => t.credentialsSecretArn) }
+        : {}),
     }));
     const first = c.clusters[0]!.name;
     const functionEnvironment: Record<string, string> = {

@@ -5,7 +5,10 @@
 # The environment is the task's: the task definition's (CLOUD_*, ENCRYPTION, COMPRESSION, RETENTION_*,
 # SNS_TOPIC_ARN, EVENT_BUS_NAME, ...; the passphrase and the database credentials as ECS secrets:
 # ENCRYPTION_KEY, PGUSER, PGPASSWORD) plus the override's CLUSTER_NAME, PGHOST, PGPORT, PGDATABASE and
-# DEPLOYMENT_MODE. pgvault reads them as it reads them anywhere (core/config.ts).
+# DEPLOYMENT_MODE. pgvault reads them as it reads them anywhere (core/config.ts). A restore into another
+# server (the restore function's `target`) overrides PGHOST, PGPORT and PGDATABASE and may name a
+# credentials secret in PGVAULT_PG_SECRET_ARN: pgvault reads it at start with the task role and uses its
+# username and password (core/pg/credentials-secret.ts); its value is never in the environment ECS sees.
 #
 # `exec`: pgvault becomes the container's main process, so ECS's SIGTERM on a stop reaches it (it then
 # removes what it stored, exit 143) and its exit code is the task's exit code, which the stack's

@@ -188,15 +188,23 @@ export async function restoreValidateCommand(
 
 /**
  * `restore test <backup>`: every database of the backup (or the one a path or --from names), as
- * `verify restore` does, each into a temporary database, validated and dropped.
+ * `verify restore` does, each into a temporary database of a sandbox server (or, --on-server, of the
+ * configured server), validated and dropped.
  */
-export async function restoreTestCommand(backup: string, opts: GlobalOptions & { from?: string }) {
+export async function restoreTestCommand(
+  backup: string,
+  opts: GlobalOptions & { from?: string; onServer?: boolean },
+) {
   const vault = vaultFor(opts);
   const entry = await vault.catalog.resolve(backup);
-  const r = await restoreAndValidate(vault, backup, entry, { from: opts.from });
+  const r = await restoreAndValidate(vault, backup, entry, {
+    from: opts.from,
+    ...(opts.onServer ? { target: 'server' as const } : {}),
+  });
   emit(opts, { ok: true, ...r }, () =>
     [
       `restore test of ${r.backupId} passed: ${r.databases.length} database(s) restored and validated in ${formatDuration(r.restoreMs)}; ${r.tables} tables, ${r.rows} rows match the backup`,
+      `  restored in ${r.restoredOn.description}${r.restoredOn.kind === 'sandbox' ? ' (removed)' : ''}`,
       ...r.databases.map(
         (d) =>
           `  ${d.database}: ${d.note ?? `${d.tables} tables, ${d.rows} rows`}${d.restoredAs === 'sandbox' ? ' (sandbox)' : `; ${d.restoredAs} dropped`}`,

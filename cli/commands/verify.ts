@@ -70,13 +70,20 @@ export async function verifyAllCommand(opts: GlobalOptions & { quick?: boolean }
   return r;
 }
 
-export async function verifyRestoreCommand(backup: string, opts: GlobalOptions & { from?: string }) {
+export async function verifyRestoreCommand(
+  backup: string,
+  opts: GlobalOptions & { from?: string; onServer?: boolean },
+) {
   const { verifyRestore } =
     require('../../core/verify/restore') as typeof import('../../core/verify/restore');
-  const r = await verifyRestore(vaultFor(opts), backup, { from: opts.from });
+  const r = await verifyRestore(vaultFor(opts), backup, {
+    from: opts.from,
+    ...(opts.onServer ? { target: 'server' as const } : {}),
+  });
   emit(opts, { ok: true, ...r }, () =>
     [
       `verify restore of ${r.backupId} passed: restored and validated in ${formatDuration(r.restoreMs)} (RTO sample stored)`,
+      `  restored in ${r.restoredOn.description}`,
       ...r.databases.map(
         (d) =>
           `  ${d.database}: ${d.tables} tables, ${d.rows} rows${d.restoredAs === 'sandbox' ? ' in the recovered sandbox' : ` match the backup (in ${d.restoredAs}, dropped)`}${d.invalidIndexes && d.invalidIndexes.length > 0 ? `; invalid indexes: ${d.invalidIndexes.join(', ')}` : ''}`,

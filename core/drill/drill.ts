@@ -7,12 +7,14 @@ import {
   targetTimeLine,
   targetTimeOf,
 } from '../restore/pitr';
+import type { RestoredOn, RestoreTestTarget } from '../restore/test';
 import type { Vault } from '../vault';
 import { oneLine, type RestoredDatabase, recoverInSandbox, restoreAndValidate } from '../verify/restore';
 
 /**
  * `pgvault drill [--pitr]`: the guide's disaster-recovery drills as one command. The monthly drill
- * restores the newest full backup into temporary databases and validates it against the manifest;
+ * restores the newest full backup into temporary databases of a sandbox server (or of the configured
+ * server when asked: RESTORE_TEST_TARGET=server, --on-server) and validates it against the manifest;
  * the quarterly one (--pitr) recovers the newest base backup that ends before one hour ago, rolled
  * forward through the WAL archive, in a sandbox server. Either way the time from start to
  * validated data is measured, the result (RTO and RPO samples) is stored under drills/, everything
@@ -24,6 +26,8 @@ export interface DrillOptions {
   readonly pitr?: boolean;
   /** With pitr: the target time (ISO 8601 or PostgreSQL's format). @default one hour before the start */
   readonly targetTime?: string;
+  /** Without pitr: where the full backup is restored. @default config.restoreTestTarget */
+  readonly target?: RestoreTestTarget;
 }
 
 export interface DrillResult {
@@ -42,6 +46,8 @@ export interface DrillResult {
   readonly targetTime?: TargetTime;
   readonly record: DrillRecord;
   readonly warnings: readonly string[];
+  /** Where it was restored: a sandbox server (always for pitr), or the configured server. */
+  readonly restoredOn: RestoredOn;
 }
 
 const HOUR_MS = 3_600_000;
@@ -54,9 +60,15 @@ interface DrillOutcome {
   readonly rpoMs?: number;
   readonly choice?: string;
   readonly warnings: readonly string[];
+  readonly restoredOn: RestoredOn;
 }
 
 export async function runDrill(vault: Vault, options: DrillOptions = {}): Promise<DrillResult> {
+  if (options.pitr && options.target === 'server') {
+    throw new UsageError(
+      '--on-server applies to the drill of a full backup; drill --pitr always recovers in a sandbox server',
+    );
+  }
   const kind = options.pitr ? 'pitr' : 'drill';
   const started = Date.now();
   const startedAt = new Date(started).toISOString();
@@ -92,12 +104,13 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
         ...(plan.reach.endTime ? { rpoMs: Math.max(0, started - plan.reach.endTime.getTime()) } : {}),
         choice: plan.choice,
         warnings: plan.warnings,
+        restoredOn: { kind: 'sandbox', description: 'a recovery sandbox server' },
       };
     } else {
       const entry = await vault.catalog.resolve('latest', 'full');
       backupId = entry.manifest.id;
       vault.reporter.info(`drill: restoring ${backupId}, the newest full backup`);
-      const check = await restoreAndValidate(vault, backupId, entry);
+      const check = await restoreAndValidate(vault, backupId, entry, { target: options.target });
       outcome = {
         databases: check.databases,
         tables: check.tables,
@@ -105,6 +118,7 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
         restoredTo: check.restoredTo,
         rpoMs: Math.max(0, started - Date.parse(check.restoredTo)),
         warnings: [],
+        restoredOn: check.restoredOn,
       };
     }
   } catch (err) {
@@ -119,7 +133,7 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
     throw err;
   }
   const rtoMs = Date.now() - started;
-  const { choice, warnings, databases, ...measured } = outcome;
+  const { choice, warnings, databases, restoredOn, ...measured } = outcome;
   const record = await writeDrillRecord(vault, {
     kind,
     backupId,
@@ -139,5 +153,6 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
     rtoMs,
     record,
     warnings,
+    restoredOn,
   };
 }

@@ -25,6 +25,10 @@ export interface TempClusterOptions {
   readonly binDir?: string;
   /** Extra initdb arguments, e.g. ['--wal-segsize=1'] for small WAL segments in tests. */
   readonly initdbArgs?: readonly string[];
+  /** Listen on the Unix socket in the cluster's directory only, never on TCP. @default false */
+  readonly socketOnly?: boolean;
+  /** The server's environment. @default process.env */
+  readonly env?: NodeJS.ProcessEnv;
 }
 
 /** Starting a server on a data directory that already exists (a restored base backup). */
@@ -318,6 +322,7 @@ export class TempCluster {
           logFile,
           pgCtl,
           options.binDir,
+          { env: options.env, wait: true, socketOnly: options.socketOnly ?? false },
         );
         const started = await cluster.startServer(settings);
         if (started.ok) {
@@ -327,7 +332,7 @@ export class TempCluster {
         }
         if (!started.portInUse || attempt >= attempts) {
           throw new PostgresError(
-            `PostgreSQL did not start on 127.0.0.1:${port}; the server log ends with:\n  ${started.log.join('\n  ')}`,
+            `PostgreSQL did not start on ${options.socketOnly ? baseDir : `127.0.0.1:${port}`}; the server log ends with:\n  ${started.log.join('\n  ')}`,
           );
         }
       }

@@ -1,7 +1,7 @@
 import { accessSync, constants, readdirSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import type { Client, ClientConfig } from 'pg';
-import type { PgConnection } from '../config';
+import { LIBPQ_KEYS, type PgConnection } from '../config';
 import { errorMessage, MissingToolError, PostgresError } from '../errors';
 import { toolVersionOutput } from '../stream/process';
 import { connectTimeoutSeconds, type NodePgSsl, refuseUnsupported, sslAttempts } from './libpq';
@@ -42,7 +42,7 @@ function isExecutable(path: string): boolean {
 }
 
 /** Installed major versions under /usr/lib/postgresql, newest first. */
-function installedMajors(): string[] {
+export function installedMajors(): string[] {
   let names: string[];
   try {
     names = readdirSync(VERSIONED_ROOT);
@@ -123,7 +123,7 @@ export function clearPgBinaryCache(): void {
  */
 export function pgEnv(conn: PgConnection, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {
-    ...base,
+    ...(conn.isolated ? withoutLibpq(base) : base),
     ...conn.libpq,
     PGAPPNAME: conn.libpq?.PGAPPNAME ?? PG_APPLICATION_NAME,
   };
@@ -133,6 +133,16 @@ export function pgEnv(conn: PgConnection, base: NodeJS.ProcessEnv = process.env)
   if (conn.database !== undefined) env.PGDATABASE = conn.database;
   if (conn.password !== undefined) env.PGPASSWORD = conn.password;
   if (env.PGCONNECT_TIMEOUT === undefined) env.PGCONNECT_TIMEOUT = String(CONNECT_TIMEOUT_SECONDS);
+  return env;
+}
+
+/** libpq's variables, which name the configured server: none may reach a client of a private server. */
+const LIBPQ_VARIABLES = ['PGHOST', 'PGPORT', 'PGUSER', 'PGDATABASE', 'PGPASSWORD', ...LIBPQ_KEYS];
+
+/** The environment without libpq's variables (PGHOSTADDR, PGSSLMODE, PGPASSWORD, ...). */
+export function withoutLibpq(base: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const env = { ...base };
+  for (const k of LIBPQ_VARIABLES) delete env[k];
   return env;
 }
 
@@ -179,7 +189,7 @@ function isFallbackNoise(err: unknown): boolean {
 }
 
 /** host:port as libpq would resolve it, for messages. */
-function describeServer(conn: PgConnection): string {
+export function describeServer(conn: PgConnection): string {
   const host = conn.host ?? process.env.PGHOST ?? 'localhost';
   const port = conn.port ?? process.env.PGPORT ?? 5432;
   return host.startsWith('/') ? `${host} (socket, port ${port})` : `${host}:${port}`;

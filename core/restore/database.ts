@@ -42,10 +42,14 @@ export async function createDatabase(
       } catch (err) {
         const message = (err as Error).message;
         if (!/locale|collation|encoding/i.test(message))
-          throw new PostgresError(`cannot create database "${database}": ${message}`);
+          throw new PostgresError(`cannot create database "${database}": ${message}`, { cause: err });
       }
     }
-    await c.query(base);
+    try {
+      await c.query(base);
+    } catch (err) {
+      throw new PostgresError(`cannot create database "${database}": ${errorMessage(err)}`, { cause: err });
+    }
     return { localeKept: info === undefined };
   });
 }
@@ -96,6 +100,27 @@ export async function runPgRestore(config: Config, run: PgRestoreRun): Promise<v
         { cause: err },
       );
     }
+    const extension =
+      /extension "([^"]+)" is not available/.exec(said)?.[1] ??
+      /could not open extension control file "[^"]*\/([^/"]+)\.control"/.exec(said)?.[1];
+    if (extension !== undefined) {
+      throw new MissingExtensionError(
+        extension,
+        `extension "${extension}" is not installed on the target server; install its package there (for the server's major version) and retry`,
+        { cause: err },
+      );
+    }
     throw err;
+  }
+}
+
+/** pg_restore stopped at a CREATE EXTENSION whose files the target server lacks. */
+export class MissingExtensionError extends PostgresError {
+  constructor(
+    readonly extension: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
   }
 }

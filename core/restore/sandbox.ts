@@ -7,7 +7,7 @@ import type { CatalogEntry } from '../catalog/catalog';
 import type { StoredObject } from '../catalog/manifest';
 import { corruptionBehindProgramFailure, decryptionFor, readObjectIntoProgram } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
-import { type Config, LIBPQ_KEYS, loadConfig, type PgConnection } from '../config';
+import { type Config, loadConfig, type PgConnection } from '../config';
 import { diskFullError, ensureFreeSpace } from '../disk';
 import {
   errorMessage,
@@ -18,7 +18,7 @@ import {
   UsageError,
 } from '../errors';
 import { asServerUser, chownToServerUser, SERVER_OS_USER, serverOsUser, TempCluster } from '../pg/cluster';
-import { findPgBinary, pgEnv, withClient } from '../pg/tools';
+import { findPgBinary, pgEnv, withClient, withoutLibpq } from '../pg/tools';
 import { startTool } from '../stream/process';
 import type { Reporter } from '../vault';
 import { createDatabase, dbnameConninfo, dropDatabase } from './database';
@@ -54,22 +54,6 @@ const CONFIG_KEYS = [
   'SPOOL_DIR',
   'PGVAULT_CONFIG',
 ] as const;
-
-/** libpq variables that would point the sandbox's own clients somewhere else. */
-const LIBPQ_VARIABLES = [
-  'PGHOST',
-  'PGHOSTADDR',
-  'PGPORT',
-  'PGUSER',
-  'PGPASSWORD',
-  'PGPASSFILE',
-  'PGDATABASE',
-  'PGSERVICE',
-  'PGSERVICEFILE',
-  'PGOPTIONS',
-  'PGSSLMODE',
-  'PGTARGETSESSIONATTRS',
-];
 
 /** Quotes one word for /bin/sh, which runs restore_command. */
 export function shellWord(word: string): string {
@@ -452,18 +436,14 @@ function sandboxSettings(runDir: string, dataDir: string): Record<string, string
   };
 }
 
-/** The server's environment: no secrets it does not need, and no config keys that would override the file. */
-function sandboxServerEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  for (const k of [...CONFIG_KEYS, ...LIBPQ_VARIABLES, ...LIBPQ_KEYS]) delete env[k];
+/**
+ * A sandbox server's environment: no secrets it does not need, no libpq variable naming the
+ * configured server, and no config keys that would override the restore_command file.
+ */
+export function sandboxServerEnv(): NodeJS.ProcessEnv {
+  const env = withoutLibpq(process.env);
+  for (const k of CONFIG_KEYS) delete env[k];
   return env;
-}
-
-/** Environment for a client of the sandbox: none of the configured server's libpq variables. */
-function sandboxClientEnv(conn: PgConnection): NodeJS.ProcessEnv {
-  const base = { ...process.env };
-  for (const k of [...LIBPQ_VARIABLES, ...LIBPQ_KEYS]) delete base[k];
-  return pgEnv(conn, base);
 }
 
 /** A throwaway server recovering a base backup in a private temporary directory. */
@@ -544,11 +524,12 @@ export class RecoverySandbox {
   connection(database: string): PgConnection {
     const c = this.cluster;
     if (c === undefined || this.user === undefined) throw new PgVaultError('the sandbox is not running');
-    return { host: c.socketDir, port: c.port, user: this.user, database };
+    return { host: c.socketDir, port: c.port, user: this.user, database, isolated: true };
   }
 
+  /** Environment for a client of the sandbox: none of the configured server's libpq variables. */
   clientEnv(database: string): NodeJS.ProcessEnv {
-    return sandboxClientEnv(this.connection(database));
+    return pgEnv(this.connection(database));
   }
 
   /**

@@ -1,6 +1,5 @@
 import type { CatalogEntry } from '../catalog/catalog';
 import { BACKUP_TYPES, MANIFEST_SUFFIX } from '../catalog/naming';
-import type { Config } from '../config';
 import { errorMessage, PgVaultError, StorageError, UsageError } from '../errors';
 import type { ObjectInfo, StorageTarget } from '../storage/target';
 import type { Vault } from '../vault';
@@ -14,6 +13,7 @@ import {
   type RetentionInput,
   type RetentionPlan,
   type RetentionPolicy,
+  retentionPolicy,
   walSegmentDeletable,
 } from './plan';
 
@@ -32,17 +32,7 @@ import {
  *   every key is checked against the plan again before it is deleted. History files are never deleted.
  */
 
-export function retentionPolicy(config: Config): RetentionPolicy {
-  const r = config.retention;
-  return {
-    daily: r.days,
-    weekly: r.weeks,
-    monthly: r.months,
-    configCount: r.configCount,
-    indexesCount: r.indexesCount,
-    walDays: r.walDays,
-  };
-}
+export { retentionPolicy } from './plan';
 
 export interface LockedObject {
   readonly key: string;

@@ -1,4 +1,5 @@
 import type { BackupType, Schedule } from '../catalog/naming';
+import type { Config } from '../config';
 import type { WalArchiveState, WalTimeline } from '../wal/archive';
 import { DEFAULT_SEGMENT_BYTES, parseLsn, segmentName, segmentNumber, segmentsPerLog } from '../wal/naming';
 
@@ -33,6 +34,19 @@ export const DEFAULT_POLICY: RetentionPolicy = {
   indexesCount: 5,
   walDays: 7,
 };
+
+/** The policy of a configuration (RETENTION_*). */
+export function retentionPolicy(config: Pick<Config, 'retention'>): RetentionPolicy {
+  const r = config.retention;
+  return {
+    daily: r.days,
+    weekly: r.weeks,
+    monthly: r.months,
+    configCount: r.configCount,
+    indexesCount: r.indexesCount,
+    walDays: r.walDays,
+  };
+}
 
 /** Objects of a backup without a manifest are removed once the newest of them is this old. */
 export const LEFTOVER_AGE_MS = 24 * 3600 * 1000;

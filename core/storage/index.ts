@@ -1,5 +1,7 @@
 import { awsClientCredentials, type Config } from '../config';
 import { ConfigError } from '../errors';
+import { objectLockRetainUntil } from '../retention/lock';
+import { retentionPolicy } from '../retention/plan';
 import { FileTarget } from './file';
 import { S3Target } from './s3';
 import type { StorageTarget } from './target';
@@ -22,6 +24,7 @@ export function createTargets(config: Config): StorageTarget[] {
       if (cloud.bucket === undefined) {
         throw new ConfigError('CLOUD_PROVIDER=s3 needs CLOUD_BUCKET; set it to the bucket name');
       }
+      const lockPolicy = retentionPolicy(config);
       const s3 = new S3Target({
         bucket: cloud.bucket,
         prefix: cloud.prefix,
@@ -31,6 +34,15 @@ export function createTargets(config: Config): StorageTarget[] {
         ...awsClientCredentials(cloud),
         requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
         maxAttempts: cloud.maxAttempts,
+        ...(cloud.objectLock
+          ? {
+              objectLock: {
+                mode: cloud.objectLock.mode,
+                retainUntil: (key: string, now: Date) =>
+                  objectLockRetainUntil(key, lockPolicy, now, cloud.objectLock!.minDays),
+              },
+            }
+          : {}),
       });
       return config.localCopy ? [new FileTarget(config.backupDir), s3] : [s3];
     }

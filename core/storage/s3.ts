@@ -128,6 +128,18 @@ export interface S3TargetOptions {
    * @default false (core/config.ts: S3_LIFECYCLE_TAGS, which the AWS deployment sets)
    */
   readonly lifecycleTags?: boolean;
+  /**
+   * S3 Object Lock on each new object (S3_OBJECT_LOCK_MODE, S3_OBJECT_LOCK_RETAIN=gfs): PutObject and
+   * CreateMultipartUpload carry `x-amz-object-lock-mode` and `x-amz-object-lock-retain-until-date`
+   * when `retainUntil` gives a date for the key (core/retention/lock.ts: the object's planned GFS
+   * expiry); otherwise no lock header, and the bucket's default retention applies. Needs a bucket
+   * with Object Lock enabled and s3:PutObjectRetention. @default none
+   */
+  readonly objectLock?: {
+    readonly mode: 'GOVERNANCE' | 'COMPLIANCE';
+    /** Retain-until of the object under `key` (relative to the prefix) written at `now`. */
+    readonly retainUntil: (key: string, now: Date) => Date | undefined;
+  };
 }
 
 /** The object tag bucket lifecycle rules select on (infra/constructs/vault-bucket.ts has the rules). */
@@ -197,6 +209,17 @@ export class S3Target implements StorageTarget {
     this.lifecycleTags = options.lifecycleTags ?? false;
   }
 
+  /** Object Lock parameters of a new object (S3TargetOptions.objectLock); none when off or undated. */
+  lockParamsFor(
+    key: string,
+    now = new Date(),
+  ): { ObjectLockMode?: 'GOVERNANCE' | 'COMPLIANCE'; ObjectLockRetainUntilDate?: Date } {
+    const lock = this.options.objectLock;
+    const until = lock?.retainUntil(key, now);
+    if (lock === undefined || until === undefined) return {};
+    return { ObjectLockMode: lock.mode, ObjectLockRetainUntilDate: until };
+  }
+
   /** The tags a new object gets: its lifecycle class, when tagging is on and the key has one. */
   private tagsFor(key: string): Array<{ Key: string; Value: string }> {
     if (!this.lifecycleTags) return [];
@@ -220,6 +243,7 @@ export class S3Target implements StorageTarget {
           Key: objectKey,
           Body: reading.body,
           Metadata: { [WRITE_ID_METADATA]: writeId },
+          ...this.lockParamsFor(key),
           // Sent on PutObject and CompleteMultipartUpload: S3 then refuses (412) to replace an object.
           ...(options.ifAbsent ? { IfNoneMatch: '*' } : {}),
         },
@@ -260,7 +284,12 @@ export class S3Target implements StorageTarget {
     const { client, sdk } = await this.connect();
     try {
       await client.send(
-        new sdk.PutObjectCommand({ Bucket: this.bucket, Key: objectKey, Body: data }),
+        new sdk.PutObjectCommand({
+          Bucket: this.bucket,
+          Key: objectKey,
+          Body: data,
+          ...this.lockParamsFor(key),
+        }),
         this.requestOptions,
       );
     } catch (err) {

@@ -3,17 +3,19 @@ import type { StoredObject } from '../catalog/manifest';
 import { type DrillRecord, writeDrillRecord } from '../catalog/records';
 import { errorMessage, IntegrityError, UsageError } from '../errors';
 import { exactRowCounts } from '../pg/server';
-import { withClient } from '../pg/tools';
+import { describeServer, withClient } from '../pg/tools';
 import { openBackup, pickDatabaseObject } from '../restore/fetch';
 import { describeTarget, type RecoveryTarget, recoverySettings } from '../restore/pitr';
 import { type RecoveredPoint, RecoverySandbox } from '../restore/sandbox';
-import { restoreTest } from '../restore/test';
+import { ScratchServer } from '../restore/scratch';
+import { type RestoredOn, type RestoreTestTarget, restoreTest } from '../restore/test';
 import { databaseHealth, type TableCheck } from '../restore/validate';
 import type { Vault } from '../vault';
 
 /**
  * `verify restore <backup>`: the backup restored where it can do no harm (a temporary database per
- * dumped database on the configured server; a sandbox server for a base backup), validated, removed,
+ * dumped database in a sandbox server this process starts, or on the configured server when asked:
+ * RESTORE_TEST_TARGET=server, --on-server; a recovery sandbox for a base backup), validated, removed,
  * and the measured time stored as an RTO sample (drills/ in the catalog). The pieces are shared
  * with `pgvault drill`.
  */
@@ -43,6 +45,15 @@ export interface RestoreCheck {
   readonly restoredTo: string;
   /** Physical recoveries: where recovery ended, from the server. */
   readonly recovered?: RecoveredPoint;
+  /** Where it was restored: a sandbox server, or the configured server. */
+  readonly restoredOn: RestoredOn;
+}
+
+export interface RestoreCheckOptions {
+  /** Only this database of a full backup. */
+  readonly from?: string;
+  /** Where a full backup is restored. @default config.restoreTestTarget (RESTORE_TEST_TARGET) */
+  readonly target?: RestoreTestTarget;
 }
 
 export interface VerifyRestoreResult extends RestoreCheck {
@@ -59,35 +70,58 @@ function totals(databases: readonly RestoredDatabase[]): { tables: number; rows:
 /**
  * Restores every database of a full backup (or only the one a path names, or `from`) into its own
  * temporary database with `restore test`, one after the other, each validated against the
- * manifest's row counts and dropped.
+ * manifest's row counts and dropped: in one sandbox server started for the run (removed at the end,
+ * whatever happens), or on the configured server when the target is 'server'.
  */
 async function restoreLogical(
   vault: Vault,
   ref: string,
   entry: CatalogEntry,
-  from: string | undefined,
+  options: RestoreCheckOptions,
 ): Promise<RestoreCheck> {
   const started = Date.now();
   const manifest = entry.manifest;
   const names = manifest.objects.filter((o) => o.kind === 'database').map((o) => o.database!);
   if (names.length === 0) throw new UsageError(`backup ${manifest.id} holds no database dump`);
   const only =
-    entry.namedObject !== undefined || from !== undefined
-      ? pickDatabaseObject(manifest, { named: entry.namedObject, from }).database!
+    entry.namedObject !== undefined || options.from !== undefined
+      ? pickDatabaseObject(manifest, { named: entry.namedObject, from: options.from }).database!
       : undefined;
+  const target = options.target ?? vault.config.restoreTestTarget;
+  const scratch =
+    target === 'sandbox'
+      ? await ScratchServer.start(
+          vault.config,
+          vault.reporter,
+          Math.floor(manifest.server.versionNum / 10000),
+        )
+      : undefined;
+  const restoredOn: RestoredOn = scratch
+    ? { kind: 'sandbox', description: scratch.describe(), serverVersion: scratch.version }
+    : { kind: 'server', description: `the configured server ${describeServer(vault.config.pg)}` };
+  const sandbox = scratch && { config: scratch.configFor(vault.config), description: restoredOn.description };
   const databases: RestoredDatabase[] = [];
-  for (const name of only !== undefined ? [only] : names) {
-    vault.reporter.info(`restoring "${name}" from ${manifest.id} into a temporary database`);
-    // `latest` is pinned to the backup resolved at the start, should a new one finish meanwhile.
-    const r = await restoreTest(vault, ref.trim() === 'latest' ? manifest.id : ref, { from: name });
-    databases.push({
-      database: name,
-      restoredAs: r.temporaryDatabase,
-      tables: r.validation.tablesChecked,
-      rows: r.validation.rowsChecked,
-      mismatches: r.validation.mismatches,
-      ...(r.validation.note ? { note: r.validation.note } : {}),
-    });
+  try {
+    for (const name of only !== undefined ? [only] : names) {
+      vault.reporter.info(
+        `restoring "${name}" from ${manifest.id} into a temporary database in ${restoredOn.description}`,
+      );
+      // `latest` is pinned to the backup resolved at the start, should a new one finish meanwhile.
+      const r = await restoreTest(vault, ref.trim() === 'latest' ? manifest.id : ref, {
+        from: name,
+        sandbox,
+      });
+      databases.push({
+        database: name,
+        restoredAs: r.temporaryDatabase,
+        tables: r.validation.tablesChecked,
+        rows: r.validation.rowsChecked,
+        mismatches: r.validation.mismatches,
+        ...(r.validation.note ? { note: r.validation.note } : {}),
+      });
+    }
+  } finally {
+    await scratch?.remove();
   }
   return {
     backupId: manifest.id,
@@ -96,6 +130,7 @@ async function restoreLogical(
     ...totals(databases),
     restoreMs: Date.now() - started,
     restoredTo: manifest.finishedAt,
+    restoredOn,
   };
 }
 
@@ -175,6 +210,7 @@ async function restorePhysical(vault: Vault, entry: CatalogEntry): Promise<Resto
     restoreMs: Date.now() - started,
     restoredTo: manifest.physical.stopTime ?? manifest.finishedAt,
     recovered,
+    restoredOn: { kind: 'sandbox', description: 'a recovery sandbox server' },
   };
 }
 
@@ -183,12 +219,12 @@ export async function restoreAndValidate(
   vault: Vault,
   ref: string,
   entry: CatalogEntry,
-  options: { from?: string } = {},
+  options: RestoreCheckOptions = {},
 ): Promise<RestoreCheck> {
   // A wrong key or a tampered manifest is refused before anything is created.
   await openBackup(entry, vault.config);
   const type = entry.manifest.type;
-  if (type === 'full') return restoreLogical(vault, ref, entry, options.from);
+  if (type === 'full') return restoreLogical(vault, ref, entry, options);
   if (type === 'base') return restorePhysical(vault, entry);
   throw new UsageError(
     `backup ${entry.manifest.id} is a ${type} backup; verify restore takes a full or base backup (verify ${type === 'indexes' ? 'indexes' : 'file'} checks this one)`,
@@ -207,7 +243,7 @@ export function oneLine(err: unknown): string {
 export async function verifyRestore(
   vault: Vault,
   ref: string,
-  options: { from?: string } = {},
+  options: RestoreCheckOptions = {},
 ): Promise<VerifyRestoreResult> {
   const entry = await vault.catalog.resolve(ref);
   const startedAt = new Date();

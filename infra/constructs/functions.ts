@@ -66,6 +66,8 @@ export interface FunctionCluster {
   readonly taskDefinition: string;
   /** Family of the cluster's restore task definition. */
   readonly restoreTaskDefinition: string;
+  /** The secrets a restore payload may name as its target's credentials (the cluster's restoreTargets). */
+  readonly restoreTargetSecretArns?: readonly string[];
 }
 
 export interface FunctionsProps {

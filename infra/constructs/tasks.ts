@@ -1,4 +1,4 @@
-import { IgnoreMode, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { Annotations, IgnoreMode, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -184,8 +184,9 @@ export class BackupTasks extends Construct {
 /**
  * One fleet stack's Fargate task definitions. One backup and one restore task definition per database
  * cluster: each holds that cluster's connection settings and takes its credentials (PGUSER, PGPASSWORD)
- * from that cluster's secret, which ECS cannot override per run; each task role may touch only its
- * cluster's folder of the vault. Roles carry the deployment's IAM path (taskRolePath).
+ * from that cluster's secret (the restore task from its restore secret), which ECS cannot override per
+ * run; each task role may touch only its cluster's folder of the vault. Roles carry the deployment's
+ * IAM path (taskRolePath).
  */
 export class ClusterTasks extends Construct {
   public readonly byCluster = new Map<string, ClusterTaskSet>();
@@ -237,6 +238,22 @@ export class ClusterTasks extends Construct {
         PGUSER: ecs.Secret.fromSecretsManager(credentials, 'username'),
         PGPASSWORD: ecs.Secret.fromSecretsManager(credentials, 'password'),
       };
+      // Restores sign in with their own user (it may create and write databases; the backup user needs
+      // only read rights): restoreCredentialsSecretArn, else the backup's secret, with a synth warning.
+      const restoreCredentials = restoreCredentialsOf(c);
+      const restoreSecrets: Record<string, ecs.Secret> = c.restoreCredentialsSecretArn
+        ? {
+            ENCRYPTION_KEY: secrets.ENCRYPTION_KEY!,
+            ...credentialSecrets(
+              secretsmanager.Secret.fromSecretAttributes(this, `RestoreCredentials-${c.name}`, {
+                secretCompleteArn: c.restoreCredentialsSecretArn,
+                encryptionKey: c.restoreCredentialsKmsKeyArn
+                  ? kms.Key.fromKeyArn(this, `RestoreCredentialsKey-${c.name}`, c.restoreCredentialsKmsKeyArn)
+                  : undefined,
+              }),
+            ),
+          }
+        : secrets;
 
       const backup = this.taskDefinition(
         `Backup-${c.name}`,
@@ -260,22 +277,31 @@ export class ClusterTasks extends Construct {
         props,
         props.restoreTask,
         env,
-        secrets,
+        restoreSecrets,
         c.name,
         'restore',
       );
+      if (!c.restoreCredentialsSecretArn) {
+        Annotations.of(restore).addWarningV2(
+          'pgvault:restoreCredentialsFallback',
+          `cluster ${c.name} has no restoreCredentialsSecretArn: its restore task signs in with the backup credentials (credentialsSecretArn), so the backup user needs the restore rights (CREATEDB, write); give restores their own secret (infra/README.md "Restore credentials")`,
+        );
+      }
       props.vault.grantRepository(restore.taskRole, { read: true, cluster: c.name });
       // Restore tests and drills record their measured RTO.
       props.vault.grantRepository(restore.taskRole, { write: true, cluster: c.name, folder: 'drills' });
+      grantRestoreTargets(restore.taskRole, c);
 
       let walReceiver: ecs.FargateService | undefined;
       const fileSystem = props.platform.walFileSystem;
       if (props.walReceivers.has(c.name) && fileSystem) {
         walReceiver = this.walReceiver(c.name, props, env, secrets, fileSystem);
       }
-      for (const def of [backup, restore, walReceiver?.taskDefinition]) {
-        if (def) grantSecretKeys(def.obtainExecutionRole(), props.vault.key.keyArn, c);
+      const backupCredentials = { secretArn: c.credentialsSecretArn, kmsKeyArn: c.credentialsKmsKeyArn };
+      for (const def of [backup, walReceiver?.taskDefinition]) {
+        if (def) grantSecretKeys(def.obtainExecutionRole(), props.vault.key.keyArn, backupCredentials);
       }
+      grantSecretKeys(restore.obtainExecutionRole(), props.vault.key.keyArn, restoreCredentials);
       this.byCluster.set(c.name, { backup, restore, walReceiver });
     }
   }
@@ -416,18 +442,39 @@ export class ClusterTasks extends Construct {
   }
 }
 
+/** A database credentials secret and its customer-managed key, if it has one. */
+interface CredentialsSecret {
+  readonly secretArn: string;
+  readonly kmsKeyArn?: string;
+}
+
+/** The secret the restore task's PGUSER/PGPASSWORD come from: its own, else the backup's. */
+function restoreCredentialsOf(c: ClusterConfig): CredentialsSecret {
+  return c.restoreCredentialsSecretArn
+    ? { secretArn: c.restoreCredentialsSecretArn, kmsKeyArn: c.restoreCredentialsKmsKeyArn }
+    : { secretArn: c.credentialsSecretArn, kmsKeyArn: c.credentialsKmsKeyArn };
+}
+
+function credentialSecrets(secret: secretsmanager.ISecret): Record<string, ecs.Secret> {
+  return {
+    PGUSER: ecs.Secret.fromSecretsManager(secret, 'username'),
+    PGPASSWORD: ecs.Secret.fromSecretsManager(secret, 'password'),
+  };
+}
+
+const viaSecretsManager = (region: string) => ({
+  StringEquals: { 'kms:ViaService': `secretsmanager.${region}.amazonaws.com` },
+});
+
 /**
  * What an execution role needs to hand the container its `secrets`: ECS fetches them with the
  * execution role, and Secrets Manager decrypts each with its KMS key on the caller's behalf, so the role
- * needs kms:Decrypt on the vault key (the passphrase) and, when the cluster's credentials secret has its
- * own customer-managed key (`credentialsKmsKeyArn`), on that key: only through Secrets Manager
- * (kms:ViaService), in the region of the secret (the stack's for the passphrase, the ARN's for the
- * credentials). Task roles need none of this: no task code calls Secrets Manager.
+ * needs kms:Decrypt on the vault key (the passphrase) and, when the credentials secret has its own
+ * customer-managed key (`credentialsKmsKeyArn`, `restoreCredentialsKmsKeyArn`), on that key: only
+ * through Secrets Manager (kms:ViaService), in the region of the secret (the stack's for the
+ * passphrase, the ARN's for the credentials).
  */
-function grantSecretKeys(role: iam.IRole, vaultKeyArn: string, cluster: ClusterConfig): void {
-  const viaSecretsManager = (region: string) => ({
-    StringEquals: { 'kms:ViaService': `secretsmanager.${region}.amazonaws.com` },
-  });
+function grantSecretKeys(role: iam.IRole, vaultKeyArn: string, credentials: CredentialsSecret): void {
   role.addToPrincipalPolicy(
     new iam.PolicyStatement({
       actions: ['kms:Decrypt'],
@@ -435,13 +482,40 @@ function grantSecretKeys(role: iam.IRole, vaultKeyArn: string, cluster: ClusterC
       conditions: viaSecretsManager(Stack.of(role).region),
     }),
   );
-  if (cluster.credentialsKmsKeyArn) {
-    const secretRegion = cluster.credentialsSecretArn.split(':')[3] || Stack.of(role).region;
+  if (credentials.kmsKeyArn) {
+    const secretRegion = credentials.secretArn.split(':')[3] || Stack.of(role).region;
     role.addToPrincipalPolicy(
       new iam.PolicyStatement({
         actions: ['kms:Decrypt'],
-        resources: [cluster.credentialsKmsKeyArn],
+        resources: [credentials.kmsKeyArn],
         conditions: viaSecretsManager(secretRegion),
+      }),
+    );
+  }
+}
+
+/**
+ * The one thing task code reads from Secrets Manager itself: a restore into another server names its
+ * credentials secret in PGVAULT_PG_SECRET_ARN, and pgvault reads it at start with the task role. That
+ * role may read the cluster's `restoreTargets` secrets, each by its complete ARN, and nothing else (no
+ * wildcard); a secret with its own key also needs kms:Decrypt through Secrets Manager. No targets, no
+ * statement. The backup and WAL roles get none of this.
+ */
+function grantRestoreTargets(role: iam.IRole, cluster: ClusterConfig): void {
+  if (cluster.restoreTargets.length === 0) return;
+  role.addToPrincipalPolicy(
+    new iam.PolicyStatement({
+      actions: ['secretsmanager:GetSecretValue'],
+      resources: cluster.restoreTargets.map((t) => t.credentialsSecretArn),
+    }),
+  );
+  for (const t of cluster.restoreTargets) {
+    if (!t.credentialsKmsKeyArn) continue;
+    role.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: ['kms:Decrypt'],
+        resources: [t.credentialsKmsKeyArn],
+        conditions: viaSecretsManager(t.credentialsSecretArn.split(':')[3] || Stack.of(role).region),
       }),
     );
   }

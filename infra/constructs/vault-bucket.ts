@@ -1,4 +1,4 @@
-import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { CfnOutput, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
@@ -20,7 +20,27 @@ export interface VaultBucketProps {
   readonly objectLock: { readonly mode: 'governance' | 'compliance'; readonly days: number } | null;
   /** Keep bucket, key and passphrase when the stack is deleted. @default true */
   readonly retainData: boolean;
+  /** The one role that may schedule deletion of / disable the vault key (a Deny for everyone else). */
+  readonly breakGlassRoleArn?: string;
+  /** Also deny kms:PutKeyPolicy to all but the break-glass role. @default false */
+  readonly protectKeyPolicy?: boolean;
+  /** Replication of the repository into another account's bucket, under that account's key. */
+  readonly replication?: {
+    readonly destinationBucketArn: string;
+    readonly destinationAccount: string;
+    readonly replicaKmsKeyArn: string;
+    readonly replicationTimeControl: boolean;
+    readonly storageClass?: string;
+  } | null;
+  /** Where the copy's owner can read the passphrase. */
+  readonly passphraseCopy?: {
+    readonly replicaRegions: ReadonlyArray<{ readonly region: string; readonly kmsKeyArn?: string }>;
+    readonly readerRoleArn?: string;
+  } | null;
 }
+
+/** Key actions the break-glass Deny keeps from everyone but the break-glass role. */
+export const BREAK_GLASS_KEY_ACTIONS = ['kms:ScheduleKeyDeletion', 'kms:DisableKey'] as const;
 
 /**
  * The object tag the lifecycle rules select on. The writer (core/storage/s3.ts, with S3_LIFECYCLE_TAGS)
@@ -59,6 +79,8 @@ export class VaultBucket extends Construct {
   public readonly passphrase: secretsmanager.Secret;
   /** Key prefix ('' or 'a/b'), as CLOUD_PREFIX. */
   public readonly prefix: string;
+  /** The role S3 replicates with (bucket.replication), named so the destination's policies can name it. */
+  public readonly replicationRole?: iam.Role;
 
   constructor(scope: Construct, id: string, props: VaultBucketProps) {
     super(scope, id);
@@ -154,13 +176,31 @@ export class VaultBucket extends Construct {
       removalPolicy,
     });
 
+    const copy = props.passphraseCopy ?? undefined;
     this.passphrase = new secretsmanager.Secret(this, 'Passphrase', {
       description:
         'pgvault ENCRYPTION_KEY (AES-256-CBC passphrase of every backup). Losing it loses the backups.',
       encryptionKey: this.key,
       generateSecretString: { passwordLength: 48, excludePunctuation: true, includeSpace: false },
       removalPolicy,
+      // A copy in another region survives the loss of this one (each replica under its region's key).
+      ...(copy?.replicaRegions.length
+        ? {
+            replicaRegions: copy.replicaRegions.map((r) => ({
+              region: r.region,
+              ...(r.kmsKeyArn
+                ? { encryptionKey: kms.Key.fromKeyArn(this, `PassphraseReplicaKey-${r.region}`, r.kmsKeyArn) }
+                : {}),
+            })),
+          }
+        : {}),
     });
+    if (copy?.readerRoleArn) this.grantPassphraseReader(copy.readerRoleArn);
+    if (props.breakGlassRoleArn)
+      this.denyKeyDestructionButTo(props.breakGlassRoleArn, props.protectKeyPolicy ?? false);
+    if (props.replication) {
+      this.replicationRole = this.replicate(props.replication, lock !== null);
+    }
     Validations.of(this.passphrase).acknowledge({
       id: 'AwsSolutions-SMG4',
       reason:
@@ -239,6 +279,175 @@ export class VaultBucket extends Construct {
     grantee.grantPrincipal.addToPrincipalPolicy(
       new iam.PolicyStatement({ actions, resources: [`${this.bucketArnFor(principal)}/${key}`] }),
     );
+  }
+
+  /**
+   * The copy's owner (a role, usually of the other account) may read the passphrase: the secret's
+   * resource policy allows GetSecretValue, and the vault key's policy allows Decrypt through Secrets
+   * Manager in this region only (the grant CloudFormation can make; the key encrypts the bucket too,
+   * but the kms:ViaService condition keeps this principal to secrets). The role's own account must
+   * also allow both actions in the role's IAM policy (infra/README.md).
+   */
+  private grantPassphraseReader(roleArn: string): void {
+    const reader = new iam.ArnPrincipal(roleArn);
+    new CfnOutput(Stack.of(this), 'VaultKeyArn', {
+      value: this.key.keyArn,
+      description: "The passphrase's key: the reader role's own IAM policy names it (infra/README.md)",
+    });
+    this.passphrase.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'CopyOwnerReadsPassphrase',
+        principals: [reader],
+        actions: ['secretsmanager:GetSecretValue', 'secretsmanager:DescribeSecret'],
+        resources: ['*'],
+      }),
+    );
+    this.key.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'CopyOwnerDecryptsPassphrase',
+        principals: [reader],
+        actions: ['kms:Decrypt'],
+        resources: ['*'],
+        conditions: {
+          StringEquals: { 'kms:ViaService': `secretsmanager.${Stack.of(this).region}.amazonaws.com` },
+          // The secret's ARN cannot be named here (the secret depends on this key); its account and region can.
+          StringLike: {
+            'kms:EncryptionContext:SecretARN': `arn:${Stack.of(this).partition}:secretsmanager:${Stack.of(this).region}:${Stack.of(this).account}:secret:*`,
+          },
+        },
+      }),
+    );
+  }
+
+  /**
+   * Stolen administrator credentials must not make every backup unreadable by deleting or disabling
+   * the vault key: an explicit Deny (which root's kms:* cannot override) for every principal but the
+   * break-glass role. With `protectKeyPolicy`, kms:PutKeyPolicy too, so the Deny cannot be removed
+   * first; KMS then only accepts a new policy from that role, so CloudFormation must run as it.
+   */
+  private denyKeyDestructionButTo(roleArn: string, protectKeyPolicy: boolean): void {
+    this.key.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'OnlyBreakGlassDestroysKey',
+        effect: iam.Effect.DENY,
+        principals: [new iam.AnyPrincipal()],
+        actions: [...BREAK_GLASS_KEY_ACTIONS, ...(protectKeyPolicy ? ['kms:PutKeyPolicy'] : [])],
+        resources: ['*'],
+        conditions: { ArnNotEquals: { 'aws:PrincipalArn': roleArn } },
+      }),
+    );
+  }
+
+  /**
+   * S3 replication of the repository (every backup, WAL and manifest object, with its tags and Object
+   * Lock retention) into a bucket of another account: replicas owned by that account, encrypted with
+   * its key; delete markers are not replicated, so deleting here (retention, or an attacker) removes
+   * nothing there. Least privilege: the role reads this bucket's repository objects for replication
+   * only, writes replicas into the destination's repository prefix only, decrypts with the vault key
+   * and encrypts with the replica key only through S3 for these buckets.
+   */
+  private replicate(r: NonNullable<VaultBucketProps['replication']>, lockEnabled: boolean): iam.Role {
+    const stack = Stack.of(this);
+    const destinationRegion = r.replicaKmsKeyArn.split(':')[3]!;
+    const prefix = this.prefix ? `${this.prefix}/` : '';
+    const role = new iam.Role(this, 'ReplicationRole', {
+      // A fixed name: the destination's bucket and key policies name it before the first object is copied.
+      roleName: `${stack.stackName.slice(0, 52)}-replication`,
+      description: 'pgvault: S3 replicates the vault repository into the other account with this role',
+      assumedBy: new iam.ServicePrincipal('s3.amazonaws.com', {
+        conditions: { StringEquals: { 'aws:SourceAccount': stack.account } },
+      }),
+    });
+    const bucketArn = this.bucket.bucketArn;
+    const sourceObjects = `${bucketArn}/${prefix}*`;
+    const destinationObjects = `${r.destinationBucketArn}/${prefix}*`;
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        actions: ['s3:GetReplicationConfiguration', 's3:ListBucket'],
+        resources: [bucketArn],
+      }),
+    );
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        actions: [
+          's3:GetObjectVersionForReplication',
+          's3:GetObjectVersionAcl',
+          's3:GetObjectVersionTagging',
+          ...(lockEnabled ? ['s3:GetObjectRetention', 's3:GetObjectLegalHold'] : []),
+        ],
+        resources: [sourceObjects],
+      }),
+    );
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        actions: ['s3:ReplicateObject', 's3:ReplicateTags', 's3:ObjectOwnerOverrideToBucketOwner'],
+        resources: [destinationObjects],
+      }),
+    );
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        actions: ['kms:Decrypt'],
+        resources: [this.key.keyArn],
+        conditions: {
+          StringEquals: { 'kms:ViaService': `s3.${stack.region}.amazonaws.com` },
+          StringLike: { 'kms:EncryptionContext:aws:s3:arn': [bucketArn, `${bucketArn}/*`] },
+        },
+      }),
+    );
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        actions: ['kms:Encrypt', 'kms:GenerateDataKey'],
+        resources: [r.replicaKmsKeyArn],
+        conditions: {
+          StringEquals: { 'kms:ViaService': `s3.${destinationRegion}.amazonaws.com` },
+          StringLike: {
+            'kms:EncryptionContext:aws:s3:arn': [r.destinationBucketArn, `${r.destinationBucketArn}/*`],
+          },
+        },
+      }),
+    );
+    Validations.of(role).acknowledge(
+      ...[sourceObjects, destinationObjects].map((objects) => ({
+        id: `AwsSolutions-IAM5[Resource::${nagResource(role, objects)}]`,
+        reason:
+          'S3 replicates every object of the repository prefix, created at run time under generated keys; ' +
+          'the role reaches only that prefix of the vault bucket and of the destination bucket.',
+      })),
+    );
+
+    const cfn = this.bucket.node.defaultChild as s3.CfnBucket;
+    cfn.replicationConfiguration = {
+      role: role.roleArn,
+      rules: [
+        {
+          id: 'copy-to-other-account',
+          status: 'Enabled',
+          priority: 0,
+          filter: { prefix },
+          // Deletes here (retention, or someone with stolen credentials) never reach the copy.
+          deleteMarkerReplication: { status: 'Disabled' },
+          sourceSelectionCriteria: { sseKmsEncryptedObjects: { status: 'Enabled' } },
+          destination: {
+            bucket: r.destinationBucketArn,
+            account: r.destinationAccount,
+            accessControlTranslation: { owner: 'Destination' },
+            encryptionConfiguration: { replicaKmsKeyId: r.replicaKmsKeyArn },
+            ...(r.storageClass ? { storageClass: r.storageClass } : {}),
+            ...(r.replicationTimeControl
+              ? {
+                  replicationTime: { status: 'Enabled', time: { minutes: 15 } },
+                  metrics: { status: 'Enabled', eventThreshold: { minutes: 15 } },
+                }
+              : {}),
+          },
+        },
+      ],
+    };
+    new CfnOutput(stack, 'ReplicationRoleArn', {
+      value: role.roleArn,
+      description: 'Name it in the destination bucket policy and replica key policy (infra/README.md)',
+    });
+    return role;
   }
 
   private get lockEnabled(): boolean {

@@ -24,6 +24,12 @@ const CRM_RESTORE_DEF = 'arn:aws:ecs:eu-west-1:123456789012:task-definition/pgva
 const TASK_ARN = 'arn:aws:ecs:eu-west-1:123456789012:task/pgvault/0123456789abcdef';
 const BUS = 'pgvault-events';
 const TOPIC = 'arn:aws:sns:eu-west-1:123456789012:pgvault-alerts';
+/** Restore target secrets the deployment lists for cluster main (restoreTargets). */
+const TARGET_SECRET = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgvault/restore-db-AbCdEf';
+const OTHER_TARGET_SECRET = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgvault/scratch-GhIjKl';
+const UNLISTED_SECRET = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/admin-XyZ123';
+/** What the target secret holds: it must never reach a payload, the RunTask call or a log. */
+const TARGET_PASSWORD = 'target-db-password-9f8e7d';
 
 const CLUSTERS = [
   {
@@ -33,6 +39,7 @@ const CLUSTERS = [
     port: 5432,
     database: 'postgres',
     credentialsSecretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:main-db',
+    restoreTargetSecretArns: [TARGET_SECRET, OTHER_TARGET_SECRET],
   },
   {
     name: 'crm',
@@ -76,7 +83,12 @@ const MAIN_ENVIRONMENT = [
   { name: 'DEPLOYMENT_MODE', value: 'single-node' },
 ];
 
-function expectedRunTask(command: string[], taskDefinition: string, startedBy: string) {
+function expectedRunTask(
+  command: string[],
+  taskDefinition: string,
+  startedBy: string,
+  environment: { name: string; value: string }[] = MAIN_ENVIRONMENT,
+) {
   return {
     cluster: ECS_CLUSTER,
     taskDefinition,
@@ -89,7 +101,7 @@ function expectedRunTask(command: string[], taskDefinition: string, startedBy: s
         assignPublicIp: 'DISABLED',
       },
     },
-    overrides: { containerOverrides: [{ name: 'pgvault', command, environment: MAIN_ENVIRONMENT }] },
+    overrides: { containerOverrides: [{ name: 'pgvault', command, environment }] },
   };
 }
 
@@ -476,6 +488,165 @@ describe('restore', () => {
     expect(err.name).toBe('InvalidPayloadError');
     expect(err.message).toContain(message);
     expect(err.message.split('\n')).toHaveLength(1);
+    expect(ecs.commandCalls(RunTaskCommand)).toHaveLength(0);
+    expect(events.commandCalls(PutEventsCommand)).toHaveLength(0);
+  });
+});
+
+describe('restore into another server (issue 12: restores never touch production)', () => {
+  const TARGET = {
+    host: 'restore-db.internal',
+    port: 6543,
+    database: 'restores',
+    credentialsSecretArn: TARGET_SECRET,
+  };
+  /** The cluster's variables with the target's server over them, and the secret's ARN (never its value). */
+  const TARGET_ENVIRONMENT = [
+    { name: 'CLUSTER_NAME', value: 'main' },
+    { name: 'PGHOST', value: 'restore-db.internal' },
+    { name: 'PGPORT', value: '6543' },
+    { name: 'PGDATABASE', value: 'restores' },
+    { name: 'DEPLOYMENT_MODE', value: 'single-node' },
+    { name: 'PGVAULT_PG_SECRET_ARN', value: TARGET_SECRET },
+  ];
+
+  it.each([
+    [
+      'full',
+      { type: 'full', cluster: 'main', database: 'app', targetDatabase: 'app_copy', target: TARGET },
+      ['restore', 'full', FULL_LATEST, 'app_copy', '--from', 'app'],
+    ],
+    [
+      'partial',
+      { type: 'partial', cluster: 'main', database: 'app', table: 'sales.orders', target: TARGET },
+      ['restore', 'partial', FULL_LATEST, 'table', 'sales.orders', 'app', '--from', 'app'],
+    ],
+    [
+      'pitr',
+      { type: 'pitr', cluster: 'main', database: 'app', time: '2026-02-12 10:30:00', target: TARGET },
+      ['restore', 'pitr', 'auto', 'app', '--target-time', '2026-02-12 10:30:00', '--from', 'app'],
+    ],
+  ])(
+    '%s with a target: the task gets its host, port, database and secret ARN, and no secret value',
+    async (_name, payload, command) => {
+      // Prepare: the secret answers with the target's credentials, should anything ask.
+      secrets
+        .on(GetSecretValueCommand, { SecretId: TARGET_SECRET })
+        .resolves({ SecretString: JSON.stringify({ username: 'restorer', password: TARGET_PASSWORD }) });
+      const logged: string[] = [];
+      const spies = (['log', 'info', 'warn', 'error'] as const).map((level) =>
+        vi.spyOn(console, level).mockImplementation((...args: unknown[]) => {
+          logged.push(args.map(String).join(' '));
+        }),
+      );
+
+      // Act
+      const result = await restore(payload).finally(() => {
+        for (const spy of spies) spy.mockRestore();
+      });
+
+      // Assess
+      expect(result).toEqual({
+        taskArn: TASK_ARN,
+        command,
+        target: { host: 'restore-db.internal', port: 6543, database: 'restores' },
+      });
+      const calls = ecs.commandCalls(RunTaskCommand);
+      expect(calls).toHaveLength(1);
+      const input = calls[0]!.args[0].input;
+      expect(input).toEqual(expectedRunTask(command, RESTORE_DEF, 'pgvault-restore', TARGET_ENVIRONMENT));
+      // The task reads the secret itself: the function never does, and no value is in what it sent or logged.
+      expect(secrets.commandCalls(GetSecretValueCommand)).toHaveLength(0);
+      const sent = JSON.stringify([input, putEvents(), logged]);
+      expect(sent).not.toContain(TARGET_PASSWORD);
+      expect(sent).not.toContain('restorer');
+      expect(putEvents()[0]!.detail).toMatchObject({
+        command: command.join(' '),
+        details: { target: { host: 'restore-db.internal', port: 6543, database: 'restores' } },
+      });
+    },
+  );
+
+  it('defaults the port to 5432 and the database to postgres, and without a secret uses the restore credentials', async () => {
+    // Act
+    await restore({ type: 'full', cluster: 'main', database: 'app', target: { host: '10.0.3.17' } });
+
+    // Assess: no PGVAULT_PG_SECRET_ARN, so the task keeps the restore task definition's PGUSER/PGPASSWORD.
+    const environment =
+      ecs.commandCalls(RunTaskCommand)[0]!.args[0].input.overrides?.containerOverrides?.[0]?.environment;
+    expect(environment).toEqual([
+      { name: 'CLUSTER_NAME', value: 'main' },
+      { name: 'PGHOST', value: '10.0.3.17' },
+      { name: 'PGPORT', value: '5432' },
+      { name: 'PGDATABASE', value: 'postgres' },
+      { name: 'DEPLOYMENT_MODE', value: 'single-node' },
+    ]);
+  });
+
+  it("blanks a Patroni cluster's PATRONI_URL: the target is a plain server", async () => {
+    // Act
+    await restore({ type: 'full', cluster: 'crm', target: { host: 'fd00::17', port: 5433 } });
+
+    // Assess
+    const input = ecs.commandCalls(RunTaskCommand)[0]!.args[0].input;
+    expect(input.taskDefinition).toBe(CRM_RESTORE_DEF);
+    expect(input.overrides?.containerOverrides?.[0]?.environment).toEqual([
+      { name: 'CLUSTER_NAME', value: 'crm' },
+      { name: 'PGHOST', value: 'fd00::17' },
+      { name: 'PGPORT', value: '5433' },
+      { name: 'PGDATABASE', value: 'postgres' },
+      { name: 'DEPLOYMENT_MODE', value: 'single-node' },
+      { name: 'PATRONI_URL', value: '' },
+    ]);
+  });
+
+  const full = (target: unknown) => ({ type: 'full', cluster: 'main', database: 'app', target });
+  it.each([
+    [full({ host: 'db_internal' }), '"target.host": not a host name or IP address'],
+    [full({ host: '-oProxyCommand' }), '"target.host": not a host name or IP address'],
+    [full({ host: 'a..b' }), '"target.host": not a host name or IP address'],
+    [full({ host: '999.1.1.1' }), '"target.host": not a host name or IP address'],
+    [full({ host: 'db.internal/other' }), '"target.host": not a host name or IP address'],
+    [full({ host: `${'a'.repeat(64)}.internal` }), '"target.host": not a host name or IP address'],
+    [full({ port: 5432 }), 'invalid payload: "target.host" is required'],
+    [full({ host: 'db', port: 0 }), '"target.port": use a port number, 1 to 65535'],
+    [full({ host: 'db', port: 65536 }), '"target.port": use a port number, 1 to 65535'],
+    [full({ host: 'db', port: 5432.5 }), '"target.port": use a port number, 1 to 65535'],
+    [full({ host: 'db', port: '5432' }), '"target.port": use a port number, 1 to 65535'],
+    [full({ host: 'db', database: '-d' }), '"target.database": must not start with "-"'],
+    [
+      full({ host: 'db', credentialsSecretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:db' }),
+      '"target.credentialsSecretArn": use the complete ARN of a Secrets Manager secret',
+    ],
+    [
+      full({ host: 'db', credentialsSecretArn: 'restore-db' }),
+      '"target.credentialsSecretArn": use the complete ARN of a Secrets Manager secret',
+    ],
+    [
+      full({ host: 'db', password: 'hunter2hunter2' }),
+      '"target.password": credentials never go in the payload; store them in a Secrets Manager secret',
+    ],
+    [full({ host: 'db', username: 'admin' }), '"target.username": credentials never go in the payload'],
+    [full({ host: 'db', sslmode: 'disable' }), 'invalid payload: unknown field "sslmode" in "target"'],
+    [full('db.internal'), '"target": Invalid input: expected object'],
+    [{ type: 'test', cluster: 'main', target: { host: 'db' } }, 'invalid payload: unknown field "target"'],
+    [
+      full({ host: 'db', credentialsSecretArn: UNLISTED_SECRET }),
+      `invalid payload: "target.credentialsSecretArn": ${UNLISTED_SECRET} is not a restore target secret of cluster main (it has 2); add it to the cluster's restoreTargets in the deployment config and deploy, or name one of those`,
+    ],
+    [
+      { type: 'full', cluster: 'crm', target: { host: 'db', credentialsSecretArn: TARGET_SECRET } },
+      `"target.credentialsSecretArn": ${TARGET_SECRET} is not a restore target secret of cluster crm (it has none)`,
+    ],
+  ])('refuses %j with one line naming the field, and starts nothing', async (payload, message) => {
+    // Act
+    const err = (await restore(payload).catch((e: Error) => e)) as Error;
+
+    // Assess
+    expect(err.name).toBe('InvalidPayloadError');
+    expect(err.message).toContain(message);
+    expect(err.message.split('\n')).toHaveLength(1);
+    expect(err.message).not.toContain('hunter2hunter2');
     expect(ecs.commandCalls(RunTaskCommand)).toHaveLength(0);
     expect(events.commandCalls(PutEventsCommand)).toHaveLength(0);
   });

@@ -21,6 +21,8 @@ import type { AddressInfo, Socket } from 'node:net';
  *
  * Faults (`action.kind`):
  * - `status`: answers 500 or 503 with an S3-style XML error, without forwarding.
+ * - `s3-error`: answers the given status with S3's error XML (Code, Message), without forwarding: the
+ *   answers s3rver never gives (403 AccessDenied for an object under Object Lock, say).
  * - `reset-request`: reads `afterBytes` bytes of the request body, then resets the connection (the
  *   server never sees the request: an upload cut off in the middle).
  * - `stall`: reads the body, forwards nothing and never answers (the client's timeouts must cut it).
@@ -36,6 +38,7 @@ import type { AddressInfo, Socket } from 'node:net';
 
 export type FaultAction =
   | { readonly kind: 'status'; readonly status: 500 | 503 }
+  | { readonly kind: 's3-error'; readonly status: number; readonly code: string; readonly message: string }
   | { readonly kind: 'reset-request'; readonly afterBytes: number }
   | { readonly kind: 'stall' }
   | {
@@ -172,6 +175,17 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
           res.writeHead(action.status, { 'content-type': 'application/xml', connection: 'close' });
           res.end(
             `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the fault proxy</Message></Error>`,
+          );
+          fired(active);
+        });
+        return;
+      }
+      case 's3-error': {
+        req.resume();
+        req.on('end', () => {
+          res.writeHead(action.status, { 'content-type': 'application/xml' });
+          res.end(
+            `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${action.code}</Code><Message>${action.message}</Message><RequestId>FAULTPROXY</RequestId><HostId>fault-proxy</HostId></Error>`,
           );
           fired(active);
         });

@@ -65,6 +65,33 @@ describe('cdk-nag AwsSolutions', () => {
     expect(() => app.synth()).not.toThrow();
   }, 120_000);
 
+  it('also holds with every compromised-account option on (replication, break-glass key, passphrase copy)', () => {
+    const base = testConfig();
+    const { app } = buildStack(
+      testConfig({
+        bucket: {
+          ...base.bucket,
+          objectLock: { mode: 'compliance', days: 7, retain: 'gfs' },
+          breakGlassRoleArn: 'arn:aws:iam::123456789012:role/pgvault-break-glass',
+          protectKeyPolicy: true,
+          replication: {
+            destinationBucketArn: 'arn:aws:s3:::pgvault-copy',
+            destinationAccount: '210987654321',
+            replicaKmsKeyArn:
+              'arn:aws:kms:eu-central-1:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab',
+            replicationTimeControl: true,
+          },
+          passphraseCopy: {
+            replicaRegions: [{ region: 'eu-central-1' }],
+            readerRoleArn: 'arn:aws:iam::210987654321:role/pgvault-restore',
+          },
+        },
+      }),
+    );
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+    expect(() => app.synth()).not.toThrow();
+  }, 120_000);
+
   it('holds in every stack of an environment-agnostic deployment (`cdk synth` without credentials), several fleet stacks', () => {
     // As infra/app.ts builds it with no account or region: ARNs and acknowledgements then carry
     // AWS::Region / AWS::AccountId, and the fleet stacks import the shared values.

@@ -9,7 +9,7 @@ import { type CfnJson, resourcesOf, synthTemplate, testConfig } from './synth';
 // its own key (credentialsKmsKeyArn). ECS fetches container `secrets` with the execution role and
 // Secrets Manager decrypts them on its behalf: without kms:Decrypt on the key (via Secrets Manager)
 // no task starts (ResourceInitializationError). The Lambdas read the passphrase at run time with their
-// own roles (functions/env.ts); task code never calls Secrets Manager, so task roles need no grant.
+// own roles (functions/env.ts); task code reads no secret but a restore target's (restore-credentials.test.ts).
 
 const CREDENTIALS_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab';
 
@@ -117,8 +117,10 @@ describe('secrets encrypted with customer-managed keys can be read (config with 
         CREDENTIALS_KEY,
         viaSecretsManager('secretsmanager.eu-west-1.amazonaws.com'),
       );
-      expect(allowed, `${what} execution role of ${cluster}`).toBe(cluster === 'main');
-      if (cluster !== 'main') expect(JSON.stringify(statements)).not.toContain(CREDENTIALS_KEY);
+      // Restores sign in with their own secret (restoreCredentialsSecretArn), not the backup's.
+      const readsIt = cluster === 'main' && what !== 'restore';
+      expect(allowed, `${what} execution role of ${cluster}`).toBe(readsIt);
+      if (!readsIt) expect(JSON.stringify(statements)).not.toContain(CREDENTIALS_KEY);
     }
   });
 
@@ -186,7 +188,7 @@ describe('secrets encrypted with customer-managed keys can be read (environment-
         `${what} ${cluster}`,
       ).toBe(true);
       // The credentials secret's region is in its ARN (a key decrypts only secrets of its own region).
-      if (cluster === 'main')
+      if (cluster === 'main' && what !== 'restore')
         expect(
           allowsDecrypt(
             statements,

@@ -24,8 +24,8 @@ import { temporaryDatabasesLeft } from './verify-fixture';
  *
  *   batch 0 · full backup · base backup · batch 1 · batch 2 · archived
  *
- * The logical drill restores the full backup (batch 0); the PITR drill recovers between batches 1
- * and 2 in a sandbox. Every run, passed or failed, leaves one record under drills/.
+ * The logical drill restores the full backup (batch 0) in a sandbox server; the PITR drill recovers
+ * between batches 1 and 2 in a recovery sandbox. Every run, passed or failed, leaves one record under drills/.
  */
 let a: ArchivingCluster;
 let full: ManifestBody;
@@ -60,6 +60,7 @@ describe('pgvault drill', () => {
     // Assess
     expect(r.kind).toBe('drill');
     expect(r.backupId).toBe(full.id);
+    expect(r.restoredOn.kind).toBe('sandbox');
     expect(r.databases.map((d) => [d.database, d.tables, d.rows])).toEqual([['app', 1, 50]]);
     expect(r.rtoMs).toBeGreaterThan(0);
     expect(r.rtoMs).toBeLessThanOrEqual(Date.now() - before);
@@ -89,6 +90,7 @@ describe('pgvault drill', () => {
     // Assess
     expect(r.kind).toBe('pitr');
     expect(r.backupId).toBe(base.id);
+    expect(r.restoredOn.kind).toBe('sandbox');
     expect(r.choice).toMatch(/newest base backup that ended before the target/);
     // Batches 0 and 1 only: recovery stopped at the target.
     expect(r.databases.find((d) => d.database === 'app')).toMatchObject({ tables: 1, rows: 100 });

@@ -1,20 +1,13 @@
 import { spawn } from 'node:child_process';
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TempCluster } from '../../core/pg/cluster';
 import { createSampleData, startCluster } from '../helpers/pg';
-import {
-  isAllowed,
-  type PolicyProxy,
-  roleS3Statements,
-  type S3Statement,
-  startPolicyProxy,
-} from '../helpers/s3-policy';
+import { isAllowed, type PolicyProxy, startPolicyProxy } from '../helpers/s3-policy';
 import { startS3Server } from '../helpers/s3-server';
+import { type TaskRole, taskRole } from '../helpers/task-role';
 import { tempDir } from '../helpers/vault';
-import { type CfnJson, synthTemplate, testConfig } from '../infra/synth';
 
 /**
  * Issue 12: commands run under the IAM role the synthesized template gives their task, against
@@ -27,38 +20,6 @@ let cluster: TempCluster;
 let s3: Awaited<ReturnType<typeof startS3Server>>;
 let work: Awaited<ReturnType<typeof tempDir>>;
 let n = 0;
-
-interface TaskRole {
-  readonly statements: S3Statement[];
-  /** The task's environment as the template sets it (CLOUD_PREFIX, CLUSTER_NAME, ...). */
-  readonly env: Record<string, string>;
-}
-
-/** The S3 statements and environment of a cluster's backup or restore task, found by family. */
-function taskRole(kind: 'backup' | 'restore' | 'wal-receive', clusterName: string, bucket: string): TaskRole {
-  const config = testConfig();
-  const synth = synthTemplate(config);
-  const templates: Template[] = [synth.template, ...synth.fleets.map((f) => f.template)];
-  for (const template of templates) {
-    for (const def of Object.values(template.findResources('AWS::ECS::TaskDefinition')) as CfnJson[]) {
-      const family = def.Properties.Family;
-      const container = def.Properties.ContainerDefinitions[0];
-      const isWanted =
-        kind === 'wal-receive'
-          ? container.Command?.join(' ') === 'wal receive' &&
-            container.Environment?.some((e: CfnJson) => e.Name === 'CLUSTER_NAME' && e.Value === clusterName)
-          : typeof family === 'string' && family.endsWith(`-${kind}-${clusterName}`);
-      if (!isWanted) continue;
-      const roleId = def.Properties.TaskRoleArn['Fn::GetAtt'][0] as string;
-      const env: Record<string, string> = {};
-      for (const e of def.Properties.ContainerDefinitions[0].Environment ?? []) {
-        if (typeof e.Value === 'string') env[e.Name] = e.Value;
-      }
-      return { statements: roleS3Statements(template, roleId, bucket), env };
-    }
-  }
-  throw new Error(`no ${kind} task for cluster ${clusterName} in the synthesized templates`);
-}
 
 beforeAll(async () => {
   [cluster, s3, work] = await Promise.all([startCluster(), startS3Server(), tempDir()]);

@@ -13,7 +13,8 @@ import { type ArchivingCluster, PGVAULT_BIN, startArchivingCluster } from './pit
 import { temporaryDatabasesLeft } from './verify-fixture';
 
 /**
- * `verify restore` (a full backup into temporary databases, a base backup in a sandbox server) and
+ * `verify restore` (a full backup into temporary databases of a sandbox server by default, a base
+ * backup in a recovery sandbox; test/integration/restore-sandbox.test.ts covers the choice) and
  * `verify indexes` (an index backup rebuilt on the schema of the newest full backup), on one real
  * cluster holding the sample database. Unencrypted, so a test can edit a manifest's row counts.
  */
@@ -43,7 +44,7 @@ const cli = (args: string[]) =>
   });
 
 describe('verify restore', () => {
-  it('restores a full backup into a temporary database, validates the row counts, drops it and records the RTO', async () => {
+  it('restores a full backup into a temporary database of a sandbox server, validates the row counts, removes it and records the RTO', async () => {
     // Act
     const r = await verifyRestore(a.vault(), 'latest');
 
@@ -58,6 +59,7 @@ describe('verify restore', () => {
       mismatches: [],
     });
     expect(r.databases[0]!.restoredAs).toMatch(/^pgvault_test_/);
+    expect(r.restoredOn.kind).toBe('sandbox');
     expect(await temporaryDatabasesLeft(a.cluster)).toEqual([]);
     const [record] = await listDrillRecords(a.vault());
     expect(record).toMatchObject({
@@ -77,12 +79,13 @@ describe('verify restore', () => {
     expect(r.recovered?.lsn).toBeDefined();
     const shop = r.databases.find((d) => d.database === 'shop');
     expect(shop).toMatchObject({ restoredAs: 'sandbox', rows: SAMPLE_ROWS, invalidIndexes: [] });
+    expect(r.restoredOn.kind).toBe('sandbox');
     expect(r.restoredTo).toBe(base.physical?.stopTime);
     const [record] = await listDrillRecords(a.vault());
     expect(record).toMatchObject({ kind: 'verify-restore', ok: true, backupId: base.id });
   });
 
-  it('fails on a row count that differs from the manifest, and records the failure', async () => {
+  it('fails on a row count that differs from the manifest, and records the failure (on the configured server too)', async () => {
     // Prepare: an older full backup whose manifest claims one more customer.
     const tampered = await backupFull(a.vault(), {
       schedule: 'manual',
@@ -98,10 +101,13 @@ describe('verify restore', () => {
 
     // Act
     const attempt = verifyRestore(a.vault(), tampered.id);
+    const onServer = verifyRestore(a.vault(), tampered.id, { target: 'server' }).catch((e: unknown) => e);
 
     // Assess
     await expect(attempt).rejects.toThrow(ValidationError);
     await expect(attempt).rejects.toThrow(/public\.customers: expected 501, found 500/);
+    expect(await onServer).toBeInstanceOf(ValidationError);
+    expect(String(await onServer)).toMatch(/public\.customers: expected 501, found 500/);
     const [record] = await listDrillRecords(a.vault());
     expect(record).toMatchObject({ kind: 'verify-restore', ok: false, backupId: tampered.id });
     expect(record?.error).toMatch(/public\.customers: expected 501, found 500/);
