@@ -271,7 +271,7 @@ describe.skipIf(unavailable !== undefined)('the Fargate image, built with builda
   }
 
   it(
-    'runs `pgvault backup full daily` in the built image: the backup is in S3 and verifies',
+    'runs `pgvault backup full daily` in the built image: the backup is in S3, verifies and restores in the image',
     async () => {
       // Prepare: the image is what the build arguments asked for.
       const probe = await inImage(['--version']);
@@ -334,6 +334,15 @@ describe.skipIf(unavailable !== undefined)('the Fargate image, built with builda
         work.path,
       );
       expect(verify.code, `${verify.stdout}\n${verify.stderr}`).toBe(0);
+
+      // The daily deep verification, in the image: restores into a scratch server the task starts itself
+      // from the image's server packages, as its `node` user, and validates the row counts.
+      const deep = await inImage(['verify', 'restore', 'latest']);
+      expect(deep.code, `${deep.stdout}\n${deep.stderr}`).toBe(0);
+      const databases = await cluster.query<{ datname: string }>(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'pgvault_test%'",
+      );
+      expect(databases).toEqual([]);
     },
     10 * 60_000,
   );
