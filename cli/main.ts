@@ -244,7 +244,11 @@ verify
 verify
   .command('indexes <backup>')
   .description(
-    "rebuild an index backup on the newest full backup's schema in a temporary database; every index valid",
+    "rebuild an index backup on the newest full backup's schema in a temporary database of a sandbox server; every index valid",
+  )
+  .option(
+    '--on-server',
+    'use temporary databases on the configured server instead of a sandbox server (needs CREATEDB)',
   )
   .action(run(verifyCmds, 'verifyIndexesCommand'));
 

@@ -159,7 +159,8 @@ export interface Config {
   /** Directory holding pg_dump, pg_restore, ...; found automatically when absent. */
   readonly pgBinDir?: string;
   /**
-   * RESTORE_TEST_TARGET: where `restore test`, `verify restore` and `drill` restore a full backup.
+   * RESTORE_TEST_TARGET: where `restore test`, `verify restore` and `drill` restore a full backup
+   * (`verify indexes` too, for the schema it rebuilds indexes on).
    * 'sandbox' (default): a throwaway server this process starts (core/restore/scratch.ts); 'server':
    * temporary databases on the configured server (needs CREATEDB; costs its disk, I/O and WAL).
    */

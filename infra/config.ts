@@ -156,12 +156,46 @@ export const deployConfigSchema = z
         .array(z.string().regex(/^subnet-[0-9a-f]{8,17}$/, 'a subnet id such as subnet-0123456789abcdef0'))
         .min(1)
         .max(16),
+      /**
+       * Your own security groups for the tasks, used as they are (the stack cannot manage their rules; synth
+       * warns). Default: the stack creates the task security group with only the egress the tasks need
+       * (infra/constructs/network.ts).
+       */
       securityGroupIds: z
         .array(z.string().regex(/^sg-[0-9a-f]{8,17}$/, 'a security group id such as sg-0123456789abcdef0'))
         .min(1)
-        .max(5),
+        .max(5)
+        .optional(),
       /** Public IP for tasks in public subnets without NAT (they must reach S3, ECR, Secrets Manager). @default false */
       assignPublicIp: z.boolean().default(false),
+      /**
+       * VPC endpoints for what the tasks reach: `create` (S3 gateway plus interface endpoints for ECR api and
+       * dkr, CloudWatch Logs, Secrets Manager, SNS and EventBridge), `s3` (the gateway only: free, and it
+       * carries every dump and WAL byte), `check` (look them up at synth and warn about the missing ones),
+       * `none`. @default 'check'
+       */
+      endpoints: z.enum(['create', 's3', 'check', 'none']).default('check'),
+      /** Route tables of subnetIds: the S3 gateway endpoint's routes go there (required for `create` and `s3`). */
+      routeTableIds: z
+        .array(z.string().regex(/^rtb-[0-9a-f]{8,17}$/, 'a route table id such as rtb-0123456789abcdef0'))
+        .min(1)
+        .max(16)
+        .optional(),
+      /** Where the databases are (their ports and Patroni's REST port): the task security group's egress. */
+      databaseCidrs: z
+        .array(z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, 'an IPv4 CIDR such as 10.0.0.0/16'))
+        .max(20)
+        .default([]),
+      /**
+       * More ports the tasks may open to the databases besides each cluster's port and its Patroni REST port
+       * (a restore target on another port, Citus workers on theirs).
+       */
+      databasePorts: z.array(z.number().int().min(1).max(65535)).max(10).default([]),
+      /** Or the databases' security groups (they must accept the task security group on their port). */
+      databaseSecurityGroupIds: z
+        .array(z.string().regex(/^sg-[0-9a-f]{8,17}$/, 'a security group id such as sg-0123456789abcdef0'))
+        .max(5)
+        .default([]),
     }),
     /** IANA time zone of every schedule. @default 'UTC' */
     timeZone: z.string().refine(isTimeZone, 'an IANA time zone such as Europe/Berlin').default('UTC'),
@@ -172,6 +206,12 @@ export const deployConfigSchema = z
         ) as { [K in ScheduleName]: z.ZodDefault<z.ZodNullable<typeof cronField>> },
       )
       .prefault({}),
+    /**
+     * Scheduler's flexible time window: each run starts at a random moment within this many minutes after
+     * its scheduled time, so a fleet's schedules do not all fire in the same minute (500 clusters: 500
+     * RunTasks at 02:00). 0: exactly on time (window OFF). @default 15
+     */
+    scheduleWindowMinutes: z.number().int().min(0).max(1440).default(15),
     /** EventBridge Scheduler retries before a run goes to the dead-letter queue. */
     scheduleRetry: z
       .strictObject({
@@ -356,6 +396,13 @@ export const deployConfigSchema = z
         });
       seen.add(key);
     });
+    if ((c.network.endpoints === 'create' || c.network.endpoints === 's3') && !c.network.routeTableIds) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['network', 'routeTableIds'],
+        message: `required when network.endpoints is ${c.network.endpoints}: the route tables of subnetIds, which the S3 gateway endpoint adds its routes to`,
+      });
+    }
     const lock = c.bucket.objectLock;
     const shortest = Math.min(
       c.retention.days || Number.POSITIVE_INFINITY,

@@ -36,6 +36,13 @@ export const METRICS = {
    * verify command (the deep `verify restore latest` task, scheduled `verify all`).
    */
   verificationFailed: { name: 'VerificationFailed', unit: 'Count' },
+  /**
+   * 1 per successful backup command (backup task; also with dimension BackupType: full, base, config,
+   * indexes): the full backups' heartbeat. A metric filter of its own (with BackupType) turns it into a metric.
+   */
+  backupSucceeded: { name: 'BackupSucceeded', unit: 'Count' },
+  /** 1 per stored report (report function, EMF read by Lambda): the report heartbeat. */
+  reportSucceeded: { name: 'ReportSucceeded', unit: 'Count' },
   /** Bytes the cluster's folder holds in the vault, and that as a share of STORAGE_QUOTA_GB (report). */
   storageUsedBytes: { name: 'StorageUsedBytes', unit: 'Bytes' },
   storageUsedPercent: { name: 'StorageUsedPercent', unit: 'Percent' },
@@ -64,3 +71,6 @@ export const FAILURE_ALARMS: readonly { readonly key: MetricKey; readonly what: 
   { key: 'restoreFailed', what: 'restore failed' },
   { key: 'verificationFailed', what: 'verification failed' },
 ];
+
+/** The second dimension of BackupSucceeded (core/events.ts: the backup type, `full` for pg_dump backups). */
+export const BACKUP_TYPE_DIMENSION = 'BackupType';

@@ -11,10 +11,18 @@ import {
 } from './config';
 import { Alerts } from './constructs/alerts';
 import { CLUSTERS_FILE, FUNCTION_NAMES, type FunctionCluster, Functions } from './constructs/functions';
-import { ClusterMonitoring, Monitoring } from './constructs/monitoring';
-import { ClusterSchedules, Schedules } from './constructs/schedules';
-import { BackupTasks, ClusterTasks, CONTAINER_NAME, taskFamily } from './constructs/tasks';
+import { ClusterMonitoring, type Heartbeat, Monitoring } from './constructs/monitoring';
+import { Network } from './constructs/network';
+import { ClusterSchedules, heartbeatHours, Schedules } from './constructs/schedules';
+import {
+  BackupTasks,
+  ClusterTasks,
+  CONTAINER_NAME,
+  type NetworkConfig,
+  taskFamily,
+} from './constructs/tasks';
 import { LIFECYCLE_TAGS_SETTING, VaultBucket } from './constructs/vault-bucket';
+import { BACKUP_TYPE_DIMENSION } from './metrics';
 
 export interface PgvaultStackProps extends StackProps {
   readonly config: DeployConfig;
@@ -40,10 +48,10 @@ const CROSS_STACK_REFERENCES = '@aws-cdk/core:defaultCrossStackReferences';
 const STACK_RESOURCE_LIMIT_CONTEXT = '@aws-cdk/core:stackResourceLimit';
 
 /**
- * Clusters per fleet stack. A cluster brings at most 36 resources (two task definitions with their task
- * and execution roles and policies, nine schedules, nine alarms, and with `walReceive` a receiver task
- * definition, its roles and policies, service, access point and alarm); 12 of them are 432, under 450
- * with the stack's dashboard and metadata: a margin under CloudFormation's 500. A constant, not derived
+ * Clusters per fleet stack. A cluster brings at most 38 resources (two task definitions with their task
+ * and execution roles and policies, nine schedules, eleven alarms with the two heartbeats, and with
+ * `walReceive` a receiver task definition, its roles and policies, service, access point and alarm); 12 of
+ * them are 456, 457 with the stack's dashboard and metadata: a margin under CloudFormation's 500. A constant, not derived
  * from the config, so switching an option never moves a cluster to another stack (its names, alarm
  * and schedule names among them, would then be created in one stack before the other deleted them).
  */
@@ -81,6 +89,10 @@ export class PgvaultStack extends Stack {
   public readonly functions: Functions;
   public readonly schedules: Schedules;
   public readonly monitoring: Monitoring;
+  /** VPC, task security group, VPC endpoints. */
+  public readonly network: Network;
+  /** The task network: the configured ids, with the task security groups' ids (made or given). */
+  public readonly taskNetwork: NetworkConfig;
   /** Settings the tasks and the functions share (core/config.ts keys). */
   public readonly sharedEnvironment: Readonly<Record<string, string>>;
 
@@ -146,9 +158,15 @@ export class PgvaultStack extends Stack {
       EVENT_BUS_NAME: this.alerts.eventBus.eventBusName,
     };
 
+    this.network = new Network(this, 'Network', { network: c.network, clusters: c.clusters });
+    this.taskNetwork = {
+      ...c.network,
+      securityGroupIds: this.network.taskSecurityGroups.map((sg) => sg.securityGroupId),
+    };
     this.tasks = new BackupTasks(this, 'Tasks', {
       needsWalFileSystem: c.clusters.some((cl) => receivesWal(c, cl)),
-      network: c.network,
+      network: this.taskNetwork,
+      securityGroups: this.network.taskSecurityGroups,
       architecture: c.taskArchitecture,
       postgresServerVersions: c.postgresServerVersions,
       postgresClientVersion: postgresClientVersion(c),
@@ -187,7 +205,7 @@ export class PgvaultStack extends Stack {
       RESTORE_TASK_DEFINITION_ARN: taskFamily(deployment, 'restore', first),
       TASK_CONTAINER_NAME: CONTAINER_NAME,
       SUBNET_IDS: c.network.subnetIds.join(','),
-      SECURITY_GROUP_IDS: c.network.securityGroupIds.join(','),
+      SECURITY_GROUP_IDS: this.taskNetwork.securityGroupIds.join(','),
       ASSIGN_PUBLIC_IP: String(c.network.assignPublicIp),
       PGVAULT_CLUSTERS_FILE: CLUSTERS_FILE,
     };
@@ -222,6 +240,7 @@ export class PgvaultStack extends Stack {
       taskLogGroup: this.tasks.logGroup,
       functions: this.functions.functions,
       deadLetterQueue: this.schedules.deadLetterQueue,
+      failedRuns: this.functions.failedRuns,
       dashboardName: `${this.stackName}-pgvault`,
     });
 
@@ -275,7 +294,7 @@ export class FleetStack extends Stack {
       eventBus: shared.alerts.eventBus,
       clusters: props.clusters,
       walReceivers,
-      network: c.network,
+      network: shared.taskNetwork,
       // Fargate's scratch space (ephemeralStorageGiB) is the root file system: TMPDIR and BACKUP_DIR live there.
       sharedEnvironment: { ...shared.sharedEnvironment, BACKUP_DIR: '/var/lib/pgvault', TMPDIR: '/tmp' },
       task: c.task,
@@ -293,6 +312,7 @@ export class FleetStack extends Stack {
       physicalBackups: c.physicalBackups,
       retryAttempts: c.scheduleRetry.attempts,
       maxEventAge: Duration.minutes(c.scheduleRetry.maxEventAgeMinutes),
+      windowMinutes: c.scheduleWindowMinutes,
     });
 
     const receivers = new Map<string, ecs.FargateService>();
@@ -303,10 +323,35 @@ export class FleetStack extends Stack {
       walReceivers: receivers,
       thresholds: c.alerts,
       storageQuotaGb: c.storageQuotaGb,
+      heartbeats: heartbeats(c),
       dashboardName: `${this.stackName}-pgvault`,
     });
     checkResourceCount(this);
   }
+}
+
+/**
+ * The per-cluster heartbeats: a successful full backup within the most frequent full schedule's
+ * interval (plus its window and 2 h), and a stored report within the report's. A job that is off, or
+ * whose schedule is irregular or sparser than CloudWatch's 7-day evaluation, gets none.
+ */
+export function heartbeats(c: DeployConfig): Heartbeat[] {
+  const list: Heartbeat[] = [];
+  const full = [c.schedules.fullDaily, c.schedules.fullWeekly, c.schedules.fullMonthly]
+    .map((e) => heartbeatHours(e, c.scheduleWindowMinutes))
+    .filter((h): h is number => h !== undefined);
+  if (full.length > 0)
+    list.push({
+      id: 'BackupHeartbeat',
+      what: 'successful full backup',
+      key: 'backupSucceeded',
+      dimensions: { [BACKUP_TYPE_DIMENSION]: 'full' },
+      hours: Math.min(...full),
+    });
+  const report = heartbeatHours(c.schedules.report, c.scheduleWindowMinutes);
+  if (report !== undefined)
+    list.push({ id: 'ReportHeartbeat', what: 'report', key: 'reportSucceeded', hours: report });
+  return list;
 }
 
 /** A deployment: the shared stack and its fleet stacks. */

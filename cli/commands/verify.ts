@@ -93,13 +93,16 @@ export async function verifyRestoreCommand(
   return r;
 }
 
-export async function verifyIndexesCommand(backup: string, opts: GlobalOptions) {
+export async function verifyIndexesCommand(backup: string, opts: GlobalOptions & { onServer?: boolean }) {
   const { verifyIndexes } =
     require('../../core/verify/indexes') as typeof import('../../core/verify/indexes');
-  const r = await verifyIndexes(vaultFor(opts), backup);
+  const r = await verifyIndexes(vaultFor(opts), backup, {
+    ...(opts.onServer ? { target: 'server' as const } : {}),
+  });
   emit(opts, r, () =>
     [
       `index backup ${r.backupId}: ${r.ok ? 'every index rebuilt and valid' : 'FAILED'} (${formatDuration(r.durationMs)})`,
+      ...(r.restoredOn ? [`  checked in ${r.restoredOn.description}`] : []),
       ...r.databases.flatMap((d) => [
         d.error
           ? `  ${d.database}: not checked: ${d.error}`

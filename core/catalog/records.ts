@@ -35,7 +35,27 @@ export interface DrillRecord {
   readonly restoredTo?: string;
   readonly tables?: number;
   readonly rows?: number;
+  /**
+   * Where the backup was restored: a sandbox server pgvault started (with its server_version, once
+   * it ran), or the configured server (host:port). Absent in records written before pgvault kept it.
+   */
+  readonly restoredOn?: DrillPlace;
   readonly host: string;
+}
+
+export interface DrillPlace {
+  readonly kind: 'sandbox' | 'server';
+  /** The sandbox's server_version, e.g. "15.10 (Debian 15.10-0+deb12u1)". */
+  readonly serverVersion?: string;
+  /** The configured server, host:port. */
+  readonly server?: string;
+}
+
+/** "sandbox (PostgreSQL 15.10)", "server db1:5432", "-" for an older record: a report's cell. */
+export function describeDrillPlace(place: DrillPlace | undefined): string {
+  if (place === undefined) return '-';
+  if (place.kind === 'server') return `server${place.server ? ` ${place.server}` : ''}`;
+  return `sandbox${place.serverVersion ? ` (PostgreSQL ${place.serverVersion.split(' ')[0]})` : ''}`;
 }
 
 export const DRILLS_FOLDER = 'drills';

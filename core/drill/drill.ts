@@ -7,6 +7,7 @@ import {
   targetTimeLine,
   targetTimeOf,
 } from '../restore/pitr';
+import { drillPlace } from '../restore/scratch';
 import type { RestoredOn, RestoreTestTarget } from '../restore/test';
 import type { Vault } from '../vault';
 import { oneLine, type RestoredDatabase, recoverInSandbox, restoreAndValidate } from '../verify/restore';
@@ -70,6 +71,10 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
     );
   }
   const kind = options.pitr ? 'pitr' : 'drill';
+  // Where it restores, known before anything runs, so a failed drill's record says it too.
+  const where: RestoreTestTarget = options.pitr
+    ? 'sandbox'
+    : (options.target ?? vault.config.restoreTestTarget);
   const started = Date.now();
   const startedAt = new Date(started).toISOString();
   let backupId = 'none';
@@ -87,7 +92,7 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
       backupId = plan.manifest.id;
       for (const w of plan.warnings) vault.reporter.warn(w);
       vault.reporter.info(`drill: recovering ${plan.choice} to ${target.text} in a sandbox`);
-      const { databases } = await recoverInSandbox(
+      const { databases, restoredOn } = await recoverInSandbox(
         vault,
         plan.reach.entry,
         plan.object,
@@ -104,13 +109,13 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
         ...(plan.reach.endTime ? { rpoMs: Math.max(0, started - plan.reach.endTime.getTime()) } : {}),
         choice: plan.choice,
         warnings: plan.warnings,
-        restoredOn: { kind: 'sandbox', description: 'a recovery sandbox server' },
+        restoredOn,
       };
     } else {
       const entry = await vault.catalog.resolve('latest', 'full');
       backupId = entry.manifest.id;
       vault.reporter.info(`drill: restoring ${backupId}, the newest full backup`);
-      const check = await restoreAndValidate(vault, backupId, entry, { target: options.target });
+      const check = await restoreAndValidate(vault, backupId, entry, { target: where });
       outcome = {
         databases: check.databases,
         tables: check.tables,
@@ -129,6 +134,7 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
       finishedAt: new Date().toISOString(),
       ok: false,
       error: oneLine(err),
+      restoredOn: drillPlace(vault.config, where),
     });
     throw err;
   }
@@ -142,6 +148,7 @@ export async function runDrill(vault: Vault, options: DrillOptions = {}): Promis
     ok: true,
     rtoMs,
     ...measured,
+    restoredOn: drillPlace(vault.config, restoredOn.kind, restoredOn),
   });
   return {
     kind,

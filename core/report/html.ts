@@ -1,5 +1,6 @@
 import { formatBytes, formatDays, formatMinutes, sinceText, utc } from '../alert/format';
 import type { Alert } from '../alert/types';
+import { describeDrillPlace } from '../catalog/records';
 import type { ReportData } from './model';
 import { barChart, COLORS, esc, gauge, lineChart } from './svg';
 
@@ -162,9 +163,9 @@ function drillsSection(d: ReportData): string {
   }
   const rows = d.drills.map(
     (r) =>
-      `<tr><td>${esc(utc(r.startedAt))}</td><td>${esc(r.kind)}</td><td><code>${esc(r.backupId)}</code></td><td class="${r.ok ? 'pass' : 'failtext'}">${r.ok ? 'ok' : 'FAILED'}</td><td class="num">${r.rtoMinutes === undefined ? '-' : formatMinutes(r.rtoMinutes)}</td><td class="num">${r.rpoMinutes === undefined ? '-' : formatMinutes(r.rpoMinutes)}</td><td>${esc(r.error ?? '')}</td></tr>`,
+      `<tr><td>${esc(utc(r.startedAt))}</td><td>${esc(r.kind)}</td><td><code>${esc(r.backupId)}</code></td><td>${esc(describeDrillPlace(r.restoredOn))}</td><td class="${r.ok ? 'pass' : 'failtext'}">${r.ok ? 'ok' : 'FAILED'}</td><td class="num">${r.rtoMinutes === undefined ? '-' : formatMinutes(r.rtoMinutes)}</td><td class="num">${r.rpoMinutes === undefined ? '-' : formatMinutes(r.rpoMinutes)}</td><td>${esc(r.error ?? '')}</td></tr>`,
   );
-  return `${chart}<table><thead><tr><th>started</th><th>kind</th><th>backup</th><th>result</th><th class="num">RTO</th><th class="num">RPO</th><th>error</th></tr></thead><tbody>${rows.join('')}</tbody></table>`;
+  return `${chart}<table><thead><tr><th>started</th><th>kind</th><th>backup</th><th>restored on</th><th>result</th><th class="num">RTO</th><th class="num">RPO</th><th>error</th></tr></thead><tbody>${rows.join('')}</tbody></table>`;
 }
 
 function capacitySection(d: ReportData): string {

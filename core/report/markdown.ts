@@ -1,4 +1,5 @@
 import { formatBytes, formatDays, formatMinutes, sinceText, utc } from '../alert/format';
+import { describeDrillPlace } from '../catalog/records';
 import type { ReportData } from './model';
 
 /** The report as Markdown (a ticket, a wiki page, a chat message): the same sections as the HTML. */
@@ -118,11 +119,12 @@ export function renderMarkdown(d: ReportData): string {
     ...(d.drills.length === 0
       ? ['None recorded yet: run `pgvault drill`.']
       : tableOf(
-          ['started', 'kind', 'backup', 'result', 'RTO', 'RPO', 'error'],
+          ['started', 'kind', 'backup', 'restored on', 'result', 'RTO', 'RPO', 'error'],
           d.drills.map((r) => [
             utc(r.startedAt),
             r.kind,
             `\`${r.backupId}\``,
+            describeDrillPlace(r.restoredOn),
             r.ok ? 'ok' : 'FAILED',
             r.rtoMinutes === undefined ? '-' : formatMinutes(r.rtoMinutes),
             r.rpoMinutes === undefined ? '-' : formatMinutes(r.rpoMinutes),

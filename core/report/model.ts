@@ -39,6 +39,8 @@ export interface DrillRow {
   readonly rtoMinutes?: number;
   readonly rpoMinutes?: number;
   readonly error?: string;
+  /** Where it restored (DrillRecord.restoredOn), absent in older records. */
+  readonly restoredOn?: DrillRecord['restoredOn'];
 }
 
 /**
@@ -249,6 +251,7 @@ export function buildReportData(parts: {
       ...(d.rtoMs === undefined ? {} : { rtoMinutes: Math.round((d.rtoMs / 60_000) * 100) / 100 }),
       ...(d.rpoMs === undefined ? {} : { rpoMinutes: Math.round((d.rpoMs / 60_000) * 100) / 100 }),
       ...(d.error === undefined ? {} : { error: d.error }),
+      ...(d.restoredOn === undefined ? {} : { restoredOn: d.restoredOn }),
     })),
     capacity,
   };

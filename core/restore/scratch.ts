@@ -1,10 +1,11 @@
 import { accessSync, constants } from 'node:fs';
 import { dirname, join } from 'node:path';
+import type { DrillPlace } from '../catalog/records';
 import type { Config, PgConnection } from '../config';
 import { errorMessage, MissingToolError, PostgresError } from '../errors';
 import { TempCluster } from '../pg/cluster';
-import { findPgBinary, installedMajors, toolMajorVersion } from '../pg/tools';
-import type { Reporter } from '../vault';
+import { describeServer, findPgBinary, installedMajors, toolMajorVersion } from '../pg/tools';
+import type { Reporter, Vault } from '../vault';
 import { sandboxServerEnv } from './sandbox';
 
 /*
@@ -14,6 +15,18 @@ import { sandboxServerEnv } from './sandbox';
  * configured server (RESTORE_TEST_TARGET=sandbox, the default). Removed by remove(), and by
  * TempCluster's exit hook should the process end first (SIGINT and SIGTERM included).
  */
+
+/** Where restore tests, drills and `verify indexes` restore: RESTORE_TEST_TARGET, or --on-server. */
+export type RestoreTestTarget = 'sandbox' | 'server';
+
+/** Where a restore test, drill or index check restored, for the output and --json. */
+export interface RestoredOn {
+  readonly kind: RestoreTestTarget;
+  /** "a sandbox server (PostgreSQL 15.10) in /tmp/pgvault-pg-…", "the configured server db1:5432". */
+  readonly description: string;
+  /** The sandbox's server_version. */
+  readonly serverVersion?: string;
+}
 
 /** How to say "restore on the configured server instead" in a message. */
 export const ON_SERVER_HINT =
@@ -173,4 +186,45 @@ export class ScratchServer {
   async remove(): Promise<void> {
     await this.cluster.stop();
   }
+}
+
+/**
+ * Where a run that restores full-backup dumps into temporary databases does so: a ScratchServer
+ * started for it (target 'sandbox', the default), or the configured server ('server'). `config` is
+ * the configuration to restore with; remove() stops the sandbox (nothing on the server).
+ */
+export interface RestorePlace {
+  readonly restoredOn: RestoredOn;
+  readonly config: Config;
+  /** Set when restoring into a sandbox (no owners nor grants there: none of the backup's roles). */
+  readonly scratch?: ScratchServer;
+  remove(): Promise<void>;
+}
+
+/** Opens the place for `target` (default RESTORE_TEST_TARGET), for dumps from a `sourceMajor` server. */
+export async function openRestorePlace(
+  vault: Vault,
+  target: RestoreTestTarget | undefined,
+  sourceMajor: number | undefined,
+): Promise<RestorePlace> {
+  if ((target ?? vault.config.restoreTestTarget) === 'server') {
+    return {
+      restoredOn: { kind: 'server', description: `the configured server ${describeServer(vault.config.pg)}` },
+      config: vault.config,
+      remove: async () => {},
+    };
+  }
+  const scratch = await ScratchServer.start(vault.config, vault.reporter, sourceMajor);
+  return {
+    restoredOn: { kind: 'sandbox', description: scratch.describe(), serverVersion: scratch.version },
+    config: scratch.configFor(vault.config),
+    scratch,
+    remove: () => scratch.remove(),
+  };
+}
+
+/** What a drill record keeps of where it restored (DrillRecord.restoredOn): no temporary path. */
+export function drillPlace(config: Config, kind: RestoreTestTarget, restoredOn?: RestoredOn): DrillPlace {
+  if (kind === 'server') return { kind, server: describeServer(config.pg) };
+  return { kind, ...(restoredOn?.serverVersion ? { serverVersion: restoredOn.serverVersion } : {}) };
 }

@@ -6,20 +6,10 @@ import { describeServer } from '../pg/tools';
 import type { Vault } from '../vault';
 import { dropDatabase, MissingExtensionError } from './database';
 import { restoreFull } from './full';
-import { ON_SERVER_HINT } from './scratch';
+import { ON_SERVER_HINT, type RestoredOn, type RestoreTestTarget } from './scratch';
 import { assertValid, type ValidationReport } from './validate';
 
-/** Where restore tests and drills of full backups restore: RESTORE_TEST_TARGET, or --on-server. */
-export type RestoreTestTarget = 'sandbox' | 'server';
-
-/** Where a restore test restored, for the output and --json. */
-export interface RestoredOn {
-  readonly kind: RestoreTestTarget;
-  /** "a sandbox server (PostgreSQL 15.10) in /tmp/pgvault-pg-…", "the configured server db1:5432". */
-  readonly description: string;
-  /** The sandbox's server_version. */
-  readonly serverVersion?: string;
-}
+export type { RestoredOn, RestoreTestTarget };
 
 export interface RestoreTestResult {
   readonly backupId: string;

@@ -3,11 +3,19 @@ import { dirname, join } from 'node:path';
 import { text } from 'node:stream/consumers';
 import { parseIndexSql } from '../backup/indexes';
 import type { CatalogEntry } from '../catalog/catalog';
+import type { Config } from '../config';
 import { errorMessage, UsageError } from '../errors';
 import { readArchiveToc, type TocEntry } from '../pg/archive';
 import { withClient } from '../pg/tools';
 import { createDatabase, dropDatabase, runPgRestore } from '../restore/database';
 import { fetchToLocalFile, openBackup, readBackupObject } from '../restore/fetch';
+import {
+  ON_SERVER_HINT,
+  openRestorePlace,
+  type RestoredOn,
+  type RestorePlace,
+  type RestoreTestTarget,
+} from '../restore/scratch';
 import type { Vault } from '../vault';
 
 /**
@@ -15,8 +23,16 @@ import type { Vault } from '../vault';
  * it holds, the schema of the newest full backup holding that database is restored into a temporary
  * database without data and without its plain indexes (constraint indexes come with their
  * constraints), the backup's CREATE INDEX statements are run there, and every index must end up
- * valid (pg_index.indisvalid). The temporary databases are always dropped.
+ * valid (pg_index.indisvalid). The temporary databases are always dropped. They are made in a
+ * sandbox server this process starts (ScratchServer, as `restore test` does), so the configured
+ * server gets nothing, not even for a moment; on the configured server only when asked
+ * (RESTORE_TEST_TARGET=server, --on-server: PGUSER then needs CREATEDB).
  */
+
+export interface VerifyIndexesOptions {
+  /** Where the schemas are restored. @default config.restoreTestTarget (RESTORE_TEST_TARGET) */
+  readonly target?: RestoreTestTarget;
+}
 
 export interface IndexDatabaseCheck {
   readonly database: string;
@@ -36,6 +52,8 @@ export interface IndexVerification {
   readonly backupId: string;
   readonly databases: readonly IndexDatabaseCheck[];
   readonly durationMs: number;
+  /** Where the temporary databases were made; absent when no database had a schema to restore. */
+  readonly restoredOn?: RestoredOn;
 }
 
 /** Archive entries of a schema-only restore without plain indexes, nor anything that hangs off them. */
@@ -59,11 +77,14 @@ export function schemaWithoutIndexes(entries: readonly TocEntry[]): TocEntry[] {
 
 async function checkDatabase(
   vault: Vault,
+  place: RestorePlace,
   database: string,
   statements: readonly string[],
   full: CatalogEntry,
 ): Promise<IndexDatabaseCheck> {
-  const { config, reporter } = vault;
+  const { reporter } = vault;
+  // The sandbox's or the configured server; storage, keys and PG_BIN_DIR as configured.
+  const config: Config = place.config;
   const object = full.manifest.objects.find((o) => o.kind === 'database' && o.database === database)!;
   const temp = `pgvault_idx_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`;
   const copy = await fetchToLocalFile(full, object, config, reporter);
@@ -77,7 +98,9 @@ async function checkDatabase(
         .map((e) => `${e.dumpId}; ${e.desc} ${e.namespace ?? '-'} ${e.tag.replace(/\n/g, ' ')}`)
         .join('\n')}\n`,
     );
-    reporter.info(`restoring the schema of "${database}" from ${full.manifest.id} into "${temp}"`);
+    reporter.info(
+      `restoring the schema of "${database}" from ${full.manifest.id} into "${temp}" in ${place.restoredOn.description}`,
+    );
     await runPgRestore(config, {
       file: copy.path,
       database: temp,
@@ -121,14 +144,21 @@ async function checkDatabase(
       };
     });
   } finally {
+    // In the sandbox, removing the server removes it anyway.
     await dropDatabase(config, temp).catch((err: unknown) =>
-      reporter.warn(`could not drop temporary database ${temp}: ${errorMessage(err)}; drop it by hand`),
+      reporter.warn(
+        `could not drop temporary database ${temp}${place.scratch ? ' in the sandbox' : `: ${errorMessage(err)}; drop it by hand`}`,
+      ),
     );
     await copy.remove();
   }
 }
 
-export async function verifyIndexes(vault: Vault, ref: string): Promise<IndexVerification> {
+export async function verifyIndexes(
+  vault: Vault,
+  ref: string,
+  options: VerifyIndexesOptions = {},
+): Promise<IndexVerification> {
   const started = Date.now();
   const entry = await vault.catalog.resolve(ref, 'indexes');
   if (entry.manifest.type !== 'indexes') {
@@ -140,30 +170,63 @@ export async function verifyIndexes(vault: Vault, ref: string): Promise<IndexVer
   const sql = await text(await readBackupObject(vault, entry, manifest.objects[0]!));
   const fulls = await vault.catalog.list('full');
   const databases: IndexDatabaseCheck[] = [];
+  const toCheck: Array<{ database: string; statements: string[]; full: CatalogEntry }> = [];
   for (const [database, statements] of parseIndexSql(sql)) {
     if (statements.length === 0) continue;
     const full = fulls.find((e) =>
       e.manifest.objects.some((o) => o.kind === 'database' && o.database === database),
     );
-    const empty = { database, statements: statements.length, created: 0, failed: [], invalid: [] };
     if (full === undefined) {
       databases.push({
-        ...empty,
+        ...unchecked(database, statements),
         error: `no full backup holds database "${database}", so there is no schema to build its indexes on; take one with \`pgvault backup full\``,
       });
       continue;
     }
-    try {
-      await openBackup(full, vault.config);
-      databases.push(await checkDatabase(vault, database, statements, full));
-    } catch (err) {
-      databases.push({ ...empty, schemaFrom: full.manifest.id, error: errorMessage(err).split('\n')[0] });
+    toCheck.push({ database, statements, full });
+  }
+  // One place for the run: a sandbox of the newest major among the dumps (it loads the older ones too).
+  const majors = toCheck.map((c) => Math.floor(c.full.manifest.server.versionNum / 10000));
+  const place =
+    toCheck.length > 0 ? await openRestorePlace(vault, options.target, Math.max(...majors)) : undefined;
+  try {
+    for (const { database, statements, full } of toCheck) {
+      try {
+        // A wrong key or a tampered manifest is refused before anything is created.
+        await openBackup(full, vault.config);
+        databases.push(await checkDatabase(vault, place!, database, statements, full));
+      } catch (err) {
+        databases.push({
+          ...unchecked(database, statements),
+          schemaFrom: full.manifest.id,
+          error: explain(err, place!),
+        });
+      }
     }
+  } finally {
+    await place?.remove();
   }
   return {
     ok: databases.every((d) => d.error === undefined && d.failed.length === 0 && d.invalid.length === 0),
     backupId: manifest.id,
     databases,
     durationMs: Date.now() - started,
+    ...(place ? { restoredOn: place.restoredOn } : {}),
   };
+}
+
+function unchecked(database: string, statements: readonly string[]): IndexDatabaseCheck {
+  return { database, statements: statements.length, created: 0, failed: [], invalid: [] };
+}
+
+/** One line; on the configured server, a missing CREATEDB says what to do. */
+function explain(err: unknown, place: RestorePlace): string {
+  const line = errorMessage(err).split('\n')[0] ?? '';
+  if (place.scratch === undefined && /permission denied to create database/.test(line)) {
+    return `${line}: checking an index backup on the configured server needs CREATEDB for PGUSER; grant it (ALTER ROLE … CREATEDB), or check in the sandbox (the default: RESTORE_TEST_TARGET=sandbox, no --on-server)`;
+  }
+  if (place.scratch !== undefined && /extension "[^"]+" is not installed/.test(line)) {
+    return `${line.replace('the target server', place.restoredOn.description)}, or ${ON_SERVER_HINT}`;
+  }
+  return line;
 }

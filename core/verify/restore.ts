@@ -3,11 +3,11 @@ import type { StoredObject } from '../catalog/manifest';
 import { type DrillRecord, writeDrillRecord } from '../catalog/records';
 import { errorMessage, IntegrityError, UsageError } from '../errors';
 import { exactRowCounts } from '../pg/server';
-import { describeServer, withClient } from '../pg/tools';
+import { withClient } from '../pg/tools';
 import { openBackup, pickDatabaseObject } from '../restore/fetch';
 import { describeTarget, type RecoveryTarget, recoverySettings } from '../restore/pitr';
 import { type RecoveredPoint, RecoverySandbox } from '../restore/sandbox';
-import { ScratchServer } from '../restore/scratch';
+import { drillPlace, openRestorePlace } from '../restore/scratch';
 import { type RestoredOn, type RestoreTestTarget, restoreTest } from '../restore/test';
 import { databaseHealth, type TableCheck } from '../restore/validate';
 import type { Vault } from '../vault';
@@ -87,19 +87,9 @@ async function restoreLogical(
     entry.namedObject !== undefined || options.from !== undefined
       ? pickDatabaseObject(manifest, { named: entry.namedObject, from: options.from }).database!
       : undefined;
-  const target = options.target ?? vault.config.restoreTestTarget;
-  const scratch =
-    target === 'sandbox'
-      ? await ScratchServer.start(
-          vault.config,
-          vault.reporter,
-          Math.floor(manifest.server.versionNum / 10000),
-        )
-      : undefined;
-  const restoredOn: RestoredOn = scratch
-    ? { kind: 'sandbox', description: scratch.describe(), serverVersion: scratch.version }
-    : { kind: 'server', description: `the configured server ${describeServer(vault.config.pg)}` };
-  const sandbox = scratch && { config: scratch.configFor(vault.config), description: restoredOn.description };
+  const place = await openRestorePlace(vault, options.target, Math.floor(manifest.server.versionNum / 10000));
+  const { restoredOn } = place;
+  const sandbox = place.scratch && { config: place.config, description: restoredOn.description };
   const databases: RestoredDatabase[] = [];
   try {
     for (const name of only !== undefined ? [only] : names) {
@@ -121,7 +111,7 @@ async function restoreLogical(
       });
     }
   } finally {
-    await scratch?.remove();
+    await place.remove();
   }
   return {
     backupId: manifest.id,
@@ -136,6 +126,8 @@ async function restoreLogical(
 
 export interface SandboxRecovery {
   readonly recovered: RecoveredPoint;
+  /** Where: the recovery sandbox, with its server_version. */
+  readonly restoredOn: RestoredOn;
   readonly databases: readonly RestoredDatabase[];
 }
 
@@ -160,11 +152,12 @@ export async function recoverInSandbox(
     }));
     await sandbox.start();
     const recovered = await sandbox.waitForPromotion();
-    const names = await withClient(sandbox.connection('template1'), 'template1', async (c) => {
+    const { names, version } = await withClient(sandbox.connection('template1'), 'template1', async (c) => {
       const r = await c.query<{ datname: string }>(
         'SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY 1',
       );
-      return r.rows.map((x) => x.datname);
+      const v = await c.query<{ v: string }>("SELECT current_setting('server_version') AS v");
+      return { names: r.rows.map((x) => x.datname), version: v.rows[0]?.v };
     });
     const databases: RestoredDatabase[] = [];
     for (const database of names) {
@@ -181,7 +174,15 @@ export async function recoverInSandbox(
         note: 'a base backup records no row counts: the database opened and every table was counted',
       });
     }
-    return { recovered, databases };
+    return {
+      recovered,
+      databases,
+      restoredOn: {
+        kind: 'sandbox',
+        description: `a recovery sandbox server${version ? ` (PostgreSQL ${version.split(' ')[0]})` : ''}`,
+        ...(version ? { serverVersion: version } : {}),
+      },
+    };
   } finally {
     await sandbox.remove();
   }
@@ -195,7 +196,7 @@ async function restorePhysical(vault: Vault, entry: CatalogEntry): Promise<Resto
   if (object === undefined || manifest.physical === undefined) {
     throw new IntegrityError(`backup ${manifest.id} lists no base backup object`);
   }
-  const { recovered, databases } = await recoverInSandbox(
+  const { recovered, databases, restoredOn } = await recoverInSandbox(
     vault,
     entry,
     object,
@@ -210,7 +211,7 @@ async function restorePhysical(vault: Vault, entry: CatalogEntry): Promise<Resto
     restoreMs: Date.now() - started,
     restoredTo: manifest.physical.stopTime ?? manifest.finishedAt,
     recovered,
-    restoredOn: { kind: 'sandbox', description: 'a recovery sandbox server' },
+    restoredOn,
   };
 }
 
@@ -258,6 +259,10 @@ export async function verifyRestore(
       finishedAt: new Date().toISOString(),
       ok: false,
       error: oneLine(err),
+      restoredOn: drillPlace(
+        vault.config,
+        entry.manifest.type === 'full' ? (options.target ?? vault.config.restoreTestTarget) : 'sandbox',
+      ),
     });
     throw err;
   }
@@ -271,6 +276,7 @@ export async function verifyRestore(
     restoredTo: check.restoredTo,
     tables: check.tables,
     rows: check.rows,
+    restoredOn: drillPlace(vault.config, check.restoredOn.kind, check.restoredOn),
   });
   return { ...check, record };
 }

@@ -7,9 +7,11 @@ import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import type * as events from 'aws-cdk-lib/aws-events';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
 import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import type * as sns from 'aws-cdk-lib/aws-sns';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { nagResource } from '../nag';
 import { type BackupTasks, REPO_ROOT, taskFamily, taskRolePath } from './tasks';
@@ -17,6 +19,15 @@ import type { VaultBucket } from './vault-bucket';
 
 export const FUNCTION_NAMES = ['dispatch', 'retention', 'verify', 'report', 'restore'] as const;
 export type FunctionName = (typeof FUNCTION_NAMES)[number];
+
+/**
+ * Asynchronous invocations (Scheduler's, and `aws lambda invoke --invocation-type Event`): Lambda
+ * retries a function error this many times (its maximum), then sends the event to the failed-runs
+ * queue instead of dropping it. Scheduler's own retries and dead-letter queue cover only delivery.
+ */
+export const ASYNC_RETRY_ATTEMPTS = 2;
+/** How long Lambda keeps retrying an asynchronous event before it goes to the failed-runs queue. */
+export const ASYNC_MAX_EVENT_AGE = Duration.hours(6);
 
 const SETTINGS: Record<FunctionName, { description: string; timeout: Duration; memorySize: number }> = {
   dispatch: {
@@ -113,6 +124,11 @@ export class Functions extends Construct {
   public readonly clusterLayer: lambda.LayerVersion;
   /** The folder the layer was made from, for tests: `pgvault/clusters.json` inside. */
   public readonly clusterLayerFolder: string;
+  /**
+   * On-failure destination of every function's asynchronous invocations: a scheduled run whose
+   * function failed after Lambda's retries lands here (the event and the error), and alarms.
+   */
+  public readonly failedRuns: sqs.Queue;
 
   constructor(scope: Construct, id: string, props: FunctionsProps) {
     super(scope, id);
@@ -125,6 +141,24 @@ export class Functions extends Construct {
       description: `pgvault: the ${props.clusters.length} clusters of this deployment (${CLUSTERS_FILE})`,
     });
     for (const name of FUNCTION_NAMES) this.functions[name] = this.create(name, props);
+
+    this.failedRuns = new sqs.Queue(this, 'FailedRuns', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      retentionPeriod: Duration.days(14),
+    });
+    Validations.of(this.failedRuns).acknowledge({
+      id: 'AwsSolutions-SQS3',
+      reason:
+        'This queue is itself the on-failure destination of the functions (their failed runs); an alarm fires on its first message.',
+    });
+    for (const name of FUNCTION_NAMES) {
+      this.functions[name].configureAsyncInvoke({
+        onFailure: new destinations.SqsDestination(this.failedRuns),
+        retryAttempts: ASYNC_RETRY_ATTEMPTS,
+        maxEventAge: ASYNC_MAX_EVENT_AGE,
+      });
+    }
 
     const { vault, tasks, deployment } = props;
 

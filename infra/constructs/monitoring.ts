@@ -10,6 +10,7 @@ import type * as sns from 'aws-cdk-lib/aws-sns';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import {
+  BACKUP_TYPE_DIMENSION,
   CLUSTER_DIMENSION,
   FAILURE_ALARMS,
   METRIC_NAMESPACE,
@@ -24,6 +25,8 @@ export interface MonitoringProps {
   readonly taskLogGroup: logs.ILogGroup;
   readonly functions: Readonly<Record<string, lambda.IFunction>>;
   readonly deadLetterQueue: sqs.IQueue;
+  /** The functions' on-failure destination (Functions.failedRuns). */
+  readonly failedRuns: sqs.IQueue;
   readonly dashboardName: string;
 }
 
@@ -40,7 +43,20 @@ export interface ClusterMonitoringProps {
   };
   /** STORAGE_QUOTA_GB; no storage alarm without it. */
   readonly storageQuotaGb?: number;
+  /** Success metrics that must keep arriving (missing data breaches): one alarm per cluster each. */
+  readonly heartbeats?: readonly Heartbeat[];
   readonly dashboardName: string;
+}
+
+/** A success metric expected at least once every `hours` per cluster (heartbeatHours in schedules.ts). */
+export interface Heartbeat {
+  /** Construct id suffix and what the alarm name says stopped. */
+  readonly id: string;
+  readonly what: string;
+  readonly key: MetricKey;
+  /** Dimensions besides Cluster (BackupType: full). */
+  readonly dimensions?: Readonly<Record<string, string>>;
+  readonly hours: number;
 }
 
 /**
@@ -103,6 +119,25 @@ export class Monitoring extends Construct {
       });
     }
 
+    // Successful backups by type: the full backups' heartbeat (ClusterMonitoring) counts BackupType=full.
+    const succeeded = METRICS.backupSucceeded.name;
+    new logs.MetricFilter(this, `TaskMetric-${succeeded}`, {
+      logGroup: props.taskLogGroup,
+      metricNamespace: METRIC_NAMESPACE,
+      metricName: succeeded,
+      metricValue: `$.${succeeded}`,
+      filterPattern: logs.FilterPattern.all(
+        logs.FilterPattern.stringValue('$._aws.CloudWatchMetrics[0].Namespace', '=', METRIC_NAMESPACE),
+        logs.FilterPattern.numberValue(`$.${succeeded}`, '>=', 0),
+        logs.FilterPattern.exists(`$.${BACKUP_TYPE_DIMENSION}`),
+      ),
+      dimensions: {
+        [CLUSTER_DIMENSION]: `$.${CLUSTER_DIMENSION}`,
+        [BACKUP_TYPE_DIMENSION]: `$.${BACKUP_TYPE_DIMENSION}`,
+      },
+      unit: cloudwatch.Unit.COUNT,
+    });
+
     const action = new actions.SnsAction(props.topic);
     const add = (alarm: cloudwatch.Alarm): void => {
       alarm.addAlarmAction(action);
@@ -114,6 +149,20 @@ export class Monitoring extends Construct {
         .metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) })
         .createAlarm(this, 'ScheduleDeadLetters', {
           alarmName: 'pgvault: a scheduled job could not be started (dead-letter queue)',
+          threshold: 1,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+          evaluationPeriods: 1,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        }),
+    );
+    // A scheduled function that failed after Lambda's retries: its event is in the failed-runs queue.
+    add(
+      props.failedRuns
+        .metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) })
+        .createAlarm(this, 'FailedRuns', {
+          alarmName: 'pgvault: a scheduled function failed after its retries (failed-runs queue)',
+          alarmDescription:
+            'A function invoked asynchronously (a schedule) failed after Lambda retried it; the event and the error are messages of the failed-runs queue.',
           threshold: 1,
           comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
           evaluationPeriods: 1,
@@ -265,6 +314,27 @@ export class ClusterMonitoring extends Construct {
               treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
             },
           ),
+        );
+      }
+      // Heartbeats: no success for `hours` (no data at all counts) means the job stopped running, or
+      // runs and fails in a way no other alarm sees (a schedule deleted, a task that never starts).
+      for (const hb of props.heartbeats ?? []) {
+        add(
+          new cloudwatch.Metric({
+            namespace: METRIC_NAMESPACE,
+            metricName: METRICS[hb.key].name,
+            dimensionsMap: { [CLUSTER_DIMENSION]: cluster, ...hb.dimensions },
+            statistic: 'SampleCount',
+            period: Duration.hours(1),
+          }).createAlarm(this, `${cluster}-${hb.id}`, {
+            alarmName: `pgvault ${cluster}: no ${hb.what} in ${hb.hours} h`,
+            alarmDescription: `pgvault ${METRICS[hb.key].name} missing for ${hb.hours} hours for cluster ${cluster}: the job stopped running or never succeeds; missing data counts as breaching`,
+            threshold: 1,
+            comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            evaluationPeriods: hb.hours,
+            datapointsToAlarm: hb.hours,
+            treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+          }),
         );
       }
       // A sudden shrink: the stored size falls below the band learned from earlier backups.

@@ -111,11 +111,19 @@ export interface ClusterSchedulesProps {
   readonly physicalBackups: boolean;
   readonly retryAttempts: number;
   readonly maxEventAge: Duration;
+  /** Flexible window in minutes (scheduleWindowMinutes); 0: OFF. */
+  readonly windowMinutes: number;
+}
+
+/** Scheduler's FlexibleTimeWindow for a window of `minutes` (0: OFF, the run starts on the minute). */
+export function flexibleTimeWindow(minutes: number): scheduler.CfnSchedule.FlexibleTimeWindowProperty {
+  return minutes > 0 ? { mode: 'FLEXIBLE', maximumWindowInMinutes: minutes } : { mode: 'OFF' };
 }
 
 /**
  * EventBridge Scheduler: one schedule per cluster per job (of one fleet stack), in the configured time
- * zone, with retries and the shared dead-letter queue for invocations that still fail.
+ * zone, in a flexible window (scheduleWindowMinutes), with retries and the shared dead-letter queue for
+ * invocations that still fail.
  */
 export class ClusterSchedules extends Construct {
   public readonly schedules: scheduler.CfnSchedule[] = [];
@@ -135,7 +143,9 @@ export class ClusterSchedules extends Construct {
           description: `pgvault ${job.function} ${JSON.stringify(job.input(cluster))}`,
           scheduleExpression,
           scheduleExpressionTimezone: props.timeZone,
-          flexibleTimeWindow: { mode: 'OFF' },
+          // Spread: each run starts somewhere in the window, so a fleet's RunTasks and Lambdas do not all
+          // start in one minute. A run is late by at most the window (README "Deploy on AWS", RPO).
+          flexibleTimeWindow: flexibleTimeWindow(props.windowMinutes),
           state: 'ENABLED',
           target: {
             arn: props.functions[job.function].functionArn,
@@ -152,4 +162,50 @@ export class ClusterSchedules extends Construct {
       }
     }
   }
+}
+
+/**
+ * Hours between two runs of a schedule when it is regular enough to say: `rate(...)`, a daily crontab
+ * (one minute and hour, every day) 24, a weekly one (one day of the week) 168; undefined otherwise.
+ */
+export function scheduleIntervalHours(expression: string): number | undefined {
+  const e = cronToScheduler(expression);
+  if (!e) return undefined;
+  const rate = /^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$/.exec(e);
+  if (rate) {
+    const n = Number(rate[1]);
+    return rate[2]!.startsWith('minute') ? n / 60 : rate[2]!.startsWith('hour') ? n : n * 24;
+  }
+  const cron = /^cron\((\S+) (\S+) (\S+) (\S+) (\S+) (\S+)\)$/.exec(e);
+  if (!cron) return undefined;
+  const [, minute, hour, dom, month, dow] = cron as unknown as [
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+  ];
+  const single = (f: string) => /^\d+$/.test(f);
+  const any = (f: string) => f === '*' || f === '?';
+  if (!single(minute) || !single(hour) || !any(month)) return undefined;
+  if (any(dom) && any(dow)) return 24;
+  if (any(dom) && /^[A-Z]{3}$/.test(dow)) return 168;
+  return undefined;
+}
+
+/** CloudWatch evaluates at most 7 days (periods × evaluation periods); heartbeats of 1-hour periods fit 168. */
+export const MAX_HEARTBEAT_HOURS = 168;
+
+/**
+ * Hours without a success after which a heartbeat alarm fires: the schedule's interval, plus its flexible
+ * window, plus 2 hours for the run itself (a backup that takes longer has its own duration alarm).
+ * Undefined when the schedule is off, irregular, or too sparse for CloudWatch's 7-day evaluation limit.
+ */
+export function heartbeatHours(expression: string | null, windowMinutes: number): number | undefined {
+  if (expression === null) return undefined;
+  const interval = scheduleIntervalHours(expression);
+  if (interval === undefined) return undefined;
+  const hours = Math.ceil(interval + windowMinutes / 60) + 2;
+  return hours <= MAX_HEARTBEAT_HOURS ? hours : undefined;
 }

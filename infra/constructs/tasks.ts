@@ -56,6 +56,8 @@ export interface BackupTasksProps {
   /** Whether any cluster runs `pgvault wal receive` (the EFS staging file system is shared). */
   readonly needsWalFileSystem: boolean;
   readonly network: NetworkConfig;
+  /** The task security groups (Network): the EFS group accepts NFS from them, and they get the egress. @default imported from network.securityGroupIds */
+  readonly securityGroups?: ec2.ISecurityGroup[];
   readonly architecture: 'arm64' | 'x86_64';
   /** PostgreSQL server majors built into the image (PG_SERVER_VERSIONS). */
   readonly postgresServerVersions: readonly number[];
@@ -125,9 +127,11 @@ export class BackupTasks extends Construct {
           'Subnets are only passed to tasks, the service and EFS mount targets; no route table is read.',
       });
     }
-    this.securityGroups = props.network.securityGroupIds.map((gid) =>
-      ec2.SecurityGroup.fromSecurityGroupId(this, `Sg-${gid}`, gid, { mutable: false }),
-    );
+    this.securityGroups =
+      props.securityGroups ??
+      props.network.securityGroupIds.map((gid) =>
+        ec2.SecurityGroup.fromSecurityGroupId(this, `Sg-${gid}`, gid, { mutable: false }),
+      );
 
     this.cluster = new ecs.Cluster(this, 'Cluster', { vpc: this.vpc, enableFargateCapacityProviders: true });
     Validations.of(this.cluster).acknowledge({
@@ -167,8 +171,9 @@ export class BackupTasks extends Construct {
         description: 'pgvault wal receive staging (NFS from the task security groups)',
         allowAllOutbound: false,
       });
+      // Ingress here, and egress 2049 on the task group when the stack manages it (Network).
       for (const sg of this.securityGroups)
-        efsSecurityGroup.addIngressRule(sg, ec2.Port.tcp(2049), 'NFS from pgvault tasks');
+        efsSecurityGroup.connections.allowFrom(sg, ec2.Port.tcp(2049), 'NFS from pgvault tasks');
       this.walFileSystem = new efs.FileSystem(this, 'WalFs', {
         vpc: this.vpc,
         vpcSubnets: { subnets: this.subnets },

@@ -117,7 +117,7 @@ describe(`a fleet of ${FLEET} clusters`, () => {
     expect(stack.dependencies).toEqual([]);
   });
 
-  it('holds the worst case too: a fleet stack of clusters that all receive WAL stays under 450', () => {
+  it('holds the worst case too: a fleet stack of clusters that all receive WAL stays under 470', () => {
     const base = testConfig();
     const clusters = Array.from({ length: CLUSTERS_PER_FLEET_STACK }, (_, i) => ({
       ...base.clusters[1]!,
@@ -128,7 +128,8 @@ describe(`a fleet of ${FLEET} clusters`, () => {
     const worst = synthTemplate(testConfig({ clusters, physicalBackups: true, storageQuotaGb: 100 }));
     expect(worst.fleets).toHaveLength(1);
     const resources = Object.keys(worst.fleets[0]!.template.toJSON().Resources).length;
-    expect(resources).toBeLessThan(450);
+    // 457 with the two heartbeat alarms per cluster (issue 12): still 43 under CloudFormation's 500.
+    expect(resources).toBeLessThan(470);
     expect(resources).toBeGreaterThan(CLUSTERS_PER_FLEET_STACK * 30);
   }, 120_000);
 

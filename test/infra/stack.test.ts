@@ -42,6 +42,13 @@ function statementsOf(roleLogicalId: string): Statement[] {
     .filter(([, p]) => JSON.stringify(p.Properties.Roles).includes(`"${roleLogicalId}"`))
     .flatMap(([, p]) => p.Properties.PolicyDocument.Statement as Statement[]);
 }
+/** The task security group the stack makes when network.securityGroupIds is not given (the example). */
+const taskSecurityGroupId = () => ({
+  'Fn::GetAtt': [
+    logicalId({ node: { defaultChild: stack.network.taskSecurityGroup!.node.defaultChild } }),
+    'GroupId',
+  ],
+});
 const actionsOf = (s: Statement) => (Array.isArray(s.Action) ? s.Action : [s.Action]);
 const allActions = (roleId: string) => statementsOf(roleId).flatMap(actionsOf);
 
@@ -314,7 +321,8 @@ describe('Fargate tasks', () => {
         AwsvpcConfiguration: {
           AssignPublicIp: 'DISABLED',
           Subnets: ['subnet-0123456789abcdef0', 'subnet-0fedcba9876543210'],
-          SecurityGroups: ['sg-0123456789abcdef0'],
+          // The task security group the stack made (network.ts), from the shared stack.
+          SecurityGroups: [imported(taskSecurityGroupId())],
         },
       },
     });
@@ -336,7 +344,7 @@ describe('Fargate tasks', () => {
       IpProtocol: 'tcp',
       FromPort: 2049,
       ToPort: 2049,
-      SourceSecurityGroupId: 'sg-0123456789abcdef0',
+      SourceSecurityGroupId: taskSecurityGroupId(),
     });
     // The file system is the deployment's (shared stack); the access point is the cluster's.
     fleetTemplate.hasResourceProperties('AWS::EFS::AccessPoint', {
@@ -399,7 +407,7 @@ describe('Lambda functions', () => {
         ENCRYPTION: 'true',
         TASK_CONTAINER_NAME: 'pgvault',
         SUBNET_IDS: 'subnet-0123456789abcdef0,subnet-0fedcba9876543210',
-        SECURITY_GROUP_IDS: 'sg-0123456789abcdef0',
+        SECURITY_GROUP_IDS: taskSecurityGroupId(),
         ASSIGN_PUBLIC_IP: 'false',
         PGVAULT_CLUSTERS_FILE: '/opt/pgvault/clusters.json',
       });
@@ -548,7 +556,7 @@ describe('schedules', () => {
       const s = get(name);
       expect(s.ScheduleExpression, name).toBe(expression);
       expect(s.ScheduleExpressionTimezone).toBe('Europe/Berlin');
-      expect(s.FlexibleTimeWindow).toEqual({ Mode: 'OFF' });
+      expect(s.FlexibleTimeWindow).toEqual({ Mode: 'FLEXIBLE', MaximumWindowInMinutes: 15 });
       expect(JSON.parse(s.Target.Input)).toEqual(input);
       expect(s.GroupName).toEqual(imported(ref(stack.getLogicalId(stack.schedules.group))));
       expect(s.Target.Arn).toEqual(
@@ -704,6 +712,7 @@ describe('alerts and monitoring', () => {
         'BackupDurationSeconds',
         'BackupFailed',
         'BackupStoredBytes',
+        'BackupSucceeded',
         'DrillRtoSeconds',
         'RpoSeconds',
         'DrillFailed',

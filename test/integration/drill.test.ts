@@ -100,6 +100,9 @@ describe('pgvault drill', () => {
     const stored = (await listDrillRecords(a.vault())).find((x) => x.startedAt === r.record.startedAt);
     expect(stored).toMatchObject({ kind: 'pitr', ok: true, backupId: base.id, rtoMs: r.rtoMs });
     expect(stored?.rpoMs).toBe(r.rpoMs);
+    // Where it recovered: the recovery sandbox, with the server version it ran.
+    expect(stored?.restoredOn).toEqual({ kind: 'sandbox', serverVersion: r.restoredOn.serverVersion });
+    expect(r.restoredOn.serverVersion).toMatch(/^1\d\.\d+/);
   });
 
   it('a drill that fails is recorded with its error (a tampered full backup)', async () => {

@@ -3,7 +3,9 @@ import { chmod, mkdir, readdir, readFile, rm, truncate, writeFile } from 'node:f
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupFull } from '../../core/backup/full';
+import { backupIndexes } from '../../core/backup/indexes';
 import { type ManifestBody, sealManifest } from '../../core/catalog/manifest';
+import { listDrillRecords } from '../../core/catalog/records';
 import { parseConfig } from '../../core/config';
 import type { TempCluster } from '../../core/pg/cluster';
 import { pickServerBinaries } from '../../core/restore/scratch';
@@ -331,6 +333,42 @@ describe('restoring on the configured server: only when asked', () => {
   });
 });
 
+describe('drill records say where the drill restored', () => {
+  it('drill --json and the report: a sandbox with its server version; the configured server when asked', async () => {
+    // Act
+    const sandboxed = await pgvault(['--json', 'drill']);
+    const onServer = await pgvault(['--json', 'drill', '--on-server'], { PGUSER: cluster.superuser });
+    const report = await pgvault(['--json', 'verify', 'report']);
+
+    // Assess
+    expect(sandboxed.code, sandboxed.stderr).toBe(0);
+    expect(onServer.code, onServer.stderr).toBe(0);
+    const a = JSON.parse(sandboxed.stdout);
+    const b = JSON.parse(onServer.stdout);
+    expect(a.record.restoredOn).toEqual({ kind: 'sandbox', serverVersion: a.restoredOn.serverVersion });
+    expect(a.record.restoredOn.serverVersion).toMatch(/^1\d\.\d+/);
+    expect(b.record.restoredOn).toEqual({ kind: 'server', server: `127.0.0.1:${cluster.port}` });
+    const drills = JSON.parse(report.stdout).report.drills as Array<{
+      startedAt: string;
+      restoredOn?: unknown;
+    }>;
+    expect(drills.find((d) => d.startedAt === a.record.startedAt)?.restoredOn).toEqual(a.record.restoredOn);
+    expect(drills.find((d) => d.startedAt === b.record.startedAt)?.restoredOn).toEqual(b.record.restoredOn);
+  });
+
+  it('a failed drill records where it was to restore', async () => {
+    // Act: the sandbox cannot be made (TMPDIR missing), so the drill fails.
+    const r = await pgvault(['drill'], { TMPDIR: join(work.path, 'no-such-dir') });
+    const records = await listDrillRecords(vault());
+
+    // Assess
+    expect(r.code).toBe(1);
+    const failed = records.find((d) => d.kind === 'drill' && !d.ok);
+    expect(failed?.error).toMatch(/cannot start the restore-test sandbox/);
+    expect(failed?.restoredOn).toEqual({ kind: 'sandbox' });
+  });
+});
+
 describe('what the sandbox cannot take', () => {
   it('a dump from a newer major than any installed server: one line naming what to install and the fallback', async () => {
     // Act
@@ -404,5 +442,130 @@ describe('what the sandbox cannot take', () => {
       ),
     );
     expect(await leftInTmp()).toEqual([]);
+  });
+});
+
+/** DDL statements (CREATE, DROP, ALTER of anything) the configured server ran since the log had `from` characters. */
+const ddlOnServer = (from: number) =>
+  cluster
+    .readLog()
+    .slice(from)
+    .split('\n')
+    .filter((l) => /statement: (CREATE|DROP|ALTER) /i.test(l));
+
+describe('verify indexes in the sandbox (the default)', () => {
+  let indexes: ManifestBody;
+
+  beforeAll(async () => {
+    indexes = await backupIndexes(vault(), { now: new Date(Date.now() - 3_600_000) });
+  });
+
+  it('a backup user without CREATEDB: every index rebuilt and valid, exit 0, nothing created on the server', async () => {
+    // Prepare
+    const logFrom = cluster.readLog().length;
+
+    // Act
+    const json = await pgvault(['--json', 'verify', 'indexes', indexes.id]);
+    const text = await pgvault(['verify', 'indexes', indexes.id]);
+
+    // Assess
+    expect(json.code, json.stderr).toBe(0);
+    const out = JSON.parse(json.stdout);
+    expect(out).toMatchObject({ ok: true, backupId: indexes.id });
+    expect(out.restoredOn.kind).toBe('sandbox');
+    expect(out.restoredOn.serverVersion).toMatch(/^1\d\.\d+/);
+    // customers_email_lower_key and orders_open_ordered_at_idx; the rest back constraints.
+    expect(out.databases.find((d: { database: string }) => d.database === 'shop')).toMatchObject({
+      schemaFrom: full.id,
+      statements: 2,
+      created: 2,
+      failed: [],
+      invalid: [],
+    });
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(/^ {2}checked in a sandbox server \(PostgreSQL 1\d\.\d+\) in \//m);
+    expect(ddlOnServer(logFrom)).toEqual([]);
+    expect(await temporaryDatabasesLeft(cluster)).toEqual([]);
+    expect(await leftInTmp()).toEqual([]);
+  });
+
+  it('an index the schema cannot take still fails in the sandbox: exit 4, the statement named, nothing on the server', async () => {
+    // Prepare: an index on a table made after the full backup, so its schema lacks the table.
+    await cluster.query('CREATE TABLE late (id int, note text)', [], 'shop');
+    await cluster.query('CREATE INDEX late_note_idx ON late (note)', [], 'shop');
+    let bad: ManifestBody;
+    try {
+      bad = await backupIndexes(vault(), { now: new Date(Date.now() - 2 * 3_600_000) });
+    } finally {
+      await cluster.query('DROP TABLE late', [], 'shop');
+    }
+    const logFrom = cluster.readLog().length;
+
+    // Act
+    const r = await pgvault(['verify', 'indexes', bad.id]);
+
+    // Assess
+    expect(r.code, r.stderr).toBe(4);
+    expect(r.stdout).toContain('FAILED CREATE INDEX IF NOT EXISTS late_note_idx');
+    expect(r.stderr).toMatch(/does not rebuild cleanly in "shop": relation "public.late" does not exist/);
+    expect(ddlOnServer(logFrom)).toEqual([]);
+    expect(await leftInTmp()).toEqual([]);
+  });
+
+  it('an index backup whose stored bytes were altered is refused: exit 3, no sandbox started', async () => {
+    // Prepare: its own index backup, one byte of the stored object flipped.
+    const altered = await backupIndexes(vault(), { now: new Date(Date.now() - 3 * 3_600_000) });
+    const file = join(settings.BACKUP_DIR!, altered.objects[0]!.key);
+    const bytes = await readFile(file);
+    bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+    await writeFile(file, bytes);
+
+    // Act
+    const r = await pgvault(['verify', 'indexes', altered.id]);
+
+    // Assess
+    expect(r.code, r.stderr).toBe(3);
+    expect(r.stderr).not.toMatch(/started a sandbox server/);
+    expect(await leftInTmp()).toEqual([]);
+  });
+
+  it('--on-server (or RESTORE_TEST_TARGET=server) with a superuser checks on the configured server and drops its databases', async () => {
+    // Prepare
+    const logFrom = cluster.readLog().length;
+
+    // Act
+    const flag = await pgvault(['--json', 'verify', 'indexes', indexes.id, '--on-server'], {
+      PGUSER: cluster.superuser,
+    });
+    const env = await pgvault(['--json', 'verify', 'indexes', indexes.id], {
+      PGUSER: cluster.superuser,
+      RESTORE_TEST_TARGET: 'server',
+    });
+
+    // Assess
+    for (const r of [flag, env]) {
+      expect(r.code, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout);
+      expect(out.ok).toBe(true);
+      expect(out.restoredOn).toEqual({
+        kind: 'server',
+        description: `the configured server 127.0.0.1:${cluster.port}`,
+      });
+      expect(out.databases.find((d: { database: string }) => d.database === 'shop').created).toBe(2);
+    }
+    const created = createdOnServer(logFrom);
+    expect(created).toHaveLength(2);
+    expect(created[0]).toMatch(/CREATE DATABASE "pgvault_idx_/);
+    expect(await temporaryDatabasesLeft(cluster)).toEqual([]);
+  });
+
+  it('--on-server with a backup user lacking CREATEDB: exit 4, the database named with what to do', async () => {
+    const r = await pgvault(['verify', 'indexes', indexes.id, '--on-server']);
+
+    expect(r.code).toBe(4);
+    expect(r.stderr).toMatch(
+      /does not rebuild cleanly in "shop": .*permission denied to create database: checking an index backup on the configured server needs CREATEDB for PGUSER; grant it .*RESTORE_TEST_TARGET=sandbox/,
+    );
+    expect(await temporaryDatabasesLeft(cluster)).toEqual([]);
   });
 });

@@ -382,3 +382,51 @@ describe('renderMarkdown', () => {
     expect(md).toContain('| full/app | 4 | 7.6 MiB, 8.0 MiB, 8.4 MiB, 8.8 MiB | growing');
   });
 });
+
+describe('where each drill restored (DrillRecord.restoredOn)', () => {
+  it('both renderings name the sandbox and its version, or the configured server; "-" for an older record', () => {
+    // Prepare
+    const base = {
+      format: 'pgvault-drill/1',
+      backupId: 'full-daily-20260212-020000',
+      finishedAt: NOW.toISOString(),
+      ok: true,
+      rtoMs: 60_000,
+      host: 'db1',
+    } as const;
+    const drills: DrillRecord[] = [
+      {
+        ...base,
+        kind: 'drill',
+        startedAt: new Date(NOW.getTime() - 1_000_000).toISOString(),
+        restoredOn: { kind: 'sandbox', serverVersion: '15.10 (Debian 15.10-0+deb12u1)' },
+      },
+      {
+        ...base,
+        kind: 'verify-restore',
+        startedAt: new Date(NOW.getTime() - 2_000_000).toISOString(),
+        restoredOn: { kind: 'server', server: 'db1:5432' },
+      },
+      { ...base, kind: 'drill', startedAt: new Date(NOW.getTime() - 3_000_000).toISOString() },
+    ];
+
+    // Act
+    const data = report(growing, { percent: 40, drills });
+    const md = renderMarkdown(data);
+    const html = renderHtml(data);
+
+    // Assess
+    expect(data.drills.map((d) => d.restoredOn)).toEqual([
+      drills[0]!.restoredOn,
+      drills[1]!.restoredOn,
+      undefined,
+    ]);
+    expect(md).toContain('| started | kind | backup | restored on | result |');
+    expect(md).toContain('| `full-daily-20260212-020000` | sandbox (PostgreSQL 15.10) | ok |');
+    expect(md).toContain('| `full-daily-20260212-020000` | server db1:5432 | ok |');
+    expect(md).toContain('| `full-daily-20260212-020000` | - | ok |');
+    expect(html).toContain('<th>restored on</th>');
+    expect(html).toContain('<td>sandbox (PostgreSQL 15.10)</td>');
+    expect(html).toContain('<td>server db1:5432</td>');
+  });
+});
