@@ -399,7 +399,12 @@ export const deployConfigSchema = z
       .extend({ ephemeralStorageGiB: z.number().int().min(21).max(200).default(100) })
       .prefault({}),
     /** PostgreSQL server majors installed in the image for PITR sandboxes and base-backup drills. @default [17] */
-    postgresServerVersions: z.array(z.number().int().min(13).max(17)).max(5).default([17]),
+    postgresServerVersions: z.array(z.number().int().min(13).max(18)).max(5).default([17]),
+    /**
+     * Major of the image's client tools (pg_dump, pg_restore, pg_basebackup, psql): pg_dump refuses a server
+     * newer than itself. @default the newest of postgresServerVersions (postgresClientVersion())
+     */
+    postgresClientVersion: z.number().int().min(13).max(18).optional(),
     /** CPU architecture of the Fargate tasks (the image is built for it). @default 'arm64' */
     taskArchitecture: z.enum(['arm64', 'x86_64']).default('arm64'),
     logRetentionDays: z
@@ -476,6 +481,14 @@ export const deployConfigSchema = z
       });
     }
     compromiseIssues(c, ctx);
+    const newestServer = Math.max(...c.postgresServerVersions);
+    if (c.postgresClientVersion !== undefined && c.postgresClientVersion < newestServer) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['postgresClientVersion'],
+        message: `${c.postgresClientVersion} is older than the newest of postgresServerVersions (${newestServer}); pg_dump refuses a newer server: use ${newestServer} or later, or leave it out`,
+      });
+    }
     for (const [name, t] of [
       ['task', c.task],
       ['restoreTask', c.restoreTask],
@@ -549,6 +562,18 @@ function compromiseIssues(
 export type DeployConfigInput = z.input<typeof deployConfigSchema>;
 export type DeployConfig = z.output<typeof deployConfigSchema>;
 export type ClusterConfig = DeployConfig['clusters'][number];
+
+/** Client tools' major when the configuration names no server major (postgresServerVersions: []). */
+export const DEFAULT_POSTGRES_MAJOR = 17;
+
+/**
+ * Major of the image's PostgreSQL client tools (the PG_CLIENT_VERSION build argument): the configured
+ * one, else the newest server major of the configuration, so pg_dump is never older than a server.
+ */
+export function postgresClientVersion(c: DeployConfig): number {
+  if (c.postgresClientVersion !== undefined) return c.postgresClientVersion;
+  return c.postgresServerVersions.length > 0 ? Math.max(...c.postgresServerVersions) : DEFAULT_POSTGRES_MAJOR;
+}
 
 /** Days the retention function may keep a GFS backup: the longest of the daily, weekly, monthly and WAL holds. */
 export function longestHoldDays(r: DeployConfig['retention']): number {

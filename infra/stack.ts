@@ -23,6 +23,7 @@ import {
   type DeployConfig,
   DeployConfigError,
   expirationDays,
+  postgresClientVersion,
   receivesWal,
 } from './config';
 import { Alerts } from './constructs/alerts';
@@ -215,6 +216,7 @@ export class PgvaultStack extends Stack {
       securityGroups: this.network.taskSecurityGroups,
       architecture: c.taskArchitecture,
       postgresServerVersions: c.postgresServerVersions,
+      postgresClientVersion: postgresClientVersion(c),
       logRetentionDays: c.logRetentionDays,
       image: props.image,
     });

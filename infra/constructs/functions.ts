@@ -227,6 +227,9 @@ export class Functions extends Construct {
         format: nodejs.OutputFormat.CJS,
         target: 'node22',
         minify: true,
+        // Class names survive minification: `this.name = new.target.name` (core/errors.ts) is what the Lambda
+        // log shows as errorType, InvalidPayloadError rather than `mu`.
+        keepNames: true,
         sourceMap: true,
         sourcesContent: false,
       },

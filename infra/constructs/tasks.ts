@@ -91,6 +91,8 @@ export interface BackupTasksProps {
   readonly architecture: 'arm64' | 'x86_64';
   /** PostgreSQL server majors built into the image (PG_SERVER_VERSIONS). */
   readonly postgresServerVersions: readonly number[];
+  /** Major of the image's client tools (PG_CLIENT_VERSION): config.ts postgresClientVersion(). */
+  readonly postgresClientVersion: number;
   readonly logRetentionDays: number;
   /** Test seam: an image other than the Dockerfile build (no asset). @default the tasks/Dockerfile asset */
   readonly image?: ecs.ContainerImage;
@@ -194,7 +196,10 @@ export class BackupTasks extends Construct {
           directory: REPO_ROOT,
           file: 'tasks/Dockerfile',
           platform,
-          buildArgs: { PG_SERVER_VERSIONS: props.postgresServerVersions.join(' ') },
+          buildArgs: {
+            PG_CLIENT_VERSION: String(props.postgresClientVersion),
+            PG_SERVER_VERSIONS: props.postgresServerVersions.join(' '),
+          },
           // The repository root's .dockerignore narrows the context; these are excluded whatever it says.
           ignoreMode: IgnoreMode.DOCKER,
           exclude: ['cdk.out', 'node_modules', '.git', 'dist'],

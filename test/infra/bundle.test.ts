@@ -42,11 +42,20 @@ describe('full synth (bundling, image asset, CloudFormation validation)', () => 
       const bundled = require(join(assembly.directory, dispatchPath, 'index.js')) as {
         handler: (event: unknown) => Promise<unknown>;
       };
-      await expect(
-        bundled.handler({ cluster: 'nope', command: ['backup', 'full', 'daily'] }),
-      ).rejects.toThrow(
+      const refused = await bundled.handler({ cluster: 'nope', command: ['backup', 'full', 'daily'] }).then(
+        () => undefined,
+        (err: unknown) => err as Error,
+      );
+      expect(refused?.message).toBe(
         'invalid payload: "cluster": nope is not a cluster of this deployment; use one of main, orders',
       );
+      // What the Lambda log shows as errorType: the real class names, not minified ones (keepNames), up
+      // the chain to core/errors.ts's UsageError and PgVaultError; the exit code rides along.
+      expect(refused?.name).toBe('InvalidPayloadError');
+      const chain: string[] = [];
+      for (let c = refused?.constructor; c && c !== Error; c = Object.getPrototypeOf(c)) chain.push(c.name);
+      expect(chain).toEqual(['InvalidPayloadError', 'UsageError', 'PgVaultError']);
+      expect((refused as { exitCode?: number }).exitCode).toBe(2);
     } finally {
       if (saved === undefined) delete process.env.PGVAULT_CLUSTERS_FILE;
       else process.env.PGVAULT_CLUSTERS_FILE = saved;
@@ -72,7 +81,7 @@ describe('full synth (bundling, image asset, CloudFormation validation)', () => 
     expect(image).toMatchObject({
       dockerFile: 'tasks/Dockerfile',
       platform: 'linux/arm64',
-      dockerBuildArgs: { PG_SERVER_VERSIONS: '17' },
+      dockerBuildArgs: { PG_CLIENT_VERSION: '17', PG_SERVER_VERSIONS: '17' },
     });
     const context = join(assembly.directory, image.directory);
     const top = readdirSync(context).sort();
@@ -90,7 +99,8 @@ describe('full synth (bundling, image asset, CloudFormation validation)', () => 
     for (const absent of ['node_modules', 'test', 'bench', 'cdk.out', '.git', 'dist', 'infra', 'functions']) {
       expect(top).not.toContain(absent);
     }
-    expect(existsSync(join(context, 'tasks', 'Dockerfile'))).toBe(true);
+    // Of tasks/, only what the image is built from: editing its README does not rebuild the image.
+    expect(readdirSync(join(context, 'tasks')).sort()).toEqual(['Dockerfile', 'entry.sh']);
   }, 240_000);
 });
 
