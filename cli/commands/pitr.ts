@@ -131,6 +131,11 @@ export async function restorePitrCommand(
               `  ${r.keyFile} holds the encryption key for restore_command: delete it once recovery has finished`,
             ]
           : []),
+        ...(r.credentialsWritten
+          ? [
+              `  ${r.configFile} holds the AWS keys of your config for restore_command (0600): delete it once recovery has finished`,
+            ]
+          : []),
         ...r.warnings.map((w) => `  warning: ${w}`),
       ].join('\n'),
     );

@@ -481,6 +481,8 @@ export interface PitrDataDirectoryResult {
   /** The key file restore_command uses; written by this command when the key was given inline. */
   readonly keyFile?: string;
   readonly keyFileWritten: boolean;
+  /** The config file holds the AWS keys of pgvault's config (restore_command reads the archive with them). */
+  readonly credentialsWritten: boolean;
   readonly restoreCommand: string;
   /**
    * The port written into the copy's postgresql.auto.conf, free on this host when it was laid down;
@@ -599,6 +601,7 @@ export async function restorePitrToDataDirectory(
       configFile: files.configFile,
       keyFile: files.keyFile,
       keyFileWritten: files.keyFileWritten,
+      credentialsWritten: files.credentialsWritten,
       restoreCommand: files.restoreCommand,
       port,
       archiveMode: !asCopy ? 'original' : archiveCommand === undefined ? 'off' : 'on',

@@ -45,6 +45,8 @@ const CONFIG_KEYS = [
   'CLOUD_BUCKET',
   'CLOUD_PREFIX',
   'S3_ENDPOINT',
+  'S3_REQUEST_TIMEOUT',
+  'S3_MAX_ATTEMPTS',
   'AWS_DEFAULT_REGION',
   'LOCAL_COPY',
   'DEPLOYMENT_MODE',
@@ -92,7 +94,7 @@ export function pgvaultBin(): string {
   );
 }
 
-/** The effective non-secret settings restore_command needs, as a config file's text. */
+/** The effective settings restore_command needs, as a config file's text (AWS keys included when configured). */
 // No libpq setting (config.pg, LIBPQ_KEYS) goes in: restore_command reads the archive, never a database.
 export function restoreCommandConfigText(config: Config, keyFile: string | undefined): string {
   const lines: Array<[string, string | number | boolean | undefined]> = [
@@ -109,6 +111,16 @@ export function restoreCommandConfigText(config: Config, keyFile: string | undef
     ['CLOUD_PREFIX', config.cloud.prefix === '' ? undefined : config.cloud.prefix],
     ['S3_ENDPOINT', config.cloud.s3Endpoint],
     ['AWS_DEFAULT_REGION', config.cloud.region],
+    // A stalled endpoint must time out in recovery as it does here (S3_REQUEST_TIMEOUT, S3_MAX_ATTEMPTS).
+    ['S3_REQUEST_TIMEOUT', config.cloud.requestTimeoutSeconds],
+    ['S3_MAX_ATTEMPTS', config.cloud.maxAttempts],
+    // Credentials and profile given in pgvault's config (a file too): the server's environment is not
+    // ours, and the SDK's chain never reads pgvault's config file. From the environment they are in the
+    // server's environment already (sandboxServerEnv keeps AWS_*), and written here all the same.
+    ['AWS_PROFILE', config.cloud.profile],
+    ['AWS_ACCESS_KEY_ID', config.cloud.credentials?.accessKeyId],
+    ['AWS_SECRET_ACCESS_KEY', config.cloud.credentials?.secretAccessKey],
+    ['AWS_SESSION_TOKEN', config.cloud.credentials?.sessionToken],
     ['LOCAL_COPY', config.localCopy],
     ['DEPLOYMENT_MODE', config.deploymentMode],
     ['CLUSTER_NAME', config.clusterName],
@@ -117,8 +129,8 @@ export function restoreCommandConfigText(config: Config, keyFile: string | undef
     ['WAL_PREFETCH', (config as { walPrefetch?: number }).walPrefetch],
   ];
   return [
-    '# Written by pgvault restore pitr for restore_command. It holds no secret: the key stays in',
-    "# ENCRYPTION_KEY_FILE, and AWS credentials come from the server user's usual SDK chain.",
+    "# Written by pgvault restore pitr for restore_command (0600, the server user's). The key stays in",
+    "# ENCRYPTION_KEY_FILE; AWS credentials given in pgvault's config are here, else the SDK's chain.",
     ...lines.filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${envValue(String(v))}`),
     '',
   ].join('\n');
@@ -129,6 +141,8 @@ export interface RestoreCommandFiles {
   readonly keyFile?: string;
   /** True when the key was given inline and this command wrote it to keyFile. */
   readonly keyFileWritten: boolean;
+  /** True when configFile holds AWS keys from pgvault's config (restoreCommandConfigText). */
+  readonly credentialsWritten: boolean;
   /** The restore_command line, ready for postgresql.auto.conf (unquoted). */
   readonly restoreCommand: string;
   /** The same pgvault with the same config, for another subcommand (archive_command of a copy). */
@@ -183,6 +197,7 @@ export async function writeRestoreCommandFiles(
     configFile,
     keyFile,
     keyFileWritten,
+    credentialsWritten: config.cloud.credentials !== undefined,
     restoreCommand: `${restoreCommand} restore wal %f %p`,
     pgvaultCommand: restoreCommand,
     remove: async () => {
