@@ -75,7 +75,7 @@ function manifestOf(run: CliRun): ManifestJson {
   return (JSON.parse(run.stdout) as { manifest: ManifestJson }).manifest;
 }
 
-function _replicaNode() {
+function replicaNode() {
   return {
     host: '127.0.0.1',
     port: cluster.node('node2').pgPort,
@@ -138,5 +138,36 @@ describe('config, base and index backups of a real Patroni cluster', () => {
     expect(text.stdout).toMatch(/node1 {2}leader {2}running {2}127\.0\.0\.1:\d+ {2}timeline 1/);
     expect(text.stdout).toMatch(/node2 {2}replica /);
     expect(text.stdout).toContain('"maximum_lag_on_failover":7340033');
+  });
+
+  it('backup base reads from the leader even with BACKUP_FROM=replica, and recovers with its rows', async () => {
+    // Act
+    const backup = await pgvault(['--json', 'backup', 'base']);
+    const manifest = manifestOf(backup);
+    const verify = await pgvault(['--json', 'verify', 'restore', manifest.id]);
+
+    // Assess: the leader (a standby's backup has no WAL record after its stop: see core/backup/base.ts).
+    expect(backup.code, backup.stderr).toBe(0);
+    expect(backup.stderr).not.toContain('warning');
+    expect(manifest.node).toMatchObject({ name: 'node1', role: 'leader', scope: 'pay-cluster', timeline: 1 });
+    expect(manifest.physical?.timeline).toBe(1);
+    // Recovered in a sandbox (its restore_command's config must parse without PATRONI_URL).
+    expect(verify.code, verify.stderr).toBe(0);
+    const restored = JSON.parse(verify.stdout) as {
+      databases: { database: string; tables: number; rows: number }[];
+    };
+    expect(restored.databases.find((d) => d.database === 'pay')).toMatchObject({ tables: 1, rows: 300 });
+  });
+
+  it('backup indexes reads from the replica (the manifest names it); BACKUP_FROM=leader sends it to the leader', async () => {
+    // Act
+    const fromReplica = await pgvault(['--json', 'backup', 'indexes']);
+    const indexesOnLeader = await pgvault(['--json', 'backup', 'indexes'], { BACKUP_FROM: 'leader' });
+
+    // Assess
+    expect(fromReplica.code, fromReplica.stderr).toBe(0);
+    expect(manifestOf(fromReplica).node).toEqual(replicaNode());
+    expect(indexesOnLeader.code, indexesOnLeader.stderr).toBe(0);
+    expect(manifestOf(indexesOnLeader).node).toMatchObject({ name: 'node1', role: 'leader' });
   });
 });
