@@ -2,7 +2,7 @@ import { chmod, chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { serverOsUser } from '../../core/pg/cluster';
+import { freePort, serverOsUser } from '../../core/pg/cluster';
 import { type CliRun, runPgvault } from '../helpers/cli';
 import { PatroniCluster } from '../helpers/patroni';
 
@@ -138,6 +138,30 @@ describe('config, base and index backups of a real Patroni cluster', () => {
     expect(text.stdout).toMatch(/node1 {2}leader {2}running {2}127\.0\.0\.1:\d+ {2}timeline 1/);
     expect(text.stdout).toMatch(/node2 {2}replica /);
     expect(text.stdout).toContain('"maximum_lag_on_failover":7340033');
+  });
+
+  it('backup config with the first PATRONI_URL down (a password in it): GET /config comes from the next, no password stored or printed', async () => {
+    // Prepare
+    const dead = `http://watcher:hunter2-secret@127.0.0.1:${await freePort()}`;
+    const expected = JSON.parse(
+      (await cluster.api(`${cluster.node('node2').apiUrl}/config`)).body,
+    ) as unknown;
+
+    // Act
+    const backup = await pgvault(['--json', 'backup', 'config'], {
+      PATRONI_URL: `${dead},${cluster.node('node2').apiUrl}`,
+    });
+    const id = manifestOf(backup).id;
+    const listed = await pgvault(['--json', 'restore', 'list', id]);
+
+    // Assess
+    expect(backup.code, backup.stderr).toBe(0);
+    const record = (
+      JSON.parse(listed.stdout) as { patroni: { config: unknown; members: { source: string } } }
+    ).patroni;
+    expect(record.config).toEqual(expected);
+    expect(record.members.source).toBe(cluster.node('node2').apiUrl);
+    expect(backup.stdout + backup.stderr + listed.stdout + listed.stderr).not.toContain('hunter2-secret');
   });
 
   it('backup base reads from the leader even with BACKUP_FROM=replica, and recovers with its rows', async () => {
