@@ -1,3 +1,4 @@
+import { readPatroniRecord } from '../../core/backup/config-backup';
 import { checkRestorePrerequisites } from '../../core/backup/init';
 import { recoverableWindow } from '../../core/backup/stats';
 import { UsageError } from '../../core/errors';
@@ -88,20 +89,37 @@ async function backupContentsCommand(
     storedSize: o.storedSize,
     ...(o.tables !== undefined ? { tables: o.tables } : {}),
   }));
-  emit(opts, { ok: true, id: m.id, type: m.type, time: m.startedAt, objects }, () =>
-    [
-      `${m.id} (${m.type}, ${m.startedAt.replace('T', ' ').slice(0, 19)} UTC)`,
-      ...objects.flatMap((o) => [
-        `${o.database !== undefined ? `database ${o.database}` : o.kind}: ${o.key} (${formatBytes(o.storedSize)})`,
-        ...(o.tables === undefined
-          ? o.kind === 'database'
-            ? ['  (no table list recorded)']
-            : []
-          : o.tables.length === 0
-            ? ['  no tables']
-            : o.tables.map((t) => `  ${t.schema}.${t.table}  ${t.rows} rows`)),
-      ]),
-    ].join('\n'),
+  // A config backup of a Patroni cluster: its dynamic configuration and members, read back.
+  const patroni = await readPatroniRecord(vault, entry);
+  emit(
+    opts,
+    { ok: true, id: m.id, type: m.type, time: m.startedAt, objects, ...(patroni ? { patroni } : {}) },
+    () =>
+      [
+        `${m.id} (${m.type}, ${m.startedAt.replace('T', ' ').slice(0, 19)} UTC)`,
+        ...objects.flatMap((o) => [
+          `${o.database !== undefined ? `database ${o.database}` : o.kind}: ${o.key} (${formatBytes(o.storedSize)})`,
+          ...(o.tables === undefined
+            ? o.kind === 'database'
+              ? ['  (no table list recorded)']
+              : []
+            : o.tables.length === 0
+              ? ['  no tables']
+              : o.tables.map((t) => `  ${t.schema}.${t.table}  ${t.rows} rows`)),
+        ]),
+        ...(patroni?.members
+          ? [
+              `Patroni cluster ${patroni.members.scope ?? '(scope unknown)'} members:`,
+              ...patroni.members.members.map(
+                (n) =>
+                  `  ${n.name}  ${n.role}  ${n.state}  ${n.host}:${n.port}${n.timeline !== undefined ? `  timeline ${n.timeline}` : ''}`,
+              ),
+            ]
+          : []),
+        ...(patroni?.config !== undefined
+          ? [`Patroni dynamic configuration: ${JSON.stringify(patroni.config)}`]
+          : []),
+      ].join('\n'),
   );
 }
 

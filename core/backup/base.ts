@@ -86,6 +86,13 @@ export function assertBaseBackupPossible(server: ServerInfo, pre: PhysicalPrereq
  * `backup base`: `pg_basebackup -Ft -D - -X fetch` streamed through the one data path into every
  * target as a single tar object. The WAL needed to make it consistent is inside the tar (fetch), so
  * the backup restores on its own; the stop LSN and timeline come from the stream itself.
+ *
+ * With Patroni it always reads the leader, whatever BACKUP_FROM says (index backups follow it). A standby cannot write the backup-end WAL record nor switch segments, so its
+ * backup stops at its replay position with no WAL record after it in the tar: recovery to the
+ * backup's end ('immediate', as `verify restore` does) then needs the next record from the archive,
+ * which the leader has archived only once that segment is complete. Tested on PostgreSQL 15 with
+ * Patroni: a standby's base backup of an idle cluster failed verify restore ("recovery ended before
+ * configured recovery target was reached") and passed only when the leader had written after it.
  */
 export async function backupBase(vault: Vault, options: BaseBackupOptions): Promise<ManifestBody> {
   const { config } = vault;

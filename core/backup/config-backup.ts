@@ -1,16 +1,22 @@
+import type { CatalogEntry } from '../catalog/catalog';
 import type { ManifestBody } from '../catalog/manifest';
 import { errorMessage } from '../errors';
 import { listDatabases, serverInfo } from '../pg/server';
 import { findPgBinary, pgEnv, withClient } from '../pg/tools';
+import { openBackup, readBackupObject } from '../restore/fetch';
 import { startTool } from '../stream/process';
+import { readPatroniConfig, readPatroniTopology, type TopologyNode } from '../topology';
 import type { Vault } from '../vault';
-import { inMemorySource, runBackup } from './run';
+import { inMemorySource, type ObjectSource, runBackup } from './run';
 import { type TarFile, tarArchive } from './tar';
 
 /**
  * `backup config`: what it takes to rebuild the server around the data: settings that differ from
  * the defaults, the configuration files, pg_hba rules, roles and tablespaces, and every database's
- * extensions with their versions, as one tar archive.
+ * extensions with their versions, as one tar archive. With DEPLOYMENT_MODE=patroni, two more objects:
+ * Patroni's dynamic configuration as `GET /config` returned it (`patroni-config`) and the members
+ * with their roles, states and timelines as `GET /cluster` described them (`patroni-members`), read
+ * through core/topology (same URLs, auth, TLS and timeout as routing).
  */
 export async function backupConfig(vault: Vault, options: { now?: Date } = {}): Promise<ManifestBody> {
   const { config } = vault;
@@ -18,14 +24,40 @@ export async function backupConfig(vault: Vault, options: { now?: Date } = {}): 
   const server = await serverInfo(config.pg);
   const files = await collectConfigFiles(vault);
   const archive = tarArchive(files, options.now);
+  const patroni = config.patroni ? await patroniSources(config.patroni) : [];
   return runBackup(vault, {
     type: 'config',
     schedule: 'manual',
     server,
     tools: {},
     now: options.now,
-    sources: [inMemorySource('config', 'tar', 'server configuration', archive)],
+    sources: [inMemorySource('config', 'tar', 'server configuration', archive), ...patroni],
   });
+}
+
+/** The Patroni objects of a config backup: GET /config unchanged, and the members with their roles. */
+async function patroniSources(patroni: NonNullable<Vault['config']['patroni']>): Promise<ObjectSource[]> {
+  const [dynamic, topology] = await Promise.all([readPatroniConfig(patroni), readPatroniTopology(patroni)]);
+  const members = {
+    ...(topology.scope !== undefined ? { scope: topology.scope } : {}),
+    source: topology.source,
+    members: topology.nodes,
+  };
+  return [
+    {
+      ...inMemorySource('patroni-config', 'json', 'Patroni dynamic configuration', Buffer.from(dynamic.text)),
+      part: 'patroni-config',
+    },
+    {
+      ...inMemorySource(
+        'patroni-members',
+        'json',
+        'Patroni members and roles',
+        Buffer.from(`${JSON.stringify(members, null, 2)}\n`),
+      ),
+      part: 'patroni-members',
+    },
+  ];
 }
 
 function tsv(rows: readonly Record<string, unknown>[]): string {
@@ -101,4 +133,36 @@ async function collectConfigFiles(vault: Vault): Promise<TarFile[]> {
   files.push({ name: 'roles.sql', content: Buffer.concat(chunks) });
   if (notes.length > 0) files.push({ name: 'NOTES.txt', content: `${notes.join('\n')}\n` });
   return files;
+}
+
+/** What a config backup recorded of its Patroni cluster (`restore list <backup>` shows it). */
+export interface PatroniRecord {
+  /** GET /config as stored. */
+  readonly config?: unknown;
+  /** The members with their roles at backup time. */
+  readonly members?: { scope?: string; source?: string; members: TopologyNode[] };
+}
+
+/**
+ * The Patroni objects of a config backup, read back (digests checked) after its manifest is
+ * verified; undefined for a backup without them.
+ */
+export async function readPatroniRecord(
+  vault: Vault,
+  entry: CatalogEntry,
+): Promise<PatroniRecord | undefined> {
+  const objects = entry.manifest.objects.filter(
+    (o) => o.kind === 'patroni-config' || o.kind === 'patroni-members',
+  );
+  if (objects.length === 0) return undefined;
+  await openBackup(entry, vault.config);
+  const record: { config?: unknown; members?: PatroniRecord['members'] } = {};
+  for (const object of objects) {
+    const chunks: Buffer[] = [];
+    for await (const chunk of await readBackupObject(vault, entry, object)) chunks.push(chunk as Buffer);
+    const value = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    if (object.kind === 'patroni-config') record.config = value;
+    else record.members = value as PatroniRecord['members'];
+  }
+  return record;
 }

@@ -1,6 +1,8 @@
 import type { ManifestBody } from '../catalog/manifest';
+import type { PgConnection } from '../config';
 import { listDatabases, serverInfo } from '../pg/server';
 import { quoteIdent, withClient } from '../pg/tools';
+import { chooseReadSource } from '../topology';
 import type { Vault } from '../vault';
 import { inMemorySource, runBackup } from './run';
 
@@ -16,8 +18,12 @@ export interface IndexDefinition {
 }
 
 /** Every index of every user table in one database, extension index types (vector, gin, ...) included. */
-export async function indexDefinitions(vault: Vault, database: string): Promise<IndexDefinition[]> {
-  return withClient(vault.config.pg, database, async (c) => {
+export async function indexDefinitions(
+  vault: Vault,
+  database: string,
+  conn: PgConnection = vault.config.pg,
+): Promise<IndexDefinition[]> {
+  return withClient(conn, database, async (c) => {
     const r = await c.query<{
       schema: string;
       table: string;
@@ -87,16 +93,26 @@ export function parseIndexSql(text: string): Map<string, string[]> {
   return out;
 }
 
-/** `backup indexes`: the definitions of every index in every database, as one SQL object. */
+/**
+ * `backup indexes`: the definitions of every index in every database, as one SQL object. Read where
+ * BACKUP_FROM says (with Patroni, a healthy replica, else the leader with a warning), as full backups.
+ */
 export async function backupIndexes(vault: Vault, options: { now?: Date } = {}): Promise<ManifestBody> {
   const { config } = vault;
-  await Promise.all(vault.targets.map((t) => t.probe(config.clusterName)));
-  const server = await serverInfo(config.pg);
+  const [, source] = await Promise.all([
+    Promise.all(vault.targets.map((t) => t.probe(config.clusterName))),
+    chooseReadSource(
+      config,
+      (conn) => Promise.all([serverInfo(conn), listDatabases(conn)]),
+      (line) => vault.reporter.warn(line),
+    ),
+  ]);
+  const [server, databases] = source.probed;
   const byDatabase = new Map<string, IndexDefinition[]>();
-  for (const db of await listDatabases(config.pg))
-    byDatabase.set(db.name, await indexDefinitions(vault, db.name));
+  for (const db of databases) byDatabase.set(db.name, await indexDefinitions(vault, db.name, source.conn));
   const sql = Buffer.from(renderIndexSql(byDatabase, options.now ?? new Date()), 'utf8');
   return runBackup(vault, {
+    node: source.node,
     type: 'indexes',
     schedule: 'manual',
     server,

@@ -28,10 +28,14 @@ function buildSchemas() {
 
   const storedObject = z.object({
     key: z.string().min(1),
-    /** What the object holds: one database's pg_dump archive, the globals, a config tarball, index SQL. */
-    kind: z.enum(['database', 'globals', 'config', 'indexes', 'base']),
-    /** pg_dump custom archive, plain SQL, or tar. */
-    format: z.enum(['dump', 'sql', 'tar']),
+    /**
+     * What the object holds: one database's pg_dump archive, the globals, a config tarball, index SQL;
+     * config backups of a Patroni cluster add its dynamic configuration (`patroni-config`, GET /config)
+     * and its members with their roles (`patroni-members`).
+     */
+    kind: z.enum(['database', 'globals', 'config', 'indexes', 'base', 'patroni-config', 'patroni-members']),
+    /** pg_dump custom archive, plain SQL, tar, or JSON. */
+    format: z.enum(['dump', 'sql', 'tar', 'json']),
     database: z.string().optional(),
     /** Bytes before compression and encryption. */
     rawSize: z.number().int().nonnegative(),

@@ -65,7 +65,7 @@ export function namePart(name: string): string {
 }
 
 export function objectExtension(
-  format: 'dump' | 'sql' | 'tar',
+  format: 'dump' | 'sql' | 'tar' | 'json',
   compression: Compression,
   encrypted: boolean,
 ): string {

@@ -122,7 +122,9 @@ export function restoreCommandConfigText(config: Config, keyFile: string | undef
     ['AWS_SECRET_ACCESS_KEY', config.cloud.credentials?.secretAccessKey],
     ['AWS_SESSION_TOKEN', config.cloud.credentials?.sessionToken],
     ['LOCAL_COPY', config.localCopy],
-    ['DEPLOYMENT_MODE', config.deploymentMode],
+    // patroni is left out: it needs PATRONI_URL (and maybe its password) to parse, and restore_command
+    // never asks the cluster anything (a restore of a Patroni cluster's base backup failed on it).
+    ['DEPLOYMENT_MODE', config.deploymentMode === 'patroni' ? undefined : config.deploymentMode],
     ['CLUSTER_NAME', config.clusterName],
     ['PG_BIN_DIR', config.pgBinDir],
     // Known to restore wal (prefetch); read loosely so this file does not depend on its exact shape.

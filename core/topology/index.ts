@@ -11,7 +11,7 @@ import {
 import { readPatroniTopology, TopologyError } from './patroni';
 
 export * from './choose';
-export { readPatroniTopology, TopologyError } from './patroni';
+export { type PatroniDynamicConfig, readPatroniConfig, readPatroniTopology, TopologyError } from './patroni';
 
 /*
  * The topology: which nodes the cluster has and which one each connection goes to. single-node is

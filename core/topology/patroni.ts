@@ -182,3 +182,49 @@ export async function readPatroniTopology(config: PatroniConfig): Promise<Topolo
     `no Patroni REST API answered (PATRONI_URL): ${failures.join('; ')}; check that Patroni runs and that PATRONI_URL names each node's restapi address`,
   );
 }
+
+/** Patroni's dynamic configuration (`GET /config`), as the API returned it, and which URL answered. */
+export interface PatroniDynamicConfig {
+  /** The answer's JSON text, unchanged. */
+  readonly text: string;
+  readonly source: string;
+}
+
+/**
+ * Patroni's dynamic configuration (`GET /config`: ttl, loop_wait, postgresql.parameters, ...) from the
+ * first PATRONI_URL that answers, with the same auth, TLS and timeout as `/cluster`. Every URL down
+ * or wrong: a TopologyError naming each URL and why.
+ */
+export async function readPatroniConfig(config: PatroniConfig): Promise<PatroniDynamicConfig> {
+  const failures: string[] = [];
+  for (const entry of config.urls) {
+    let answer: ApiAnswer;
+    try {
+      answer = await get(config, entry, 'config');
+    } catch (err) {
+      if (err instanceof ConfigError) throw err;
+      failures.push(`${entry.url}: ${reason(err)}`);
+      continue;
+    }
+    if (answer.status !== 200) {
+      failures.push(`${entry.url}: ${statusReason(answer.status)}`);
+      continue;
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(answer.body);
+    } catch {
+      parsed = undefined;
+    }
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+      failures.push(
+        `${entry.url}: /config is not Patroni's answer (not a JSON object); is this the REST API port?`,
+      );
+      continue;
+    }
+    return { text: answer.body, source: entry.url };
+  }
+  throw new TopologyError(
+    `no Patroni REST API answered GET /config (PATRONI_URL): ${failures.join('; ')}; check that Patroni runs and that PATRONI_URL names each node's restapi address`,
+  );
+}
