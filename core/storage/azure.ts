@@ -172,7 +172,10 @@ export class AzureTarget implements StorageTarget {
       if (atEnd) {
         // The whole stream fits one block: one Put Blob, as atomic as a commit.
         size = first.length;
-        await blob.upload(first, first.length, { metadata, conditions });
+        await this.timed(
+          (abortSignal) => blob.upload(first, first.length, { metadata, conditions, abortSignal }),
+          first.length,
+        );
         return { size };
       }
       let block: Buffer = first;
@@ -186,7 +189,10 @@ export class AzureTarget implements StorageTarget {
           const id = Buffer.from(`${writeId}-${String(index).padStart(6, '0')}`).toString('base64');
           blockIds.push(id);
           const body = block;
-          const staged: Promise<void> = blob.stageBlock(id, body, body.length).then(
+          const staged: Promise<void> = this.timed(
+            (abortSignal) => blob.stageBlock(id, body, body.length, { abortSignal }),
+            body.length,
+          ).then(
             () => {
               staging.delete(staged);
             },
@@ -204,7 +210,9 @@ export class AzureTarget implements StorageTarget {
       }
       await Promise.all(staging);
       if (stageFailure !== undefined) throw stageFailure.error;
-      await blob.commitBlockList(blockIds, { metadata, conditions });
+      await this.timed((abortSignal) =>
+        blob.commitBlockList(blockIds, { metadata, conditions, abortSignal }),
+      );
       return { size };
     } catch (err) {
       const failure = sourceFailure;
@@ -228,7 +236,7 @@ export class AzureTarget implements StorageTarget {
     const blob = await this.blockBlob(key);
     const body = typeof data === 'string' ? Buffer.from(data) : data;
     try {
-      await blob.upload(body, body.length);
+      await this.timed((abortSignal) => blob.upload(body, body.length, { abortSignal }), body.length);
     } catch (err) {
       throw this.storageError(err, `upload ${key}`);
     }
@@ -237,7 +245,7 @@ export class AzureTarget implements StorageTarget {
   async get(key: string): Promise<Readable> {
     const blob = await this.blockBlob(key);
     try {
-      const response = await blob.download(0);
+      const response = await this.timed((abortSignal) => blob.download(0, undefined, { abortSignal }));
       const body = response.readableStreamBody;
       if (body === undefined) throw new StorageError(`Azure gave no body for ${key} in ${this.location}`);
       return body as Readable;
@@ -261,7 +269,7 @@ export class AzureTarget implements StorageTarget {
   async stat(key: string): Promise<ObjectInfo | undefined> {
     const blob = await this.blockBlob(key);
     try {
-      const properties = await blob.getProperties();
+      const properties = await this.timed((abortSignal) => blob.getProperties({ abortSignal }));
       return { key, size: properties.contentLength ?? 0, modified: properties.lastModified ?? new Date(0) };
     } catch (err) {
       if (isBlobNotFound(err)) return undefined;
@@ -273,13 +281,20 @@ export class AzureTarget implements StorageTarget {
     assertValidPrefix(prefix);
     const container = await this.containerClient();
     const keyStart = this.prefix === '' ? 0 : this.prefix.length + 1;
+    // One signal for the listing; each page's request is timed on its own.
+    const controller = new AbortController();
     const pages = container
-      .listBlobsFlat({ prefix: this.fullKey(prefix) })
+      .listBlobsFlat({ prefix: this.fullKey(prefix), abortSignal: controller.signal })
       .byPage({ maxPageSize: this.options.pageSize ?? DEFAULT_PAGE_SIZE });
     while (true) {
       let page: IteratorResult<ContainerListBlobFlatSegmentResponse>;
       try {
-        page = await pages.next();
+        const timer = setTimeout(() => controller.abort(), this.timeoutMs);
+        try {
+          page = await pages.next();
+        } finally {
+          clearTimeout(timer);
+        }
       } catch (err) {
         throw this.storageError(err, `list ${prefix || '/'}`);
       }
@@ -299,7 +314,7 @@ export class AzureTarget implements StorageTarget {
   async delete(key: string): Promise<void> {
     const blob = await this.blockBlob(key);
     try {
-      await blob.delete({ deleteSnapshots: 'include' });
+      await this.timed((abortSignal) => blob.delete({ deleteSnapshots: 'include', abortSignal }));
     } catch (err) {
       if (isBlobNotFound(err)) return;
       throw this.storageError(err, `delete ${key}`);
@@ -313,6 +328,28 @@ export class AzureTarget implements StorageTarget {
   }
 
   /**
+   * Runs one SDK operation under this target's time limit (S3_REQUEST_TIMEOUT): the SDK's own
+   * tryTimeoutInMs only asks the server to give up, and an endpoint that accepts a connection and
+   * never answers would hang archive_command. The limit covers the operation up to its answer (a
+   * download's body streams after it, so a slow reader is never cut), retries included, plus
+   * `bytes` at 1 MiB/s for a block or blob sent.
+   */
+  private async timed<T>(work: (abortSignal: AbortSignal) => Promise<T>, bytes = 0): Promise<T> {
+    const controller = new AbortController();
+    const limit = this.timeoutMs + Math.ceil((bytes / MiB) * 1000);
+    const timer = setTimeout(() => controller.abort(), limit);
+    try {
+      return await work(controller.signal);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private get timeoutMs(): number {
+    return this.options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  }
+
+  /**
    * After a failed put whose whole source was read (so the commit may have completed, its answer
    * lost): 'stored' when the blob under the key carries this write's id, 'other' when another
    * writer's blob is there (never touched), 'absent' when none is.
@@ -322,7 +359,7 @@ export class AzureTarget implements StorageTarget {
     writeId: string,
   ): Promise<'stored' | 'absent' | 'other'> {
     try {
-      const properties = await blob.getProperties();
+      const properties = await this.timed((abortSignal) => blob.getProperties({ abortSignal }));
       return properties.metadata?.[WRITE_ID_METADATA] === writeId ? 'stored' : 'other';
     } catch (err) {
       if (isBlobNotFound(err)) return 'absent';
@@ -354,7 +391,8 @@ export class AzureTarget implements StorageTarget {
       const pipeline: StoragePipelineOptions = {
         retryOptions: {
           maxTries: this.options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
-          tryTimeoutInMs: this.options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+          // Sent as the server-side timeout; the client-side limit is timed() below.
+          tryTimeoutInMs: this.timeoutMs,
           // archive_command must fail fast when the store is down (PostgreSQL retries it).
           retryDelayInMs: 500,
           maxRetryDelayInMs: 4000,

@@ -668,3 +668,235 @@ describe('file target create-only puts (PutOptions.ifAbsent)', () => {
     }
   });
 });
+
+describe('Azure target (Azurite)', () => {
+  let server: AzuriteServer;
+
+  beforeAll(async () => {
+    server = await startAzurite();
+  });
+
+  afterAll(async () => {
+    await server.stop();
+  });
+
+  function target(options: Partial<ConstructorParameters<typeof AzureTarget>[0]> = {}): AzureTarget {
+    return new AzureTarget({
+      container: server.container,
+      prefix: 'pgvault',
+      connectionString: server.connectionString,
+      ...options,
+    });
+  }
+
+  it('chooses blocks so a multi-terabyte stream fits 50,000 blocks, with or without a size hint', () => {
+    // Prepare
+    const TiB = 1024 * 1024 * MiB;
+    const totalOf = (base: number) =>
+      Array.from({ length: 50_000 }, (_, i) => blockSizeAt(i, base)).reduce((a, b) => a + b, 0);
+
+    // Act
+    const unhinted = chooseBlockSize();
+    const tenTiB = chooseBlockSize(10 * TiB);
+
+    // Assess
+    expect(unhinted).toBe(8 * MiB);
+    expect(totalOf(unhinted)).toBeGreaterThan(2 * TiB);
+    expect(tenTiB * 50_000).toBeGreaterThan(10 * TiB);
+    expect(tenTiB % MiB).toBe(0);
+    expect(chooseBlockSize(100 * MiB)).toBe(8 * MiB);
+  });
+
+  it('refuses a create-only put over a taken name with ObjectExistsError and keeps the first object', async () => {
+    // Prepare
+    const azure = target();
+    await azure.putBytes('c1/wal/000000010000000000000001', 'first writer');
+
+    // Act
+    const [small, large] = await Promise.allSettled([
+      azure.put('c1/wal/000000010000000000000001', Readable.from([Buffer.from('second writer')]), {
+        ifAbsent: true,
+      }),
+      target({ blockSize: MiB }).put('c1/wal/000000010000000000000001', randomSource(3 * MiB).stream, {
+        ifAbsent: true,
+      }),
+    ]);
+
+    // Assess
+    expect(small.status === 'rejected' && small.reason).toBeInstanceOf(ObjectExistsError);
+    expect(large.status === 'rejected' && large.reason).toBeInstanceOf(ObjectExistsError);
+    expect((await azure.getBytes('c1/wal/000000010000000000000001')).toString()).toBe('first writer');
+  });
+
+  it('lets exactly one of two concurrent create-only writers of one name win, the object whole', async () => {
+    // Prepare
+    const azure = target({ blockSize: MiB });
+    const bodies = [randomBytes(3 * MiB), randomBytes(3 * MiB)];
+
+    // Act
+    const puts = await Promise.allSettled(
+      bodies.map((body) =>
+        azure.put('c1/wal/000000010000000000000002', Readable.from([body]), { ifAbsent: true }),
+      ),
+    );
+
+    // Assess
+    const won = puts.findIndex((p) => p.status === 'fulfilled');
+    expect(puts.filter((p) => p.status === 'fulfilled')).toHaveLength(1);
+    const lost = puts[1 - won]!;
+    expect(lost.status === 'rejected' && lost.reason).toBeInstanceOf(ObjectExistsError);
+    expect((await azure.getBytes('c1/wal/000000010000000000000002')).equals(bodies[won]!)).toBe(true);
+  });
+
+  it('shows no object while blocks are staged, only once the block list is committed', async () => {
+    // Prepare: a source that pauses after three blocks until the test has looked.
+    const azure = target({ blockSize: MiB });
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let staged = 0;
+    async function* produce() {
+      for (let i = 0; i < 6; i++) {
+        yield randomBytes(MiB);
+        if (++staged === 4) await gate;
+      }
+    }
+
+    // Act
+    const put = azure.put('c1/base/staged.tar', Readable.from(produce()));
+    while (staged < 4) await new Promise((resolve) => setTimeout(resolve, 20));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const during = await azure.stat('c1/base/staged.tar');
+    const listedDuring = await keysOf(azure.list('c1/base/'));
+    release();
+    const { size } = await put;
+
+    // Assess
+    expect(during).toBeUndefined();
+    expect(listedDuring).toEqual([]);
+    expect(size).toBe(6 * MiB);
+    expect((await azure.stat('c1/base/staged.tar'))?.size).toBe(6 * MiB);
+  });
+
+  it('pages through listings with a small page size', async () => {
+    // Prepare
+    const azure = target({ pageSize: 7 });
+    const keys = Array.from({ length: 30 }, (_, i) => `small-pages/${String(i).padStart(3, '0')}`);
+    await Promise.all(keys.map((key) => azure.putBytes(key, key)));
+
+    // Act
+    const listed = await keysOf(azure.list('small-pages/'));
+
+    // Assess
+    expect(listed).toEqual(keys);
+  });
+
+  it('authenticates with the account key and with a SAS token too', async () => {
+    // Prepare
+    const {
+      generateAccountSASQueryParameters,
+      AccountSASPermissions,
+      AccountSASResourceTypes,
+      AccountSASServices,
+      StorageSharedKeyCredential,
+    } = await import('@azure/storage-blob');
+    const sas = generateAccountSASQueryParameters(
+      {
+        expiresOn: new Date(Date.now() + 3600_000),
+        permissions: AccountSASPermissions.parse('rwdlc'),
+        resourceTypes: AccountSASResourceTypes.parse('sco').toString(),
+        services: AccountSASServices.parse('b').toString(),
+      },
+      new StorageSharedKeyCredential(server.account, server.accountKey),
+    ).toString();
+    const byKey = target({
+      connectionString: undefined,
+      endpoint: server.endpoint,
+      account: server.account,
+      accountKey: server.accountKey,
+    });
+    const bySas = target({
+      connectionString: undefined,
+      endpoint: server.endpoint,
+      account: server.account,
+      sasToken: sas,
+    });
+
+    // Act
+    await byKey.putBytes('auth/key', 'by key');
+    await bySas.putBytes('auth/sas', 'by sas');
+
+    // Assess
+    expect((await bySas.getBytes('auth/key')).toString()).toBe('by key');
+    expect((await byKey.getBytes('auth/sas')).toString()).toBe('by sas');
+  });
+
+  it('names a missing container in its probe', async () => {
+    // Act
+    const probe = target({ container: 'no-such-container' }).probe('c1');
+
+    // Assess
+    await expect(probe).rejects.toThrow(StorageError);
+    await expect(probe).rejects.toThrow(
+      'container no-such-container does not exist (ContainerNotFound); create it (az storage container create --name no-such-container) or check CLOUD_BUCKET',
+    );
+  });
+
+  it('fails with one line naming the endpoint when nothing listens there, without the key', async () => {
+    // Prepare
+    const probeServer = createServer();
+    await new Promise<void>((resolve) => probeServer.listen(0, '127.0.0.1', resolve));
+    const { port } = probeServer.address() as { port: number };
+    await new Promise<void>((resolve) => probeServer.close(() => resolve()));
+    const endpoint = `http://127.0.0.1:${port}/devstoreaccount1`;
+    const azure = target({
+      connectionString: undefined,
+      endpoint,
+      account: server.account,
+      accountKey: server.accountKey,
+      maxAttempts: 1,
+    });
+
+    // Act
+    const [put, probe] = await Promise.allSettled([
+      azure.put('c1/wal/000000010000000000000001', randomSource(MiB).stream),
+      azure.probe('c1'),
+    ]);
+
+    // Assess
+    expect(put.status === 'rejected' && put.reason).toBeInstanceOf(StorageError);
+    expect(put.status === 'rejected' && put.reason.message).toBe(
+      `Azure Blob Storage at ${endpoint} cannot be reached (ECONNREFUSED) trying to upload c1/wal/000000010000000000000001 in azure://devstoreaccount1/pgvault-test/pgvault; check AZURE_STORAGE_ACCOUNT (or the connection string's endpoint) and the network`,
+    );
+    expect(probe.status === 'rejected' && probe.reason.message).toMatch(/cannot be reached \(ECONNREFUSED\)/);
+    expect(probe.status === 'rejected' && probe.reason.message).not.toContain(server.accountKey);
+  });
+
+  it('gives up on an endpoint that accepts connections but never answers', async () => {
+    // Prepare
+    const silent = createServer(() => {});
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const endpoint = `http://127.0.0.1:${(silent.address() as { port: number }).port}/devstoreaccount1`;
+    const azure = target({
+      connectionString: undefined,
+      endpoint,
+      account: server.account,
+      accountKey: server.accountKey,
+      maxAttempts: 1,
+      requestTimeoutMs: 300,
+    });
+
+    try {
+      // Act
+      const [stat] = await Promise.allSettled([azure.stat('c1/wal/000000010000000000000001')]);
+
+      // Assess
+      expect(stat.status === 'rejected' && stat.reason.message).toBe(
+        `Azure Blob Storage at ${endpoint} did not answer in time: look up c1/wal/000000010000000000000001 in azure://devstoreaccount1/pgvault-test/pgvault timed out after 0.3 s (TimeoutError); check the network, or raise S3_REQUEST_TIMEOUT`,
+      );
+    } finally {
+      silent.close();
+    }
+  });
+});
