@@ -779,6 +779,46 @@ describe('Azure target (Azurite)', () => {
     expect((await azure.stat('c1/base/staged.tar'))?.size).toBe(6 * MiB);
   });
 
+  it.each([
+    ['a block list commit', 3 * MiB, /comp=blocklist/],
+    ['a single Put Blob', 64 * 1024, /^(?!.*comp=)/],
+  ])(
+    'keeps a create-only put whose answer was lost (%s) as stored, not as another writer’s',
+    async (_, size, query) => {
+      // Prepare: the store commits the blob, the client never hears back and retries into If-None-Match: *.
+      const proxy = await startFaultProxy(server.endpoint.replace(/\/devstoreaccount1$/, ''));
+      const azure = target({
+        connectionString: undefined,
+        endpoint: `${proxy.endpoint}/devstoreaccount1`,
+        account: server.account,
+        accountKey: server.accountKey,
+        blockSize: MiB,
+        requestTimeoutMs: 5000,
+      });
+      const key = `c1/wal/lost-answer-${size}`;
+      const rule = proxy.addRule({
+        method: 'PUT',
+        path: new RegExp(key),
+        query,
+        nth: 1,
+        action: { kind: 'lose-response' },
+      });
+      const source = randomSource(size);
+
+      try {
+        // Act
+        const put = await azure.put(key, source.stream, { ifAbsent: true });
+
+        // Assess
+        expect(proxy.hits(rule)).toBe(1);
+        expect(put.size).toBe(size);
+        expect(await sha256Of(await azure.get(key))).toBe(source.sha256());
+      } finally {
+        await proxy.stop();
+      }
+    },
+  );
+
   it('pages through listings with a small page size', async () => {
     // Prepare
     const azure = target({ pageSize: 7 });
