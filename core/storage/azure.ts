@@ -12,6 +12,7 @@ import type {
 } from '@azure/storage-blob' with { 'resolution-mode': 'import' };
 import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../errors';
 import { assertValidKey, assertValidPrefix } from './file';
+import { ArchivedObjectError } from './s3';
 import type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
 type BlobSdk = typeof import('@azure/storage-blob', { with: { 'resolution-mode': 'import' }});
@@ -251,6 +252,7 @@ export class AzureTarget implements StorageTarget {
       return body as Readable;
     } catch (err) {
       if (isBlobNotFound(err)) throw new ObjectNotFoundError(key, this.location);
+      if (restError(err).code === 'BlobArchived') throw this.archivedError(key, err);
       throw this.storageError(err, `download ${key}`);
     }
   }
@@ -440,6 +442,23 @@ export class AzureTarget implements StorageTarget {
     return `${this.prefix}/${relative}`;
   }
 
+  /**
+   * A read refused because the blob sits in the Archive tier (409 BlobArchived), as one line: the
+   * key and the exact command that rehydrates it. The same ArchivedObjectError the S3 target throws.
+   */
+  private archivedError(key: string, err: unknown): ArchivedObjectError {
+    const account = this.accountName();
+    return new ArchivedObjectError(
+      `object ${key} in ${this.location} is in the Archive tier and cannot be read until it is rehydrated (BlobArchived); ` +
+        `start with az storage blob set-tier${account ? ` --account-name ${account}` : ''} --container-name ${this.container} ` +
+        `--name ${this.fullKey(key)} --tier Hot --rehydrate-priority Standard (and the backup's other archived objects) ` +
+        'and retry once it is done (up to 15 hours; --rehydrate-priority High: about an hour)',
+      key,
+      'Archive',
+      { cause: err },
+    );
+  }
+
   /** One line naming what failed and what to check; the SDK error stays as the cause. */
   private storageError(err: unknown, action: string): StorageError {
     if (err instanceof StorageError) return err;
@@ -462,12 +481,6 @@ export class AzureTarget implements StorageTarget {
     if (code === 'ContainerNotFound') {
       return new StorageError(
         `container ${this.container} does not exist (ContainerNotFound); create it (az storage container create --name ${this.container}) or check CLOUD_BUCKET`,
-        { cause: err },
-      );
-    }
-    if (code === 'BlobArchived') {
-      return new StorageError(
-        `${action} in ${this.location}: the blob is in the Archive tier and cannot be read until it is rehydrated (BlobArchived); az storage blob set-tier --tier Hot --rehydrate-priority Standard, then retry once done (up to 15 hours)`,
         { cause: err },
       );
     }

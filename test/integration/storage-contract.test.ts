@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../../core/errors';
 import { AzureTarget, blockSizeAt, chooseBlockSize } from '../../core/storage/azure';
 import { FileTarget } from '../../core/storage/file';
-import { S3Target } from '../../core/storage/s3';
+import { ArchivedObjectError, S3Target } from '../../core/storage/s3';
 import type { ObjectInfo, StorageTarget } from '../../core/storage/target';
 import { type AzuriteServer, startAzurite } from '../helpers/azurite';
 import { startFaultProxy } from '../helpers/fault-proxy';
@@ -870,6 +870,28 @@ describe('Azure target (Azurite)', () => {
     // Assess
     expect((await bySas.getBytes('auth/key')).toString()).toBe('by key');
     expect((await byKey.getBytes('auth/sas')).toString()).toBe('by sas');
+  });
+
+  it('says how to rehydrate a blob in the Archive tier when a read is refused', async () => {
+    // Prepare
+    const azure = target();
+    await azure.putBytes('c1/full/weekly/full-weekly-20260104-020000.app.dump', 'archived');
+    const { BlobServiceClient } = await import('@azure/storage-blob');
+    await BlobServiceClient.fromConnectionString(server.connectionString)
+      .getContainerClient(server.container)
+      .getBlockBlobClient('pgvault/c1/full/weekly/full-weekly-20260104-020000.app.dump')
+      .setAccessTier('Archive');
+
+    // Act
+    const [read] = await Promise.allSettled([
+      azure.getBytes('c1/full/weekly/full-weekly-20260104-020000.app.dump'),
+    ]);
+
+    // Assess
+    expect(read.status === 'rejected' && read.reason).toBeInstanceOf(ArchivedObjectError);
+    expect(read.status === 'rejected' && read.reason.message).toBe(
+      "object c1/full/weekly/full-weekly-20260104-020000.app.dump in azure://devstoreaccount1/pgvault-test/pgvault is in the Archive tier and cannot be read until it is rehydrated (BlobArchived); start with az storage blob set-tier --account-name devstoreaccount1 --container-name pgvault-test --name pgvault/c1/full/weekly/full-weekly-20260104-020000.app.dump --tier Hot --rehydrate-priority Standard (and the backup's other archived objects) and retry once it is done (up to 15 hours; --rehydrate-priority High: about an hour)",
+    );
   });
 
   it('names a missing container in its probe', async () => {
