@@ -117,6 +117,20 @@ export interface CloudConfig {
    * headers (a bucket's default retention still applies).
    */
   readonly objectLock?: { readonly mode: 'GOVERNANCE' | 'COMPLIANCE'; readonly minDays: number };
+  /** CLOUD_PROVIDER=azure: the account and how to authenticate (azureSettings). Never logged. */
+  readonly azure?: AzureSettings;
+}
+
+/**
+ * Azure Blob settings: AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, or
+ * AZURE_STORAGE_CONNECTION_STRING alone; with none of the three secrets, Entra ID through
+ * @azure/identity's DefaultAzureCredential (managed identity, workload identity, AZURE_CLIENT_* env).
+ */
+export interface AzureSettings {
+  readonly account?: string;
+  readonly connectionString?: string;
+  readonly accountKey?: string;
+  readonly sasToken?: string;
 }
 
 /** Thresholds of the alerts (core/alert/thresholds.ts) and where they are sent. */
@@ -384,6 +398,17 @@ export const KNOWN_KEYS: readonly string[] = [
   'S3_OBJECT_LOCK_MODE',
   'S3_OBJECT_LOCK_RETAIN',
   'S3_OBJECT_LOCK_MIN_DAYS',
+  'AZURE_STORAGE_ACCOUNT',
+  'AZURE_STORAGE_KEY',
+  'AZURE_STORAGE_SAS_TOKEN',
+  'AZURE_STORAGE_CONNECTION_STRING',
+  // Read by @azure/identity's DefaultAzureCredential from the environment (CLOUD_PROVIDER=azure).
+  'AZURE_CLIENT_ID',
+  'AZURE_TENANT_ID',
+  'AZURE_CLIENT_SECRET',
+  'AZURE_CLIENT_CERTIFICATE_PATH',
+  'AZURE_FEDERATED_TOKEN_FILE',
+  'AZURE_AUTHORITY_HOST',
   'AWS_DEFAULT_REGION',
   'AWS_REGION',
   'AWS_ACCESS_KEY_ID',
@@ -661,6 +686,35 @@ function awsCredentials(raw: Raw): CloudConfig['credentials'] {
   }
   const sessionToken = raw.AWS_SESSION_TOKEN?.trim() || undefined;
   return { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) };
+}
+
+/** CLOUD_PROVIDER=azure's settings (CloudConfig.azure); one line naming what is missing. */
+function azureSettings(raw: Raw): AzureSettings {
+  const account = text(raw, 'AZURE_STORAGE_ACCOUNT');
+  const connectionString = raw.AZURE_STORAGE_CONNECTION_STRING?.trim() || undefined;
+  const accountKey = raw.AZURE_STORAGE_KEY?.trim() || undefined;
+  const sasToken = raw.AZURE_STORAGE_SAS_TOKEN?.trim() || undefined;
+  const given = [
+    connectionString && 'AZURE_STORAGE_CONNECTION_STRING',
+    accountKey && 'AZURE_STORAGE_KEY',
+    sasToken && 'AZURE_STORAGE_SAS_TOKEN',
+  ].filter((name): name is string => typeof name === 'string');
+  if (given.length > 1) {
+    throw new ConfigError(
+      `${given.join(' and ')} are both set; set one way to authenticate to Azure (or none, for a managed identity)`,
+    );
+  }
+  if (connectionString === undefined && account === undefined) {
+    throw new ConfigError(
+      'CLOUD_PROVIDER=azure needs AZURE_STORAGE_ACCOUNT (or AZURE_STORAGE_CONNECTION_STRING); set it to the storage account name',
+    );
+  }
+  if (account !== undefined && !/^[a-z0-9]{3,24}$/.test(account)) {
+    throw new ConfigError(
+      `AZURE_STORAGE_ACCOUNT=${account} is not a storage account name; use its 3-24 lowercase letters and digits`,
+    );
+  }
+  return { account, connectionString, accountKey, sasToken };
 }
 
 /**
@@ -986,6 +1040,7 @@ export function parseConfig(
       requestTimeoutSeconds: integer(raw, 'S3_REQUEST_TIMEOUT', 60, 1, 3600),
       maxAttempts: integer(raw, 'S3_MAX_ATTEMPTS', 3, 1, 20),
       ...objectLockSetting(raw),
+      ...(provider === 'azure' ? { azure: azureSettings(raw) } : {}),
     },
     localCopy: boolean(raw, 'LOCAL_COPY', true),
     deploymentMode,

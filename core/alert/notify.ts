@@ -50,6 +50,11 @@ function secretsOf(
     process.env.AWS_SESSION_TOKEN,
     config.cloud?.credentials?.secretAccessKey,
     config.cloud?.credentials?.sessionToken,
+    config.cloud?.azure?.accountKey,
+    config.cloud?.azure?.sasToken,
+    config.cloud?.azure?.connectionString,
+    /AccountKey=([^;]+)/i.exec(config.cloud?.azure?.connectionString ?? '')?.[1],
+    /SharedAccessSignature=([^;]+)/i.exec(config.cloud?.azure?.connectionString ?? '')?.[1],
     smtp ? decodeURIComponent(smtp.password) : undefined,
     smtp ? smtp.password : undefined,
     // A webhook's path and query are its token (Slack, Teams): never echoed.

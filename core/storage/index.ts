@@ -2,10 +2,12 @@ import { awsClientCredentials, type Config } from '../config';
 import { ConfigError } from '../errors';
 import { objectLockRetainUntil } from '../retention/lock';
 import { retentionPolicy } from '../retention/plan';
+import { AzureTarget } from './azure';
 import { FileTarget } from './file';
 import { S3Target } from './s3';
 import type { StorageTarget } from './target';
 
+export { AzureTarget, type AzureTargetOptions, blockSizeAt, chooseBlockSize } from './azure';
 export { assertValidKey, assertValidPrefix, FileTarget } from './file';
 export { choosePartSize, S3Target, type S3TargetOptions } from './s3';
 export type { ObjectInfo, PutOptions, StorageTarget } from './target';
@@ -46,8 +48,20 @@ export function createTargets(config: Config): StorageTarget[] {
       });
       return config.localCopy ? [new FileTarget(config.backupDir), s3] : [s3];
     }
+    case 'azure': {
+      if (cloud.bucket === undefined) {
+        throw new ConfigError('CLOUD_PROVIDER=azure needs CLOUD_BUCKET; set it to the container name');
+      }
+      const azure = new AzureTarget({
+        container: cloud.bucket,
+        prefix: cloud.prefix,
+        ...cloud.azure,
+        requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
+        maxAttempts: cloud.maxAttempts,
+      });
+      return config.localCopy ? [new FileTarget(config.backupDir), azure] : [azure];
+    }
     case 'gcs':
-    case 'azure':
-      throw new ConfigError(`CLOUD_PROVIDER=${cloud.provider} is not supported yet; use s3 or none`);
+      throw new ConfigError(`CLOUD_PROVIDER=${cloud.provider} is not supported yet; use s3, azure or none`);
   }
 }

@@ -6,9 +6,11 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../../core/errors';
+import { AzureTarget, blockSizeAt, chooseBlockSize } from '../../core/storage/azure';
 import { FileTarget } from '../../core/storage/file';
-import { S3Target } from '../../core/storage/s3';
+import { ArchivedObjectError, S3Target } from '../../core/storage/s3';
 import type { ObjectInfo, StorageTarget } from '../../core/storage/target';
+import { type AzuriteServer, startAzurite } from '../helpers/azurite';
 import { startFaultProxy } from '../helpers/fault-proxy';
 import { type S3TestServer, startS3Server } from '../helpers/s3-server';
 
@@ -16,7 +18,7 @@ const MiB = 1024 * 1024;
 
 /** One backend under test: how to make a target, and how to look behind it for leftovers. */
 interface Backend {
-  readonly name: 'file' | 's3';
+  readonly name: 'file' | 's3' | 'azure';
   /**
    * Real S3 lists in UTF-8 byte order ('a-c' before 'a/b'); s3rver walks its directory tree and puts
    * 'a/b' first, so that one ordering case is only asserted where the backend is faithful.
@@ -75,6 +77,34 @@ function s3Backend(): Backend {
   };
 }
 
+function azureBackend(): Backend {
+  let server: AzuriteServer | undefined;
+  return {
+    name: 'azure',
+    listsInByteOrder: true,
+    async setUp() {
+      server = await startAzurite();
+      return new AzureTarget({
+        container: server.container,
+        // A prefix, so every test also checks that names are stripped of it.
+        prefix: 'vault/ci',
+        endpoint: server.endpoint,
+        account: server.account,
+        accountKey: server.accountKey,
+        // 5 MiB blocks, so a 20 MiB stream takes five staged blocks and a commit.
+        blockSize: 5 * MiB,
+      });
+    },
+    async tearDown() {
+      await server?.stop();
+    },
+    async leftovers() {
+      // Uncommitted blocks are not objects (never listed, never readable); Azure discards them.
+      return [];
+    },
+  };
+}
+
 /** A stream of `size` random bytes in 64 KiB chunks; `sha256()` is the digest of what it produced. */
 function randomSource(size: number, failure?: { afterBytes: number; error: Error }) {
   const hash = createHash('sha256');
@@ -122,7 +152,7 @@ async function inBatches<T>(items: readonly T[], limit: number, work: (item: T) 
   await Promise.all(workers);
 }
 
-describe.each([fileBackend(), s3Backend()])('storage target contract: $name', (backend) => {
+describe.each([fileBackend(), s3Backend(), azureBackend()])('storage target contract: $name', (backend) => {
   let target: StorageTarget;
 
   beforeAll(async () => {
@@ -635,6 +665,300 @@ describe('file target create-only puts (PutOptions.ifAbsent)', () => {
       expect((await target.getBytes('wal/segment')).equals(bodies[won]!)).toBe(true);
     } finally {
       await rm(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('Azure target (Azurite)', () => {
+  let server: AzuriteServer;
+
+  beforeAll(async () => {
+    server = await startAzurite();
+  });
+
+  afterAll(async () => {
+    await server.stop();
+  });
+
+  function target(options: Partial<ConstructorParameters<typeof AzureTarget>[0]> = {}): AzureTarget {
+    return new AzureTarget({
+      container: server.container,
+      prefix: 'pgvault',
+      connectionString: server.connectionString,
+      ...options,
+    });
+  }
+
+  it('chooses blocks so a multi-terabyte stream fits 50,000 blocks, with or without a size hint', () => {
+    // Prepare
+    const TiB = 1024 * 1024 * MiB;
+    const totalOf = (base: number) =>
+      Array.from({ length: 50_000 }, (_, i) => blockSizeAt(i, base)).reduce((a, b) => a + b, 0);
+
+    // Act
+    const unhinted = chooseBlockSize();
+    const tenTiB = chooseBlockSize(10 * TiB);
+
+    // Assess
+    expect(unhinted).toBe(8 * MiB);
+    expect(totalOf(unhinted)).toBeGreaterThan(2 * TiB);
+    expect(tenTiB * 50_000).toBeGreaterThan(10 * TiB);
+    expect(tenTiB % MiB).toBe(0);
+    expect(chooseBlockSize(100 * MiB)).toBe(8 * MiB);
+  });
+
+  it('refuses a create-only put over a taken name with ObjectExistsError and keeps the first object', async () => {
+    // Prepare
+    const azure = target();
+    await azure.putBytes('c1/wal/000000010000000000000001', 'first writer');
+
+    // Act
+    const [small, large] = await Promise.allSettled([
+      azure.put('c1/wal/000000010000000000000001', Readable.from([Buffer.from('second writer')]), {
+        ifAbsent: true,
+      }),
+      target({ blockSize: MiB }).put('c1/wal/000000010000000000000001', randomSource(3 * MiB).stream, {
+        ifAbsent: true,
+      }),
+    ]);
+
+    // Assess
+    expect(small.status === 'rejected' && small.reason).toBeInstanceOf(ObjectExistsError);
+    expect(large.status === 'rejected' && large.reason).toBeInstanceOf(ObjectExistsError);
+    expect((await azure.getBytes('c1/wal/000000010000000000000001')).toString()).toBe('first writer');
+  });
+
+  it('lets exactly one of two concurrent create-only writers of one name win, the object whole', async () => {
+    // Prepare
+    const azure = target({ blockSize: MiB });
+    const bodies = [randomBytes(3 * MiB), randomBytes(3 * MiB)];
+
+    // Act
+    const puts = await Promise.allSettled(
+      bodies.map((body) =>
+        azure.put('c1/wal/000000010000000000000002', Readable.from([body]), { ifAbsent: true }),
+      ),
+    );
+
+    // Assess
+    const won = puts.findIndex((p) => p.status === 'fulfilled');
+    expect(puts.filter((p) => p.status === 'fulfilled')).toHaveLength(1);
+    const lost = puts[1 - won]!;
+    expect(lost.status === 'rejected' && lost.reason).toBeInstanceOf(ObjectExistsError);
+    expect((await azure.getBytes('c1/wal/000000010000000000000002')).equals(bodies[won]!)).toBe(true);
+  });
+
+  it('shows no object while blocks are staged, only once the block list is committed', async () => {
+    // Prepare: a source that pauses after three blocks until the test has looked.
+    const azure = target({ blockSize: MiB });
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let staged = 0;
+    async function* produce() {
+      for (let i = 0; i < 6; i++) {
+        yield randomBytes(MiB);
+        if (++staged === 4) await gate;
+      }
+    }
+
+    // Act
+    const put = azure.put('c1/base/staged.tar', Readable.from(produce()));
+    while (staged < 4) await new Promise((resolve) => setTimeout(resolve, 20));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const during = await azure.stat('c1/base/staged.tar');
+    const listedDuring = await keysOf(azure.list('c1/base/'));
+    release();
+    const { size } = await put;
+
+    // Assess
+    expect(during).toBeUndefined();
+    expect(listedDuring).toEqual([]);
+    expect(size).toBe(6 * MiB);
+    expect((await azure.stat('c1/base/staged.tar'))?.size).toBe(6 * MiB);
+  });
+
+  it.each([
+    ['a block list commit', 3 * MiB, /comp=blocklist/],
+    ['a single Put Blob', 64 * 1024, /^(?!.*comp=)/],
+  ])(
+    'keeps a create-only put whose answer was lost (%s) as stored, not as another writer’s',
+    async (_, size, query) => {
+      // Prepare: the store commits the blob, the client never hears back and retries into If-None-Match: *.
+      const proxy = await startFaultProxy(server.endpoint.replace(/\/devstoreaccount1$/, ''));
+      const azure = target({
+        connectionString: undefined,
+        endpoint: `${proxy.endpoint}/devstoreaccount1`,
+        account: server.account,
+        accountKey: server.accountKey,
+        blockSize: MiB,
+        requestTimeoutMs: 5000,
+      });
+      const key = `c1/wal/lost-answer-${size}`;
+      const rule = proxy.addRule({
+        method: 'PUT',
+        path: new RegExp(key),
+        query,
+        nth: 1,
+        action: { kind: 'lose-response' },
+      });
+      const source = randomSource(size);
+
+      try {
+        // Act
+        const put = await azure.put(key, source.stream, { ifAbsent: true });
+
+        // Assess
+        expect(proxy.hits(rule)).toBe(1);
+        expect(put.size).toBe(size);
+        expect(await sha256Of(await azure.get(key))).toBe(source.sha256());
+      } finally {
+        await proxy.stop();
+      }
+    },
+  );
+
+  it('pages through listings with a small page size', async () => {
+    // Prepare
+    const azure = target({ pageSize: 7 });
+    const keys = Array.from({ length: 30 }, (_, i) => `small-pages/${String(i).padStart(3, '0')}`);
+    await Promise.all(keys.map((key) => azure.putBytes(key, key)));
+
+    // Act
+    const listed = await keysOf(azure.list('small-pages/'));
+
+    // Assess
+    expect(listed).toEqual(keys);
+  });
+
+  it('authenticates with the account key and with a SAS token too', async () => {
+    // Prepare
+    const {
+      generateAccountSASQueryParameters,
+      AccountSASPermissions,
+      AccountSASResourceTypes,
+      AccountSASServices,
+      StorageSharedKeyCredential,
+    } = await import('@azure/storage-blob');
+    const sas = generateAccountSASQueryParameters(
+      {
+        expiresOn: new Date(Date.now() + 3600_000),
+        permissions: AccountSASPermissions.parse('rwdlc'),
+        resourceTypes: AccountSASResourceTypes.parse('sco').toString(),
+        services: AccountSASServices.parse('b').toString(),
+      },
+      new StorageSharedKeyCredential(server.account, server.accountKey),
+    ).toString();
+    const byKey = target({
+      connectionString: undefined,
+      endpoint: server.endpoint,
+      account: server.account,
+      accountKey: server.accountKey,
+    });
+    const bySas = target({
+      connectionString: undefined,
+      endpoint: server.endpoint,
+      account: server.account,
+      sasToken: sas,
+    });
+
+    // Act
+    await byKey.putBytes('auth/key', 'by key');
+    await bySas.putBytes('auth/sas', 'by sas');
+
+    // Assess
+    expect((await bySas.getBytes('auth/key')).toString()).toBe('by key');
+    expect((await byKey.getBytes('auth/sas')).toString()).toBe('by sas');
+  });
+
+  it('says how to rehydrate a blob in the Archive tier when a read is refused', async () => {
+    // Prepare
+    const azure = target();
+    await azure.putBytes('c1/full/weekly/full-weekly-20260104-020000.app.dump', 'archived');
+    const { BlobServiceClient } = await import('@azure/storage-blob');
+    await BlobServiceClient.fromConnectionString(server.connectionString)
+      .getContainerClient(server.container)
+      .getBlockBlobClient('pgvault/c1/full/weekly/full-weekly-20260104-020000.app.dump')
+      .setAccessTier('Archive');
+
+    // Act
+    const [read] = await Promise.allSettled([
+      azure.getBytes('c1/full/weekly/full-weekly-20260104-020000.app.dump'),
+    ]);
+
+    // Assess
+    expect(read.status === 'rejected' && read.reason).toBeInstanceOf(ArchivedObjectError);
+    expect(read.status === 'rejected' && read.reason.message).toBe(
+      "object c1/full/weekly/full-weekly-20260104-020000.app.dump in azure://devstoreaccount1/pgvault-test/pgvault is in the Archive tier and cannot be read until it is rehydrated (BlobArchived); start with az storage blob set-tier --account-name devstoreaccount1 --container-name pgvault-test --name pgvault/c1/full/weekly/full-weekly-20260104-020000.app.dump --tier Hot --rehydrate-priority Standard (and the backup's other archived objects) and retry once it is done (up to 15 hours; --rehydrate-priority High: about an hour)",
+    );
+  });
+
+  it('names a missing container in its probe', async () => {
+    // Act
+    const probe = target({ container: 'no-such-container' }).probe('c1');
+
+    // Assess
+    await expect(probe).rejects.toThrow(StorageError);
+    await expect(probe).rejects.toThrow(
+      'container no-such-container does not exist (ContainerNotFound); create it (az storage container create --name no-such-container) or check CLOUD_BUCKET',
+    );
+  });
+
+  it('fails with one line naming the endpoint when nothing listens there, without the key', async () => {
+    // Prepare
+    const probeServer = createServer();
+    await new Promise<void>((resolve) => probeServer.listen(0, '127.0.0.1', resolve));
+    const { port } = probeServer.address() as { port: number };
+    await new Promise<void>((resolve) => probeServer.close(() => resolve()));
+    const endpoint = `http://127.0.0.1:${port}/devstoreaccount1`;
+    const azure = target({
+      connectionString: undefined,
+      endpoint,
+      account: server.account,
+      accountKey: server.accountKey,
+      maxAttempts: 1,
+    });
+
+    // Act
+    const [put, probe] = await Promise.allSettled([
+      azure.put('c1/wal/000000010000000000000001', randomSource(MiB).stream),
+      azure.probe('c1'),
+    ]);
+
+    // Assess
+    expect(put.status === 'rejected' && put.reason).toBeInstanceOf(StorageError);
+    expect(put.status === 'rejected' && put.reason.message).toBe(
+      `Azure Blob Storage at ${endpoint} cannot be reached (ECONNREFUSED) trying to upload c1/wal/000000010000000000000001 in azure://devstoreaccount1/pgvault-test/pgvault; check AZURE_STORAGE_ACCOUNT (or the connection string's endpoint) and the network`,
+    );
+    expect(probe.status === 'rejected' && probe.reason.message).toMatch(/cannot be reached \(ECONNREFUSED\)/);
+    expect(probe.status === 'rejected' && probe.reason.message).not.toContain(server.accountKey);
+  });
+
+  it('gives up on an endpoint that accepts connections but never answers', async () => {
+    // Prepare
+    const silent = createServer(() => {});
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const endpoint = `http://127.0.0.1:${(silent.address() as { port: number }).port}/devstoreaccount1`;
+    const azure = target({
+      connectionString: undefined,
+      endpoint,
+      account: server.account,
+      accountKey: server.accountKey,
+      maxAttempts: 1,
+      requestTimeoutMs: 300,
+    });
+
+    try {
+      // Act
+      const [stat] = await Promise.allSettled([azure.stat('c1/wal/000000010000000000000001')]);
+
+      // Assess
+      expect(stat.status === 'rejected' && stat.reason.message).toBe(
+        `Azure Blob Storage at ${endpoint} did not answer in time: look up c1/wal/000000010000000000000001 in azure://devstoreaccount1/pgvault-test/pgvault timed out after 0.3 s (TimeoutError); check the network, or raise S3_REQUEST_TIMEOUT`,
+      );
+    } finally {
+      silent.close();
     }
   });
 });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, parseConfig } from '../../core/config';
 import { ConfigError } from '../../core/errors';
-import { createTargets, S3Target } from '../../core/storage';
+import { AzureTarget, createTargets, FileTarget, S3Target } from '../../core/storage';
 import { tempDir } from '../helpers/vault';
 
 /**
@@ -271,6 +271,82 @@ describe('AWS credentials in the --config file', () => {
     // Assess
     expect(err.message).toBe(
       'AWS_SECRET_ACCESS_KEY is set without AWS_ACCESS_KEY_ID; set both, or neither (AWS_PROFILE or an IAM role)',
+    );
+  });
+});
+
+describe('CLOUD_PROVIDER=azure', () => {
+  const azure = { CLOUD_PROVIDER: 'azure', CLOUD_BUCKET: 'postgresql-backups' };
+
+  it("takes the guide's settings: the container from CLOUD_BUCKET, AZURE_STORAGE_ACCOUNT, local copy first", () => {
+    // Act
+    const config = parseConfig({
+      BACKUP_DIR: '/b',
+      ...azure,
+      CLOUD_PREFIX: 'prod',
+      AZURE_STORAGE_ACCOUNT: 'mystorageaccount',
+      AZURE_STORAGE_KEY: 'a2V5LWZyb20tZmlsZQ==',
+    });
+    const targets = createTargets(config);
+
+    // Assess
+    expect(targets.map((t) => t.kind)).toEqual(['file', 'azure']);
+    expect(targets[0]).toBeInstanceOf(FileTarget);
+    expect(targets[1]).toBeInstanceOf(AzureTarget);
+    expect(targets[1]!.location).toBe('azure://mystorageaccount/postgresql-backups/prod');
+    expect(config.cloud.azure).toEqual({
+      account: 'mystorageaccount',
+      accountKey: 'a2V5LWZyb20tZmlsZQ==',
+      connectionString: undefined,
+      sasToken: undefined,
+    });
+  });
+
+  it('accepts a connection string alone, and the account alone (Entra ID: DefaultAzureCredential)', () => {
+    // Act
+    const byString = createTargets(
+      parseConfig({
+        BACKUP_DIR: '/b',
+        ...azure,
+        LOCAL_COPY: 'false',
+        AZURE_STORAGE_CONNECTION_STRING:
+          'DefaultEndpointsProtocol=https;AccountName=fromstring;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net',
+      }),
+    );
+    const byIdentity = createTargets(
+      parseConfig({
+        BACKUP_DIR: '/b',
+        ...azure,
+        LOCAL_COPY: 'false',
+        AZURE_STORAGE_ACCOUNT: 'mystorageaccount',
+      }),
+    );
+
+    // Assess
+    expect(byString.map((t) => t.location)).toEqual(['azure://fromstring/postgresql-backups']);
+    expect(byIdentity.map((t) => t.location)).toEqual(['azure://mystorageaccount/postgresql-backups']);
+  });
+
+  it('refuses a missing account, two ways to authenticate (without the secrets) and a bad account name', () => {
+    // Act
+    const noAccount = refusal({ ...azure });
+    const twoWays = refusal({
+      ...azure,
+      AZURE_STORAGE_ACCOUNT: 'mystorageaccount',
+      AZURE_STORAGE_KEY: 'a2V5LXNlY3JldA==',
+      AZURE_STORAGE_SAS_TOKEN: 'sv=2024&sig=sas-secret',
+    });
+    const badName = refusal({ ...azure, AZURE_STORAGE_ACCOUNT: 'My_Account' });
+
+    // Assess
+    expect(noAccount.message).toBe(
+      'CLOUD_PROVIDER=azure needs AZURE_STORAGE_ACCOUNT (or AZURE_STORAGE_CONNECTION_STRING); set it to the storage account name',
+    );
+    expect(twoWays.message).toBe(
+      'AZURE_STORAGE_KEY and AZURE_STORAGE_SAS_TOKEN are both set; set one way to authenticate to Azure (or none, for a managed identity)',
+    );
+    expect(badName.message).toBe(
+      'AZURE_STORAGE_ACCOUNT=My_Account is not a storage account name; use its 3-24 lowercase letters and digits',
     );
   });
 });
