@@ -133,7 +133,7 @@ export async function restorePitrCommand(
           : []),
         ...(r.credentialsWritten
           ? [
-              `  ${r.configFile} holds the AWS keys of your config for restore_command (0600): delete it once recovery has finished`,
+              `  ${r.configFile} holds the cloud credentials of your config for restore_command (0600): delete it once recovery has finished`,
             ]
           : []),
         ...r.warnings.map((w) => `  warning: ${w}`),

@@ -47,6 +47,10 @@ const CONFIG_KEYS = [
   'S3_ENDPOINT',
   'S3_REQUEST_TIMEOUT',
   'S3_MAX_ATTEMPTS',
+  'AZURE_STORAGE_ACCOUNT',
+  'AZURE_STORAGE_CONNECTION_STRING',
+  'AZURE_STORAGE_KEY',
+  'AZURE_STORAGE_SAS_TOKEN',
   'AWS_DEFAULT_REGION',
   'LOCAL_COPY',
   'DEPLOYMENT_MODE',
@@ -121,6 +125,11 @@ export function restoreCommandConfigText(config: Config, keyFile: string | undef
     ['AWS_ACCESS_KEY_ID', config.cloud.credentials?.accessKeyId],
     ['AWS_SECRET_ACCESS_KEY', config.cloud.credentials?.secretAccessKey],
     ['AWS_SESSION_TOKEN', config.cloud.credentials?.sessionToken],
+    // The same for Azure (CLOUD_PROVIDER=azure): the account and the one way to sign in that was given.
+    ['AZURE_STORAGE_ACCOUNT', config.cloud.azure?.account],
+    ['AZURE_STORAGE_CONNECTION_STRING', config.cloud.azure?.connectionString],
+    ['AZURE_STORAGE_KEY', config.cloud.azure?.accountKey],
+    ['AZURE_STORAGE_SAS_TOKEN', config.cloud.azure?.sasToken],
     ['LOCAL_COPY', config.localCopy],
     // patroni is left out: it needs PATRONI_URL (and maybe its password) to parse, and restore_command
     // never asks the cluster anything (a restore of a Patroni cluster's base backup failed on it).
@@ -143,7 +152,7 @@ export interface RestoreCommandFiles {
   readonly keyFile?: string;
   /** True when the key was given inline and this command wrote it to keyFile. */
   readonly keyFileWritten: boolean;
-  /** True when configFile holds AWS keys from pgvault's config (restoreCommandConfigText). */
+  /** True when configFile holds AWS keys or an Azure secret from pgvault's config (restoreCommandConfigText). */
   readonly credentialsWritten: boolean;
   /** The restore_command line, ready for postgresql.auto.conf (unquoted). */
   readonly restoreCommand: string;
@@ -199,7 +208,11 @@ export async function writeRestoreCommandFiles(
     configFile,
     keyFile,
     keyFileWritten,
-    credentialsWritten: config.cloud.credentials !== undefined,
+    credentialsWritten:
+      config.cloud.credentials !== undefined ||
+      config.cloud.azure?.connectionString !== undefined ||
+      config.cloud.azure?.accountKey !== undefined ||
+      config.cloud.azure?.sasToken !== undefined,
     restoreCommand: `${restoreCommand} restore wal %f %p`,
     pgvaultCommand: restoreCommand,
     remove: async () => {

@@ -37,6 +37,13 @@ const NOT_FOR_READS = new Map<string, string>([
   ['AWS_ENDPOINT_URL_*', "the SDK's, from the environment"],
   ['AWS_CONTAINER_*', "the SDK's, from the environment"],
   ['AWS_LAMBDA_*', 'set by Lambda for the process'],
+  // DefaultAzureCredential's own environment (the server's environment keeps it), not pgvault settings.
+  ['AZURE_CLIENT_ID', "DefaultAzureCredential's, from the environment"],
+  ['AZURE_TENANT_ID', "DefaultAzureCredential's, from the environment"],
+  ['AZURE_CLIENT_SECRET', "DefaultAzureCredential's, from the environment"],
+  ['AZURE_CLIENT_CERTIFICATE_PATH', "DefaultAzureCredential's, from the environment"],
+  ['AZURE_FEDERATED_TOKEN_FILE', "DefaultAzureCredential's, from the environment"],
+  ['AZURE_AUTHORITY_HOST', "DefaultAzureCredential's, from the environment"],
 ]);
 
 describe("restore_command's config file", () => {
@@ -64,8 +71,48 @@ describe("restore_command's config file", () => {
   );
 
   it('writes every storage setting a read of the archive needs', () => {
+    // Each way to sign in to Azure, one at a time (they exclude each other).
+    const azureBase = { BACKUP_DIR: '/b', CLUSTER_NAME: 'main', CLOUD_PROVIDER: 'azure', CLOUD_BUCKET: 'c' };
+    const azureLogins = [
+      { AZURE_STORAGE_ACCOUNT: 'acct1', AZURE_STORAGE_KEY: 'a2V5' },
+      { AZURE_STORAGE_ACCOUNT: 'acct1', AZURE_STORAGE_SAS_TOKEN: 'sv=1&sig=x' },
+      {
+        AZURE_STORAGE_CONNECTION_STRING:
+          'AccountName=acct1;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:1/acct1',
+      },
+    ];
+    const all = new Set(written);
+    for (const login of azureLogins) {
+      for (const line of restoreCommandConfigText(parseConfig({ ...azureBase, ...login }), undefined).split(
+        '\n',
+      )) {
+        if (/^[A-Z0-9_]+=/.test(line)) all.add(line.slice(0, line.indexOf('=')));
+      }
+    }
     const needed = KNOWN_KEYS.filter((k) => STORAGE_KEY.test(k) && !NOT_FOR_READS.has(k));
-    expect(needed.filter((k) => !written.has(k))).toEqual([]);
+    expect(needed.filter((k) => !all.has(k))).toEqual([]);
+  });
+
+  it('writes the Azure account and its one way to sign in', () => {
+    const azure = {
+      BACKUP_DIR: '/var/lib/pgvault',
+      CLUSTER_NAME: 'main',
+      CLOUD_PROVIDER: 'azure',
+      CLOUD_BUCKET: 'backups',
+      AZURE_STORAGE_ACCOUNT: 'pgvaultstore',
+      AZURE_STORAGE_SAS_TOKEN: 'sv=2024-01-01&sig=example',
+    };
+    const file = restoreCommandConfigText(parseConfig(azure), undefined);
+    const reread = parseConfig(
+      Object.fromEntries(
+        file
+          .split('\n')
+          .filter((l) => /^[A-Z0-9_]+=/.test(l))
+          .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 2, -1)]),
+      ),
+    );
+    expect(reread.cloud.azure).toEqual(parseConfig(azure).cloud.azure);
+    expect(written.size).toBeGreaterThan(0);
   });
 
   it('writes the values as configured, so the file reads back to the same storage settings', () => {
