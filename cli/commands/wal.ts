@@ -14,7 +14,7 @@ import {
   runPrefetcher,
 } from '../../core/wal/fetch';
 import { requireWalFileName } from '../../core/wal/naming';
-import { pushWalFile, refuseUnfinishedSegment } from '../../core/wal/push';
+import { pushWalFile, refuseUnfinishedSegment, WalConflictError } from '../../core/wal/push';
 import {
   awaitingArchive,
   confirmUpload,
@@ -86,16 +86,25 @@ export async function backupWalCommand(path: string, opts: GlobalOptions) {
     finish();
   }
   const inPgWal = basename(dirname(resolve(path))) === 'pg_wal';
+  const stateDir = config.spoolDir !== undefined || inPgWal ? spoolDirFor(config.spoolDir, path) : undefined;
   const result = await pushWalFile(
     {
       config,
       targets: createTargets(config),
-      stateDir: config.spoolDir !== undefined || inPgWal ? spoolDirFor(config.spoolDir, path) : undefined,
+      stateDir,
       threads: config.parallelJobs,
       warn: (line) => process.stderr.write(`pgvault: warning: ${line}\n`),
     },
     path,
-  );
+  ).catch(async (err: unknown) => {
+    // Two nodes' copies of one segment differ: the one failure of archive_command that alerts (once).
+    if (err instanceof WalConflictError) {
+      const { alertWalConflictOnce } =
+        require('../../core/alert/wal-conflict') as typeof import('../../core/alert/wal-conflict');
+      await alertWalConflictOnce(config, err, stateDir);
+    }
+    throw err;
+  });
   if (opts.json) emit(opts, { ok: true, ...result }, '');
   finish();
 }

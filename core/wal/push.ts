@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -52,6 +53,41 @@ export interface WalPushContext {
   readonly threads?: number;
   /** Where warnings go (a damaged object replaced): stderr for `backup wal`, the uploader's log. */
   readonly warn?: (line: string) => void;
+  /**
+   * The node this copy comes from, for the conflict line (two nodes archiving one segment with
+   * different content). @default walNodeOf(path): host[:PGPORT] and the data directory
+   */
+  readonly node?: string;
+}
+
+/**
+ * Different bytes under an archived name: the segment, node and timeline are in the message. With
+ * archive_mode=always every node archives every segment, so this is the one loud case (a split
+ * brain, or two servers in one CLUSTER_NAME); the same bytes from another node succeed quietly.
+ */
+export class WalConflictError extends IntegrityError {
+  constructor(
+    message: string,
+    readonly segment: string,
+    readonly node: string,
+    readonly timeline: number,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Which node a WAL file comes from, for messages: the host (PGHOST when it names one, else this
+ * machine's name), PGPORT when set, and the data directory when the file is in its pg_wal
+ * (archive_command runs there), so two nodes on one host are told apart.
+ */
+export function walNodeOf(path: string, env: NodeJS.ProcessEnv = process.env): string {
+  const pgHost = env.PGHOST;
+  const host = pgHost !== undefined && pgHost !== '' && !pgHost.startsWith('/') ? pgHost : hostname();
+  const port = env.PGPORT !== undefined && env.PGPORT !== '' ? `:${env.PGPORT}` : '';
+  const walDir = dirname(resolve(path));
+  const dataDir = basename(walDir) === 'pg_wal' ? ` (data directory ${dirname(walDir)})` : '';
+  return `${host}${port}${dataDir}`;
 }
 
 export interface WalPushResult {
@@ -296,8 +332,13 @@ async function preparePush(ctx: WalPushContext, path: string): Promise<PreparedP
         continue;
       }
       if (stored.sha256 !== fileSha256) {
-        throw new IntegrityError(
-          `WAL file ${file.name} is already archived with different content in ${target.location} (${info.key}); refusing to overwrite it. Two servers archiving into cluster ${cluster}? Give each server its own CLUSTER_NAME`,
+        const node = ctx.node ?? walNodeOf(path);
+        const timeline = Number.parseInt(file.timeline, 16);
+        throw new WalConflictError(
+          `WAL file ${file.name} is already archived with different content in ${target.location} (${info.key}); refusing to overwrite it: this copy comes from node ${node}, timeline ${timeline} (${stored.size} bytes stored, ${size} here). Two servers archiving into cluster ${cluster}, or a split brain? Give each server its own CLUSTER_NAME, or find which node's WAL is the real history`,
+          file.name,
+          node,
+          timeline,
         );
       }
       alreadyIn.push(target.location);
