@@ -335,7 +335,7 @@ async function preparePush(ctx: WalPushContext, path: string): Promise<PreparedP
         const node = ctx.node ?? walNodeOf(path);
         const timeline = Number.parseInt(file.timeline, 16);
         throw new WalConflictError(
-          `WAL file ${file.name} is already archived with different content in ${target.location} (${info.key}); refusing to overwrite it: this copy comes from node ${node}, timeline ${timeline} (${stored.size} bytes stored, ${size} here). Two servers archiving into cluster ${cluster}, or a split brain? Give each server its own CLUSTER_NAME, or find which node's WAL is the real history`,
+          `WAL file ${file.name} is already archived with different content in ${target.location} (${info.key}); refusing to overwrite it: this copy comes from node ${node}, timeline ${timeline} (${stored.size} bytes stored, ${size} here). Two servers archiving into cluster ${cluster}? A split brain? Give each server its own CLUSTER_NAME, or find which node's WAL is the real history`,
           file.name,
           node,
           timeline,
