@@ -1,10 +1,12 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { S3Target } from '../../core/storage/s3';
 import { PatroniCluster } from '../helpers/patroni';
-import { BIN, giveToServer, startWalFixture, type WalFixture, walKeyPath } from './wal-fixture';
+import { type S3TestServer, startS3Server } from '../helpers/s3-server';
+import { BIN, CLUSTER_NAME, giveToServer, startWalFixture, type WalFixture, walKeyPath } from './wal-fixture';
 
 /*
  * WAL across failover, first part: the same archive_command on every node, archive_mode=always on
@@ -69,6 +71,94 @@ describe('one segment name, different content from another node', () => {
   });
 });
 
+describe('one segment name, different content from another node, in S3 (s3rver)', () => {
+  let s3: S3TestServer;
+  let fx: WalFixture;
+  let env: Record<string, string>;
+  let bucket: S3Target;
+  const PREFIX = 'two-nodes';
+
+  beforeAll(async () => {
+    s3 = await startS3Server('pgvault-two-nodes');
+    env = {
+      AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
+      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+    };
+    fx = await startWalFixture(
+      {
+        CLOUD_PROVIDER: 's3',
+        CLOUD_BUCKET: s3.bucket,
+        CLOUD_PREFIX: PREFIX,
+        S3_ENDPOINT: s3.endpoint,
+        LOCAL_COPY: 'false',
+      },
+      { archiveCommand: '' },
+    );
+    bucket = new S3Target({
+      bucket: s3.bucket,
+      prefix: PREFIX,
+      region: s3.region,
+      endpoint: s3.endpoint,
+      credentials: s3.credentials,
+    });
+  }, 60_000);
+
+  afterAll(async () => {
+    await fx?.stop();
+    await s3?.stop();
+  });
+
+  /** The CLI without blocking this process (s3rver lives in it). */
+  function run(
+    args: string[],
+    cwd: string,
+  ): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      const child = spawn(BIN, ['--config', fx.configFile, ...args], {
+        cwd,
+        env: { PATH: process.env.PATH ?? '', HOME: '/root', ...env },
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (c: Buffer) => {
+        stdout += c.toString();
+      });
+      child.stderr.on('data', (c: Buffer) => {
+        stderr += c.toString();
+      });
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+  }
+
+  it('fails with segment, node and timeline, and the object in the bucket is unchanged', async () => {
+    // Prepare
+    const [name] = await fx.makeSegments(1);
+    const first = await run(['backup', 'wal', `pg_wal/${name}`], fx.cluster.dataDir);
+    expect(first.code, first.stderr).toBe(0);
+    const key = `${CLUSTER_NAME}/wal/${name!.slice(0, 8)}/${name!.slice(0, 16)}/${name}.zst.enc`;
+    const stored = await bucket.getBytes(key);
+    const otherData = join(fx.work, 's3-node2');
+    const otherWal = join(otherData, 'pg_wal');
+    mkdirSync(join(otherWal, 'archive_status'), { recursive: true });
+    const changed = readFileSync(join(fx.cluster.dataDir, 'pg_wal', name!));
+    changed[7000] = changed[7000]! ^ 0xff;
+    writeFileSync(join(otherWal, name!), changed);
+    writeFileSync(join(otherWal, 'archive_status', `${name}.ready`), '');
+
+    // Act
+    const r = await run(['backup', 'wal', `pg_wal/${name}`], otherData);
+
+    // Assess
+    expect(r.code).toBe(3);
+    const lines = r.stderr.trimEnd().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain(`WAL file ${name} is already archived with different content in s3://`);
+    expect(lines[0]).toContain(`node ${hostname()} (data directory ${otherData}), timeline 1`);
+    expect(Buffer.compare(await bucket.getBytes(key), stored)).toBe(0);
+  });
+});
+
 describe('Patroni, archive_mode=always on both nodes, one archive', () => {
   let cluster: PatroniCluster;
   let work: string;
@@ -127,7 +217,9 @@ describe('Patroni, archive_mode=always on both nodes, one archive', () => {
     let lastName = '';
     for (let i = 0; i < 3; i++) {
       await cluster.query("INSERT INTO t (note) SELECT repeat('x', 200) FROM generate_series(1, 500)");
-      const [row] = await cluster.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal() - 1) AS name');
+      const [row] = await cluster.query<{ name: string }>(
+        'SELECT pg_walfile_name(pg_switch_wal() - 1) AS name',
+      );
       lastName = row!.name;
     }
     await cluster.waitReplayed();
