@@ -2,10 +2,11 @@ import { spawn } from 'node:child_process';
 import { closeSync, type FSWatcher, openSync, renameSync, statSync, watch } from 'node:fs';
 import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import { alertWalConflictOnce } from '../alert/wal-conflict';
 import { StorageError } from '../errors';
 import { holdsLock, lockHeld, releaseLock, takeLock, writeFileAtomically } from './fetch';
 import { parseWalFileName } from './naming';
-import { pushFailureLine, pushWalFiles, type WalPushContext } from './push';
+import { pushFailureLine, pushWalFiles, WalConflictError, type WalPushContext } from './push';
 
 /**
  * Asynchronous archiving (ARCHIVE_ASYNC=true), as pgBackRest's archive-async: a long-lived uploader
@@ -297,6 +298,8 @@ export async function runUploader(
   };
   const onFailed = async (name: string, err: unknown) => {
     const line = pushFailureLine(err);
+    // Another node's different copy under this name: one alert, however often it is retried.
+    if (err instanceof WalConflictError) await alertWalConflictOnce(ctx.config, err, spoolDir);
     const count = (failures.get(name)?.count ?? 0) + 1;
     const now = Date.now();
     failures.set(name, { at: now, count });

@@ -4,6 +4,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Target } from '../../core/storage/s3';
+import { walNodeOf } from '../../core/wal/push';
 import { PatroniCluster } from '../helpers/patroni';
 import { type S3TestServer, startS3Server } from '../helpers/s3-server';
 import { BIN, CLUSTER_NAME, giveToServer, startWalFixture, type WalFixture, walKeyPath } from './wal-fixture';
@@ -13,6 +14,18 @@ import { BIN, CLUSTER_NAME, giveToServer, startWalFixture, type WalFixture, walK
  * the standby. The same segment from two nodes with the same bytes succeeds; different bytes under
  * one name fail loudly (segment, node, timeline), keep the archived object, and alert once.
  */
+
+describe('the node a WAL file comes from (walNodeOf)', () => {
+  it('is PGHOST:PGPORT and the data directory; a socket PGHOST gives the host name', () => {
+    expect(
+      walNodeOf('/srv/pg2/pg_wal/000000020000000000000003', { PGHOST: 'db2.internal', PGPORT: '5433' }),
+    ).toBe('db2.internal:5433 (data directory /srv/pg2)');
+    expect(walNodeOf('/srv/pg2/pg_wal/000000020000000000000003', { PGHOST: '/run/postgresql' })).toBe(
+      `${hostname()} (data directory /srv/pg2)`,
+    );
+    expect(walNodeOf('/tmp/copies/000000020000000000000003', {})).toBe(hostname());
+  });
+});
 
 describe('one segment name, different content from another node', () => {
   let fx: WalFixture;
@@ -69,6 +82,59 @@ describe('one segment name, different content from another node', () => {
     expect(same.code, same.stderr).toBe(0);
     expect(JSON.parse(same.stdout)).toMatchObject({ ok: true, name, storedIn: [] });
   });
+});
+
+describe('one segment name, different content from another node, asynchronous archiving (the uploader)', () => {
+  let fx: WalFixture;
+  let alertLog: string;
+
+  beforeAll(async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgvault-wal-alert-async-'));
+    alertLog = join(dir, 'alerts.log');
+    fx = await startWalFixture(
+      {
+        ARCHIVE_ASYNC: 'true',
+        ARCHIVE_TIMEOUT: '20',
+        ALERT_COMMAND: `echo "$PGVAULT_ALERT_TITLE" >> ${alertLog}`,
+      },
+      { archiveCommand: '' },
+    );
+  }, 60_000);
+
+  afterAll(async () => {
+    await fx?.stop();
+  });
+
+  it('fails each try with segment, node and timeline, keeps the stored object, and the uploader alerts once', async () => {
+    // Prepare
+    const [name] = await fx.makeSegments(1);
+    const first = fx.pgvault(['backup', 'wal', `pg_wal/${name}`]);
+    expect(first.code, first.stderr).toBe(0);
+    const objectPath = walKeyPath(fx.vaultDir, name!);
+    const stored = readFileSync(objectPath);
+    const otherData = join(fx.work, 'node2-async');
+    const otherWal = join(otherData, 'pg_wal');
+    mkdirSync(join(otherWal, 'archive_status'), { recursive: true });
+    const changed = readFileSync(join(fx.cluster.dataDir, 'pg_wal', name!));
+    changed[5000] = changed[5000]! ^ 0xff;
+    writeFileSync(join(otherWal, name!), changed);
+    writeFileSync(join(otherWal, 'archive_status', `${name}.ready`), '');
+
+    // Act
+    const tries = [1, 2].map(() => fx.pgvault(['backup', 'wal', `pg_wal/${name}`], { cwd: otherData }));
+
+    // Assess
+    for (const r of tries) {
+      expect(r.code).not.toBe(0);
+      expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(r.stderr).toContain(`WAL file ${name} is already archived with different content`);
+      expect(r.stderr).toContain(`node ${hostname()} (data directory ${otherData}), timeline 1`);
+    }
+    expect(Buffer.compare(readFileSync(objectPath), stored)).toBe(0);
+    expect(readFileSync(alertLog, 'utf8')).toBe(
+      `WAL conflict: ${name} differs between nodes (pgvault backup wal)\n`,
+    );
+  }, 90_000);
 });
 
 describe('one segment name, different content from another node, in S3 (s3rver)', () => {
