@@ -732,6 +732,21 @@ function configWarnings(key: string | undefined, mode: DeploymentMode, raw: Raw)
       `${from} is shorter than ${MIN_KEY_LENGTH} characters and easy to guess; create a key with \`openssl rand -base64 32 > /secure/path/encryption-key\` and set ENCRYPTION_KEY_FILE (existing backups still need the old key)`,
     );
   }
+  // A storage class or access tier for the other provider would be silently ignored.
+  const provider = text(raw, 'CLOUD_PROVIDER')?.toLowerCase() ?? 'none';
+  for (const [base, wanted] of [
+    ['S3_STORAGE_CLASS', 's3'],
+    ['AZURE_ACCESS_TIER', 'azure'],
+  ] as const) {
+    const set = ['', '_ARCHIVE', '_EXPIRE', '_REPORT']
+      .map((kind) => `${base}${kind}`)
+      .filter((k) => text(raw, k) !== undefined);
+    if (set.length > 0 && provider !== wanted) {
+      warnings.push(
+        `${set.join(', ')} ${set.length === 1 ? 'applies' : 'apply'} only to CLOUD_PROVIDER=${wanted} and ${set.length === 1 ? 'has' : 'have'} no effect with CLOUD_PROVIDER=${provider}; remove ${set.length === 1 ? 'it' : 'them'} or set ${wanted === 's3' ? 'AZURE_ACCESS_TIER' : 'S3_STORAGE_CLASS'} instead`,
+      );
+    }
+  }
   if (mode === 'citus') {
     warnings.push(
       `DEPLOYMENT_MODE=${mode} is not built yet; pgvault acts as single-node on PGHOST (${text(raw, 'PGHOST') ?? 'the libpq default'})`,

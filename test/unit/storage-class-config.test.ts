@@ -60,6 +60,16 @@ describe('S3_STORAGE_CLASS and AZURE_ACCESS_TIER: one per lifecycle kind', () =>
   });
 });
 
+describe('a class for the other provider', () => {
+  it('is named in a warning instead of being ignored silently', () => {
+    const config = parseConfig({ ...S3, AZURE_ACCESS_TIER_ARCHIVE: 'Cool', S3_STORAGE_CLASS: 'STANDARD_IA' });
+    expect(config.warnings).toContain(
+      'AZURE_ACCESS_TIER_ARCHIVE applies only to CLOUD_PROVIDER=azure and has no effect with CLOUD_PROVIDER=s3; remove it or set S3_STORAGE_CLASS instead',
+    );
+    expect(config.warnings.filter((w) => w.includes('S3_STORAGE_CLASS applies'))).toEqual([]);
+  });
+});
+
 describe('placementFor: the setting of an object by its key', () => {
   const classes = { default: 'STANDARD', archive: 'GLACIER', expire: 'STANDARD_IA' } as const;
   it.each([
