@@ -119,7 +119,39 @@ export interface CloudConfig {
   readonly objectLock?: { readonly mode: 'GOVERNANCE' | 'COMPLIANCE'; readonly minDays: number };
   /** CLOUD_PROVIDER=azure: the account and how to authenticate (azureSettings). Never logged. */
   readonly azure?: AzureSettings;
+  /**
+   * S3_STORAGE_CLASS and S3_STORAGE_CLASS_<KIND> (placementSettings): the storage class each new S3
+   * object is written in, by its lifecycle kind; absent: none sent (the bucket's STANDARD).
+   */
+  readonly storageClass?: PerLifecycleKind<S3StorageClass>;
+  /** AZURE_ACCESS_TIER and AZURE_ACCESS_TIER_<KIND>: the access tier of each new blob, likewise. */
+  readonly accessTier?: PerLifecycleKind<AzureAccessTier>;
 }
+
+/**
+ * A setting per lifecycle kind of an object (core/storage/s3.ts lifecycleTagFor: `archive` weekly and
+ * monthly backups, `expire` daily backups, config, indexes and WAL, `report` reports and drill
+ * records), with `default` for the kinds not named and for manifests and the small catalog objects.
+ */
+export interface PerLifecycleKind<T> {
+  readonly default?: T;
+  readonly archive?: T;
+  readonly expire?: T;
+  readonly report?: T;
+}
+
+export const S3_STORAGE_CLASSES = [
+  'STANDARD',
+  'INTELLIGENT_TIERING',
+  'STANDARD_IA',
+  'ONEZONE_IA',
+  'GLACIER_IR',
+  'GLACIER',
+  'DEEP_ARCHIVE',
+] as const;
+export type S3StorageClass = (typeof S3_STORAGE_CLASSES)[number];
+export const AZURE_ACCESS_TIERS = ['Hot', 'Cool', 'Cold', 'Archive'] as const;
+export type AzureAccessTier = (typeof AZURE_ACCESS_TIERS)[number];
 
 /**
  * Azure Blob settings: AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, or
@@ -398,6 +430,14 @@ export const KNOWN_KEYS: readonly string[] = [
   'S3_OBJECT_LOCK_MODE',
   'S3_OBJECT_LOCK_RETAIN',
   'S3_OBJECT_LOCK_MIN_DAYS',
+  'S3_STORAGE_CLASS',
+  'S3_STORAGE_CLASS_ARCHIVE',
+  'S3_STORAGE_CLASS_EXPIRE',
+  'S3_STORAGE_CLASS_REPORT',
+  'AZURE_ACCESS_TIER',
+  'AZURE_ACCESS_TIER_ARCHIVE',
+  'AZURE_ACCESS_TIER_EXPIRE',
+  'AZURE_ACCESS_TIER_REPORT',
   'AZURE_STORAGE_ACCOUNT',
   'AZURE_STORAGE_KEY',
   'AZURE_STORAGE_SAS_TOKEN',
@@ -548,6 +588,53 @@ export function unknownKeyWarnings(files: readonly { path: string; keys: readonl
   return warnings;
 }
 
+/**
+ * S3_STORAGE_CLASS[_ARCHIVE|_EXPIRE|_REPORT] or AZURE_ACCESS_TIER[_...] (CloudConfig.storageClass,
+ * accessTier), each one of `allowed` (case-insensitive). A class that cannot be read at once (`cold`:
+ * GLACIER, DEEP_ARCHIVE, Archive) only for the archive kind: the default covers manifests and catalog
+ * objects every command reads, and the expire kind holds the WAL that restore_command must read now.
+ */
+function perKindSetting<T extends string>(
+  raw: Raw,
+  base: string,
+  allowed: readonly T[],
+  cold: readonly T[],
+): PerLifecycleKind<T> | undefined {
+  const result: { -readonly [K in keyof PerLifecycleKind<T>]: T } = {};
+  for (const kind of ['default', 'archive', 'expire', 'report'] as const) {
+    const key = kind === 'default' ? base : `${base}_${kind.toUpperCase()}`;
+    const v = text(raw, key);
+    if (v === undefined) continue;
+    const value = allowed.find((a) => a.toLowerCase() === v.toLowerCase());
+    if (value === undefined) {
+      throw new ConfigError(`${key}=${v} is not allowed; use one of ${allowed.join(', ')}`);
+    }
+    if (kind !== 'archive' && cold.includes(value)) {
+      const what =
+        kind === 'default'
+          ? 'manifests and catalog objects, which every command reads'
+          : kind === 'expire'
+            ? 'WAL segments, which restore_command must read at once'
+            : 'reports, which verify and capacity read';
+      throw new ConfigError(
+        `${key}=${value} is not allowed: it covers ${what}, and ${value} cannot be read without rehydrating; use one of ${allowed.filter((a) => !cold.includes(a)).join(', ')} (only ${base}_ARCHIVE may be ${cold.join(' or ')})`,
+      );
+    }
+    result[kind] = value;
+  }
+  return Object.keys(result).length === 0 ? undefined : result;
+}
+
+/** CloudConfig.storageClass and accessTier; only the keys set. */
+function placementSettings(raw: Raw): Pick<CloudConfig, 'storageClass' | 'accessTier'> {
+  const storageClass = perKindSetting(raw, 'S3_STORAGE_CLASS', S3_STORAGE_CLASSES, [
+    'GLACIER',
+    'DEEP_ARCHIVE',
+  ]);
+  const accessTier = perKindSetting(raw, 'AZURE_ACCESS_TIER', AZURE_ACCESS_TIERS, ['Archive']);
+  return { ...(storageClass ? { storageClass } : {}), ...(accessTier ? { accessTier } : {}) };
+}
+
 /** S3_OBJECT_LOCK_MODE / _RETAIN / _MIN_DAYS (CloudConfig.objectLock). */
 function objectLockSetting(raw: Raw): Pick<CloudConfig, 'objectLock'> {
   const mode = oneOf(raw, 'S3_OBJECT_LOCK_MODE', ['off', 'governance', 'compliance'] as const, 'off');
@@ -644,6 +731,21 @@ function configWarnings(key: string | undefined, mode: DeploymentMode, raw: Raw)
     warnings.push(
       `${from} is shorter than ${MIN_KEY_LENGTH} characters and easy to guess; create a key with \`openssl rand -base64 32 > /secure/path/encryption-key\` and set ENCRYPTION_KEY_FILE (existing backups still need the old key)`,
     );
+  }
+  // A storage class or access tier for the other provider would be silently ignored.
+  const provider = text(raw, 'CLOUD_PROVIDER')?.toLowerCase() ?? 'none';
+  for (const [base, wanted] of [
+    ['S3_STORAGE_CLASS', 's3'],
+    ['AZURE_ACCESS_TIER', 'azure'],
+  ] as const) {
+    const set = ['', '_ARCHIVE', '_EXPIRE', '_REPORT']
+      .map((kind) => `${base}${kind}`)
+      .filter((k) => text(raw, k) !== undefined);
+    if (set.length > 0 && provider !== wanted) {
+      warnings.push(
+        `${set.join(', ')} ${set.length === 1 ? 'applies' : 'apply'} only to CLOUD_PROVIDER=${wanted} and ${set.length === 1 ? 'has' : 'have'} no effect with CLOUD_PROVIDER=${provider}; remove ${set.length === 1 ? 'it' : 'them'} or set ${wanted === 's3' ? 'AZURE_ACCESS_TIER' : 'S3_STORAGE_CLASS'} instead`,
+      );
+    }
   }
   if (mode === 'citus') {
     warnings.push(
@@ -1041,6 +1143,7 @@ export function parseConfig(
       maxAttempts: integer(raw, 'S3_MAX_ATTEMPTS', 3, 1, 20),
       ...objectLockSetting(raw),
       ...(provider === 'azure' ? { azure: azureSettings(raw) } : {}),
+      ...placementSettings(raw),
     },
     localCopy: boolean(raw, 'LOCAL_COPY', true),
     deploymentMode,

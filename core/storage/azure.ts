@@ -10,9 +10,10 @@ import type {
   ContainerListBlobFlatSegmentResponse,
   StoragePipelineOptions,
 } from '@azure/storage-blob' with { 'resolution-mode': 'import' };
+import type { AzureAccessTier, PerLifecycleKind } from '../config';
 import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../errors';
 import { assertValidKey, assertValidPrefix } from './file';
-import { ArchivedObjectError } from './s3';
+import { ArchivedObjectError, placementFor } from './s3';
 import type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
 type BlobSdk = typeof import('@azure/storage-blob', { with: { 'resolution-mode': 'import' }});
@@ -82,6 +83,12 @@ export interface AzureTargetOptions {
   readonly maxAttempts?: number;
   /** Milliseconds one attempt of a request may take before it is cut and retried. @default 60000 */
   readonly requestTimeoutMs?: number;
+  /**
+   * The access tier of each new blob by its lifecycle kind (s3.ts placementFor), set by the upload
+   * itself (Put Blob or Put Block List `x-ms-access-tier`), so no blob is ever in another tier.
+   * @default none sent (the account's default tier) (core/config.ts: AZURE_ACCESS_TIER, _ARCHIVE, ...)
+   */
+  readonly accessTier?: PerLifecycleKind<AzureAccessTier>;
 }
 
 /**
@@ -118,6 +125,7 @@ export class AzureTarget implements StorageTarget {
     // Names this write on the blob, so a failed write can tell its own blob from another's.
     const writeId = randomBytes(12).toString('hex');
     const metadata = { [WRITE_ID_METADATA]: writeId };
+    const tier = placementFor(key, this.options.accessTier);
     const conditions = options.ifAbsent ? { ifNoneMatch: '*' } : undefined;
     const base = this.options.blockSize ?? chooseBlockSize(options.sizeHint);
     let size = 0;
@@ -174,7 +182,7 @@ export class AzureTarget implements StorageTarget {
         // The whole stream fits one block: one Put Blob, as atomic as a commit.
         size = first.length;
         await this.timed(
-          (abortSignal) => blob.upload(first, first.length, { metadata, conditions, abortSignal }),
+          (abortSignal) => blob.upload(first, first.length, { metadata, conditions, tier, abortSignal }),
           first.length,
         );
         return { size };
@@ -212,7 +220,7 @@ export class AzureTarget implements StorageTarget {
       await Promise.all(staging);
       if (stageFailure !== undefined) throw stageFailure.error;
       await this.timed((abortSignal) =>
-        blob.commitBlockList(blockIds, { metadata, conditions, abortSignal }),
+        blob.commitBlockList(blockIds, { metadata, conditions, tier, abortSignal }),
       );
       return { size };
     } catch (err) {
@@ -237,7 +245,8 @@ export class AzureTarget implements StorageTarget {
     const blob = await this.blockBlob(key);
     const body = typeof data === 'string' ? Buffer.from(data) : data;
     try {
-      await this.timed((abortSignal) => blob.upload(body, body.length, { abortSignal }), body.length);
+      const tier = placementFor(key, this.options.accessTier);
+      await this.timed((abortSignal) => blob.upload(body, body.length, { tier, abortSignal }), body.length);
     } catch (err) {
       throw this.storageError(err, `upload ${key}`);
     }

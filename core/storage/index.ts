@@ -9,7 +9,7 @@ import type { StorageTarget } from './target';
 
 export { AzureTarget, type AzureTargetOptions, blockSizeAt, chooseBlockSize } from './azure';
 export { assertValidKey, assertValidPrefix, FileTarget } from './file';
-export { choosePartSize, S3Target, type S3TargetOptions } from './s3';
+export { choosePartSize, placementFor, S3Target, type S3TargetOptions } from './s3';
 export type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
 /**
@@ -33,6 +33,7 @@ export function createTargets(config: Config): StorageTarget[] {
         region: cloud.region,
         endpoint: cloud.s3Endpoint,
         lifecycleTags: cloud.lifecycleTags,
+        ...(cloud.storageClass ? { storageClass: cloud.storageClass } : {}),
         ...awsClientCredentials(cloud),
         requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
         maxAttempts: cloud.maxAttempts,
@@ -56,6 +57,7 @@ export function createTargets(config: Config): StorageTarget[] {
         container: cloud.bucket,
         prefix: cloud.prefix,
         ...cloud.azure,
+        ...(cloud.accessTier ? { accessTier: cloud.accessTier } : {}),
         requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
         maxAttempts: cloud.maxAttempts,
       });

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 // Types only: the SDK itself is loaded on first use (see loadS3Sdk), it costs ~250 ms to import.
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
+import type { PerLifecycleKind, S3StorageClass } from '../config';
 import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../errors';
 import { assertValidKey, assertValidPrefix } from './file';
 import type { ObjectInfo, PutOptions, StorageTarget } from './target';
@@ -141,6 +142,12 @@ export interface S3TargetOptions {
     /** Retain-until of the object under `key` (relative to the prefix) written at `now`. */
     readonly retainUntil: (key: string, now: Date) => Date | undefined;
   };
+  /**
+   * The storage class of each new object by its lifecycle kind (placementFor): `x-amz-storage-class`
+   * on PutObject and CreateMultipartUpload. @default none sent (STANDARD)
+   * (core/config.ts: S3_STORAGE_CLASS, S3_STORAGE_CLASS_ARCHIVE, _EXPIRE, _REPORT)
+   */
+  readonly storageClass?: PerLifecycleKind<S3StorageClass>;
 }
 
 /** The object tag bucket lifecycle rules select on (infra/constructs/vault-bucket.ts has the rules). */
@@ -177,6 +184,19 @@ export function lifecycleTagFor(key: string): 'archive' | 'expire' | 'report' | 
     if (rest.startsWith(folder) && rest.length > folder.length) return tag;
   }
   return undefined;
+}
+
+/**
+ * The setting for a new object under `key` (relative to the prefix) from a per-kind setting (storage
+ * class, access tier): its lifecycle kind's (lifecycleTagFor), else the default. Manifests always take
+ * the default: every listing reads them, and config refuses a default that cannot be read at once.
+ */
+export function placementFor<T>(key: string, perKind: PerLifecycleKind<T> | undefined): T | undefined {
+  if (perKind === undefined) return undefined;
+  // core/catalog/naming.ts MANIFEST_SUFFIX (not imported: it would load the stream modules here).
+  if (key.endsWith('.manifest.json')) return perKind.default;
+  const kind = lifecycleTagFor(key);
+  return (kind === undefined ? undefined : perKind[kind]) ?? perKind.default;
 }
 
 /**
@@ -232,6 +252,12 @@ export class S3Target implements StorageTarget {
     return tag ? { Tagging: `${encodeURIComponent(LIFECYCLE_TAG)}=${encodeURIComponent(tag)}` } : {};
   }
 
+  /** The storage class of a new object (S3TargetOptions.storageClass); none when not configured. */
+  private storageClassFor(key: string): { StorageClass?: S3StorageClass } {
+    const storageClass = placementFor(key, this.options.storageClass);
+    return storageClass ? { StorageClass: storageClass } : {};
+  }
+
   async put(key: string, source: Readable, options: PutOptions = {}): Promise<{ size: number }> {
     const objectKey = this.objectKey(key);
     const reading = countingReader(source);
@@ -250,6 +276,7 @@ export class S3Target implements StorageTarget {
           Metadata: { [WRITE_ID_METADATA]: writeId },
           // On PutObject or CreateMultipartUpload: the object exists only with its lifecycle tag.
           ...this.taggingFor(key),
+          ...this.storageClassFor(key),
           ...this.lockParamsFor(key),
           // Sent on PutObject and CompleteMultipartUpload: S3 then refuses (412) to replace an object.
           ...(options.ifAbsent ? { IfNoneMatch: '*' } : {}),
@@ -289,6 +316,7 @@ export class S3Target implements StorageTarget {
           Key: objectKey,
           Body: data,
           ...this.taggingFor(key),
+          ...this.storageClassFor(key),
           ...this.lockParamsFor(key),
         }),
         this.requestOptions,
