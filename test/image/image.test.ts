@@ -126,7 +126,19 @@ async function buildImage(): Promise<Built> {
   const npmCache = (await run('npm', ['config', 'get', 'cache'], 60_000)).trim();
   await mkdir(npmCache, { recursive: true });
   const npmrc = join(CACHE, 'npmrc');
-  writeFileSync(npmrc, 'prefer-offline=true\ncache=/root/.npm\n');
+  // What the cache lacks (a lock without resolved URLs needs packuments too) comes from the registry
+  // through this machine's TLS setup: its CA bundle (which holds a proxy's CA where there is one).
+  const hostCa = [
+    process.env.NODE_EXTRA_CA_CERTS,
+    process.env.SSL_CERT_FILE,
+    '/etc/ssl/certs/ca-certificates.crt',
+  ]
+    .filter((f): f is string => f !== undefined && f !== '')
+    .find((f) => existsSync(f));
+  writeFileSync(
+    npmrc,
+    `prefer-offline=true\ncache=/root/.npm\n${hostCa ? 'cafile=/etc/pgvault-host-ca.crt\n' : ''}`,
+  );
   const buildStarted = Date.now();
   await run(
     'buildah',
@@ -143,6 +155,7 @@ async function buildImage(): Promise<Built> {
       `${npmCache}:/root/.npm`,
       '--volume',
       `${npmrc}:/root/.npmrc:ro`,
+      ...(hostCa ? ['--volume', `${hostCa}:/etc/pgvault-host-ca.crt:ro`] : []),
       '--tag',
       image,
       '.',
