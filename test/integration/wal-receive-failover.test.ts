@@ -118,12 +118,27 @@ describe('wal receive with DEPLOYMENT_MODE=patroni', () => {
     while (Date.now() < deadline && !(stored().includes(lastNew) && stored().includes(history))) {
       await sleep(250);
     }
+    // Where pg_receivewal streams from now: the new leader's own view (not a demoted node's).
+    let onNewLeader = false;
+    while (Date.now() < deadline && !onNewLeader) {
+      const rows = await cluster.query(
+        `SELECT 1 FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
+          WHERE s.slot_name = '${SLOT}' AND NOT pg_is_in_recovery()`,
+        { node: newLeader.name },
+      );
+      onNewLeader = rows.length > 0;
+      if (!onNewLeader) await sleep(250);
+    }
     receiver.kill('SIGTERM');
     const code = await exited;
     const verify = await runPgvault(['--json', 'verify', 'wal'], env(), work);
 
     // Assert
     expect(newLeader.name).not.toBe(firstLeader);
+    expect(
+      onNewLeader,
+      `pg_receivewal is not streaming from ${newLeader.name} through ${SLOT}\n${stderr}`,
+    ).toBe(true);
     expect(lastOld.slice(0, 8)).toBe('00000001');
     expect(lastNew.slice(0, 8)).toBe('00000002');
     const names = stored();
