@@ -339,7 +339,11 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
         }
         const started = Date.now();
         receiverStarted = started;
-        receiver = startTool(binary, ['-D', dir, '--slot', options.slot, '--no-password', '--verbose'], {
+        // Patroni: --no-loop, so that a lost connection comes back here to look the leader up again
+        // (pg_receivewal's own retries go to the same host: the demoted node after a switchover).
+        const args = ['-D', dir, '--slot', options.slot, '--no-password', '--verbose'];
+        if (patroni !== undefined) args.push('--no-loop');
+        receiver = startTool(binary, args, {
           env,
           stdin: 'ignore',
           stdout: 'ignore',
