@@ -2,13 +2,21 @@ import { mkdir, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stopCleanlyOnInterrupt } from '../cleanup';
 import type { Config } from '../config';
-import { errorMessage, PostgresError } from '../errors';
+import { ConfigError, errorMessage, PostgresError } from '../errors';
 import { serverInfo } from '../pg/server';
 import { findPgBinary, pgEnv, withClient } from '../pg/tools';
 import { refuseCopyIntoSource } from '../restore/copy';
 import type { StorageTarget } from '../storage/target';
 import { startTool, type ToolProcess } from '../stream/process';
-import { resolveConnection } from '../topology';
+import {
+  forgetRoute,
+  leader,
+  readPatroniConfig,
+  readTopology,
+  resolveConnection,
+  routedNode,
+  serverLabel,
+} from '../topology';
 import { cachedArchiveIdentity } from './fetch';
 import { DEFAULT_SEGMENT_BYTES, formatLsn, parseLsn, parseWalFileName, segmentStartLsn } from './naming';
 import { pushFailureLine, pushWalFile } from './push';
@@ -23,6 +31,15 @@ import { pushFailureLine, pushWalFile } from './push';
  * The slot advances as pg_receivewal flushes, not as segments are stored: keep WAL_RECEIVE_DIR on a
  * volume that survives a restart, or a completed segment not yet stored could be lost with it
  * (`verify wal` would then report the gap).
+ *
+ * DEPLOYMENT_MODE=patroni: pg_receivewal streams from the leader (core/topology). When it exits, or
+ * when the topology (asked every LEADER_CHECK_MS) names another leader, the route is looked up again
+ * and pg_receivewal restarts against the new leader: it continues from the newest segment in the
+ * staging folder, on the old timeline up to the switch point, then on the new one (with its history
+ * file). The slot must be one of Patroni's permanent slots (`slots: {NAME: {type: physical}}` in the
+ * dynamic configuration): Patroni drops slots it does not manage, and keeps permanent ones on every
+ * member, so the new leader has it, advanced as far as the old one's. pgvault checks that and does
+ * not create the slot itself there.
  */
 
 export interface ReceiveContext {
@@ -33,6 +50,10 @@ export interface ReceiveContext {
 export interface ReceiveStatus {
   readonly at: string;
   readonly slot: string;
+  /** The server pg_receivewal streams from (with Patroni: the member it was routed to). */
+  readonly server?: string;
+  /** Times pg_receivewal was moved to a new leader (DEPLOYMENT_MODE=patroni). */
+  readonly leaderChanges?: number;
   /** pg_receivewal is running. */
   readonly receiving: boolean;
   /** Newest segment stored in every target by this run. */
@@ -74,6 +95,8 @@ export const HEARTBEAT_EVERY_MS = 10_000;
 const STREAMING_AFTER_MS = 5_000;
 /** pg_receivewal gets this long to flush and leave after SIGTERM. */
 const STOP_GRACE_MS = 5_000;
+/** DEPLOYMENT_MODE=patroni: how often the topology is asked whether the streamed-from node still leads. */
+export const LEADER_CHECK_MS = 5_000;
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -101,8 +124,13 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
   const dir = config.walReceiveDir;
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const binary = findPgBinary('pg_receivewal', config.pgBinDir);
+  const patroni = config.pg.patroni;
+  if (patroni !== undefined) await requirePermanentSlot(config, options.slot);
   // DEPLOYMENT_MODE=patroni: the leader (core/topology); the serverInfo above may not have reached it.
-  const env = pgEnv(await resolveConnection(config.pg));
+  let env = pgEnv(await resolveConnection(config.pg));
+  let streamingFrom = nodeKey();
+  let leaderChanges = 0;
+  let lastStatus: ReceiveStatus | undefined;
   const stopping = new AbortController();
   options.signal?.addEventListener('abort', () => stopping.abort(), { once: true });
   let receiver: ToolProcess | undefined;
@@ -117,8 +145,12 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
     heartbeatFile === undefined
       ? undefined
       : setInterval(() => {
+          // The lag in the file too (the health check reads only its age).
           if (streaming() && !stopping.signal.aborted)
-            void writeFile(heartbeatFile, `${new Date().toISOString()}\n`).catch(() => {});
+            void writeFile(
+              heartbeatFile,
+              `${new Date().toISOString()}${lastStatus?.lagBytes !== undefined ? ` lag ${lastStatus.lagBytes} bytes` : ''}${lastStatus?.server ? ` from ${lastStatus.server}` : ''}\n`,
+            ).catch(() => {});
         }, HEARTBEAT_EVERY_MS);
   heartbeat?.unref();
   let stopped: Promise<void> | undefined;
@@ -229,9 +261,11 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
         : 'lag unknown',
       `${pending.length} segment(s) waiting${oldestPendingSeconds !== undefined ? `, oldest ${oldestPendingSeconds} s` : ''}`,
     ].join('; ');
-    return {
+    lastStatus = {
       at: new Date().toISOString(),
       slot: options.slot,
+      server: serverLabel(config.pg),
+      ...(patroni !== undefined ? { leaderChanges } : {}),
       receiving,
       ...(archivedThrough ? { archivedThrough } : {}),
       ...(serverLsn !== undefined ? { serverLsn: formatLsn(serverLsn) } : {}),
@@ -242,28 +276,74 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
       restarts,
       summary,
     };
+    return lastStatus;
+  }
+
+  function nodeKey(): string | undefined {
+    const routed = routedNode(config.pg);
+    return routed === undefined ? undefined : `${routed.node.host}:${routed.node.port}`;
+  }
+
+  /** Patroni: the route looked up again; false while the cluster has no leader (retried later). */
+  async function reroute(): Promise<boolean> {
+    forgetRoute(config.pg);
+    try {
+      env = pgEnv(await resolveConnection(config.pg));
+    } catch (err) {
+      options.log(`no leader to stream from yet: ${errorMessage(err)}`);
+      return false;
+    }
+    const now = nodeKey();
+    if (now !== streamingFrom) {
+      leaderChanges++;
+      options.log(`streaming from ${serverLabel(config.pg)} now (was ${streamingFrom ?? 'unknown'})`);
+    }
+    streamingFrom = now;
+    return true;
+  }
+
+  /** Patroni: whether the topology names a leader other than the node pg_receivewal streams from. */
+  async function leaderMoved(): Promise<boolean> {
+    if (patroni === undefined) return false;
+    try {
+      const now = leader(await readTopology(config));
+      return now !== undefined && `${now.host}:${now.port}` !== streamingFrom;
+    } catch {
+      return false; // The API down is not a reason to stop a receiver that streams.
+    }
   }
 
   try {
-    await createSlot(binary, env, options.slot);
+    // Patroni creates and keeps its permanent slots itself (one it does not know it would drop).
+    if (patroni === undefined) await createSlot(binary, env, options.slot);
     options.log(`streaming into ${dir} through slot ${options.slot}`);
     let delay = RESTART_MIN_MS;
     let lastReport = 0;
+    let lastLeaderCheck = Date.now();
+    let moved = false;
     const reportEvery = options.reportEveryMs ?? 10_000;
     while (!stopping.signal.aborted) {
       if (receiver === undefined || receiver.child.exitCode !== null || receiver.child.signalCode !== null) {
         if (receiver !== undefined) {
           restarts++;
-          options.log(
-            `pg_receivewal exited (${exitReason(receiver)}); restarting in ${Math.round(delay / 1000)} s`,
-          );
-          await sleep(delay, stopping.signal);
-          delay = Math.min(delay * 2, RESTART_MAX_MS);
+          if (!moved) {
+            options.log(
+              `pg_receivewal exited (${exitReason(receiver)}); ${missingSlotHint(receiver, options.slot, patroni !== undefined)}restarting in ${Math.round(delay / 1000)} s`,
+            );
+            await sleep(delay, stopping.signal);
+            delay = Math.min(delay * 2, RESTART_MAX_MS);
+          }
+          moved = false;
           if (stopping.signal.aborted) break;
+          if (patroni !== undefined && !(await reroute())) continue;
         }
         const started = Date.now();
         receiverStarted = started;
-        receiver = startTool(binary, ['-D', dir, '--slot', options.slot, '--no-password', '--verbose'], {
+        // Patroni: --no-loop, so that a lost connection comes back here to look the leader up again
+        // (pg_receivewal's own retries go to the same host: the demoted node after a switchover).
+        const args = ['-D', dir, '--slot', options.slot, '--no-password', '--verbose'];
+        if (patroni !== undefined) args.push('--no-loop');
+        receiver = startTool(binary, args, {
           env,
           stdin: 'ignore',
           stdout: 'ignore',
@@ -277,6 +357,17 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
           });
       }
       await pushCompleted();
+      if (patroni !== undefined && Date.now() - lastLeaderCheck >= LEADER_CHECK_MS) {
+        lastLeaderCheck = Date.now();
+        if (await leaderMoved()) {
+          options.log(
+            `${serverLabel(config.pg)} no longer leads the Patroni cluster; following the new leader`,
+          );
+          moved = true;
+          await stopReceiver(receiver);
+          continue;
+        }
+      }
       if (Date.now() - lastReport >= reportEvery) {
         lastReport = Date.now();
         options.report(await status());
@@ -304,6 +395,35 @@ async function createSlot(binary: string, env: NodeJS.ProcessEnv, slot: string):
       { cause: err },
     );
   }
+}
+
+/**
+ * DEPLOYMENT_MODE=patroni: the slot must be a Patroni permanent slot. One it does not manage is
+ * dropped by Patroni on the leader, and a new leader would not have it after a failover.
+ */
+async function requirePermanentSlot(config: Config, slot: string): Promise<void> {
+  if (config.pg.patroni === undefined) return;
+  const dynamic = await readPatroniConfig(config.pg.patroni);
+  let type: unknown;
+  try {
+    type = (JSON.parse(dynamic.text) as { slots?: Record<string, { type?: unknown } | null> }).slots?.[slot]
+      ?.type;
+  } catch {
+    type = undefined;
+  }
+  if (type !== 'physical') {
+    throw new ConfigError(
+      `the replication slot ${slot} is not a Patroni permanent slot (slots in Patroni's dynamic configuration, per ${dynamic.source}), so Patroni would drop it and a new leader would not have it; add it: patronictl edit-config -s slots.${slot}.type=physical (or PATCH /config {"slots":{"${slot}":{"type":"physical"}}})`,
+    );
+  }
+}
+
+/** The hint added when pg_receivewal left because the slot is missing (Patroni: not created on the new leader yet). */
+function missingSlotHint(tool: ToolProcess, slot: string, patroni: boolean): string {
+  if (!/replication slot .* does not exist/.test(tool.stderrTail())) return '';
+  return patroni
+    ? `the slot ${slot} is not on this leader yet (Patroni creates its permanent slots within loop_wait; if this repeats, check slots.${slot} in Patroni's dynamic configuration); `
+    : `the slot ${slot} was dropped; `;
 }
 
 function exitReason(tool: ToolProcess): string {
