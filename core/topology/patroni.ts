@@ -130,15 +130,21 @@ function member(m: RawMember): TopologyNode {
 }
 
 /**
- * The cluster as the first PATRONI_URL that answers `GET /cluster` describes it. Every URL down or
- * wrong: a TopologyError naming each URL and why.
+ * The first PATRONI_URL whose answer to `GET /<path>` `accept` takes: it returns the result, or the
+ * reason the answer is not Patroni's (then the next URL is asked). Every URL down or wrong: a
+ * TopologyError naming each URL and why. A ConfigError (say, an unreadable CA file) stops at once.
  */
-export async function readPatroniTopology(config: PatroniConfig): Promise<Topology> {
+async function fromFirstApi<T>(
+  config: PatroniConfig,
+  path: string,
+  request: string,
+  accept: (answer: ApiAnswer, entry: PatroniConfig['urls'][number]) => Promise<T | string>,
+): Promise<T> {
   const failures: string[] = [];
   for (const entry of config.urls) {
     let answer: ApiAnswer;
     try {
-      answer = await get(config, entry, 'cluster');
+      answer = await get(config, entry, path);
     } catch (err) {
       if (err instanceof ConfigError) throw err;
       failures.push(`${entry.url}: ${reason(err)}`);
@@ -148,6 +154,24 @@ export async function readPatroniTopology(config: PatroniConfig): Promise<Topolo
       failures.push(`${entry.url}: ${statusReason(answer.status)}`);
       continue;
     }
+    const result = await accept(answer, entry);
+    if (typeof result === 'string') {
+      failures.push(`${entry.url}: ${result}`);
+      continue;
+    }
+    return result;
+  }
+  throw new TopologyError(
+    `no Patroni REST API answered${request} (PATRONI_URL): ${failures.join('; ')}; check that Patroni runs and that PATRONI_URL names each node's restapi address`,
+  );
+}
+
+/**
+ * The cluster as the first PATRONI_URL that answers `GET /cluster` describes it. Every URL down or
+ * wrong: a TopologyError naming each URL and why.
+ */
+export function readPatroniTopology(config: PatroniConfig): Promise<Topology> {
+  return fromFirstApi<Topology>(config, 'cluster', '', async (answer, entry) => {
     let parsed: { members?: RawMember[]; scope?: unknown };
     try {
       parsed = JSON.parse(answer.body) as typeof parsed;
@@ -155,10 +179,7 @@ export async function readPatroniTopology(config: PatroniConfig): Promise<Topolo
       parsed = {};
     }
     if (!Array.isArray(parsed.members)) {
-      failures.push(
-        `${entry.url}: /cluster is not Patroni's answer (no members list); is this the REST API port?`,
-      );
-      continue;
+      return "/cluster is not Patroni's answer (no members list); is this the REST API port?";
     }
     let scope = typeof parsed.scope === 'string' ? parsed.scope : undefined;
     if (scope === undefined) {
@@ -177,10 +198,7 @@ export async function readPatroniTopology(config: PatroniConfig): Promise<Topolo
       nodes: parsed.members.map(member),
       source: entry.url,
     };
-  }
-  throw new TopologyError(
-    `no Patroni REST API answered (PATRONI_URL): ${failures.join('; ')}; check that Patroni runs and that PATRONI_URL names each node's restapi address`,
-  );
+  });
 }
 
 /** Patroni's dynamic configuration (`GET /config`), as the API returned it, and which URL answered. */
@@ -195,21 +213,8 @@ export interface PatroniDynamicConfig {
  * first PATRONI_URL that answers, with the same auth, TLS and timeout as `/cluster`. Every URL down
  * or wrong: a TopologyError naming each URL and why.
  */
-export async function readPatroniConfig(config: PatroniConfig): Promise<PatroniDynamicConfig> {
-  const failures: string[] = [];
-  for (const entry of config.urls) {
-    let answer: ApiAnswer;
-    try {
-      answer = await get(config, entry, 'config');
-    } catch (err) {
-      if (err instanceof ConfigError) throw err;
-      failures.push(`${entry.url}: ${reason(err)}`);
-      continue;
-    }
-    if (answer.status !== 200) {
-      failures.push(`${entry.url}: ${statusReason(answer.status)}`);
-      continue;
-    }
+export function readPatroniConfig(config: PatroniConfig): Promise<PatroniDynamicConfig> {
+  return fromFirstApi<PatroniDynamicConfig>(config, 'config', ' GET /config', async (answer, entry) => {
     let parsed: unknown;
     try {
       parsed = JSON.parse(answer.body);
@@ -217,14 +222,8 @@ export async function readPatroniConfig(config: PatroniConfig): Promise<PatroniD
       parsed = undefined;
     }
     if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-      failures.push(
-        `${entry.url}: /config is not Patroni's answer (not a JSON object); is this the REST API port?`,
-      );
-      continue;
+      return "/config is not Patroni's answer (not a JSON object); is this the REST API port?";
     }
     return { text: answer.body, source: entry.url };
-  }
-  throw new TopologyError(
-    `no Patroni REST API answered GET /config (PATRONI_URL): ${failures.join('; ')}; check that Patroni runs and that PATRONI_URL names each node's restapi address`,
-  );
+  });
 }
