@@ -14,6 +14,7 @@ import type { AzureAccessTier, PerLifecycleKind } from '../config';
 import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../errors';
 import { assertValidKey, assertValidPrefix } from './file';
 import { ArchivedObjectError, placementFor } from './s3';
+import { sourceBlocks, sourceChunks } from './source';
 import type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
 type BlobSdk = typeof import('@azure/storage-blob', { with: { 'resolution-mode': 'import' }});
@@ -129,56 +130,14 @@ export class AzureTarget implements StorageTarget {
     const conditions = options.ifAbsent ? { ifNoneMatch: '*' } : undefined;
     const base = this.options.blockSize ?? chooseBlockSize(options.sizeHint);
     let size = 0;
-    let sourceDone = false;
-    let sourceFailure: { readonly error: unknown } | undefined;
     const blockIds: string[] = [];
     const staging = new Set<Promise<void>>();
     let stageFailure: { readonly error: unknown } | undefined;
-    const iterator = source[Symbol.asyncIterator]();
-    /** Reads up to `want` bytes; fewer only at the end of the source. */
-    const readBlock = async (want: number): Promise<Buffer> => {
-      const chunks: Buffer[] = [];
-      let have = 0;
-      while (have < want && !sourceDone) {
-        let step: IteratorResult<unknown>;
-        try {
-          step = await iterator.next();
-        } catch (error) {
-          sourceFailure ??= { error };
-          throw error;
-        }
-        if (step.done) {
-          sourceDone = true;
-          break;
-        }
-        const chunk = Buffer.isBuffer(step.value) ? step.value : Buffer.from(step.value as string);
-        chunks.push(chunk);
-        have += chunk.length;
-      }
-      const all = Buffer.concat(chunks, have);
-      if (have > want) {
-        // Keep the rest for the next block: put it back in front of the source.
-        pending = all.subarray(want);
-        return all.subarray(0, want);
-      }
-      return all;
-    };
-    let pending: Buffer | undefined;
-    const nextBlock = async (want: number): Promise<Buffer> => {
-      if (pending === undefined) return readBlock(want);
-      const head = pending;
-      pending = undefined;
-      if (head.length >= want) {
-        if (head.length > want) pending = head.subarray(want);
-        return head.subarray(0, want);
-      }
-      const rest = await readBlock(want - head.length);
-      return Buffer.concat([head, rest]);
-    };
+    const reading = sourceChunks(source);
+    const blocks = sourceBlocks(reading);
     try {
-      const first = await nextBlock(blockSizeAt(0, base));
-      const atEnd = sourceDone && pending === undefined;
-      if (atEnd) {
+      const first = await blocks.next(blockSizeAt(0, base));
+      if (blocks.atEnd()) {
         // The whole stream fits one block: one Put Blob, as atomic as a commit.
         size = first.length;
         await this.timed(
@@ -214,8 +173,8 @@ export class AzureTarget implements StorageTarget {
           if (staging.size >= UPLOAD_CONCURRENCY) await Promise.race(staging);
           if (stageFailure !== undefined) throw stageFailure.error;
         }
-        if (sourceDone && pending === undefined) break;
-        block = await nextBlock(blockSizeAt(index + 1, base));
+        if (blocks.atEnd()) break;
+        block = await blocks.next(blockSizeAt(index + 1, base));
       }
       await Promise.all(staging);
       if (stageFailure !== undefined) throw stageFailure.error;
@@ -224,12 +183,12 @@ export class AzureTarget implements StorageTarget {
       );
       return { size };
     } catch (err) {
-      const failure = sourceFailure;
+      const failure = reading.failure();
       source.destroy();
-      await iterator.return?.().catch(() => {});
+      await reading.close();
       await Promise.allSettled([...staging]);
       if (failure !== undefined) throw failure.error;
-      const outcome = sourceDone
+      const outcome = reading.done()
         ? await this.outcomeOfFailedPut(blob, writeId).catch(() => 'unknown' as const)
         : 'unknown';
       // The final request reached the store and this write's blob is there: only its answer was lost.

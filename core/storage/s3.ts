@@ -5,6 +5,7 @@ import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import type { PerLifecycleKind, S3StorageClass } from '../config';
 import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../errors';
 import { assertValidKey, assertValidPrefix } from './file';
+import { sourceChunks } from './source';
 import type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
 type S3Sdk = typeof import('@aws-sdk/client-s3');
@@ -632,37 +633,23 @@ export class S3Target implements StorageTarget {
  * destroys the source, so the producer (pg_dump) is told to stop.
  */
 function countingReader(source: Readable) {
+  const reading = sourceChunks(source);
   let size = 0;
-  let done = false;
-  let failure: { readonly error: unknown } | undefined;
   async function* chunks(): AsyncGenerator<Buffer> {
-    const iterator = source[Symbol.asyncIterator]();
     try {
-      while (true) {
-        let step: IteratorResult<unknown>;
-        try {
-          step = await iterator.next();
-        } catch (error) {
-          failure ??= { error };
-          throw error;
-        }
-        if (step.done) {
-          done = true;
-          return;
-        }
-        const chunk = Buffer.isBuffer(step.value) ? step.value : Buffer.from(step.value as string);
+      for (let chunk = await reading.next(); chunk !== undefined; chunk = await reading.next()) {
         size += chunk.length;
         yield chunk;
       }
     } finally {
-      await iterator.return?.();
+      await reading.close();
     }
   }
   return {
     body: Readable.from(chunks(), { objectMode: false }),
     size: () => size,
-    done: () => done,
-    failure: () => failure,
+    done: reading.done,
+    failure: reading.failure,
   };
 }
 
