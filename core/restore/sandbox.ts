@@ -29,6 +29,38 @@ import { createDatabase, dbnameConninfo, dropDatabase } from './database';
  * server that recovers a copy privately (its own socket, no TCP) so one database can be copied out.
  */
 
+/** Config keys written for restore_command; the sandbox server's environment drops them, so the file rules. */
+const CONFIG_KEYS = [
+  'BACKUP_DIR',
+  'WAL_ARCHIVE_DIR',
+  'COMPRESSION',
+  'COMPRESSION_LEVEL',
+  'PARALLEL_JOBS',
+  'ENCRYPTION',
+  'ENCRYPTION_KEY',
+  'ENCRYPTION_KEY_FILE',
+  'ENCRYPTION_KEYS_RETIRED_FILE',
+  'ENCRYPTION_ITERATIONS',
+  'CLOUD_PROVIDER',
+  'CLOUD_BUCKET',
+  'CLOUD_PREFIX',
+  'S3_ENDPOINT',
+  'S3_REQUEST_TIMEOUT',
+  'S3_MAX_ATTEMPTS',
+  'AZURE_STORAGE_ACCOUNT',
+  'AZURE_STORAGE_CONNECTION_STRING',
+  'AZURE_STORAGE_KEY',
+  'AZURE_STORAGE_SAS_TOKEN',
+  'AWS_DEFAULT_REGION',
+  'LOCAL_COPY',
+  'DEPLOYMENT_MODE',
+  'CLUSTER_NAME',
+  'PG_BIN_DIR',
+  'WAL_PREFETCH',
+  'SPOOL_DIR',
+  'PGVAULT_CONFIG',
+] as const;
+
 /** Quotes one word for /bin/sh, which runs restore_command. */
 export function shellWord(word: string): string {
   return /^[A-Za-z0-9_./=:,@%+-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
@@ -66,63 +98,47 @@ export function pgvaultBin(): string {
   );
 }
 
-/** What restore_command's config file holds, each setting from the effective configuration. */
-// No libpq setting (config.pg, LIBPQ_KEYS) goes in: restore_command reads the archive, never a database.
-const RESTORE_COMMAND_SETTINGS: ReadonlyArray<
-  readonly [string, (c: Config, keyFile: string | undefined) => string | number | boolean | undefined]
-> = [
-  ['BACKUP_DIR', (c) => c.backupDir],
-  ['COMPRESSION', (c) => c.compression],
-  ['COMPRESSION_LEVEL', (c) => c.compressionLevel],
-  ['PARALLEL_JOBS', (c) => c.parallelJobs],
-  ['ENCRYPTION', (c) => c.encryption.enabled],
-  ['ENCRYPTION_KEY_FILE', (_c, keyFile) => keyFile],
-  ['ENCRYPTION_KEYS_RETIRED_FILE', (c) => c.encryption.retiredFile],
-  ['ENCRYPTION_ITERATIONS', (c) => c.encryption.iterations],
-  ['CLOUD_PROVIDER', (c) => c.cloud.provider],
-  ['CLOUD_BUCKET', (c) => c.cloud.bucket],
-  ['CLOUD_PREFIX', (c) => (c.cloud.prefix === '' ? undefined : c.cloud.prefix)],
-  ['S3_ENDPOINT', (c) => c.cloud.s3Endpoint],
-  ['AWS_DEFAULT_REGION', (c) => c.cloud.region],
-  // A stalled endpoint must time out in recovery as it does here (S3_REQUEST_TIMEOUT, S3_MAX_ATTEMPTS).
-  ['S3_REQUEST_TIMEOUT', (c) => c.cloud.requestTimeoutSeconds],
-  ['S3_MAX_ATTEMPTS', (c) => c.cloud.maxAttempts],
-  // Credentials and profile given in pgvault's config (a file too): the server's environment is not
-  // ours, and the SDK's chain never reads pgvault's config file. From the environment too: the server's
-  // environment drops every key of this file (CONFIG_KEYS), so the file alone decides.
-  ['AWS_PROFILE', (c) => c.cloud.profile],
-  ['AWS_ACCESS_KEY_ID', (c) => c.cloud.credentials?.accessKeyId],
-  ['AWS_SECRET_ACCESS_KEY', (c) => c.cloud.credentials?.secretAccessKey],
-  ['AWS_SESSION_TOKEN', (c) => c.cloud.credentials?.sessionToken],
-  // The same for Azure (CLOUD_PROVIDER=azure): the account and the one way to sign in that was given.
-  ['AZURE_STORAGE_ACCOUNT', (c) => c.cloud.azure?.account],
-  ['AZURE_STORAGE_CONNECTION_STRING', (c) => c.cloud.azure?.connectionString],
-  ['AZURE_STORAGE_KEY', (c) => c.cloud.azure?.accountKey],
-  ['AZURE_STORAGE_SAS_TOKEN', (c) => c.cloud.azure?.sasToken],
-  ['LOCAL_COPY', (c) => c.localCopy],
-  // patroni is left out: it needs PATRONI_URL (and maybe its password) to parse, and restore_command
-  // never asks the cluster anything (a restore of a Patroni cluster's base backup failed on it).
-  ['DEPLOYMENT_MODE', (c) => (c.deploymentMode === 'patroni' ? undefined : c.deploymentMode)],
-  ['CLUSTER_NAME', (c) => c.clusterName],
-  ['PG_BIN_DIR', (c) => c.pgBinDir],
-  ['WAL_PREFETCH', (c) => c.walPrefetch],
-];
-
-/**
- * Config keys the sandbox server's environment drops, so the file rules: every key the file may hold,
- * and the settings that would make pgvault read another file or archive.
- */
-const CONFIG_KEYS: readonly string[] = [
-  ...RESTORE_COMMAND_SETTINGS.map(([key]) => key),
-  'WAL_ARCHIVE_DIR',
-  'ENCRYPTION_KEY',
-  'SPOOL_DIR',
-  'PGVAULT_CONFIG',
-];
-
 /** The effective settings restore_command needs, as a config file's text (AWS keys included when configured). */
+// No libpq setting (config.pg, LIBPQ_KEYS) goes in: restore_command reads the archive, never a database.
 export function restoreCommandConfigText(config: Config, keyFile: string | undefined): string {
-  const lines = RESTORE_COMMAND_SETTINGS.map(([key, value]) => [key, value(config, keyFile)] as const);
+  const lines: Array<[string, string | number | boolean | undefined]> = [
+    ['BACKUP_DIR', config.backupDir],
+    ['COMPRESSION', config.compression],
+    ['COMPRESSION_LEVEL', config.compressionLevel],
+    ['PARALLEL_JOBS', config.parallelJobs],
+    ['ENCRYPTION', config.encryption.enabled],
+    ['ENCRYPTION_KEY_FILE', keyFile],
+    ['ENCRYPTION_KEYS_RETIRED_FILE', config.encryption.retiredFile],
+    ['ENCRYPTION_ITERATIONS', config.encryption.iterations],
+    ['CLOUD_PROVIDER', config.cloud.provider],
+    ['CLOUD_BUCKET', config.cloud.bucket],
+    ['CLOUD_PREFIX', config.cloud.prefix === '' ? undefined : config.cloud.prefix],
+    ['S3_ENDPOINT', config.cloud.s3Endpoint],
+    ['AWS_DEFAULT_REGION', config.cloud.region],
+    // A stalled endpoint must time out in recovery as it does here (S3_REQUEST_TIMEOUT, S3_MAX_ATTEMPTS).
+    ['S3_REQUEST_TIMEOUT', config.cloud.requestTimeoutSeconds],
+    ['S3_MAX_ATTEMPTS', config.cloud.maxAttempts],
+    // Credentials and profile given in pgvault's config (a file too): the server's environment is not
+    // ours, and the SDK's chain never reads pgvault's config file. From the environment they are in the
+    // server's environment already (sandboxServerEnv keeps AWS_*), and written here all the same.
+    ['AWS_PROFILE', config.cloud.profile],
+    ['AWS_ACCESS_KEY_ID', config.cloud.credentials?.accessKeyId],
+    ['AWS_SECRET_ACCESS_KEY', config.cloud.credentials?.secretAccessKey],
+    ['AWS_SESSION_TOKEN', config.cloud.credentials?.sessionToken],
+    // The same for Azure (CLOUD_PROVIDER=azure): the account and the one way to sign in that was given.
+    ['AZURE_STORAGE_ACCOUNT', config.cloud.azure?.account],
+    ['AZURE_STORAGE_CONNECTION_STRING', config.cloud.azure?.connectionString],
+    ['AZURE_STORAGE_KEY', config.cloud.azure?.accountKey],
+    ['AZURE_STORAGE_SAS_TOKEN', config.cloud.azure?.sasToken],
+    ['LOCAL_COPY', config.localCopy],
+    // patroni is left out: it needs PATRONI_URL (and maybe its password) to parse, and restore_command
+    // never asks the cluster anything (a restore of a Patroni cluster's base backup failed on it).
+    ['DEPLOYMENT_MODE', config.deploymentMode === 'patroni' ? undefined : config.deploymentMode],
+    ['CLUSTER_NAME', config.clusterName],
+    ['PG_BIN_DIR', config.pgBinDir],
+    // Known to restore wal (prefetch); read loosely so this file does not depend on its exact shape.
+    ['WAL_PREFETCH', (config as { walPrefetch?: number }).walPrefetch],
+  ];
   return [
     "# Written by pgvault restore pitr for restore_command (0600, the server user's). The key stays in",
     "# ENCRYPTION_KEY_FILE; AWS credentials given in pgvault's config are here, else the SDK's chain.",
