@@ -272,6 +272,12 @@ export interface Config {
    * DEPLOYMENT_MODE not built yet): one line each, printed by the CLI once per command. No secret.
    */
   readonly warnings: readonly string[];
+  /**
+   * REPO<n>_* (repositoryConfigs): the repositories, in read order, each with its own placement and
+   * its own Config (its target and retention). Absent with the single-target keys (CLOUD_PROVIDER,
+   * LOCAL_COPY), which keep meaning repo1=file (unless LOCAL_COPY=false) and repo2=cloud.
+   */
+  readonly repositories?: readonly RepositoryConfig[];
 }
 
 export interface LoadConfigOptions {
@@ -488,6 +494,9 @@ export const KNOWN_KEYS: readonly string[] = [
   'ALERT_COMMAND',
   'EVENT_BUS_NAME',
   'PGVAULT_METRICS',
+  // Several repositories (repositoryConfigs): REPO<n>_TYPE, _PATH, _BUCKET, _PREFIX, _HOLDS and any
+  // per-target key above as REPO<n>_<KEY>; the parser refuses the ones it does not know.
+  ...Array.from({ length: 9 }, (_, i) => `REPO${i + 1}_*`),
   // The CLI and its launcher (bin/pgvault, bin/pgvault.js), and the process (restores stage in TMPDIR,
   // `restore pitr` reads times in TZ).
   'PGVAULT_CONFIG',
@@ -1083,7 +1092,11 @@ export function parseConfig(
   cwd = process.cwd(),
   options: Pick<LoadConfigOptions, 'lazyAlerts'> = {},
 ): Config {
-  const backupDir = absoluteOnly(raw, 'BACKUP_DIR') ?? '/var/backups/postgresql';
+  const repositories = repositoryConfigs(raw, sources, cwd);
+  const backupDir =
+    absoluteOnly(raw, 'BACKUP_DIR') ??
+    repositories?.find((r) => r.type === 'file')?.config.backupDir ??
+    '/var/backups/postgresql';
   const encryptionEnabled = boolean(raw, 'ENCRYPTION', false);
   const key = passphrase(raw);
   if (encryptionEnabled && key === undefined) {
@@ -1173,6 +1186,7 @@ export function parseConfig(
     metrics: metricsMode(raw),
     sources,
     warnings: [...configWarnings(key, deploymentMode, raw), ...libpqWarnings(libpqSettings(raw))],
+    ...(repositories ? { repositories } : {}),
   };
   if (options.lazyAlerts) {
     // Validated (and a mistake thrown) by whatever reads it first; the per-segment commands never do.
@@ -1194,4 +1208,166 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   // Set in place, not spread into a copy: a lazy `alerts` would be read (and validated) by a spread.
   (config as { warnings: readonly string[] }).warnings = [...config.warnings, ...unknownKeyWarnings(files)];
   return config;
+}
+
+/** What a repository may hold (REPO<n>_HOLDS): backup types, WAL, and reports (drill records, state). */
+export const REPOSITORY_KINDS = ['full', 'base', 'wal', 'config', 'indexes', 'reports'] as const;
+export type RepositoryKind = (typeof REPOSITORY_KINDS)[number];
+export const REPOSITORY_TYPES = ['file', 's3', 'azure', 'gcs'] as const;
+/** Schedules a `kind:schedule` entry may name (core/catalog/naming.ts SCHEDULES). */
+const REPOSITORY_SCHEDULES = ['daily', 'weekly', 'monthly', 'manual'] as const;
+
+/** One repository (REPO<n>_*): where it is, what it holds, and its own Config (target and retention). */
+export interface RepositoryConfig {
+  /** n of REPO<n>_; the list is in ascending n, the read preference. */
+  readonly n: number;
+  readonly type: (typeof REPOSITORY_TYPES)[number];
+  /**
+   * REPO<n>_HOLDS as given: `full` (every schedule), `full:daily`, `base:weekly`, `wal`, `config`,
+   * `indexes`, `reports`. Default: everything.
+   */
+  readonly holds: readonly string[];
+  /**
+   * The single-target reading of the repository: CLOUD_PROVIDER=REPO<n>_TYPE (none for file),
+   * CLOUD_BUCKET=REPO<n>_BUCKET, BACKUP_DIR=REPO<n>_PATH, CLOUD_PREFIX=REPO<n>_PREFIX, LOCAL_COPY=false,
+   * and every other key K = REPO<n>_K when set, else K (credentials and defaults shared).
+   */
+  readonly config: Config;
+}
+
+/** Keys of REPO<n>_ that are the repository's own, not a per-target copy of a single-target key. */
+const REPOSITORY_OWN_KEYS: Record<string, string | undefined> = {
+  TYPE: 'CLOUD_PROVIDER',
+  BUCKET: 'CLOUD_BUCKET',
+  PATH: 'BACKUP_DIR',
+  PREFIX: 'CLOUD_PREFIX',
+  HOLDS: undefined,
+};
+
+/** Single-target keys that only say which targets there are: meaningless per repository. */
+const NOT_PER_REPOSITORY = new Set([
+  'CLOUD_PROVIDER',
+  'CLOUD_BUCKET',
+  'CLOUD_PREFIX',
+  'BACKUP_DIR',
+  'LOCAL_COPY',
+]);
+
+/** Whether a repository holds a kind (with a schedule for full and base backups). */
+export function repositoryHolds(holds: readonly string[], kind: RepositoryKind, schedule?: string): boolean {
+  return holds.some((h) => h === kind || (schedule !== undefined && h === `${kind}:${schedule}`));
+}
+
+/**
+ * REPO<n>_* keys into repositories, or undefined when none is set (the single-target keys then say
+ * what there is). One ConfigError per mistake, naming the key and what to do.
+ */
+function repositoryConfigs(raw: Raw, sources: string[], cwd: string): RepositoryConfig[] | undefined {
+  const byN = new Map<number, Record<string, string>>();
+  for (const [key, value] of Object.entries(raw)) {
+    const m = /^REPO(\d+)_([A-Z0-9_]+)$/.exec(key);
+    if (!m || value === undefined) continue;
+    const n = Number(m[1]);
+    const rest = m[2]!;
+    if (n < 1 || n > 9 || String(n) !== m[1]) {
+      throw new ConfigError(
+        `${key}: repositories are numbered 1 to 9 (REPO1_TYPE ... REPO9_TYPE); rename it`,
+      );
+    }
+    if (
+      !(rest in REPOSITORY_OWN_KEYS) &&
+      (NOT_PER_REPOSITORY.has(rest) || !isKnownKey(rest) || rest.startsWith('REPO'))
+    ) {
+      throw new ConfigError(
+        `${key} is not a repository setting; use REPO${n}_TYPE, REPO${n}_PATH, REPO${n}_BUCKET, REPO${n}_PREFIX, REPO${n}_HOLDS or REPO${n}_<KEY> for a per-target key such as REPO${n}_REGION or REPO${n}_RETENTION_DAYS`,
+      );
+    }
+    if (!byN.has(n)) byN.set(n, {});
+    byN.get(n)![rest] = value;
+  }
+  if (byN.size === 0) return undefined;
+  for (const legacy of ['CLOUD_PROVIDER', 'LOCAL_COPY', 'CLOUD_BUCKET'] as const) {
+    if (text(raw, legacy) !== undefined) {
+      throw new ConfigError(
+        `${legacy} is set beside REPO<n>_* keys; use one form: remove ${legacy} and describe every target as a repository (REPO1_TYPE=file, REPO1_PATH=..., REPO2_TYPE=s3, REPO2_BUCKET=...)`,
+      );
+    }
+  }
+  const shared: Raw = {};
+  for (const [key, value] of Object.entries(raw)) if (!/^REPO\d+_/.test(key)) shared[key] = value;
+  const repositories: RepositoryConfig[] = [];
+  for (const n of [...byN.keys()].sort((a, b) => a - b)) {
+    const own = byN.get(n)!;
+    const type = own.TYPE?.trim().toLowerCase();
+    if (type === undefined || type === '') {
+      throw new ConfigError(
+        `REPO${n}_TYPE is missing (REPO${n}_${Object.keys(own)[0]} is set); set REPO${n}_TYPE to file, s3, azure or gcs`,
+      );
+    }
+    if (!(REPOSITORY_TYPES as readonly string[]).includes(type)) {
+      throw new ConfigError(`REPO${n}_TYPE=${own.TYPE} is not allowed; use file, s3, azure or gcs`);
+    }
+    if (type === 'file' && own.PATH === undefined) {
+      throw new ConfigError(
+        `REPO${n}_TYPE=file needs REPO${n}_PATH; set it to the folder (like /var/backups/postgresql)`,
+      );
+    }
+    if (type !== 'file' && own.BUCKET === undefined) {
+      throw new ConfigError(
+        `REPO${n}_TYPE=${type} needs REPO${n}_BUCKET; set it to the ${type === 'azure' ? 'container' : 'bucket'} name`,
+      );
+    }
+    if (type !== 'file' && own.PATH !== undefined) {
+      throw new ConfigError(
+        `REPO${n}_PATH is for REPO${n}_TYPE=file; use REPO${n}_PREFIX for a folder in the ${type} bucket`,
+      );
+    }
+    if (type === 'file' && (own.BUCKET !== undefined || own.PREFIX !== undefined)) {
+      throw new ConfigError(
+        `REPO${n}_${own.BUCKET !== undefined ? 'BUCKET' : 'PREFIX'} is for a cloud repository; REPO${n}_TYPE=file keeps everything in REPO${n}_PATH`,
+      );
+    }
+    const holds = (own.HOLDS ?? REPOSITORY_KINDS.join(','))
+      .split(',')
+      .map((h) => h.trim().toLowerCase())
+      .filter((h) => h !== '');
+    for (const h of holds) {
+      const [kind, schedule, extra] = h.split(':');
+      const scheduled = kind === 'full' || kind === 'base';
+      if (
+        !(REPOSITORY_KINDS as readonly string[]).includes(kind!) ||
+        extra !== undefined ||
+        (schedule !== undefined &&
+          (!scheduled || !(REPOSITORY_SCHEDULES as readonly string[]).includes(schedule)))
+      ) {
+        throw new ConfigError(
+          `REPO${n}_HOLDS: ${h} is not a kind; use a comma list of full, base, wal, config, indexes, reports, or full:daily, full:weekly, full:monthly, full:manual (base likewise)`,
+        );
+      }
+    }
+    if (holds.length === 0) {
+      throw new ConfigError(
+        `REPO${n}_HOLDS is empty; list what it holds (like full,wal,config) or remove the key`,
+      );
+    }
+    const view: Raw = { ...shared };
+    for (const [rest, value] of Object.entries(own)) {
+      if (rest in REPOSITORY_OWN_KEYS) {
+        const target = REPOSITORY_OWN_KEYS[rest];
+        if (target !== undefined) view[target] = value;
+      } else view[rest] = value;
+    }
+    view.CLOUD_PROVIDER = type === 'file' ? 'none' : type;
+    view.LOCAL_COPY = 'false';
+    let config: Config;
+    try {
+      config = parseConfig(view, sources, cwd, { lazyAlerts: true });
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      // The single-target reader names the single-target key: say which repository's it is.
+      throw new ConfigError(`repository ${n} (REPO${n}_*): ${err.message}`);
+    }
+    repositories.push({ n, type: type as RepositoryConfig['type'], holds, config });
+  }
+  return repositories;
 }

@@ -8,7 +8,7 @@ import { findPgBinary, pgEnv, toolMajorVersion, withClient } from '../pg/tools';
 import { startTool } from '../stream/process';
 import type { Vault } from '../vault';
 import { formatLsn, parseLsn, segmentOfLsn } from '../wal/naming';
-import { type ObjectSource, runBackup, toolVersions } from './run';
+import { type ObjectSource, probeTargets, runBackup, toolVersions } from './run';
 
 export interface BaseBackupOptions {
   readonly schedule: Schedule;
@@ -102,7 +102,7 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
   const [toolMajor, tools, , server, pre] = await Promise.all([
     toolMajorVersion(pgBasebackup),
     toolVersions(pgBasebackup, config.compression),
-    Promise.all(vault.targets.map((t) => t.probe(config.clusterName))),
+    probeTargets(vault),
     serverInfo(config.pg),
     physicalPrerequisites(config),
   ]);

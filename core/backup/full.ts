@@ -10,7 +10,7 @@ import { compressFile } from '../stream/compress';
 import { startTool } from '../stream/process';
 import { chooseReadSource } from '../topology';
 import type { Vault } from '../vault';
-import { type ObjectSource, runBackup, toolVersions } from './run';
+import { type ObjectSource, probeTargets, runBackup, toolVersions } from './run';
 
 export interface FullBackupOptions {
   readonly schedule: Schedule;
@@ -33,7 +33,7 @@ export async function backupFull(vault: Vault, options: FullBackupOptions): Prom
   const [dumpMajor, tools, , source] = await Promise.all([
     toolMajorVersion(pgDump),
     toolVersions(pgDump, config.compression),
-    Promise.all(vault.targets.map((t) => t.probe(config.clusterName))),
+    probeTargets(vault),
     chooseReadSource(
       config,
       (conn) => Promise.all([serverInfo(conn), listDatabases(conn)]),

@@ -4,7 +4,7 @@ import { listDatabases, serverInfo } from '../pg/server';
 import { quoteIdent, withClient } from '../pg/tools';
 import { chooseReadSource } from '../topology';
 import type { Vault } from '../vault';
-import { inMemorySource, runBackup } from './run';
+import { inMemorySource, probeTargets, runBackup } from './run';
 
 export interface IndexDefinition {
   readonly schema: string;
@@ -100,7 +100,7 @@ export function parseIndexSql(text: string): Map<string, string[]> {
 export async function backupIndexes(vault: Vault, options: { now?: Date } = {}): Promise<ManifestBody> {
   const { config } = vault;
   const [, source] = await Promise.all([
-    Promise.all(vault.targets.map((t) => t.probe(config.clusterName))),
+    probeTargets(vault),
     chooseReadSource(
       config,
       (conn) => Promise.all([serverInfo(conn), listDatabases(conn)]),

@@ -1,6 +1,7 @@
-import type { CatalogEntry } from '../catalog/catalog';
+import { Catalog, type CatalogEntry } from '../catalog/catalog';
 import { BACKUP_TYPES, MANIFEST_SUFFIX } from '../catalog/naming';
 import { errorMessage, PgVaultError, StorageError, UsageError } from '../errors';
+import { repositoryOf } from '../storage';
 import type { ObjectInfo, StorageTarget } from '../storage/target';
 import type { Vault } from '../vault';
 import { readWalArchive } from '../wal/archive';
@@ -52,6 +53,8 @@ export interface RetentionResult {
   readonly deleted: { backups: string[]; leftoverObjects: number; walObjects: number };
   readonly locked: LockedObject[];
   readonly failed: FailedDelete[];
+  /** Several repositories (REPO<n>_*): each one's own plan and deletions, in repository order. */
+  readonly repositories?: (RetentionResult & { readonly repository: number; readonly location: string })[];
 }
 
 /** Lists every target and builds the planner's input; a target that cannot be listed stops retention. */
@@ -88,6 +91,9 @@ export async function runRetention(
   vault: Vault,
   options: { dryRun?: boolean; now?: Date; policy?: RetentionPolicy } = {},
 ): Promise<RetentionResult> {
+  if (vault.config.repositories !== undefined && options.policy === undefined) {
+    return runRetentionPerRepository(vault, options);
+  }
   const now = options.now ?? new Date();
   const policy = options.policy ?? retentionPolicy(vault.config);
   const plan = planRetention(await gatherRetentionInput(vault, now, policy));
@@ -136,6 +142,48 @@ export async function runRetention(
     }
   }
   return result;
+}
+
+/**
+ * Several repositories: each one's retention runs over that repository alone, with its own policy
+ * (REPO<n>_RETENTION_*), its own backups and its own WAL. A copy in another repository never counts:
+ * a repository keeps what its own policy keeps, so retention never removes the last copy a
+ * repository should hold because another has one.
+ */
+async function runRetentionPerRepository(
+  vault: Vault,
+  options: { dryRun?: boolean; now?: Date },
+): Promise<RetentionResult> {
+  const now = options.now ?? new Date();
+  const results: (RetentionResult & { repository: number; location: string })[] = [];
+  for (const target of vault.targets) {
+    const repo = repositoryOf(target);
+    if (repo === undefined) continue;
+    const config = repo.config;
+    const one: Vault = {
+      config,
+      targets: [target],
+      catalog: new Catalog([target], config.clusterName, config.backupDir, (line) =>
+        vault.reporter.warn(line),
+      ),
+      reporter: vault.reporter,
+    };
+    const result = await runRetention(one, { dryRun: options.dryRun, now, policy: retentionPolicy(config) });
+    results.push({ ...result, repository: repo.n, location: target.location });
+  }
+  const first = results[0]!;
+  return {
+    dryRun: first.dryRun,
+    plan: first.plan,
+    deleted: {
+      backups: [...new Set(results.flatMap((r) => r.deleted.backups))],
+      leftoverObjects: results.reduce((n, r) => n + r.deleted.leftoverObjects, 0),
+      walObjects: results.reduce((n, r) => n + r.deleted.walObjects, 0),
+    },
+    locked: results.flatMap((r) => r.locked),
+    failed: results.flatMap((r) => r.failed),
+    repositories: results,
+  };
 }
 
 /** Whether a manifest for `id` is now in a folder of `keys` (a stat failure counts as yes: keep). */

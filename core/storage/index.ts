@@ -1,4 +1,10 @@
-import { awsClientCredentials, type Config } from '../config';
+import {
+  awsClientCredentials,
+  type Config,
+  type RepositoryConfig,
+  type RepositoryKind,
+  repositoryHolds,
+} from '../config';
 import { ConfigError } from '../errors';
 import { objectLockRetainUntil } from '../retention/lock';
 import { retentionPolicy } from '../retention/plan';
@@ -18,6 +24,14 @@ export type { ObjectInfo, PutOptions, StorageTarget } from './target';
  * SDK; the S3 client is made on first use.
  */
 export function createTargets(config: Config): StorageTarget[] {
+  if (config.repositories) {
+    // One target per repository, in REPO<n> order (the read preference), each read as a single target.
+    return config.repositories.map((repo) => {
+      const [target] = createTargets(repo.config);
+      REPOSITORY.set(target!, repo);
+      return target!;
+    });
+  }
   const { cloud } = config;
   switch (cloud.provider) {
     case 'none':
@@ -66,4 +80,32 @@ export function createTargets(config: Config): StorageTarget[] {
     case 'gcs':
       throw new ConfigError(`CLOUD_PROVIDER=${cloud.provider} is not supported yet; use s3, azure or none`);
   }
+}
+
+const REPOSITORY = new WeakMap<StorageTarget, RepositoryConfig>();
+
+/** The repository (REPO<n>_*) a target was made for; undefined with the single-target keys. */
+export function repositoryOf(target: StorageTarget): RepositoryConfig | undefined {
+  return REPOSITORY.get(target);
+}
+
+/** A target's name in messages: `repo2 (s3://bucket/prefix)`, or its location without repositories. */
+export function targetName(target: StorageTarget): string {
+  const repo = REPOSITORY.get(target);
+  return repo ? `repo${repo.n} (${target.location})` : target.location;
+}
+
+/**
+ * The targets that hold a kind (REPO<n>_HOLDS; a full or base backup with its schedule). Without
+ * repositories every target holds everything, as before.
+ */
+export function targetsHolding(
+  targets: readonly StorageTarget[],
+  kind: RepositoryKind,
+  schedule?: string,
+): StorageTarget[] {
+  return targets.filter((t) => {
+    const repo = REPOSITORY.get(t);
+    return repo === undefined || repositoryHolds(repo.holds, kind, schedule);
+  });
 }
