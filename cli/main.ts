@@ -308,6 +308,21 @@ wal
   .option('--pg-wal <dir>', "the server's pg_wal directory", 'pg_wal')
   .action(run(walCmds, 'walPushAsyncCommand'));
 
+// Several repositories (REPO<n>_*): what each holds, and copying what one lacks from another.
+const repoCmds = async () => require('./commands/repo') as Record<string, unknown>;
+const repo = program.command('repo').description('the repositories (REPO<n>_*): list them, sync them');
+repo
+  .command('list')
+  .description('every repository: type, location, what it holds, its retention')
+  .action(run(repoCmds, 'repoListCommand'));
+repo
+  .command('sync')
+  .description('copy what a repository should hold but lacks (a repository that was down catches up)')
+  .option('--from <n>', 'copy only from repository n')
+  .option('--to <n>', 'copy only into repository n')
+  .option('--dry-run', 'say what would be copied, copy nothing')
+  .action(run(repoCmds, 'repoSyncCommand'));
+
 // Ctrl-C or a stop from cron/systemd: exit through 'exit' handlers so temp files and staging
 // folders are removed; no manifest was written, so nothing half-done looks complete.
 for (const [signal, code] of [
