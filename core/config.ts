@@ -1241,6 +1241,8 @@ const REPOSITORY_OWN_KEYS: Record<string, string | undefined> = {
   BUCKET: 'CLOUD_BUCKET',
   PATH: 'BACKUP_DIR',
   PREFIX: 'CLOUD_PREFIX',
+  // The bucket's region (the AWS deployment's REPO2_REGION); AWS_DEFAULT_REGION is the shared one.
+  REGION: 'AWS_DEFAULT_REGION',
   HOLDS: undefined,
 };
 
@@ -1279,7 +1281,7 @@ function repositoryConfigs(raw: Raw, sources: string[], cwd: string): Repository
       (NOT_PER_REPOSITORY.has(rest) || !isKnownKey(rest) || rest.startsWith('REPO'))
     ) {
       throw new ConfigError(
-        `${key} is not a repository setting; use REPO${n}_TYPE, REPO${n}_PATH, REPO${n}_BUCKET, REPO${n}_PREFIX, REPO${n}_HOLDS or REPO${n}_<KEY> for a per-target key such as REPO${n}_REGION or REPO${n}_RETENTION_DAYS`,
+        `${key} is not a repository setting; use REPO${n}_TYPE, REPO${n}_PATH, REPO${n}_BUCKET, REPO${n}_PREFIX, REPO${n}_REGION, REPO${n}_HOLDS or REPO${n}_<KEY> for a per-target key such as REPO${n}_REGION or REPO${n}_RETENTION_DAYS`,
       );
     }
     if (!byN.has(n)) byN.set(n, {});
