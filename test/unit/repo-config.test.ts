@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseConfig, repositoryHolds } from '../../core/config';
 import { createTargets, repositoryOf, targetsHolding } from '../../core/storage';
@@ -27,6 +29,27 @@ export const GUIDE_TABLE = {
 };
 
 describe('REPO<n>_* keys', () => {
+  it("README's Repositories example is the guide's table tested here", () => {
+    // Prepare
+    const readme = readFileSync(join(__dirname, '../../README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('## Repositories'));
+    const block = section.slice(
+      section.indexOf('```') + 4,
+      section.indexOf('```', section.indexOf('```') + 3),
+    );
+
+    // Act
+    const keys = Object.fromEntries(
+      block
+        .split('\n')
+        .filter((l) => /^[A-Z0-9_]+=/.test(l))
+        .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+    );
+
+    // Assess
+    expect(keys).toEqual(GUIDE_TABLE);
+  });
+
   it("express the guide's storage table as it stands", () => {
     // Act
     const config = parseConfig(GUIDE_TABLE);
