@@ -330,7 +330,10 @@ async function checkManifestCopy(
  * down during the backup), when that repository has an older one of the same type and schedule, or
  * it is the newest of its kind (an older one absent there is its own retention's doing, not a gap).
  */
-function placementGaps(targets: readonly StorageTarget[], entries: readonly CatalogEntry[]): VerifyFault[] {
+export function placementGaps(
+  targets: readonly StorageTarget[],
+  entries: readonly CatalogEntry[],
+): VerifyFault[] {
   const faults: VerifyFault[] = [];
   const kindOf = (e: CatalogEntry) => `${e.manifest.type}:${e.manifest.schedule ?? ''}`;
   for (const target of targets) {

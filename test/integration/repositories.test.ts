@@ -143,6 +143,7 @@ describe('one repository down during a backup', () => {
     rmSync(blocked);
     await mkdir(repo2, { recursive: true });
     const before = await pgvault(['--json', 'verify', 'all', '--quick']);
+    const report = await pgvault(['--json', 'verify', 'report']);
     const sync = await pgvault(['--json', 'repo', 'sync']);
     const again = await pgvault(['--json', 'repo', 'sync']);
     const after = await pgvault(['--json', 'verify', 'all', '--quick']);
@@ -162,6 +163,17 @@ describe('one repository down during a backup', () => {
     expect(placement(before.stdout).map((f) => f.problem)).toEqual([
       expect.stringContaining(`backup ${id} is not in repo2`),
     ]);
+    const rows = JSON.parse(report.stdout).report.repositories as {
+      repository: number;
+      missing: string[];
+      backups: number;
+    }[];
+    expect(rows.map((r) => [r.repository, r.backups, r.missing])).toEqual([
+      [1, 1, []],
+      [2, 0, [id]],
+    ]);
+    const stored = JSON.parse(report.stdout).stored as { markdown: string }[];
+    expect(readFileSync(stored[0]!.markdown, 'utf8')).toMatch(/## Repositories[\s\S]*repo2 .*FAILING: /);
     expect(sync.code, sync.stderr).toBe(0);
     const copied = JSON.parse(sync.stdout).copied as {
       from: number;
