@@ -189,7 +189,7 @@ export async function writeObject(
       .catch((err: unknown) => {
         // A target that gives up must stop the whole pass, or the pipeline would wait on it forever
         // (several repositories: its branch is dropped and the others go on).
-        guards?.[i]!.drop();
+        guards?.[i]?.drop();
         branches[i]!.destroy(err as Error);
         throw err;
       }),
@@ -259,7 +259,10 @@ class DropOnFailure extends Writable {
     this.dropped = true;
   }
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
-    if (this.dropped || this.branch.destroyed || this.branch.write(chunk)) return cb();
+    if (this.dropped || this.branch.destroyed || this.branch.write(chunk)) {
+      cb();
+      return;
+    }
     const done = () => {
       this.branch.off('drain', done);
       this.branch.off('close', done);

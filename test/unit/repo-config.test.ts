@@ -10,7 +10,7 @@ import { createTargets, repositoryOf, targetsHolding } from '../../core/storage'
  */
 
 /** The guide's storage table (backup-and-restore-guide.md, "Backup Types"), as README gives it. */
-export const GUIDE_TABLE = {
+const GUIDE_TABLE = {
   RETENTION_CONFIG_COUNT: '10',
   RETENTION_WAL_DAYS: '7',
   REPO1_TYPE: 'file',
