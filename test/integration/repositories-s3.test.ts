@@ -177,7 +177,9 @@ describe('WAL with a file and an S3 repository', () => {
     expect(local).toEqual([true, true]);
     for (const n of names) expect(inCloud.some((k) => k.includes(n))).toBe(true);
     expect(fetched.code, fetched.stderr).toBe(0);
-    expect(fetched.stderr).toMatch(new RegExp(`${names[0]} is not in file://.*; read it from s3://pgvault-repos/pitr`));
+    expect(fetched.stderr).toMatch(
+      new RegExp(`${names[0]} is not in file://.*; read it from s3://pgvault-repos/pitr`),
+    );
     const bytes = readFileSync(join(restoreDir, 'pg_wal', 'RECOVERYXLOG'));
     expect(sha256(bytes)).toBe(sha256(readSegment(fx.cluster, names[0]!)));
     expect(readdirSync(join(restoreDir, 'pg_wal'))).toContain('RECOVERYXLOG');
