@@ -144,6 +144,8 @@ describe('one repository down during a backup', () => {
     await mkdir(repo2, { recursive: true });
     const before = await pgvault(['--json', 'verify', 'all', '--quick']);
     const report = await pgvault(['--json', 'verify', 'report']);
+    const dry = await pgvault(['--json', 'repo', 'sync', '--dry-run']);
+    const afterDry = manifests(repo2, 'full/daily');
     const sync = await pgvault(['--json', 'repo', 'sync']);
     const again = await pgvault(['--json', 'repo', 'sync']);
     const after = await pgvault(['--json', 'verify', 'all', '--quick']);
@@ -174,6 +176,9 @@ describe('one repository down during a backup', () => {
     ]);
     const stored = JSON.parse(report.stdout).stored as { markdown: string }[];
     expect(readFileSync(stored[0]!.markdown, 'utf8')).toMatch(/## Repositories[\s\S]*repo2 .*FAILING: /);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect((JSON.parse(dry.stdout).copied as { name: string }[]).map((c) => c.name)).toContain(id);
+    expect(afterDry).toEqual([]);
     expect(sync.code, sync.stderr).toBe(0);
     const copied = JSON.parse(sync.stdout).copied as {
       from: number;
