@@ -1244,6 +1244,12 @@ const REPOSITORY_OWN_KEYS: Record<string, string | undefined> = {
   // The bucket's region (the AWS deployment's REPO2_REGION); AWS_DEFAULT_REGION is the shared one.
   REGION: 'AWS_DEFAULT_REGION',
   HOLDS: undefined,
+  // Repository n's credentials in Secrets Manager (the AWS deployment): read at start by
+  // core/pg/startup-secrets.ts, which sets REPO<n>_AZURE_* / REPO<n>_GOOGLE_APPLICATION_CREDENTIALS.
+  SECRET_ARN: undefined,
+  // The GCS client's own settings, per repository (the GCS target reads them).
+  GOOGLE_APPLICATION_CREDENTIALS: 'GOOGLE_APPLICATION_CREDENTIALS',
+  STORAGE_EMULATOR_HOST: 'STORAGE_EMULATOR_HOST',
 };
 
 /** Single-target keys that only say which targets there are: meaningless per repository. */

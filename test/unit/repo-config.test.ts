@@ -112,6 +112,30 @@ describe('REPO<n>_* keys', () => {
     expect(config.repositories![0]!.holds).toEqual(['full', 'base', 'wal', 'config', 'indexes', 'reports']);
   });
 
+  it("take the AWS deployment's second repository as it emits it (REPO2_SECRET_ARN, GCS credentials per repository)", () => {
+    // Act
+    const config = parseConfig({
+      REPO1_TYPE: 's3',
+      REPO1_BUCKET: 'stack-bucket',
+      REPO2_TYPE: 'azure',
+      REPO2_BUCKET: 'offsite',
+      REPO2_SECRET_ARN: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:repo2-AbCdEf',
+      REPO2_AZURE_STORAGE_CONNECTION_STRING:
+        'AccountName=a;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:1/a',
+      REPO3_TYPE: 'gcs',
+      REPO3_BUCKET: 'offsite-gcs',
+      REPO3_GOOGLE_APPLICATION_CREDENTIALS: '/run/pgvault/repo3-gcs-key.json',
+    });
+
+    // Assess
+    expect(config.repositories?.map((r) => [r.n, r.type, r.config.cloud.bucket])).toEqual([
+      [1, 's3', 'stack-bucket'],
+      [2, 'azure', 'offsite'],
+      [3, 'gcs', 'offsite-gcs'],
+    ]);
+    expect(config.repositories![1]!.config.cloud.azure?.connectionString).toContain('AccountName=a');
+  });
+
   it('leave the single-target keys meaning what they meant', () => {
     // Act
     const config = parseConfig({ BACKUP_DIR: '/b', CLOUD_PROVIDER: 's3', CLOUD_BUCKET: 'x' });
