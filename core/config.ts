@@ -111,10 +111,11 @@ export interface CloudConfig {
   /** S3_MAX_ATTEMPTS: attempts per request, the first included. */
   readonly maxAttempts: number;
   /**
-   * S3_OBJECT_LOCK_MODE (governance, compliance) with S3_OBJECT_LOCK_RETAIN=gfs (the default once a
-   * mode is set): each new object carries its own retain-until, its planned GFS expiry
-   * (core/retention/lock.ts), never less than S3_OBJECT_LOCK_MIN_DAYS from the write. Absent: no lock
-   * headers (a bucket's default retention still applies).
+   * OBJECT_LOCK_MODE (governance, compliance) with OBJECT_LOCK_RETAIN=gfs (the default once a mode is
+   * set; S3_OBJECT_LOCK_* are the older names): each new object carries its own retain-until, its
+   * planned GFS expiry (core/retention/lock.ts), never less than OBJECT_LOCK_MIN_DAYS from the write.
+   * S3: Object Lock mode; Azure: immutability policy (governance Unlocked, compliance Locked). Absent:
+   * no lock (a bucket's or container's default retention still applies).
    */
   readonly objectLock?: { readonly mode: 'GOVERNANCE' | 'COMPLIANCE'; readonly minDays: number };
   /** CLOUD_PROVIDER=azure: the account and how to authenticate (azureSettings). Never logged. */
@@ -430,6 +431,9 @@ export const KNOWN_KEYS: readonly string[] = [
   'S3_OBJECT_LOCK_MODE',
   'S3_OBJECT_LOCK_RETAIN',
   'S3_OBJECT_LOCK_MIN_DAYS',
+  'OBJECT_LOCK_MODE',
+  'OBJECT_LOCK_RETAIN',
+  'OBJECT_LOCK_MIN_DAYS',
   'S3_STORAGE_CLASS',
   'S3_STORAGE_CLASS_ARCHIVE',
   'S3_STORAGE_CLASS_EXPIRE',
@@ -635,21 +639,44 @@ function placementSettings(raw: Raw): Pick<CloudConfig, 'storageClass' | 'access
   return { ...(storageClass ? { storageClass } : {}), ...(accessTier ? { accessTier } : {}) };
 }
 
-/** S3_OBJECT_LOCK_MODE / _RETAIN / _MIN_DAYS (CloudConfig.objectLock). */
+/**
+ * OBJECT_LOCK_MODE / _RETAIN / _MIN_DAYS (CloudConfig.objectLock), for every provider: S3 Object Lock,
+ * Azure version-level immutability policies (governance: Unlocked, compliance: Locked), GCS object
+ * retention. The S3_OBJECT_LOCK_* names (the first, S3-only ones) are read as aliases of the same
+ * settings: either name works, both set to different values is refused.
+ */
 function objectLockSetting(raw: Raw): Pick<CloudConfig, 'objectLock'> {
-  const mode = oneOf(raw, 'S3_OBJECT_LOCK_MODE', ['off', 'governance', 'compliance'] as const, 'off');
-  const retain = oneOf(raw, 'S3_OBJECT_LOCK_RETAIN', ['gfs', 'bucket'] as const, 'gfs');
-  const minDays = integer(raw, 'S3_OBJECT_LOCK_MIN_DAYS', 0, 0, 36_500);
+  const modeKey = lockKey(raw, 'OBJECT_LOCK_MODE');
+  const retainKey = lockKey(raw, 'OBJECT_LOCK_RETAIN');
+  const mode = oneOf(raw, modeKey, ['off', 'governance', 'compliance'] as const, 'off');
+  const retain = oneOf(raw, retainKey, ['gfs', 'bucket'] as const, 'gfs');
+  const minDays = integer(raw, lockKey(raw, 'OBJECT_LOCK_MIN_DAYS'), 0, 0, 36_500);
   if (mode === 'off') {
-    if (text(raw, 'S3_OBJECT_LOCK_RETAIN') === 'gfs') {
+    if (text(raw, retainKey) === 'gfs') {
       throw new ConfigError(
-        'S3_OBJECT_LOCK_RETAIN=gfs needs S3_OBJECT_LOCK_MODE (governance or compliance); set the mode the bucket allows',
+        `${retainKey}=gfs needs ${retainKey.replace('RETAIN', 'MODE')} (governance or compliance); set the mode the bucket allows`,
       );
     }
     return {};
   }
   if (retain === 'bucket') return {};
   return { objectLock: { mode: mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE', minDays } };
+}
+
+/**
+ * The key an object lock setting is read from: `key`, or its older alias S3_<key> when only that
+ * is set; both set to different values is a ConfigError.
+ */
+function lockKey(raw: Raw, key: 'OBJECT_LOCK_MODE' | 'OBJECT_LOCK_RETAIN' | 'OBJECT_LOCK_MIN_DAYS'): string {
+  const alias = `S3_${key}`;
+  const value = text(raw, key);
+  const aliased = text(raw, alias);
+  if (value !== undefined && aliased !== undefined && value.toLowerCase() !== aliased.toLowerCase()) {
+    throw new ConfigError(
+      `${key}=${value} and ${alias}=${aliased} disagree; ${alias} is the older name of ${key}: keep one`,
+    );
+  }
+  return value === undefined && aliased !== undefined ? alias : key;
 }
 
 function text(raw: Raw, key: string): string | undefined {
