@@ -391,6 +391,11 @@ export class AzureTarget implements StorageTarget {
     }
   }
 
+  /** The storage account's name, when the settings name it (AZURE_STORAGE_ACCOUNT, the connection string). */
+  get account(): string | undefined {
+    return this.accountName();
+  }
+
   private accountName(): string | undefined {
     if (this.options.account !== undefined) return this.options.account;
     const fromString = /(?:^|;)\s*AccountName=([^;]+)/i.exec(this.options.connectionString ?? '')?.[1];
