@@ -114,6 +114,7 @@ backup
 backup
   .command('init')
   .description('create the target layout and check write access')
+  .option('--print-lifecycle', "print the buckets' lifecycle rules instead of applying them")
   .action(run(backupCmds, 'backupInitCommand'));
 backup
   .command('schedule')

@@ -83,13 +83,13 @@ export async function backupStatsCommand(opts: GlobalOptions) {
   );
 }
 
-export async function backupInitCommand(opts: GlobalOptions) {
+export async function backupInitCommand(opts: GlobalOptions & { printLifecycle?: boolean }) {
   const vault = vaultFor(opts);
   const checks = await initBackupTargets(vault, {
     configFile: opts.config ?? process.env.PGVAULT_CONFIG,
   });
   // Lifecycle rules: applied where the credentials may, else printed; never a failure of init.
-  const lifecycle = await lifecycleRules(vault);
+  const lifecycle = await lifecycleRules(vault, { apply: opts.printLifecycle !== true });
   for (const l of lifecycle) if (l.warning !== undefined) vault.reporter.warn(l.warning);
   reportChecks(opts, checks, lifecycle);
 }

@@ -101,13 +101,17 @@ export interface LifecycleOutcome {
  * Azure: printed (Azure's management policy is an ARM resource, which a data-plane credential cannot
  * write). Never fails the command.
  */
-export async function lifecycleRules(vault: Vault): Promise<LifecycleOutcome[]> {
+export async function lifecycleRules(
+  vault: Vault,
+  options: { readonly apply?: boolean } = {},
+): Promise<LifecycleOutcome[]> {
+  const apply = options.apply ?? true;
   const days = lifecycleDays(vault.config);
   const out: LifecycleOutcome[] = [];
   for (const target of vault.targets) {
     const scope = scopeOf(target, vault.config.clusterName);
     if (scope === undefined) continue;
-    if (target instanceof S3Target) out.push(await s3Lifecycle(vault, target, scope));
+    if (target instanceof S3Target) out.push(await s3Lifecycle(vault, target, scope, apply));
     else if (target instanceof AzureTarget) {
       const document = azureManagementPolicy(scope, days, vault.config.cloud.accessTier);
       out.push({
@@ -140,7 +144,12 @@ function scopeOf(target: StorageTarget, cluster: string): LifecycleScope | undef
   return name === undefined ? undefined : { bucket: name, prefix: prefix ?? '', cluster };
 }
 
-async function s3Lifecycle(vault: Vault, target: S3Target, scope: LifecycleScope): Promise<LifecycleOutcome> {
+async function s3Lifecycle(
+  vault: Vault,
+  target: S3Target,
+  scope: LifecycleScope,
+  apply: boolean,
+): Promise<LifecycleOutcome> {
   const ours = s3LifecycleRules(scope, lifecycleDays(vault.config), vault.config.cloud.storageClass);
   const base = { target: target.location, provider: 's3' as const };
   const command = `aws s3api put-bucket-lifecycle-configuration --bucket ${scope.bucket} --lifecycle-configuration file://pgvault-lifecycle.json`;
@@ -151,6 +160,16 @@ async function s3Lifecycle(vault: Vault, target: S3Target, scope: LifecycleScope
       detail:
         "not changed: with S3_LIFECYCLE_TAGS=true the bucket's own rules select objects by their pgvault-lifecycle tag (the AWS deployment's); these prefix rules are for a bucket without them",
       document: { Rules: ours },
+    };
+  }
+  if (!apply) {
+    return {
+      ...base,
+      applied: false,
+      detail:
+        "printed, not applied (--print-lifecycle); apply it with the command below (it replaces the bucket's lifecycle rules: merge with its existing ones first)",
+      document: { Rules: ours },
+      command,
     };
   }
   let existing: Awaited<ReturnType<S3Target['lifecycleRules']>>;

@@ -136,6 +136,25 @@ describe('S3: applied where the credentials may', () => {
   });
 });
 
+describe('S3: --print-lifecycle', () => {
+  it('prints the rules and the command, sends no lifecycle request, no warning', async () => {
+    const before = fault.requests.length;
+    const r = await runPgvault(
+      ['backup', 'init', '--print-lifecycle', '--json'],
+      s3Settings('printed', fault.endpoint),
+      work.path,
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).not.toContain('warning');
+    const out = JSON.parse(r.stdout);
+    expect(out.lifecycle[0]).toMatchObject({ provider: 's3', applied: false });
+    expect(out.lifecycle[0].detail).toMatch(/^printed, not applied \(--print-lifecycle\)/);
+    expect(out.lifecycle[0].command).toContain('aws s3api put-bucket-lifecycle-configuration');
+    expect(out.lifecycle[0].document.Rules).toHaveLength(16);
+    expect(fault.requests.slice(before).filter((q) => q.query.includes('lifecycle'))).toEqual([]);
+  });
+});
+
 describe('S3: printed where the credentials may not (AccessDenied from the role-policy proxy)', () => {
   // A role that may use its objects and read the lifecycle configuration, but not change it.
   const statements: S3Statement[] = [
