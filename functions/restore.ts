@@ -323,7 +323,7 @@ export const handler = async (event: unknown): Promise<RestoreResult> => {
   const cluster = findCluster(payload.cluster);
   const to = 'target' in payload ? payload.target : undefined;
   const environment = to === undefined ? undefined : targetEnvironment(cluster, to);
-  const config = await clusterConfig(cluster, { withKey: false });
+  const config = await clusterConfig(cluster, { withKey: false, readsBackups: true });
   const backupId = await resolveBackup(openVault(config, logReporter), payload);
   const argv = restoreArgv(backupId === undefined ? payload : { ...payload, backup: backupId });
   const target =
