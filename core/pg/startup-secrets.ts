@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
@@ -104,11 +104,26 @@ function field(obj: Record<string, unknown>, key: string, arn: string): string |
   return v;
 }
 
-/** A file only this user may read (0600, in a 0700 directory of its own under TMPDIR). */
+/** Directories of files written for this process's own environment, removed when it exits. */
+const ownFiles = new Set<string>();
+
+/**
+ * A file only this user may read (0600, in a 0700 directory of its own under TMPDIR). Written for
+ * process.env (the CLI), it is removed when the process exits: the commands that read these secrets
+ * start no pgvault process that outlives them (the per-segment commands, which do, read none). A
+ * function's copy stays for the container's next invocations.
+ */
 function writePrivateFile(env: NodeJS.ProcessEnv, name: string, content: string): string {
   const dir = mkdtempSync(join(env.TMPDIR?.trim() || tmpdir(), 'pgvault-secret-'));
   const path = join(dir, name);
   writeFileSync(path, content, { mode: 0o600 });
+  if (env === process.env) {
+    if (ownFiles.size === 0)
+      process.once('exit', () => {
+        for (const d of ownFiles) rmSync(d, { recursive: true, force: true });
+      });
+    ownFiles.add(dir);
+  }
   return path;
 }
 
