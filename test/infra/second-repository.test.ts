@@ -1,9 +1,11 @@
-import { Stack } from 'aws-cdk-lib';
+import { Stack, Validations } from 'aws-cdk-lib';
 import type { Template } from 'aws-cdk-lib/assertions';
+import { AwsSolutionsChecks } from 'cdk-nag';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parseDeployConfig } from '../../infra/config';
 import type { FleetStack } from '../../infra/stack';
 import {
+  buildStack,
   type CfnJson,
   resourcesOf,
   type SynthResult,
@@ -264,6 +266,36 @@ describe('a second repository in GCS', () => {
     expect(readsSecret(roleStatements, REPO_SECRET)).toBe(true);
     expect(JSON.stringify(roleStatements)).not.toContain('secretsmanager.eu-west-1.amazonaws.com');
   });
+});
+
+describe('cdk-nag AwsSolutions', () => {
+  it('has no unacknowledged finding with a second repository and a Patroni cluster with its secret', () => {
+    // Prepare
+    const base = testConfig();
+    const { app } = buildStack(
+      testConfig({
+        secondRepository: SECOND,
+        clusters: base.clusters.map((cl) =>
+          cl.mode === 'patroni'
+            ? {
+                ...cl,
+                patroniUrl: 'https://10.0.1.10:8008,https://10.0.2.10:8008',
+                backupFrom: 'replica' as const,
+                patroniCredentialsSecretArn:
+                  'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgvault/orders-patroni-AbCdEf',
+                patroniCredentialsKmsKeyArn: REPO_KEY,
+              }
+            : cl,
+        ),
+      }),
+    );
+
+    // Act
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+
+    // Assess: synth throws the list of findings that are not acknowledged.
+    expect(() => app.synth()).not.toThrow();
+  }, 120_000);
 });
 
 describe('secondRepository in the deployment config', () => {
