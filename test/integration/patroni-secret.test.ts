@@ -102,6 +102,31 @@ describe('PATRONI_SECRET_ARN in the CLI', () => {
     expect(leftovers()).toEqual([]);
   });
 
+  it('a backup taken with them records the node, and no file of the vault holds a secret value', async () => {
+    // Act
+    const r = await pgvault(['--json', 'backup', 'full', 'daily'], {
+      PATRONI_SECRET_ARN: PATRONI_ARN,
+      REPO2_SECRET_ARN: REPO_ARN,
+      REPO2_TYPE: 'gcs',
+    });
+
+    // Assess
+    expect(r.code, r.stderr).toBe(0);
+    const manifest = (JSON.parse(r.stdout) as { manifest: { node?: { role?: string } } }).manifest;
+    expect(manifest.node?.role).toBe('replica');
+    const ca = readFileSync(cluster.caFile!, 'utf8').split('\n')[1]!;
+    const files = readdirSync(join(work, 'vault'), { recursive: true, withFileTypes: true }).filter((f) =>
+      f.isFile(),
+    );
+    expect(files.length).toBeGreaterThan(2);
+    for (const f of files) {
+      const bytes = readFileSync(join(f.parentPath, f.name)).toString('latin1');
+      for (const value of [API_PASSWORD, 'MIIEgcsStandInKey', ca]) expect(bytes, f.name).not.toContain(value);
+    }
+    for (const value of [API_PASSWORD, 'PRIVATE KEY', ca]) expect(r.stdout + r.stderr).not.toContain(value);
+    expect(leftovers()).toEqual([]);
+  });
+
   it('a secret the role may not read: exit 2, one line naming the ARN, nothing run', async () => {
     // Act
     const r = await pgvault(['--json', 'topology'], {
