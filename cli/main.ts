@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { hasCleanStop, pendingUndoSteps, runCleanStop, runUndoSteps } from '../core/cleanup';
 import { applyDatabaseSecret } from '../core/pg/credentials-secret';
+import { applyStartupSecrets } from '../core/pg/startup-secrets';
 import { fail, failWithAlert, type GlobalOptions, printConfigWarnings, recordCommandOutcome } from './output';
 
 /**
@@ -36,6 +37,8 @@ function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, na
     try {
       // PGVAULT_PG_SECRET_ARN: the database credentials from Secrets Manager (a restore into another server).
       if (!PER_SEGMENT_COMMANDS.has(command.path)) await applyDatabaseSecret({ configFile: opts.config });
+      // PATRONI_SECRET_ARN, REPO<n>_SECRET_ARN: the Patroni API's and the repositories' credentials (AWS tasks).
+      if (!PER_SEGMENT_COMMANDS.has(command.path)) await applyStartupSecrets({ configFile: opts.config });
       const mod = await load();
       result = await (mod[name] as T)(...([...positional, opts] as never[]));
     } catch (err) {

@@ -528,6 +528,8 @@ export const KNOWN_KEYS: readonly string[] = [
   'ENCRYPTION_KEY_SECRET_ARN',
   // Database credentials from Secrets Manager, read at start (core/pg/credentials-secret.ts).
   'PGVAULT_PG_SECRET_ARN',
+  // The Patroni REST API's secret, read at start (core/pg/startup-secrets.ts).
+  'PATRONI_SECRET_ARN',
   'ECS_CLUSTER_ARN',
   'TASK_DEFINITION_ARN',
   'RESTORE_TASK_DEFINITION_ARN',
