@@ -1,0 +1,273 @@
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { serverOsUser } from '../../core/pg/cluster';
+import { runPgvault } from '../helpers/cli';
+import { PatroniCluster } from '../helpers/patroni';
+
+/*
+ * Patroni integration, with the patroni.yml snippets exactly as README.md gives them (read from
+ * between their marker comments, only the pgvault path and config file made this machine's):
+ * a member created through create_replica_methods [pgvault, basebackup] is built from the vault
+ * and streams; with a vault that cannot, Patroni falls back to basebackup; a new cluster
+ * bootstrapped with bootstrap.method pgvault to a PITR target time holds exactly the rows before it.
+ * Real etcd and Patroni (test/helpers/patroni.ts), encrypted zstd vault in a directory.
+ */
+
+const BIN = resolve(__dirname, '../../bin/pgvault');
+const README = resolve(__dirname, '../../README.md');
+const README_COMMAND = 'pgvault --config /etc/pgvault.env';
+
+/** The YAML of a README snippet between `<!-- NAME:start -->` and `<!-- NAME:end -->`, without its first line. */
+function readmeSnippet(name: string, firstLine: string): string {
+  const text = readFileSync(README, 'utf8');
+  const m = new RegExp(
+    `<!-- ${name}:start -->\\n\`\`\`yaml\\n([\\s\\S]*?)\`\`\`\\n<!-- ${name}:end -->`,
+  ).exec(text);
+  if (!m) throw new Error(`README.md has no ${name} snippet`);
+  const lines = m[1]!.split('\n');
+  expect(lines[0]).toBe(firstLine);
+  const rest = lines.slice(1).join('\n');
+  expect(rest).toContain(README_COMMAND);
+  return rest;
+}
+
+/** The snippet with this machine's pgvault and config file for /etc/pgvault.env. */
+function onThisMachine(yaml: string, configFile: string): string {
+  return yaml.replaceAll(README_COMMAND, `${BIN} --config ${configFile}`);
+}
+
+function giveToServer(path: string): void {
+  const user = serverOsUser();
+  if (user) spawnSync('chown', ['-R', `${user.uid}:${user.gid}`, path]);
+}
+
+let cluster: PatroniCluster;
+let work: string;
+let vaultDir: string;
+let configFile: string;
+let baseStartWal: string;
+
+function pgvault(args: string[]) {
+  return runPgvault(['--config', configFile, ...args], cluster.env(), work);
+}
+
+async function switchAndWaitArchived(): Promise<string> {
+  const [row] = await cluster.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal() - 1) AS name');
+  const name = row!.name;
+  for (const deadline = Date.now() + 60_000; ; ) {
+    const [a] = await cluster.query<{ last: string | null }>(
+      'SELECT last_archived_wal AS last FROM pg_stat_archiver',
+    );
+    if ((a?.last ?? '') >= name) return name;
+    if (Date.now() > deadline) throw new Error(`segment ${name} was not archived in time`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Waits until the leader streams to member `name` (its own pg_stat_replication row). */
+async function waitStreamingTo(name: string, timeoutMs = 180_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let seen = '';
+  for (;;) {
+    try {
+      const rows = await cluster.query<{ state: string }>(
+        `SELECT state FROM pg_stat_replication WHERE application_name = '${name}'`,
+      );
+      if (rows.some((r) => r.state === 'streaming')) return;
+      seen = JSON.stringify(rows);
+    } catch (err) {
+      seen = String(err);
+    }
+    if (Date.now() > deadline) {
+      throw new Error(
+        `the leader does not stream to ${name}: ${seen}; its log ends: ${readFileSync(cluster.node(name).logFile, 'utf8').slice(-2000)}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+async function count(node: string, where = 'true'): Promise<number> {
+  const [row] = await cluster.query<{ n: string }>(`SELECT count(*) AS n FROM orders WHERE ${where}`, {
+    node,
+  });
+  return Number(row!.n);
+}
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), 'pgvault-patroni-vault-'));
+  chmodSync(work, 0o755);
+  vaultDir = join(work, 'vault');
+  mkdirSync(vaultDir, { mode: 0o700 });
+  configFile = join(work, 'pgvault.env');
+  writeFileSync(
+    configFile,
+    `BACKUP_DIR=${vaultDir}\nCLUSTER_NAME=orders\nCOMPRESSION=zstd\nENCRYPTION=true\nENCRYPTION_KEY='patroni vault replica test passphrase 7f3a'\n`,
+    { mode: 0o600 },
+  );
+  giveToServer(vaultDir);
+  giveToServer(configFile);
+  cluster = await PatroniCluster.start({
+    scope: 'vault-replica',
+    parameters: {
+      archive_mode: 'on',
+      archive_command: `${BIN} --config ${configFile} backup wal %p`,
+      archive_timeout: 0,
+      // As little WAL kept for replicas beyond their slots as Patroni allows (16MB): a member built from an older base backup can
+      // only catch up through the archive.
+      wal_keep_size: '16MB',
+    },
+  });
+  console.log(`Patroni cluster (etcd + 2 nodes) up in ${cluster.startupMs} ms`);
+  await cluster.query(
+    "CREATE TABLE orders (id int PRIMARY KEY, note text); INSERT INTO orders SELECT g, 'before the base backup' FROM generate_series(1, 100) g",
+  );
+  const base = await pgvault(['--json', 'backup', 'base']);
+  expect(base.code, base.stderr).toBe(0);
+  baseStartWal = (JSON.parse(base.stdout) as { manifest: { physical: { startWal: string } } }).manifest
+    .physical.startWal;
+  // The base backup was written by this (root) process: Patroni's user must read it.
+  giveToServer(vaultDir);
+  // Rows after the backup, then enough segment switches and checkpoints that the leader has
+  // recycled the WAL the backup starts from.
+  for (let i = 0; i < 4; i++) {
+    await cluster.query(
+      `INSERT INTO orders SELECT g, 'after the base backup' FROM generate_series(${101 + i * 25}, ${125 + i * 25}) g`,
+    );
+    await switchAndWaitArchived();
+    await cluster.query('CHECKPOINT');
+  }
+  await cluster.waitReplayed();
+}, 240_000);
+
+afterAll(async () => {
+  await cluster?.stop();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe('create_replica_methods [pgvault, basebackup] (README snippet)', () => {
+  it('builds a new member from the vault (not from the leader), which catches up through the archive, streams and is in sync', async () => {
+    // Prepare: the leader no longer holds the WAL the base backup starts from.
+    const leader = (await cluster.leader()).name;
+    const [held] = await cluster.query<{ n: string }>(
+      `SELECT count(*) AS n FROM pg_ls_waldir() WHERE name = '${baseStartWal}'`,
+    );
+    const why = await cluster.query(
+      "SELECT (SELECT string_agg(name, ',' ORDER BY name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$') AS wal, (SELECT string_agg(slot_name || ':' || coalesce(restart_lsn::text, '-'), ',') FROM pg_replication_slots) AS slots, current_setting('wal_keep_size') AS keep, pg_current_wal_lsn()::text AS lsn",
+    );
+    expect(Number(held!.n), `${baseStartWal} still in the leader's pg_wal: ${JSON.stringify(why)}`).toBe(0);
+    const yaml = onThisMachine(readmeSnippet('patroni-replica-snippet', 'postgresql:'), configFile);
+
+    // Act
+    const node = await cluster.addNode({ postgresqlYaml: yaml, logLevel: 'INFO' });
+    await waitStreamingTo(node.name);
+    await cluster.query(
+      "INSERT INTO orders SELECT g, 'after the new member' FROM generate_series(201, 210) g",
+    );
+    await cluster.waitReplayed();
+
+    // Assess: Patroni used the pgvault method, and the leader streams to the new member.
+    const log = readFileSync(node.logFile, 'utf8');
+    expect(log).toContain('replica has been created using pgvault');
+    expect(log).not.toContain('replica has been created using basebackup');
+    expect(log).not.toContain('Error creating replica');
+    const streaming = await cluster.query<{ state: string }>(
+      `SELECT state FROM pg_stat_replication WHERE application_name = '${node.name}'`,
+      { node: leader },
+    );
+    expect(streaming.map((r) => r.state)).toEqual(['streaming']);
+    // Every row: before the backup, after it (through the archive), and after the member came up.
+    expect(await count(node.name)).toBe(210);
+    expect(await count(node.name, "note = 'after the new member'")).toBe(10);
+    const [recovering] = await cluster.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r', {
+      node: node.name,
+    });
+    expect(recovering!.r).toBe(true);
+  }, 300_000);
+
+  it('falls back to basebackup when the vault cannot build the replica: one line from pgvault, and the member still comes up', async () => {
+    // Prepare: a config naming a cluster with nothing in the vault; the member built before is stopped.
+    await cluster.stopNode(cluster.nodes[2]!.name);
+    const emptyConfig = join(work, 'pgvault-empty.env');
+    writeFileSync(emptyConfig, `BACKUP_DIR=${vaultDir}\nCLUSTER_NAME=nothing-here\n`, { mode: 0o600 });
+    giveToServer(emptyConfig);
+    const yaml = onThisMachine(readmeSnippet('patroni-replica-snippet', 'postgresql:'), emptyConfig);
+
+    // Act
+    const node = await cluster.addNode({ postgresqlYaml: yaml, logLevel: 'INFO' });
+    await waitStreamingTo(node.name);
+    await cluster.query(
+      "INSERT INTO orders SELECT g, 'after the fallback member' FROM generate_series(301, 305) g",
+    );
+    await cluster.waitReplayed();
+
+    // Assess
+    const log = readFileSync(node.logFile, 'utf8');
+    // restore_command's own lines (WAL the empty vault lacks) are in this log too: these are restore replica's.
+    const ours = log.split('\n').filter((l) => l.startsWith('pgvault: ') && l.includes('base backup'));
+      .split('\n')
+      .filter(
+        (l) =>
+          l.startsWith('pgvault: ') &&
+          !l.includes(' restore wal') &&
+          !/WAL|history|archive/.test(l.slice(0, 60)),
+      );
+    expect(ours).toEqual([
+      `pgvault: no complete base backup of cluster nothing-here in file://${vaultDir}; take one with \`pgvault backup base\``,
+    ]);
+    expect(log).toContain('Error creating replica using method pgvault');
+    expect(log).toContain('replica has been created using basebackup');
+    expect(await count(node.name)).toBe(215);
+  }, 300_000);
+});
+
+describe('bootstrap.method pgvault (README snippet): a new cluster at a PITR target time', () => {
+  let clone: PatroniCluster | undefined;
+
+  afterAll(async () => {
+    await clone?.stop();
+  });
+
+  it('has exactly the rows committed before the target and is a working leader of its own scope', async () => {
+    // Prepare: row 1001 committed, the target time, row 1002 committed after it, both archived.
+    await cluster.query("INSERT INTO orders VALUES (1001, 'before the target')");
+    const [t] = await cluster.query<{ t: Date }>('SELECT clock_timestamp() AS t');
+    await new Promise((r) => setTimeout(r, 1_500));
+    await cluster.query("INSERT INTO orders VALUES (1002, 'after the target')");
+    await switchAndWaitArchived();
+    const expected = await count((await cluster.leader()).name, 'id <= 1001');
+    const snippet = readmeSnippet('patroni-bootstrap-snippet', 'bootstrap:');
+    const withTarget = snippet.replace(/--target-time "[^"]*"/, `--target-time "${t!.t.toISOString()}"`);
+    expect(withTarget).not.toBe(snippet);
+
+    // Act
+    clone = await PatroniCluster.start({
+      scope: 'vault-clone',
+      nodes: 1,
+      bootstrapYaml: onThisMachine(withTarget, configFile),
+      logLevel: 'INFO',
+    });
+
+    // Assess: the rows up to the target, none after it; a leader that takes writes.
+    const leader = await clone.leader();
+    expect(leader.name).toBe('node1');
+    const rows = await clone.query<{ id: number }>('SELECT id FROM orders WHERE id > 1000 ORDER BY id');
+    expect(rows.map((r) => r.id)).toEqual([1001]);
+    const [all] = await clone.query<{ n: string }>('SELECT count(*) AS n FROM orders');
+    expect(Number(all!.n)).toBe(expected);
+    await clone.query("INSERT INTO orders VALUES (2001, 'written on the clone')");
+    const [mine] = await clone.query<{ r: boolean; n: string }>(
+      'SELECT pg_is_in_recovery() AS r, (SELECT count(*) FROM orders WHERE id = 2001) AS n',
+    );
+    expect(mine).toEqual({ r: false, n: '1' });
+    const log = readFileSync(clone.node('node1').logFile, 'utf8');
+    expect(log).toContain('Running custom bootstrap script');
+    // Its own scope in its own etcd; the original cluster is untouched.
+    const members = await clone.members();
+    expect(members.map((m) => m.name)).toEqual(['node1']);
+    expect(await count((await cluster.leader()).name, 'id = 2001')).toBe(0);
+  }, 300_000);
+});
