@@ -1,5 +1,15 @@
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -49,6 +59,7 @@ let work: string;
 let vaultDir: string;
 let configFile: string;
 let baseStartWal: string;
+let baseObjectKey: string;
 
 function pgvault(args: string[]) {
   return runPgvault(['--config', configFile, ...args], cluster.env(), work);
@@ -127,8 +138,11 @@ beforeAll(async () => {
   );
   const base = await pgvault(['--json', 'backup', 'base']);
   expect(base.code, base.stderr).toBe(0);
-  baseStartWal = (JSON.parse(base.stdout) as { manifest: { physical: { startWal: string } } }).manifest
-    .physical.startWal;
+  const manifest = (
+    JSON.parse(base.stdout) as { manifest: { physical: { startWal: string }; objects: { key: string }[] } }
+  ).manifest;
+  baseStartWal = manifest.physical.startWal;
+  baseObjectKey = manifest.objects[0]!.key;
   // The base backup was written by this (root) process: Patroni's user must read it.
   giveToServer(vaultDir);
   // Rows after the backup, then enough segment switches and checkpoints that the leader has
@@ -263,4 +277,88 @@ describe('bootstrap.method pgvault (README snippet): a new cluster at a PITR tar
     expect(members.map((m) => m.name)).toEqual(['node1']);
     expect(await count((await cluster.leader()).name, 'id = 2001')).toBe(0);
   }, 300_000);
+});
+
+describe('restore replica by hand: what it never does to a data directory', () => {
+  const run = (args: string[], config = configFile) =>
+    runPgvault(
+      ['--config', config, 'restore', 'replica', ...args],
+      { PATH: process.env.PATH, HOME: '/root' },
+      work,
+    );
+  const leftovers = (dir: string) =>
+    readdirSync(dir).filter((f) => f.includes('.pgvault-building-') || f.includes('.pgvault-replaced-'));
+
+  it('refuses a data directory that is not empty, leaving it as it was; --replace swaps in the restored one', async () => {
+    // Prepare
+    const parent = mkdtempSync(join(work, 'by-hand-'));
+    giveToServer(parent);
+    const datadir = join(parent, 'data');
+    mkdirSync(datadir);
+    writeFileSync(join(datadir, 'keep-me'), 'the old data directory');
+
+    // Act
+    const refused = await run([`--datadir=${datadir}`, '--scope=vault-replica', '--role=replica']);
+
+    // Assess
+    expect(refused.code).toBe(2);
+    expect(refused.stderr.trim().split('\n')).toEqual([
+      expect.stringMatching(
+        new RegExp(
+          `^pgvault: --datadir ${datadir} is not empty \\(1 entries\\) and was not given to replace`,
+        ),
+      ),
+    ]);
+    expect(readdirSync(datadir)).toEqual(['keep-me']);
+    expect(leftovers(parent)).toEqual([]);
+
+    // Act: as Patroni passes a YAML `replace: true`.
+    const replaced = await run([
+      `--datadir=${datadir}`,
+      '--scope=vault-replica',
+      '--replace=True',
+      '--keep_data=True',
+    ]);
+
+    // Assess
+    expect(replaced.code, replaced.stderr).toBe(0);
+    expect(existsSync(join(datadir, 'keep-me'))).toBe(false);
+    expect(existsSync(join(datadir, 'global', 'pg_control'))).toBe(true);
+    expect(readFileSync(join(datadir, 'PG_VERSION'), 'utf8').trim()).toMatch(/^\d+$/);
+    expect(leftovers(parent)).toEqual([]);
+  }, 120_000);
+
+  it('refuses a base backup of another Patroni scope, and leaves nothing when the backup turns out corrupt', async () => {
+    // Prepare: a copy of the vault whose base backup object has one byte flipped.
+    const parent = mkdtempSync(join(work, 'corrupt-'));
+    giveToServer(parent);
+    const copy = join(parent, 'vault');
+    cpSync(vaultDir, copy, { recursive: true });
+    giveToServer(copy);
+    const object = join(copy, baseObjectKey);
+    const bytes = readFileSync(object);
+    const at = Math.floor(bytes.length / 2);
+    bytes[at] = bytes[at]! ^ 0xff;
+    writeFileSync(object, bytes);
+    const corruptConfig = join(parent, 'pgvault.env');
+    writeFileSync(
+      corruptConfig,
+      readFileSync(configFile, 'utf8').replace(`BACKUP_DIR=${vaultDir}`, `BACKUP_DIR=${copy}`),
+    );
+    const datadir = join(parent, 'data');
+
+    // Act
+    const otherScope = await run([`--datadir=${datadir}`, '--scope=another-cluster']);
+    const corrupt = await run([`--datadir=${datadir}`, '--scope=vault-replica'], corruptConfig);
+
+    // Assess
+    expect(otherScope.code, otherScope.stderr).toBe(2);
+    expect(otherScope.stderr).toContain('was taken from Patroni cluster vault-replica, not another-cluster');
+    expect(corrupt.code, corrupt.stderr).toBe(3);
+    // Progress lines go to stderr too; the failure is one line.
+    const failure = corrupt.stderr.split('\n').filter((l) => l.startsWith('pgvault: '));
+    expect(failure).toEqual([expect.stringContaining(`${baseObjectKey} in file://${copy} is corrupt`)]);
+    expect(existsSync(datadir)).toBe(false);
+    expect(leftovers(parent)).toEqual([]);
+  }, 120_000);
 });
