@@ -197,7 +197,10 @@ restore
   .option('--datadir <dir>', "the new member's data directory (Patroni passes it)")
   .option('--scope <scope>', 'the Patroni cluster (Patroni passes it)')
   .option('--role <role>', 'replica (Patroni passes it)')
-  .option('--connstring <dsn>', "the leader's replication connection (Patroni passes it; not used)")
+  .option(
+    '--connstring <dsn>',
+    "the member to clone from (Patroni passes it): its system identifier must be the backup's",
+  )
   .option('--backup <backup>', 'a base backup id (default: the newest complete one)')
   .option('--replace [yes]', 'replace a data directory that is not empty (YAML: replace: true)')
   .option('--keep_data [value]', "Patroni's keep_data (it did not empty --datadir)")

@@ -38,6 +38,7 @@ export async function restoreReplicaCommand(opts: PatroniHookOptions) {
     scope: opts.scope,
     replace: truthy(opts.replace),
     backup: opts.backup,
+    connstring: opts.connstring,
   });
   emit(opts, { ok: true, ...r }, () =>
     [

@@ -1,9 +1,11 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { removeOnExit } from '../cleanup';
 import { UsageError } from '../errors';
 import { chownToServerUser } from '../pg/cluster';
+import { findPgBinary } from '../pg/tools';
 import type { Vault } from '../vault';
 import { COPY_OF_SETTING, copyLineageName, LINEAGE_SETTING } from './copy';
 import { describeTarget, type PitrPlan, planPitr, type RecoveryTarget, recoverySettings } from './pitr';
@@ -136,6 +138,40 @@ export interface ReplicaOptions {
   readonly replace?: boolean;
   /** A base backup by id (default: the newest complete one). */
   readonly backup?: string;
+  /**
+   * Patroni's --connstring: the replication connection to the member to clone from (its password in
+   * PGPASSFILE, which Patroni writes). Its system identifier must be the backup's.
+   */
+  readonly connstring?: string;
+}
+
+/** A replication connection string: Patroni's key=value form, or a URI. */
+function withReplication(connstring: string): string {
+  if (/^postgres(ql)?:\/\//.test(connstring)) {
+    return `${connstring}${connstring.includes('?') ? '&' : '?'}replication=true`;
+  }
+  return `${connstring} replication=true`;
+}
+
+/** IDENTIFY_SYSTEM over the member's replication connection: its system identifier, or why not. */
+function memberSystemIdentifier(
+  connstring: string,
+  binDir: string | undefined,
+): Promise<{ id?: string; why?: string }> {
+  const psql = findPgBinary('psql', binDir);
+  return new Promise((done) => {
+    execFile(
+      psql,
+      ['-X', '-A', '-t', '-c', 'IDENTIFY_SYSTEM', '-d', withReplication(connstring)],
+      { timeout: 30_000, env: { ...process.env, PGCONNECT_TIMEOUT: '10' } },
+      (err, stdout, stderr) => {
+        const id = stdout.trim().split('|')[0];
+        if (err || !id || !/^\d+$/.test(id)) {
+          done({ why: (String(stderr).trim() || (err?.message ?? 'no answer')).split('\n')[0] });
+        } else done({ id });
+      },
+    );
+  });
 }
 
 export interface ReplicaResult {
@@ -171,6 +207,22 @@ export async function restoreReplica(vault: Vault, options: ReplicaOptions): Pro
     );
   }
   const { config, reporter } = vault;
+  // A vault of another cluster would give a replica that can never stream: refused, so Patroni
+  // goes on to basebackup. Without a member to ask (no leader), nothing to compare.
+  if (options.connstring !== undefined && options.connstring.trim() !== '') {
+    const member = await memberSystemIdentifier(options.connstring, config.pgBinDir);
+    const own = manifest.server.systemIdentifier;
+    if (member.id !== undefined && own !== 'unknown' && member.id !== own) {
+      throw new UsageError(
+        `the base backup ${manifest.id} (CLUSTER_NAME=${config.clusterName}) is of database system ${own}, but the member Patroni clones from reports system ${member.id}: this vault holds another cluster's backups; point this member's pgvault config at its own cluster; nothing was restored`,
+      );
+    }
+    if (member.id === undefined) {
+      reporter.warn(
+        `could not ask the member to clone from for its system identifier (${member.why}); the backup's system ${own} was not compared`,
+      );
+    }
+  }
   for (const w of plan.warnings) reporter.warn(w);
   reporter.info(`building a replica of ${options.scope ?? 'the cluster'} from ${plan.choice}`);
   await assertServerUserCanUse(config, [

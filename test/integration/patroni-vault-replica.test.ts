@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serverOsUser } from '../../core/pg/cluster';
 import { runPgvault } from '../helpers/cli';
 import { PatroniCluster } from '../helpers/patroni';
+import { startCluster } from '../helpers/pg';
 
 /*
  * Patroni integration, with the patroni.yml snippets exactly as README.md gives them (read from
@@ -188,6 +189,8 @@ describe('create_replica_methods [pgvault, basebackup] (README snippet)', () => 
     expect(log).toContain('replica has been created using pgvault');
     expect(log).not.toContain('replica has been created using basebackup');
     expect(log).not.toContain('Error creating replica');
+    // The system identifier was compared with the leader's (Patroni's --connstring, its pgpass).
+    expect(log).not.toContain('could not ask the member to clone from');
     const streaming = await cluster.query<{ state: string }>(
       `SELECT state FROM pg_stat_replication WHERE application_name = '${node.name}'`,
       { node: leader },
@@ -270,6 +273,11 @@ describe('bootstrap.method pgvault (README snippet): a new cluster at a PITR tar
       'SELECT pg_is_in_recovery() AS r, (SELECT count(*) FROM orders WHERE id = 2001) AS n',
     );
     expect(mine).toEqual({ r: false, n: '1' });
+    // Marked as a copy of the original's CLUSTER_NAME: its WAL and backups are refused there.
+    const [mark] = await clone.query<{ copy: string | null }>(
+      "SELECT current_setting('pgvault.copy_of', true) AS copy",
+    );
+    expect(mark!.copy).toBe('orders');
     const log = readFileSync(clone.node('node1').logFile, 'utf8');
     expect(log).toContain('Running custom bootstrap script');
     // Its own scope in its own etcd; the original cluster is untouched.
@@ -360,5 +368,37 @@ describe('restore replica by hand: what it never does to a data directory', () =
     expect(failure).toEqual([expect.stringContaining(`${baseObjectKey} in file://${copy} is corrupt`)]);
     expect(existsSync(datadir)).toBe(false);
     expect(leftovers(parent)).toEqual([]);
+  }, 120_000);
+
+  it('refuses when the member Patroni clones from (--connstring) is another database system than the backup', async () => {
+    // Prepare: a server of another system (its own initdb).
+    const other = await startCluster();
+    try {
+      const parent = mkdtempSync(join(work, 'other-system-'));
+      giveToServer(parent);
+      const datadir = join(parent, 'data');
+      const c = other.connection();
+      const [{ id }] = (await other.query(
+        'SELECT system_identifier::text AS id FROM pg_control_system()',
+      )) as [{ id: string }];
+
+      // Act
+      const r = await run([
+        `--datadir=${datadir}`,
+        '--scope=vault-replica',
+        `--connstring=host=${c.host} port=${c.port} user=${c.user} dbname=postgres`,
+      ]);
+
+      // Assess
+      expect(r.code, r.stderr).toBe(2);
+      const failure = r.stderr.split('\n').filter((l) => l.startsWith('pgvault: '));
+      expect(failure).toEqual([
+        expect.stringContaining(`but the member Patroni clones from reports system ${id}`),
+      ]);
+      expect(existsSync(datadir)).toBe(false);
+      expect(leftovers(parent)).toEqual([]);
+    } finally {
+      await other.stop();
+    }
   }, 120_000);
 });
