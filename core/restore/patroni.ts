@@ -110,13 +110,15 @@ export async function buildBeside<T>(
       forgetOld();
     } else {
       // rename(2) replaces an empty directory; an existing one is removed first to keep its name free.
-      await rmdir(slot.pgdata).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'ENOENT') throw err;
-      });
-      await rename(building, slot.pgdata).catch((err: NodeJS.ErrnoException) => {
-        throw new UsageError(
+      const cannotMove = (err: NodeJS.ErrnoException) =>
+        new UsageError(
           `cannot move the restored data directory into ${slot.pgdata} (${err.code ?? err.message}); a data directory that is itself a mount point cannot be swapped in: make data_dir a directory below the mount point; nothing was restored`,
         );
+      await rmdir(slot.pgdata).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw cannotMove(err);
+      });
+      await rename(building, slot.pgdata).catch((err: NodeJS.ErrnoException) => {
+        throw cannotMove(err);
       });
       forget();
     }
