@@ -401,4 +401,35 @@ describe('restore replica by hand: what it never does to a data directory', () =
       await other.stop();
     }
   }, 120_000);
+
+  it('restore bootstrap refuses a target the archive cannot reach before writing anything', async () => {
+    // Prepare
+    const parent = mkdtempSync(join(work, 'bootstrap-refused-'));
+    giveToServer(parent);
+    const datadir = join(parent, 'data');
+    const later = new Date(Date.now() + 3_600_000).toISOString();
+
+    // Act: as Patroni runs the README command, with its --scope and --datadir.
+    const r = await runPgvault(
+      [
+        '--config',
+        configFile,
+        'restore',
+        'bootstrap',
+        'auto',
+        '--target-time',
+        later,
+        '--scope=clone',
+        `--datadir=${datadir}`,
+      ],
+      { PATH: process.env.PATH, HOME: '/root' },
+      work,
+    );
+
+    // Assess: one line, exit 2, nothing beside or at data_dir (no restore_command config either).
+    expect(r.code, r.stderr).toBe(2);
+    const failure = r.stderr.split('\n').filter((l) => l.startsWith('pgvault: '));
+    expect(failure).toEqual([expect.stringContaining('is after the last archived WAL')]);
+    expect(readdirSync(parent)).toEqual([]);
+  }, 120_000);
 });
