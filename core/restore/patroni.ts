@@ -148,7 +148,7 @@ export interface ReplicaOptions {
 }
 
 /** A replication connection string: Patroni's key=value form, or a URI. */
-function withReplication(connstring: string): string {
+export function withReplication(connstring: string): string {
   if (/^postgres(ql)?:\/\//.test(connstring)) {
     return `${connstring}${connstring.includes('?') ? '&' : '?'}replication=true`;
   }
