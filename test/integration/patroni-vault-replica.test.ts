@@ -189,6 +189,8 @@ describe('create_replica_methods [pgvault, basebackup] (README snippet)', () => 
     expect(log).toContain('replica has been created using pgvault');
     expect(log).not.toContain('replica has been created using basebackup');
     expect(log).not.toContain('Error creating replica');
+    // Its server replayed segments from the vault (restore_command from the snippet's recovery_conf).
+    expect(log).toMatch(/restored log file "[0-9A-F]{24}" from archive/);
     // The system identifier was compared with the leader's (Patroni's --connstring, its pgpass).
     expect(log).not.toContain('could not ask the member to clone from');
     const streaming = await cluster.query<{ state: string }>(
