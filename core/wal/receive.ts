@@ -121,14 +121,14 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
   // server not reachable yet is left to pg_receivewal's retries, as before.
   const marks = await serverInfo(config.pg).catch(() => ({}));
   refuseCopyIntoSource(config.clusterName, marks, 'the WAL streamed from this server');
-  const dir = config.walReceiveDir;
-  await mkdir(dir, { recursive: true, mode: 0o700 });
   const binary = findPgBinary('pg_receivewal', config.pgBinDir);
-  // A server newer than every pg_receivewal here is refused before anything starts.
+  // A server newer than every pg_receivewal here is refused before anything starts or is written.
   if ('major' in marks) {
     const client = { path: binary, major: await toolMajorVersion(binary) };
     refuseOlderClient('pg_receivewal', client, marks, config.pgBinDir);
   }
+  const dir = config.walReceiveDir;
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   const patroni = config.pg.patroni;
   if (patroni !== undefined) await requirePermanentSlot(config, options.slot);
   // DEPLOYMENT_MODE=patroni: the leader (core/topology); the serverInfo above may not have reached it.

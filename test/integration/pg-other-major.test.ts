@@ -270,10 +270,11 @@ describe.skipIf(!other)(
           for (const command of [
             ['backup', 'full', 'daily', '--database', 'shop'],
             ['backup', 'base', 'weekly'],
+            ['wal', 'receive'],
           ]) {
             const r = await runPgvault(['--config', hostConfig, ...command], ENV, work.path);
             expect(r.code, r.stderr).toBe(2);
-            const tool = command[1] === 'base' ? 'pg_basebackup' : 'pg_dump';
+            const tool = { full: 'pg_dump', base: 'pg_basebackup', receive: 'pg_receivewal' }[command[1]!];
             expect(r.stderr.trim()).toMatch(
               new RegExp(
                 `^pgvault: the server runs PostgreSQL 17\\.\\d+.*, newer than ${tool} 15 \\(/usr/lib/postgresql/15/bin/${tool}\\)`,
@@ -281,7 +282,8 @@ describe.skipIf(!other)(
             );
             expect(r.stderr.trim().split('\n')).toHaveLength(1);
             expect(r.stderr).toContain('install postgresql-client-17');
-            expect(filesUnder(hostDir)).toEqual([]);
+            // No object, no staging file: at most the empty folder the targets' write probe made.
+            expect(filesUnder(hostDir), `${command.join(' ')} wrote into ${hostDir}`).toEqual([]);
           }
         },
       );
