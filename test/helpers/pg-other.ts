@@ -41,6 +41,8 @@ import type { CliRun } from './cli';
 
 const PROJECT = resolve(__dirname, '..', '..');
 const PGVAULT_CLI = join(PROJECT, 'bin', 'pgvault.js');
+/** The shell launcher: with ARCHIVE_ASYNC it answers archive_command without starting node. */
+const PGVAULT_LAUNCHER = join(PROJECT, 'bin', 'pgvault');
 const CACHE = process.env.PGVAULT_CI_CACHE ?? '/var/cache/pgvault-ci';
 
 export interface OtherMajorRoot {
@@ -121,12 +123,27 @@ function shellQuote(word: string): string {
   return `'${word.replace(/'/g, `'\\''`)}'`;
 }
 
+/** A server of the other major archiving with pgvault inside the root, and its pgvault config. */
+export interface OtherArchivingCluster {
+  readonly cluster: TempCluster;
+  /** Its own temporary folder (config, key, backups), removed by the session's close(). */
+  readonly work: string;
+  readonly backupDir: string;
+  readonly configFile: string;
+  /** The settings in configFile, as KEY=VALUE. */
+  readonly settings: Readonly<Record<string, string>>;
+  /** pgvault inside the root with this config (`--config` added), its --json output parsed. */
+  // biome-ignore lint/suspicious/noExplicitAny: a command's --json output, read by the tests
+  pgvault(args: readonly string[], env?: NodeJS.ProcessEnv): Promise<CliRun & { json?: any }>;
+}
+
 /** Sessions still open in this process: their processes are killed on exit if close() never ran. */
 const openSessions = new Set<OtherMajorSession>();
 let exitHook = false;
 
 export class OtherMajorSession {
   private readonly clusters: TempCluster[] = [];
+  private readonly folders: string[] = [];
   private closed = false;
 
   private constructor(
@@ -229,6 +246,74 @@ export class OtherMajorSession {
     return cluster;
   }
 
+  /**
+   * A server of the other major with 1 MB WAL segments and commit timestamps, archiving through
+   * pgvault's own archive_command inside the root (ARCHIVE_ASYNC=true in `extra`: through the shell
+   * launcher, as the README says), and the config file for it: encrypted, local folder, TZ=UTC.
+   */
+  async archivingCluster(
+    options: { readonly clusterName?: string; readonly extra?: Record<string, string> } = {},
+  ): Promise<OtherArchivingCluster> {
+    const work = mkdtempSync(join(tmpdir(), 'pgvault-other-work-'));
+    this.folders.push(work);
+    chmodSync(work, 0o755);
+    const clusterName = options.clusterName ?? 'other';
+    const backupDir = join(work, 'backups');
+    mkdirSync(join(backupDir, clusterName), { recursive: true, mode: 0o700 });
+    const keyFile = join(work, 'encryption-key');
+    writeFileSync(keyFile, 'other major test key, long enough\n', { mode: 0o600 });
+    const configFile = join(work, 'pgvault.conf');
+    const program =
+      options.extra?.ARCHIVE_ASYNC === 'true'
+        ? PGVAULT_LAUNCHER
+        : `${realpathSync(process.execPath)} ${PGVAULT_CLI}`;
+    const cluster = await this.startCluster({
+      initdbArgs: ['--wal-segsize=1'],
+      settings: {
+        wal_level: 'replica',
+        archive_mode: 'on',
+        archive_command: `${program} --config ${configFile} backup wal %p`,
+        track_commit_timestamp: 'on',
+      },
+    });
+    const settings: Record<string, string> = {
+      BACKUP_DIR: backupDir,
+      CLUSTER_NAME: clusterName,
+      PGHOST: cluster.host,
+      PGPORT: String(cluster.port),
+      PGUSER: cluster.superuser,
+      PGDATABASE: 'postgres',
+      PARALLEL_JOBS: '2',
+      ENCRYPTION: 'true',
+      ENCRYPTION_KEY_FILE: keyFile,
+      ENCRYPTION_ITERATIONS: '1000',
+      TZ: 'UTC',
+      ...options.extra,
+    };
+    writeFileSync(
+      configFile,
+      `${Object.entries(settings)
+        .map(([k, v]) => `${k}=${v}`)
+        .join('\n')}\n`,
+      { mode: 0o600 },
+    );
+    // The server's archive_command (the root's postgres) writes the archive and reads config and key.
+    this.chownToServer(backupDir);
+    this.chownToServer(keyFile);
+    this.chownToServer(configFile);
+    return {
+      cluster,
+      work,
+      backupDir,
+      configFile,
+      settings,
+      pgvault: async (args, env = { PATH: process.env.PATH, TZ: 'UTC' }) => {
+        const r = await this.runPgvault(['--config', configFile, ...args], env, work);
+        return { ...r, json: args.includes('--json') && r.stdout.trim() ? JSON.parse(r.stdout) : undefined };
+      },
+    };
+  }
+
   /** Hands a path to the root's postgres user (the server's archive_command writes as it). */
   chownToServer(path: string): void {
     const r = spawnSync('chown', ['-R', `${this.owner.uid}:${this.owner.gid}`, path]);
@@ -298,6 +383,6 @@ export class OtherMajorSession {
     }
     this.killProcesses();
     openSessions.delete(this);
-    rmSync(this.dir, { recursive: true, force: true });
+    for (const folder of [...this.folders, this.dir]) rmSync(folder, { recursive: true, force: true });
   }
 }
