@@ -5,7 +5,7 @@ import { PostgresError } from '../errors';
 import { type ArchiveScanResult, CustomArchiveScanner, scanFindings } from '../pg/archive';
 import { archiveScannerScript, startArchiveScanner } from '../pg/archive-pump';
 import { type DatabaseInfo, listDatabases, pickDatabases, type ServerInfo, serverInfo } from '../pg/server';
-import { findPgBinary, pgEnv, toolMajorVersion } from '../pg/tools';
+import { findPgBinary, pgEnv, refuseOlderClient, toolMajorVersion } from '../pg/tools';
 import { compressFile } from '../stream/compress';
 import { startTool } from '../stream/process';
 import { chooseReadSource } from '../topology';
@@ -41,7 +41,7 @@ export async function backupFull(vault: Vault, options: FullBackupOptions): Prom
     ),
   ]);
   const [server, allDatabases] = source.probed;
-  assertDumpNotOlder(dumpMajor, server);
+  assertDumpNotOlder(dumpMajor, server, pgDump, config.pgBinDir);
   const databases = pickDatabases(allDatabases, options.databases ?? []);
   if (databases.length === 0) throw new PostgresError('the server has no database to back up');
 
@@ -65,13 +65,14 @@ export async function backupFull(vault: Vault, options: FullBackupOptions): Prom
   });
 }
 
-/** pg_dump must not be older than the server it reads. */
-export function assertDumpNotOlder(dumpMajor: number, server: ServerInfo): void {
-  if (dumpMajor < server.major) {
-    throw new PostgresError(
-      `pg_dump ${dumpMajor} is older than the server (${server.version}); install postgresql-client-${server.major} or set PG_BIN_DIR to its bin directory`,
-    );
-  }
+/** pg_dump must not be older than the server it reads (ConfigError, exit 2, before anything is written). */
+export function assertDumpNotOlder(
+  dumpMajor: number,
+  server: ServerInfo,
+  pgDump = 'pg_dump',
+  binDir?: string,
+): void {
+  refuseOlderClient('pg_dump', { path: pgDump, major: dumpMajor }, server, binDir);
 }
 
 function databaseSource(vault: Vault, conn: PgConnection, pgDump: string, db: DatabaseInfo): ObjectSource {
