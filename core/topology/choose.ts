@@ -136,6 +136,8 @@ export function nodeFailureReason(err: unknown): string | undefined {
     const code = typeof x.code === 'string' ? x.code : '';
     if (/conflict with recovery/i.test(text)) return 'a recovery conflict cancelled its query';
     if (/cannot connect to PostgreSQL/.test(text)) return 'it cannot be connected to';
+    // pg_dump takes only ACCESS SHARE locks: on a standby, a deadlock is one with WAL replay.
+    if (/deadlock detected/i.test(text) || code === '40P01') return 'a deadlock cancelled its query';
     if (/terminating connection due to administrator command/i.test(text) || code === '57P01') {
       return 'its server was shut down or restarted';
     }

@@ -1,5 +1,6 @@
 import {
   copyFileSync,
+  existsSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
@@ -92,6 +93,7 @@ function filesOf(clusterName: string): string[] {
   const root = join(work, 'vault');
   const out: string[] = [];
   const walk = (dir: string) => {
+    if (!existsSync(dir)) return;
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       if (e.isDirectory()) walk(join(dir, e.name));
       else out.push(relative(root, join(dir, e.name)));
@@ -182,6 +184,120 @@ describe('backup full retries once on the next candidate when the replica fails 
     expect(restore.code, restore.stderr).toBe(0);
     expect(await accounts('app_retried')).toBe(await accounts('app'));
   }, 180_000);
+});
+
+describe('replay on the replica cancels pg_dump (a deadlock with the startup process)', () => {
+  it('retried on the leader: the warning says so, the manifest names the leader, restores equal', async () => {
+    // Prepare: the leader locks marker (node2 replays the lock), so pg_dump on node2 holds accounts
+    // (locked first, lower oid) and waits for marker; then the leader locks accounts too: node2's
+    // replay waits for pg_dump, which waits for replay: PostgreSQL 15 cancels pg_dump as "deadlock
+    // detected" after deadlock_timeout (a conflict with recovery that does not say so).
+    await cluster.waitHealthy();
+    // Replay waits 2 s, not 30, before it cancels what holds it up (Patroni's dynamic configuration).
+    const patched = await cluster.api(`${cluster.node('node1').apiUrl}/config`, 'PATCH', {
+      postgresql: { parameters: { max_standby_streaming_delay: '2s' } },
+    });
+    expect(patched.status, patched.body).toBe(200);
+    await waitFor('node2 to apply max_standby_streaming_delay', async () => {
+      const [r] = await cluster.query<{ v: string }>('SHOW max_standby_streaming_delay', { node: 'node2' });
+      return (r as unknown as Record<string, string>).max_standby_streaming_delay === '2s';
+    });
+    await cluster.query('CREATE TABLE IF NOT EXISTS flush (x int)');
+    const flush = () => cluster.query('INSERT INTO flush VALUES (1)');
+    const first = leaderClient('app');
+    const second = leaderClient('app');
+    await first.connect();
+    await second.connect();
+    let backup: Promise<CliRun> | undefined;
+    try {
+      await first.query('BEGIN; LOCK TABLE marker IN ACCESS EXCLUSIVE MODE');
+      await flush();
+      await waitFor('node2 to hold the replayed lock on marker', async () => {
+        const [r] = await cluster.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_locks WHERE relation = 'marker'::regclass AND mode = 'AccessExclusiveLock'",
+          { node: 'node2', database: 'app' },
+        );
+        return r!.n > 0;
+      });
+      backup = pgvault(['--json', 'backup', 'full', '--database', 'app'], { CLUSTER_NAME: 'conflict-retry' });
+      await waitFor('pg_dump waiting on node2', async () => {
+        const [r] = await cluster.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'app' AND wait_event_type = 'Lock'",
+          { node: 'node2' },
+        );
+        return r!.n > 0;
+      });
+
+      // Act: the conflicting lock; once node2 has cancelled pg_dump, the leader's locks go.
+      await second.query('BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE');
+      await flush();
+      // Replay got the lock on accounts: pg_dump, which held it, was cancelled.
+      await waitFor('node2 to cancel pg_dump and replay the lock on accounts', async () => {
+        const [r] = await cluster.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_locks WHERE relation = 'accounts'::regclass AND mode = 'AccessExclusiveLock' AND granted",
+          { node: 'node2', database: 'app' },
+        );
+        return r!.n > 0;
+      });
+      await second.query('ROLLBACK');
+      await first.query('ROLLBACK');
+    } finally {
+      await first.end().catch(() => {});
+      await second.end().catch(() => {});
+    }
+    const run = await backup!;
+    expect(run.code, run.stderr).toBe(0);
+    const manifest = manifestOf(run);
+    const restore = await pgvault(['restore', 'full', manifest.id, 'app_after_conflict', '--from', 'app'], {
+      CLUSTER_NAME: 'conflict-retry',
+    });
+
+    // Assess
+    expect(run.stderr).toMatch(
+      /pgvault: warning: node2 \(127\.0\.0\.1:\d+, replica\) failed mid-backup \(a deadlock cancelled its query\); retrying once on node1 \(127\.0\.0\.1:\d+, leader\)/,
+    );
+    expect(manifest.node).toMatchObject({ name: 'node1', role: 'leader', scope: 'retry-cluster' });
+    expect(restore.code, restore.stderr).toBe(0);
+    expect(await accounts('app_after_conflict')).toBe(await accounts('app'));
+  }, 180_000);
+
+  it('no candidate left (BACKUP_FROM=leader, its pg_dump ended): the first failure is the error, nothing stored', async () => {
+    // Prepare: the leader holds marker, so pg_dump there waits; then its session is terminated.
+    const holder = leaderClient('app');
+    await holder.connect();
+    let backup: Promise<CliRun> | undefined;
+    try {
+      await holder.query('BEGIN; LOCK TABLE marker IN ACCESS EXCLUSIVE MODE');
+      backup = pgvault(['--json', 'backup', 'full', '--database', 'app'], {
+        CLUSTER_NAME: 'no-candidate',
+        BACKUP_FROM: 'leader',
+      });
+      await waitFor('pg_dump waiting on node1', async () => {
+        const [r] = await cluster.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'app' AND wait_event_type = 'Lock'",
+          { node: 'node1' },
+        );
+        return r!.n > 0;
+      });
+
+      // Act
+      await cluster.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'app' AND wait_event_type = 'Lock'",
+        { node: 'node1' },
+      );
+    } finally {
+      await holder.query('ROLLBACK').catch(() => {});
+      await holder.end().catch(() => {});
+    }
+    const run = await backup!;
+
+    // Assess: pg_dump's own line, no move, and no manifest in the vault.
+    expect(run.code).toBe(1);
+    const lines = run.stderr.trimEnd().split('\n');
+    expect(lines.at(-1)).toMatch(/^pgvault: pg_dump of app failed with exit code 1: /);
+    expect(run.stderr).not.toContain('retrying');
+    expect(filesOf('no-candidate').filter((f) => /manifest/.test(f))).toEqual([]);
+  }, 120_000);
 });
 
 describe('PATRONI_NAME: the member this host runs', () => {
