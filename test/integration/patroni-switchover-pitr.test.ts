@@ -219,13 +219,18 @@ describe('switchover during continuous writes, archive_command on every node', (
     const report = JSON.parse(r.stdout) as {
       ok: boolean;
       gaps: unknown[];
-      timelines: { timeline: number; parent?: number; gaps: unknown[] }[];
+      timelines: { timeline: number; parent?: number; gaps: unknown[]; partial?: string }[];
+      backups: { id: string; timelinePath: number[] }[];
     };
     expect(report.ok).toBe(true);
     expect(report.gaps).toEqual([]);
     const byTimeline = Object.fromEntries(report.timelines.map((t) => [t.timeline, t]));
     expect(byTimeline[1]?.gaps).toEqual([]);
     expect(byTimeline[2]).toMatchObject({ timeline: 2, parent: 1, gaps: [] });
+    // Timeline 1's last segment, cut short by the promotion, archived by node2 as .partial.
+    expect(byTimeline[1]?.partial).toMatch(/^00000001[0-9A-F]{16}/);
+    // The timeline-1 base backup recovers across the switch.
+    expect(report.backups.find((b) => b.id === baseId)?.timelinePath).toEqual([1, 2]);
   }, 120_000);
 
   it('PITR from the timeline-1 base backup to the last commit before the switchover: exactly the rows up to it', async () => {
