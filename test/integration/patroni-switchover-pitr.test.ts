@@ -1,11 +1,14 @@
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { asServerUser } from '../../core/pg/cluster';
+import { findPgBinary } from '../../core/pg/tools';
 import { type CliRun, runPgvault } from '../helpers/cli';
 import { PatroniCluster, SUPERUSER, SUPERUSER_PASSWORD } from '../helpers/patroni';
-import { BIN, giveToServer } from './wal-fixture';
+import { BIN, giveToServer, killProcessesNaming } from './wal-fixture';
 
 /*
  * A planned switchover in the middle of continuous writes, on a real Patroni cluster (Debian's
@@ -39,6 +42,8 @@ let switchStartedMicros = 0n;
 let switchDoneMicros = 0n;
 let baseId = '';
 let lostOnSwitch: number[] = [];
+/** Data directories laid down by `restore pitr --pgdata`, stopped in afterAll. */
+const copies: string[] = [];
 
 function pgvault(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<CliRun> {
   return runPgvault(
@@ -189,6 +194,14 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
+  for (const pgdata of copies) {
+    if (existsSync(join(pgdata, 'postmaster.pid'))) {
+      const stop = asServerUser(findPgBinary('pg_ctl'), ['-D', pgdata, 'stop', '-m', 'immediate', '-w']);
+      spawnSync(stop.file, stop.args, { timeout: 60_000 });
+    }
+    // The WAL prefetcher restore_command started outlives the server; it names pgdata.
+    killProcessesNaming(pgdata);
+  }
   await cluster?.stop();
   if (work) rmSync(work, { recursive: true, force: true });
 });
@@ -277,5 +290,64 @@ describe('switchover during continuous writes, archive_command on every node', (
     const restored = await restoredNumbers('app_after');
     expect(restored).toEqual(rows.filter((x) => x.n <= target.n).map((x) => x.n));
     expect(restored).not.toContain(target.n + 1);
+  }, 240_000);
+
+  it('restore pitr --pgdata to a commit on timeline 2: the data directory, started, recovers to exactly the rows up to it', async () => {
+    // Prepare: the row a quarter into those written after the switchover.
+    const after = rows.filter((r) => r.epochMicros > switchDoneMicros);
+    const target = after[Math.floor(after.length / 4)]!;
+    const pgdata = join(work, 'recovered');
+    copies.push(pgdata);
+
+    // Act
+    const r = await pgvault(['--json', 'restore', 'pitr', baseId, target.committed, '--pgdata', pgdata]);
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    const laid = JSON.parse(r.stdout) as { port: number; startCommand: string };
+    const start = spawnSync('sh', ['-c', laid.startCommand], {
+      encoding: 'utf8',
+      cwd: work,
+      timeout: 120_000,
+    });
+    expect(start.status, `${start.stdout}\n${start.stderr}`).toBe(0);
+    const client = new Client({
+      host: '127.0.0.1',
+      port: laid.port,
+      user: SUPERUSER,
+      password: SUPERUSER_PASSWORD,
+      database: 'app',
+    });
+    let numbers: number[] = [];
+    await waitFor(
+      'the recovered server to finish recovery',
+      async () => {
+        const c = new Client({
+          host: '127.0.0.1',
+          port: laid.port,
+          user: SUPERUSER,
+          password: SUPERUSER_PASSWORD,
+          database: 'app',
+        });
+        c.on('error', () => {});
+        try {
+          await c.connect();
+          const [row] = (await c.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r')).rows;
+          return row?.r === false;
+        } catch {
+          return false;
+        } finally {
+          await c.end().catch(() => {});
+        }
+      },
+      120_000,
+    );
+    await client.connect();
+    try {
+      numbers = (await client.query<{ n: number }>('SELECT n FROM ticks ORDER BY n')).rows.map((x) => x.n);
+    } finally {
+      await client.end();
+    }
+
+    // Assess
+    expect(numbers).toEqual(rows.filter((x) => x.n <= target.n).map((x) => x.n));
   }, 240_000);
 });
