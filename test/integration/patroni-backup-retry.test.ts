@@ -420,3 +420,52 @@ describe("the replica's REST API down", () => {
     }
   }, 120_000);
 });
+
+describe('the replica lagging over REPLICA_MAX_LAG in bytes', () => {
+  it("node2's WAL receiver frozen while the leader writes: Patroni reports its byte lag, the backup comes from the leader with a warning naming it", async () => {
+    // Prepare: node2 receives nothing while its walreceiver is stopped (SIGSTOP), so the byte lag
+    // Patroni reports for it grows with what the leader writes.
+    await cluster.waitHealthy({ timeoutMs: 60_000 });
+    const [receiver] = await cluster.query<{ pid: number }>('SELECT pid FROM pg_stat_wal_receiver', {
+      node: 'node2',
+    });
+    const pid = receiver!.pid;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      await cluster.query(
+        "CREATE TABLE IF NOT EXISTS filler (x text); INSERT INTO filler SELECT repeat('x', 500) FROM generate_series(1, 4000)",
+        { database: 'app' },
+      );
+      await waitFor(
+        'Patroni to report node2 over 256 kB behind',
+        async () => {
+          const r = await cluster.api(`${cluster.node('node1').apiUrl}/cluster`);
+          const members = (JSON.parse(r.body) as { members: { name: string; lag?: number | string }[] })
+            .members;
+          const lag = members.find((m) => m.name === 'node2')?.lag;
+          return typeof lag === 'number' && lag > 256 * 1024;
+        },
+        30_000,
+      );
+
+      // Act
+      const backup = await pgvault(['--json', 'backup', 'full', '--database', 'app'], {
+        CLUSTER_NAME: 'lagging',
+        REPLICA_MAX_LAG: '256kB',
+      });
+
+      // Assess
+      expect(backup.code, backup.stderr).toBe(0);
+      expect(backup.stderr.split('\n')[0]).toMatch(
+        /^pgvault: warning: backing up from the leader node1 \(127\.0\.0\.1:\d+\), not a replica: node2: it lags [\d.]+ (KiB|MiB|GiB), over REPLICA_MAX_LAG \(256\.0 KiB\)$/,
+      );
+      expect(manifestOf(backup).node).toMatchObject({
+        name: 'node1',
+        role: 'leader',
+        scope: 'retry-cluster',
+      });
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+  }, 120_000);
+});
