@@ -232,6 +232,11 @@ export interface Config {
   readonly backupFrom: 'replica' | 'leader';
   /** REPLICA_MAX_LAG: the most a replica may lag to be read from. */
   readonly replicaMaxLag: LagLimit;
+  /**
+   * PATRONI_NAME: the Patroni member this host runs (Patroni's own variable for it), named in the
+   * WAL conflict line, `pgvault topology` (`self`) and the manifests of single-node connections.
+   */
+  readonly patroniName?: string;
   /** Directory holding pg_dump, pg_restore, ...; found automatically when absent. */
   readonly pgBinDir?: string;
   /**
@@ -468,6 +473,7 @@ export const KNOWN_KEYS: readonly string[] = [
   'PATRONI_PASSWORD',
   'PATRONI_CACERT',
   'PATRONI_TIMEOUT',
+  'PATRONI_NAME',
   'BACKUP_FROM',
   'REPLICA_MAX_LAG',
   'PGHOST',
@@ -1079,6 +1085,18 @@ function patroniConfig(raw: Raw, cwd: string): PatroniConfig {
   };
 }
 
+/** PATRONI_NAME: a member name as Patroni's `name` (one line of printable characters). */
+function patroniName(raw: Raw): { patroniName?: string } {
+  const name = text(raw, 'PATRONI_NAME');
+  if (name === undefined) return {};
+  if (/\p{Cc}/u.test(name)) {
+    throw new ConfigError(
+      'PATRONI_NAME holds a control character; set it to the Patroni member name of this node (its patroni.yml `name`)',
+    );
+  }
+  return { patroniName: name };
+}
+
 /** The passwords of PATRONI_URL and PATRONI_PASSWORD, for the lists of values never sent in a message. */
 export function patroniSecrets(patroni: PatroniConfig | undefined): string[] {
   if (patroni === undefined) return [];
@@ -1189,6 +1207,7 @@ export function parseConfig(
     patroni,
     backupFrom: oneOf(raw, 'BACKUP_FROM', ['replica', 'leader'] as const, patroni ? 'replica' : 'leader'),
     replicaMaxLag: lagLimit(raw),
+    ...patroniName(raw),
     pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
     restoreTestTarget: oneOf(raw, 'RESTORE_TEST_TARGET', ['sandbox', 'server'] as const, 'sandbox'),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),

@@ -511,6 +511,21 @@ ${member.postgresqlYaml ? `${member.postgresqlYaml.trimEnd()}\n` : ''}`;
     await this.waitGone(pid, 10_000);
   }
 
+  /**
+   * Freezes a member's Patroni (SIGSTOP to its process group): its REST API stops answering and its
+   * member key expires after the TTL, while its PostgreSQL (a session of its own) goes on running.
+   */
+  pauseNode(name: string): void {
+    const pid = this.node(name).proc?.pid;
+    if (pid !== undefined) signal(-pid, 'SIGSTOP');
+  }
+
+  /** Undoes pauseNode (SIGCONT). */
+  resumeNode(name: string): void {
+    const pid = this.node(name).proc?.pid;
+    if (pid !== undefined) signal(-pid, 'SIGCONT');
+  }
+
   private async killPostmaster(node: PatroniNode, sig: NodeJS.Signals): Promise<void> {
     const pid = postmasterPid(node.dataDir);
     if (pid === undefined) return;
