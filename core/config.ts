@@ -111,10 +111,11 @@ export interface CloudConfig {
   /** S3_MAX_ATTEMPTS: attempts per request, the first included. */
   readonly maxAttempts: number;
   /**
-   * S3_OBJECT_LOCK_MODE (governance, compliance) with S3_OBJECT_LOCK_RETAIN=gfs (the default once a
-   * mode is set): each new object carries its own retain-until, its planned GFS expiry
-   * (core/retention/lock.ts), never less than S3_OBJECT_LOCK_MIN_DAYS from the write. Absent: no lock
-   * headers (a bucket's default retention still applies).
+   * OBJECT_LOCK_MODE (governance, compliance) with OBJECT_LOCK_RETAIN=gfs (the default once a mode is
+   * set; S3_OBJECT_LOCK_* are the older names): each new object carries its own retain-until, its
+   * planned GFS expiry (core/retention/lock.ts), never less than OBJECT_LOCK_MIN_DAYS from the write.
+   * S3: Object Lock mode; Azure: immutability policy (governance Unlocked, compliance Locked). Absent:
+   * no lock (a bucket's or container's default retention still applies).
    */
   readonly objectLock?: { readonly mode: 'GOVERNANCE' | 'COMPLIANCE'; readonly minDays: number };
   /** CLOUD_PROVIDER=azure: the account and how to authenticate (azureSettings). Never logged. */
@@ -231,6 +232,11 @@ export interface Config {
   readonly backupFrom: 'replica' | 'leader';
   /** REPLICA_MAX_LAG: the most a replica may lag to be read from. */
   readonly replicaMaxLag: LagLimit;
+  /**
+   * PATRONI_NAME: the Patroni member this host runs (Patroni's own variable for it), named in the
+   * WAL conflict line, `pgvault topology` (`self`) and the manifests of single-node connections.
+   */
+  readonly patroniName?: string;
   /** Directory holding pg_dump, pg_restore, ...; found automatically when absent. */
   readonly pgBinDir?: string;
   /**
@@ -436,6 +442,9 @@ export const KNOWN_KEYS: readonly string[] = [
   'S3_OBJECT_LOCK_MODE',
   'S3_OBJECT_LOCK_RETAIN',
   'S3_OBJECT_LOCK_MIN_DAYS',
+  'OBJECT_LOCK_MODE',
+  'OBJECT_LOCK_RETAIN',
+  'OBJECT_LOCK_MIN_DAYS',
   'S3_STORAGE_CLASS',
   'S3_STORAGE_CLASS_ARCHIVE',
   'S3_STORAGE_CLASS_EXPIRE',
@@ -470,6 +479,7 @@ export const KNOWN_KEYS: readonly string[] = [
   'PATRONI_PASSWORD',
   'PATRONI_CACERT',
   'PATRONI_TIMEOUT',
+  'PATRONI_NAME',
   'BACKUP_FROM',
   'REPLICA_MAX_LAG',
   'PGHOST',
@@ -533,6 +543,8 @@ export const KNOWN_KEYS: readonly string[] = [
   'ENCRYPTION_KEY_SECRET_ARN',
   // Database credentials from Secrets Manager, read at start (core/pg/credentials-secret.ts).
   'PGVAULT_PG_SECRET_ARN',
+  // The Patroni REST API's secret, read at start (core/pg/startup-secrets.ts).
+  'PATRONI_SECRET_ARN',
   'ECS_CLUSTER_ARN',
   'TASK_DEFINITION_ARN',
   'RESTORE_TASK_DEFINITION_ARN',
@@ -644,21 +656,44 @@ function placementSettings(raw: Raw): Pick<CloudConfig, 'storageClass' | 'access
   return { ...(storageClass ? { storageClass } : {}), ...(accessTier ? { accessTier } : {}) };
 }
 
-/** S3_OBJECT_LOCK_MODE / _RETAIN / _MIN_DAYS (CloudConfig.objectLock). */
+/**
+ * OBJECT_LOCK_MODE / _RETAIN / _MIN_DAYS (CloudConfig.objectLock), for every provider: S3 Object Lock,
+ * Azure version-level immutability policies (governance: Unlocked, compliance: Locked), GCS object
+ * retention. The S3_OBJECT_LOCK_* names (the first, S3-only ones) are read as aliases of the same
+ * settings: either name works, both set to different values is refused.
+ */
 function objectLockSetting(raw: Raw): Pick<CloudConfig, 'objectLock'> {
-  const mode = oneOf(raw, 'S3_OBJECT_LOCK_MODE', ['off', 'governance', 'compliance'] as const, 'off');
-  const retain = oneOf(raw, 'S3_OBJECT_LOCK_RETAIN', ['gfs', 'bucket'] as const, 'gfs');
-  const minDays = integer(raw, 'S3_OBJECT_LOCK_MIN_DAYS', 0, 0, 36_500);
+  const modeKey = lockKey(raw, 'OBJECT_LOCK_MODE');
+  const retainKey = lockKey(raw, 'OBJECT_LOCK_RETAIN');
+  const mode = oneOf(raw, modeKey, ['off', 'governance', 'compliance'] as const, 'off');
+  const retain = oneOf(raw, retainKey, ['gfs', 'bucket'] as const, 'gfs');
+  const minDays = integer(raw, lockKey(raw, 'OBJECT_LOCK_MIN_DAYS'), 0, 0, 36_500);
   if (mode === 'off') {
-    if (text(raw, 'S3_OBJECT_LOCK_RETAIN') === 'gfs') {
+    if (text(raw, retainKey) === 'gfs') {
       throw new ConfigError(
-        'S3_OBJECT_LOCK_RETAIN=gfs needs S3_OBJECT_LOCK_MODE (governance or compliance); set the mode the bucket allows',
+        `${retainKey}=gfs needs ${retainKey.replace('RETAIN', 'MODE')} (governance or compliance); set the mode the bucket allows`,
       );
     }
     return {};
   }
   if (retain === 'bucket') return {};
   return { objectLock: { mode: mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE', minDays } };
+}
+
+/**
+ * The key an object lock setting is read from: `key`, or its older alias S3_<key> when only that
+ * is set; both set to different values is a ConfigError.
+ */
+function lockKey(raw: Raw, key: 'OBJECT_LOCK_MODE' | 'OBJECT_LOCK_RETAIN' | 'OBJECT_LOCK_MIN_DAYS'): string {
+  const alias = `S3_${key}`;
+  const value = text(raw, key);
+  const aliased = text(raw, alias);
+  if (value !== undefined && aliased !== undefined && value.toLowerCase() !== aliased.toLowerCase()) {
+    throw new ConfigError(
+      `${key}=${value} and ${alias}=${aliased} disagree; ${alias} is the older name of ${key}: keep one`,
+    );
+  }
+  return value === undefined && aliased !== undefined ? alias : key;
 }
 
 function text(raw: Raw, key: string): string | undefined {
@@ -1059,6 +1094,18 @@ function patroniConfig(raw: Raw, cwd: string): PatroniConfig {
   };
 }
 
+/** PATRONI_NAME: a member name as Patroni's `name` (one line of printable characters). */
+function patroniName(raw: Raw): { patroniName?: string } {
+  const name = text(raw, 'PATRONI_NAME');
+  if (name === undefined) return {};
+  if (/\p{Cc}/u.test(name)) {
+    throw new ConfigError(
+      'PATRONI_NAME holds a control character; set it to the Patroni member name of this node (its patroni.yml `name`)',
+    );
+  }
+  return { patroniName: name };
+}
+
 /** The passwords of PATRONI_URL and PATRONI_PASSWORD, for the lists of values never sent in a message. */
 export function patroniSecrets(patroni: PatroniConfig | undefined): string[] {
   if (patroni === undefined) return [];
@@ -1173,6 +1220,7 @@ export function parseConfig(
     patroni,
     backupFrom: oneOf(raw, 'BACKUP_FROM', ['replica', 'leader'] as const, patroni ? 'replica' : 'leader'),
     replicaMaxLag: lagLimit(raw),
+    ...patroniName(raw),
     pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
     restoreTestTarget: oneOf(raw, 'RESTORE_TEST_TARGET', ['sandbox', 'server'] as const, 'sandbox'),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),

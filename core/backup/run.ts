@@ -313,7 +313,11 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       schedule: hasSchedule(run.type) ? run.schedule : undefined,
       cluster: config.clusterName,
       node: run.node ??
-        routedSourceNode(config.pg) ?? { host: config.pg.host ?? hostname(), port: config.pg.port ?? 5432 },
+        routedSourceNode(config.pg) ?? {
+          host: config.pg.host ?? hostname(),
+          port: config.pg.port ?? 5432,
+          ...(config.patroniName !== undefined ? { name: config.patroniName } : {}),
+        },
       server: {
         version: run.server.version,
         versionNum: run.server.versionNum,

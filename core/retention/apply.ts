@@ -1,6 +1,6 @@
 import { Catalog, type CatalogEntry } from '../catalog/catalog';
 import { BACKUP_TYPES, MANIFEST_SUFFIX } from '../catalog/naming';
-import { errorMessage, PgVaultError, StorageError, UsageError } from '../errors';
+import { errorMessage, ObjectLockedError, PgVaultError, StorageError, UsageError } from '../errors';
 import { repositoryOf } from '../storage';
 import type { ObjectInfo, StorageTarget } from '../storage/target';
 import type { Vault } from '../vault';
@@ -27,7 +27,8 @@ import {
  *   the objects are left without a manifest: list, restore and retention see no backup, and the next
  *   run removes them as incomplete leftovers (their write time is long past a day). The other order
  *   would leave a manifest pointing at missing objects, listed as a good backup until a restore failed.
- * - an object still under S3 Object Lock is reported as locked, not as a failure; when a manifest is
+ * - an object still under a lock (S3 Object Lock, an Azure immutability policy: lockedDetail) is reported
+ *   as locked, not as a failure; when a manifest is
  *   locked its objects are not touched, so the backup stays whole and is retried by a later run.
  * - WAL is deleted folder by folder ({cluster}/wal/{timeline}/{log}/), each listed once by prefix;
  *   every key is checked against the plan again before it is deleted. History files are never deleted.
@@ -252,6 +253,15 @@ export async function deleteBackupByHand(
   return { id: m.id, objects: m.objects.length, storedSize: m.storedSize, ...outcome };
 }
 
+/**
+ * Why a refused delete is a lock, not a failure, for any target: an ObjectLockedError (Azure, GCS: the
+ * target itself knows the store's error code), or S3's answers for Object Lock (objectLockDetail).
+ */
+export function lockedDetail(target: StorageTarget, err: unknown): string | undefined {
+  if (err instanceof ObjectLockedError) return err.detail;
+  return target.kind === 's3' ? objectLockDetail(err) : undefined;
+}
+
 /** S3 refuses to delete an object version under Object Lock retention or legal hold. */
 export function objectLockDetail(err: unknown): string | undefined {
   const chain: unknown[] = [];
@@ -323,7 +333,7 @@ class Deleter {
       // gone lets its objects go too (else they would wait a day as leftovers, out of reach of
       // `backup delete`, which finds a backup by its manifest).
       if ((await target.stat(key).catch(() => null)) === undefined) return true;
-      const lock = target.kind === 's3' ? objectLockDetail(err) : undefined;
+      const lock = lockedDetail(target, err);
       if (lock !== undefined) {
         this.result.locked.push({ key, target: target.location, detail: lock });
         this.vault.reporter.info(`${key} in ${target.location}: ${lock}; a later run deletes it`);

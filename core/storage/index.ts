@@ -11,12 +11,28 @@ import { retentionPolicy } from '../retention/plan';
 import { AzureTarget } from './azure';
 import { FileTarget } from './file';
 import { S3Target } from './s3';
-import type { StorageTarget } from './target';
+import type { ObjectLockOptions, StorageTarget } from './target';
 
 export { AzureTarget, type AzureTargetOptions, blockSizeAt, chooseBlockSize } from './azure';
 export { assertValidKey, assertValidPrefix, FileTarget } from './file';
 export { choosePartSize, placementFor, S3Target, type S3TargetOptions } from './s3';
-export type { ObjectInfo, PutOptions, StorageTarget } from './target';
+export type { ObjectInfo, ObjectLockOptions, PutOptions, StorageTarget } from './target';
+
+/**
+ * The per-object lock every cloud target puts on new objects (OBJECT_LOCK_MODE with
+ * OBJECT_LOCK_RETAIN=gfs): each object's retain-until is its planned GFS expiry under this config's
+ * retention (core/retention/lock.ts), never less than OBJECT_LOCK_MIN_DAYS from the write. One
+ * computation for S3, Azure and GCS; undefined when no per-object lock is configured.
+ */
+export function objectLockOptions(config: Config): ObjectLockOptions | undefined {
+  const lock = config.cloud.objectLock;
+  if (lock === undefined) return undefined;
+  const policy = retentionPolicy(config);
+  return {
+    mode: lock.mode,
+    retainUntil: (key: string, now: Date) => objectLockRetainUntil(key, policy, now, lock.minDays),
+  };
+}
 
 /**
  * The targets a backup writes to, local first: a restore prefers the local copy, and a local write
@@ -40,7 +56,7 @@ export function createTargets(config: Config): StorageTarget[] {
       if (cloud.bucket === undefined) {
         throw new ConfigError('CLOUD_PROVIDER=s3 needs CLOUD_BUCKET; set it to the bucket name');
       }
-      const lockPolicy = retentionPolicy(config);
+      const objectLock = objectLockOptions(config);
       const s3 = new S3Target({
         bucket: cloud.bucket,
         prefix: cloud.prefix,
@@ -51,15 +67,7 @@ export function createTargets(config: Config): StorageTarget[] {
         ...awsClientCredentials(cloud),
         requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
         maxAttempts: cloud.maxAttempts,
-        ...(cloud.objectLock
-          ? {
-              objectLock: {
-                mode: cloud.objectLock.mode,
-                retainUntil: (key: string, now: Date) =>
-                  objectLockRetainUntil(key, lockPolicy, now, cloud.objectLock!.minDays),
-              },
-            }
-          : {}),
+        ...(objectLock ? { objectLock } : {}),
       });
       return config.localCopy ? [new FileTarget(config.backupDir), s3] : [s3];
     }
@@ -67,6 +75,7 @@ export function createTargets(config: Config): StorageTarget[] {
       if (cloud.bucket === undefined) {
         throw new ConfigError('CLOUD_PROVIDER=azure needs CLOUD_BUCKET; set it to the container name');
       }
+      const objectLock = objectLockOptions(config);
       const azure = new AzureTarget({
         container: cloud.bucket,
         prefix: cloud.prefix,
@@ -74,6 +83,7 @@ export function createTargets(config: Config): StorageTarget[] {
         ...(cloud.accessTier ? { accessTier: cloud.accessTier } : {}),
         requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
         maxAttempts: cloud.maxAttempts,
+        ...(objectLock ? { objectLock } : {}),
       });
       return config.localCopy ? [new FileTarget(config.backupDir), azure] : [azure];
     }
