@@ -2,6 +2,7 @@ import { Stack, Validations } from 'aws-cdk-lib';
 import type { Template } from 'aws-cdk-lib/assertions';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../core/config';
 import { parseDeployConfig } from '../../infra/config';
 import type { FleetStack } from '../../infra/stack';
 import {
@@ -191,6 +192,31 @@ describe('a second repository in GCS', () => {
     expect(Object.keys(envs[0]!).filter((k) => !k.startsWith('REPO'))).toEqual(
       TASK_KEYS.filter((k) => !['CLOUD_PROVIDER', 'CLOUD_BUCKET', 'CLOUD_PREFIX', 'LOCAL_COPY'].includes(k)),
     );
+  });
+
+  it("the core's config reader takes a task's environment as it stands: two repositories, s3 then gcs, holding what holds says", () => {
+    // Prepare: the task's environment with the template's references as the strings they become, and
+    // the secret's key file as the start-up step would set it (core/pg/startup-secrets.ts), and the
+    // passphrase ECS injects from Secrets Manager.
+    const env = containerEnvironment(fleet.template, taskSets(fleet.stack)[0]!.def);
+    const raw: Record<string, string> = Object.fromEntries(
+      Object.entries(env).map(([k, v]) => [k, typeof v === 'string' ? v : 'resolved-at-deploy']),
+    );
+    raw.REPO1_BUCKET = 'pgvault-vault-bucket';
+    raw.REPO2_GOOGLE_APPLICATION_CREDENTIALS = '/tmp/pgvault-secrets/gcs-key.json';
+    raw.ENCRYPTION_KEY ??= 'the passphrase ECS injects from its secret';
+    if (typeof env.SNS_TOPIC_ARN !== 'string')
+      raw.SNS_TOPIC_ARN = 'arn:aws:sns:eu-west-1:123456789012:alerts';
+
+    // Act
+    const config = parseConfig(raw);
+
+    // Assess
+    expect(config.repositories?.map((r) => [r.n, r.type])).toEqual([
+      [1, 's3'],
+      [2, 'gcs'],
+    ]);
+    expect(config.repositories?.[1]?.config.cloud.bucket).toBe('pgvault-copy-eu');
   });
 
   it("the functions get the same repository keys, within Lambda's environment limit", () => {
