@@ -4,6 +4,7 @@ import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { alertWalConflictOnce } from '../alert/wal-conflict';
 import { StorageError } from '../errors';
+import { backfillAfterHistory } from './backfill';
 import { holdsLock, lockHeld, releaseLock, takeLock, writeFileAtomically } from './fetch';
 import { parseWalFileName } from './naming';
 import { pushFailureLine, pushWalFiles, WalConflictError, type WalPushContext } from './push';
@@ -268,6 +269,7 @@ export async function runUploader(
     warn: (line) => log(`warning: ${line}`),
   };
   const inFlight = new Map<string, Promise<void>>();
+  const backfills: Promise<void>[] = [];
   /** Files stored by this uploader, and when their `.ok` was (last) written. */
   const stored = new Map<string, number>();
   /** Files whose spool was looked at for an earlier uploader's `.ok`. */
@@ -295,6 +297,19 @@ export async function runUploader(
     failures.delete(name);
     failuresInARow = 0;
     storedCount++;
+    // A new timeline's history file: backfill the old timeline's segments its leader never
+    // archived (core/wal/backfill.ts), beside the loop; a failure is logged, never retried here.
+    if (name.endsWith('.history')) {
+      backfills.push(
+        backfillAfterHistory(
+          pushCtx,
+          pgWalDir,
+          join(pgWalDir, name),
+          { info: log, warn: (line) => log(`warning: ${line}`) },
+          { budgetMs: ctx.config.archiveTimeoutSeconds * 1000 },
+        ).then(() => undefined),
+      );
+    }
   };
   const onFailed = async (name: string, err: unknown) => {
     const line = pushFailureLine(err);
@@ -416,6 +431,7 @@ export async function runUploader(
   } finally {
     changes.close();
     await Promise.allSettled(inFlight.values());
+    await Promise.allSettled(backfills);
     await releaseLock(lock);
     log(`uploader stopped: ${storedCount} file(s) stored`);
   }
