@@ -106,8 +106,9 @@ export async function backupWalCommand(path: string, opts: GlobalOptions) {
     }
     throw err;
   });
-  // A new timeline's history file: the old timeline's segments its leader never archived, from
-  // this node's pg_wal (core/wal/backfill.ts). Its failure is a warning, never this file's failure.
+  // A new timeline's history file: the old timeline's segments its leader never archived, still in
+  // this node's pg_wal, are queued for PostgreSQL's archiver (core/wal/backfill.ts) before it hears
+  // that the history file is stored. A failure is a warning, never this file's failure.
   if (file.kind === 'history' && inPgWal) {
     const { backfillAfterHistory } =
       require('../../core/wal/backfill') as typeof import('../../core/wal/backfill');
@@ -116,7 +117,6 @@ export async function backupWalCommand(path: string, opts: GlobalOptions) {
         config,
         targets: createTargets(config),
         stateDir,
-        threads: config.parallelJobs,
         warn: (line) => process.stderr.write(`pgvault: warning: ${line}\n`),
       },
       dirname(resolve(path)),
@@ -125,7 +125,6 @@ export async function backupWalCommand(path: string, opts: GlobalOptions) {
         info: (line) => process.stderr.write(`pgvault: ${line}\n`),
         warn: (line) => process.stderr.write(`pgvault: warning: ${line}\n`),
       },
-      { budgetMs: config.archiveTimeoutSeconds * 1000 },
     );
   }
   if (opts.json) emit(opts, { ok: true, ...result }, '');
@@ -183,7 +182,9 @@ export async function walBackfillCommand(opts: GlobalOptions & { pgWal?: string 
     throw new UsageError(
       `${pgWal} is not a directory: run pgvault wal backfill in the server's data directory, or name its pg_wal with --pg-wal`,
     );
-  const stateDir = spoolDirFor(config.spoolDir, join(pgWal, 'x'));
+  // Not pg_wal's spool folder: run by hand (as root, say) it would leave files there that the server's
+  // own archive_command could not rewrite. SPOOL_DIR when set.
+  const stateDir = config.spoolDir;
   const report = await backfillPgWal(
     {
       config,

@@ -1,4 +1,4 @@
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, rename, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { errorMessage } from '../errors';
 import type { StorageTarget } from '../storage/target';
@@ -182,6 +182,69 @@ export async function backfillFromHistory(
   };
 }
 
+export interface BackfillQueueReport {
+  readonly pgWal: string;
+  readonly history: string;
+  readonly switches: readonly TimelineSwitch[];
+  /** Old-timeline segments before their switch point that PostgreSQL had marked archived (.done). */
+  readonly candidates: number;
+  /** Of those, in every target already. */
+  readonly alreadyArchived: number;
+  /** Marked `.ready`: PostgreSQL's archiver stores them through archive_command. */
+  readonly queued: readonly string[];
+  /** Why the archive could not be looked at (every candidate stays queued), when it could not. */
+  readonly listingFailed?: string;
+}
+
+/**
+ * The form archive_command and the uploader use when they archive a `.history` file: the missing
+ * segments are handed to PostgreSQL's own archiver, by turning their `.done` status back into
+ * `.ready`. That is what makes the backfill safe against the checkpoint a promotion requests: a
+ * `.ready` segment is never removed or recycled until archive_command has stored it, while a `.done`
+ * one goes at the first checkpoint once out of wal_keep_size. So every candidate is marked first
+ * (local renames, microseconds), then the archive is listed and the segments it already holds are
+ * set back to `.done` (the archiver is busy with this very history file meanwhile, so it has not
+ * taken them). The pushes are then PostgreSQL's usual archive_command calls, oldest first, with
+ * pgvault's usual checks and conflict rules; this call itself returns in one listing's time.
+ */
+export async function queueBackfill(
+  ctx: Pick<WalPushContext, 'config' | 'targets' | 'warn'>,
+  pgWalDir: string,
+  historyPath: string,
+): Promise<BackfillQueueReport> {
+  const history = basename(historyPath);
+  const switches = switchesOf(history, await readFile(historyPath, 'utf8'));
+  const { names } = await oldTimelineSegments(pgWalDir, switches);
+  const status = join(pgWalDir, 'archive_status');
+  const marked: string[] = [];
+  for (const name of names) {
+    try {
+      await rename(join(status, `${name}.done`), join(status, `${name}.ready`));
+      marked.push(name);
+    } catch {
+      // No .done: already .ready (queued), or PostgreSQL has no status for it; left as it is.
+    }
+  }
+  const base = { pgWal: pgWalDir, history, switches, candidates: marked.length };
+  if (marked.length === 0) return { ...base, alreadyArchived: 0, queued: [] };
+  let held: Set<string>[];
+  try {
+    held = await Promise.all(ctx.targets.map((t) => archivedIn(t, ctx.config.clusterName, marked)));
+  } catch (err) {
+    return { ...base, alreadyArchived: 0, queued: marked, listingFailed: errorMessage(err) };
+  }
+  const queued: string[] = [];
+  let alreadyArchived = 0;
+  for (const name of marked) {
+    if (held.every((set) => set.has(name))) {
+      alreadyArchived++;
+      // Not yet taken by the archiver (it waits for this call); if it was, it archives the same bytes.
+      await rename(join(status, `${name}.ready`), join(status, `${name}.done`)).catch(() => {});
+    } else queued.push(name);
+  }
+  return { ...base, alreadyArchived, queued };
+}
+
 /**
  * `pgvault wal backfill`: the same from the newest `.history` file in pg_wal (it lists every
  * ancestor), for Patroni's on_role_change callback, by hand after a failed backfill, or on a
@@ -229,37 +292,34 @@ function range(names: readonly string[]): string {
 }
 
 /**
- * After a history file is stored (archive_command or the uploader): the backfill, its line, and an
- * alert when it is incomplete. Never throws; what was stored stays stored.
+ * After a history file is stored (archive_command or the uploader): the missing old-timeline
+ * segments queued for PostgreSQL's archiver (queueBackfill), and a line saying so. Never throws: a
+ * failure is a warning and an alert naming the segments, never the history file's failure
+ * (PostgreSQL would retry it forever and archive nothing of the new timeline meanwhile).
  */
 export async function backfillAfterHistory(
   ctx: WalPushContext,
   pgWalDir: string,
   historyPath: string,
-  say: { info: (line: string) => void; warn: (line: string) => void; stateDir?: string },
-  options: BackfillOptions = {},
-): Promise<BackfillReport | undefined> {
-  let report: BackfillReport;
+  say: { info: (line: string) => void; warn: (line: string) => void },
+): Promise<BackfillQueueReport | undefined> {
+  let report: BackfillQueueReport;
   try {
-    report = await backfillFromHistory(ctx, pgWalDir, historyPath, options);
+    report = await queueBackfill(ctx, pgWalDir, historyPath);
   } catch (err) {
-    say.warn(
-      `WAL backfill after ${basename(historyPath)} failed before any segment was tried (${errorMessage(err)}); run pgvault wal backfill in this data directory`,
-    );
+    const line = `WAL backfill after ${basename(historyPath)} failed (${errorMessage(err)}): segments of the old timeline the old leader never archived may be missing from the archive (pgvault verify wal shows it); run pgvault wal backfill in this data directory before PostgreSQL recycles them`;
+    say.warn(line);
+    await alertBackfill(ctx, line, pgWalDir);
     return undefined;
   }
-  const line = describeBackfill(report);
-  if (line === undefined) return report;
-  if (report.ok) {
-    say.info(line);
-    return report;
-  }
-  say.warn(line);
-  await alertBackfill(ctx, report, line);
+  if (report.queued.length === 0) return report;
+  const at = report.switches.map((s) => `${s.parent} → ${s.timeline} at ${s.switchLsn}`).join(', ');
+  const line = `WAL backfill after the timeline switch ${at}: ${report.queued.length} segment(s) of the old timeline are in ${pgWalDir} but not in the archive (${range(report.queued)}); queued for archive_command (.ready), which stores them before the new timeline's segments${report.listingFailed ? ` (the archive could not be listed: ${report.listingFailed}; all ${report.candidates} candidates queued)` : ''}`;
+  say.info(line);
   return report;
 }
 
-async function alertBackfill(ctx: WalPushContext, report: BackfillReport, line: string): Promise<void> {
+async function alertBackfill(ctx: WalPushContext, line: string, pgWal: string): Promise<void> {
   try {
     const { sendAlerts } = require('../alert/notify') as typeof import('../alert/notify');
     await sendAlerts(
@@ -269,12 +329,12 @@ async function alertBackfill(ctx: WalPushContext, report: BackfillReport, line: 
           kind: 'wal-gap',
           severity: 'critical',
           cluster: ctx.config.clusterName,
-          title: `WAL hole at the failover: ${report.failed.length + report.notTried.length} segment(s) not backfilled`,
+          title: 'WAL hole at the failover: backfill failed',
           what: line,
           since: new Date().toISOString(),
           sinceKind: 'observed',
           nextStep: 'pgvault wal backfill',
-          hint: `run it in the data directory of the node whose pg_wal is ${report.pgWal}; pgvault verify wal shows the hole and which node still has the segments`,
+          hint: `run it in the data directory of the node whose pg_wal is ${pgWal}; pgvault verify wal shows the hole and which node still has the segments`,
         },
       ],
       { stderr: false, write: () => {} },

@@ -269,7 +269,6 @@ export async function runUploader(
     warn: (line) => log(`warning: ${line}`),
   };
   const inFlight = new Map<string, Promise<void>>();
-  const backfills: Promise<void>[] = [];
   /** Files stored by this uploader, and when their `.ok` was (last) written. */
   const stored = new Map<string, number>();
   /** Files whose spool was looked at for an earlier uploader's `.ok`. */
@@ -290,6 +289,14 @@ export async function runUploader(
   log(`uploader started: pid ${process.pid}, ${lanes} batches at a time, spool ${spoolDir}`);
 
   const onStored = async (name: string) => {
+    // A new timeline's history file: the old timeline's segments its leader never archived are
+    // queued (.ready) for this uploader and PostgreSQL's archiver (core/wal/backfill.ts), before the
+    // archiver hears that the history file is stored.
+    if (name.endsWith('.history'))
+      await backfillAfterHistory(pushCtx, pgWalDir, join(pgWalDir, name), {
+        info: log,
+        warn: (line) => log(`warning: ${line}`),
+      });
     await writeFileAtomically(okMarker(spoolDir, name), `${name}\n`);
     await wakeWaiter(spoolDir, name);
     await unlink(errorMarker(spoolDir, name)).catch(() => {});
@@ -297,19 +304,6 @@ export async function runUploader(
     failures.delete(name);
     failuresInARow = 0;
     storedCount++;
-    // A new timeline's history file: backfill the old timeline's segments its leader never
-    // archived (core/wal/backfill.ts), beside the loop; a failure is logged, never retried here.
-    if (name.endsWith('.history')) {
-      backfills.push(
-        backfillAfterHistory(
-          pushCtx,
-          pgWalDir,
-          join(pgWalDir, name),
-          { info: log, warn: (line) => log(`warning: ${line}`) },
-          { budgetMs: ctx.config.archiveTimeoutSeconds * 1000 },
-        ).then(() => undefined),
-      );
-    }
   };
   const onFailed = async (name: string, err: unknown) => {
     const line = pushFailureLine(err);
@@ -431,7 +425,6 @@ export async function runUploader(
   } finally {
     changes.close();
     await Promise.allSettled(inFlight.values());
-    await Promise.allSettled(backfills);
     await releaseLock(lock);
     log(`uploader stopped: ${storedCount} file(s) stored`);
   }
