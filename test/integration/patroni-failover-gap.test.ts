@@ -285,7 +285,7 @@ describe('failover by kill -9 with the old leader holding unarchived segments', 
     expect(Number(rows[0]!.after)).toBe(10);
   }, 600_000);
 
-  it('a hole no node can fill: verify wal fails, names the hole, and says which node still has it, then that none does', async () => {
+  it('a hole: verify wal fails naming it and node2, which has it; wal backfill there fills it; gone from node2 too, verify wal says no node has it', async () => {
     // Prepare: one backfilled segment removed from the archive; node2's pg_wal still has it.
     expect(hole.length).toBe(3);
     const lost = hole[1]!;
@@ -306,6 +306,26 @@ describe('failover by kill -9 with the old leader holding unarchived segments', 
       JSON.parse(fillableJson.stdout) as { gaps: { from: string; holders: { node: string }[] }[] }
     ).gaps;
     expect(gaps.map((g) => [g.from, g.holders.map((h) => h.node)])).toEqual([[lost, ['node2']]]);
+
+    // Act: the fix verify wal names, from node2's data directory.
+    const backfill = await runPgvault(
+      ['--config', configFile, '--json', 'wal', 'backfill'],
+      cluster.env({ PGDATABASE: 'postgres', SPOOL_DIR: join(work, 'spool') }),
+      cluster.node('node2').dataDir,
+    );
+    const afterBackfill = await pgvault(['verify', 'wal']);
+
+    // Assess: it pushed exactly the lost segment; the archive is whole again.
+    expect(backfill.code, backfill.stderr).toBe(0);
+    expect(JSON.parse(backfill.stdout)).toMatchObject({
+      ok: true,
+      history: '00000002.history',
+      switches: [{ parent: 1, timeline: 2 }],
+      pushed: [lost],
+      failed: [],
+    });
+    expect(afterBackfill.code, afterBackfill.stdout + afterBackfill.stderr).toBe(0);
+    unlinkSync(archivedPath(lost));
 
     // Prepare: gone from node2's pg_wal too (node1, the old leader, is down).
     if ((await inPgWal('node2', [lost])).length > 0)
