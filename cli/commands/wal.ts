@@ -233,16 +233,13 @@ export async function verifyWalCommand(opts: GlobalOptions) {
   const { findHoleHolders } =
     require('../../core/verify/wal-holes') as typeof import('../../core/verify/wal-holes');
   const holders = await findHoleHolders(vault, report.gaps, report.segmentBytes);
-  const gaps = report.gaps.map((g) => {
-    const h = holders.holes.find((x) => x.from === g.from && x.to === g.to);
-    return h === undefined ? g : { ...g, holders: h.holders, asked: h.asked, unreachable: h.unreachable };
-  });
   emit(
     opts,
     {
       ...report,
-      gaps,
-      ...(holders.skipped ? { holdersSkipped: holders.skipped } : {}),
+      // Per gap, the nodes whose pg_wal could fill it (only when there are gaps).
+      ...(holders.holes.length > 0 ? { holes: holders.holes } : {}),
+      ...(holders.skipped ? { holesNotAsked: holders.skipped } : {}),
       ok: report.ok && serverFailure === undefined,
       server,
     },

@@ -584,7 +584,8 @@ export interface WalTimelineSwitch {
 /**
  * Each timeline switch, with the hole at its end: the old timeline's segments after its last
  * archived one up to the switch point (the old leader died before archiving them). Only when the
- * old timeline has archived segments at all (an archive begun after the switch has no hole there).
+ * old timeline has archived segments at all (an archive begun after the switch has no hole there),
+ * and only once the new timeline has archived segments of its own.
  */
 export function timelineSwitches(state: WalArchiveState): WalTimelineSwitch[] {
   const bytes = segmentBytesOf(state);
@@ -604,7 +605,9 @@ export function timelineSwitches(state: WalArchiveState): WalTimelineSwitch[] {
       history: historyName(t.timeline),
       oldTimelineEnd: segmentName(t.parent, end, bytes),
       ...(parent?.last !== undefined ? { oldTimelineLast: parent.last } : {}),
-      ...(holeFrom !== undefined && holeFrom <= end
+      // Only once the new timeline has archived segments: a history file alone (a promoted copy, or
+      // the first seconds after a failover) can branch ahead of an old timeline still being written.
+      ...(holeFrom !== undefined && holeFrom <= end && t.last !== undefined
         ? {
             hole: {
               timeline: t.parent,

@@ -302,10 +302,14 @@ describe('failover by kill -9 with the old leader holding unarchived segments', 
       /can be filled: node2 \(127\.0\.0\.1:\d+, leader\) has all of 1 in pg_wal/,
     );
     expect(fillable.stderr).toContain(`${lost} is still in the pg_wal of node2`);
-    const gaps = (
-      JSON.parse(fillableJson.stdout) as { gaps: { from: string; holders: { node: string }[] }[] }
-    ).gaps;
-    expect(gaps.map((g) => [g.from, g.holders.map((h) => h.node)])).toEqual([[lost, ['node2']]]);
+    const fillableReport = JSON.parse(fillableJson.stdout) as {
+      gaps: unknown[];
+      holes: { from: string; holders: { node: string }[] }[];
+    };
+    expect(fillableReport.gaps).toEqual([{ timeline: 1, from: lost, to: lost, count: 1 }]);
+    expect(fillableReport.holes.map((g) => [g.from, g.holders.map((h) => h.node)])).toEqual([
+      [lost, ['node2']],
+    ]);
 
     // Act: the fix verify wal names, from node2's data directory.
     const backfill = await runPgvault(
@@ -342,12 +346,9 @@ describe('failover by kill -9 with the old leader holding unarchived segments', 
       /no node has it in pg_wal \(asked node2[^)]*\): the hole cannot be backfilled/,
     );
     expect(lostFor.stderr).toMatch(/no node has them in its pg_wal \(asked node2/);
-    const lostGaps = (
-      JSON.parse(lostJson.stdout) as {
-        ok: boolean;
-        gaps: { from: string; holders: unknown[]; asked: string[] }[];
-      }
-    ).gaps;
-    expect(lostGaps).toEqual([expect.objectContaining({ from: lost, holders: [], asked: ['node2'] })]);
+    const lostHoles = (
+      JSON.parse(lostJson.stdout) as { holes: { from: string; holders: unknown[]; asked: string[] }[] }
+    ).holes;
+    expect(lostHoles).toEqual([expect.objectContaining({ from: lost, holders: [], asked: ['node2'] })]);
   }, 300_000);
 });

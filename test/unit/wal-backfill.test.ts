@@ -95,6 +95,15 @@ describe('verify wal and a timeline switch', () => {
     expect(report.switches?.[0]).toMatchObject({ from: 1, to: 2, oldTimelineLast: seg(1, 7) });
     expect(report.switches?.[0]?.hole).toBeUndefined();
   });
+  it('counts no hole while the new timeline has only its history file (a copy promoted ahead of a running old timeline)', async () => {
+    const target = await archiveIn(range(1, 1, 5), { 2: HISTORY_2 });
+
+    const report = await verifyWalArchive(vaultOf(target));
+
+    expect(report.ok).toBe(true);
+    expect(report.switches?.[0]).toMatchObject({ from: 1, to: 2, oldTimelineLast: seg(1, 5) });
+    expect(report.switches?.[0]?.hole).toBeUndefined();
+  });
 });
 
 describe('queueBackfill', () => {
