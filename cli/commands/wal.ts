@@ -252,13 +252,9 @@ export async function verifyWalCommand(opts: GlobalOptions) {
   // The report is already out (stdout); the exit code, one line and the alert say it failed.
   if (problem !== undefined) {
     // Whether a node can still fill the holes, or none can.
-    const fillable = holders.holes.filter((h) => h.holders.length > 0);
-    const where =
-      holders.holes.length === 0
-        ? ''
-        : fillable.length > 0
-          ? `; ${fillable.map((h) => `${h.from} is still in the pg_wal of ${h.holders.map((x) => x.node).join(', ')}`).join('; ')}: run pgvault wal backfill in that node's data directory before PostgreSQL recycles it`
-          : `; no node has them in its pg_wal (asked ${[...new Set(holders.holes.flatMap((h) => [...h.asked, ...h.unreachable.map((u) => `${u.node} (not reachable)`)]))].join(', ') || 'none reachable'})`;
+    const { holesSummary } =
+      require('../../core/verify/wal-holes') as typeof import('../../core/verify/wal-holes');
+    const where = holesSummary(holders.holes);
     await failAfterReport(new IntegrityError(`${problem}${where}`), opts, 'verify wal');
   } else if (serverFailure !== undefined) await failAfterReport(serverFailure, opts, 'verify wal');
 }

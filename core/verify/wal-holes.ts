@@ -119,3 +119,15 @@ export function describeHoleHolders(hole: WalHoleHolders): string {
     .join('; ');
   return `  can be filled: ${who} in pg_wal: run pgvault wal backfill in its data directory${others ? ` (${others})` : ''}`;
 }
+
+/** What to append to verify wal's failure line: who can fill the holes, or that none can ('' when not asked). */
+export function holesSummary(holes: readonly WalHoleHolders[]): string {
+  if (holes.length === 0) return '';
+  const fillable = holes.filter((h) => h.holders.length > 0);
+  if (fillable.length > 0)
+    return `; ${fillable.map((h) => `${h.from} is still in the pg_wal of ${h.holders.map((x) => x.node).join(', ')}`).join('; ')}: run pgvault wal backfill in that node's data directory before PostgreSQL recycles it`;
+  const asked = [
+    ...new Set(holes.flatMap((h) => [...h.asked, ...h.unreachable.map((u) => `${u.node} (not reachable)`)])),
+  ];
+  return `; no node has them in its pg_wal (asked ${asked.join(', ') || 'none reachable'})`;
+}
