@@ -4,7 +4,6 @@ import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { alertWalConflictOnce } from '../alert/wal-conflict';
 import { StorageError } from '../errors';
-import { backfillAfterHistory } from './backfill';
 import { holdsLock, lockHeld, releaseLock, takeLock, writeFileAtomically } from './fetch';
 import { parseWalFileName } from './naming';
 import { pushFailureLine, pushWalFiles, WalConflictError, type WalPushContext } from './push';
@@ -292,11 +291,14 @@ export async function runUploader(
     // A new timeline's history file: the old timeline's segments its leader never archived are
     // queued (.ready) for this uploader and PostgreSQL's archiver (core/wal/backfill.ts), before the
     // archiver hears that the history file is stored.
-    if (name.endsWith('.history'))
+    // Loaded here: this module is part of every archive_command's start-up.
+    if (name.endsWith('.history')) {
+      const { backfillAfterHistory } = require('./backfill') as typeof import('./backfill');
       await backfillAfterHistory(pushCtx, pgWalDir, join(pgWalDir, name), {
         info: log,
         warn: (line) => log(`warning: ${line}`),
       });
+    }
     await writeFileAtomically(okMarker(spoolDir, name), `${name}\n`);
     await wakeWaiter(spoolDir, name);
     await unlink(errorMarker(spoolDir, name)).catch(() => {});
