@@ -342,6 +342,13 @@ wal
   .option('--heartbeat <file>', 'rewrite this file every 10 s while streaming (for a container health check)')
   .action(run(walCmds, 'walReceiveCommand'));
 wal
+  .command('backfill')
+  .description(
+    "after a failover: push the old timeline's segments its leader never archived from this node's pg_wal (run in the data directory; backup wal does it when it archives a .history file)",
+  )
+  .option('--pg-wal <dir>', "the server's pg_wal directory", 'pg_wal')
+  .action(run(walCmds, 'walBackfillCommand'));
+wal
   .command('push-async', { hidden: true })
   .description('background uploader started by backup wal when ARCHIVE_ASYNC=true')
   .option('--pg-wal <dir>', "the server's pg_wal directory", 'pg_wal')

@@ -1,8 +1,9 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, writeFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { loadConfig } from '../../core/config';
-import { IntegrityError } from '../../core/errors';
+import { IntegrityError, PgVaultError } from '../../core/errors';
 import { refuseCopyWal } from '../../core/restore/copy';
 import { createTargets, targetsHolding } from '../../core/storage';
 import {
@@ -105,6 +106,27 @@ export async function backupWalCommand(path: string, opts: GlobalOptions) {
     }
     throw err;
   });
+  // A new timeline's history file: the old timeline's segments its leader never archived, still in
+  // this node's pg_wal, are queued for PostgreSQL's archiver (core/wal/backfill.ts) before it hears
+  // that the history file is stored. A failure is a warning, never this file's failure.
+  if (file.kind === 'history' && inPgWal) {
+    const { backfillAfterHistory } =
+      require('../../core/wal/backfill') as typeof import('../../core/wal/backfill');
+    await backfillAfterHistory(
+      {
+        config,
+        targets: createTargets(config),
+        stateDir,
+        warn: (line) => process.stderr.write(`pgvault: warning: ${line}\n`),
+      },
+      dirname(resolve(path)),
+      path,
+      {
+        info: (line) => process.stderr.write(`pgvault: ${line}\n`),
+        warn: (line) => process.stderr.write(`pgvault: warning: ${line}\n`),
+      },
+    );
+  }
   if (opts.json) emit(opts, { ok: true, ...result }, '');
   finish();
 }
@@ -146,6 +168,47 @@ function startPrefetcherProcess(prefetchDir: string, opts: GlobalOptions): void 
   }
 }
 
+export async function walBackfillCommand(opts: GlobalOptions & { pgWal?: string }) {
+  const { backfillPgWal, describeBackfill } =
+    require('../../core/wal/backfill') as typeof import('../../core/wal/backfill');
+  const { UsageError } = require('../../core/errors') as typeof import('../../core/errors');
+  const config = readConfig(opts);
+  const pgWal = resolve(opts.pgWal ?? 'pg_wal');
+  const isDir = await stat(pgWal).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
+  if (!isDir)
+    throw new UsageError(
+      `${pgWal} is not a directory: run pgvault wal backfill in the server's data directory, or name its pg_wal with --pg-wal`,
+    );
+  // Not pg_wal's spool folder: run by hand (as root, say) it would leave files there that the server's
+  // own archive_command could not rewrite. SPOOL_DIR when set.
+  const stateDir = config.spoolDir;
+  const report = await backfillPgWal(
+    {
+      config,
+      targets: createTargets(config),
+      stateDir,
+      threads: config.parallelJobs,
+      warn: (line) => process.stderr.write(`pgvault: warning: ${line}\n`),
+    },
+    pgWal,
+  );
+  emit(opts, report, () => {
+    if (report.switches.length === 0) return `no timeline history file in ${pgWal}: nothing to backfill`;
+    const lines = report.switches.map(
+      (s) => `timeline switch ${s.parent} → ${s.timeline} at ${s.switchLsn} (${report.history})`,
+    );
+    lines.push(
+      `${report.candidates} segment(s) of the old timeline(s) in ${pgWal}: ${report.alreadyArchived} already archived, ${report.pushed.length} stored now${report.failed.length > 0 ? `, ${report.failed.length} failed` : ''}`,
+    );
+    for (const f of report.failed) lines.push(`FAILED ${f.segment}: ${f.error}`);
+    return lines.join('\n');
+  });
+  if (!report.ok) await failAfterReport(new PgVaultError(describeBackfill(report)!), opts, 'wal backfill');
+}
+
 export async function verifyWalCommand(opts: GlobalOptions) {
   const { verifyWalArchive } = require('../../core/wal/archive') as typeof import('../../core/wal/archive');
   const vault = vaultFor(opts);
@@ -166,19 +229,43 @@ export async function verifyWalCommand(opts: GlobalOptions) {
     require('../../core/verify/wal-health') as typeof import('../../core/verify/wal-health');
   const server = await walServerHealth(vault, report);
   const serverFailure = walServerFailure(server);
-  emit(opts, { ...report, ok: report.ok && serverFailure === undefined, server }, () =>
-    [describeVerifyReport(report, serverFailure === undefined), ...describeWalServerHealth(server)].join(
-      '\n',
-    ),
+  // Holes: which node's pg_wal could still fill each one (core/verify/wal-holes.ts).
+  const { findHoleHolders } =
+    require('../../core/verify/wal-holes') as typeof import('../../core/verify/wal-holes');
+  const holders = await findHoleHolders(vault, report.gaps, report.segmentBytes);
+  emit(
+    opts,
+    {
+      ...report,
+      // Per gap, the nodes whose pg_wal could fill it (only when there are gaps).
+      ...(holders.holes.length > 0 ? { holes: holders.holes } : {}),
+      ...(holders.skipped ? { holesNotAsked: holders.skipped } : {}),
+      ok: report.ok && serverFailure === undefined,
+      server,
+    },
+    () =>
+      [
+        describeVerifyReport(report, serverFailure === undefined, holders.holes),
+        ...describeWalServerHealth(server),
+      ].join('\n'),
   );
   // The report is already out (stdout); the exit code, one line and the alert say it failed.
-  if (problem !== undefined) await failAfterReport(new IntegrityError(problem), opts, 'verify wal');
-  else if (serverFailure !== undefined) await failAfterReport(serverFailure, opts, 'verify wal');
+  if (problem !== undefined) {
+    // Whether a node can still fill the holes, or none can.
+    const { holesSummary } =
+      require('../../core/verify/wal-holes') as typeof import('../../core/verify/wal-holes');
+    const where = holesSummary(holders.holes);
+    await failAfterReport(new IntegrityError(`${problem}${where}`), opts, 'verify wal');
+  } else if (serverFailure !== undefined) await failAfterReport(serverFailure, opts, 'verify wal');
 }
 
 type VerifyReport = Awaited<ReturnType<typeof import('../../core/wal/archive').verifyWalArchive>>;
 
-function describeVerifyReport(report: VerifyReport, serverOk = true): string {
+function describeVerifyReport(
+  report: VerifyReport,
+  serverOk = true,
+  holes: readonly import('../../core/verify/wal-holes').WalHoleHolders[] = [],
+): string {
   const lines: string[] = [];
   const identity = report.systemIdentifier ? `system identifier ${report.systemIdentifier}, ` : '';
   lines.push(
@@ -211,10 +298,24 @@ function describeVerifyReport(report: VerifyReport, serverOk = true): string {
       `timeline ${w.timeline}: continuous ${w.from} .. ${w.to}${w.toTime ? ` (to ${w.toTime})` : ''}`,
     );
   }
+  for (const sw of report.switches ?? []) {
+    const end = sw.hole
+      ? `HOLE: ${sw.hole.from}${sw.hole.count > 1 ? ` .. ${sw.hole.to} (${sw.hole.count} files)` : ''} of timeline ${sw.from} never archived`
+      : sw.oldTimelineLast === undefined
+        ? `timeline ${sw.from} has no archived segment`
+        : `timeline ${sw.from} archived through ${sw.oldTimelineEnd}, no hole`;
+    lines.push(
+      `timeline switch (failover/switchover): ${sw.from} → ${sw.to} at ${sw.switchLsn} (${sw.history}); ${end}`,
+    );
+  }
   for (const g of report.gaps) {
     lines.push(
       `GAP on timeline ${g.timeline}: ${g.from}${g.count > 1 ? ` .. ${g.to} (${g.count} files)` : ''} missing`,
     );
+    const { describeHoleHolders } =
+      require('../../core/verify/wal-holes') as typeof import('../../core/verify/wal-holes');
+    const h = holes.find((x) => x.from === g.from && x.to === g.to);
+    if (h !== undefined) lines.push(describeHoleHolders(h));
   }
   if (report.rpoSeconds !== undefined) {
     lines.push(

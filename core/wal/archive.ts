@@ -560,6 +560,66 @@ export interface WalVerifyReport {
   readonly windows: WalWindow[];
   /** Which key opens each WAL object, when asked for (`verify wal`, `verify all`): faults fail the check. */
   readonly keys?: WalKeyReport;
+  /** The failovers and switchovers the archive's history files record. */
+  readonly switches?: WalTimelineSwitch[];
+}
+
+/** A timeline switch (a promotion) as the archive shows it: the history file, and the old timeline's end. */
+export interface WalTimelineSwitch {
+  /** The old timeline. */
+  readonly from: number;
+  /** The new one. */
+  readonly to: number;
+  /** The new timeline's first LSN. */
+  readonly switchLsn: string;
+  readonly history: string;
+  /** The old timeline's last segment before the switch point (the new timeline's first holds the rest). */
+  readonly oldTimelineEnd: string;
+  /** The old timeline's last archived segment. */
+  readonly oldTimelineLast?: string;
+  /** Segments of the old timeline missing right before the switch point: the hole at the failover. */
+  readonly hole?: WalGapReport;
+}
+
+/**
+ * Each timeline switch, with the hole at its end: the old timeline's segments after its last
+ * archived one up to the switch point (the old leader died before archiving them). Only when the
+ * old timeline has archived segments at all (an archive begun after the switch has no hole there),
+ * and only once the new timeline has archived segments of its own.
+ */
+export function timelineSwitches(state: WalArchiveState): WalTimelineSwitch[] {
+  const bytes = segmentBytesOf(state);
+  const out: WalTimelineSwitch[] = [];
+  for (const t of state.timelines) {
+    if (t.parent === undefined || t.switchLsn === undefined) continue;
+    const switchSegment = parseLsn(t.switchLsn) / BigInt(bytes);
+    if (switchSegment === 0n) continue;
+    const end = switchSegment - 1n;
+    const parent = timelineByNumber(state, t.parent);
+    const lastNumber = parent?.last === undefined ? undefined : segmentNumber(parent.last, bytes);
+    const holeFrom = lastNumber === undefined ? undefined : lastNumber + 1n;
+    out.push({
+      from: t.parent,
+      to: t.timeline,
+      switchLsn: t.switchLsn,
+      history: historyName(t.timeline),
+      oldTimelineEnd: segmentName(t.parent, end, bytes),
+      ...(parent?.last !== undefined ? { oldTimelineLast: parent.last } : {}),
+      // Only once the new timeline has archived segments: a history file alone (a promoted copy, or
+      // the first seconds after a failover) can branch ahead of an old timeline still being written.
+      ...(holeFrom !== undefined && holeFrom <= end && t.last !== undefined
+        ? {
+            hole: {
+              timeline: t.parent,
+              from: segmentName(t.parent, holeFrom, bytes),
+              to: segmentName(t.parent, end, bytes),
+              count: Number(end - holeFrom + 1n),
+            },
+          }
+        : {}),
+    });
+  }
+  return out;
 }
 
 /** Groups missing names into ranges of consecutive segments on one timeline; history files stand alone. */
@@ -653,6 +713,15 @@ export async function verifyWalArchive(
       for (const span of spansOf(state, t)) widen(t.timeline, span.start, span.end, span.lastModified);
     }
   }
+  // The hole at a failover: the old timeline's tail the dead leader never archived. From a base
+  // backup before it, the walk above finds it; without one it is not between two archived segments
+  // of one timeline, so it is added here.
+  const switches = timelineSwitches(state);
+  if (bases.length === 0) {
+    for (const sw of switches) {
+      if (sw.hole !== undefined && !gaps.some((g) => g.from === sw.hole!.from)) gaps.push(sw.hole);
+    }
+  }
   return {
     ok: gaps.length === 0 && (keys === undefined || keys.faults.length === 0),
     cluster: vault.config.clusterName,
@@ -678,6 +747,7 @@ export async function verifyWalArchive(
       ...(w.toTime ? { toTime: w.toTime.toISOString() } : {}),
     })),
     ...(keys !== undefined ? { keys } : {}),
+    switches,
   };
 }
 

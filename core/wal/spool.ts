@@ -288,6 +288,17 @@ export async function runUploader(
   log(`uploader started: pid ${process.pid}, ${lanes} batches at a time, spool ${spoolDir}`);
 
   const onStored = async (name: string) => {
+    // A new timeline's history file: the old timeline's segments its leader never archived are
+    // queued (.ready) for this uploader and PostgreSQL's archiver (core/wal/backfill.ts), before the
+    // archiver hears that the history file is stored.
+    // Loaded here: this module is part of every archive_command's start-up.
+    if (name.endsWith('.history')) {
+      const { backfillAfterHistory } = require('./backfill') as typeof import('./backfill');
+      await backfillAfterHistory(pushCtx, pgWalDir, join(pgWalDir, name), {
+        info: log,
+        warn: (line) => log(`warning: ${line}`),
+      });
+    }
     await writeFileAtomically(okMarker(spoolDir, name), `${name}\n`);
     await wakeWaiter(spoolDir, name);
     await unlink(errorMarker(spoolDir, name)).catch(() => {});
