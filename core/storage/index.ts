@@ -4,11 +4,13 @@ import { objectLockRetainUntil } from '../retention/lock';
 import { retentionPolicy } from '../retention/plan';
 import { AzureTarget } from './azure';
 import { FileTarget } from './file';
+import { GcsTarget } from './gcs';
 import { S3Target } from './s3';
 import type { StorageTarget } from './target';
 
 export { AzureTarget, type AzureTargetOptions, blockSizeAt, chooseBlockSize } from './azure';
 export { assertValidKey, assertValidPrefix, FileTarget } from './file';
+export { GcsTarget, type GcsTargetOptions } from './gcs';
 export { choosePartSize, placementFor, S3Target, type S3TargetOptions } from './s3';
 export type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
@@ -63,7 +65,38 @@ export function createTargets(config: Config): StorageTarget[] {
       });
       return config.localCopy ? [new FileTarget(config.backupDir), azure] : [azure];
     }
-    case 'gcs':
-      throw new ConfigError(`CLOUD_PROVIDER=${cloud.provider} is not supported yet; use s3, azure or none`);
+    case 'gcs': {
+      if (cloud.bucket === undefined) {
+        throw new ConfigError('CLOUD_PROVIDER=gcs needs CLOUD_BUCKET; set it to the bucket name');
+      }
+      const gcs = new GcsTarget(gcsTargetOptions(config));
+      return config.localCopy ? [new FileTarget(config.backupDir), gcs] : [gcs];
+    }
   }
+}
+
+/** CLOUD_PROVIDER=gcs: the target's options from the config (retention: each object's GFS expiry). */
+function gcsTargetOptions(config: Config): ConstructorParameters<typeof GcsTarget>[0] {
+  const { cloud } = config;
+  const settings = cloud.gcs ?? {};
+  const retention = settings.retention;
+  const lockPolicy = retentionPolicy(config);
+  return {
+    bucket: cloud.bucket!,
+    prefix: cloud.prefix,
+    ...(settings.endpoint ? { endpoint: settings.endpoint } : {}),
+    ...(settings.keyFile ? { keyFile: settings.keyFile } : {}),
+    ...(settings.projectId ? { projectId: settings.projectId } : {}),
+    ...(settings.storageClass ? { storageClass: settings.storageClass } : {}),
+    requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
+    maxAttempts: cloud.maxAttempts,
+    ...(retention
+      ? {
+          retention: {
+            mode: retention.mode,
+            retainUntil: (key: string, now: Date) => objectLockRetainUntil(key, lockPolicy, now, retention.minDays),
+          },
+        }
+      : {}),
+  };
 }
