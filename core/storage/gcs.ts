@@ -294,10 +294,13 @@ export class GcsTarget implements StorageTarget {
   private async timed<T>(work: Promise<T>, cancel: () => void): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const limit = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        cancel();
-        reject(new GcsTimeoutError(this.timeoutMs));
-      }, this.watchdogMs * (this.options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS));
+      timer = setTimeout(
+        () => {
+          cancel();
+          reject(new GcsTimeoutError(this.timeoutMs));
+        },
+        this.watchdogMs * (this.options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS),
+      );
     });
     try {
       return await Promise.race([work, limit]);

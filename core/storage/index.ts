@@ -94,7 +94,8 @@ function gcsTargetOptions(config: Config): ConstructorParameters<typeof GcsTarge
       ? {
           retention: {
             mode: retention.mode,
-            retainUntil: (key: string, now: Date) => objectLockRetainUntil(key, lockPolicy, now, retention.minDays),
+            retainUntil: (key: string, now: Date) =>
+              objectLockRetainUntil(key, lockPolicy, now, retention.minDays),
           },
         }
       : {}),

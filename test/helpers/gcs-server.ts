@@ -152,7 +152,9 @@ export async function startGcsStandIn(bucket = 'pgvault-test'): Promise<GcsStand
         return;
       }
       await readBody(req);
-      sendError(res, action.status, `injected by the GCS stand-in (${action.status})`, { connection: 'close' });
+      sendError(res, action.status, `injected by the GCS stand-in (${action.status})`, {
+        connection: 'close',
+      });
       return;
     }
 
@@ -308,7 +310,8 @@ export async function startGcsStandIn(bucket = 'pgvault-test'): Promise<GcsStand
         const wanted = /^bytes=(\d+)-(\d*)$/.exec(String(req.headers.range ?? ''));
         if (wanted) {
           const start = Number(wanted[1]);
-          const end = wanted[2] === '' ? stored.data.length - 1 : Math.min(Number(wanted[2]), stored.data.length - 1);
+          const end =
+            wanted[2] === '' ? stored.data.length - 1 : Math.min(Number(wanted[2]), stored.data.length - 1);
           const part = stored.data.subarray(start, end + 1);
           res.writeHead(206, {
             ...headers,
@@ -413,7 +416,12 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
   });
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}): void {
+function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  extra: Record<string, string> = {},
+): void {
   const text = JSON.stringify(body);
   res.writeHead(status, {
     'content-type': 'application/json; charset=UTF-8',
@@ -424,7 +432,12 @@ function sendJson(res: ServerResponse, status: number, body: unknown, extra: Rec
 }
 
 /** The JSON API's error shape: { error: { code, message, errors: [{ reason, message }] } }. */
-function sendError(res: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): void {
+function sendError(
+  res: ServerResponse,
+  status: number,
+  message: string,
+  extra: Record<string, string> = {},
+): void {
   const reason =
     status === 404
       ? 'notFound'
@@ -437,5 +450,10 @@ function sendError(res: ServerResponse, status: number, message: string, extra: 
             : status >= 500
               ? 'internalError'
               : 'invalid';
-  sendJson(res, status, { error: { code: status, message, errors: [{ reason, message, domain: 'global' }] } }, extra);
+  sendJson(
+    res,
+    status,
+    { error: { code: status, message, errors: [{ reason, message, domain: 'global' }] } },
+    extra,
+  );
 }
