@@ -468,12 +468,20 @@ function statusOf(err: unknown, depth = 0): number | undefined {
   for (const candidate of [e.code, e.status, e.response?.status]) {
     if (typeof candidate === 'number' && candidate >= 100) return candidate;
   }
+  const retried = retryAnswer(err);
+  if (retried !== undefined) return retried.status;
   return statusOf(e.cause, depth + 1);
 }
 
 /** The server's own message (the JSON API's error.message), else the error's first line. */
 function messageOf(err: unknown): string {
-  const e = err as { message?: unknown; errors?: unknown } | undefined;
+  const e = err as
+    | { message?: unknown; errors?: unknown; response?: { data?: { error?: { message?: unknown } } } }
+    | undefined;
+  const retried = retryAnswer(err);
+  if (retried !== undefined) return `${retried.message}; gave up after its retries`;
+  const answered = e?.response?.data?.error?.message;
+  if (typeof answered === 'string' && answered !== '') return answered.split('\n')[0]!;
   if (Array.isArray(e?.errors)) {
     for (const item of e.errors as Array<{ message?: unknown; error?: { message?: unknown } }>) {
       const message = item?.error?.message ?? item?.message;
@@ -481,6 +489,24 @@ function messageOf(err: unknown): string {
     }
   }
   return typeof e?.message === 'string' ? e.message.split('\n')[0]! : String(err);
+}
+
+/**
+ * The last answer in a resumable upload's "Retry limit exceeded - status: 500 - {json}" (the client
+ * gives up with a plain Error whose text is all that is left of the answer).
+ */
+function retryAnswer(err: unknown): { status: number; message: string } | undefined {
+  const text = err instanceof Error ? err.message : '';
+  const found = /^Retry (?:total time )?limit exceeded - status: (\d+)(?: - (.*))?$/s.exec(text);
+  if (!found) return undefined;
+  let message = `HTTP ${found[1]}`;
+  try {
+    const parsed = JSON.parse(found[2] ?? '') as { error?: { message?: unknown } };
+    if (typeof parsed.error?.message === 'string') message = parsed.error.message.split('\n')[0]!;
+  } catch {
+    // Not JSON: the status alone.
+  }
+  return { status: Number(found[1]), message };
 }
 
 function isBucketMissing(err: unknown): boolean {
