@@ -275,7 +275,7 @@ class Deleter {
       // gone lets its objects go too (else they would wait a day as leftovers, out of reach of
       // `backup delete`, which finds a backup by its manifest).
       if ((await target.stat(key).catch(() => null)) === undefined) return true;
-      const lock = target.kind === 's3' ? objectLockDetail(err) : undefined;
+      const lock = target.kind === 's3' || target.kind === 'gcs' ? objectLockDetail(err) : undefined;
       if (lock !== undefined) {
         this.result.locked.push({ key, target: target.location, detail: lock });
         this.vault.reporter.info(`${key} in ${target.location}: ${lock}; a later run deletes it`);
