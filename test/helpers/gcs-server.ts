@@ -48,7 +48,10 @@ export interface GcsFaultRule {
 
 export interface StoredObject {
   readonly name: string;
+  /** The bytes (empty with `discardData`). */
   readonly data: Buffer;
+  readonly size: number;
+  readonly hashes: { readonly crc32c: string; readonly md5Hash: string };
   readonly generation: number;
   readonly storageClass: string;
   readonly metadata: Record<string, string>;
@@ -82,10 +85,23 @@ interface Session {
   readonly ifGenerationMatch?: string;
   chunks: Buffer[];
   received: number;
+  readonly crc: InstanceType<typeof CRC32C>;
+  readonly md5: ReturnType<typeof createHash>;
   finished?: StoredObject;
 }
 
-export async function startGcsStandIn(bucket = 'pgvault-test'): Promise<GcsStandIn> {
+export interface GcsStandInOptions {
+  /**
+   * Keep only each object's size and hashes, not its bytes (benchmarks: a 500 MB upload without
+   * 500 MB in this process); reads then give zeros.
+   */
+  readonly discardData?: boolean;
+}
+
+export async function startGcsStandIn(
+  bucket = 'pgvault-test',
+  standInOptions: GcsStandInOptions = {},
+): Promise<GcsStandIn> {
   const objects = new Map<string, StoredObject>();
   const sessions = new Map<string, Session>();
   let cancelled = 0;
@@ -189,6 +205,8 @@ export async function startGcsStandIn(bucket = 'pgvault-test'): Promise<GcsStand
         ...(ifGenerationMatch !== undefined ? { ifGenerationMatch } : {}),
         chunks: [],
         received: 0,
+        crc: new CRC32C(),
+        md5: createHash('md5'),
       });
       const location = `${endpoint}/upload/storage/v1/b/${bucket}/o?uploadType=resumable&name=${encodeURIComponent(objectName)}&upload_id=${id}`;
       res.writeHead(200, { location, 'content-length': '0' });
@@ -227,7 +245,9 @@ export async function startGcsStandIn(bucket = 'pgvault-test'): Promise<GcsStand
         }
         const fresh = body.subarray(session.received - start);
         if (fresh.length > 0) {
-          session.chunks.push(Buffer.from(fresh));
+          if (!standInOptions.discardData) session.chunks.push(Buffer.from(fresh));
+          session.crc.update(fresh);
+          session.md5.update(fresh);
           session.received += fresh.length;
         }
       } else {
@@ -256,7 +276,9 @@ export async function startGcsStandIn(bucket = 'pgvault-test'): Promise<GcsStand
       const retention = resource.retention as StoredObject['retention'] | undefined;
       const stored: StoredObject = {
         name: session.name,
-        data: Buffer.concat(session.chunks),
+        data: standInOptions.discardData ? Buffer.alloc(0) : Buffer.concat(session.chunks),
+        size: session.received,
+        hashes: { crc32c: session.crc.toString(), md5Hash: session.md5.digest('base64') },
         generation: generation++,
         storageClass: (resource.storageClass as string | undefined) ?? 'STANDARD',
         metadata: (resource.metadata as Record<string, string> | undefined) ?? {},
@@ -321,7 +343,7 @@ export async function startGcsStandIn(bucket = 'pgvault-test'): Promise<GcsStand
           res.end(part);
           return;
         }
-        const { crc32c, md5Hash } = hashes(stored.data);
+        const { crc32c, md5Hash } = stored.hashes;
         res.writeHead(200, {
           ...headers,
           'content-length': String(stored.data.length),
@@ -349,7 +371,7 @@ export async function startGcsStandIn(bucket = 'pgvault-test'): Promise<GcsStand
   }
 
   function resourceOf(o: StoredObject): Record<string, unknown> {
-    const { crc32c, md5Hash } = hashes(o.data);
+    const { crc32c, md5Hash } = o.hashes;
     return {
       kind: 'storage#object',
       id: `${bucket}/${o.name}/${o.generation}`,
@@ -359,7 +381,7 @@ export async function startGcsStandIn(bucket = 'pgvault-test'): Promise<GcsStand
       metageneration: '1',
       contentType: 'application/octet-stream',
       storageClass: o.storageClass,
-      size: String(o.data.length),
+      size: String(o.size),
       md5Hash,
       crc32c,
       timeCreated: o.created.toISOString(),
@@ -399,12 +421,6 @@ function locked(o: StoredObject): boolean {
 
 function retentionMessage(o: StoredObject): string {
   return `Object '${o.name}' is subject to bucket's retention policy or object retention and cannot be deleted or overwritten until ${o.retention!.retainUntilTime}`;
-}
-
-function hashes(data: Buffer): { crc32c: string; md5Hash: string } {
-  const crc = new CRC32C();
-  crc.update(data);
-  return { crc32c: crc.toString(), md5Hash: createHash('md5').update(data).digest('base64') };
 }
 
 function readBody(req: IncomingMessage): Promise<Buffer> {
