@@ -8,6 +8,7 @@
  *
  *   npm run build && node dist/bench/storage-targets.js                 500 MB, and 100 MB for the flatness
  *   npm run build && node dist/bench/storage-targets.js --size-mb 200 --json
+ *   npm run build && node dist/bench/storage-targets.js --only gcs --size-mb 1500
  *
  * The numbers are the emulators' as much as pgvault's (all on one host): compare the targets' memory,
  * and throughput only roughly. The servers stop at the end, also on failure.
@@ -76,7 +77,19 @@ async function uploadChild(spec: TargetSpec, sizeMb: number): Promise<void> {
   const put = await target.put(`c1/full/daily/bench-${sizeMb}.bin`, generated(size), { sizeHint: size });
   const ms = Number(process.hrtime.bigint() - started) / 1e6;
   if (put.size !== size) throw new Error(`stored ${put.size} bytes of ${size}`);
-  process.stdout.write(`${JSON.stringify({ ms, peakRssBytes: process.resourceUsage().maxRSS * 1024 })}\n`);
+  // After a full collection: what the upload still holds (a leak) rather than garbage not yet collected.
+  // Twice, a moment apart: buffers are freed by the finalizers the first one schedules.
+  const gc = (globalThis as { gc?: () => void }).gc;
+  gc?.();
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  gc?.();
+  const { rss, external, arrayBuffers } = process.memoryUsage();
+  process.stderr.write(
+    `  ${spec.kind} ${sizeMb} MB: after a collection rss ${(rss / MIB).toFixed(0)} MiB, external ${(external / MIB).toFixed(0)} MiB (array buffers ${(arrayBuffers / MIB).toFixed(0)} MiB)\n`,
+  );
+  process.stdout.write(
+    `${JSON.stringify({ ms, peakRssBytes: process.resourceUsage().maxRSS * 1024, liveBytes: external })}\n`,
+  );
 }
 
 interface Result {
@@ -85,6 +98,8 @@ interface Result {
   readonly seconds: number;
   readonly mibPerSecond: number;
   readonly peakRssMib: number;
+  /** Buffers still held once the put is done and garbage collected twice: what the upload leaks. */
+  readonly liveExternalMib: number;
 }
 
 async function main(): Promise<void> {
@@ -116,25 +131,36 @@ async function main(): Promise<void> {
       { kind: 'azure', container: azurite.container, connectionString: azurite.connectionString },
       { kind: 'gcs', bucket: gcs.bucket, endpoint: gcs.endpoint },
     ];
-    for (const spec of specs) {
+    const onlyAt = args.indexOf('--only');
+    const only = onlyAt >= 0 ? args[onlyAt + 1] : undefined;
+    for (const spec of specs.filter((s) => only === undefined || s.kind === only)) {
       for (const size of sizes) {
         process.stderr.write(`${spec.kind}: uploading ${size} MB ...\n`);
         // Not execFileSync: the GCS stand-in answers from this process.
         const out = await new Promise<string>((resolve, reject) => {
           execFile(
             process.execPath,
-            [__filename, '--upload', JSON.stringify(spec), String(size)],
+            ['--expose-gc', __filename, '--upload', JSON.stringify(spec), String(size)],
             { maxBuffer: 1 << 20 },
-            (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)),
+            (err, stdout, stderr) => {
+              process.stderr.write(stderr);
+              if (err) reject(new Error(`${err.message}\n${stderr}`));
+              else resolve(stdout);
+            },
           );
         });
-        const { ms, peakRssBytes } = JSON.parse(out.trim()) as { ms: number; peakRssBytes: number };
+        const { ms, peakRssBytes, liveBytes } = JSON.parse(out.trim()) as {
+          ms: number;
+          peakRssBytes: number;
+          liveBytes: number;
+        };
         results.push({
           target: spec.kind,
           sizeMb: size,
           seconds: ms / 1000,
           mibPerSecond: size / (ms / 1000),
           peakRssMib: peakRssBytes / MIB,
+          liveExternalMib: liveBytes / MIB,
         });
       }
     }
@@ -155,11 +181,11 @@ async function main(): Promise<void> {
   const lines = [
     `Upload of a generated stream per target, one process per upload, ${cpu} CPUs shared with the emulators`,
     '',
-    '| target | size | time | throughput | peak RSS of the uploader |',
-    '| --- | ---: | ---: | ---: | ---: |',
+    '| target | size | time | throughput | peak RSS of the uploader | buffers held after the put (collected) |',
+    '| --- | ---: | ---: | ---: | ---: | ---: |',
     ...results.map(
       (r) =>
-        `| ${r.target} | ${r.sizeMb} MB | ${r.seconds.toFixed(1)} s | ${r.mibPerSecond.toFixed(0)} MiB/s | ${r.peakRssMib.toFixed(0)} MiB |`,
+        `| ${r.target} | ${r.sizeMb} MB | ${r.seconds.toFixed(1)} s | ${r.mibPerSecond.toFixed(0)} MiB/s | ${r.peakRssMib.toFixed(0)} MiB | ${r.liveExternalMib.toFixed(0)} MiB |`,
     ),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
