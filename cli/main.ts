@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { hasCleanStop, pendingUndoSteps, runCleanStop, runUndoSteps } from '../core/cleanup';
 import { applyDatabaseSecret } from '../core/pg/credentials-secret';
+import { applyStartupSecrets } from '../core/pg/startup-secrets';
 import { fail, failWithAlert, type GlobalOptions, printConfigWarnings, recordCommandOutcome } from './output';
 
 /**
@@ -36,6 +37,8 @@ function run<T extends Handler>(load: () => Promise<Record<string, unknown>>, na
     try {
       // PGVAULT_PG_SECRET_ARN: the database credentials from Secrets Manager (a restore into another server).
       if (!PER_SEGMENT_COMMANDS.has(command.path)) await applyDatabaseSecret({ configFile: opts.config });
+      // PATRONI_SECRET_ARN, REPO<n>_SECRET_ARN: the Patroni API's and the repositories' credentials (AWS tasks).
+      if (!PER_SEGMENT_COMMANDS.has(command.path)) await applyStartupSecrets({ configFile: opts.config });
       const mod = await load();
       result = await (mod[name] as T)(...([...positional, opts] as never[]));
     } catch (err) {
@@ -76,6 +79,7 @@ const verifyCmds = async () => require('./commands/verify') as Record<string, un
 // WAL commands run once per segment under PostgreSQL: their module loads only what they need.
 const walCmds = async () => require('./commands/wal') as Record<string, unknown>;
 const pitrCmds = async () => require('./commands/pitr') as Record<string, unknown>;
+const patroniCmds = async () => require('./commands/patroni') as Record<string, unknown>;
 const reportCmds = async () => require('./commands/report') as Record<string, unknown>;
 const retentionCmds = async () => require('./commands/retention') as Record<string, unknown>;
 const drillCmds = async () => require('./commands/drill') as Record<string, unknown>;
@@ -114,6 +118,7 @@ backup
 backup
   .command('init')
   .description('create the target layout and check write access')
+  .option('--print-lifecycle', "print the buckets' lifecycle rules instead of applying them")
   .action(run(backupCmds, 'backupInitCommand'));
 backup
   .command('schedule')
@@ -186,6 +191,40 @@ restore
     'database in the recovered cluster to copy (default: the one named <database>, else its one user database)',
   )
   .action(run(pitrCmds, 'restorePitrCommand'));
+// Patroni's hooks (create_replica_methods, bootstrap.method): Patroni appends --scope, --datadir
+// (a replica also --role, --connstring) and each key of the method's YAML section as --key=value.
+restore
+  .command('replica')
+  .description(
+    "build a Patroni replica's data directory from the newest base backup (create_replica_methods)",
+  )
+  .option('--datadir <dir>', "the new member's data directory (Patroni passes it)")
+  .option('--scope <scope>', 'the Patroni cluster (Patroni passes it)')
+  .option('--role <role>', 'replica (Patroni passes it)')
+  .option(
+    '--connstring <dsn>',
+    "the member to clone from (Patroni passes it): its system identifier must be the backup's",
+  )
+  .option('--backup <backup>', 'a base backup id (default: the newest complete one)')
+  .option('--replace [yes]', 'replace a data directory that is not empty (YAML: replace: true)')
+  .option('--keep_data [value]', "Patroni's keep_data (it did not empty --datadir)")
+  .option('--no_leader [value]', "Patroni's no_leader (works without a leader)")
+  .option('--no_master [value]', "Patroni's older name of no_leader")
+  .option('--no_params [value]', "Patroni's no_params")
+  .action(run(patroniCmds, 'restoreReplicaCommand'));
+restore
+  .command('bootstrap [backup]')
+  .description('lay down a new Patroni cluster from a base backup (or auto) to a target (bootstrap.method)')
+  .option('--datadir <dir>', "the new cluster's data directory (Patroni passes it)")
+  .option('--scope <scope>', 'the new Patroni cluster (Patroni passes it)')
+  .option('--target-time <time>', 'recover to this time; without a zone: local time (TZ)')
+  .option('--target-lsn <lsn>', 'recover to this LSN')
+  .option('--target-xid <xid>', 'recover to this transaction id')
+  .option('--target-name <name>', 'recover to this restore point')
+  .option('--immediate', 'stop as soon as the backup is consistent')
+  .option('--as-original', 'the new cluster replaces the original (gone for good): not marked as a copy')
+  .option('--replace [yes]', 'replace a data directory that is not empty')
+  .action(run(patroniCmds, 'restoreBootstrapCommand'));
 restore
   .command('wal <name> <path>')
   .description("fetch one WAL file: restore_command = 'pgvault restore wal %f %p'")
@@ -307,6 +346,21 @@ wal
   .description('background uploader started by backup wal when ARCHIVE_ASYNC=true')
   .option('--pg-wal <dir>', "the server's pg_wal directory", 'pg_wal')
   .action(run(walCmds, 'walPushAsyncCommand'));
+
+// Several repositories (REPO<n>_*): what each holds, and copying what one lacks from another.
+const repoCmds = async () => require('./commands/repo') as Record<string, unknown>;
+const repo = program.command('repo').description('the repositories (REPO<n>_*): list them, sync them');
+repo
+  .command('list')
+  .description('every repository: type, location, what it holds, its retention')
+  .action(run(repoCmds, 'repoListCommand'));
+repo
+  .command('sync')
+  .description('copy what a repository should hold but lacks (a repository that was down catches up)')
+  .option('--from <n>', 'copy only from repository n')
+  .option('--to <n>', 'copy only into repository n')
+  .option('--dry-run', 'say what would be copied, copy nothing')
+  .action(run(repoCmds, 'repoSyncCommand'));
 
 // Ctrl-C or a stop from cron/systemd: exit through 'exit' handlers so temp files and staging
 // folders are removed; no manifest was written, so nothing half-done looks complete.

@@ -111,10 +111,11 @@ export interface CloudConfig {
   /** S3_MAX_ATTEMPTS: attempts per request, the first included. */
   readonly maxAttempts: number;
   /**
-   * S3_OBJECT_LOCK_MODE (governance, compliance) with S3_OBJECT_LOCK_RETAIN=gfs (the default once a
-   * mode is set): each new object carries its own retain-until, its planned GFS expiry
-   * (core/retention/lock.ts), never less than S3_OBJECT_LOCK_MIN_DAYS from the write. Absent: no lock
-   * headers (a bucket's default retention still applies).
+   * OBJECT_LOCK_MODE (governance, compliance) with OBJECT_LOCK_RETAIN=gfs (the default once a mode is
+   * set; S3_OBJECT_LOCK_* are the older names): each new object carries its own retain-until, its
+   * planned GFS expiry (core/retention/lock.ts), never less than OBJECT_LOCK_MIN_DAYS from the write.
+   * S3: Object Lock mode; Azure: immutability policy (governance Unlocked, compliance Locked). Absent:
+   * no lock (a bucket's or container's default retention still applies).
    */
   readonly objectLock?: { readonly mode: 'GOVERNANCE' | 'COMPLIANCE'; readonly minDays: number };
   /** CLOUD_PROVIDER=azure: the account and how to authenticate (azureSettings). Never logged. */
@@ -126,7 +127,7 @@ export interface CloudConfig {
   readonly storageClass?: PerLifecycleKind<S3StorageClass>;
   /** AZURE_ACCESS_TIER and AZURE_ACCESS_TIER_<KIND>: the access tier of each new blob, likewise. */
   readonly accessTier?: PerLifecycleKind<AzureAccessTier>;
-  /** CLOUD_PROVIDER=gcs: endpoint, key file, storage classes and object retention (gcsSettings). */
+  /** CLOUD_PROVIDER=gcs: endpoint, key file and storage classes (gcsSettings); the lock is objectLock. */
   readonly gcs?: GcsSettings;
 }
 
@@ -147,11 +148,6 @@ export interface GcsSettings {
   readonly projectId?: string;
   /** GCS_STORAGE_CLASS and GCS_STORAGE_CLASS_<KIND>: the storage class of each new object. */
   readonly storageClass?: PerLifecycleKind<GcsStorageClass>;
-  /**
-   * GCS_OBJECT_RETENTION (unlocked, locked): each new object's retention (retain-until) is its planned
-   * GFS expiry (core/retention/lock.ts), never less than GCS_OBJECT_RETENTION_MIN_DAYS from the write.
-   */
-  readonly retention?: { readonly mode: 'Unlocked' | 'Locked'; readonly minDays: number };
 }
 
 /**
@@ -257,6 +253,11 @@ export interface Config {
   readonly backupFrom: 'replica' | 'leader';
   /** REPLICA_MAX_LAG: the most a replica may lag to be read from. */
   readonly replicaMaxLag: LagLimit;
+  /**
+   * PATRONI_NAME: the Patroni member this host runs (Patroni's own variable for it), named in the
+   * WAL conflict line, `pgvault topology` (`self`) and the manifests of single-node connections.
+   */
+  readonly patroniName?: string;
   /** Directory holding pg_dump, pg_restore, ...; found automatically when absent. */
   readonly pgBinDir?: string;
   /**
@@ -298,6 +299,12 @@ export interface Config {
    * DEPLOYMENT_MODE not built yet): one line each, printed by the CLI once per command. No secret.
    */
   readonly warnings: readonly string[];
+  /**
+   * REPO<n>_* (repositoryConfigs): the repositories, in read order, each with its own placement and
+   * its own Config (its target and retention). Absent with the single-target keys (CLOUD_PROVIDER,
+   * LOCAL_COPY), which keep meaning repo1=file (unless LOCAL_COPY=false) and repo2=cloud.
+   */
+  readonly repositories?: readonly RepositoryConfig[];
 }
 
 export interface LoadConfigOptions {
@@ -456,6 +463,9 @@ export const KNOWN_KEYS: readonly string[] = [
   'S3_OBJECT_LOCK_MODE',
   'S3_OBJECT_LOCK_RETAIN',
   'S3_OBJECT_LOCK_MIN_DAYS',
+  'OBJECT_LOCK_MODE',
+  'OBJECT_LOCK_RETAIN',
+  'OBJECT_LOCK_MIN_DAYS',
   'S3_STORAGE_CLASS',
   'S3_STORAGE_CLASS_ARCHIVE',
   'S3_STORAGE_CLASS_EXPIRE',
@@ -468,8 +478,6 @@ export const KNOWN_KEYS: readonly string[] = [
   'GCS_STORAGE_CLASS_ARCHIVE',
   'GCS_STORAGE_CLASS_EXPIRE',
   'GCS_STORAGE_CLASS_REPORT',
-  'GCS_OBJECT_RETENTION',
-  'GCS_OBJECT_RETENTION_MIN_DAYS',
   // Read by @google-cloud/storage and google-auth-library (CLOUD_PROVIDER=gcs).
   'STORAGE_EMULATOR_HOST',
   'GOOGLE_APPLICATION_CREDENTIALS',
@@ -500,6 +508,7 @@ export const KNOWN_KEYS: readonly string[] = [
   'PATRONI_PASSWORD',
   'PATRONI_CACERT',
   'PATRONI_TIMEOUT',
+  'PATRONI_NAME',
   'BACKUP_FROM',
   'REPLICA_MAX_LAG',
   'PGHOST',
@@ -524,6 +533,9 @@ export const KNOWN_KEYS: readonly string[] = [
   'ALERT_COMMAND',
   'EVENT_BUS_NAME',
   'PGVAULT_METRICS',
+  // Several repositories (repositoryConfigs): REPO<n>_TYPE, _PATH, _BUCKET, _PREFIX, _HOLDS and any
+  // per-target key above as REPO<n>_<KEY>; the parser refuses the ones it does not know.
+  ...Array.from({ length: 9 }, (_, i) => `REPO${i + 1}_*`),
   // The CLI and its launcher (bin/pgvault, bin/pgvault.js), and the process (restores stage in TMPDIR,
   // `restore pitr` reads times in TZ).
   'PGVAULT_CONFIG',
@@ -560,6 +572,8 @@ export const KNOWN_KEYS: readonly string[] = [
   'ENCRYPTION_KEY_SECRET_ARN',
   // Database credentials from Secrets Manager, read at start (core/pg/credentials-secret.ts).
   'PGVAULT_PG_SECRET_ARN',
+  // The Patroni REST API's secret, read at start (core/pg/startup-secrets.ts).
+  'PATRONI_SECRET_ARN',
   'ECS_CLUSTER_ARN',
   'TASK_DEFINITION_ARN',
   'RESTORE_TASK_DEFINITION_ARN',
@@ -671,21 +685,44 @@ function placementSettings(raw: Raw): Pick<CloudConfig, 'storageClass' | 'access
   return { ...(storageClass ? { storageClass } : {}), ...(accessTier ? { accessTier } : {}) };
 }
 
-/** S3_OBJECT_LOCK_MODE / _RETAIN / _MIN_DAYS (CloudConfig.objectLock). */
+/**
+ * OBJECT_LOCK_MODE / _RETAIN / _MIN_DAYS (CloudConfig.objectLock), for every provider: S3 Object Lock,
+ * Azure version-level immutability policies (governance: Unlocked, compliance: Locked), GCS object
+ * retention. The S3_OBJECT_LOCK_* names (the first, S3-only ones) are read as aliases of the same
+ * settings: either name works, both set to different values is refused.
+ */
 function objectLockSetting(raw: Raw): Pick<CloudConfig, 'objectLock'> {
-  const mode = oneOf(raw, 'S3_OBJECT_LOCK_MODE', ['off', 'governance', 'compliance'] as const, 'off');
-  const retain = oneOf(raw, 'S3_OBJECT_LOCK_RETAIN', ['gfs', 'bucket'] as const, 'gfs');
-  const minDays = integer(raw, 'S3_OBJECT_LOCK_MIN_DAYS', 0, 0, 36_500);
+  const modeKey = lockKey(raw, 'OBJECT_LOCK_MODE');
+  const retainKey = lockKey(raw, 'OBJECT_LOCK_RETAIN');
+  const mode = oneOf(raw, modeKey, ['off', 'governance', 'compliance'] as const, 'off');
+  const retain = oneOf(raw, retainKey, ['gfs', 'bucket'] as const, 'gfs');
+  const minDays = integer(raw, lockKey(raw, 'OBJECT_LOCK_MIN_DAYS'), 0, 0, 36_500);
   if (mode === 'off') {
-    if (text(raw, 'S3_OBJECT_LOCK_RETAIN') === 'gfs') {
+    if (text(raw, retainKey) === 'gfs') {
       throw new ConfigError(
-        'S3_OBJECT_LOCK_RETAIN=gfs needs S3_OBJECT_LOCK_MODE (governance or compliance); set the mode the bucket allows',
+        `${retainKey}=gfs needs ${retainKey.replace('RETAIN', 'MODE')} (governance or compliance); set the mode the bucket allows`,
       );
     }
     return {};
   }
   if (retain === 'bucket') return {};
   return { objectLock: { mode: mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE', minDays } };
+}
+
+/**
+ * The key an object lock setting is read from: `key`, or its older alias S3_<key> when only that
+ * is set; both set to different values is a ConfigError.
+ */
+function lockKey(raw: Raw, key: 'OBJECT_LOCK_MODE' | 'OBJECT_LOCK_RETAIN' | 'OBJECT_LOCK_MIN_DAYS'): string {
+  const alias = `S3_${key}`;
+  const value = text(raw, key);
+  const aliased = text(raw, alias);
+  if (value !== undefined && aliased !== undefined && value.toLowerCase() !== aliased.toLowerCase()) {
+    throw new ConfigError(
+      `${key}=${value} and ${alias}=${aliased} disagree; ${alias} is the older name of ${key}: keep one`,
+    );
+  }
+  return value === undefined && aliased !== undefined ? alias : key;
 }
 
 function text(raw: Raw, key: string): string | undefined {
@@ -852,15 +889,12 @@ function gcsSettings(raw: Raw): GcsSettings {
     );
   }
   const storageClass = perKindSetting(raw, 'GCS_STORAGE_CLASS', GCS_STORAGE_CLASSES, []);
-  const mode = oneOf(raw, 'GCS_OBJECT_RETENTION', ['off', 'unlocked', 'locked'] as const, 'off');
-  const minDays = integer(raw, 'GCS_OBJECT_RETENTION_MIN_DAYS', 0, 0, 36_500);
   const projectId = text(raw, 'GOOGLE_CLOUD_PROJECT');
   return {
     ...(endpoint ? { endpoint } : {}),
     ...(keyFile ? { keyFile } : {}),
     ...(projectId ? { projectId } : {}),
     ...(storageClass ? { storageClass } : {}),
-    ...(mode === 'off' ? {} : { retention: { mode: mode === 'locked' ? 'Locked' : 'Unlocked', minDays } }),
   };
 }
 
@@ -1124,6 +1158,18 @@ function patroniConfig(raw: Raw, cwd: string): PatroniConfig {
   };
 }
 
+/** PATRONI_NAME: a member name as Patroni's `name` (one line of printable characters). */
+function patroniName(raw: Raw): { patroniName?: string } {
+  const name = text(raw, 'PATRONI_NAME');
+  if (name === undefined) return {};
+  if (/\p{Cc}/u.test(name)) {
+    throw new ConfigError(
+      'PATRONI_NAME holds a control character; set it to the Patroni member name of this node (its patroni.yml `name`)',
+    );
+  }
+  return { patroniName: name };
+}
+
 /** The passwords of PATRONI_URL and PATRONI_PASSWORD, for the lists of values never sent in a message. */
 export function patroniSecrets(patroni: PatroniConfig | undefined): string[] {
   if (patroni === undefined) return [];
@@ -1157,7 +1203,11 @@ export function parseConfig(
   cwd = process.cwd(),
   options: Pick<LoadConfigOptions, 'lazyAlerts'> = {},
 ): Config {
-  const backupDir = absoluteOnly(raw, 'BACKUP_DIR') ?? '/var/backups/postgresql';
+  const repositories = repositoryConfigs(raw, sources, cwd);
+  const backupDir =
+    absoluteOnly(raw, 'BACKUP_DIR') ??
+    repositories?.find((r) => r.type === 'file')?.config.backupDir ??
+    '/var/backups/postgresql';
   const encryptionEnabled = boolean(raw, 'ENCRYPTION', false);
   const key = passphrase(raw);
   if (encryptionEnabled && key === undefined) {
@@ -1235,6 +1285,7 @@ export function parseConfig(
     patroni,
     backupFrom: oneOf(raw, 'BACKUP_FROM', ['replica', 'leader'] as const, patroni ? 'replica' : 'leader'),
     replicaMaxLag: lagLimit(raw),
+    ...patroniName(raw),
     pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
     restoreTestTarget: oneOf(raw, 'RESTORE_TEST_TARGET', ['sandbox', 'server'] as const, 'sandbox'),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),
@@ -1248,6 +1299,7 @@ export function parseConfig(
     metrics: metricsMode(raw),
     sources,
     warnings: [...configWarnings(key, deploymentMode, raw), ...libpqWarnings(libpqSettings(raw))],
+    ...(repositories ? { repositories } : {}),
   };
   if (options.lazyAlerts) {
     // Validated (and a mistake thrown) by whatever reads it first; the per-segment commands never do.
@@ -1269,4 +1321,174 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   // Set in place, not spread into a copy: a lazy `alerts` would be read (and validated) by a spread.
   (config as { warnings: readonly string[] }).warnings = [...config.warnings, ...unknownKeyWarnings(files)];
   return config;
+}
+
+/** What a repository may hold (REPO<n>_HOLDS): backup types, WAL, and reports (drill records, state). */
+export const REPOSITORY_KINDS = ['full', 'base', 'wal', 'config', 'indexes', 'reports'] as const;
+export type RepositoryKind = (typeof REPOSITORY_KINDS)[number];
+export const REPOSITORY_TYPES = ['file', 's3', 'azure', 'gcs'] as const;
+/** Schedules a `kind:schedule` entry may name (core/catalog/naming.ts SCHEDULES). */
+const REPOSITORY_SCHEDULES = ['daily', 'weekly', 'monthly', 'manual'] as const;
+
+/** One repository (REPO<n>_*): where it is, what it holds, and its own Config (target and retention). */
+export interface RepositoryConfig {
+  /** n of REPO<n>_; the list is in ascending n, the read preference. */
+  readonly n: number;
+  readonly type: (typeof REPOSITORY_TYPES)[number];
+  /**
+   * REPO<n>_HOLDS as given: `full` (every schedule), `full:daily`, `base:weekly`, `wal`, `config`,
+   * `indexes`, `reports`. Default: everything.
+   */
+  readonly holds: readonly string[];
+  /**
+   * The single-target reading of the repository: CLOUD_PROVIDER=REPO<n>_TYPE (none for file),
+   * CLOUD_BUCKET=REPO<n>_BUCKET, BACKUP_DIR=REPO<n>_PATH, CLOUD_PREFIX=REPO<n>_PREFIX, LOCAL_COPY=false,
+   * and every other key K = REPO<n>_K when set, else K (credentials and defaults shared).
+   */
+  readonly config: Config;
+}
+
+/** Keys of REPO<n>_ that are the repository's own, not a per-target copy of a single-target key. */
+const REPOSITORY_OWN_KEYS: Record<string, string | undefined> = {
+  TYPE: 'CLOUD_PROVIDER',
+  BUCKET: 'CLOUD_BUCKET',
+  PATH: 'BACKUP_DIR',
+  PREFIX: 'CLOUD_PREFIX',
+  // The bucket's region (the AWS deployment's REPO2_REGION); AWS_DEFAULT_REGION is the shared one.
+  REGION: 'AWS_DEFAULT_REGION',
+  HOLDS: undefined,
+  // Repository n's credentials in Secrets Manager (the AWS deployment): read at start by
+  // core/pg/startup-secrets.ts, which sets REPO<n>_AZURE_* / REPO<n>_GOOGLE_APPLICATION_CREDENTIALS.
+  SECRET_ARN: undefined,
+  // The GCS client's own settings, per repository (the GCS target reads them).
+  GOOGLE_APPLICATION_CREDENTIALS: 'GOOGLE_APPLICATION_CREDENTIALS',
+  STORAGE_EMULATOR_HOST: 'STORAGE_EMULATOR_HOST',
+};
+
+/** Single-target keys that only say which targets there are: meaningless per repository. */
+const NOT_PER_REPOSITORY = new Set([
+  'CLOUD_PROVIDER',
+  'CLOUD_BUCKET',
+  'CLOUD_PREFIX',
+  'BACKUP_DIR',
+  'LOCAL_COPY',
+]);
+
+/** Whether a repository holds a kind (with a schedule for full and base backups). */
+export function repositoryHolds(holds: readonly string[], kind: RepositoryKind, schedule?: string): boolean {
+  return holds.some((h) => h === kind || (schedule !== undefined && h === `${kind}:${schedule}`));
+}
+
+/**
+ * REPO<n>_* keys into repositories, or undefined when none is set (the single-target keys then say
+ * what there is). One ConfigError per mistake, naming the key and what to do.
+ */
+function repositoryConfigs(raw: Raw, sources: string[], cwd: string): RepositoryConfig[] | undefined {
+  const byN = new Map<number, Record<string, string>>();
+  for (const [key, value] of Object.entries(raw)) {
+    const m = /^REPO(\d+)_([A-Z0-9_]+)$/.exec(key);
+    if (!m || value === undefined) continue;
+    const n = Number(m[1]);
+    const rest = m[2]!;
+    if (n < 1 || n > 9 || String(n) !== m[1]) {
+      throw new ConfigError(
+        `${key}: repositories are numbered 1 to 9 (REPO1_TYPE ... REPO9_TYPE); rename it`,
+      );
+    }
+    if (
+      !(rest in REPOSITORY_OWN_KEYS) &&
+      (NOT_PER_REPOSITORY.has(rest) || !isKnownKey(rest) || rest.startsWith('REPO'))
+    ) {
+      throw new ConfigError(
+        `${key} is not a repository setting; use REPO${n}_TYPE, REPO${n}_PATH, REPO${n}_BUCKET, REPO${n}_PREFIX, REPO${n}_REGION, REPO${n}_HOLDS or REPO${n}_<KEY> for a per-target key such as REPO${n}_REGION or REPO${n}_RETENTION_DAYS`,
+      );
+    }
+    if (!byN.has(n)) byN.set(n, {});
+    byN.get(n)![rest] = value;
+  }
+  if (byN.size === 0) return undefined;
+  for (const legacy of ['CLOUD_PROVIDER', 'LOCAL_COPY', 'CLOUD_BUCKET'] as const) {
+    if (text(raw, legacy) !== undefined) {
+      throw new ConfigError(
+        `${legacy} is set beside REPO<n>_* keys; use one form: remove ${legacy} and describe every target as a repository (REPO1_TYPE=file, REPO1_PATH=..., REPO2_TYPE=s3, REPO2_BUCKET=...)`,
+      );
+    }
+  }
+  const shared: Raw = {};
+  for (const [key, value] of Object.entries(raw)) if (!/^REPO\d+_/.test(key)) shared[key] = value;
+  const repositories: RepositoryConfig[] = [];
+  for (const n of [...byN.keys()].sort((a, b) => a - b)) {
+    const own = byN.get(n)!;
+    const type = own.TYPE?.trim().toLowerCase();
+    if (type === undefined || type === '') {
+      throw new ConfigError(
+        `REPO${n}_TYPE is missing (REPO${n}_${Object.keys(own)[0]} is set); set REPO${n}_TYPE to file, s3, azure or gcs`,
+      );
+    }
+    if (!(REPOSITORY_TYPES as readonly string[]).includes(type)) {
+      throw new ConfigError(`REPO${n}_TYPE=${own.TYPE} is not allowed; use file, s3, azure or gcs`);
+    }
+    if (type === 'file' && own.PATH === undefined) {
+      throw new ConfigError(
+        `REPO${n}_TYPE=file needs REPO${n}_PATH; set it to the folder (like /var/backups/postgresql)`,
+      );
+    }
+    if (type !== 'file' && own.BUCKET === undefined) {
+      throw new ConfigError(
+        `REPO${n}_TYPE=${type} needs REPO${n}_BUCKET; set it to the ${type === 'azure' ? 'container' : 'bucket'} name`,
+      );
+    }
+    if (type !== 'file' && own.PATH !== undefined) {
+      throw new ConfigError(
+        `REPO${n}_PATH is for REPO${n}_TYPE=file; use REPO${n}_PREFIX for a folder in the ${type} bucket`,
+      );
+    }
+    if (type === 'file' && (own.BUCKET !== undefined || own.PREFIX !== undefined)) {
+      throw new ConfigError(
+        `REPO${n}_${own.BUCKET !== undefined ? 'BUCKET' : 'PREFIX'} is for a cloud repository; REPO${n}_TYPE=file keeps everything in REPO${n}_PATH`,
+      );
+    }
+    const holds = (own.HOLDS ?? REPOSITORY_KINDS.join(','))
+      .split(',')
+      .map((h) => h.trim().toLowerCase())
+      .filter((h) => h !== '');
+    for (const h of holds) {
+      const [kind, schedule, extra] = h.split(':');
+      const scheduled = kind === 'full' || kind === 'base';
+      if (
+        !(REPOSITORY_KINDS as readonly string[]).includes(kind!) ||
+        extra !== undefined ||
+        (schedule !== undefined &&
+          (!scheduled || !(REPOSITORY_SCHEDULES as readonly string[]).includes(schedule)))
+      ) {
+        throw new ConfigError(
+          `REPO${n}_HOLDS: ${h} is not a kind; use a comma list of full, base, wal, config, indexes, reports, or full:daily, full:weekly, full:monthly, full:manual (base likewise)`,
+        );
+      }
+    }
+    if (holds.length === 0) {
+      throw new ConfigError(
+        `REPO${n}_HOLDS is empty; list what it holds (like full,wal,config) or remove the key`,
+      );
+    }
+    const view: Raw = { ...shared };
+    for (const [rest, value] of Object.entries(own)) {
+      if (rest in REPOSITORY_OWN_KEYS) {
+        const target = REPOSITORY_OWN_KEYS[rest];
+        if (target !== undefined) view[target] = value;
+      } else view[rest] = value;
+    }
+    view.CLOUD_PROVIDER = type === 'file' ? 'none' : type;
+    view.LOCAL_COPY = 'false';
+    let config: Config;
+    try {
+      config = parseConfig(view, sources, cwd, { lazyAlerts: true });
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      // The single-target reader names the single-target key: say which repository's it is.
+      throw new ConfigError(`repository ${n} (REPO${n}_*): ${err.message}`);
+    }
+    repositories.push({ n, type: type as RepositoryConfig['type'], holds, config });
+  }
+  return repositories;
 }

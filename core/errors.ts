@@ -68,3 +68,24 @@ export class ObjectExistsError extends StorageError {
     super(`object ${key} already exists in ${location} (written by another writer)`, options);
   }
 }
+
+/**
+ * A delete the store refused because the object is still under a retention lock (Azure: an immutability
+ * policy or legal hold, BlobImmutableDueToPolicy; GCS: object retention or a hold). Any target's
+ * delete() may throw it; retention (core/retention/apply.ts) reports the object as locked, not as a
+ * failure, and a later run deletes it. `detail` is the report's words: `locked until <ISO date>` when
+ * the store said, else `still locked (<what>)`.
+ */
+export class ObjectLockedError extends StorageError {
+  constructor(
+    readonly key: string,
+    location: string,
+    readonly detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `object ${key} in ${location} is ${detail.replace(/^still /, '')}; it cannot be deleted yet`,
+      options,
+    );
+  }
+}

@@ -6,6 +6,7 @@ import type { ThresholdInputs } from './alert/thresholds';
 import { awsClientCredentials, type Config, patroniSecrets } from './config';
 import { errorMessage } from './errors';
 import { type LifecycleKind, lifecycleKindOf } from './lifecycle-kinds';
+import { startupSecretValues } from './pg/startup-secrets';
 import type { ReportData } from './report/model';
 
 /**
@@ -107,6 +108,8 @@ function secretsOf(config: Pick<Config, 'encryption' | 'pg'>): (string | undefin
     config.encryption.passphrase,
     config.pg.password,
     ...patroniSecrets(config.pg.patroni),
+    // Read from Secrets Manager at start (Patroni API, repositories' credentials).
+    ...startupSecretValues(),
     process.env.PGPASSWORD,
     process.env.AWS_SECRET_ACCESS_KEY,
     process.env.AWS_SESSION_TOKEN,

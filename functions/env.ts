@@ -13,6 +13,7 @@ import {
   type Metric,
   recordLifecycle,
 } from '../core/events';
+import { applyStartupSecrets } from '../core/pg/startup-secrets';
 import type { Reporter } from '../core/vault';
 
 /**
@@ -306,10 +307,18 @@ export function clusterEnvironment(cluster: ClusterEntry): Record<string, string
  */
 export async function clusterConfig(
   cluster: ClusterEntry,
-  options: { withKey: boolean },
+  options: {
+    withKey: boolean;
+    /** Reads the repositories (REPO<n>_SECRET_ARN's credentials, in `merged` only). @default withKey */
+    readsBackups?: boolean;
+  },
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<Config> {
   const merged: NodeJS.ProcessEnv = { ...env, ...clusterEnvironment(cluster) };
+  // A second repository's credentials (core/pg/startup-secrets.ts), read once per container, into this
+  // invocation's copy of the environment: never process.env, never the payload.
+  if (options.readsBackups ?? options.withKey)
+    await applyStartupSecrets({ env: merged, only: 'repositories' }, merged);
   if (!options.withKey) {
     merged.ENCRYPTION = 'false';
     delete merged.ENCRYPTION_KEY;

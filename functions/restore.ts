@@ -269,7 +269,8 @@ export function targetEnvironment(cluster: ClusterEntry, target: RestoreTarget):
     PGPORT: String(target.port ?? 5432),
     PGDATABASE: target.database ?? 'postgres',
     DEPLOYMENT_MODE: 'single-node',
-    ...(cluster.patroniUrl !== undefined ? { PATRONI_URL: '' } : {}),
+    // The REST API's secret too (the task definition's PATRONI_SECRET_ARN): nothing to read for a plain server.
+    ...(cluster.patroniUrl !== undefined ? { PATRONI_URL: '', PATRONI_SECRET_ARN: '' } : {}),
     ...(cluster.citusCoordinator !== undefined ? { CITUS_COORDINATOR: '' } : {}),
     ...(arn !== undefined ? { [PG_SECRET_SETTING]: arn } : {}),
   };
@@ -323,7 +324,7 @@ export const handler = async (event: unknown): Promise<RestoreResult> => {
   const cluster = findCluster(payload.cluster);
   const to = 'target' in payload ? payload.target : undefined;
   const environment = to === undefined ? undefined : targetEnvironment(cluster, to);
-  const config = await clusterConfig(cluster, { withKey: false });
+  const config = await clusterConfig(cluster, { withKey: false, readsBackups: true });
   const backupId = await resolveBackup(openVault(config, logReporter), payload);
   const argv = restoreArgv(backupId === undefined ? payload : { ...payload, backup: backupId });
   const target =

@@ -67,6 +67,45 @@ const taskSize = z.strictObject({
   ephemeralStorageGiB: z.number().int().min(21).max(200).default(50),
 });
 
+/** Cluster keys that mean something only with Patroni (patroniUrl elsewhere stays accepted, as before). */
+const PATRONI_ONLY = [
+  'backupFrom',
+  'replicaMaxLag',
+  'patroniCredentialsSecretArn',
+  'patroniCredentialsKmsKeyArn',
+] as const;
+
+/** The URLs of a comma-separated `patroniUrl` (PATRONI_URL), trimmed, empty entries dropped. */
+export function patroniUrls(list: string): URL[] {
+  return list
+    .split(',')
+    .map((e) => e.trim())
+    .filter((e) => e !== '')
+    .map((e) => new URL(e));
+}
+
+/** Why a `patroniUrl` list is not allowed (undefined: it is). Never echoes a URL (it may hold a password). */
+export function patroniUrlProblem(list: string): string | undefined {
+  const entries = list
+    .split(',')
+    .map((e) => e.trim())
+    .filter((e) => e !== '');
+  const how =
+    'the REST API of every Patroni node, comma-separated (like https://10.0.0.1:8008,https://10.0.0.2:8008)';
+  if (entries.length === 0) return `empty; list ${how}`;
+  for (const [i, entry] of entries.entries()) {
+    let url: URL | undefined;
+    try {
+      url = new URL(entry);
+    } catch {}
+    if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '')
+      return `entry ${i + 1} of ${entries.length} is not an http:// or https:// URL; list ${how}`;
+    if (url.username !== '' || url.password !== '')
+      return `entry ${i + 1} of ${entries.length} holds a user or password, which would be in the template; put them in patroniCredentialsSecretArn`;
+  }
+  return undefined;
+}
+
 const clusterSchema = z
   .strictObject({
     name: z.string().regex(NAME, "letters, digits, '_' or '-', up to 32, starting with a letter or digit"),
@@ -78,7 +117,33 @@ const clusterSchema = z
     credentialsSecretArn: z.string().regex(SECRET_ARN, 'the complete secret ARN (ending in -XXXXXX)'),
     /** The customer-managed KMS key of that secret, when it is not encrypted with aws/secretsmanager. */
     credentialsKmsKeyArn: z.string().regex(KMS_KEY_ARN, 'a KMS key ARN').optional(),
-    patroniUrl: z.url({ protocol: /^https?$/ }).optional(),
+    /** Every node's Patroni REST API, comma-separated (PATRONI_URL): one API down is not an outage. */
+    patroniUrl: z
+      .string()
+      .superRefine((v, ctx) => {
+        const problem = patroniUrlProblem(v);
+        if (problem) ctx.addIssue({ code: 'custom', message: problem });
+      })
+      .optional(),
+    // ---- Patroni (issue 13; infra/README.md "Patroni clusters") ----
+    /** BACKUP_FROM: where full and index backups read from. @default the core's (replica with Patroni) */
+    backupFrom: z.enum(['replica', 'leader']).optional(),
+    /** REPLICA_MAX_LAG: `16MB` (B, kB, MB, GB, TB) or `30s` (s, min, h). @default the core's (16MB) */
+    replicaMaxLag: z
+      .string()
+      .regex(/^\d+\s*(b|kb|mb|gb|tb|s|min|h)?$/i, 'an amount of WAL like 16MB or a time like 30s')
+      .optional(),
+    /**
+     * Secrets Manager secret of the REST API (JSON `username` and `password`, and/or `cacert`: the PEM of
+     * the CA that signs an https API): the task reads it when it starts (PATRONI_SECRET_ARN).
+     */
+    patroniCredentialsSecretArn: z
+      .string()
+      .regex(SECRET_ARN, 'the complete secret ARN (ending in -XXXXXX)')
+      .optional(),
+    /** The customer-managed KMS key of patroniCredentialsSecretArn, when it has one. */
+    patroniCredentialsKmsKeyArn: z.string().regex(KMS_KEY_ARN, 'a KMS key ARN').optional(),
+    // ---- end: Patroni ----
     citusCoordinator: z.string().min(1).optional(),
     /** Overrides `walReceive.enabled` for this cluster. */
     walReceive: z.boolean().optional(),
@@ -115,6 +180,21 @@ const clusterSchema = z
   .superRefine((c, ctx) => {
     if (c.mode === 'patroni' && !c.patroniUrl) {
       ctx.addIssue({ code: 'custom', path: ['patroniUrl'], message: 'required when mode is patroni' });
+    }
+    for (const key of PATRONI_ONLY) {
+      if (c.mode !== 'patroni' && c[key] !== undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: [key],
+          message: `applies only to mode patroni (this cluster is ${c.mode}); remove it`,
+        });
+    }
+    if (c.patroniCredentialsKmsKeyArn && !c.patroniCredentialsSecretArn) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['patroniCredentialsKmsKeyArn'],
+        message: "set patroniCredentialsSecretArn too (the key is that secret's)",
+      });
     }
     if (c.restoreCredentialsKmsKeyArn && !c.restoreCredentialsSecretArn) {
       ctx.addIssue({
@@ -390,6 +470,47 @@ export const deployConfigSchema = z
         memoryMiB: z.number().int().min(512).max(16384).default(1024),
       })
       .prefault({}),
+    // ---- A second repository outside AWS (issue 14; infra/README.md "Second repository") ----
+    /**
+     * A copy of every backup and WAL segment in Google Cloud Storage or Azure Blob, written by the same
+     * tasks (REPO2_*): losing or compromising this AWS account does not lose it. Its credentials are a
+     * Secrets Manager secret the tasks and functions read when they start (REPO2_SECRET_ARN), never in
+     * the template. @default null
+     */
+    secondRepository: z
+      .strictObject({
+        type: z.enum(['gcs', 'azure']),
+        /** The GCS bucket or the Azure container (REPO2_BUCKET). */
+        bucket: z
+          .string()
+          .regex(/^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$/, '3-63 lowercase letters, digits, ".", "_" or "-"'),
+        /** Key prefix inside it (REPO2_PREFIX). @default bucket.prefix */
+        prefix: z
+          .string()
+          .regex(/^([A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*)?$/, "path segments without leading or trailing '/'")
+          .optional(),
+        /** JSON with AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN; or GOOGLE_APPLICATION_CREDENTIALS_JSON. */
+        credentialsSecretArn: z.string().regex(SECRET_ARN, 'the complete secret ARN (ending in -XXXXXX)'),
+        /** The customer-managed KMS key of that secret, when it has one. */
+        credentialsKmsKeyArn: z.string().regex(KMS_KEY_ARN, 'a KMS key ARN').optional(),
+        /** What it holds (REPO2_HOLDS, the core's placement words: full, base, wal, ...). @default everything */
+        holds: z
+          .array(z.string().regex(/^[a-z]+(:[a-z]+)?$/, 'a placement word such as full, wal or full:weekly'))
+          .min(1)
+          .max(20)
+          .optional(),
+      })
+      .superRefine((r, ctx) => {
+        if (r.type === 'azure' && (!/^[a-z0-9-]+$/.test(r.bucket) || r.bucket.includes('--')))
+          ctx.addIssue({
+            code: 'custom',
+            path: ['bucket'],
+            message: `${r.bucket} is not an Azure container name; use 3-63 lowercase letters, digits and single '-'`,
+          });
+      })
+      .nullable()
+      .default(null),
+    // ---- end: second repository ----
     /** Weekly physical base backups (`pgvault backup base weekly`), for PITR. @default false */
     physicalBackups: z.boolean().default(false),
     /** Backup and verification tasks. */

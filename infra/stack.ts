@@ -50,6 +50,7 @@ import { LIFECYCLE_TAGS_SETTING, VaultBucket } from './constructs/vault-bucket';
 import { fleetLayout, fleetStackName } from './fleet';
 import { BACKUP_TYPE_DIMENSION } from './metrics';
 import { nagResource } from './nag';
+import { repositoryEnvironment, repositorySecret } from './repositories';
 import { warnScheduleDst } from './schedule-dst';
 
 export { CLUSTERS_PER_FLEET_STACK, fleetStackName } from './fleet';
@@ -204,6 +205,14 @@ export class PgvaultStack extends Stack {
       ALERT_CAPACITY_PERCENT: String(c.alerts.capacityPercent),
       EVENT_BUS_NAME: this.alerts.eventBus.eventBusName,
     };
+    // A second repository outside AWS (infra/repositories.ts): REPO1 (this bucket) and REPO2 instead of
+    // CLOUD_*. Without one, the environment above stays as it is.
+    if (c.secondRepository)
+      this.sharedEnvironment = repositoryEnvironment(
+        this.sharedEnvironment,
+        c.bucket.prefix,
+        c.secondRepository,
+      );
 
     this.network = new Network(this, 'Network', { network: c.network, clusters: c.clusters });
     this.taskNetwork = {
@@ -273,6 +282,7 @@ export class PgvaultStack extends Stack {
       environment: functionEnvironment,
       clusters: functionClusters,
       logRetentionDays: c.logRetentionDays,
+      repositorySecret: repositorySecret(c),
     });
 
     this.schedules = new Schedules(this, 'Schedules', {
@@ -471,6 +481,7 @@ export class FleetStack extends Stack {
       restoreTask: c.restoreTask,
       walReceive: c.walReceive,
       architecture: c.taskArchitecture,
+      repositorySecret: repositorySecret(c),
     });
 
     // The execution roles write the task log streams as `log-group:<name>:*`, the ARN IAM gives a group's

@@ -1,7 +1,7 @@
 import { backupConfig } from '../../core/backup/config-backup';
 import { backupFull } from '../../core/backup/full';
 import { backupIndexes } from '../../core/backup/indexes';
-import { initBackupTargets } from '../../core/backup/init';
+import { initBackupTargets, type LifecycleOutcome, lifecycleRules } from '../../core/backup/init';
 import { crontabDstNotes, installCrontab, renderCrontab } from '../../core/backup/schedule';
 import { backupStats } from '../../core/backup/stats';
 import type { ManifestBody } from '../../core/catalog/manifest';
@@ -83,20 +83,39 @@ export async function backupStatsCommand(opts: GlobalOptions) {
   );
 }
 
-export async function backupInitCommand(opts: GlobalOptions) {
-  const checks = await initBackupTargets(vaultFor(opts), {
+export async function backupInitCommand(opts: GlobalOptions & { printLifecycle?: boolean }) {
+  const vault = vaultFor(opts);
+  const checks = await initBackupTargets(vault, {
     configFile: opts.config ?? process.env.PGVAULT_CONFIG,
   });
-  reportChecks(opts, checks);
+  // Lifecycle rules: applied where the credentials may, else printed; never a failure of init.
+  const lifecycle = await lifecycleRules(vault, { apply: opts.printLifecycle !== true });
+  for (const l of lifecycle) if (l.warning !== undefined) vault.reporter.warn(l.warning);
+  reportChecks(opts, checks, lifecycle);
+}
+
+/** The text of `backup init`'s lifecycle step: one line each, and the document and command to apply. */
+function lifecycleText(l: LifecycleOutcome): string {
+  const line = `${l.applied ? 'ok  ' : 'note'}  lifecycle rules ${l.target}: ${l.detail}`;
+  if (l.command === undefined) return line;
+  return [
+    line,
+    `  save this as pgvault-lifecycle.json, then run: ${l.command}`,
+    JSON.stringify(l.document, null, 2),
+  ].join('\n');
 }
 
 export function reportChecks(
   opts: GlobalOptions,
   checks: ReadonlyArray<{ check: string; ok: boolean; detail: string }>,
+  lifecycle?: readonly LifecycleOutcome[],
 ) {
   const ok = checks.every((c) => c.ok);
-  emit(opts, { ok, checks }, () =>
-    checks.map((c) => `${c.ok ? 'ok  ' : 'FAIL'}  ${c.check}: ${c.detail}`).join('\n'),
+  emit(opts, { ok, checks, ...(lifecycle ? { lifecycle } : {}) }, () =>
+    [
+      ...checks.map((c) => `${c.ok ? 'ok  ' : 'FAIL'}  ${c.check}: ${c.detail}`),
+      ...(lifecycle ?? []).map(lifecycleText),
+    ].join('\n'),
   );
   if (!ok) process.exitCode = 1;
 }

@@ -37,6 +37,14 @@ export async function backupDeleteCommand(ref: string, opts: GlobalOptions & { y
 }
 
 export function renderRetention(result: RetentionResult): string {
+  if (result.repositories !== undefined) {
+    // Several repositories: each one's own plan, under its name.
+    return result.repositories
+      .map(
+        (r) => `repo${r.repository} (${r.location}):\n${renderRetention({ ...r, repositories: undefined })}`,
+      )
+      .join('\n\n');
+  }
   const { plan } = result;
   const p = plan.policy;
   const lines = [

@@ -21,7 +21,7 @@ export async function topologyCommand(opts: GlobalOptions) {
       table(
         ['node', 'role', 'state', 'host:port', 'timeline', 'lag', 'pgvault uses it for'],
         plan.nodes.map((n) => [
-          n.name,
+          n.self ? `${n.name} (this host)` : n.name,
           n.role,
           n.state,
           `${n.host}:${n.port}`,
@@ -30,6 +30,12 @@ export async function topologyCommand(opts: GlobalOptions) {
           n.uses.length > 0 ? n.uses.join(', ') : `nothing${n.skipped ? ` (${n.skipped})` : ''}`,
         ]),
       ),
+      ...(plan.self !== undefined && !plan.nodes.some((n) => n.self)
+        ? [
+            '',
+            `PATRONI_NAME=${plan.self} names no member of this cluster; set it to this node's patroni.yml \`name\``,
+          ]
+        : []),
     ].join('\n'),
   );
   return plan;

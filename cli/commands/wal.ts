@@ -4,7 +4,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { loadConfig } from '../../core/config';
 import { IntegrityError } from '../../core/errors';
 import { refuseCopyWal } from '../../core/restore/copy';
-import { createTargets } from '../../core/storage';
+import { createTargets, targetsHolding } from '../../core/storage';
 import {
   PREFETCHER_MARKER,
   PREFETCHER_STARTING,
@@ -90,7 +90,7 @@ export async function backupWalCommand(path: string, opts: GlobalOptions) {
   const result = await pushWalFile(
     {
       config,
-      targets: createTargets(config),
+      targets: targetsHolding(createTargets(config), 'wal'),
       stateDir,
       threads: config.parallelJobs,
       warn: (line) => process.stderr.write(`pgvault: warning: ${line}\n`),
@@ -246,7 +246,7 @@ export async function walReceiveCommand(
   const { receiveWal } = require('../../core/wal/receive') as typeof import('../../core/wal/receive');
   const config = readConfig(opts);
   await receiveWal(
-    { config, targets: createTargets(config) },
+    { config, targets: targetsHolding(createTargets(config), 'wal') },
     {
       slot: opts.slot ?? 'pgvault',
       ...(opts.heartbeat ? { heartbeatFile: resolve(opts.heartbeat) } : {}),
@@ -264,7 +264,7 @@ export async function walPushAsyncCommand(opts: GlobalOptions & { readonly pgWal
   const config = readConfig(opts, PER_SEGMENT);
   const pgWalDir = resolve(opts.pgWal ?? 'pg_wal');
   await runUploader(
-    { config, targets: createTargets(config) },
+    { config, targets: targetsHolding(createTargets(config), 'wal') },
     {
       pgWalDir,
       spoolDir: config.spoolDir ?? join(pgWalDir, SPOOL_FOLDER),

@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import type { SNSClient } from '@aws-sdk/client-sns';
 import { awsClientCredentials, type Config, patroniSecrets } from '../config';
 import { errorMessage } from '../errors';
+import { startupSecretValues } from '../pg/startup-secrets';
 import { localChannels } from './channels';
 import { alertBody, alertLine, alertSubject, redact } from './format';
 import type { Alert, AlertChannel, AlertContext } from './types';
@@ -45,6 +46,8 @@ function secretsOf(
     config.encryption.passphrase,
     config.pg.password,
     ...patroniSecrets(config.pg.patroni),
+    // Read from Secrets Manager at start (Patroni API, repositories' credentials).
+    ...startupSecretValues(),
     process.env.PGPASSWORD,
     process.env.AWS_SECRET_ACCESS_KEY,
     process.env.AWS_SESSION_TOKEN,

@@ -4,11 +4,11 @@ import type { Config } from '../config';
 import { PostgresError } from '../errors';
 import { type ServerInfo, serverInfo } from '../pg/server';
 import { parseBackupLabel, parseWalRanges, TarScanner } from '../pg/tar';
-import { findPgBinary, pgEnv, toolMajorVersion, withClient } from '../pg/tools';
+import { findPgBinary, pgEnv, refuseOlderClient, toolMajorVersion, withClient } from '../pg/tools';
 import { startTool } from '../stream/process';
 import type { Vault } from '../vault';
 import { formatLsn, parseLsn, segmentOfLsn } from '../wal/naming';
-import { type ObjectSource, runBackup, toolVersions } from './run';
+import { type ObjectSource, probeTargets, runBackup, toolVersions } from './run';
 
 export interface BaseBackupOptions {
   readonly schedule: Schedule;
@@ -102,16 +102,12 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
   const [toolMajor, tools, , server, pre] = await Promise.all([
     toolMajorVersion(pgBasebackup),
     toolVersions(pgBasebackup, config.compression),
-    Promise.all(vault.targets.map((t) => t.probe(config.clusterName))),
+    probeTargets(vault),
     serverInfo(config.pg),
     physicalPrerequisites(config),
   ]);
   assertBaseBackupPossible(server, pre);
-  if (toolMajor < server.major) {
-    throw new PostgresError(
-      `pg_basebackup ${toolMajor} is older than the server (${server.version}); install postgresql-client-${server.major} or set PG_BIN_DIR to its bin directory`,
-    );
-  }
+  refuseOlderClient('pg_basebackup', { path: pgBasebackup, major: toolMajor }, server, config.pgBinDir);
 
   let scanner: TarScanner | undefined;
   const seen: StreamFacts = { walSegments: 0 };

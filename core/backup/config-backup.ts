@@ -7,7 +7,7 @@ import { openBackup, readBackupObject } from '../restore/fetch';
 import { startTool } from '../stream/process';
 import { readPatroniConfig, readPatroniTopology, type TopologyNode } from '../topology';
 import type { Vault } from '../vault';
-import { inMemorySource, type ObjectSource, runBackup } from './run';
+import { inMemorySource, type ObjectSource, probeTargets, runBackup } from './run';
 import { type TarFile, tarArchive } from './tar';
 
 /**
@@ -20,7 +20,7 @@ import { type TarFile, tarArchive } from './tar';
  */
 export async function backupConfig(vault: Vault, options: { now?: Date } = {}): Promise<ManifestBody> {
   const { config } = vault;
-  await Promise.all(vault.targets.map((t) => t.probe(config.clusterName)));
+  await probeTargets(vault);
   const server = await serverInfo(config.pg);
   const files = await collectConfigFiles(vault);
   const archive = tarArchive(files, options.now);

@@ -5,12 +5,12 @@ import { PostgresError } from '../errors';
 import { type ArchiveScanResult, CustomArchiveScanner, scanFindings } from '../pg/archive';
 import { archiveScannerScript, startArchiveScanner } from '../pg/archive-pump';
 import { type DatabaseInfo, listDatabases, pickDatabases, type ServerInfo, serverInfo } from '../pg/server';
-import { findPgBinary, pgEnv, toolMajorVersion } from '../pg/tools';
+import { findPgBinary, pgEnv, refuseOlderClient, toolMajorVersion } from '../pg/tools';
 import { compressFile } from '../stream/compress';
 import { startTool } from '../stream/process';
-import { chooseReadSource } from '../topology';
+import { chooseReadSource, readWithRetry } from '../topology';
 import type { Vault } from '../vault';
-import { type ObjectSource, runBackup, toolVersions } from './run';
+import { type ObjectSource, probeTargets, runBackup, toolVersions } from './run';
 
 export interface FullBackupOptions {
   readonly schedule: Schedule;
@@ -30,48 +30,57 @@ export async function backupFull(vault: Vault, options: FullBackupOptions): Prom
   // Independent checks at once: each is a round trip or a program started. The programs start
   // first, so they run while this process loads the PostgreSQL client (70 ms).
   // BACKUP_FROM: with Patroni, a healthy replica (else the leader, with a warning); else config.pg.
-  const [dumpMajor, tools, , source] = await Promise.all([
+  const probe = (conn: PgConnection) => Promise.all([serverInfo(conn), listDatabases(conn)]);
+  const warn = (line: string) => vault.reporter.warn(line);
+  const [dumpMajor, tools, , first] = await Promise.all([
     toolMajorVersion(pgDump),
     toolVersions(pgDump, config.compression),
-    Promise.all(vault.targets.map((t) => t.probe(config.clusterName))),
-    chooseReadSource(
-      config,
-      (conn) => Promise.all([serverInfo(conn), listDatabases(conn)]),
-      (line) => vault.reporter.warn(line),
-    ),
+    probeTargets(vault),
+    chooseReadSource(config, probe, warn),
   ]);
-  const [server, allDatabases] = source.probed;
-  assertDumpNotOlder(dumpMajor, server);
-  const databases = pickDatabases(allDatabases, options.databases ?? []);
-  if (databases.length === 0) throw new PostgresError('the server has no database to back up');
+  // A replica that fails mid-backup (restarted, a recovery conflict, the connection lost): once more
+  // on the next candidate; the failed run removed what it wrote.
+  return readWithRetry(
+    config,
+    probe,
+    warn,
+    (source) => {
+      const [server, allDatabases] = source.probed;
+      assertDumpNotOlder(dumpMajor, server, pgDump, config.pgBinDir);
+      const databases = pickDatabases(allDatabases, options.databases ?? []);
+      if (databases.length === 0) throw new PostgresError('the server has no database to back up');
 
-  if (!server.superuser) {
-    vault.reporter.warn(
-      'not connected as a superuser: roles are saved without their passwords (pg_dumpall --no-role-passwords)',
-    );
-  }
-  const sources: ObjectSource[] = [
-    globalsSource(vault, source.conn, pgDumpAll, server.superuser),
-    ...databases.map((db) => databaseSource(vault, source.conn, pgDump, db)),
-  ];
-  return runBackup(vault, {
-    node: source.node,
-    type: 'full',
-    schedule: options.schedule,
-    server,
-    tools,
-    sources,
-    now: options.now,
-  });
+      if (!server.superuser && source === first) {
+        vault.reporter.warn(
+          'not connected as a superuser: roles are saved without their passwords (pg_dumpall --no-role-passwords)',
+        );
+      }
+      const sources: ObjectSource[] = [
+        globalsSource(vault, source.conn, pgDumpAll, server.superuser),
+        ...databases.map((db) => databaseSource(vault, source.conn, pgDump, db)),
+      ];
+      return runBackup(vault, {
+        node: source.node,
+        type: 'full',
+        schedule: options.schedule,
+        server,
+        tools,
+        sources,
+        now: options.now,
+      });
+    },
+    first,
+  );
 }
 
-/** pg_dump must not be older than the server it reads. */
-export function assertDumpNotOlder(dumpMajor: number, server: ServerInfo): void {
-  if (dumpMajor < server.major) {
-    throw new PostgresError(
-      `pg_dump ${dumpMajor} is older than the server (${server.version}); install postgresql-client-${server.major} or set PG_BIN_DIR to its bin directory`,
-    );
-  }
+/** pg_dump must not be older than the server it reads (ConfigError, exit 2, before anything is written). */
+export function assertDumpNotOlder(
+  dumpMajor: number,
+  server: ServerInfo,
+  pgDump = 'pg_dump',
+  binDir?: string,
+): void {
+  refuseOlderClient('pg_dump', { path: pgDump, major: dumpMajor }, server, binDir);
 }
 
 function databaseSource(vault: Vault, conn: PgConnection, pgDump: string, db: DatabaseInfo): ObjectSource {

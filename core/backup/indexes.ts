@@ -2,9 +2,9 @@ import type { ManifestBody } from '../catalog/manifest';
 import type { PgConnection } from '../config';
 import { listDatabases, serverInfo } from '../pg/server';
 import { quoteIdent, withClient } from '../pg/tools';
-import { chooseReadSource } from '../topology';
+import { chooseReadSource, readWithRetry } from '../topology';
 import type { Vault } from '../vault';
-import { inMemorySource, runBackup } from './run';
+import { inMemorySource, probeTargets, runBackup } from './run';
 
 export interface IndexDefinition {
   readonly schema: string;
@@ -99,25 +99,30 @@ export function parseIndexSql(text: string): Map<string, string[]> {
  */
 export async function backupIndexes(vault: Vault, options: { now?: Date } = {}): Promise<ManifestBody> {
   const { config } = vault;
-  const [, source] = await Promise.all([
-    Promise.all(vault.targets.map((t) => t.probe(config.clusterName))),
-    chooseReadSource(
-      config,
-      (conn) => Promise.all([serverInfo(conn), listDatabases(conn)]),
-      (line) => vault.reporter.warn(line),
-    ),
-  ]);
-  const [server, databases] = source.probed;
-  const byDatabase = new Map<string, IndexDefinition[]>();
-  for (const db of databases) byDatabase.set(db.name, await indexDefinitions(vault, db.name, source.conn));
-  const sql = Buffer.from(renderIndexSql(byDatabase, options.now ?? new Date()), 'utf8');
-  return runBackup(vault, {
-    node: source.node,
-    type: 'indexes',
-    schedule: 'manual',
-    server,
-    tools: {},
-    now: options.now,
-    sources: [inMemorySource('indexes', 'sql', 'index definitions', sql)],
-  });
+  const probe = (conn: PgConnection) => Promise.all([serverInfo(conn), listDatabases(conn)]);
+  const warn = (line: string) => vault.reporter.warn(line);
+  const [, first] = await Promise.all([probeTargets(vault), chooseReadSource(config, probe, warn)]);
+  // A replica that fails while it is read: once more on the next candidate, as full backups.
+  return readWithRetry(
+    config,
+    probe,
+    warn,
+    async (source) => {
+      const [server, databases] = source.probed;
+      const byDatabase = new Map<string, IndexDefinition[]>();
+      for (const db of databases)
+        byDatabase.set(db.name, await indexDefinitions(vault, db.name, source.conn));
+      const sql = Buffer.from(renderIndexSql(byDatabase, options.now ?? new Date()), 'utf8');
+      return runBackup(vault, {
+        node: source.node,
+        type: 'indexes',
+        schedule: 'manual',
+        server,
+        tools: {},
+        now: options.now,
+        sources: [inMemorySource('indexes', 'sql', 'index definitions', sql)],
+      });
+    },
+    first,
+  );
 }

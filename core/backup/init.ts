@@ -10,6 +10,18 @@ import { type ArchiverState, archives, readArchiverState } from '../pg/archiving
 import { serverInfo } from '../pg/server';
 import { findPgBinary, toolMajorVersion } from '../pg/tools';
 import { copyNotice } from '../restore/copy';
+import { AzureTarget } from '../storage/azure';
+import {
+  azureManagementPolicy,
+  gcsLifecycleDocument,
+  type LifecycleScope,
+  lifecycleDays,
+  mergeS3Rules,
+  ruleIdPrefix,
+  s3LifecycleRules,
+} from '../storage/lifecycle-rules';
+import { S3Target } from '../storage/s3';
+import type { StorageTarget } from '../storage/target';
 import { serverLabel } from '../topology';
 import type { Vault } from '../vault';
 import { checkArchiving } from '../wal/check';
@@ -62,6 +74,152 @@ export async function initBackupTargets(
   }
   checks.push(await archivingCheck(vault, options.configFile));
   return checks;
+}
+
+/** What `backup init` did about one cloud repository's lifecycle rules. */
+export interface LifecycleOutcome {
+  readonly target: string;
+  readonly provider: 's3' | 'gcs' | 'azure';
+  /** true: the rules are in place now (put, or already there); false: printed for the user to apply. */
+  readonly applied: boolean;
+  /** One line: what was done, or why not. */
+  readonly detail: string;
+  /** The exact document: S3 lifecycle configuration, GCS lifecycle, Azure management policy. */
+  readonly document: unknown;
+  /** The command that applies `document` (saved as pgvault-lifecycle.json), when not applied. */
+  readonly command?: string;
+  /** A warning line, when an apply was tried and refused. */
+  readonly warning?: string;
+}
+
+/**
+ * `backup init`'s lifecycle step: for each cloud repository, the rules its provider needs
+ * (core/storage/lifecycle-rules.ts), applied where the credentials may, else the exact JSON and the
+ * command to apply it. S3: merged into the bucket's configuration and put (PutBucketLifecycle-
+ * Configuration), unless S3_LIFECYCLE_TAGS says the bucket's own tag rules (the AWS deployment's)
+ * manage it; refused (AccessDenied, or a store without lifecycle): printed, with a warning. GCS and
+ * Azure: printed (Azure's management policy is an ARM resource, which a data-plane credential cannot
+ * write). Never fails the command.
+ */
+export async function lifecycleRules(
+  vault: Vault,
+  options: { readonly apply?: boolean } = {},
+): Promise<LifecycleOutcome[]> {
+  const apply = options.apply ?? true;
+  const days = lifecycleDays(vault.config);
+  const out: LifecycleOutcome[] = [];
+  for (const target of vault.targets) {
+    const scope = scopeOf(target, vault.config.clusterName);
+    if (scope === undefined) continue;
+    if (target instanceof S3Target) out.push(await s3Lifecycle(vault, target, scope, apply));
+    else if (target instanceof AzureTarget) {
+      const document = azureManagementPolicy(scope, days, vault.config.cloud.accessTier);
+      out.push({
+        target: target.location,
+        provider: 'azure',
+        applied: false,
+        detail: `printed, not applied: an Azure lifecycle management policy is set on the storage account through Azure Resource Manager, which a data-plane credential (key, SAS, blob data role) cannot do; apply it with the command below (it replaces the account's policy: merge with its existing rules first)`,
+        document,
+        command: `az storage account management-policy create --account-name ${target.account ?? '<account>'} --resource-group <resource-group> --policy @pgvault-lifecycle.json`,
+      });
+    } else if (target.kind === 'gcs') {
+      out.push({
+        target: target.location,
+        provider: 'gcs',
+        applied: false,
+        detail:
+          "printed, not applied: apply it with the command below (it replaces the bucket's lifecycle rules: merge with its existing ones first)",
+        document: gcsLifecycleDocument(scope, days),
+        command: `gcloud storage buckets update gs://${scope.bucket} --lifecycle-file=pgvault-lifecycle.json`,
+      });
+    }
+  }
+  return out;
+}
+
+function scopeOf(target: StorageTarget, cluster: string): LifecycleScope | undefined {
+  if (target.kind === 'file') return undefined;
+  const { bucket, container, prefix } = target as { bucket?: string; container?: string; prefix?: string };
+  const name = bucket ?? container;
+  return name === undefined ? undefined : { bucket: name, prefix: prefix ?? '', cluster };
+}
+
+async function s3Lifecycle(
+  vault: Vault,
+  target: S3Target,
+  scope: LifecycleScope,
+  apply: boolean,
+): Promise<LifecycleOutcome> {
+  const ours = s3LifecycleRules(scope, lifecycleDays(vault.config), vault.config.cloud.storageClass);
+  const base = { target: target.location, provider: 's3' as const };
+  const command = `aws s3api put-bucket-lifecycle-configuration --bucket ${scope.bucket} --lifecycle-configuration file://pgvault-lifecycle.json`;
+  if (target.lifecycleTags) {
+    return {
+      ...base,
+      applied: false,
+      detail:
+        "not changed: with S3_LIFECYCLE_TAGS=true the bucket's own rules select objects by their pgvault-lifecycle tag (the AWS deployment's); these prefix rules are for a bucket without them",
+      document: { Rules: ours },
+    };
+  }
+  if (!apply) {
+    return {
+      ...base,
+      applied: false,
+      detail:
+        "printed, not applied (--print-lifecycle); apply it with the command below (it replaces the bucket's lifecycle rules: merge with its existing ones first)",
+      document: { Rules: ours },
+      command,
+    };
+  }
+  let existing: Awaited<ReturnType<S3Target['lifecycleRules']>>;
+  try {
+    existing = await target.lifecycleRules();
+  } catch (err) {
+    return printedS3(base, { Rules: ours }, command, err, false);
+  }
+  const merged = mergeS3Rules(existing, ours, scope);
+  const kept = merged.kept > 0 ? `; the bucket's ${merged.kept} other rule(s) kept` : '';
+  if (!merged.changed) {
+    return {
+      ...base,
+      applied: true,
+      detail: `already in place: ${ours.length} rules for ${ruleIdPrefix(scope).slice('pgvault:'.length)}${kept}`,
+      document: { Rules: merged.rules },
+    };
+  }
+  try {
+    await target.putLifecycleRules(merged.rules);
+  } catch (err) {
+    return printedS3(base, { Rules: merged.rules }, command, err, true);
+  }
+  return {
+    ...base,
+    applied: true,
+    detail: `applied: ${ours.length} rules for ${ruleIdPrefix(scope).slice('pgvault:'.length)}${kept}`,
+    document: { Rules: merged.rules },
+  };
+}
+
+function printedS3(
+  base: { target: string; provider: 's3' },
+  document: { Rules: unknown[] },
+  command: string,
+  err: unknown,
+  merged: boolean,
+): LifecycleOutcome {
+  const why = errorMessage(err).split('\n')[0];
+  const whole = merged
+    ? "the bucket's whole configuration, its other rules included"
+    : "it replaces the bucket's lifecycle rules: merge with its existing ones first";
+  return {
+    ...base,
+    applied: false,
+    detail: `printed, not applied (${why}); apply it with the command below (${whole})`,
+    document,
+    command,
+    warning: `lifecycle rules of ${base.target} not applied (${why}); the JSON to apply and the command are printed`,
+  };
 }
 
 /**

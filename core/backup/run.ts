@@ -16,9 +16,10 @@ import {
 import { type EncodedSource, writeObject } from '../catalog/objects';
 import { undoOnInterrupt } from '../cleanup';
 import type { Compression } from '../config';
-import { errorMessage, ObjectNotFoundError, StorageError } from '../errors';
+import { ConfigError, errorMessage, ObjectNotFoundError, StorageError } from '../errors';
 import type { ServerInfo } from '../pg/server';
 import { refuseCopyIntoSource } from '../restore/copy';
+import { targetName, targetsHolding } from '../storage';
 import type { StorageTarget } from '../storage/target';
 import { compressionTool, toolVersion } from '../stream/compress';
 import { routedSourceNode, type SourceNode } from '../topology';
@@ -126,13 +127,54 @@ export async function toolVersions(
  * removes what this run wrote, so a failed backup never looks complete and never touches another.
  */
 export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestBody> {
-  const { config, targets, reporter } = vault;
+  const { config, reporter } = vault;
   refuseCopyIntoSource(config.clusterName, run.server, `this ${run.type} backup`);
   const started = run.now ?? new Date();
+  // Several repositories: only those whose REPO<n>_HOLDS takes this kind (and schedule).
+  const schedule = hasSchedule(run.type) ? run.schedule : undefined;
+  const holding = targetsHolding(vault.targets, run.type, schedule);
+  if (holding.length === 0) {
+    throw new ConfigError(
+      `no repository holds ${run.type}${schedule ? `:${schedule}` : ''} backups; add ${run.type}${schedule ? ` or ${run.type}:${schedule}` : ''} to a REPO<n>_HOLDS`,
+    );
+  }
+  /**
+   * Several repositories: one that fails drops out of the run (named at the end, the command fails)
+   * and the others still get a whole backup. One target set (the single-target keys): any failure
+   * fails the run, as before.
+   */
+  const failed = new Map<StorageTarget, unknown>();
+  const tolerant = config.repositories !== undefined && holding.length > 1;
+  const dropOut = tolerant
+    ? (t: StorageTarget, err: unknown) => {
+        if (failed.has(t)) return;
+        failed.set(t, err);
+        reporter.warn(`backup: ${targetName(t)} failed and is left out of this run: ${errorMessage(err)}`);
+      }
+    : undefined;
+  const live = () => holding.filter((t) => !failed.has(t));
+  if (dropOut) {
+    const probes = await Promise.allSettled(holding.map((t) => t.probe(config.clusterName)));
+    const down = probes.findIndex((p) => p.status === 'fulfilled') === -1;
+    if (down) throw (probes[0] as PromiseRejectedResult).reason;
+    probes.forEach((p, i) => {
+      if (p.status === 'rejected') dropOut(holding[i]!, p.reason);
+    });
+  }
   // One key per archive: a key (or ENCRYPTION setting) that is not the archive's stores nothing.
-  await checkArchiveKey({ config, targets, warn: (line) => reporter.warn(line) });
+  await checkArchiveKey({
+    config,
+    targets: dropOut ? vault.targets.filter((t) => !failed.has(t)) : vault.targets,
+    warn: (line) => reporter.warn(line),
+  });
   const folder = backupFolder(config.clusterName, run.type, run.schedule);
-  const { id, claimKey, claimText } = await claimId(vault, folder, backupId(run.type, run.schedule, started));
+  const { id, claimKey, claimText } = await claimId(
+    holding,
+    folder,
+    backupId(run.type, run.schedule, started),
+    dropOut,
+  );
+  const targets = holding;
   const encryption = newObjectEncryption(config);
   // The manifest's key check costs a slow PBKDF2: derived while the objects stream, not after.
   const encryptionBlock = encryption ? newEncryptionBlock(encryption) : Promise.resolve(null);
@@ -143,6 +185,8 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   /** Every data key whose write began: an object may complete between an interrupt and the exit. */
   const keysBegun: string[] = [];
   let manifestBegun = false;
+  /** The manifest is stored where the run could store it: nothing is undone from then on. */
+  let manifestDone = false;
   /** Every store started, the manifest's included (settled ones count as done at once). */
   const storing: Promise<unknown>[] = [];
   /** This run's data objects and claim in one target. */
@@ -216,9 +260,10 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       compressionLevel: config.compressionLevel,
       threads: config.parallelJobs,
       encryption,
-      targets,
+      targets: live(),
       sizeHint: src.sizeHint,
       onProgress,
+      ...(dropOut ? { onTargetFailure: dropOut } : {}),
     });
     const object: StoredObject = {
       key,
@@ -259,7 +304,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
     // Objects finished hours ago (the globals of a long dump) may have gone meanwhile (retention
     // takes a day-old object without a manifest for a leftover, or a hand): a manifest is written
     // only over objects that are all still there, one stat each.
-    await assertStillStored(targets, written);
+    await assertStillStored(live(), written, dropOut);
     const finished = new Date();
     const body: ManifestBody = {
       format: 'pgvault-manifest/1',
@@ -268,7 +313,11 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       schedule: hasSchedule(run.type) ? run.schedule : undefined,
       cluster: config.clusterName,
       node: run.node ??
-        routedSourceNode(config.pg) ?? { host: config.pg.host ?? hostname(), port: config.pg.port ?? 5432 },
+        routedSourceNode(config.pg) ?? {
+          host: config.pg.host ?? hostname(),
+          port: config.pg.port ?? 5432,
+          ...(config.patroniName !== undefined ? { name: config.patroniName } : {}),
+        },
       server: {
         version: run.server.version,
         versionNum: run.server.versionNum,
@@ -288,29 +337,50 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
     const text = await sealManifest(body, encryption?.passphrase);
     // Interrupted from here on, the manifest goes first, then the objects: none may be left alone.
     manifestBegun = true;
-    const putting = Promise.allSettled(targets.map((t) => t.putBytes(mKey, text)));
+    // Each repository's manifest only where all its objects are stored (a dropped one gets none).
+    const manifestTargets = live();
+    const putting = Promise.allSettled(manifestTargets.map((t) => t.putBytes(mKey, text)));
     storing.push(putting);
     const results = await putting;
     // A write that failed may still have been stored (its answer lost): read it back before
     // calling the backup failed, so the exit and the catalog agree.
     const outcomes = await Promise.all(
       results.map((r, i) =>
-        r.status === 'fulfilled' ? ('stored' as const) : settleWrite(targets[i]!, mKey, text, reporter),
+        r.status === 'fulfilled'
+          ? ('stored' as const)
+          : settleWrite(manifestTargets[i]!, mKey, text, reporter),
       ),
     );
-    const failedAt = outcomes.findIndex((o) => o !== 'stored');
+    if (dropOut && outcomes.some((o) => o === 'stored')) {
+      for (const [i, o] of outcomes.entries()) {
+        if (o !== 'stored') dropOut(manifestTargets[i]!, (results[i] as PromiseRejectedResult).reason);
+      }
+    }
+    const failedAt = outcomes.findIndex((o, i) => o !== 'stored' && !failed.has(manifestTargets[i]!));
     if (failedAt !== -1) {
       const reason = (results[failedAt] as PromiseRejectedResult).reason;
       throw new StorageError(
-        `the manifest of backup ${id} could not be stored in ${targets[failedAt]!.location}${outcomes[failedAt] === 'unknown' ? ' (and could not be read back to tell)' : ''}: ${errorMessage(reason)}`,
+        `the manifest of backup ${id} could not be stored in ${targetName(manifestTargets[failedAt]!)}${outcomes[failedAt] === 'unknown' ? ' (and could not be read back to tell)' : ''}: ${errorMessage(reason)}`,
         { cause: reason },
       );
     }
+    manifestDone = true;
     // The manifest now holds the id: the claim is no longer needed.
     await stopRefresh();
     await Promise.allSettled(targets.map((t) => t.delete(claimKey)));
+    if (failed.size > 0) {
+      // The repositories that failed keep nothing of this run (no manifest there, so no backup);
+      // the others hold a whole one: recorded, and the command still fails naming what is missing.
+      await Promise.allSettled([...failed.keys()].map(removeData));
+      const [first, reason] = [...failed.entries()][0]!;
+      throw new StorageError(
+        `backup ${id} is stored in ${live().map(targetName).join(', ')} but not in ${[...failed.keys()].map(targetName).join(', ')} (${errorMessage(reason)}); once ${targetName(first)} is back, copy it there with \`pgvault repo sync\``,
+        { cause: reason },
+      );
+    }
     return body;
   } catch (err) {
+    if (manifestDone) throw err;
     // A small object still streaming would be left behind by a cleanup that did not wait for it.
     await beside;
     const kept = await undo();
@@ -326,17 +396,33 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
   }
 }
 
-async function assertStillStored(targets: readonly StorageTarget[], objects: readonly StoredObject[]) {
+async function assertStillStored(
+  targets: readonly StorageTarget[],
+  objects: readonly StoredObject[],
+  dropOut?: (t: StorageTarget, err: unknown) => void,
+) {
+  const problems: unknown[] = [];
   for (const target of targets) {
     for (const object of objects) {
-      const info = await target.stat(object.key);
+      const info = await target.stat(object.key).catch((err: unknown) => {
+        if (!dropOut) throw err;
+        problems.push(err);
+        dropOut(target, err);
+        return null;
+      });
+      if (info === null) break;
       if (info?.size !== object.storedSize) {
-        throw new StorageError(
+        const err = new StorageError(
           `${object.key} ${info ? `has ${info.size} bytes instead of ${object.storedSize}` : 'is gone'} in ${target.location} before the manifest was written (removed by retention or by hand while the backup ran?); no manifest written, take the backup again`,
         );
+        if (!dropOut) throw err;
+        problems.push(err);
+        dropOut(target, err);
+        break;
       }
     }
   }
+  if (problems.length === targets.length && problems.length > 0) throw problems[0];
 }
 
 /**
@@ -364,6 +450,20 @@ async function settleWrite(
   }
 }
 
+/**
+ * The probe before a backup: every target must answer; with several repositories (REPO<n>_*) one
+ * that answers is enough (runBackup leaves the others out, names them and fails the command).
+ */
+export async function probeTargets(vault: Vault): Promise<void> {
+  const { config } = vault;
+  if (config.repositories === undefined) {
+    await Promise.all(vault.targets.map((t) => t.probe(config.clusterName)));
+    return;
+  }
+  const probes = await Promise.allSettled(vault.targets.map((t) => t.probe(config.clusterName)));
+  if (!probes.some((p) => p.status === 'fulfilled')) throw (probes[0] as PromiseRejectedResult).reason;
+}
+
 /** Tries before giving up on finding a free id (each try moves one suffix on). */
 const CLAIM_TRIES = 50;
 
@@ -379,10 +479,12 @@ const CLAIM_TRIES = 50;
  * A lost race moves to the next suffix (-2, -3, ...) after a short random pause.
  */
 async function claimId(
-  vault: Vault,
+  allTargets: readonly StorageTarget[],
   folder: string,
   base: string,
+  dropOut?: (t: StorageTarget, err: unknown) => void,
 ): Promise<{ id: string; claimKey: string; claimText: string }> {
+  const down = new Set<StorageTarget>();
   const token = randomBytes(8).toString('hex');
   const claim = `${JSON.stringify({ host: hostname(), pid: process.pid, claimedAt: new Date().toISOString() })}\n`;
   for (let n = 1; n <= CLAIM_TRIES; n++) {
@@ -391,24 +493,33 @@ async function claimId(
     const claimed: StorageTarget[] = [];
     let free = true;
     try {
-      for (const target of vault.targets) {
-        if (!(await idFreeBeforeClaim(target, folder, id))) {
-          free = false;
-          break;
-        }
-        await target.putBytes(claimKey, claim);
-        claimed.push(target);
-        for await (const o of target.list(`${folder}/${id}.`)) {
-          if (o.key !== claimKey) {
+      for (const target of allTargets) {
+        if (down.has(target)) continue;
+        try {
+          if (!(await idFreeBeforeClaim(target, folder, id))) {
             free = false;
             break;
           }
+          await target.putBytes(claimKey, claim);
+          claimed.push(target);
+          for await (const o of target.list(`${folder}/${id}.`)) {
+            if (o.key !== claimKey) {
+              free = false;
+              break;
+            }
+          }
+        } catch (err) {
+          // Several repositories: one that cannot be reached drops out; the others go on.
+          if (!dropOut || down.size + 1 >= allTargets.length) throw err;
+          down.add(target);
+          dropOut(target, err);
+          await target.delete(claimKey).catch(() => {});
         }
         if (!free) break;
       }
     } catch (err) {
       // In every target: a claim whose write failed may still have been stored.
-      await Promise.allSettled(vault.targets.map((t) => t.delete(claimKey)));
+      await Promise.allSettled(allTargets.map((t) => t.delete(claimKey)));
       throw err;
     }
     if (free) return { id, claimKey, claimText: claim };

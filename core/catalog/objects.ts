@@ -89,6 +89,12 @@ export interface ObjectWriteSpec {
    * object that writer relies on (the clean-up may only remove what never completed).
    */
   readonly keepCompleted?: boolean;
+  /**
+   * Several repositories: a target whose write fails is left out of the pass (told here, its branch
+   * dropped) instead of failing it, so the others still get a whole object; the write fails only when
+   * every target failed, or the source did. The result then holds the targets that stored it.
+   */
+  readonly onTargetFailure?: (target: StorageTarget, err: unknown) => void;
 }
 
 export interface WrittenObject {
@@ -175,16 +181,20 @@ export async function writeObject(
   );
 
   const branches = spec.targets.map(() => new PassThrough({ highWaterMark: 1 << 20 }));
+  const tolerant = spec.onTargetFailure !== undefined;
+  const guards = tolerant ? branches.map((b) => new DropOnFailure(b)) : undefined;
   const puts = spec.targets.map((target, i) =>
     target
       .put(spec.key, branches[i]!, { sizeHint: spec.sizeHint, ifAbsent: spec.ifAbsent })
       .catch((err: unknown) => {
-        // A target that gives up must stop the whole pass, or the pipeline would wait on it forever.
+        // A target that gives up must stop the whole pass, or the pipeline would wait on it forever
+        // (several repositories: its branch is dropped and the others go on).
+        guards?.[i]?.drop();
         branches[i]!.destroy(err as Error);
         throw err;
       }),
   );
-  const flow = pipeline([source, ...stages, teeTo(branches)] as unknown as [
+  const flow = pipeline([source, ...stages, teeTo(guards ?? branches)] as unknown as [
     Readable,
     ...NodeJS.ReadWriteStream[],
   ]);
@@ -199,8 +209,16 @@ export async function writeObject(
   const [, , ...putResults] = await Promise.allSettled([
     firstFailure(flow),
     firstFailure(Promise.all(upstream)),
-    ...puts.map(firstFailure),
+    ...puts.map((p) => (tolerant ? p : firstFailure(p))),
   ]);
+  if (tolerant && cause === undefined) {
+    const stored = putResults.filter((r) => r.status === 'fulfilled').length;
+    if (stored === 0) cause = { reason: (putResults[0] as PromiseRejectedResult).reason };
+    else
+      putResults.forEach((r, i) => {
+        if (r.status === 'rejected') spec.onTargetFailure!(spec.targets[i]!, r.reason);
+      });
+  }
   const failure = cause;
   if (failure) {
     source.destroy();
@@ -225,6 +243,42 @@ export async function writeObject(
     storedSize: stored.bytes,
     ...(spec.digest !== false ? { sha256: stored.sha256() } : {}),
   };
+}
+
+/**
+ * One target's branch of a tolerant tee (ObjectWriteSpec.onTargetFailure): passes bytes on with
+ * backpressure until the target drops out, then swallows them, so one failed target never stops
+ * the others. Destroyed with an error (the source failed), it fails its branch too.
+ */
+class DropOnFailure extends Writable {
+  private dropped = false;
+  constructor(private readonly branch: PassThrough) {
+    super({ highWaterMark: 1 << 20 });
+  }
+  drop(): void {
+    this.dropped = true;
+  }
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    if (this.dropped || this.branch.destroyed || this.branch.write(chunk)) {
+      cb();
+      return;
+    }
+    const done = () => {
+      this.branch.off('drain', done);
+      this.branch.off('close', done);
+      cb();
+    };
+    this.branch.once('drain', done);
+    this.branch.once('close', done);
+  }
+  override _final(cb: (err?: Error | null) => void): void {
+    if (!this.dropped && !this.branch.destroyed) this.branch.end();
+    cb();
+  }
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (err && !this.dropped && !this.branch.destroyed) this.branch.destroy(err);
+    cb(err);
+  }
 }
 
 /** Compares a stream's digest and size with the manifest once the stream has been read through. */

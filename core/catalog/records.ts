@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Readable } from 'node:stream';
 import { errorMessage } from '../errors';
+import { targetsHolding } from '../storage';
 import type { StorageTarget } from '../storage/target';
 import type { Vault } from '../vault';
 import { formatStamp } from './naming';
@@ -96,12 +97,12 @@ export async function writeDrillRecord(
   const full: DrillRecord = { format: 'pgvault-drill/1', host: hostname(), ...record };
   const key = drillRecordKey(vault.config.clusterName, full);
   const text = `${JSON.stringify(full, null, 2)}\n`;
-  const results = await Promise.allSettled(vault.targets.map((t) => putNew(t, key, text)));
+  // Several repositories: the ones whose REPO<n>_HOLDS takes reports.
+  const targets = targetsHolding(vault.targets, 'reports');
+  const results = await Promise.allSettled(targets.map((t) => putNew(t, key, text)));
   results.forEach((r, i) => {
     if (r.status === 'rejected') {
-      vault.reporter.warn(
-        `drill record not stored in ${vault.targets[i]?.location}: ${errorMessage(r.reason)}`,
-      );
+      vault.reporter.warn(`drill record not stored in ${targets[i]?.location}: ${errorMessage(r.reason)}`);
     }
   });
   return full;

@@ -29,6 +29,18 @@ export interface TempClusterOptions {
   readonly socketOnly?: boolean;
   /** The server's environment. @default process.env */
   readonly env?: NodeJS.ProcessEnv;
+  /** See ServerOwner: programs in binDir that switch to the server's user themselves. */
+  readonly owner?: ServerOwner;
+}
+
+/**
+ * The OS user that owns a server's files when binDir's programs switch to it themselves (the test
+ * harness's wrappers that run another major's programs in a chroot as that root's postgres user,
+ * test/helpers/pg-other.ts): its files are handed to this uid/gid and the programs are run as we are.
+ */
+export interface ServerOwner {
+  readonly uid: number;
+  readonly gid: number;
 }
 
 /** Starting a server on a data directory that already exists (a restored base backup). */
@@ -55,6 +67,8 @@ export interface ExistingDataDirOptions {
   readonly wait?: boolean;
   /** Listen on the Unix socket in the run directory only, never on TCP. @default false */
   readonly socketOnly?: boolean;
+  /** See ServerOwner. */
+  readonly owner?: ServerOwner;
 }
 
 /**
@@ -97,6 +111,11 @@ export function serverOsUser(): OsUser | undefined {
 export function asServerUser(file: string, args: readonly string[]): { file: string; args: string[] } {
   if (serverOsUser() === undefined) return { file, args: [...args] };
   return { file: 'runuser', args: ['-u', SERVER_OS_USER, '--', file, ...args] };
+}
+
+/** A program that switches to the server's user itself (ServerOwner): run as we are. */
+function asOwner(file: string, args: readonly string[]): { file: string; args: string[] } {
+  return { file, args: [...args] };
 }
 
 /** Hands a directory tree to the server's OS user when we are root; nothing otherwise. */
@@ -251,7 +270,12 @@ export class TempCluster {
     readonly logFile: string,
     private readonly pgCtl: string,
     private readonly binDir: string | undefined,
-    private readonly launch: { env?: NodeJS.ProcessEnv; wait: boolean; socketOnly: boolean } = {
+    private readonly launch: {
+      env?: NodeJS.ProcessEnv;
+      wait: boolean;
+      socketOnly: boolean;
+      owner?: ServerOwner;
+    } = {
       wait: true,
       socketOnly: false,
     },
@@ -277,7 +301,7 @@ export class TempCluster {
       );
     }
     const superuser = options.superuser ?? 'postgres';
-    const osUser = serverOsUser();
+    const osUser = options.owner ?? serverOsUser();
     const baseDir = await mkdtemp(join(options.baseDir ?? tmpdir(), 'pgvault-pg-'));
     const dataDir = join(baseDir, 'data');
     const socketDir = join(baseDir, 'socket');
@@ -288,7 +312,7 @@ export class TempCluster {
         await chown(baseDir, osUser.uid, osUser.gid);
         await chown(socketDir, osUser.uid, osUser.gid);
       }
-      const init = asServerUser(initdb, [
+      const init = (options.owner ? asOwner : asServerUser)(initdb, [
         '-D',
         dataDir,
         '-A',
@@ -322,7 +346,7 @@ export class TempCluster {
           logFile,
           pgCtl,
           options.binDir,
-          { env: options.env, wait: true, socketOnly: options.socketOnly ?? false },
+          { env: options.env, wait: true, socketOnly: options.socketOnly ?? false, owner: options.owner },
         );
         const started = await cluster.startServer(settings);
         if (started.ok) {
@@ -349,7 +373,7 @@ export class TempCluster {
    */
   static async startOn(options: ExistingDataDirOptions): Promise<TempCluster> {
     const pgCtl = findPgBinary('pg_ctl', options.binDir);
-    const osUser = serverOsUser();
+    const osUser = options.owner ?? serverOsUser();
     const runDir = options.runDir ?? (await mkdtemp(join(tmpdir(), 'pgvault-pg-run-')));
     const socketDir = join(runDir, 'socket');
     const logFile = join(runDir, 'server.log');
@@ -370,7 +394,12 @@ export class TempCluster {
         logFile,
         pgCtl,
         options.binDir,
-        { env: options.env, wait: options.wait ?? true, socketOnly: options.socketOnly ?? false },
+        {
+          env: options.env,
+          wait: options.wait ?? true,
+          socketOnly: options.socketOnly ?? false,
+          owner: options.owner,
+        },
       );
       const started = await cluster.startServer({ ...options.settings });
       if (started.ok) {
@@ -394,7 +423,7 @@ export class TempCluster {
     const listen = this.launch.socketOnly ? 'listen_addresses=' : 'listen_addresses=127.0.0.1';
     const serverArgs = ['-p', String(this.port), '-k', this.socketDir, '-c', listen];
     for (const [name, value] of Object.entries(settings)) serverArgs.push('-c', `${name}=${value}`);
-    const ctl = asServerUser(this.pgCtl, [
+    const ctl = this.asServerUser(this.pgCtl, [
       'start',
       '-D',
       this.dataDir,
@@ -418,6 +447,11 @@ export class TempCluster {
         log: lastLines(`${log}\n${ctlOutput}`, 12),
       };
     }
+  }
+
+  /** A server program's command line: as the server's user, unless binDir's programs switch to it. */
+  private asServerUser(file: string, args: readonly string[]): { file: string; args: string[] } {
+    return (this.launch.owner ? asOwner : asServerUser)(file, args);
   }
 
   connection(database?: string): PgConnection {
@@ -491,7 +525,7 @@ export class TempCluster {
     this.stopped = true;
     liveClusters.delete(this);
     try {
-      const ctl = asServerUser(this.pgCtl, ['stop', '-D', this.dataDir, '-m', 'fast', '-w', '-t', '60']);
+      const ctl = this.asServerUser(this.pgCtl, ['stop', '-D', this.dataDir, '-m', 'fast', '-w', '-t', '60']);
       await run(ctl.file, ctl.args, { cwd: this.baseDir, timeoutMs: 90_000 });
     } catch {
       // Already stopped, or refusing a fast shutdown: an immediate stop settles both.
@@ -507,7 +541,16 @@ export class TempCluster {
    */
   stopSync(removeFiles = true): void {
     try {
-      const ctl = asServerUser(this.pgCtl, ['stop', '-D', this.dataDir, '-m', 'immediate', '-w', '-t', '30']);
+      const ctl = this.asServerUser(this.pgCtl, [
+        'stop',
+        '-D',
+        this.dataDir,
+        '-m',
+        'immediate',
+        '-w',
+        '-t',
+        '30',
+      ]);
       spawnSync(ctl.file, ctl.args, { cwd: '/', stdio: 'ignore', timeout: 40_000 });
     } catch {
       // Nothing else to try while the process is exiting.

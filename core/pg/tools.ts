@@ -2,7 +2,7 @@ import { accessSync, constants, readdirSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import type { Client, ClientConfig } from 'pg';
 import { LIBPQ_KEYS, type PgConnection } from '../config';
-import { errorMessage, MissingToolError, PostgresError } from '../errors';
+import { ConfigError, errorMessage, MissingToolError, PostgresError } from '../errors';
 import { toolVersionOutput } from '../stream/process';
 import { resolveConnection, resolvedConnection } from '../topology';
 import { connectTimeoutSeconds, type NodePgSsl, refuseUnsupported, sslAttempts } from './libpq';
@@ -315,6 +315,58 @@ export function parseToolVersion(output: string): number | undefined {
   if (!m) return undefined;
   const first = Number(m[1]);
   return first >= 10 || m[2] === undefined ? first : Number(`${m[1]}.${m[2]}`);
+}
+
+/** One installed copy of a client program and its major version. */
+export interface ClientCandidate {
+  readonly path: string;
+  readonly major: number;
+}
+
+/**
+ * Which of the installed copies of a client program reads a server of `serverMajor`: the newest
+ * (a newer pg_dump or pg_basebackup reads older servers; an older one refuses a newer server or
+ * writes what the server's own tools cannot read). Undefined when every copy is older.
+ */
+export function pickClient(
+  candidates: readonly ClientCandidate[],
+  serverMajor: number,
+): ClientCandidate | undefined {
+  const newest = [...candidates].sort((a, b) => b.major - a.major)[0];
+  return newest !== undefined && newest.major >= serverMajor ? newest : undefined;
+}
+
+/**
+ * A client program for this server, never older than it: PG_BIN_DIR's when set, else the newest
+ * /usr/lib/postgresql/N/bin copy (or PATH's). Refuses with ConfigError (exit 2), in one line naming
+ * both versions, when the server is newer than every client this machine has; so nothing is run.
+ */
+export async function clientForServer(
+  name: PgToolName,
+  server: { readonly major: number; readonly version: string },
+  binDir?: string,
+): Promise<ClientCandidate> {
+  const path = findPgBinary(name, binDir);
+  const candidate = { path, major: await toolMajorVersion(path) };
+  refuseOlderClient(name, candidate, server, binDir);
+  return candidate;
+}
+
+/** Throws ConfigError when `client` (the newest copy found) is older than the server; see clientForServer. */
+export function refuseOlderClient(
+  name: PgToolName,
+  client: ClientCandidate,
+  server: { readonly major: number; readonly version: string },
+  binDir?: string,
+): void {
+  if (pickClient([client], server.major) !== undefined) return;
+  const fix =
+    binDir !== undefined && binDir !== ''
+      ? `point PG_BIN_DIR (now ${binDir}) at the bin directory of a PostgreSQL ${server.major} or newer client`
+      : `install postgresql-client-${server.major} or set PG_BIN_DIR to its bin directory`;
+  throw new ConfigError(
+    `the server runs PostgreSQL ${server.version}, newer than ${name} ${client.major} (${client.path}), the newest ${name} found; ${fix}`,
+  );
 }
 
 /** The major version of a PostgreSQL program, from `<binary> --version`. */

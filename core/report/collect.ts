@@ -1,17 +1,20 @@
 import { redactAlert } from '../alert/notify';
 import { brokenNewestBackups, thresholdAlerts, thresholdInputsFrom } from '../alert/thresholds';
 import type { Alert } from '../alert/types';
+import type { CatalogEntry } from '../catalog/catalog';
 import { formatStamp } from '../catalog/naming';
 import { listDrillRecords, putNew, uniqueSuffix } from '../catalog/records';
 import { errorMessage, StorageError } from '../errors';
+import { repositoryOf, targetsHolding } from '../storage';
 import type { StorageTarget } from '../storage/target';
 import type { Vault } from '../vault';
+import { placementGaps } from '../verify/all';
 import { verifyCapacity } from '../verify/capacity';
 import { analyseSizes } from '../verify/sizes';
 import { verifyWalArchive } from '../wal/archive';
 import { renderHtml } from './html';
 import { renderMarkdown } from './markdown';
-import { buildReportData, type ReportData } from './model';
+import { buildReportData, type ReportData, type RepositoryRow } from './model';
 
 /**
  * The report's I/O: reading the facts from the targets (once: the catalog, the WAL archive, the
@@ -48,6 +51,7 @@ export async function collectReport(
   const data = buildReportData({
     now,
     targets: vault.targets.map((t) => t.location),
+    ...(config.repositories ? { repositories: repositoryRows(vault.targets, entries) } : {}),
     entries: entries.filter((e) => !broken.some((b) => b.id === e.manifest.id)),
     wal,
     inputs,
@@ -55,6 +59,36 @@ export async function collectReport(
     limits: config.alerts,
   });
   return { data, alerts };
+}
+
+/** Per repository: what it has of the catalog, and what it should hold but lacks. */
+function repositoryRows(
+  targets: readonly StorageTarget[],
+  entries: readonly CatalogEntry[],
+): RepositoryRow[] {
+  const gaps = placementGaps(targets, entries);
+  return targets.flatMap((target) => {
+    const repo = repositoryOf(target);
+    if (repo === undefined) return [];
+    const here = entries.filter((e) => e.targets.includes(target));
+    const newest: Record<string, string> = {};
+    for (const e of here) {
+      const kind = `${e.manifest.type}${e.manifest.schedule ? `:${e.manifest.schedule}` : ''}`;
+      newest[kind] ??= e.manifest.id;
+    }
+    return [
+      {
+        repository: repo.n,
+        type: target.kind,
+        location: target.location,
+        holds: repo.holds,
+        backups: here.length,
+        storedBytes: here.reduce((n, e) => n + e.manifest.storedSize, 0),
+        newest,
+        missing: gaps.filter((g) => g.target === target.location).map((g) => g.backup!),
+      },
+    ];
+  });
 }
 
 export interface StoredReport {
@@ -87,7 +121,8 @@ export async function writeReport(vault: Vault, data: ReportData): Promise<Store
   const base = `${folder}/report-${stamp}-${uniqueSuffix()}`;
   const stored: StoredReport[] = [];
   const failures: string[] = [];
-  for (const target of vault.targets) {
+  // Several repositories: the ones whose REPO<n>_HOLDS takes reports.
+  for (const target of targetsHolding(vault.targets, 'reports')) {
     try {
       // JSON last: like a manifest, it marks the report complete.
       await putNew(target, `${base}.html`, files.html);

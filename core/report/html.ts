@@ -95,6 +95,16 @@ function objectives(d: ReportData): string {
   ].join('')}</div>`;
 }
 
+/** Several repositories: one row each (nothing with the single-target keys). */
+function repositoriesSection(d: ReportData): string {
+  if (d.repositories === undefined) return '';
+  const rows = d.repositories.map(
+    (r) =>
+      `<tr><td>repo${r.repository}</td><td>${esc(r.type)}</td><td><code>${esc(r.location)}</code></td><td>${esc(r.holds.join(', '))}</td><td class="num">${r.backups}</td><td class="num">${formatBytes(r.storedBytes)}</td><td${r.missing.length > 0 ? ' class="failtext"' : ''}>${r.missing.length === 0 ? 'none' : `${esc(r.missing.join(', '))} (run <code>pgvault repo sync</code>)`}</td></tr>`,
+  );
+  return `<section id="repositories"><h2>Repositories</h2><table><thead><tr><th>repo</th><th>type</th><th>location</th><th>holds</th><th class="num">backups</th><th class="num">stored</th><th>missing</th></tr></thead><tbody>${rows.join('')}</tbody></table></section>\n`;
+}
+
 function backupsTable(d: ReportData): string {
   if (d.backups.length === 0) return '<p class="failtext">No complete backup.</p>';
   const rows = d.backups.map(
@@ -202,7 +212,7 @@ export function renderHtml(d: ReportData): string {
 ${failingCount === 0 ? '<p class="pass">Nothing is failing.</p>' : `<ul class="alerts">${d.failing.map(alertItem).join('')}</ul>`}
 </section>
 <section id="objectives"><h2>Recovery objectives</h2>${objectives(d)}</section>
-<section id="backups"><h2>Backups per type</h2>${backupsTable(d)}</section>
+${repositoriesSection(d)}<section id="backups"><h2>Backups per type</h2>${backupsTable(d)}</section>
 <section id="sizes"><h2>Size over time</h2>${sizesSection(d)}</section>
 <section id="wal"><h2>WAL archive</h2>${walSection(d)}</section>
 <section id="drills"><h2>Drills and restore tests</h2>${drillsSection(d)}</section>

@@ -17,6 +17,28 @@ function tableOf(header: readonly string[], rows: readonly (readonly string[])[]
   ];
 }
 
+/** Several repositories: one row each (absent with the single-target keys). */
+function repositoriesSection(d: ReportData): string[] {
+  if (d.repositories === undefined) return [];
+  return [
+    '## Repositories',
+    '',
+    ...tableOf(
+      ['repo', 'type', 'location', 'holds', 'backups', 'stored', 'missing (run repo sync)'],
+      d.repositories.map((r) => [
+        `repo${r.repository}`,
+        r.type,
+        r.location,
+        r.holds.join(','),
+        String(r.backups),
+        formatBytes(r.storedBytes),
+        r.missing.length === 0 ? 'none' : `FAILING: ${r.missing.join(', ')}`,
+      ]),
+    ),
+    '',
+  ];
+}
+
 export function renderMarkdown(d: ReportData): string {
   const out: string[] = [
     `# pgvault report: cluster ${d.cluster}`,
@@ -65,6 +87,7 @@ export function renderMarkdown(d: ReportData): string {
       ],
     ),
     '',
+    ...repositoriesSection(d),
     '## Backups per type',
     '',
     ...(d.backups.length === 0

@@ -57,12 +57,28 @@ export type ReportThresholds = Pick<
   | 'storageQuotaBytes'
 >;
 
+/** One repository in the report: what it holds and has, and the backups it should have but lacks. */
+export interface RepositoryRow {
+  readonly repository: number;
+  readonly type: string;
+  readonly location: string;
+  readonly holds: readonly string[];
+  readonly backups: number;
+  readonly storedBytes: number;
+  /** The newest backup it has, by type (`full:daily` …). */
+  readonly newest: Readonly<Record<string, string>>;
+  /** Backups it should hold (REPO<n>_HOLDS) but lacks (verify all's placement check): `repo sync` copies them. */
+  readonly missing: readonly string[];
+}
+
 export interface ReportData {
   readonly format: typeof REPORT_FORMAT;
   readonly cluster: string;
   readonly generatedAt: string;
   readonly host: string;
   readonly targets: readonly string[];
+  /** Several repositories (REPO<n>_*): one row each; absent with the single-target keys. */
+  readonly repositories?: readonly RepositoryRow[];
   readonly status: 'ok' | 'failing';
   /** Threshold alerts, critical first: the report's first section. */
   readonly failing: readonly Alert[];
@@ -174,6 +190,7 @@ export function buildReportData(parts: {
   readonly alerts: readonly Alert[];
   readonly limits: AlertConfig;
   readonly host?: string;
+  readonly repositories?: readonly RepositoryRow[];
 }): ReportData {
   const { now, entries, wal, inputs, limits } = parts;
   const sizes = inputs.sizes!;
@@ -195,6 +212,7 @@ export function buildReportData(parts: {
     generatedAt: now.toISOString(),
     host: parts.host ?? hostname(),
     targets: parts.targets,
+    ...(parts.repositories ? { repositories: parts.repositories } : {}),
     status: failing.length > 0 ? 'failing' : 'ok',
     failing,
     thresholds: {

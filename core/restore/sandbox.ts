@@ -104,7 +104,52 @@ export function pgvaultBin(): string {
 /** The effective settings restore_command needs, as a config file's text (AWS keys included when configured). */
 // No libpq setting (config.pg, LIBPQ_KEYS) goes in: restore_command reads the archive, never a database.
 export function restoreCommandConfigText(config: Config, keyFile: string | undefined): string {
-  const lines: Array<[string, string | number | boolean | undefined]> = [
+  const lines =
+    config.repositories === undefined
+      ? restoreCommandLines(config, keyFile)
+      : repositoryLines(config, keyFile);
+  return [
+    "# Written by pgvault restore pitr for restore_command (0600, the server user's). The key stays in",
+    "# ENCRYPTION_KEY_FILE; AWS credentials given in pgvault's config are here, else the SDK's chain.",
+    ...lines.filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${envValue(String(v))}`),
+    '',
+  ].join('\n');
+}
+
+type ConfigLine = [string, string | number | boolean | undefined];
+
+/** Keys that say which single target there is: with repositories, REPO<n>_* says it instead. */
+const SINGLE_TARGET_ONLY = new Set(['CLOUD_PROVIDER', 'CLOUD_BUCKET', 'CLOUD_PREFIX', 'LOCAL_COPY']);
+
+/**
+ * Several repositories (REPO<n>_*): the shared settings, then each repository as REPO<n>_TYPE, its
+ * place and holds, and REPO<n>_<KEY> for each setting of its own that differs from the shared one
+ * (its region, endpoint, credentials), so restore_command reads every repository in the same order,
+ * falling back from one to the next, with nothing the reads never need.
+ */
+function repositoryLines(config: Config, keyFile: string | undefined): ConfigLine[] {
+  const shared = restoreCommandLines(config, keyFile).filter(([k]) => !SINGLE_TARGET_ONLY.has(k));
+  const sharedValue = new Map(shared.map(([k, v]) => [k, v === undefined ? undefined : String(v)]));
+  const lines: ConfigLine[] = [...shared];
+  for (const repo of config.repositories ?? []) {
+    const n = `REPO${repo.n}_`;
+    lines.push([`${n}TYPE`, repo.type]);
+    if (repo.type === 'file') lines.push([`${n}PATH`, repo.config.backupDir]);
+    else {
+      lines.push([`${n}BUCKET`, repo.config.cloud.bucket]);
+      if (repo.config.cloud.prefix !== '') lines.push([`${n}PREFIX`, repo.config.cloud.prefix]);
+    }
+    lines.push([`${n}HOLDS`, repo.holds.join(',')]);
+    for (const [k, v] of restoreCommandLines(repo.config, keyFile)) {
+      if (SINGLE_TARGET_ONLY.has(k) || k === 'BACKUP_DIR' || v === undefined) continue;
+      if (String(v) !== sharedValue.get(k)) lines.push([`${n}${k}`, v]);
+    }
+  }
+  return lines;
+}
+
+function restoreCommandLines(config: Config, keyFile: string | undefined): ConfigLine[] {
+  return [
     ['BACKUP_DIR', config.backupDir],
     ['COMPRESSION', config.compression],
     ['COMPRESSION_LEVEL', config.compressionLevel],
@@ -147,12 +192,6 @@ export function restoreCommandConfigText(config: Config, keyFile: string | undef
     // Known to restore wal (prefetch); read loosely so this file does not depend on its exact shape.
     ['WAL_PREFETCH', (config as { walPrefetch?: number }).walPrefetch],
   ];
-  return [
-    "# Written by pgvault restore pitr for restore_command (0600, the server user's). The key stays in",
-    "# ENCRYPTION_KEY_FILE; AWS credentials given in pgvault's config are here, else the SDK's chain.",
-    ...lines.filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${envValue(String(v))}`),
-    '',
-  ].join('\n');
 }
 
 export interface RestoreCommandFiles {
@@ -216,11 +255,13 @@ export async function writeRestoreCommandFiles(
     configFile,
     keyFile,
     keyFileWritten,
-    credentialsWritten:
-      config.cloud.credentials !== undefined ||
-      config.cloud.azure?.connectionString !== undefined ||
-      config.cloud.azure?.accountKey !== undefined ||
-      config.cloud.azure?.sasToken !== undefined,
+    credentialsWritten: [config, ...(config.repositories ?? []).map((r) => r.config)].some(
+      (c) =>
+        c.cloud.credentials !== undefined ||
+        c.cloud.azure?.connectionString !== undefined ||
+        c.cloud.azure?.accountKey !== undefined ||
+        c.cloud.azure?.sasToken !== undefined,
+    ),
     restoreCommand: `${restoreCommand} restore wal %f %p`,
     pgvaultCommand: restoreCommand,
     remove: async () => {

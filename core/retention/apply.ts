@@ -1,6 +1,7 @@
-import type { CatalogEntry } from '../catalog/catalog';
+import { Catalog, type CatalogEntry } from '../catalog/catalog';
 import { BACKUP_TYPES, MANIFEST_SUFFIX } from '../catalog/naming';
-import { errorMessage, PgVaultError, StorageError, UsageError } from '../errors';
+import { errorMessage, ObjectLockedError, PgVaultError, StorageError, UsageError } from '../errors';
+import { repositoryOf } from '../storage';
 import type { ObjectInfo, StorageTarget } from '../storage/target';
 import type { Vault } from '../vault';
 import { readWalArchive } from '../wal/archive';
@@ -26,7 +27,8 @@ import {
  *   the objects are left without a manifest: list, restore and retention see no backup, and the next
  *   run removes them as incomplete leftovers (their write time is long past a day). The other order
  *   would leave a manifest pointing at missing objects, listed as a good backup until a restore failed.
- * - an object still under S3 Object Lock is reported as locked, not as a failure; when a manifest is
+ * - an object still under a lock (S3 Object Lock, an Azure immutability policy: lockedDetail) is reported
+ *   as locked, not as a failure; when a manifest is
  *   locked its objects are not touched, so the backup stays whole and is retried by a later run.
  * - WAL is deleted folder by folder ({cluster}/wal/{timeline}/{log}/), each listed once by prefix;
  *   every key is checked against the plan again before it is deleted. History files are never deleted.
@@ -52,6 +54,8 @@ export interface RetentionResult {
   readonly deleted: { backups: string[]; leftoverObjects: number; walObjects: number };
   readonly locked: LockedObject[];
   readonly failed: FailedDelete[];
+  /** Several repositories (REPO<n>_*): each one's own plan and deletions, in repository order. */
+  readonly repositories?: (RetentionResult & { readonly repository: number; readonly location: string })[];
 }
 
 /** Lists every target and builds the planner's input; a target that cannot be listed stops retention. */
@@ -88,6 +92,9 @@ export async function runRetention(
   vault: Vault,
   options: { dryRun?: boolean; now?: Date; policy?: RetentionPolicy } = {},
 ): Promise<RetentionResult> {
+  if (vault.config.repositories !== undefined && options.policy === undefined) {
+    return runRetentionPerRepository(vault, options);
+  }
   const now = options.now ?? new Date();
   const policy = options.policy ?? retentionPolicy(vault.config);
   const plan = planRetention(await gatherRetentionInput(vault, now, policy));
@@ -136,6 +143,48 @@ export async function runRetention(
     }
   }
   return result;
+}
+
+/**
+ * Several repositories: each one's retention runs over that repository alone, with its own policy
+ * (REPO<n>_RETENTION_*), its own backups and its own WAL. A copy in another repository never counts:
+ * a repository keeps what its own policy keeps, so retention never removes the last copy a
+ * repository should hold because another has one.
+ */
+async function runRetentionPerRepository(
+  vault: Vault,
+  options: { dryRun?: boolean; now?: Date },
+): Promise<RetentionResult> {
+  const now = options.now ?? new Date();
+  const results: (RetentionResult & { repository: number; location: string })[] = [];
+  for (const target of vault.targets) {
+    const repo = repositoryOf(target);
+    if (repo === undefined) continue;
+    const config = repo.config;
+    const one: Vault = {
+      config,
+      targets: [target],
+      catalog: new Catalog([target], config.clusterName, config.backupDir, (line) =>
+        vault.reporter.warn(line),
+      ),
+      reporter: vault.reporter,
+    };
+    const result = await runRetention(one, { dryRun: options.dryRun, now, policy: retentionPolicy(config) });
+    results.push({ ...result, repository: repo.n, location: target.location });
+  }
+  const first = results[0]!;
+  return {
+    dryRun: first.dryRun,
+    plan: first.plan,
+    deleted: {
+      backups: [...new Set(results.flatMap((r) => r.deleted.backups))],
+      leftoverObjects: results.reduce((n, r) => n + r.deleted.leftoverObjects, 0),
+      walObjects: results.reduce((n, r) => n + r.deleted.walObjects, 0),
+    },
+    locked: results.flatMap((r) => r.locked),
+    failed: results.flatMap((r) => r.failed),
+    repositories: results,
+  };
 }
 
 /** Whether a manifest for `id` is now in a folder of `keys` (a stat failure counts as yes: keep). */
@@ -202,6 +251,15 @@ export async function deleteBackupByHand(
   };
   await new Deleter(vault, outcome).backup(decision, vault.targets);
   return { id: m.id, objects: m.objects.length, storedSize: m.storedSize, ...outcome };
+}
+
+/**
+ * Why a refused delete is a lock, not a failure, for any target: an ObjectLockedError (Azure, GCS: the
+ * target itself knows the store's error code), or S3's answers for Object Lock (objectLockDetail).
+ */
+export function lockedDetail(target: StorageTarget, err: unknown): string | undefined {
+  if (err instanceof ObjectLockedError) return err.detail;
+  return target.kind === 's3' ? objectLockDetail(err) : undefined;
 }
 
 /** S3 refuses to delete an object version under Object Lock retention or legal hold. */
@@ -275,7 +333,7 @@ class Deleter {
       // gone lets its objects go too (else they would wait a day as leftovers, out of reach of
       // `backup delete`, which finds a backup by its manifest).
       if ((await target.stat(key).catch(() => null)) === undefined) return true;
-      const lock = target.kind === 's3' || target.kind === 'gcs' ? objectLockDetail(err) : undefined;
+      const lock = lockedDetail(target, err);
       if (lock !== undefined) {
         this.result.locked.push({ key, target: target.location, detail: lock });
         this.vault.reporter.info(`${key} in ${target.location}: ${lock}; a later run deletes it`);

@@ -11,11 +11,11 @@ import type {
   StoragePipelineOptions,
 } from '@azure/storage-blob' with { 'resolution-mode': 'import' };
 import type { AzureAccessTier, PerLifecycleKind } from '../config';
-import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../errors';
+import { ObjectExistsError, ObjectLockedError, ObjectNotFoundError, StorageError } from '../errors';
 import { assertValidKey, assertValidPrefix } from './file';
 import { ArchivedObjectError, placementFor } from './s3';
 import { sourceBlocks, sourceChunks } from './source';
-import type { ObjectInfo, PutOptions, StorageTarget } from './target';
+import type { ObjectInfo, ObjectLockOptions, PutOptions, StorageTarget } from './target';
 
 type BlobSdk = typeof import('@azure/storage-blob', { with: { 'resolution-mode': 'import' }});
 
@@ -90,6 +90,16 @@ export interface AzureTargetOptions {
    * @default none sent (the account's default tier) (core/config.ts: AZURE_ACCESS_TIER, _ARCHIVE, ...)
    */
   readonly accessTier?: PerLifecycleKind<AzureAccessTier>;
+  /**
+   * A version-level immutability policy on each new blob (OBJECT_LOCK_MODE, OBJECT_LOCK_RETAIN=gfs):
+   * Put Blob and Put Block List carry `x-ms-immutability-policy-until-date` (the blob's planned GFS
+   * expiry, core/retention/lock.ts) and `x-ms-immutability-policy-mode` (GOVERNANCE: Unlocked, which a
+   * principal allowed to may shorten or remove; COMPLIANCE: Locked, which can only be extended), so the
+   * blob is never without its policy, not even briefly. No date for the key: no header (the
+   * container's default policy applies). Needs a container (or account) with version-level
+   * immutability support, which needs blob versioning. @default none
+   */
+  readonly objectLock?: ObjectLockOptions;
 }
 
 /**
@@ -121,12 +131,27 @@ export class AzureTarget implements StorageTarget {
     this.location = this.prefix === '' ? root : `${root}/${this.prefix}`;
   }
 
+  /**
+   * The immutability policy of a new blob under `key` (AzureTargetOptions.objectLock): its expiry and
+   * mode, or undefined (off, or no date for this key).
+   */
+  immutabilityPolicyFor(
+    key: string,
+    now = new Date(),
+  ): { expiriesOn: Date; policyMode: 'Unlocked' | 'Locked' } | undefined {
+    const lock = this.options.objectLock;
+    const until = lock?.retainUntil(key, now);
+    if (lock === undefined || until === undefined) return undefined;
+    return { expiriesOn: until, policyMode: lock.mode === 'COMPLIANCE' ? 'Locked' : 'Unlocked' };
+  }
+
   async put(key: string, source: Readable, options: PutOptions = {}): Promise<{ size: number }> {
     const blob = await this.blockBlob(key);
     // Names this write on the blob, so a failed write can tell its own blob from another's.
     const writeId = randomBytes(12).toString('hex');
     const metadata = { [WRITE_ID_METADATA]: writeId };
     const tier = placementFor(key, this.options.accessTier);
+    const immutabilityPolicy = this.immutabilityPolicyFor(key);
     const conditions = options.ifAbsent ? { ifNoneMatch: '*' } : undefined;
     const base = this.options.blockSize ?? chooseBlockSize(options.sizeHint);
     let size = 0;
@@ -141,7 +166,14 @@ export class AzureTarget implements StorageTarget {
         // The whole stream fits one block: one Put Blob, as atomic as a commit.
         size = first.length;
         await this.timed(
-          (abortSignal) => blob.upload(first, first.length, { metadata, conditions, tier, abortSignal }),
+          (abortSignal) =>
+            blob.upload(first, first.length, {
+              metadata,
+              conditions,
+              tier,
+              immutabilityPolicy,
+              abortSignal,
+            }),
           first.length,
         );
         return { size };
@@ -179,7 +211,7 @@ export class AzureTarget implements StorageTarget {
       await Promise.all(staging);
       if (stageFailure !== undefined) throw stageFailure.error;
       await this.timed((abortSignal) =>
-        blob.commitBlockList(blockIds, { metadata, conditions, tier, abortSignal }),
+        blob.commitBlockList(blockIds, { metadata, conditions, tier, immutabilityPolicy, abortSignal }),
       );
       return { size };
     } catch (err) {
@@ -205,7 +237,11 @@ export class AzureTarget implements StorageTarget {
     const body = typeof data === 'string' ? Buffer.from(data) : data;
     try {
       const tier = placementFor(key, this.options.accessTier);
-      await this.timed((abortSignal) => blob.upload(body, body.length, { tier, abortSignal }), body.length);
+      const immutabilityPolicy = this.immutabilityPolicyFor(key);
+      await this.timed(
+        (abortSignal) => blob.upload(body, body.length, { tier, immutabilityPolicy, abortSignal }),
+        body.length,
+      );
     } catch (err) {
       throw this.storageError(err, `upload ${key}`);
     }
@@ -287,8 +323,26 @@ export class AzureTarget implements StorageTarget {
       await this.timed((abortSignal) => blob.delete({ deleteSnapshots: 'include', abortSignal }));
     } catch (err) {
       if (isBlobNotFound(err)) return;
+      if (isImmutable(err))
+        throw new ObjectLockedError(key, this.location, await this.lockDetail(blob), { cause: err });
       throw this.storageError(err, `delete ${key}`);
     }
+  }
+
+  /**
+   * What keeps a blob whose delete Azure refused as immutable: `locked until <expiry>` from its
+   * properties when they say, else `still locked (Azure immutability policy)`.
+   */
+  private async lockDetail(blob: BlockBlobClient): Promise<string> {
+    try {
+      const properties = await this.timed((abortSignal) => blob.getProperties({ abortSignal }));
+      const until = properties.immutabilityPolicyExpiresOn;
+      if (until !== undefined && until.getTime() > 0) return `locked until ${until.toISOString()}`;
+      if (properties.legalHold === true) return 'still locked (Azure legal hold)';
+    } catch {
+      // The refusal itself already says the blob is locked.
+    }
+    return 'still locked (Azure immutability policy)';
   }
 
   async probe(prefix: string): Promise<void> {
@@ -335,6 +389,11 @@ export class AzureTarget implements StorageTarget {
       if (isBlobNotFound(err)) return 'absent';
       throw err;
     }
+  }
+
+  /** The storage account's name, when the settings name it (AZURE_STORAGE_ACCOUNT, the connection string). */
+  get account(): string | undefined {
+    return this.accountName();
   }
 
   private accountName(): string | undefined {
@@ -508,6 +567,15 @@ function isBlobNotFound(err: unknown): boolean {
   const { code, status } = restError(err);
   if (code === 'ContainerNotFound') return false;
   return code === 'BlobNotFound' || status === 404;
+}
+
+/**
+ * A delete refused because the blob is under an immutability policy or legal hold: Azure answers
+ * 409 with the error code BlobImmutableDueToPolicy (the only such code of the Blob service's list;
+ * matched by prefix so that a legal-hold variant is recognized too).
+ */
+function isImmutable(err: unknown): boolean {
+  return (restError(err).code ?? '').startsWith('BlobImmutable');
 }
 
 /** If-None-Match: * refused: a blob is already there (412 ConditionNotMet, or 409 BlobAlreadyExists). */

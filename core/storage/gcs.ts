@@ -6,11 +6,11 @@ import { pipeline } from 'node:stream/promises';
 // The ESM build is what import() loads at run time, so the types are taken from it too.
 import type { Bucket, File, Storage } from '@google-cloud/storage' with { 'resolution-mode': 'import' };
 import type { GcsStorageClass, PerLifecycleKind } from '../config';
-import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../errors';
+import { ObjectExistsError, ObjectLockedError, ObjectNotFoundError, StorageError } from '../errors';
 import { assertValidKey, assertValidPrefix } from './file';
 import { placementFor } from './s3';
 import { sourceChunks } from './source';
-import type { ObjectInfo, PutOptions, StorageTarget } from './target';
+import type { ObjectInfo, ObjectLockOptions, PutOptions, StorageTarget } from './target';
 
 type GcsSdk = typeof import('@google-cloud/storage', { with: { 'resolution-mode': 'import' }});
 
@@ -66,14 +66,13 @@ export interface GcsTargetOptions {
    */
   readonly storageClass?: PerLifecycleKind<GcsStorageClass>;
   /**
-   * GCS object retention on each new object: `retention: { mode, retainUntilTime }` in the upload's
-   * metadata when `retainUntil` gives a date for the key (core/retention/lock.ts: the object's
-   * planned GFS expiry); otherwise none. Needs a bucket with object retention enabled.
+   * The per-object lock (OBJECT_LOCK_MODE, core/storage/index.ts objectLockOptions) as GCS object
+   * retention: `retention: { mode, retainUntilTime }` in the upload's metadata when `retainUntil` gives
+   * a date for the key (its planned GFS expiry); GOVERNANCE is GCS's `Unlocked` mode (may be shortened
+   * by those allowed), COMPLIANCE its `Locked` mode (never). Needs a bucket with object retention
+   * enabled. @default none
    */
-  readonly retention?: {
-    readonly mode: 'Unlocked' | 'Locked';
-    readonly retainUntil: (key: string, now: Date) => Date | undefined;
-  };
+  readonly objectLock?: ObjectLockOptions;
 }
 
 /**
@@ -104,13 +103,19 @@ export class GcsTarget implements StorageTarget {
   /** The upload metadata of a new object under `key`: storage class, retention, this write's id. */
   objectMetadata(key: string, writeId: string, now = new Date()): Record<string, unknown> {
     const storageClass = placementFor(key, this.options.storageClass);
-    const until = this.options.retention?.retainUntil(key, now);
+    const lock = this.options.objectLock;
+    const until = lock?.retainUntil(key, now);
     return {
       contentType: 'application/octet-stream',
       metadata: { [WRITE_ID_METADATA]: writeId },
       ...(storageClass ? { storageClass } : {}),
-      ...(until && this.options.retention
-        ? { retention: { mode: this.options.retention.mode, retainUntilTime: until.toISOString() } }
+      ...(until && lock
+        ? {
+            retention: {
+              mode: lock.mode === 'COMPLIANCE' ? 'Locked' : 'Unlocked',
+              retainUntilTime: until.toISOString(),
+            },
+          }
         : {}),
     };
   }
@@ -271,6 +276,12 @@ export class GcsTarget implements StorageTarget {
       await file.delete();
     } catch (err) {
       if (statusOf(err) === 404 && !isBucketMissing(err)) return;
+      // Object retention (or a hold) refuses the delete: locked, not failed (retention reports it).
+      if (statusOf(err) === 403 && /retention|hold/i.test(messageOf(err))) {
+        const until = /until (\d{4}-\d\d-\d\dT[0-9:.]+Z)/.exec(messageOf(err))?.[1];
+        const detail = until ? `locked until ${until}` : 'still locked (GCS object retention or hold)';
+        throw new ObjectLockedError(key, this.location, detail, { cause: err });
+      }
       throw this.storageError(err, `delete ${key}`);
     }
   }

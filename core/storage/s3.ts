@@ -155,7 +155,7 @@ export interface S3TargetOptions {
 export const LIFECYCLE_TAG = 'pgvault-lifecycle';
 
 /** Lifecycle class of each folder below a cluster's folder; anything else (manual/, ...) is not tagged. */
-const LIFECYCLE_FOLDERS: ReadonlyArray<readonly [string, 'archive' | 'expire' | 'report']> = [
+export const LIFECYCLE_FOLDERS: ReadonlyArray<readonly [string, 'archive' | 'expire' | 'report']> = [
   ['full/daily/', 'expire'],
   ['full/weekly/', 'archive'],
   ['full/monthly/', 'archive'],
@@ -430,6 +430,40 @@ export class S3Target implements StorageTarget {
     const probeKey = `${prefix}/.pgvault-probe-${randomBytes(6).toString('hex')}`;
     await this.putBytes(probeKey, 'pgvault probe\n');
     await this.delete(probeKey);
+  }
+
+  /**
+   * The bucket's lifecycle rules (GetBucketLifecycleConfiguration; none: []), for `backup init`
+   * (core/storage/lifecycle-rules.ts mergeS3Rules). Failures are StorageErrors naming the cause.
+   */
+  async lifecycleRules(): Promise<Array<import('@aws-sdk/client-s3').LifecycleRule>> {
+    const { client, sdk } = await this.connect();
+    try {
+      const output = await client.send(
+        new sdk.GetBucketLifecycleConfigurationCommand({ Bucket: this.bucket }),
+        this.requestOptions,
+      );
+      return output.Rules ?? [];
+    } catch (err) {
+      if (errorName(err) === 'NoSuchLifecycleConfiguration') return [];
+      throw this.storageError(err, "read the bucket's lifecycle rules");
+    }
+  }
+
+  /** Replaces the bucket's lifecycle rules (PutBucketLifecycleConfiguration: all of them, merge first). */
+  async putLifecycleRules(rules: ReadonlyArray<object>): Promise<void> {
+    const { client, sdk } = await this.connect();
+    try {
+      await client.send(
+        new sdk.PutBucketLifecycleConfigurationCommand({
+          Bucket: this.bucket,
+          LifecycleConfiguration: { Rules: rules as Array<import('@aws-sdk/client-s3').LifecycleRule> },
+        }),
+        this.requestOptions,
+      );
+    } catch (err) {
+      throw this.storageError(err, "set the bucket's lifecycle rules");
+    }
   }
 
   /** Creates the client on first use, so constructing a target (and the CLI's start-up) loads no SDK. */

@@ -23,6 +23,18 @@ export interface PutOptions {
 }
 
 /**
+ * A retention lock on each new object until its planned GFS expiry (core/config.ts OBJECT_LOCK_*;
+ * core/storage/index.ts objectLockOptions): S3 Object Lock (GOVERNANCE, COMPLIANCE), Azure
+ * version-level immutability policies (Unlocked, Locked), GCS object retention (Unlocked, Locked).
+ * `retainUntil` undefined: no per-object lock (the bucket's or container's default retention applies).
+ */
+export interface ObjectLockOptions {
+  readonly mode: 'GOVERNANCE' | 'COMPLIANCE';
+  /** Retain-until of the object under `key` (relative to the prefix) written at `now`. */
+  readonly retainUntil: (key: string, now: Date) => Date | undefined;
+}
+
+/**
  * The one storage interface. Every backend (file, s3, later gcs and azure) implements it and passes
  * the same contract suite (test/integration/storage-contract.test.ts).
  *

@@ -72,7 +72,7 @@ export class ToolExitError extends PgVaultError {
     readonly stderr: string,
   ) {
     const how = signal ? `was killed by ${signal}` : `failed with exit code ${toolExitCode}`;
-    const detail = recoveryConflict(stderr) ?? lastMeaningfulLine(stderr);
+    const detail = recoveryConflict(stderr) ?? failureLine(stderr);
     super(
       detail
         ? `${label} ${how}: ${detail}`
@@ -89,6 +89,19 @@ function recoveryConflict(stderr: string): string | undefined {
   if (!/canceling statement due to conflict with recovery/i.test(stderr)) return undefined;
   const why = /DETAIL:\s*(.+)/.exec(stderr)?.[1]?.trim();
   return `canceling statement due to conflict with recovery${why ? ` (${why.replace(/\.$/, '')})` : ''}: the replica's WAL replay needed what the dump was reading; set hot_standby_feedback = on and raise max_standby_streaming_delay on the replicas (Patroni: postgresql.parameters), or back up from the leader (BACKUP_FROM=leader)`;
+}
+
+/**
+ * The line that says why a tool failed: its last line, except when pg_dump & co. end a failed query's
+ * report with the query itself (`pg_dump: detail: Query was: LOCK TABLE ...`, `Command was: COPY
+ * ...`) after the server's DETAIL lines: then the tool's last `error:` line (`query failed: ERROR:
+ * deadlock detected`).
+ */
+function failureLine(stderr: string): string {
+  const last = lastMeaningfulLine(stderr);
+  if (!/^\S+: detail: (Query|Command) was: /.test(last)) return last;
+  const errors = stderr.split(/\r?\n/).filter((line) => /^\S+: error: /.test(line.trim()));
+  return errors.at(-1)?.trim() ?? last;
 }
 
 /** The last non-blank stderr line: tools print their reason for failing last. */

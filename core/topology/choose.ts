@@ -1,4 +1,5 @@
 import type { LagLimit } from '../config';
+import { StorageError } from '../errors';
 import { formatBytes } from '../format';
 
 /*
@@ -117,4 +118,48 @@ export function bestReplica(topology: Pick<Topology, 'nodes'>, maxLag: LagLimit)
 export function noReplicaReason(choice: ReplicaChoice): string {
   if (choice.rejected.length === 0) return 'the cluster has no replica';
   return choice.rejected.map((r) => `${r.node.name}: ${r.reason}`).join('; ');
+}
+
+/**
+ * Why a backup's reading failed because of the node it read from, in a few words, or undefined when
+ * the failure is not the node's (a storage target, a bad setting, a tool missing): a recovery
+ * conflict that cancelled pg_dump's query, the server shutting down, restarting or crashing, the
+ * connection lost. Read from the error's message, a tool's stderr, PostgreSQL's SQLSTATE or the
+ * socket's code, through the chain of causes; a StorageError is never the node's.
+ */
+export function nodeFailureReason(err: unknown): string | undefined {
+  for (let e = err, depth = 0; e !== null && e !== undefined && depth < 5; depth++) {
+    // A storage target's failure (its socket reset too) is not the node's: another node would not help.
+    if (e instanceof StorageError) return undefined;
+    const x = e as { message?: unknown; stderr?: unknown; code?: unknown; cause?: unknown };
+    const text = `${typeof x.message === 'string' ? x.message : ''}\n${typeof x.stderr === 'string' ? x.stderr : ''}`;
+    const code = typeof x.code === 'string' ? x.code : '';
+    if (/conflict with recovery/i.test(text)) return 'a recovery conflict cancelled its query';
+    if (/cannot connect to PostgreSQL/.test(text)) return 'it cannot be connected to';
+    // pg_dump takes only ACCESS SHARE locks: on a standby, a deadlock is one with WAL replay.
+    if (/deadlock detected/i.test(text) || code === '40P01') return 'a deadlock cancelled its query';
+    if (/terminating connection due to administrator command/i.test(text) || code === '57P01') {
+      return 'its server was shut down or restarted';
+    }
+    if (
+      /terminating connection because of crash|unexpected postmaster exit/i.test(text) ||
+      code === '57P02'
+    ) {
+      return 'its server crashed';
+    }
+    if (/the database system is (shutting down|starting up|in recovery mode|not yet accepting)/i.test(text)) {
+      return 'its server is restarting';
+    }
+    if (code === '57P03') return 'its server is restarting';
+    if (
+      /server closed the connection unexpectedly|connection terminated unexpectedly|could not receive data from server|no connection to the server|connection to server .* (failed|lost)|SSL SYSCALL error/i.test(
+        text,
+      ) ||
+      ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH'].includes(code)
+    ) {
+      return 'the connection to it was lost';
+    }
+    e = x.cause;
+  }
+  return undefined;
 }

@@ -3,6 +3,7 @@ import { PgVaultError } from '../errors';
 import {
   isRunning,
   leader,
+  nodeFailureReason,
   noReplicaReason,
   replicaCandidates,
   type Topology,
@@ -20,13 +21,18 @@ export { type PatroniDynamicConfig, readPatroniConfig, readPatroniTopology, Topo
  */
 
 /** The cluster's nodes. single-node: the configured server, without connecting to it. */
-export async function readTopology(config: Pick<Config, 'pg' | 'patroni'>): Promise<Topology> {
+export async function readTopology(
+  config: Pick<Config, 'pg' | 'patroni'> & { readonly patroniName?: string },
+): Promise<Topology> {
   if (config.patroni) return readPatroniTopology(config.patroni);
   const host = config.pg.host ?? process.env.PGHOST ?? 'localhost';
   const port = config.pg.port ?? (Number(process.env.PGPORT) || 5432);
   return {
     mode: 'single-node',
-    nodes: [{ name: `${host}:${port}`, role: 'leader', state: 'configured', host, port }],
+    // PATRONI_NAME: the server is that Patroni member (pgvault on a node, PGHOST its own server).
+    nodes: [
+      { name: config.patroniName ?? `${host}:${port}`, role: 'leader', state: 'configured', host, port },
+    ],
   };
 }
 
@@ -222,13 +228,27 @@ export async function chooseReadSource<T>(
   config: Pick<Config, 'pg' | 'patroni' | 'backupFrom' | 'replicaMaxLag'>,
   probe: (conn: PgConnection) => Promise<T>,
   warn: (line: string) => void,
+  /** Members not to read from (a retry's failed node), by name, with why. */
+  exclude: ReadonlyMap<string, string> = new Map(),
 ): Promise<ReadSource<T>> {
   if (config.patroni === undefined) return { conn: config.pg, probed: await probe(config.pg) };
   const topology = await withReplayDelays(config, await readPatroniTopology(config.patroni));
-  const theLeader = leader(topology);
+  const found = leader(topology);
+  const theLeader = found !== undefined && !exclude.has(found.name) ? found : undefined;
   const skipped: string[] = [];
+  if (found !== undefined && theLeader === undefined)
+    skipped.push(`${found.name}: ${exclude.get(found.name)}`);
   if (config.backupFrom === 'replica') {
-    const choice = replicaCandidates(topology, config.replicaMaxLag);
+    const all = replicaCandidates(topology, config.replicaMaxLag);
+    const choice = {
+      candidates: all.candidates.filter((n) => !exclude.has(n.name)),
+      rejected: [
+        ...all.candidates
+          .filter((n) => exclude.has(n.name))
+          .map((node) => ({ node, reason: exclude.get(node.name)! })),
+        ...all.rejected,
+      ],
+    };
     if (choice.candidates.length === 0 || choice.rejected.length > 0) skipped.push(noReplicaReason(choice));
     for (const node of choice.candidates) {
       const conn = nodeConnection(config.pg, node);
@@ -242,7 +262,7 @@ export async function chooseReadSource<T>(
   }
   if (theLeader === undefined) {
     throw new TopologyError(
-      `the Patroni cluster${topology.scope ? ` ${topology.scope}` : ''} has no running leader${skipped.length > 0 ? ` and no usable replica (${skipped.join('; ')})` : ''} (${describe(topology.nodes)}, per ${topology.source}); retry once Patroni has elected one`,
+      `the Patroni cluster${topology.scope ? ` ${topology.scope}` : ''} has no ${found === undefined ? 'running leader' : 'other leader'}${skipped.length > 0 ? ` and no usable replica (${skipped.join('; ')})` : ''} (${describe(topology.nodes)}, per ${topology.source}); retry once Patroni has elected one`,
     );
   }
   if (config.backupFrom === 'replica') {
@@ -254,11 +274,62 @@ export async function chooseReadSource<T>(
   return { conn, node: sourceNode(theLeader, topology), probed: await probe(conn) };
 }
 
+/** A node for messages: `node2 (10.0.0.2:5432, replica)`. */
+function nodeLabel(node: SourceNode): string {
+  return `${node.name ?? `${node.host}:${node.port}`} (${node.host}:${node.port}${node.role ? `, ${node.role}` : ''})`;
+}
+
+/**
+ * A backup's read (`run`) on the node chooseReadSource picks, retried once on the next candidate
+ * (the next replica, else the leader; the topology asked again) when it failed because of that node
+ * (a replica restarted, promoted away, its query cancelled by a recovery conflict, the connection
+ * lost: nodeFailureReason). `run` must leave nothing that looks complete when it fails (runBackup
+ * removes what it wrote). A warning says why the backup moved and where. Without Patroni, for a
+ * failure that is not the node's, or with no candidate left, the first failure is the error, as it was.
+ */
+export async function readWithRetry<T, R>(
+  config: Pick<Config, 'pg' | 'patroni' | 'backupFrom' | 'replicaMaxLag'>,
+  probe: (conn: PgConnection) => Promise<T>,
+  warn: (line: string) => void,
+  run: (source: ReadSource<T>) => Promise<R>,
+  first?: ReadSource<T>,
+): Promise<R> {
+  const source = first ?? (await chooseReadSource(config, probe, warn));
+  try {
+    return await run(source);
+  } catch (err) {
+    const why = nodeFailureReason(err);
+    const failed = source.node;
+    if (config.patroni === undefined || why === undefined || failed?.name === undefined) throw err;
+    let next: ReadSource<T>;
+    try {
+      // Its own warnings (the leader, not a replica) would repeat the line below.
+      next = await chooseReadSource(
+        config,
+        probe,
+        () => {},
+        new Map([[failed.name, `failed mid-backup (${why})`]]),
+      );
+    } catch {
+      // No candidate left: the first failure says what happened and what to set.
+      throw err;
+    }
+    warn(
+      `${nodeLabel(failed)} failed mid-backup (${why}); retrying once on ${nodeLabel(next.node ?? { host: next.conn.host ?? '', port: next.conn.port ?? 5432 })}`,
+    );
+    return run(next);
+  }
+}
+
 /** What pgvault does with each node, and why a replica is not read from. */
 export interface TopologyPlan extends Topology {
   readonly backupFrom: 'replica' | 'leader';
   readonly replicaMaxLag: Config['replicaMaxLag'];
+  /** PATRONI_NAME: the member this host runs, when set. */
+  readonly self?: string;
   readonly nodes: readonly (TopologyNode & {
+    /** The member PATRONI_NAME names (this host). */
+    readonly self?: true;
     /** `connections` (every command's, base backups and restores included), `full backups`, `WAL archiving`. */
     readonly uses: readonly string[];
     /** Why a replica is not read from. */
@@ -273,7 +344,7 @@ export interface TopologyPlan extends Topology {
  * replicas their replay delay when REPLICA_MAX_LAG is in seconds.
  */
 export async function planTopology(
-  config: Pick<Config, 'pg' | 'patroni' | 'backupFrom' | 'replicaMaxLag'>,
+  config: Pick<Config, 'pg' | 'patroni' | 'backupFrom' | 'replicaMaxLag' | 'patroniName'>,
 ): Promise<TopologyPlan> {
   const topology = await withReplayDelays(config, await readTopology(config));
   const theLeader = leader(topology) ?? (topology.mode === 'single-node' ? topology.nodes[0] : undefined);
@@ -287,6 +358,7 @@ export async function planTopology(
     ...topology,
     backupFrom: config.backupFrom,
     replicaMaxLag: config.replicaMaxLag,
+    ...(config.patroniName !== undefined ? { self: config.patroniName } : {}),
     nodes: topology.nodes.map((node) => {
       const uses = [
         ...(node === theLeader ? ['connections'] : []),
@@ -296,6 +368,9 @@ export async function planTopology(
       const reason = skipped.get(node);
       return {
         ...node,
+        ...(config.patroniName !== undefined && node.name === config.patroniName
+          ? { self: true as const }
+          : {}),
         uses,
         ...(reason !== undefined && reason !== `it is not a replica (${node.role})`
           ? { skipped: reason }

@@ -9,7 +9,9 @@ import {
 } from '../catalog/manifest';
 import { BACKUP_TYPES, type BackupType } from '../catalog/naming';
 import { digestStored } from '../catalog/objects';
+import { repositoryHolds } from '../config';
 import { errorMessage, IntegrityError, PgVaultError } from '../errors';
+import { repositoryOf, targetName } from '../storage';
 import type { StorageTarget } from '../storage/target';
 import type { Vault } from '../vault';
 import { verifyWalArchive, type WalVerifyReport } from '../wal/archive';
@@ -145,6 +147,7 @@ export async function verifyAll(
       sound.set(copyKey(entry, target), found.length === 0);
     }
   }
+  faults.push(...placementGaps(vault.targets, entries));
 
   // Pass 2: the newest backup of each type, read through from its nearest copy.
   const readThroughCopies = new Set<string>();
@@ -320,6 +323,39 @@ async function checkManifestCopy(
     ];
   }
   return [];
+}
+
+/**
+ * Several repositories: a backup missing from a repository whose REPO<n>_HOLDS takes it (one that was
+ * down during the backup), when that repository has an older one of the same type and schedule, or
+ * it is the newest of its kind (an older one absent there is its own retention's doing, not a gap).
+ */
+export function placementGaps(
+  targets: readonly StorageTarget[],
+  entries: readonly CatalogEntry[],
+): VerifyFault[] {
+  const faults: VerifyFault[] = [];
+  const kindOf = (e: CatalogEntry) => `${e.manifest.type}:${e.manifest.schedule ?? ''}`;
+  for (const target of targets) {
+    const repo = repositoryOf(target);
+    if (repo === undefined) continue;
+    for (const entry of entries) {
+      const m = entry.manifest;
+      if (entry.targets.includes(target) || !repositoryHolds(repo.holds, m.type, m.schedule)) continue;
+      const same = entries.filter((e) => kindOf(e) === kindOf(entry));
+      const newest = same[0] === entry;
+      const olderHere = same.some((e) => e.manifest.startedAt < m.startedAt && e.targets.includes(target));
+      if (!newest && !olderHere) continue;
+      faults.push({
+        kind: 'missing',
+        backup: m.id,
+        target: target.location,
+        problem: `backup ${m.id} is not in ${targetName(target)}, which holds ${m.type}${m.schedule ? `:${m.schedule}` : ''} backups (REPO${repo.n}_HOLDS)`,
+        action: `copy it there with \`pgvault repo sync --to ${repo.n}\``,
+      });
+    }
+  }
+  return faults;
 }
 
 const UNREADABLE = 'check that the target is reachable and readable, then run verify all again';

@@ -18,6 +18,7 @@ import {
   StorageError,
   UsageError,
 } from '../errors';
+import { targetsHolding } from '../storage';
 import type { ObjectInfo, StorageTarget } from '../storage/target';
 import {
   compressionExtension,
@@ -500,11 +501,17 @@ export async function fetchWalFile(
   // only when the current key does not open the object.
   const retired = (ctx.config.encryption.retired ?? []).filter((k) => k !== ctx.config.encryption.passphrase);
   const failures: Error[] = [];
+  /** Targets that do not hold the file: said once a later one serves it (a repository that lacks it). */
+  const absentIn: string[] = [];
   for (const target of ctx.targets) {
     try {
       for (let attempt = 0; ; attempt++) {
         const opened = await openStoredWalFile(target, cluster, file, ctx.config);
-        if (opened === undefined) break;
+        if (opened === undefined) {
+          // Only a repository that should hold WAL is worth a line (REPO<n>_HOLDS).
+          if (targetsHolding([target], 'wal').length > 0) absentIn.push(target.location);
+          break;
+        }
         const keyCodec =
           attempt === 0 ? codec : await walCodec(ctx.config, identity, file, retired[attempt - 1]);
         try {
@@ -517,6 +524,8 @@ export async function fetchWalFile(
             destination,
             identity,
           );
+          if (absentIn.length > 0)
+            warn(`${name} is not in ${absentIn.join(', ')}; read it from ${target.location}`);
           return { key: opened.key, location: target.location, size };
         } catch (err) {
           const another =

@@ -79,15 +79,18 @@ export class WalConflictError extends IntegrityError {
 /**
  * Which node a WAL file comes from, for messages: the host (PGHOST when it names one, else this
  * machine's name), PGPORT when set, and the data directory when the file is in its pg_wal
- * (archive_command runs there), so two nodes on one host are told apart.
+ * (archive_command runs there), so two nodes on one host are told apart; with PATRONI_NAME
+ * (`member`), the Patroni member first: `node2 (db2:5432, data directory /var/lib/...)`.
  */
-export function walNodeOf(path: string, env: NodeJS.ProcessEnv = process.env): string {
+export function walNodeOf(path: string, env: NodeJS.ProcessEnv = process.env, member?: string): string {
   const pgHost = env.PGHOST;
   const host = pgHost !== undefined && pgHost !== '' && !pgHost.startsWith('/') ? pgHost : hostname();
   const port = env.PGPORT !== undefined && env.PGPORT !== '' ? `:${env.PGPORT}` : '';
   const walDir = dirname(resolve(path));
-  const dataDir = basename(walDir) === 'pg_wal' ? ` (data directory ${dirname(walDir)})` : '';
-  return `${host}${port}${dataDir}`;
+  const dataDir = basename(walDir) === 'pg_wal' ? `data directory ${dirname(walDir)}` : undefined;
+  // PATRONI_NAME: the Patroni member first, then where it runs.
+  if (member !== undefined) return `${member} (${host}${port}${dataDir ? `, ${dataDir}` : ''})`;
+  return `${host}${port}${dataDir ? ` (${dataDir})` : ''}`;
 }
 
 export interface WalPushResult {
@@ -332,7 +335,7 @@ async function preparePush(ctx: WalPushContext, path: string): Promise<PreparedP
         continue;
       }
       if (stored.sha256 !== fileSha256) {
-        const node = ctx.node ?? walNodeOf(path);
+        const node = ctx.node ?? walNodeOf(path, process.env, ctx.config.patroniName);
         const timeline = Number.parseInt(file.timeline, 16);
         throw new WalConflictError(
           `WAL file ${file.name} is already archived with different content in ${target.location} (${info.key}); refusing to overwrite it: this copy comes from node ${node}, timeline ${timeline} (${stored.size} bytes stored, ${size} here). Two servers archiving into cluster ${cluster}? A split brain? Give each server its own CLUSTER_NAME, or find which node's WAL is the real history`,

@@ -4,7 +4,7 @@ import { stopCleanlyOnInterrupt } from '../cleanup';
 import type { Config } from '../config';
 import { ConfigError, errorMessage, PostgresError } from '../errors';
 import { serverInfo } from '../pg/server';
-import { findPgBinary, pgEnv, withClient } from '../pg/tools';
+import { findPgBinary, pgEnv, refuseOlderClient, toolMajorVersion, withClient } from '../pg/tools';
 import { refuseCopyIntoSource } from '../restore/copy';
 import type { StorageTarget } from '../storage/target';
 import { startTool, type ToolProcess } from '../stream/process';
@@ -121,9 +121,14 @@ export async function receiveWal(ctx: ReceiveContext, options: ReceiveOptions): 
   // server not reachable yet is left to pg_receivewal's retries, as before.
   const marks = await serverInfo(config.pg).catch(() => ({}));
   refuseCopyIntoSource(config.clusterName, marks, 'the WAL streamed from this server');
+  const binary = findPgBinary('pg_receivewal', config.pgBinDir);
+  // A server newer than every pg_receivewal here is refused before anything starts or is written.
+  if ('major' in marks) {
+    const client = { path: binary, major: await toolMajorVersion(binary) };
+    refuseOlderClient('pg_receivewal', client, marks, config.pgBinDir);
+  }
   const dir = config.walReceiveDir;
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const binary = findPgBinary('pg_receivewal', config.pgBinDir);
   const patroni = config.pg.patroni;
   if (patroni !== undefined) await requirePermanentSlot(config, options.slot);
   // DEPLOYMENT_MODE=patroni: the leader (core/topology); the serverInfo above may not have reached it.

@@ -14,7 +14,14 @@ import type * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { nagResource } from '../nag';
-import { type BackupTasks, REPO_ROOT, taskFamily, taskRolePath } from './tasks';
+import {
+  type BackupTasks,
+  type CredentialsSecret,
+  grantReadSecret,
+  REPO_ROOT,
+  taskFamily,
+  taskRolePath,
+} from './tasks';
 import type { VaultBucket } from './vault-bucket';
 
 export const FUNCTION_NAMES = ['dispatch', 'retention', 'verify', 'report', 'restore'] as const;
@@ -93,6 +100,8 @@ export interface FunctionsProps {
   /** The clusters the functions serve: shipped as CLUSTERS_FILE in a layer, not in the environment. */
   readonly clusters: readonly FunctionCluster[];
   readonly logRetentionDays: number;
+  /** The second repository's credentials secret (REPO2_SECRET_ARN): the functions that read backups read it. */
+  readonly repositorySecret?: CredentialsSecret;
 }
 
 /**
@@ -183,6 +192,11 @@ export class Functions extends Construct {
     vault.grantRepository(this.functions.restore, { read: true });
     vault.passphrase.grantRead(this.functions.restore);
     this.grantRunTasks(this.functions.restore, tasks.cluster, deployment, 'restore');
+
+    // The second repository's credentials (read at cold start, functions/env.ts): the readers only.
+    if (props.repositorySecret)
+      for (const name of ['retention', 'verify', 'report', 'restore'] as const)
+        grantReadSecret(this.functions[name], props.repositorySecret);
 
     for (const name of FUNCTION_NAMES) {
       props.topic.grantPublish(this.functions[name]);

@@ -2,7 +2,7 @@ import { Annotations, ContextProvider, Stack, Token } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as cxschema from 'aws-cdk-lib/cloud-assembly-schema';
 import { Construct } from 'constructs';
-import type { ClusterConfig, DeployConfig } from '../config';
+import { type ClusterConfig, type DeployConfig, patroniUrls } from '../config';
 
 /**
  * The interface endpoints a Fargate task (platform 1.4) of pgvault needs in private subnets without
@@ -53,10 +53,9 @@ export function databasePorts(clusters: readonly ClusterConfig[], extra: readonl
   const ports = new Set<number>(extra);
   for (const c of clusters) {
     ports.add(c.port);
-    if (c.patroniUrl) {
-      const url = new URL(c.patroniUrl);
+    // Every node's REST API (a comma-separated list): the ports of all of them.
+    for (const url of c.patroniUrl ? patroniUrls(c.patroniUrl) : [])
       ports.add(url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80);
-    }
   }
   return [...ports].sort((a, b) => a - b);
 }

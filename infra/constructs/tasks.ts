@@ -10,7 +10,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import type * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
-import type { ClusterConfig } from '../config';
+import { type ClusterConfig, patroniUrls } from '../config';
 import { repoRoot } from '../paths';
 import type { VaultBucket } from './vault-bucket';
 
@@ -127,6 +127,8 @@ export interface ClusterTasksProps {
   readonly restoreTask: TaskSize;
   readonly walReceive: { cpu: number; memoryMiB: number };
   readonly architecture: 'arm64' | 'x86_64';
+  /** The second repository's credentials secret (REPO2_SECRET_ARN), which every task reads when it starts. */
+  readonly repositorySecret?: CredentialsSecret;
 }
 
 /** One cluster's task definitions and (optional) WAL receiver service. */
@@ -281,6 +283,7 @@ export class ClusterTasks extends Construct {
         DEPLOYMENT_MODE: c.mode,
         ...(c.patroniUrl ? { PATRONI_URL: c.patroniUrl } : {}),
         ...(c.citusCoordinator ? { CITUS_COORDINATOR: c.citusCoordinator } : {}),
+        ...patroniEnvironment(c),
       };
       const credentials = secretsmanager.Secret.fromSecretAttributes(this, `Credentials-${c.name}`, {
         secretCompleteArn: c.credentialsSecretArn,
@@ -357,6 +360,18 @@ export class ClusterTasks extends Construct {
         if (def) grantSecretKeys(def.obtainExecutionRole(), vaultKeyArn, backupCredentials);
       }
       grantSecretKeys(restore.obtainExecutionRole(), vaultKeyArn, restoreCredentials);
+      // Read by pgvault itself at start with the task role (core/pg/startup-secrets.ts): the Patroni REST
+      // API's secret and the second repository's. Every task of the cluster, nothing else.
+      for (const def of [backup, restore, walReceiver?.taskDefinition]) {
+        if (!def) continue;
+        if (c.patroniCredentialsSecretArn)
+          grantReadSecret(def.taskRole, {
+            secretArn: c.patroniCredentialsSecretArn,
+            kmsKeyArn: c.patroniCredentialsKmsKeyArn,
+          });
+        if (props.repositorySecret) grantReadSecret(def.taskRole, props.repositorySecret);
+      }
+      warnPatroni(backup, c, walReceiver !== undefined);
       this.byCluster.set(c.name, { backup, restore, walReceiver });
     }
   }
@@ -510,7 +525,7 @@ export class ClusterTasks extends Construct {
 }
 
 /** A database credentials secret and its customer-managed key, if it has one. */
-interface CredentialsSecret {
+export interface CredentialsSecret {
   readonly secretArn: string;
   readonly kmsKeyArn?: string;
 }
@@ -583,6 +598,65 @@ function grantRestoreTargets(role: iam.IRole, cluster: ClusterConfig): void {
         actions: ['kms:Decrypt'],
         resources: [t.credentialsKmsKeyArn],
         conditions: viaSecretsManager(t.credentialsSecretArn.split(':')[3] || Stack.of(role).region),
+      }),
+    );
+  }
+}
+
+/** Synth warnings of Patroni clusters (issue 13). */
+export const PATRONI_SLOT_WARNING = 'pgvault:patroniPermanentSlot';
+export const PATRONI_CA_WARNING = 'pgvault:patroniHttpsWithoutCa';
+
+/**
+ * A Patroni cluster's settings for its tasks (DEPLOYMENT_MODE=patroni: the core finds the leader and the
+ * replicas through PATRONI_URL). Only the keys configured: a cluster without them gets none.
+ */
+export function patroniEnvironment(c: ClusterConfig): Record<string, string> {
+  return {
+    ...(c.backupFrom ? { BACKUP_FROM: c.backupFrom } : {}),
+    ...(c.replicaMaxLag ? { REPLICA_MAX_LAG: c.replicaMaxLag } : {}),
+    // The ARN only: pgvault reads the REST API's user, password and CA at start (core/pg/startup-secrets.ts).
+    ...(c.patroniCredentialsSecretArn ? { PATRONI_SECRET_ARN: c.patroniCredentialsSecretArn } : {}),
+  };
+}
+
+/**
+ * A Patroni cluster's receiver follows the leader on a slot Patroni keeps on every member (a permanent
+ * slot), which only Patroni's dynamic configuration can declare; an https API signed by a private CA
+ * needs that CA (`cacert` in the Patroni secret).
+ */
+function warnPatroni(def: ecs.FargateTaskDefinition, c: ClusterConfig, receivesWal: boolean): void {
+  if (c.mode !== 'patroni' || !c.patroniUrl) return;
+  if (receivesWal) {
+    Annotations.of(def).addWarningV2(
+      PATRONI_SLOT_WARNING,
+      `cluster ${c.name} receives WAL from a Patroni cluster: declare the slot as a Patroni permanent slot (dynamic configuration: slots: {pgvault: {type: physical}}), or wal receive exits 2 (infra/README.md "Patroni clusters")`,
+    );
+  }
+  const https = patroniUrls(c.patroniUrl).some((u) => u.protocol === 'https:');
+  if (https && !c.patroniCredentialsSecretArn) {
+    Annotations.of(def).addWarningV2(
+      PATRONI_CA_WARNING,
+      `cluster ${c.name}'s Patroni REST API is https and has no patroniCredentialsSecretArn: the tasks trust only public CAs; put the CA's PEM as "cacert" in a secret and name it in patroniCredentialsSecretArn`,
+    );
+  }
+}
+
+/**
+ * A secret pgvault reads itself when it starts (GetSecretValue with the task or function role): that
+ * secret by its complete ARN, no wildcard, and its customer-managed key through Secrets Manager only.
+ */
+export function grantReadSecret(grantee: iam.IGrantable, secret: CredentialsSecret): void {
+  grantee.grantPrincipal.addToPrincipalPolicy(
+    new iam.PolicyStatement({ actions: ['secretsmanager:GetSecretValue'], resources: [secret.secretArn] }),
+  );
+  if (secret.kmsKeyArn) {
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: ['kms:Decrypt'],
+        resources: [secret.kmsKeyArn],
+        // The secret's region (a complete ARN, config.ts checks it names one).
+        conditions: viaSecretsManager(secret.secretArn.split(':')[3]!),
       }),
     );
   }

@@ -583,7 +583,7 @@ describe('restore into another server (issue 12: restores never touch production
     ]);
   });
 
-  it("blanks a Patroni cluster's PATRONI_URL: the target is a plain server", async () => {
+  it("blanks a Patroni cluster's PATRONI_URL and PATRONI_SECRET_ARN: the target is a plain server", async () => {
     // Act
     await restore({ type: 'full', cluster: 'crm', target: { host: 'fd00::17', port: 5433 } });
 
@@ -597,6 +597,7 @@ describe('restore into another server (issue 12: restores never touch production
       { name: 'PGDATABASE', value: 'postgres' },
       { name: 'DEPLOYMENT_MODE', value: 'single-node' },
       { name: 'PATRONI_URL', value: '' },
+      { name: 'PATRONI_SECRET_ARN', value: '' },
     ]);
   });
 

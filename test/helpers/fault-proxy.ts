@@ -32,6 +32,9 @@ import type { AddressInfo, Socket } from 'node:net';
  *   promise settles (tests use it to order two writers).
  * - `reset-download`: forwards the request, passes the answer's status, headers and at most
  *   `afterBytes` bytes of its body on, then resets the connection: a download cut in the middle.
+ * - `answer`: reads the request's body (kept as `body` in `requests`: a recording of what the client
+ *   sent) and answers the given status, headers and body, without forwarding: a stand-in for an answer
+ *   the server behind cannot give (an S3 API s3rver lacks, Azure's error for an immutable blob).
  *
  * Use `hits(index)` or `waitFor(index)` to know a rule fired; `requests` lists every request seen.
  */
@@ -46,7 +49,13 @@ export type FaultAction =
       readonly answer?: 'reset' | 'stall';
       readonly after?: Promise<unknown>;
     }
-  | { readonly kind: 'reset-download'; readonly afterBytes: number };
+  | { readonly kind: 'reset-download'; readonly afterBytes: number }
+  | {
+      readonly kind: 'answer';
+      readonly status: number;
+      readonly headers?: Readonly<Record<string, string>>;
+      readonly body?: string;
+    };
 
 export interface FaultRule {
   /** HTTP method, e.g. PUT. Any when absent. */
@@ -74,6 +83,8 @@ export interface SeenRequest {
   readonly headers: Readonly<Record<string, string | string[] | undefined>>;
   /** Index of the rule that fired, if any. */
   readonly rule?: number;
+  /** The request's body, for requests an `answer` rule took (set once it is read). */
+  body?: string;
 }
 
 export interface FaultProxy {
@@ -150,14 +161,15 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
       active.matches++;
       if (chosen === undefined && inTurn(active)) chosen = { index, active };
     }
-    requests.push({
+    const seen: SeenRequest = {
       method,
       path,
       key,
       query,
       headers: { ...req.headers },
       ...(chosen ? { rule: chosen.index } : {}),
-    });
+    };
+    requests.push(seen);
     if (chosen === undefined) {
       forward(req, (upstreamRes) => {
         res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.headers);
@@ -187,6 +199,17 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
           res.end(
             `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${action.code}</Code><Message>${action.message}</Message><RequestId>FAULTPROXY</RequestId><HostId>fault-proxy</HostId></Error>`,
           );
+          fired(active);
+        });
+        return;
+      }
+      case 'answer': {
+        const chunks: Buffer[] = [];
+        req.on('data', (chunk: Buffer) => chunks.push(chunk));
+        req.on('end', () => {
+          seen.body = Buffer.concat(chunks).toString('utf8');
+          res.writeHead(action.status, { ...action.headers });
+          res.end(action.body ?? '');
           fired(active);
         });
         return;

@@ -60,6 +60,21 @@ export interface PatroniClusterOptions {
    * restapi.certfile/keyfile. @default false
    */
   readonly tls?: boolean;
+  /**
+   * Extra lines of every member's `bootstrap:` section, indented by two spaces (a custom bootstrap
+   * method: `  method: pgvault` and its section). @default none
+   */
+  readonly bootstrapYaml?: string;
+  /** Patroni's log.level for every member (INFO shows which replica method built a member). @default 'WARNING' */
+  readonly logLevel?: string;
+}
+
+/** What one member added with addNode() gets besides the cluster's configuration. */
+export interface PatroniMemberOptions {
+  /** Extra lines of its `postgresql:` section, indented by two spaces (create_replica_methods & co). */
+  readonly postgresqlYaml?: string;
+  /** Its Patroni log.level. @default the cluster's */
+  readonly logLevel?: string;
 }
 
 function findServerBinDir(): string {
@@ -158,6 +173,7 @@ export class PatroniCluster {
   /** With `tls`: the CA file that signed the REST APIs' certificate (PATRONI_CACERT). */
   caFile?: string;
   private ca?: Buffer;
+  private options: PatroniClusterOptions = {};
 
   private constructor(
     readonly dir: string,
@@ -208,6 +224,7 @@ export class PatroniCluster {
       await freePort(),
       await freePort(),
     );
+    cluster.options = options;
     try {
       cluster.startEtcd();
       if (options.tls) cluster.makeCertificates();
@@ -245,7 +262,12 @@ export class PatroniCluster {
     }
   }
 
-  private configText(node: PatroniNode, binDir: string, options: PatroniClusterOptions): string {
+  private configText(
+    node: PatroniNode,
+    binDir: string,
+    options: PatroniClusterOptions,
+    member: PatroniMemberOptions = {},
+  ): string {
     const params = {
       wal_level: 'replica',
       hot_standby: 'on',
@@ -266,7 +288,7 @@ export class PatroniCluster {
     return `scope: ${this.scope}
 name: ${node.name}
 log:
-  level: WARNING
+  level: ${member.logLevel ?? options.logLevel ?? 'WARNING'}
 restapi:
   listen: 127.0.0.1:${node.apiPort}
   connect_address: 127.0.0.1:${node.apiPort}
@@ -290,7 +312,7 @@ ${paramLines}
   initdb:
     - encoding: UTF8
     - locale: C.UTF-8
-postgresql:
+${options.bootstrapYaml ? `${options.bootstrapYaml.trimEnd()}\n` : ''}postgresql:
   listen: 127.0.0.1:${node.pgPort}
   connect_address: 127.0.0.1:${node.pgPort}
   data_dir: ${node.dataDir}
@@ -312,7 +334,32 @@ postgresql:
     - host all all 127.0.0.1/32 scram-sha-256
   parameters:
     unix_socket_directories: ${JSON.stringify(socketDir)}
-`;
+${member.postgresqlYaml ? `${member.postgresqlYaml.trimEnd()}\n` : ''}`;
+  }
+
+  /**
+   * Adds a member to the running cluster (node3, node4, ...) with its own extra configuration and
+   * starts it; it creates its replica as its create_replica_methods say. Does not wait: follow it
+   * with waitHealthy().
+   */
+  async addNode(member: PatroniMemberOptions = {}): Promise<PatroniNode> {
+    const name = `node${this.nodes.length + 1}`;
+    const apiPort = await freePort();
+    const node: PatroniNode = {
+      name,
+      pgPort: await freeServerPort(),
+      apiPort,
+      apiUrl: `${this.caFile ? 'https' : 'http'}://127.0.0.1:${apiPort}`,
+      dataDir: join(this.dir, name),
+      configFile: join(this.dir, `${name}.yml`),
+      logFile: join(this.dir, `${name}.log`),
+    };
+    writeFileSync(node.configFile, this.configText(node, findServerBinDir(), this.options, member));
+    await chownToServerUser(node.configFile);
+    this.nodes.push(node);
+    liveDataDirs.add(node.dataDir);
+    this.startNode(name);
+    return node;
   }
 
   /** A test CA and a certificate for 127.0.0.1 it signs, readable by the postgres OS user. */
@@ -462,6 +509,21 @@ postgresql:
     await this.endGroup(node.proc, 'SIGKILL', 10_000);
     if (pid !== undefined) signal(pid, 'SIGKILL');
     await this.waitGone(pid, 10_000);
+  }
+
+  /**
+   * Freezes a member's Patroni (SIGSTOP to its process group): its REST API stops answering and its
+   * member key expires after the TTL, while its PostgreSQL (a session of its own) goes on running.
+   */
+  pauseNode(name: string): void {
+    const pid = this.node(name).proc?.pid;
+    if (pid !== undefined) signal(-pid, 'SIGSTOP');
+  }
+
+  /** Undoes pauseNode (SIGCONT). */
+  resumeNode(name: string): void {
+    const pid = this.node(name).proc?.pid;
+    if (pid !== undefined) signal(-pid, 'SIGCONT');
   }
 
   private async killPostmaster(node: PatroniNode, sig: NodeJS.Signals): Promise<void> {

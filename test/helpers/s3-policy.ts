@@ -104,6 +104,10 @@ export function s3RequestOf(method: string, url: string): S3Request & { key: str
   const bucketArn = `arn:aws:s3:::${decodeURIComponent(bucket)}`;
   const objectArn = `${bucketArn}/${key}`;
   if (key === '') {
+    if (q.has('lifecycle')) {
+      const action = method === 'GET' ? 's3:GetLifecycleConfiguration' : 's3:PutLifecycleConfiguration';
+      return { action, resource: bucketArn, key };
+    }
     if (method === 'GET' && (q.has('list-type') || q.has('prefix') || !parsed.search)) {
       return { action: 's3:ListBucket', resource: bucketArn, prefix: q.get('prefix') ?? '', key };
     }

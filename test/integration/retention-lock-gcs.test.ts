@@ -8,9 +8,9 @@ import { type GcsStandIn, startGcsStandIn } from '../helpers/gcs-server';
 import { recordingReporter, tempDir } from '../helpers/vault';
 
 /**
- * `pgvault backup retention` (the built CLI) with GCS object retention (GCS_OBJECT_RETENTION): every
- * object of a dated backup is written with its retain-until (its planned GFS expiry, never less than
- * GCS_OBJECT_RETENTION_MIN_DAYS from the write). The GCS stand-in (test/helpers/gcs-server.ts; no GCS
+ * `pgvault backup retention` (the built CLI) with GCS object retention (OBJECT_LOCK_MODE=governance:
+ * GCS's Unlocked mode): every object of a dated backup is written with its retain-until (its planned
+ * GFS expiry, never less than OBJECT_LOCK_MIN_DAYS from the write). The GCS stand-in (test/helpers/gcs-server.ts; no GCS
  * emulator can be installed here) refuses a delete before that time with GCS's 403 retention message,
  * as GCS does. A backup retention would delete but whose lock has not ended is reported as locked,
  * kept whole, exit 0 (as S3 Object Lock, retention-lock-cli.test.ts).
@@ -41,8 +41,8 @@ function settings(prefix: string): Record<string, string> {
     CLOUD_BUCKET: gcs.bucket,
     CLOUD_PREFIX: prefix,
     STORAGE_EMULATOR_HOST: gcs.endpoint,
-    GCS_OBJECT_RETENTION: 'unlocked',
-    GCS_OBJECT_RETENTION_MIN_DAYS: '1',
+    OBJECT_LOCK_MODE: 'governance',
+    OBJECT_LOCK_MIN_DAYS: '1',
     LOCAL_COPY: 'false',
     COMPRESSION: 'none',
     RETENTION_DAYS: '1',

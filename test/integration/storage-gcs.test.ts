@@ -2,8 +2,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../core/config';
-import { ObjectExistsError, StorageError } from '../../core/errors';
-import { objectLockDetail } from '../../core/retention/apply';
+import { ObjectExistsError, ObjectLockedError, StorageError } from '../../core/errors';
+import { lockedDetail } from '../../core/retention/apply';
 import { createTargets } from '../../core/storage';
 import { GcsTarget, type GcsTargetOptions } from '../../core/storage/gcs';
 import { type GcsStandIn, startGcsStandIn } from '../helpers/gcs-server';
@@ -210,7 +210,7 @@ describe('GCS target (stand-in server)', () => {
         CLOUD_BUCKET: server.bucket,
         CLOUD_PREFIX: 'locked',
         STORAGE_EMULATOR_HOST: server.endpoint,
-        GCS_OBJECT_RETENTION: 'unlocked',
+        OBJECT_LOCK_MODE: 'governance',
         RETENTION_DAYS: '7',
         RETENTION_WAL_DAYS: '3',
       }),
@@ -233,8 +233,8 @@ describe('GCS target (stand-in server)', () => {
     expect(walUntil).toBeGreaterThanOrEqual(before + 3 * 86_400_000);
     expect(walUntil).toBeLessThanOrEqual(Date.now() + 3 * 86_400_000);
     expect(server.objects.get('locked/c1/reports/r.json')?.retention).toBeUndefined();
-    expect(deletion.status).toBe('rejected');
-    expect(deletion.status === 'rejected' && objectLockDetail(deletion.reason)).toBe(
+    expect(deletion.status === 'rejected' && deletion.reason).toBeInstanceOf(ObjectLockedError);
+    expect(deletion.status === 'rejected' && lockedDetail(gcs, deletion.reason)).toBe(
       'locked until 2100-01-07T00:00:00.000Z',
     );
     expect(server.objects.has('locked/c1/full/daily/full-daily-20991231-020000.dump')).toBe(true);

@@ -29,8 +29,6 @@ const NOT_FOR_READS = new Map<string, string>([
   ['GCS_STORAGE_CLASS_ARCHIVE', 'the storage class is set on writes, a read needs none'],
   ['GCS_STORAGE_CLASS_EXPIRE', 'the storage class is set on writes, a read needs none'],
   ['GCS_STORAGE_CLASS_REPORT', 'the storage class is set on writes, a read needs none'],
-  ['GCS_OBJECT_RETENTION', 'retention is set on writes'],
-  ['GCS_OBJECT_RETENTION_MIN_DAYS', 'retention is set on writes'],
   ['AWS_REGION', 'read as AWS_DEFAULT_REGION, which is written'],
   // The SDK's own environment (the server's environment keeps AWS_*, sandboxServerEnv), not pgvault settings.
   ['AWS_EXECUTION_ENV', 'set by AWS for the process'],
@@ -150,7 +148,7 @@ describe("restore_command's config file", () => {
       STORAGE_EMULATOR_HOST: 'http://127.0.0.1:4443',
       GOOGLE_APPLICATION_CREDENTIALS: '/etc/pgvault/gcs-key.json',
       GCS_STORAGE_CLASS_ARCHIVE: 'ARCHIVE',
-      GCS_OBJECT_RETENTION: 'locked',
+      OBJECT_LOCK_MODE: 'compliance',
     };
     const file = restoreCommandConfigText(parseConfig(gcs), undefined);
     const reread = parseConfig(
@@ -181,5 +179,61 @@ describe("restore_command's config file", () => {
       ),
     );
     expect(reread.cloud).toEqual(parseConfig(settings).cloud);
+  });
+});
+
+describe("restore_command's config file with several repositories (REPO<n>_*)", () => {
+  const settings: Record<string, string> = {
+    CLUSTER_NAME: 'main',
+    AWS_DEFAULT_REGION: 'eu-west-1',
+    REPO1_TYPE: 'file',
+    REPO1_PATH: '/var/backups/postgresql',
+    REPO1_HOLDS: 'full:daily,wal,config,indexes,reports',
+    REPO1_RETENTION_DAYS: '3',
+    REPO2_TYPE: 's3',
+    REPO2_BUCKET: 'vault',
+    REPO2_PREFIX: 'pg',
+    REPO2_REGION: 'us-west-2',
+    REPO2_S3_ENDPOINT: 'http://127.0.0.1:9000',
+    REPO2_S3_STORAGE_CLASS_ARCHIVE: 'GLACIER',
+    REPO3_TYPE: 'azure',
+    REPO3_BUCKET: 'backups',
+    REPO3_AZURE_STORAGE_ACCOUNT: 'pgvaultstore',
+  };
+  const text = restoreCommandConfigText(parseConfig(settings), undefined);
+  const values = Object.fromEntries(
+    text
+      .split('\n')
+      .filter((l) => /^[A-Z0-9_]+=/.test(l))
+      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 2, -1)]),
+  );
+
+  it('reads back to the same repositories, in the same order, each with its own storage settings', () => {
+    // Act
+    const reread = parseConfig(values);
+    const original = parseConfig(settings);
+
+    // Assess
+    expect(reread.repositories?.map((r) => [r.n, r.type, r.holds.join(',')])).toEqual(
+      original.repositories?.map((r) => [r.n, r.type, r.holds.join(',')]),
+    );
+    for (const [i, repo] of (original.repositories ?? []).entries()) {
+      const again = reread.repositories![i]!.config;
+      expect(again.backupDir).toBe(repo.config.backupDir);
+      expect({ ...again.cloud, storageClass: undefined, accessTier: undefined }).toEqual({
+        ...repo.config.cloud,
+        storageClass: undefined,
+        accessTier: undefined,
+      });
+    }
+    expect(values.REPO2_AWS_DEFAULT_REGION).toBe('us-west-2');
+    expect(values.REPO2_S3_ENDPOINT).toBe('http://127.0.0.1:9000');
+  });
+
+  it('writes no single-target key beside them, and nothing the reads never need', () => {
+    for (const key of ['CLOUD_PROVIDER', 'CLOUD_BUCKET', 'CLOUD_PREFIX', 'LOCAL_COPY']) {
+      expect(Object.keys(values)).not.toContain(key);
+    }
+    expect(Object.keys(values).filter((k) => /RETENTION|STORAGE_CLASS/.test(k))).toEqual([]);
   });
 });

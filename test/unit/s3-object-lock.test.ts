@@ -129,6 +129,42 @@ describe('S3_OBJECT_LOCK_* settings', () => {
   });
 });
 
+describe('OBJECT_LOCK_* settings: the provider-neutral names, S3_OBJECT_LOCK_* their aliases', () => {
+  const azure = { CLOUD_PROVIDER: 'azure', CLOUD_BUCKET: 'vault', AZURE_STORAGE_ACCOUNT: 'account' };
+
+  it('read for every provider; either name works, and the same value under both is fine', () => {
+    expect(
+      parseConfig({ ...azure, OBJECT_LOCK_MODE: 'compliance', OBJECT_LOCK_MIN_DAYS: '3' }).cloud.objectLock,
+    ).toEqual({ mode: 'COMPLIANCE', minDays: 3 });
+    expect(
+      parseConfig({ ...azure, S3_OBJECT_LOCK_MODE: 'governance', OBJECT_LOCK_MIN_DAYS: '2' }).cloud
+        .objectLock,
+    ).toEqual({ mode: 'GOVERNANCE', minDays: 2 });
+    expect(
+      parseConfig({ ...azure, OBJECT_LOCK_MODE: 'compliance', S3_OBJECT_LOCK_MODE: 'COMPLIANCE' }).cloud
+        .objectLock,
+    ).toEqual({ mode: 'COMPLIANCE', minDays: 0 });
+    expect(
+      parseConfig({ ...azure, OBJECT_LOCK_MODE: 'compliance', OBJECT_LOCK_RETAIN: 'bucket' }).cloud
+        .objectLock,
+    ).toBeUndefined();
+  });
+
+  it('refuse the two names set to different values, and name the key that was set', () => {
+    expect(() =>
+      parseConfig({ ...azure, OBJECT_LOCK_MODE: 'compliance', S3_OBJECT_LOCK_MODE: 'governance' }),
+    ).toThrow(
+      'OBJECT_LOCK_MODE=compliance and S3_OBJECT_LOCK_MODE=governance disagree; S3_OBJECT_LOCK_MODE is the older name of OBJECT_LOCK_MODE: keep one',
+    );
+    expect(() => parseConfig({ ...azure, OBJECT_LOCK_MODE: 'worm' })).toThrow(
+      'OBJECT_LOCK_MODE=worm is not allowed; use one of off, governance, compliance',
+    );
+    expect(() => parseConfig({ ...azure, OBJECT_LOCK_RETAIN: 'gfs' })).toThrow(
+      'OBJECT_LOCK_RETAIN=gfs needs OBJECT_LOCK_MODE (governance or compliance)',
+    );
+  });
+});
+
 /**
  * s3rver ignores Object Lock, so what is checked is what a real S3 would be told: the headers of each
  * PutObject and CreateMultipartUpload, as seen by a proxy in front of s3rver.

@@ -109,26 +109,13 @@ describe('GCS_STORAGE_CLASS, object retention and the GCS keys (CLOUD_PROVIDER=g
     expect(config.warnings).toEqual([]);
   });
 
-  it('refuses a class GCS does not have, a relative key file and an unknown retention mode, in one line each', () => {
+  it('refuses a class GCS does not have and a relative key file, in one line each', () => {
     expect(refusal({ ...GCS, GCS_STORAGE_CLASS: 'STANDARD_IA' })).toBe(
       'GCS_STORAGE_CLASS=STANDARD_IA is not allowed; use one of STANDARD, NEARLINE, COLDLINE, ARCHIVE',
     );
     expect(refusal({ ...GCS, GOOGLE_APPLICATION_CREDENTIALS: 'key.json' })).toMatch(
       /^GOOGLE_APPLICATION_CREDENTIALS=key\.json is a relative path; use the key file's absolute path/,
     );
-    expect(refusal({ ...GCS, GCS_OBJECT_RETENTION: 'forever' })).toBe(
-      'GCS_OBJECT_RETENTION=forever is not allowed; use one of off, unlocked, locked',
-    );
-  });
-
-  it('reads object retention with its floor', () => {
-    const config = parseConfig({
-      ...GCS,
-      GCS_OBJECT_RETENTION: 'locked',
-      GCS_OBJECT_RETENTION_MIN_DAYS: '3',
-    });
-    expect(config.cloud.gcs?.retention).toEqual({ mode: 'Locked', minDays: 3 });
-    expect(parseConfig(GCS).cloud.gcs?.retention).toBeUndefined();
   });
 
   it('warns of a GCS class with another provider, and of an S3 class with gcs', () => {

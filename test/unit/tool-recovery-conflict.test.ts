@@ -25,4 +25,16 @@ describe('pg_dump cancelled on a hot standby', () => {
     const err = new ToolExitError('pg_dump of shop', 1, null, 'pg_dump: error: connection failed\n');
     expect(err.message).toBe('pg_dump of shop failed with exit code 1: pg_dump: error: connection failed');
   });
+
+  it('a failed query: the reason, not the query pg_dump echoes after it', () => {
+    const err = new ToolExitError(
+      'pg_dump of app',
+      1,
+      null,
+      'pg_dump: error: query failed: ERROR:  deadlock detected\nDETAIL:  Process 1 waits for AccessShareLock on relation 16390 of database 16384; blocked by process 2.\nProcess 2 waits for AccessExclusiveLock on relation 16386 of database 16384; blocked by process 1.\npg_dump: detail: Query was: LOCK TABLE public.marker IN ACCESS SHARE MODE\n',
+    );
+    expect(err.message).toBe(
+      'pg_dump of app failed with exit code 1: pg_dump: error: query failed: ERROR:  deadlock detected',
+    );
+  });
 });

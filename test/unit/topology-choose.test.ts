@@ -1,8 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../core/config';
+import { StorageError } from '../../core/errors';
+import { ToolExitError } from '../../core/stream/process';
 import {
   bestReplica,
   leader,
+  nodeFailureReason,
   noReplicaReason,
   normalizeRole,
   replicaCandidates,
@@ -147,5 +150,41 @@ describe('Patroni settings (core/config.ts)', () => {
     expect(error?.message).toMatch(message);
     expect(error?.message).not.toContain('hunter2');
     expect(error?.message).not.toContain('\n');
+  });
+});
+
+describe('nodeFailureReason()', () => {
+  it("names the node's failures (pg_dump's stderr, SQLSTATE, socket codes) and nothing else", () => {
+    const dump = (stderr: string) => new ToolExitError('pg_dump of shop', 1, null, stderr);
+    expect(
+      nodeFailureReason(
+        dump(
+          'pg_dump: detail: Error message from server: ERROR:  canceling statement due to conflict with recovery\n',
+        ),
+      ),
+    ).toBe('a recovery conflict cancelled its query');
+    expect(
+      nodeFailureReason(
+        dump(
+          'pg_dump: error: Dumping the contents of table "t" failed: PQgetResult() failed.\npg_dump: detail: Error message from server: FATAL:  terminating connection due to administrator command\n',
+        ),
+      ),
+    ).toBe('its server was shut down or restarted');
+    expect(nodeFailureReason(dump('pg_dump: error: server closed the connection unexpectedly\n'))).toBe(
+      'the connection to it was lost',
+    );
+    expect(nodeFailureReason(Object.assign(new Error('terminating'), { code: '57P02' }))).toBe(
+      'its server crashed',
+    );
+    expect(nodeFailureReason(new Error('Connection terminated unexpectedly'))).toBe(
+      'the connection to it was lost',
+    );
+    expect(
+      nodeFailureReason(
+        new StorageError('upload failed', { cause: Object.assign(new Error('x'), { code: 'ECONNRESET' }) }),
+      ),
+    ).toBeUndefined();
+    expect(nodeFailureReason(dump('pg_dump: error: permission denied for table t\n'))).toBeUndefined();
+    expect(nodeFailureReason(new StorageError('disk full'))).toBeUndefined();
   });
 });
