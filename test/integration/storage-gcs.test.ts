@@ -240,6 +240,32 @@ describe('GCS target (stand-in server)', () => {
     expect(server.objects.has('locked/c1/full/daily/full-daily-20991231-020000.dump')).toBe(true);
   });
 
+  it('is a repository of its own beside a file one (REPO2_TYPE=gcs with REPO2_STORAGE_EMULATOR_HOST)', async () => {
+    // Prepare
+    const targets = createTargets(
+      parseConfig({
+        CLUSTER_NAME: 'main',
+        REPO1_TYPE: 'file',
+        REPO1_PATH: '/tmp/pgvault-gcs-repo1-unused',
+        REPO2_TYPE: 'gcs',
+        REPO2_BUCKET: server.bucket,
+        REPO2_PREFIX: 'repo2',
+        REPO2_STORAGE_EMULATOR_HOST: server.endpoint,
+        REPO2_GCS_STORAGE_CLASS: 'NEARLINE',
+      }),
+    );
+
+    // Act
+    await targets[1]!.putBytes('main/config/config-20260101-000000.tar', 'config');
+
+    // Assess
+    expect(targets.map((t) => t.location)).toEqual([
+      'file:///tmp/pgvault-gcs-repo1-unused',
+      `gs://${server.bucket}/repo2`,
+    ]);
+    expect(server.objects.get('repo2/main/config/config-20260101-000000.tar')?.storageClass).toBe('NEARLINE');
+  });
+
   it('names a missing bucket', async () => {
     // Prepare
     const gcs = new GcsTarget({ bucket: 'no-such-bucket', endpoint: server.endpoint });
