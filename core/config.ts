@@ -127,6 +127,27 @@ export interface CloudConfig {
   readonly storageClass?: PerLifecycleKind<S3StorageClass>;
   /** AZURE_ACCESS_TIER and AZURE_ACCESS_TIER_<KIND>: the access tier of each new blob, likewise. */
   readonly accessTier?: PerLifecycleKind<AzureAccessTier>;
+  /** CLOUD_PROVIDER=gcs: endpoint, key file and storage classes (gcsSettings); the lock is objectLock. */
+  readonly gcs?: GcsSettings;
+}
+
+export const GCS_STORAGE_CLASSES = ['STANDARD', 'NEARLINE', 'COLDLINE', 'ARCHIVE'] as const;
+export type GcsStorageClass = (typeof GCS_STORAGE_CLASSES)[number];
+
+/**
+ * Google Cloud Storage settings. Credentials are Application Default Credentials (google-auth-library):
+ * GOOGLE_APPLICATION_CREDENTIALS (a key file's path, never its contents), or workload identity / the
+ * metadata server. STORAGE_EMULATOR_HOST: a local endpoint (the client's own variable).
+ */
+export interface GcsSettings {
+  /** STORAGE_EMULATOR_HOST: http://host:port of a local JSON-API endpoint; requests are then unauthenticated. */
+  readonly endpoint?: string;
+  /** GOOGLE_APPLICATION_CREDENTIALS: path of a service account key file. */
+  readonly keyFile?: string;
+  /** GOOGLE_CLOUD_PROJECT: the project (only named in requests that need one; objects do not). */
+  readonly projectId?: string;
+  /** GCS_STORAGE_CLASS and GCS_STORAGE_CLASS_<KIND>: the storage class of each new object. */
+  readonly storageClass?: PerLifecycleKind<GcsStorageClass>;
 }
 
 /**
@@ -453,6 +474,14 @@ export const KNOWN_KEYS: readonly string[] = [
   'AZURE_ACCESS_TIER_ARCHIVE',
   'AZURE_ACCESS_TIER_EXPIRE',
   'AZURE_ACCESS_TIER_REPORT',
+  'GCS_STORAGE_CLASS',
+  'GCS_STORAGE_CLASS_ARCHIVE',
+  'GCS_STORAGE_CLASS_EXPIRE',
+  'GCS_STORAGE_CLASS_REPORT',
+  // Read by @google-cloud/storage and google-auth-library (CLOUD_PROVIDER=gcs).
+  'STORAGE_EMULATOR_HOST',
+  'GOOGLE_APPLICATION_CREDENTIALS',
+  'GOOGLE_CLOUD_PROJECT',
   'AZURE_STORAGE_ACCOUNT',
   'AZURE_STORAGE_KEY',
   'AZURE_STORAGE_SAS_TOKEN',
@@ -781,13 +810,14 @@ function configWarnings(key: string | undefined, mode: DeploymentMode, raw: Raw)
   for (const [base, wanted] of [
     ['S3_STORAGE_CLASS', 's3'],
     ['AZURE_ACCESS_TIER', 'azure'],
+    ['GCS_STORAGE_CLASS', 'gcs'],
   ] as const) {
     const set = ['', '_ARCHIVE', '_EXPIRE', '_REPORT']
       .map((kind) => `${base}${kind}`)
       .filter((k) => text(raw, k) !== undefined);
     if (set.length > 0 && provider !== wanted) {
       warnings.push(
-        `${set.join(', ')} ${set.length === 1 ? 'applies' : 'apply'} only to CLOUD_PROVIDER=${wanted} and ${set.length === 1 ? 'has' : 'have'} no effect with CLOUD_PROVIDER=${provider}; remove ${set.length === 1 ? 'it' : 'them'} or set ${wanted === 's3' ? 'AZURE_ACCESS_TIER' : 'S3_STORAGE_CLASS'} instead`,
+        `${set.join(', ')} ${set.length === 1 ? 'applies' : 'apply'} only to CLOUD_PROVIDER=${wanted} and ${set.length === 1 ? 'has' : 'have'} no effect with CLOUD_PROVIDER=${provider}; remove ${set.length === 1 ? 'it' : 'them'}${PLACEMENT_KEY[provider] ? ` or set ${PLACEMENT_KEY[provider]} instead` : ''}`,
       );
     }
   }
@@ -832,6 +862,40 @@ function awsCredentials(raw: Raw): CloudConfig['credentials'] {
   }
   const sessionToken = raw.AWS_SESSION_TOKEN?.trim() || undefined;
   return { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) };
+}
+
+/** The per-kind placement setting of each provider (configWarnings). */
+const PLACEMENT_KEY: Readonly<Record<string, string>> = {
+  s3: 'S3_STORAGE_CLASS',
+  azure: 'AZURE_ACCESS_TIER',
+  gcs: 'GCS_STORAGE_CLASS',
+};
+
+/**
+ * CLOUD_PROVIDER=gcs's settings (CloudConfig.gcs). Every storage class of GCS is read at once (ARCHIVE
+ * too: no restore step, only retrieval fees and a 365-day minimum), so any class may go to any kind.
+ */
+function gcsSettings(raw: Raw): GcsSettings {
+  const endpoint = text(raw, 'STORAGE_EMULATOR_HOST');
+  if (endpoint !== undefined && !/^(https?:\/\/)?[^\s/]+(\/|$)/.test(endpoint)) {
+    throw new ConfigError(
+      `STORAGE_EMULATOR_HOST=${endpoint} is not allowed; use a URL such as http://127.0.0.1:4443`,
+    );
+  }
+  const keyFile = text(raw, 'GOOGLE_APPLICATION_CREDENTIALS');
+  if (keyFile !== undefined && !isAbsolute(keyFile)) {
+    throw new ConfigError(
+      `GOOGLE_APPLICATION_CREDENTIALS=${keyFile} is a relative path; use the key file's absolute path (archive_command runs in the data directory)`,
+    );
+  }
+  const storageClass = perKindSetting(raw, 'GCS_STORAGE_CLASS', GCS_STORAGE_CLASSES, []);
+  const projectId = text(raw, 'GOOGLE_CLOUD_PROJECT');
+  return {
+    ...(endpoint ? { endpoint } : {}),
+    ...(keyFile ? { keyFile } : {}),
+    ...(projectId ? { projectId } : {}),
+    ...(storageClass ? { storageClass } : {}),
+  };
 }
 
 /** CLOUD_PROVIDER=azure's settings (CloudConfig.azure); one line naming what is missing. */
@@ -1203,6 +1267,7 @@ export function parseConfig(
       maxAttempts: integer(raw, 'S3_MAX_ATTEMPTS', 3, 1, 20),
       ...objectLockSetting(raw),
       ...(provider === 'azure' ? { azure: azureSettings(raw) } : {}),
+      ...(provider === 'gcs' ? { gcs: gcsSettings(raw) } : {}),
       ...placementSettings(raw),
     },
     localCopy: boolean(raw, 'LOCAL_COPY', true),

@@ -51,6 +51,9 @@ const CONFIG_KEYS = [
   'AZURE_STORAGE_CONNECTION_STRING',
   'AZURE_STORAGE_KEY',
   'AZURE_STORAGE_SAS_TOKEN',
+  'STORAGE_EMULATOR_HOST',
+  'GOOGLE_APPLICATION_CREDENTIALS',
+  'GOOGLE_CLOUD_PROJECT',
   'AWS_DEFAULT_REGION',
   'LOCAL_COPY',
   'DEPLOYMENT_MODE',
@@ -175,6 +178,11 @@ function restoreCommandLines(config: Config, keyFile: string | undefined): Confi
     ['AZURE_STORAGE_CONNECTION_STRING', config.cloud.azure?.connectionString],
     ['AZURE_STORAGE_KEY', config.cloud.azure?.accountKey],
     ['AZURE_STORAGE_SAS_TOKEN', config.cloud.azure?.sasToken],
+    // GCS (CLOUD_PROVIDER=gcs): the endpoint and the key file's path (never its contents; the server's
+    // OS user must be able to read it), or nothing for a workload identity.
+    ['STORAGE_EMULATOR_HOST', config.cloud.gcs?.endpoint],
+    ['GOOGLE_APPLICATION_CREDENTIALS', config.cloud.gcs?.keyFile],
+    ['GOOGLE_CLOUD_PROJECT', config.cloud.gcs?.projectId],
     ['LOCAL_COPY', config.localCopy],
     // patroni is left out: it needs PATRONI_URL (and maybe its password) to parse, and restore_command
     // never asks the cluster anything (a restore of a Patroni cluster's base backup failed on it).

@@ -10,11 +10,13 @@ import { objectLockRetainUntil } from '../retention/lock';
 import { retentionPolicy } from '../retention/plan';
 import { AzureTarget } from './azure';
 import { FileTarget } from './file';
+import { GcsTarget } from './gcs';
 import { S3Target } from './s3';
 import type { ObjectLockOptions, StorageTarget } from './target';
 
 export { AzureTarget, type AzureTargetOptions, blockSizeAt, chooseBlockSize } from './azure';
 export { assertValidKey, assertValidPrefix, FileTarget } from './file';
+export { GcsTarget, type GcsTargetOptions } from './gcs';
 export { choosePartSize, placementFor, S3Target, type S3TargetOptions } from './s3';
 export type { ObjectInfo, ObjectLockOptions, PutOptions, StorageTarget } from './target';
 
@@ -87,8 +89,13 @@ export function createTargets(config: Config): StorageTarget[] {
       });
       return config.localCopy ? [new FileTarget(config.backupDir), azure] : [azure];
     }
-    case 'gcs':
-      throw new ConfigError(`CLOUD_PROVIDER=${cloud.provider} is not supported yet; use s3, azure or none`);
+    case 'gcs': {
+      if (cloud.bucket === undefined) {
+        throw new ConfigError('CLOUD_PROVIDER=gcs needs CLOUD_BUCKET; set it to the bucket name');
+      }
+      const gcs = new GcsTarget(gcsTargetOptions(config));
+      return config.localCopy ? [new FileTarget(config.backupDir), gcs] : [gcs];
+    }
   }
 }
 
@@ -118,4 +125,22 @@ export function targetsHolding(
     const repo = REPOSITORY.get(t);
     return repo === undefined || repositoryHolds(repo.holds, kind, schedule);
   });
+}
+
+/** CLOUD_PROVIDER=gcs: the target's options from the config. */
+function gcsTargetOptions(config: Config): ConstructorParameters<typeof GcsTarget>[0] {
+  const { cloud } = config;
+  const settings = cloud.gcs ?? {};
+  const objectLock = objectLockOptions(config);
+  return {
+    bucket: cloud.bucket!,
+    prefix: cloud.prefix,
+    ...(settings.endpoint ? { endpoint: settings.endpoint } : {}),
+    ...(settings.keyFile ? { keyFile: settings.keyFile } : {}),
+    ...(settings.projectId ? { projectId: settings.projectId } : {}),
+    ...(settings.storageClass ? { storageClass: settings.storageClass } : {}),
+    requestTimeoutMs: cloud.requestTimeoutSeconds * 1000,
+    maxAttempts: cloud.maxAttempts,
+    ...(objectLock ? { objectLock } : {}),
+  };
 }

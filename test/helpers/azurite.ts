@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,7 +22,11 @@ export interface AzuriteServer {
   stop(): Promise<void>;
 }
 
-const BIN = join(__dirname, '..', '..', 'node_modules', '.bin', 'azurite-blob');
+// From test/helpers, or from dist/test/helpers when built (bench/storage-targets.ts).
+const BIN = [
+  join(__dirname, '..', '..', 'node_modules', '.bin', 'azurite-blob'),
+  join(__dirname, '..', '..', '..', 'node_modules', '.bin', 'azurite-blob'),
+].find((path) => existsSync(path))!;
 const START_TIMEOUT_MS = 20_000;
 
 /**

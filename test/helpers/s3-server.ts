@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +16,11 @@ export interface S3TestServer {
   stop(): Promise<void>;
 }
 
-const CHILD_SCRIPT = join(__dirname, 's3rver-child.js');
+// Beside this file, or in the sources when built into dist/test/helpers (bench/storage-targets.ts).
+const CHILD_SCRIPT = [
+  join(__dirname, 's3rver-child.js'),
+  join(__dirname, '..', '..', '..', 'test', 'helpers', 's3rver-child.js'),
+].find((path) => existsSync(path))!;
 const START_TIMEOUT_MS = 15_000;
 
 /**

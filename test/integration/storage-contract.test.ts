@@ -8,17 +8,19 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../../core/errors';
 import { AzureTarget, blockSizeAt, chooseBlockSize } from '../../core/storage/azure';
 import { FileTarget } from '../../core/storage/file';
+import { GcsTarget } from '../../core/storage/gcs';
 import { ArchivedObjectError, S3Target } from '../../core/storage/s3';
 import type { ObjectInfo, StorageTarget } from '../../core/storage/target';
 import { type AzuriteServer, startAzurite } from '../helpers/azurite';
 import { startFaultProxy } from '../helpers/fault-proxy';
+import { type GcsStandIn, startGcsStandIn } from '../helpers/gcs-server';
 import { type S3TestServer, startS3Server } from '../helpers/s3-server';
 
 const MiB = 1024 * 1024;
 
 /** One backend under test: how to make a target, and how to look behind it for leftovers. */
 interface Backend {
-  readonly name: 'file' | 's3' | 'azure';
+  readonly name: 'file' | 's3' | 'azure' | 'gcs';
   /**
    * Real S3 lists in UTF-8 byte order ('a-c' before 'a/b'); s3rver walks its directory tree and puts
    * 'a/b' first, so that one ordering case is only asserted where the backend is faithful.
@@ -105,6 +107,37 @@ function azureBackend(): Backend {
   };
 }
 
+/**
+ * GCS through the real @google-cloud/storage client against the stand-in JSON-API server
+ * (test/helpers/gcs-server.ts: no GCS emulator can be installed here), so the client's own resumable
+ * upload path runs.
+ */
+function gcsBackend(): Backend {
+  let server: GcsStandIn | undefined;
+  return {
+    name: 'gcs',
+    listsInByteOrder: true,
+    async setUp() {
+      server = await startGcsStandIn();
+      return new GcsTarget({
+        bucket: server.bucket,
+        // A prefix, so every test also checks that names are stripped of it.
+        prefix: 'vault/ci',
+        endpoint: server.endpoint,
+        // 4 MiB chunks, so a 20 MiB stream takes six requests of one session.
+        chunkSize: 4 * MiB,
+      });
+    },
+    async tearDown() {
+      await server?.stop();
+    },
+    async leftovers() {
+      // An unfinished upload session is not an object; a failed put cancels its own.
+      return server!.openSessions() > 0 ? [`${server!.openSessions()} open upload session(s)`] : [];
+    },
+  };
+}
+
 /** A stream of `size` random bytes in 64 KiB chunks; `sha256()` is the digest of what it produced. */
 function randomSource(size: number, failure?: { afterBytes: number; error: Error }) {
   const hash = createHash('sha256');
@@ -152,269 +185,275 @@ async function inBatches<T>(items: readonly T[], limit: number, work: (item: T) 
   await Promise.all(workers);
 }
 
-describe.each([fileBackend(), s3Backend(), azureBackend()])('storage target contract: $name', (backend) => {
-  let target: StorageTarget;
+describe.each([fileBackend(), s3Backend(), azureBackend(), gcsBackend()])(
+  'storage target contract: $name',
+  (backend) => {
+    let target: StorageTarget;
 
-  beforeAll(async () => {
-    target = await backend.setUp();
-  });
+    beforeAll(async () => {
+      target = await backend.setUp();
+    });
 
-  afterAll(async () => {
-    await backend.tearDown();
-  });
+    afterAll(async () => {
+      await backend.tearDown();
+    });
 
-  it('round-trips a multi-MB stream byte for byte', async () => {
-    // Prepare
-    const source = randomSource(3 * MiB + 12_345);
+    it('round-trips a multi-MB stream byte for byte', async () => {
+      // Prepare
+      const source = randomSource(3 * MiB + 12_345);
 
-    // Act
-    const { size } = await target.put('roundtrip/small.bin', source.stream, { sizeHint: 3 * MiB });
-    const stored = await sha256Of(await target.get('roundtrip/small.bin'));
+      // Act
+      const { size } = await target.put('roundtrip/small.bin', source.stream, { sizeHint: 3 * MiB });
+      const stored = await sha256Of(await target.get('roundtrip/small.bin'));
 
-    // Assess
-    expect(size).toBe(3 * MiB + 12_345);
-    expect(stored).toBe(source.sha256());
-    expect((await target.stat('roundtrip/small.bin'))?.size).toBe(3 * MiB + 12_345);
-  });
+      // Assess
+      expect(size).toBe(3 * MiB + 12_345);
+      expect(stored).toBe(source.sha256());
+      expect((await target.stat('roundtrip/small.bin'))?.size).toBe(3 * MiB + 12_345);
+    });
 
-  it('round-trips a stream larger than one part', async () => {
-    // Prepare
-    const source = randomSource(20 * MiB + 7);
+    it('round-trips a stream larger than one part', async () => {
+      // Prepare
+      const source = randomSource(20 * MiB + 7);
 
-    // Act
-    const { size } = await target.put('roundtrip/large.bin', source.stream);
-    const stored = await sha256Of(await target.get('roundtrip/large.bin'));
+      // Act
+      const { size } = await target.put('roundtrip/large.bin', source.stream);
+      const stored = await sha256Of(await target.get('roundtrip/large.bin'));
 
-    // Assess
-    expect(size).toBe(20 * MiB + 7);
-    expect(stored).toBe(source.sha256());
-  });
+      // Assess
+      expect(size).toBe(20 * MiB + 7);
+      expect(stored).toBe(source.sha256());
+    });
 
-  it('round-trips an empty stream', async () => {
-    // Prepare
-    const source = Readable.from([]);
+    it('round-trips an empty stream', async () => {
+      // Prepare
+      const source = Readable.from([]);
 
-    // Act
-    const { size } = await target.put('roundtrip/empty.bin', source);
+      // Act
+      const { size } = await target.put('roundtrip/empty.bin', source);
 
-    // Assess
-    expect(size).toBe(0);
-    expect(await target.getBytes('roundtrip/empty.bin')).toEqual(Buffer.alloc(0));
-  });
+      // Assess
+      expect(size).toBe(0);
+      expect(await target.getBytes('roundtrip/empty.bin')).toEqual(Buffer.alloc(0));
+    });
 
-  it('stores and reads bytes with putBytes/getBytes, and stat reports size and time', async () => {
-    // Prepare
-    const manifest = JSON.stringify({ id: 'full-daily-20260212-020000', sizes: [1, 2, 3] });
-    const before = Date.now();
+    it('stores and reads bytes with putBytes/getBytes, and stat reports size and time', async () => {
+      // Prepare
+      const manifest = JSON.stringify({ id: 'full-daily-20260212-020000', sizes: [1, 2, 3] });
+      const before = Date.now();
 
-    // Act
-    await target.putBytes('bytes/manifest.json', manifest);
-    await target.putBytes('bytes/raw.bin', Buffer.from([0, 1, 2, 255]));
-    const info = await target.stat('bytes/manifest.json');
+      // Act
+      await target.putBytes('bytes/manifest.json', manifest);
+      await target.putBytes('bytes/raw.bin', Buffer.from([0, 1, 2, 255]));
+      const info = await target.stat('bytes/manifest.json');
 
-    // Assess
-    expect((await target.getBytes('bytes/manifest.json')).toString('utf8')).toBe(manifest);
-    expect(await target.getBytes('bytes/raw.bin')).toEqual(Buffer.from([0, 1, 2, 255]));
-    expect(info?.key).toBe('bytes/manifest.json');
-    expect(info?.size).toBe(Buffer.byteLength(manifest));
-    expect(info?.modified).toBeInstanceOf(Date);
-    // Second-granular clocks (S3 Last-Modified) may round down.
-    expect(info!.modified.getTime()).toBeGreaterThanOrEqual(before - 2000);
-  });
+      // Assess
+      expect((await target.getBytes('bytes/manifest.json')).toString('utf8')).toBe(manifest);
+      expect(await target.getBytes('bytes/raw.bin')).toEqual(Buffer.from([0, 1, 2, 255]));
+      expect(info?.key).toBe('bytes/manifest.json');
+      expect(info?.size).toBe(Buffer.byteLength(manifest));
+      expect(info?.modified).toBeInstanceOf(Date);
+      // Second-granular clocks (S3 Last-Modified) may round down.
+      expect(info!.modified.getTime()).toBeGreaterThanOrEqual(before - 2000);
+    });
 
-  it('replaces an object put again under the same key', async () => {
-    // Prepare
-    await target.putBytes('replace/object', 'first');
+    it('replaces an object put again under the same key', async () => {
+      // Prepare
+      await target.putBytes('replace/object', 'first');
 
-    // Act
-    await target.put('replace/object', Readable.from([Buffer.from('second')]));
+      // Act
+      await target.put('replace/object', Readable.from([Buffer.from('second')]));
 
-    // Assess
-    expect((await target.getBytes('replace/object')).toString()).toBe('second');
-  });
+      // Assess
+      expect((await target.getBytes('replace/object')).toString()).toBe('second');
+    });
 
-  it('lists only the keys under a prefix, ascending, including a prefix that stops mid-name', async () => {
-    // Prepare
-    const keys = [
-      'list/c1/full/daily/full-daily-20251231-020000.dump',
-      'list/c1/full/daily/full-daily-20260101-020000.dump',
-      'list/c1/full/daily/full-daily-20260102-020000.dump',
-      'list/c1/full/daily/full-daily-20260102-020000.dump.manifest.json',
-      'list/c1/full/weekly/full-weekly-20260104-020000.dump',
-      'list/c1/wal/00000001/0000000100000000/000000010000000000000001',
-      'list/c1/wal/00000001/0000000100000000/000000010000000000000002',
-      'list/c10/full/daily/full-daily-20260101-020000.dump',
-    ];
-    // '-' sorts before '/': 'a-c' comes before everything under 'a/'.
-    const orderKeys = ['list/order/a-c', 'list/order/a/b', 'list/order/a0'];
-    await Promise.all([...keys, ...orderKeys].reverse().map((key) => target.putBytes(key, key)));
+    it('lists only the keys under a prefix, ascending, including a prefix that stops mid-name', async () => {
+      // Prepare
+      const keys = [
+        'list/c1/full/daily/full-daily-20251231-020000.dump',
+        'list/c1/full/daily/full-daily-20260101-020000.dump',
+        'list/c1/full/daily/full-daily-20260102-020000.dump',
+        'list/c1/full/daily/full-daily-20260102-020000.dump.manifest.json',
+        'list/c1/full/weekly/full-weekly-20260104-020000.dump',
+        'list/c1/wal/00000001/0000000100000000/000000010000000000000001',
+        'list/c1/wal/00000001/0000000100000000/000000010000000000000002',
+        'list/c10/full/daily/full-daily-20260101-020000.dump',
+      ];
+      // '-' sorts before '/': 'a-c' comes before everything under 'a/'.
+      const orderKeys = ['list/order/a-c', 'list/order/a/b', 'list/order/a0'];
+      await Promise.all([...keys, ...orderKeys].reverse().map((key) => target.putBytes(key, key)));
 
-    // Act
-    const all = await collect(target.list('list/c'));
-    const ordered = await keysOf(target.list('list/order/'));
-    const midName = await keysOf(target.list('list/c1/full/daily/full-daily-2026'));
-    const cluster = await keysOf(target.list('list/c1/'));
-    const clusterMidName = await keysOf(target.list('list/c1'));
-    const nothing = await keysOf(target.list('list/c2/'));
+      // Act
+      const all = await collect(target.list('list/c'));
+      const ordered = await keysOf(target.list('list/order/'));
+      const midName = await keysOf(target.list('list/c1/full/daily/full-daily-2026'));
+      const cluster = await keysOf(target.list('list/c1/'));
+      const clusterMidName = await keysOf(target.list('list/c1'));
+      const nothing = await keysOf(target.list('list/c2/'));
 
-    // Assess
-    expect(all.map((info) => info.key)).toEqual(keys);
-    if (backend.listsInByteOrder) expect(ordered).toEqual(orderKeys);
-    else expect([...ordered].sort()).toEqual([...orderKeys].sort());
-    expect(all.every((info) => info.size === Buffer.byteLength(info.key))).toBe(true);
-    expect(midName).toEqual([
-      'list/c1/full/daily/full-daily-20260101-020000.dump',
-      'list/c1/full/daily/full-daily-20260102-020000.dump',
-      'list/c1/full/daily/full-daily-20260102-020000.dump.manifest.json',
-    ]);
-    expect(cluster).toEqual(keys.slice(0, 7));
-    expect(clusterMidName).toEqual(keys.slice(0, 8));
-    expect(nothing).toEqual([]);
-  });
+      // Assess
+      expect(all.map((info) => info.key)).toEqual(keys);
+      if (backend.listsInByteOrder) expect(ordered).toEqual(orderKeys);
+      else expect([...ordered].sort()).toEqual([...orderKeys].sort());
+      expect(all.every((info) => info.size === Buffer.byteLength(info.key))).toBe(true);
+      expect(midName).toEqual([
+        'list/c1/full/daily/full-daily-20260101-020000.dump',
+        'list/c1/full/daily/full-daily-20260102-020000.dump',
+        'list/c1/full/daily/full-daily-20260102-020000.dump.manifest.json',
+      ]);
+      expect(cluster).toEqual(keys.slice(0, 7));
+      expect(clusterMidName).toEqual(keys.slice(0, 8));
+      expect(nothing).toEqual([]);
+    });
 
-  it('lists more than one page of objects (over 1000)', async () => {
-    // Prepare
-    const keys = Array.from({ length: 1100 }, (_, i) => `paged/${String(i).padStart(5, '0')}`);
-    await inBatches(keys, 16, (key) => target.putBytes(key, 'x'));
+    it('lists more than one page of objects (over 1000)', async () => {
+      // Prepare
+      const keys = Array.from({ length: 1100 }, (_, i) => `paged/${String(i).padStart(5, '0')}`);
+      await inBatches(keys, 16, (key) => target.putBytes(key, 'x'));
 
-    // Act
-    const listed = await keysOf(target.list('paged/'));
+      // Act
+      const listed = await keysOf(target.list('paged/'));
 
-    // Assess
-    expect(listed).toEqual(keys);
-  });
+      // Assess
+      expect(listed).toEqual(keys);
+    });
 
-  it('rejects get and getBytes of a missing key with ObjectNotFoundError; stat returns undefined', async () => {
-    // Act
-    const [get, getBytes, stat] = await Promise.allSettled([
-      target.get('missing/object'),
-      target.getBytes('missing/object'),
-      target.stat('missing/object'),
-    ]);
+    it('rejects get and getBytes of a missing key with ObjectNotFoundError; stat returns undefined', async () => {
+      // Act
+      const [get, getBytes, stat] = await Promise.allSettled([
+        target.get('missing/object'),
+        target.getBytes('missing/object'),
+        target.stat('missing/object'),
+      ]);
 
-    // Assess
-    expect(get.status === 'rejected' && get.reason).toBeInstanceOf(ObjectNotFoundError);
-    expect(get.status === 'rejected' && get.reason.key).toBe('missing/object');
-    expect(getBytes.status === 'rejected' && getBytes.reason).toBeInstanceOf(ObjectNotFoundError);
-    expect(stat.status === 'fulfilled' && stat.value).toBeUndefined();
-  });
+      // Assess
+      expect(get.status === 'rejected' && get.reason).toBeInstanceOf(ObjectNotFoundError);
+      expect(get.status === 'rejected' && get.reason.key).toBe('missing/object');
+      expect(getBytes.status === 'rejected' && getBytes.reason).toBeInstanceOf(ObjectNotFoundError);
+      expect(stat.status === 'fulfilled' && stat.value).toBeUndefined();
+    });
 
-  it('deletes idempotently', async () => {
-    // Prepare
-    await target.putBytes('delete/object', 'data');
+    it('deletes idempotently', async () => {
+      // Prepare
+      await target.putBytes('delete/object', 'data');
 
-    // Act
-    await target.delete('delete/object');
-    await target.delete('delete/object');
-    await target.delete('delete/never-existed');
+      // Act
+      await target.delete('delete/object');
+      await target.delete('delete/object');
+      await target.delete('delete/never-existed');
 
-    // Assess
-    expect(await target.stat('delete/object')).toBeUndefined();
-    expect(await keysOf(target.list('delete/'))).toEqual([]);
-  });
+      // Assess
+      expect(await target.stat('delete/object')).toBeUndefined();
+      expect(await keysOf(target.list('delete/'))).toEqual([]);
+    });
 
-  it('rejects with the source error and leaves nothing when the source fails within the first part', async () => {
-    // Prepare
-    const source = randomSource(2 * MiB, { afterBytes: MiB, error: new Error('pg_dump exited with code 1') });
+    it('rejects with the source error and leaves nothing when the source fails within the first part', async () => {
+      // Prepare
+      const source = randomSource(2 * MiB, {
+        afterBytes: MiB,
+        error: new Error('pg_dump exited with code 1'),
+      });
 
-    // Act
-    const put = target.put('failed/small.bin', source.stream);
+      // Act
+      const put = target.put('failed/small.bin', source.stream);
 
-    // Assess
-    await expect(put).rejects.toThrow('pg_dump exited with code 1');
-    expect(await target.stat('failed/small.bin')).toBeUndefined();
-    expect(await keysOf(target.list('failed/small'))).toEqual([]);
-    expect(await backend.leftovers()).toEqual([]);
-  });
+      // Assess
+      await expect(put).rejects.toThrow('pg_dump exited with code 1');
+      expect(await target.stat('failed/small.bin')).toBeUndefined();
+      expect(await keysOf(target.list('failed/small'))).toEqual([]);
+      expect(await backend.leftovers()).toEqual([]);
+    });
 
-  it('rejects with the source error and leaves nothing when the source fails after several parts', async () => {
-    // Prepare
-    const error = new Error('compressor crashed');
-    const source = randomSource(30 * MiB, { afterBytes: 12 * MiB, error });
+    it('rejects with the source error and leaves nothing when the source fails after several parts', async () => {
+      // Prepare
+      const error = new Error('compressor crashed');
+      const source = randomSource(30 * MiB, { afterBytes: 12 * MiB, error });
 
-    // Act
-    const put = target.put('failed/large.bin', source.stream);
+      // Act
+      const put = target.put('failed/large.bin', source.stream);
 
-    // Assess
-    // On s3rver the multipart abort itself fails (405); the caller must still see the source's error.
-    await expect(put).rejects.toBe(error);
-    expect(await target.stat('failed/large.bin')).toBeUndefined();
-    expect(await backend.leftovers()).toEqual([]);
-  });
+      // Assess
+      // On s3rver the multipart abort itself fails (405); the caller must still see the source's error.
+      await expect(put).rejects.toBe(error);
+      expect(await target.stat('failed/large.bin')).toBeUndefined();
+      expect(await backend.leftovers()).toEqual([]);
+    });
 
-  it('keeps the previous object when a put over it fails', async () => {
-    // Prepare
-    await target.putBytes('failed/existing', 'previous');
-    const source = randomSource(MiB, { afterBytes: 256 * 1024, error: new Error('source failed') });
+    it('keeps the previous object when a put over it fails', async () => {
+      // Prepare
+      await target.putBytes('failed/existing', 'previous');
+      const source = randomSource(MiB, { afterBytes: 256 * 1024, error: new Error('source failed') });
 
-    // Act
-    const put = target.put('failed/existing', source.stream);
+      // Act
+      const put = target.put('failed/existing', source.stream);
 
-    // Assess
-    await expect(put).rejects.toThrow('source failed');
-    expect((await target.getBytes('failed/existing')).toString()).toBe('previous');
-  });
+      // Assess
+      await expect(put).rejects.toThrow('source failed');
+      expect((await target.getBytes('failed/existing')).toString()).toBe('previous');
+    });
 
-  it('runs concurrent puts of different keys', async () => {
-    // Prepare
-    const sources = Array.from({ length: 6 }, (_, i) => ({
-      key: `concurrent/${i}.bin`,
-      ...randomSource(MiB + i),
-    }));
+    it('runs concurrent puts of different keys', async () => {
+      // Prepare
+      const sources = Array.from({ length: 6 }, (_, i) => ({
+        key: `concurrent/${i}.bin`,
+        ...randomSource(MiB + i),
+      }));
 
-    // Act
-    const sizes = await Promise.all(sources.map((s) => target.put(s.key, s.stream)));
-    const digests = await Promise.all(sources.map(async (s) => sha256Of(await target.get(s.key))));
+      // Act
+      const sizes = await Promise.all(sources.map((s) => target.put(s.key, s.stream)));
+      const digests = await Promise.all(sources.map(async (s) => sha256Of(await target.get(s.key))));
 
-    // Assess
-    expect(sizes.map((s) => s.size)).toEqual(sources.map((_, i) => MiB + i));
-    expect(digests).toEqual(sources.map((s) => s.sha256()));
-  });
+      // Assess
+      expect(sizes.map((s) => s.size)).toEqual(sources.map((_, i) => MiB + i));
+      expect(digests).toEqual(sources.map((s) => s.sha256()));
+    });
 
-  it('rejects keys that could escape the root', async () => {
-    // Prepare
-    const invalidKeys = [
-      '',
-      '/etc/passwd',
-      '../outside',
-      'a/../../outside',
-      'a//b',
-      'a/./b',
-      'a\\b',
-      'a\0b',
-      'dir/',
-    ];
+    it('rejects keys that could escape the root', async () => {
+      // Prepare
+      const invalidKeys = [
+        '',
+        '/etc/passwd',
+        '../outside',
+        'a/../../outside',
+        'a//b',
+        'a/./b',
+        'a\\b',
+        'a\0b',
+        'dir/',
+      ];
 
-    // Act
-    const attempts = await Promise.allSettled(
-      invalidKeys.flatMap((key) => [
-        target.putBytes(key, 'x'),
-        target.put(key, Readable.from([Buffer.from('x')])),
-        target.get(key),
-        target.stat(key),
-        target.delete(key),
-      ]),
-    );
-    const [listing] = await Promise.allSettled([collect(target.list('../'))]);
+      // Act
+      const attempts = await Promise.allSettled(
+        invalidKeys.flatMap((key) => [
+          target.putBytes(key, 'x'),
+          target.put(key, Readable.from([Buffer.from('x')])),
+          target.get(key),
+          target.stat(key),
+          target.delete(key),
+        ]),
+      );
+      const [listing] = await Promise.allSettled([collect(target.list('../'))]);
 
-    // Assess
-    for (const attempt of attempts) {
-      expect(attempt.status).toBe('rejected');
-      expect(attempt.status === 'rejected' && attempt.reason).toBeInstanceOf(StorageError);
-      expect(attempt.status === 'rejected' && attempt.reason.message).toMatch(/^invalid key /);
-    }
-    expect(listing.status === 'rejected' && listing.reason.message).toMatch(/^invalid key prefix /);
-  });
+      // Assess
+      for (const attempt of attempts) {
+        expect(attempt.status).toBe('rejected');
+        expect(attempt.status === 'rejected' && attempt.reason).toBeInstanceOf(StorageError);
+        expect(attempt.status === 'rejected' && attempt.reason.message).toMatch(/^invalid key /);
+      }
+      expect(listing.status === 'rejected' && listing.reason.message).toMatch(/^invalid key prefix /);
+    });
 
-  it('passes its probe', async () => {
-    // Act
-    const probe = target.probe('c1');
+    it('passes its probe', async () => {
+      // Act
+      const probe = target.probe('c1');
 
-    // Assess
-    await expect(probe).resolves.toBeUndefined();
-    expect((await keysOf(target.list(''))).filter((key) => key.includes('probe'))).toEqual([]);
-  });
-});
+      // Assess
+      await expect(probe).resolves.toBeUndefined();
+      expect((await keysOf(target.list(''))).filter((key) => key.includes('probe'))).toEqual([]);
+    });
+  },
+);
 
 describe('S3 target failures', () => {
   let server: S3TestServer;

@@ -9,7 +9,7 @@ import { restoreCommandConfigText } from '../../core/restore/sandbox';
  * keys and the S3 timeouts). A new storage setting fails here until it is written or listed below as one
  * a read never needs.
  */
-const STORAGE_KEY = /^(CLOUD_|S3_|AWS_|AZURE_|GCS_|GOOGLE_)/;
+const STORAGE_KEY = /^(CLOUD_|S3_|AWS_|AZURE_|GCS_|GOOGLE_|STORAGE_EMULATOR_)/;
 
 /** Storage settings restore_command never needs, and why. */
 const NOT_FOR_READS = new Map<string, string>([
@@ -25,6 +25,10 @@ const NOT_FOR_READS = new Map<string, string>([
   ['AZURE_ACCESS_TIER_ARCHIVE', 'the access tier is set on writes, a read needs none'],
   ['AZURE_ACCESS_TIER_EXPIRE', 'the access tier is set on writes, a read needs none'],
   ['AZURE_ACCESS_TIER_REPORT', 'the access tier is set on writes, a read needs none'],
+  ['GCS_STORAGE_CLASS', 'the storage class is set on writes, a read needs none'],
+  ['GCS_STORAGE_CLASS_ARCHIVE', 'the storage class is set on writes, a read needs none'],
+  ['GCS_STORAGE_CLASS_EXPIRE', 'the storage class is set on writes, a read needs none'],
+  ['GCS_STORAGE_CLASS_REPORT', 'the storage class is set on writes, a read needs none'],
   ['AWS_REGION', 'read as AWS_DEFAULT_REGION, which is written'],
   // The SDK's own environment (the server's environment keeps AWS_*, sandboxServerEnv), not pgvault settings.
   ['AWS_EXECUTION_ENV', 'set by AWS for the process'],
@@ -89,7 +93,19 @@ describe("restore_command's config file", () => {
           'AccountName=acct1;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:1/acct1',
       },
     ];
+    const gcs = {
+      BACKUP_DIR: '/b',
+      CLUSTER_NAME: 'main',
+      CLOUD_PROVIDER: 'gcs',
+      CLOUD_BUCKET: 'b',
+      STORAGE_EMULATOR_HOST: 'http://127.0.0.1:4443',
+      GOOGLE_APPLICATION_CREDENTIALS: '/etc/pgvault/gcs-key.json',
+      GOOGLE_CLOUD_PROJECT: 'proj',
+    };
     const all = new Set(written);
+    for (const line of restoreCommandConfigText(parseConfig(gcs), undefined).split('\n')) {
+      if (/^[A-Z0-9_]+=/.test(line)) all.add(line.slice(0, line.indexOf('=')));
+    }
     for (const login of azureLogins) {
       for (const line of restoreCommandConfigText(parseConfig({ ...azureBase, ...login }), undefined).split(
         '\n',
@@ -121,6 +137,33 @@ describe("restore_command's config file", () => {
     );
     expect(reread.cloud.azure).toEqual(parseConfig(azure).cloud.azure);
     expect(written.size).toBeGreaterThan(0);
+  });
+
+  it("writes GCS's endpoint and key file path, so the file reads back to the same GCS settings, and never a key", () => {
+    const gcs = {
+      BACKUP_DIR: '/var/lib/pgvault',
+      CLUSTER_NAME: 'main',
+      CLOUD_PROVIDER: 'gcs',
+      CLOUD_BUCKET: 'backups',
+      STORAGE_EMULATOR_HOST: 'http://127.0.0.1:4443',
+      GOOGLE_APPLICATION_CREDENTIALS: '/etc/pgvault/gcs-key.json',
+      GCS_STORAGE_CLASS_ARCHIVE: 'ARCHIVE',
+      OBJECT_LOCK_MODE: 'compliance',
+    };
+    const file = restoreCommandConfigText(parseConfig(gcs), undefined);
+    const reread = parseConfig(
+      Object.fromEntries(
+        file
+          .split('\n')
+          .filter((l) => /^[A-Z0-9_]+=/.test(l))
+          .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 2, -1)]),
+      ),
+    );
+    expect(file).toContain("STORAGE_EMULATOR_HOST='http://127.0.0.1:4443'");
+    expect(file).toContain("GOOGLE_APPLICATION_CREDENTIALS='/etc/pgvault/gcs-key.json'");
+    expect(reread.cloud.gcs?.endpoint).toBe('http://127.0.0.1:4443');
+    expect(reread.cloud.gcs?.keyFile).toBe('/etc/pgvault/gcs-key.json');
+    expect(file).not.toMatch(/PRIVATE KEY|private_key/);
   });
 
   it('writes the values as configured, so the file reads back to the same storage settings', () => {

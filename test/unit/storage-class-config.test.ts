@@ -90,3 +90,42 @@ describe('placementFor: the setting of an object by its key', () => {
     expect(placementFor('main/full/weekly/x.dump', { expire: 'Cool' })).toBeUndefined();
   });
 });
+
+describe('GCS_STORAGE_CLASS, object retention and the GCS keys (CLOUD_PROVIDER=gcs)', () => {
+  const GCS = { BACKUP_DIR: '/var/lib/pgvault', CLOUD_PROVIDER: 'gcs', CLOUD_BUCKET: 'backups' };
+
+  it('reads a class per kind, ARCHIVE for any kind (GCS reads every class at once)', () => {
+    const config = parseConfig({
+      ...GCS,
+      GCS_STORAGE_CLASS: 'nearline',
+      GCS_STORAGE_CLASS_ARCHIVE: 'ARCHIVE',
+      GCS_STORAGE_CLASS_EXPIRE: 'coldline',
+    });
+    expect(config.cloud.gcs?.storageClass).toEqual({
+      default: 'NEARLINE',
+      archive: 'ARCHIVE',
+      expire: 'COLDLINE',
+    });
+    expect(config.warnings).toEqual([]);
+  });
+
+  it('refuses a class GCS does not have and a relative key file, in one line each', () => {
+    expect(refusal({ ...GCS, GCS_STORAGE_CLASS: 'STANDARD_IA' })).toBe(
+      'GCS_STORAGE_CLASS=STANDARD_IA is not allowed; use one of STANDARD, NEARLINE, COLDLINE, ARCHIVE',
+    );
+    expect(refusal({ ...GCS, GOOGLE_APPLICATION_CREDENTIALS: 'key.json' })).toMatch(
+      /^GOOGLE_APPLICATION_CREDENTIALS=key\.json is a relative path; use the key file's absolute path/,
+    );
+  });
+
+  it('warns of a GCS class with another provider, and of an S3 class with gcs', () => {
+    const s3 = parseConfig({ ...S3, GCS_STORAGE_CLASS: 'NEARLINE' });
+    const gcs = parseConfig({ ...GCS, S3_STORAGE_CLASS: 'STANDARD_IA' });
+    expect(s3.warnings).toContain(
+      'GCS_STORAGE_CLASS applies only to CLOUD_PROVIDER=gcs and has no effect with CLOUD_PROVIDER=s3; remove it or set S3_STORAGE_CLASS instead',
+    );
+    expect(gcs.warnings).toContain(
+      'S3_STORAGE_CLASS applies only to CLOUD_PROVIDER=s3 and has no effect with CLOUD_PROVIDER=gcs; remove it or set GCS_STORAGE_CLASS instead',
+    );
+  });
+});
