@@ -196,6 +196,78 @@ describe('PITR with a file and an S3 repository', () => {
     expect(result.rows).toEqual({ 0: 50, 1: 50 });
   });
 
+  it('repo sync refuses a corrupt WAL object of repo1 (exit 3, named), copies nothing; the good copy in repo2 refills repo1', async () => {
+    // Prepare: a segment repo2 lacks, whose only copy (repo1's) has a flipped byte.
+    const [name, path] = [...repo1Segments()].find(([n]) => n >= baseA.physical!.startWal)!;
+    const key = `${CLUSTER}/${path.slice(join(repo1, CLUSTER).length + 1)}`;
+    const cloud = bucket();
+    const good = await cloud.getBytes(key);
+    await cloud.delete(key);
+    const original = flipByte(path);
+
+    // Act
+    let refused: Awaited<ReturnType<typeof pgvault>>;
+    let lacking: Awaited<ReturnType<S3Target['stat']>>;
+    let refilled: Awaited<ReturnType<typeof pgvault>>;
+    try {
+      refused = await pgvault(['--json', 'repo', 'sync', '--to', '2']);
+      lacking = await cloud.stat(key);
+      // The other way round: repo2 holds the good copy, repo1's is wrong. repo sync never
+      // overwrites an object the destination has (nor reads it: verify's work); remove the bad
+      // copy and repo sync brings the good one back.
+      await cloud.putBytes(key, good);
+      rmSync(path);
+      refilled = await pgvault(['--json', 'repo', 'sync', '--to', '1']);
+    } finally {
+      if (!existsSync(path)) writeFileSync(path, original);
+      if ((await cloud.stat(key)) === undefined) await cloud.putBytes(key, good);
+    }
+
+    // Assess
+    expect(refused.code, refused.stderr).toBe(3);
+    expect(refused.stderr).toContain(key);
+    expect(refused.stderr).toContain(`file://${repo1}`);
+    const failed = JSON.parse(refused.stdout).failed as { name: string; integrity: boolean }[];
+    expect(failed).toEqual([expect.objectContaining({ name: key, integrity: true })]);
+    expect(lacking).toBeUndefined();
+    expect(refilled.code, refilled.stderr).toBe(0);
+    const copied = JSON.parse(refilled.stdout).copied as { kind: string; name: string }[];
+    expect(copied).toContainEqual(expect.objectContaining({ kind: 'wal', name: key }));
+    expect(readFileSync(path).equals(original), name).toBe(true);
+  });
+
+  it('verify all with repo2 unreachable: a failing check naming repo2, not a crash, not skipped', async () => {
+    // Prepare: every request to the S3 repository answers 503.
+    proxy.addRule({ action: { kind: 'status', status: 503 } });
+
+    // Act
+    let verify: Awaited<ReturnType<typeof pgvault>>;
+    try {
+      verify = await pgvault(['--json', 'verify', 'all', '--quick']);
+    } finally {
+      proxy.clearRules();
+    }
+
+    // Assess
+    expect(verify.code, verify.stderr).toBe(3);
+    const report = JSON.parse(verify.stdout) as {
+      ok: boolean;
+      faults: { problem: string; target?: string }[];
+    };
+    expect(report.ok).toBe(false);
+    const repo2 = `repo2 (s3://${s3.bucket}/${PREFIX})`;
+    expect(
+      report.faults.some((f) => f.problem.startsWith(`cannot list ${repo2}:`)),
+      verify.stdout,
+    ).toBe(true);
+    // Unreachable is not "missing": no advice to copy backups into a repository nobody could read.
+    expect(
+      report.faults.filter((f) => /repo sync|is not in repo2/.test(`${f.problem}`)),
+      verify.stdout,
+    ).toEqual([]);
+    expect(verify.stderr).toContain(`cannot list ${repo2}`);
+  });
+
   it('(c) repo2 down during a base backup: fails naming it, repo1 whole; repo sync fills repo2; verify all passes; PITR from repo2 alone exact', async () => {
     // Prepare
     const down = proxy.addRule({
