@@ -37,7 +37,7 @@ export class Catalog {
   ) {}
 
   /** The targets the last list() could not list (unreachable, refused): their backups are unknown, not absent. */
-  readonly unreachable = new Set<StorageTarget>();
+  readonly unreachable = new Map<StorageTarget, string>();
 
   /** Complete backups, newest first; optionally only one type. */
   async list(type?: BackupType): Promise<CatalogEntry[]> {
@@ -66,7 +66,7 @@ export class Catalog {
         }
       } catch (err) {
         failures.push(err);
-        this.unreachable.add(target);
+        this.unreachable.set(target, errorMessage(err));
         this.warn(`cannot list ${targetName(target)}: ${errorMessage(err)}`);
       }
     }

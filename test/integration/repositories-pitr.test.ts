@@ -242,8 +242,10 @@ describe('PITR with a file and an S3 repository', () => {
 
     // Act
     let verify: Awaited<ReturnType<typeof pgvault>>;
+    let reported: Awaited<ReturnType<typeof pgvault>>;
     try {
       verify = await pgvault(['--json', 'verify', 'all', '--quick']);
+      reported = await pgvault(['--json', 'verify', 'report']);
     } finally {
       proxy.clearRules();
     }
@@ -266,6 +268,19 @@ describe('PITR with a file and an S3 repository', () => {
       verify.stdout,
     ).toEqual([]);
     expect(verify.stderr).toContain(`cannot list ${repo2}`);
+    // The report's repository rows: repo2 unreachable, not "missing" its backups.
+    const rows = JSON.parse(reported.stdout).report.repositories as {
+      repository: number;
+      missing: string[];
+      unreachable?: string;
+    }[];
+    expect(
+      rows.map((r) => [r.repository, r.missing, r.unreachable !== undefined]),
+      reported.stdout,
+    ).toEqual([
+      [1, [], false],
+      [2, [], true],
+    ]);
   });
 
   it('(c) repo2 down during a base backup: fails naming it, repo1 whole; repo sync fills repo2; verify all passes; PITR from repo2 alone exact', async () => {
