@@ -96,7 +96,7 @@ export async function backupInitCommand(opts: GlobalOptions & { printLifecycle?:
 
 /** The text of `backup init`'s lifecycle step: one line each, and the document and command to apply. */
 function lifecycleText(l: LifecycleOutcome): string {
-  const line = `${l.applied ? 'ok  ' : 'note'}  lifecycle rules ${l.target}: ${l.detail}`;
+  const line = `${l.applied ? 'ok  ' : 'note'}  lifecycle rules ${l.repository !== undefined ? `repo${l.repository} ` : ''}${l.target}: ${l.detail}`;
   if (l.command === undefined) return line;
   return [
     line,

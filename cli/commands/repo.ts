@@ -72,7 +72,8 @@ export async function repoSyncCommand(
     process.stderr.write(
       `pgvault: ${result.failed.length} item(s) not copied (first: ${first.name} repo${first.from} → repo${first.to}: ${first.error}); fix it and run repo sync again\n`,
     );
-    process.exitCode = 1;
+    // A corrupt source object (not copied) is an integrity fault: exit 3, as verify's.
+    process.exitCode = result.failed.some((f) => f.integrity) ? 3 : 1;
   }
   return result;
 }

@@ -5,11 +5,13 @@ import { join } from 'node:path';
 import { describeArchiveKeys, keyRing } from '../catalog/keys';
 import { verifyManifest } from '../catalog/manifest';
 import { SCHEDULES } from '../catalog/naming';
+import type { Config } from '../config';
 import { errorMessage } from '../errors';
 import { type ArchiverState, archives, readArchiverState } from '../pg/archiving';
 import { serverInfo } from '../pg/server';
 import { findPgBinary, toolMajorVersion } from '../pg/tools';
 import { copyNotice } from '../restore/copy';
+import { repositoryOf } from '../storage';
 import { AzureTarget } from '../storage/azure';
 import {
   azureManagementPolicy,
@@ -78,6 +80,8 @@ export async function initBackupTargets(
 
 /** What `backup init` did about one cloud repository's lifecycle rules. */
 export interface LifecycleOutcome {
+  /** The repository (REPO<n>), with several. */
+  readonly repository?: number;
   readonly target: string;
   readonly provider: 's3' | 'gcs' | 'azure';
   /** true: the rules are in place now (put, or already there); false: printed for the user to apply. */
@@ -106,15 +110,21 @@ export async function lifecycleRules(
   options: { readonly apply?: boolean } = {},
 ): Promise<LifecycleOutcome[]> {
   const apply = options.apply ?? true;
-  const days = lifecycleDays(vault.config);
   const out: LifecycleOutcome[] = [];
   for (const target of vault.targets) {
-    const scope = scopeOf(target, vault.config.clusterName);
+    // With repositories each one's own retention (REPO<n>_RETENTION_*), classes and placement (REPO<n>_HOLDS).
+    const repo = repositoryOf(target);
+    const config = repo?.config ?? vault.config;
+    const scope = scopeOf(target, vault.config.clusterName, repo?.holds);
     if (scope === undefined) continue;
-    if (target instanceof S3Target) out.push(await s3Lifecycle(vault, target, scope, apply));
+    const days = lifecycleDays(config, repo?.holds);
+    const named = repo ? { repository: repo.n } : {};
+    if (target instanceof S3Target)
+      out.push({ ...named, ...(await s3Lifecycle(config, target, scope, apply)) });
     else if (target instanceof AzureTarget) {
-      const document = azureManagementPolicy(scope, days, vault.config.cloud.accessTier);
+      const document = azureManagementPolicy(scope, days, config.cloud.accessTier);
       out.push({
+        ...named,
         target: target.location,
         provider: 'azure',
         applied: false,
@@ -124,6 +134,7 @@ export async function lifecycleRules(
       });
     } else if (target.kind === 'gcs') {
       out.push({
+        ...named,
         target: target.location,
         provider: 'gcs',
         applied: false,
@@ -137,20 +148,26 @@ export async function lifecycleRules(
   return out;
 }
 
-function scopeOf(target: StorageTarget, cluster: string): LifecycleScope | undefined {
+function scopeOf(
+  target: StorageTarget,
+  cluster: string,
+  holds: readonly string[] | undefined,
+): LifecycleScope | undefined {
   if (target.kind === 'file') return undefined;
   const { bucket, container, prefix } = target as { bucket?: string; container?: string; prefix?: string };
   const name = bucket ?? container;
-  return name === undefined ? undefined : { bucket: name, prefix: prefix ?? '', cluster };
+  return name === undefined
+    ? undefined
+    : { bucket: name, prefix: prefix ?? '', cluster, ...(holds ? { holds } : {}) };
 }
 
 async function s3Lifecycle(
-  vault: Vault,
+  config: Config,
   target: S3Target,
   scope: LifecycleScope,
   apply: boolean,
 ): Promise<LifecycleOutcome> {
-  const ours = s3LifecycleRules(scope, lifecycleDays(vault.config), vault.config.cloud.storageClass);
+  const ours = s3LifecycleRules(scope, lifecycleDays(config, scope.holds), config.cloud.storageClass);
   const base = { target: target.location, provider: 's3' as const };
   const command = `aws s3api put-bucket-lifecycle-configuration --bucket ${scope.bucket} --lifecycle-configuration file://pgvault-lifecycle.json`;
   if (target.lifecycleTags) {

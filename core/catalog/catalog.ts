@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { basename, dirname, isAbsolute, relative, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { errorMessage, UsageError } from '../errors';
+import { targetName } from '../storage';
 import { FileTarget } from '../storage/file';
 import type { ObjectInfo, StorageTarget } from '../storage/target';
 import { type Manifest, parseManifest } from './manifest';
@@ -35,8 +36,12 @@ export class Catalog {
     private readonly warn: CatalogWarning = () => {},
   ) {}
 
+  /** The targets the last list() could not list (unreachable, refused): their backups are unknown, not absent. */
+  readonly unreachable = new Map<StorageTarget, string>();
+
   /** Complete backups, newest first; optionally only one type. */
   async list(type?: BackupType): Promise<CatalogEntry[]> {
+    this.unreachable.clear();
     // Keyed by manifest key: the same backup in the local folder and in the bucket is one entry.
     const byKey = new Map<string, { manifest: Manifest; manifestKey: string; targets: StorageTarget[] }>();
     const failures: unknown[] = [];
@@ -61,7 +66,8 @@ export class Catalog {
         }
       } catch (err) {
         failures.push(err);
-        this.warn(`cannot list ${target.location}: ${errorMessage(err)}`);
+        this.unreachable.set(target, errorMessage(err));
+        this.warn(`cannot list ${targetName(target)}: ${errorMessage(err)}`);
       }
     }
     if (failures.length === this.targets.length && failures.length > 0) throw failures[0];

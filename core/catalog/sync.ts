@@ -1,14 +1,16 @@
 import { Transform, type TransformCallback } from 'node:stream';
-import { type RepositoryKind, repositoryHolds } from '../config';
+import { type RepositoryConfig, type RepositoryKind, repositoryHolds } from '../config';
 import { errorMessage, IntegrityError, UsageError } from '../errors';
 import { repositoryOf, targetName } from '../storage';
-import type { StorageTarget } from '../storage/target';
+import type { ObjectInfo, StorageTarget } from '../storage/target';
 import { DigestMeter } from '../stream';
 import type { Vault } from '../vault';
+import { checkStoredWalObject, readArchiveIdentity, type WalArchiveIdentity } from '../wal/fetch';
+import { walNameFromKey } from '../wal/naming';
 import { Catalog } from './catalog';
 import { archiveKeysKey } from './keys';
 import type { StoredObject } from './manifest';
-import { DRILLS_FOLDER } from './records';
+import { DRILLS_FOLDER, type DrillRecord, drillRecordKey } from './records';
 
 /**
  * `pgvault repo sync`: copies what one repository has and another should hold (REPO<n>_HOLDS) but
@@ -16,7 +18,9 @@ import { DRILLS_FOLDER } from './records';
  * object, each object's stored bytes checked against the manifest's size and sha256 on the way (a
  * copy that differs fails its put, so nothing half or wrong is left), and its manifest last: the
  * backup exists in the destination only once all of it is there. WAL files, drill records and the
- * archive's keys.json are copied when missing (their size checked). Running it again copies nothing.
+ * archive's keys.json are copied when missing, checked by content first (copyChecked): a corrupt
+ * source object is named and not copied. An object the destination already has is not read (that is
+ * `verify`'s work; readers fall back past a corrupt copy). Running it again copies nothing.
  */
 
 export interface SyncedItem {
@@ -35,6 +39,72 @@ export interface SyncFailure {
   readonly to: number;
   readonly name: string;
   readonly error: string;
+  /** The source's object is corrupt (an IntegrityError): `repo sync` then exits 3. */
+  readonly integrity: boolean;
+}
+
+function failure(err: unknown): { error: string; integrity: boolean } {
+  return { error: errorMessage(err), integrity: err instanceof IntegrityError };
+}
+
+/**
+ * One WAL file, drill record or keys.json from a source repository into `dst`, checked by content
+ * first (these have no manifest with a digest): a WAL object is decoded and checked as `restore wal`
+ * would (core/wal/fetch.ts checkStoredWalObject) and the copy pinned to the sha256 of the stored
+ * bytes checked; a drill record must be a drill record whose key matches its kind and start time;
+ * keys.json must parse. A corrupt source object is never copied: an IntegrityError names it.
+ */
+async function copyChecked(
+  src: { target: StorageTarget; repo: RepositoryConfig },
+  dst: StorageTarget,
+  o: ObjectInfo,
+  kind: SyncedItem['kind'],
+  cluster: string,
+  identity: WalArchiveIdentity | undefined,
+): Promise<void> {
+  const file = kind === 'wal' ? walNameFromKey(o.key) : undefined;
+  if (file !== undefined) {
+    const good = await checkStoredWalObject(src.target, o.key, file, src.repo.config, identity);
+    await copyObject(src.target, dst, { key: o.key, storedSize: good.size, sha256: good.sha256 });
+    return;
+  }
+  if (kind === 'wal') {
+    // archive.json and anything else under wal/ that is not a WAL file: small, JSON.
+    await copyJson(src.target, dst, o.key, () => undefined);
+    return;
+  }
+  await copyJson(src.target, dst, o.key, (value) => {
+    if (kind !== 'report') return undefined;
+    const record = value as Partial<DrillRecord>;
+    if (record?.format !== 'pgvault-drill/1' || typeof record.startedAt !== 'string' || !record.kind)
+      return 'it is not a drill record';
+    // `…/<stamp>-<kind>-<suffix>.json` (older records have no suffix).
+    const stem = drillRecordKey(cluster, record as DrillRecord, 'X').slice(0, -'-X.json'.length);
+    return o.key.startsWith(`${stem}-`) || o.key === `${stem}.json`
+      ? undefined
+      : `its content (${record.kind}, ${record.startedAt}) does not match its key`;
+  });
+}
+
+async function copyJson(
+  src: StorageTarget,
+  dst: StorageTarget,
+  key: string,
+  problemOf: (value: unknown) => string | undefined,
+): Promise<void> {
+  const bytes = await src.getBytes(key);
+  let problem: string | undefined;
+  try {
+    problem = problemOf(JSON.parse(bytes.toString('utf8')));
+  } catch (err) {
+    problem = `not JSON: ${errorMessage(err)}`;
+  }
+  if (problem !== undefined) {
+    throw new IntegrityError(
+      `object ${key} in ${src.location} is corrupt (${problem}); not copied to ${dst.location}`,
+    );
+  }
+  await dst.putBytes(key, bytes);
 }
 
 export interface SyncResult {
@@ -66,6 +136,11 @@ export async function syncRepositories(
     }
   }
   const cluster = vault.config.clusterName;
+  // The WAL archive's identity (system identifier, segment size, WAL key derivation) to check segments with.
+  const identity = await readArchiveIdentity(vault.targets, cluster).then(
+    (r) => r.identity,
+    () => undefined,
+  );
   const result: SyncResult = { dryRun: options.dryRun === true, copied: [], failed: [] };
   for (const dst of repos) {
     if (options.to !== undefined && dst.repo.n !== options.to) continue;
@@ -88,6 +163,7 @@ export async function syncRepositories(
           ...tell,
           name: src.target.location,
           error: `cannot list: ${errorMessage(err)}`,
+          integrity: false,
         });
         continue;
       }
@@ -106,7 +182,7 @@ export async function syncRepositories(
           done.add(entry.manifestKey);
           result.copied.push({ ...tell, kind: 'backup', name: m.id, objects: m.objects.length, bytes });
         } catch (err) {
-          result.failed.push({ ...tell, name: m.id, error: errorMessage(err) });
+          result.failed.push({ ...tell, ...failure(err), name: m.id });
         }
       }
       // WAL, drill records and keys.json: by key, when missing.
@@ -121,12 +197,17 @@ export async function syncRepositories(
           for await (const o of src.target.list(prefix)) {
             if (present.has(o.key) || done.has(o.key)) continue;
             if (kind === 'keys' && o.key !== prefix) continue;
-            if (!result.dryRun) await copyObject(src.target, dst.target, { key: o.key, storedSize: o.size });
-            done.add(o.key);
-            result.copied.push({ ...tell, kind, name: o.key, objects: 1, bytes: o.size });
+            // Each object on its own: a corrupt one is named and skipped, the others still copied.
+            try {
+              if (!result.dryRun) await copyChecked(src, dst.target, o, kind, cluster, identity);
+              done.add(o.key);
+              result.copied.push({ ...tell, kind, name: o.key, objects: 1, bytes: o.size });
+            } catch (err) {
+              result.failed.push({ ...tell, ...failure(err), name: o.key });
+            }
           }
         } catch (err) {
-          result.failed.push({ ...tell, name: prefix, error: errorMessage(err) });
+          result.failed.push({ ...tell, ...failure(err), name: prefix });
         }
       }
     }

@@ -51,7 +51,9 @@ export async function collectReport(
   const data = buildReportData({
     now,
     targets: vault.targets.map((t) => t.location),
-    ...(config.repositories ? { repositories: repositoryRows(vault.targets, entries) } : {}),
+    ...(config.repositories
+      ? { repositories: repositoryRows(vault.targets, entries, vault.catalog.unreachable) }
+      : {}),
     entries: entries.filter((e) => !broken.some((b) => b.id === e.manifest.id)),
     wal,
     inputs,
@@ -65,8 +67,12 @@ export async function collectReport(
 function repositoryRows(
   targets: readonly StorageTarget[],
   entries: readonly CatalogEntry[],
+  unreachable: ReadonlyMap<StorageTarget, string>,
 ): RepositoryRow[] {
-  const gaps = placementGaps(targets, entries);
+  const gaps = placementGaps(
+    targets.filter((t) => !unreachable.has(t)),
+    entries,
+  );
   return targets.flatMap((target) => {
     const repo = repositoryOf(target);
     if (repo === undefined) return [];
@@ -86,6 +92,7 @@ function repositoryRows(
         storedBytes: here.reduce((n, e) => n + e.manifest.storedSize, 0),
         newest,
         missing: gaps.filter((g) => g.target === target.location).map((g) => g.backup!),
+        ...(unreachable.has(target) ? { unreachable: unreachable.get(target)! } : {}),
       },
     ];
   });

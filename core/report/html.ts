@@ -100,7 +100,7 @@ function repositoriesSection(d: ReportData): string {
   if (d.repositories === undefined) return '';
   const rows = d.repositories.map(
     (r) =>
-      `<tr><td>repo${r.repository}</td><td>${esc(r.type)}</td><td><code>${esc(r.location)}</code></td><td>${esc(r.holds.join(', '))}</td><td class="num">${r.backups}</td><td class="num">${formatBytes(r.storedBytes)}</td><td${r.missing.length > 0 ? ' class="failtext"' : ''}>${r.missing.length === 0 ? 'none' : `${esc(r.missing.join(', '))} (run <code>pgvault repo sync</code>)`}</td></tr>`,
+      `<tr><td>repo${r.repository}</td><td>${esc(r.type)}</td><td><code>${esc(r.location)}</code></td><td>${esc(r.holds.join(', '))}</td><td class="num">${r.backups}</td><td class="num">${formatBytes(r.storedBytes)}</td><td${r.missing.length > 0 || r.unreachable !== undefined ? ' class="failtext"' : ''}>${r.unreachable !== undefined ? `unreachable: ${esc(r.unreachable)}` : r.missing.length === 0 ? 'none' : `${esc(r.missing.join(', '))} (run <code>pgvault repo sync</code>)`}</td></tr>`,
   );
   return `<section id="repositories"><h2>Repositories</h2><table><thead><tr><th>repo</th><th>type</th><th>location</th><th>holds</th><th class="num">backups</th><th class="num">stored</th><th>missing</th></tr></thead><tbody>${rows.join('')}</tbody></table></section>\n`;
 }

@@ -32,7 +32,11 @@ function repositoriesSection(d: ReportData): string[] {
         r.holds.join(','),
         String(r.backups),
         formatBytes(r.storedBytes),
-        r.missing.length === 0 ? 'none' : `FAILING: ${r.missing.join(', ')}`,
+        r.unreachable !== undefined
+          ? `FAILING: unreachable (${r.unreachable})`
+          : r.missing.length === 0
+            ? 'none'
+            : `FAILING: ${r.missing.join(', ')}`,
       ]),
     ),
     '',

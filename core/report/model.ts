@@ -69,6 +69,8 @@ export interface RepositoryRow {
   readonly newest: Readonly<Record<string, string>>;
   /** Backups it should hold (REPO<n>_HOLDS) but lacks (verify all's placement check): `repo sync` copies them. */
   readonly missing: readonly string[];
+  /** Why it could not be listed (unreachable, refused): its backups are unknown, so none is "missing". */
+  readonly unreachable?: string;
 }
 
 export interface ReportData {

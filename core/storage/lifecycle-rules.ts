@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Config, PerLifecycleKind } from '../config';
+import { type Config, type PerLifecycleKind, type RepositoryKind, repositoryHolds } from '../config';
 import { LIFECYCLE_FOLDERS } from './s3';
 
 /**
@@ -30,6 +30,23 @@ export interface LifecycleScope {
   readonly bucket: string;
   readonly prefix: string;
   readonly cluster: string;
+  /**
+   * REPO<n>_HOLDS of the repository (several repositories): only the folders it holds get rules (a
+   * repository without weekly and monthly backups has no archive rule). Absent: every folder.
+   */
+  readonly holds?: readonly string[];
+}
+
+/** The repository kind (and schedule) a lifecycle folder holds, for REPO<n>_HOLDS. */
+function folderKind(folder: string): [RepositoryKind, string?] {
+  const [top, schedule] = folder.split('/');
+  if (top === 'full' || top === 'base') return [top, schedule];
+  if (top === 'drills' || top === 'reports') return ['reports'];
+  return [top as RepositoryKind];
+}
+
+function scopeHolds(scope: Pick<LifecycleScope, 'holds'>, folder: string): boolean {
+  return scope.holds === undefined || repositoryHolds(scope.holds, ...folderKind(folder));
 }
 
 export interface LifecycleDays {
@@ -50,9 +67,21 @@ const SAFETY_MARGIN_DAYS = 60;
 const REPORTS_EXPIRE_DAYS = 400;
 
 /** The days of the rules from the retention settings (same formula as infra/config.ts expirationDays). */
-export function lifecycleDays(config: Pick<Config, 'retention'>): LifecycleDays {
+export function lifecycleDays(
+  config: Pick<Config, 'retention'>,
+  /** A repository's REPO<n>_HOLDS: only the holds of what it keeps count. */
+  holds?: readonly string[],
+): LifecycleDays {
   const r = config.retention;
-  const hold = Math.max(r.days, r.weeks * 7, r.months * 31, r.walDays, r.configCount, r.indexesCount);
+  const held = (folders: string[]) => holds === undefined || folders.some((f) => scopeHolds({ holds }, f));
+  const hold = Math.max(
+    held(['full/daily/', 'base/daily/']) ? r.days : 0,
+    held(['full/weekly/', 'base/weekly/']) ? r.weeks * 7 : 0,
+    held(['full/monthly/', 'base/monthly/']) ? r.months * 31 : 0,
+    held(['wal/']) ? r.walDays : 0,
+    held(['config/']) ? r.configCount : 0,
+    held(['indexes/']) ? r.indexesCount : 0,
+  );
   const expireAfterDays = hold + SAFETY_MARGIN_DAYS;
   return {
     ...(ARCHIVE_AFTER_DAYS < expireAfterDays ? { archiveAfterDays: ARCHIVE_AFTER_DAYS } : {}),
@@ -68,7 +97,7 @@ type Kind = 'archive' | 'expire' | 'report';
 /** The key prefixes (relative to the bucket) of one lifecycle kind of a cluster in a repository. */
 export function kindPrefixes(scope: LifecycleScope, kind: Kind): string[] {
   const base = clusterPrefix(scope);
-  return LIFECYCLE_FOLDERS.filter(([, k]) => k === kind).map(([folder]) =>
+  return LIFECYCLE_FOLDERS.filter(([folder, k]) => k === kind && scopeHolds(scope, folder)).map(([folder]) =>
     // The timeline folders only: wal/archive.json is kept forever.
     folder === 'wal/' ? `${base}wal/0` : `${base}${folder}`,
   );
@@ -212,7 +241,7 @@ export function gcsLifecycleDocument(
 ): { lifecycle: { rule: GcsLifecycleRule[] } } {
   const rule: GcsLifecycleRule[] = [];
   const archive = kindPrefixes(scope, 'archive');
-  if (days.archiveAfterDays !== undefined && storageClass?.archive === undefined) {
+  if (days.archiveAfterDays !== undefined && storageClass?.archive === undefined && archive.length > 0) {
     rule.push({
       action: { type: 'SetStorageClass', storageClass: 'NEARLINE' },
       condition: { age: days.archiveAfterDays, matchesPrefix: archive, matchesStorageClass: ['STANDARD'] },
@@ -236,7 +265,8 @@ export function gcsLifecycleDocument(
       },
     },
   );
-  return { lifecycle: { rule } };
+  // A condition without matchesPrefix would reach the whole bucket: a kind this repository does not hold has no rule.
+  return { lifecycle: { rule: rule.filter((r) => r.condition.matchesPrefix?.length !== 0) } };
 }
 
 // ------------------------------------------------------------------------------------------- Azure
@@ -295,18 +325,18 @@ export function azureManagementPolicy(
     },
   });
   const moves = days.archiveAfterDays !== undefined && accessTier?.archive === undefined;
-  return {
-    rules: [
-      rule('archive', kindPrefixes(scope, 'archive'), {
-        ...(moves ? { tierToCool: { daysAfterModificationGreaterThan: days.archiveAfterDays! } } : {}),
-        delete: { daysAfterModificationGreaterThan: days.expireAfterDays },
-      }),
-      rule('expire', kindPrefixes(scope, 'expire'), {
-        delete: { daysAfterModificationGreaterThan: days.expireAfterDays },
-      }),
-      rule('report', kindPrefixes(scope, 'report'), {
-        delete: { daysAfterModificationGreaterThan: days.reportsExpireAfterDays },
-      }),
-    ],
-  };
+  const rules = [
+    rule('archive', kindPrefixes(scope, 'archive'), {
+      ...(moves ? { tierToCool: { daysAfterModificationGreaterThan: days.archiveAfterDays! } } : {}),
+      delete: { daysAfterModificationGreaterThan: days.expireAfterDays },
+    }),
+    rule('expire', kindPrefixes(scope, 'expire'), {
+      delete: { daysAfterModificationGreaterThan: days.expireAfterDays },
+    }),
+    rule('report', kindPrefixes(scope, 'report'), {
+      delete: { daysAfterModificationGreaterThan: days.reportsExpireAfterDays },
+    }),
+  ];
+  // An empty prefixMatch would reach the whole account: a kind this repository does not hold has no rule.
+  return { rules: rules.filter((r) => r.definition.filters.prefixMatch.length > 0) };
 }

@@ -147,7 +147,13 @@ export async function verifyAll(
       sound.set(copyKey(entry, target), found.length === 0);
     }
   }
-  faults.push(...placementGaps(vault.targets, entries));
+  // A repository that could not be listed is a catalog fault above (naming it), not a placement gap.
+  faults.push(
+    ...placementGaps(
+      vault.targets.filter((t) => !catalog.unreachable.has(t)),
+      entries,
+    ),
+  );
 
   // Pass 2: the newest backup of each type, read through from its nearest copy.
   const readThroughCopies = new Set<string>();

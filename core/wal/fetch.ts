@@ -428,6 +428,45 @@ export async function digestWalObject(
 }
 
 /**
+ * Reads a stored WAL object and checks it as `restore wal` would before serving it (decrypt with the
+ * current key or a retired one of the ring, the decompressor's checksum, the segment's size, page
+ * header and system identifier). Returns the sha256 and size of its STORED bytes when it is good, so a
+ * copier can pin its copy to exactly the bytes checked; throws an IntegrityError naming the object
+ * and its target when it is not. `repo sync` uses it: WAL objects have no manifest with a digest.
+ */
+export async function checkStoredWalObject(
+  target: StorageTarget,
+  key: string,
+  file: WalFileName,
+  config: Config,
+  identity: WalArchiveIdentity | undefined,
+): Promise<{ sha256: string; size: number }> {
+  const keys = [
+    config.encryption.passphrase,
+    ...(config.encryption.retired ?? []).filter((k) => k !== config.encryption.passphrase),
+  ];
+  for (let attempt = 0; ; attempt++) {
+    const stored = new DigestMeter();
+    const source = await target.get(key);
+    source.on('error', (err) => stored.destroy(err));
+    const codec = await walCodec(config, identity, file, keys[attempt]);
+    try {
+      const decoded = await openWalObject(target, key, file, codec, source.pipe(stored));
+      const head = new HeadRecorder(WAL_LONG_HEADER_BYTES);
+      const count = new DigestMeter({ hash: false });
+      await pipeline(decoded, head, count, new Writable({ write: (_c, _e, cb) => cb() }));
+      const problem = decodedFileProblem(file, count.bytes, head.head(), identity);
+      if (problem !== undefined) throw undecodable(key, target.location, problem);
+      return { sha256: stored.sha256(), size: stored.bytes };
+    } catch (err) {
+      const another =
+        err instanceof IntegrityError && attempt + 1 < keys.length && decodingOf(key, file).encrypted;
+      if (!another) throw err;
+    }
+  }
+}
+
+/**
  * Why a decoded WAL file must not be served, or undefined when it may: a segment (or .partial) must
  * be exactly one segment long and start with its own page header, from the archive's server.
  */
@@ -503,6 +542,8 @@ export async function fetchWalFile(
   const failures: Error[] = [];
   /** Targets that do not hold the file: said once a later one serves it (a repository that lacks it). */
   const absentIn: string[] = [];
+  /** Targets whose copy could not be read or was corrupt. */
+  const failedIn: string[] = [];
   for (const target of ctx.targets) {
     try {
       for (let attempt = 0; ; attempt++) {
@@ -524,8 +565,12 @@ export async function fetchWalFile(
             destination,
             identity,
           );
-          if (absentIn.length > 0)
-            warn(`${name} is not in ${absentIn.join(', ')}; read it from ${target.location}`);
+          // Said whenever an earlier target did not serve it (absent, or its copy failed as warned above).
+          const why = [
+            ...(absentIn.length > 0 ? [`not in ${absentIn.join(', ')}`] : []),
+            ...(failures.length > 0 ? [`unusable in ${failedIn.join(', ')}`] : []),
+          ];
+          if (why.length > 0) warn(`${name} is ${why.join(' and ')}; read it from ${target.location}`);
           return { key: opened.key, location: target.location, size };
         } catch (err) {
           const another =
@@ -540,6 +585,7 @@ export async function fetchWalFile(
       if (!(err instanceof PgVaultError) || isDiskFull(err)) throw err;
       if (ctx.targets.length > 1) warn(errorMessage(err));
       failures.push(err);
+      failedIn.push(target.location);
     }
   }
   const integrity = failures.find((f) => f instanceof IntegrityError || f instanceof ConfigError);
