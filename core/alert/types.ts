@@ -21,6 +21,8 @@ export const ALERT_KINDS = [
   'drill-failed',
   /** A backup is much smaller than the previous one of the same database (ALERT_SHRINK_PERCENT). */
   'size-shrink',
+  /** A repository (REPO<n>_*) could not be listed, or lacks backups it should hold (REPO<n>_HOLDS). */
+  'repository',
 ] as const;
 export type AlertKind = (typeof ALERT_KINDS)[number];
 

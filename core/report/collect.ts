@@ -47,13 +47,19 @@ export async function collectReport(
     sizes: analyseSizes(config.clusterName, entries, config.alerts.shrinkPercent),
     drills,
   });
-  const alerts = thresholdAlerts(inputs, config.alerts).map((a) => redactAlert(a, config));
+  const repositories = config.repositories
+    ? repositoryRows(vault.targets, entries, vault.catalog.unreachable)
+    : undefined;
+  // A repository nobody could list, or one lacking what it should hold, is a failing check of its own:
+  // the report never says "every check passes" about a copy it could not see.
+  const alerts = [
+    ...thresholdAlerts(inputs, config.alerts),
+    ...repositoryAlerts(config.clusterName, repositories, now),
+  ].map((a) => redactAlert(a, config));
   const data = buildReportData({
     now,
     targets: vault.targets.map((t) => t.location),
-    ...(config.repositories
-      ? { repositories: repositoryRows(vault.targets, entries, vault.catalog.unreachable) }
-      : {}),
+    ...(repositories ? { repositories } : {}),
     entries: entries.filter((e) => !broken.some((b) => b.id === e.manifest.id)),
     wal,
     inputs,
@@ -61,6 +67,41 @@ export async function collectReport(
     limits: config.alerts,
   });
   return { data, alerts };
+}
+
+/** The failing checks of the repository rows: unreachable (critical), lacking backups it holds (warning). */
+function repositoryAlerts(cluster: string, rows: readonly RepositoryRow[] | undefined, now: Date): Alert[] {
+  return (rows ?? []).flatMap((r): Alert[] => {
+    const name = `repo${r.repository} (${r.location})`;
+    if (r.unreachable !== undefined) {
+      return [
+        {
+          kind: 'repository',
+          severity: 'critical',
+          cluster,
+          title: 'repository unreachable',
+          what: `${name} could not be listed: ${r.unreachable}; its copies are unknown`,
+          since: now.toISOString(),
+          sinceKind: 'checked',
+          nextStep: 'pgvault repo list',
+          hint: "check the repository's endpoint and credentials, then run pgvault verify all",
+        },
+      ];
+    }
+    if (r.missing.length === 0) return [];
+    return [
+      {
+        kind: 'repository',
+        severity: 'warning',
+        cluster,
+        title: 'repository lacks backups',
+        what: `${name} lacks ${r.missing.length} backup(s) it should hold: ${r.missing.join(', ')}`,
+        since: now.toISOString(),
+        sinceKind: 'checked',
+        nextStep: `pgvault repo sync --to ${r.repository}`,
+      },
+    ];
+  });
 }
 
 /** Per repository: what it has of the catalog, and what it should hold but lacks. */

@@ -281,6 +281,15 @@ describe('PITR with a file and an S3 repository', () => {
       [1, [], false],
       [2, [], true],
     ]);
+    // ... and the report is failing because of it: never "every check passes" over a copy nobody saw.
+    const data = JSON.parse(reported.stdout).report as {
+      status: string;
+      failing: { kind: string; what: string }[];
+    };
+    expect(data.status, reported.stdout).toBe('failing');
+    expect(
+      data.failing.filter((a) => a.kind === 'repository').map((a) => a.what.split(' could not')[0]),
+    ).toEqual([repo2]);
   });
 
   it('(c) repo2 down during a base backup: fails naming it, repo1 whole; repo sync fills repo2; verify all passes; PITR from repo2 alone exact', async () => {
