@@ -1,21 +1,56 @@
-import { parseIndexSql } from '../backup/indexes';
+import { parseIndexBackup } from '../backup/indexes';
+import type { Config } from '../config';
 import { errorMessage, UsageError } from '../errors';
 import { withClient } from '../pg/tools';
 import type { Vault } from '../vault';
 import { openBackup, readBackupObject } from './fetch';
 
+/** One index `restore indexes` built, and how long its CREATE INDEX took (to plan a rebuild). */
+export interface IndexBuild {
+  readonly index: string;
+  readonly seconds: number;
+}
+
 export interface IndexRebuildResult {
   readonly backupId: string;
   readonly database: string;
   readonly created: readonly string[];
+  /** Build time per created index, in the order built. */
+  readonly builds: readonly IndexBuild[];
+  /** Sum of the builds' seconds. */
+  readonly totalSeconds: number;
+  /** maintenance_work_mem and max_parallel_maintenance_workers the builds ran with. */
+  readonly settings: { readonly maintenanceWorkMem: string; readonly parallelWorkers: number };
   readonly existing: number;
   readonly reindexed: number;
   readonly failed: ReadonlyArray<{ statement: string; error: string }>;
 }
 
+/** SETs the session's index-build settings (INDEX_BUILD_*), and returns what the builds run with. */
+export async function applyIndexBuildSettings(
+  c: { query: <R>(sql: string) => Promise<{ rows: R[] }> },
+  config: Config,
+): Promise<IndexRebuildResult['settings']> {
+  const { maintenanceWorkMem, parallelWorkers } = config.indexBuild ?? {};
+  if (maintenanceWorkMem !== undefined)
+    await c.query(`SET maintenance_work_mem = '${maintenanceWorkMem.replace(/'/g, '')}'`);
+  if (parallelWorkers !== undefined)
+    await c.query(`SET max_parallel_maintenance_workers = ${Math.trunc(parallelWorkers)}`);
+  const [row] = (
+    await c.query<{ mem: string; workers: string }>(
+      `SELECT current_setting('maintenance_work_mem') AS mem, current_setting('max_parallel_maintenance_workers') AS workers`,
+    )
+  ).rows;
+  return { maintenanceWorkMem: row!.mem, parallelWorkers: Number(row!.workers) };
+}
+
+const round = (n: number) => Math.round(n * 1000) / 1000;
+
 /**
  * `restore indexes <database>`: runs every index definition of the newest index backup that the
  * database lacks (CREATE INDEX IF NOT EXISTS), and with --reindex rebuilds the existing ones too.
+ * An index whose extension (its access method's or operator class's: vector for hnsw/ivfflat) is
+ * not in the database is refused before anything is built, naming the CREATE EXTENSION to run.
  */
 export async function restoreIndexes(
   vault: Vault,
@@ -28,18 +63,37 @@ export async function restoreIndexes(
   const raw = await readBackupObject(vault, entry, object);
   const chunks: Buffer[] = [];
   for await (const c of raw) chunks.push(c as Buffer);
-  const statements = parseIndexSql(Buffer.concat(chunks).toString('utf8')).get(database);
+  const statements = parseIndexBackup(Buffer.concat(chunks).toString('utf8')).get(database);
   if (!statements) {
     throw new UsageError(
       `index backup ${manifest.id} has no database "${database}"; it was taken before the database existed`,
     );
   }
   return withClient(vault.config.pg, database, async (c) => {
+    const needed = [...new Set(statements.flatMap((s) => s.extensions))];
+    if (needed.length > 0) {
+      const present = new Set(
+        (
+          await c.query<{ extname: string }>('SELECT extname FROM pg_extension WHERE extname = ANY($1)', [
+            needed,
+          ])
+        ).rows.map((r) => r.extname),
+      );
+      const missing = needed.filter((e) => !present.has(e));
+      if (missing.length > 0) {
+        const count = statements.filter((s) => s.extensions.some((e) => missing.includes(e))).length;
+        throw new UsageError(
+          `database "${database}" lacks extension${missing.length > 1 ? 's' : ''} ${missing.map((e) => `"${e}"`).join(', ')} that ${count} index(es) of ${manifest.id} need; nothing was built: run ${missing.map((e) => `CREATE EXTENSION ${e};`).join(' ')} in "${database}" (its package installed on the server), then restore indexes again`,
+        );
+      }
+    }
+    const settings = await applyIndexBuildSettings(c, vault.config);
     const created: string[] = [];
+    const builds: IndexBuild[] = [];
     const failed: Array<{ statement: string; error: string }> = [];
     let existing = 0;
     let reindexed = 0;
-    for (const statement of statements) {
+    for (const { statement } of statements) {
       const m = /INDEX IF NOT EXISTS (.+?) ON (?:ONLY )?(.+?) USING/.exec(statement);
       const name = m?.[1] ?? statement;
       const schema = /^(.+?)\./.exec(m?.[2] ?? '')?.[1];
@@ -57,12 +111,27 @@ export async function restoreIndexes(
         continue;
       }
       try {
+        const started = process.hrtime.bigint();
         await c.query(statement);
-        created.push(schema ? `${schema}.${name}` : name);
+        const seconds = round(Number(process.hrtime.bigint() - started) / 1e9);
+        const index = schema ? `${schema}.${name}` : name;
+        created.push(index);
+        builds.push({ index, seconds });
       } catch (err) {
         failed.push({ statement, error: errorMessage(err) });
       }
     }
-    return { backupId: manifest.id, database, created, existing, reindexed, failed };
+    const totalSeconds = round(builds.reduce((sum, b) => sum + b.seconds, 0));
+    return {
+      backupId: manifest.id,
+      database,
+      created,
+      builds,
+      totalSeconds,
+      settings,
+      existing,
+      reindexed,
+      failed,
+    };
   });
 }

@@ -9,6 +9,7 @@ import { readArchiveToc, type TocEntry } from '../pg/archive';
 import { withClient } from '../pg/tools';
 import { createDatabase, dropDatabase, runPgRestore } from '../restore/database';
 import { fetchToLocalFile, openBackup, readBackupObject } from '../restore/fetch';
+import { applyIndexBuildSettings } from '../restore/indexes';
 import {
   ON_SERVER_HINT,
   openRestorePlace,
@@ -121,6 +122,7 @@ async function checkDatabase(
             )
           ).rows[0]?.n ?? 0,
         );
+      await applyIndexBuildSettings(c, config);
       const before = await countIndexes();
       const failed: Array<{ statement: string; error: string }> = [];
       for (const statement of statements) {
