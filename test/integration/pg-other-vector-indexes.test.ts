@@ -1,3 +1,6 @@
+import { chmodSync, cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { text } from 'node:stream/consumers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../core/config';
@@ -188,6 +191,47 @@ describe.skipIf(!other)(
       const vec = r.json.databases.find((d: { database: string }) => d.database === 'vec');
       // Every non-constraint index of vec built there (the primary key comes with its constraint).
       expect(vec).toMatchObject({ created: ALL.length, failed: [], invalid: [] });
+    });
+
+    it('verify indexes where the sandbox cannot load pgvector: one line saying so, naming the extension, exit 4', async () => {
+      // Prepare: a session whose root shows an extension folder without pgvector (the root stays as it is).
+      const extensions = `/usr/share/postgresql/${other!.major}/extension`;
+      const copy = mkdtempSync(join(tmpdir(), 'pgvault-ext-'));
+      cpSync(join(other!.root, extensions), copy, {
+        recursive: true,
+        filter: (src) => !/\/vector[^/]*$/.test(src),
+      });
+      chmodSync(copy, 0o755);
+      const without = await OtherMajorSession.open(other!, [], [{ at: extensions, from: copy }]);
+      try {
+        // Act
+        const r = await without.runPgvault(
+          ['--config', a.configFile, 'verify', 'indexes', indexBackupId],
+          { PATH: process.env.PATH, TZ: 'UTC' },
+          a.work,
+        );
+
+        // Assess
+        expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(4);
+        // Progress lines aside, one error line: the sandbox, the extension, the package, the way out.
+        const lines = r.stderr
+          .trim()
+          .split('\n')
+          .filter((l) => l.startsWith('pgvault:'));
+        expect(lines, r.stderr).toHaveLength(1);
+        expect(lines[0]).toMatch(
+          new RegExp(
+            `the sandbox \\(a sandbox server \\(PostgreSQL ${other!.major}\\.\\d+\\).*\\) cannot load extension "vector"`,
+          ),
+        );
+        expect(lines[0]).toContain(`postgresql-${other!.major}-pgvector`);
+        expect(lines[0]).toContain('--on-server');
+        expect(lines[0]!.match(/cannot load/g)).toHaveLength(1);
+        expect(r.stdout).toMatch(/vec: not checked: the sandbox .* cannot load extension "vector"/);
+      } finally {
+        await without.close();
+        rmSync(copy, { recursive: true, force: true });
+      }
     });
 
     it('after the indexes are dropped, restore indexes rebuilds the same definitions, reports each build time, and the planner and k-NN answers are as before', async () => {
