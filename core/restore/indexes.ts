@@ -9,13 +9,15 @@ import { openBackup, readBackupObject } from './fetch';
 export interface IndexBuild {
   readonly index: string;
   readonly seconds: number;
+  /** `created` (missing, built from the backup) or `reindexed` (there, rebuilt by --reindex). */
+  readonly kind: 'created' | 'reindexed';
 }
 
 export interface IndexRebuildResult {
   readonly backupId: string;
   readonly database: string;
   readonly created: readonly string[];
-  /** Build time per created index, in the order built. */
+  /** Build time per created (and, with --reindex, reindexed) index, in the order built. */
   readonly builds: readonly IndexBuild[];
   /** Sum of the builds' seconds. */
   readonly totalSeconds: number;
@@ -105,7 +107,10 @@ export async function restoreIndexes(
       if ((found.rowCount ?? 0) > 0) {
         existing++;
         if (options.reindex) {
+          const started = process.hrtime.bigint();
           await c.query(`REINDEX INDEX ${schema ? `${schema}.` : ''}${name}`);
+          const seconds = round(Number(process.hrtime.bigint() - started) / 1e9);
+          builds.push({ index: schema ? `${schema}.${name}` : name, seconds, kind: 'reindexed' });
           reindexed++;
         }
         continue;
@@ -116,7 +121,7 @@ export async function restoreIndexes(
         const seconds = round(Number(process.hrtime.bigint() - started) / 1e9);
         const index = schema ? `${schema}.${name}` : name;
         created.push(index);
-        builds.push({ index, seconds });
+        builds.push({ index, seconds, kind: 'created' });
       } catch (err) {
         failed.push({ statement, error: errorMessage(err) });
       }

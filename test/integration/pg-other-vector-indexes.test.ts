@@ -286,6 +286,31 @@ describe.skipIf(!other)(
       expect(r.stdout).toMatch(/rebuild time: \d+\.\d{3} s in total \(maintenance_work_mem 96MB/);
     });
 
+    it('restore indexes --reindex rebuilds the ones there and reports each rebuild time too', async () => {
+      const r = await a.pgvault(['--json', 'restore', 'indexes', 'vec', '--reindex']);
+
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.json).toMatchObject({ created: [], existing: ALL.length, reindexed: ALL.length });
+      expect(
+        r.json.builds.map((b: { index: string; kind: string }) => `${b.kind} ${b.index}`).sort(),
+      ).toEqual(ALL.map((n) => `reindexed public.${n}`).sort());
+      const sum = r.json.builds.reduce((t: number, b: { seconds: number }) => t + b.seconds, 0);
+      expect(r.json.totalSeconds).toBeCloseTo(sum, 2);
+      expect(await indexes('vec')).toEqual([...before.values()]);
+    });
+
+    it('restore full of the database brings every vector index back the same, planned and answering as before', async () => {
+      const r = await a.pgvault(['--json', 'restore', 'full', 'latest', 'vec_copy', '--from', 'vec']);
+
+      expect(r.code, r.stderr).toBe(0);
+      expect(await indexes('vec_copy')).toEqual([...before.values()]);
+      for (const index of VECTOR_INDEXES) {
+        const k = await knn('vec_copy', index);
+        expect(k.plan, index.name).toContain(`Index Scan using ${index.name}`);
+        expect(k.ids, index.name).toBe(answers.get(index.name));
+      }
+    });
+
     it('an index whose extension the database lacks: one line naming CREATE EXTENSION vector, exit 2, nothing built, no INVALID index', async () => {
       // Prepare: the database lost pgvector (and with it the vector column and its index), and its
       // plain index was dropped too.
