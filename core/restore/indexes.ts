@@ -48,6 +48,27 @@ export async function applyIndexBuildSettings(
 
 const round = (n: number) => Math.round(n * 1000) / 1000;
 
+/** Access methods and types of extensions whose name differs from what a user sees in the index. */
+const PROVIDED_BY: Record<string, string> = { hnsw: 'vector', ivfflat: 'vector', vector: 'vector' };
+
+/**
+ * A build's error, with the CREATE EXTENSION to run when it says an access method, operator class
+ * or type is missing: index backups taken before they recorded extensions are only checked this way.
+ */
+export function explainBuildError(error: string, database: string): string {
+  const am = /access method "([^"]+)" does not exist/.exec(error)?.[1];
+  const type = /type "([^"]+)" does not exist/.exec(error)?.[1];
+  const opclass = /operator class "(vector|halfvec|sparsevec|bit)_[a-z0-9_]+_ops" does not exist/.exec(
+    error,
+  )?.[1];
+  const what = am ?? type ?? (opclass ? 'vector' : undefined);
+  if (what === undefined) return error;
+  const extension = PROVIDED_BY[what];
+  return extension
+    ? `${error}; extension "${extension}" is missing in "${database}": run CREATE EXTENSION ${extension}; there, then restore indexes again`
+    : `${error}; the extension that provides "${what}" is missing in "${database}": CREATE EXTENSION it there, then restore indexes again`;
+}
+
 /**
  * `restore indexes <database>`: runs every index definition of the newest index backup that the
  * database lacks (CREATE INDEX IF NOT EXISTS), and with --reindex rebuilds the existing ones too.
@@ -123,7 +144,7 @@ export async function restoreIndexes(
         created.push(index);
         builds.push({ index, seconds, kind: 'created' });
       } catch (err) {
-        failed.push({ statement, error: errorMessage(err) });
+        failed.push({ statement, error: explainBuildError(errorMessage(err), database) });
       }
     }
     const totalSeconds = round(builds.reduce((sum, b) => sum + b.seconds, 0));
