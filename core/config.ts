@@ -268,6 +268,12 @@ export interface Config {
    */
   readonly restoreTestTarget: 'sandbox' | 'server';
   /**
+   * INDEX_BUILD_MAINTENANCE_WORK_MEM / INDEX_BUILD_PARALLEL_WORKERS: maintenance_work_mem and
+   * max_parallel_maintenance_workers for the index builds of `restore indexes` and `verify indexes`
+   * (an HNSW build is far faster when its graph fits in maintenance_work_mem). Unset: the server's.
+   */
+  readonly indexBuild: { readonly maintenanceWorkMem?: string; readonly parallelWorkers?: number };
+  /**
    * ARCHIVE_ASYNC: `backup wal` only confirms what a long-lived uploader (`wal push-async`) already
    * stored ahead of time, in parallel (pgBackRest's archive-async). Off: each call stores its file.
    */
@@ -518,6 +524,8 @@ export const KNOWN_KEYS: readonly string[] = [
   'PGPASSWORD',
   'PG_BIN_DIR',
   'RESTORE_TEST_TARGET',
+  'INDEX_BUILD_MAINTENANCE_WORK_MEM',
+  'INDEX_BUILD_PARALLEL_WORKERS',
   'ALERT_CAPACITY_PERCENT',
   'ALERT_BACKUP_AGE_HOURS',
   'ALERT_SHRINK_PERCENT',
@@ -723,6 +731,20 @@ function lockKey(raw: Raw, key: 'OBJECT_LOCK_MODE' | 'OBJECT_LOCK_RETAIN' | 'OBJ
     );
   }
   return value === undefined && aliased !== undefined ? alias : key;
+}
+
+function indexBuildSettings(raw: Raw): Config['indexBuild'] {
+  const mem = text(raw, 'INDEX_BUILD_MAINTENANCE_WORK_MEM');
+  if (mem !== undefined && !/^\d+(kB|MB|GB|TB)$/.test(mem)) {
+    throw new ConfigError(
+      `INDEX_BUILD_MAINTENANCE_WORK_MEM=${mem} is not a PostgreSQL memory size; write it as a number and kB, MB, GB or TB (e.g. 2GB)`,
+    );
+  }
+  const workers = optionalInteger(raw, 'INDEX_BUILD_PARALLEL_WORKERS', 0, 1024);
+  return {
+    ...(mem !== undefined ? { maintenanceWorkMem: mem } : {}),
+    ...(workers !== undefined ? { parallelWorkers: workers } : {}),
+  };
 }
 
 function text(raw: Raw, key: string): string | undefined {
@@ -1288,6 +1310,7 @@ export function parseConfig(
     ...patroniName(raw),
     pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
     restoreTestTarget: oneOf(raw, 'RESTORE_TEST_TARGET', ['sandbox', 'server'] as const, 'sandbox'),
+    indexBuild: indexBuildSettings(raw),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),
     spoolDir: text(raw, 'SPOOL_DIR') === undefined ? undefined : absolutePath(raw, 'SPOOL_DIR', '', cwd),
     archiveTimeoutSeconds: integer(raw, 'ARCHIVE_TIMEOUT', 60, 1, 86_400),

@@ -177,7 +177,12 @@ export async function restoreIndexesCommand(
   emit(opts, { ok: r.failed.length === 0, ...r }, () =>
     [
       `indexes of "${database}" from ${r.backupId}: ${r.created.length} created, ${r.existing} already present${opts.reindex ? `, ${r.reindexed} reindexed` : ''}, ${r.failed.length} failed`,
-      ...r.created.map((n) => `  created ${n}`),
+      ...r.builds.map((b) => `  ${b.kind} ${b.index} in ${b.seconds.toFixed(3)} s`),
+      ...(r.builds.length > 0
+        ? [
+            `  rebuild time: ${r.totalSeconds.toFixed(3)} s in total (maintenance_work_mem ${r.settings.maintenanceWorkMem}, max_parallel_maintenance_workers ${r.settings.parallelWorkers})`,
+          ]
+        : []),
       ...r.failed.map((f) => `  FAILED ${f.statement}: ${f.error}`),
     ].join('\n'),
   );

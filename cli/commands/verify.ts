@@ -115,9 +115,9 @@ export async function verifyIndexesCommand(backup: string, opts: GlobalOptions &
     const bad = r.databases.filter((d) => d.error || d.failed.length > 0 || d.invalid.length > 0);
     await failAfterReport(
       new ValidationError(
-        `index backup ${r.backupId} does not rebuild cleanly in ${bad.map((d) => `"${d.database}"`).join(', ')}: ${bad
-          .map((d) => d.error ?? d.failed[0]?.error ?? `invalid ${d.invalid.join(', ')}`)
-          .join('; ')}`,
+        `index backup ${r.backupId} does not rebuild cleanly in ${bad.map((d) => `"${d.database}"`).join(', ')}: ${[
+          ...new Set(bad.map((d) => d.error ?? d.failed[0]?.error ?? `invalid ${d.invalid.join(', ')}`)),
+        ].join('; ')}`,
       ),
       opts,
       'verify indexes',

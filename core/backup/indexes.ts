@@ -15,6 +15,14 @@ export interface IndexDefinition {
   readonly statement: string;
   /** Backs a primary key, unique or exclusion constraint: rebuilt with the constraint, not alone. */
   readonly constraint?: string;
+  /** Extensions that provide its access method or operator classes (vector for hnsw/ivfflat). */
+  readonly extensions?: readonly string[];
+}
+
+/** One index statement of a backup, with the extensions it needs on the target. */
+export interface IndexStatement {
+  readonly statement: string;
+  readonly extensions: readonly string[];
 }
 
 /** Every index of every user table in one database, extension index types (vector, gin, ...) included. */
@@ -31,9 +39,15 @@ export async function indexDefinitions(
       method: string;
       def: string;
       con: string | null;
+      exts: string[] | null;
     }>(
       `SELECT n.nspname AS schema, t.relname AS table, ic.relname AS index, am.amname AS method,
-              pg_get_indexdef(i.indexrelid) AS def, con.conname AS con
+              pg_get_indexdef(i.indexrelid) AS def, con.conname AS con,
+              (SELECT array_agg(DISTINCT e.extname::text ORDER BY e.extname::text) FROM pg_depend d
+                 JOIN pg_extension e ON e.oid = d.refobjid
+                WHERE d.deptype = 'e' AND d.refclassid = 'pg_extension'::regclass
+                  AND ((d.classid = 'pg_am'::regclass AND d.objid = ic.relam)
+                    OR (d.classid = 'pg_opclass'::regclass AND d.objid = ANY (i.indclass::oid[])))) AS exts
          FROM pg_index i
          JOIN pg_class ic ON ic.oid = i.indexrelid
          JOIN pg_class t ON t.oid = i.indrelid
@@ -50,6 +64,7 @@ export async function indexDefinitions(
       method: x.method,
       statement: `${x.def.replace(/^CREATE (UNIQUE )?INDEX /, 'CREATE $1INDEX IF NOT EXISTS ')};`,
       constraint: x.con ?? undefined,
+      ...(x.exts && x.exts.length > 0 ? { extensions: x.exts } : {}),
     }));
   });
 }
@@ -66,6 +81,9 @@ export function renderIndexSql(
   for (const [db, defs] of byDatabase) {
     lines.push(`-- database: ${JSON.stringify(db)}`, `\\connect ${quoteIdent(db)}`);
     for (const d of defs) {
+      // Read back by restore indexes, which checks the extensions before building anything.
+      if (d.extensions && !d.constraint)
+        lines.push(`-- needs extensions: ${d.extensions.map((e) => JSON.stringify(e)).join(' ')}`);
       lines.push(
         d.constraint
           ? `-- constraint ${quoteIdent(d.constraint)} on ${quoteIdent(d.schema)}.${quoteIdent(d.table)} (rebuilt with the constraint): ${d.statement}`
@@ -79,15 +97,28 @@ export function renderIndexSql(
 
 /** Parses what renderIndexSql wrote: database → runnable CREATE INDEX statements. */
 export function parseIndexSql(text: string): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  let current: string[] | undefined;
+  return new Map([...parseIndexBackup(text)].map(([db, list]) => [db, list.map((s) => s.statement)]));
+}
+
+/**
+ * Parses what renderIndexSql wrote: database → statements with the extensions each needs (none
+ * recorded in backups taken before pgvault wrote them).
+ */
+export function parseIndexBackup(text: string): Map<string, IndexStatement[]> {
+  const out = new Map<string, IndexStatement[]>();
+  let current: IndexStatement[] | undefined;
+  let needs: string[] = [];
   for (const line of text.split('\n')) {
     const db = /^-- database: (".*")$/.exec(line);
+    const ext = /^-- needs extensions: (.*)$/.exec(line);
     if (db) {
       current = [];
       out.set(JSON.parse(db[1]!) as string, current);
+    } else if (ext) {
+      needs = (ext[1]!.match(/"(?:[^"\\]|\\.)*"/g) ?? []).map((q) => JSON.parse(q) as string);
     } else if (current && /^CREATE (UNIQUE )?INDEX /.test(line)) {
-      current.push(line);
+      current.push({ statement: line, extensions: needs });
+      needs = [];
     }
   }
   return out;

@@ -7,8 +7,9 @@ import type { Config } from '../config';
 import { errorMessage, UsageError } from '../errors';
 import { readArchiveToc, type TocEntry } from '../pg/archive';
 import { withClient } from '../pg/tools';
-import { createDatabase, dropDatabase, runPgRestore } from '../restore/database';
+import { createDatabase, dropDatabase, MissingExtensionError, runPgRestore } from '../restore/database';
 import { fetchToLocalFile, openBackup, readBackupObject } from '../restore/fetch';
+import { applyIndexBuildSettings } from '../restore/indexes';
 import {
   ON_SERVER_HINT,
   openRestorePlace,
@@ -121,6 +122,7 @@ async function checkDatabase(
             )
           ).rows[0]?.n ?? 0,
         );
+      await applyIndexBuildSettings(c, config);
       const before = await countIndexes();
       const failed: Array<{ statement: string; error: string }> = [];
       for (const statement of statements) {
@@ -225,8 +227,12 @@ function explain(err: unknown, place: RestorePlace): string {
   if (place.scratch === undefined && /permission denied to create database/.test(line)) {
     return `${line}: checking an index backup on the configured server needs CREATEDB for PGUSER; grant it (ALTER ROLE … CREATEDB), or check in the sandbox (the default: RESTORE_TEST_TARGET=sandbox, no --on-server)`;
   }
-  if (place.scratch !== undefined && /extension "[^"]+" is not installed/.test(line)) {
-    return `${line.replace('the target server', place.restoredOn.description)}, or ${ON_SERVER_HINT}`;
+  if (place.scratch !== undefined && err instanceof MissingExtensionError) {
+    // The sandbox runs this machine's server binaries: the extension is missing here, not on the server.
+    const major = /^(\d+)/.exec(place.restoredOn.serverVersion ?? '')?.[1] ?? 'its major';
+    const debian =
+      err.extension === 'vector' ? `pgvector: postgresql-${major}-pgvector` : `postgresql-${major}-…`;
+    return `the sandbox (${place.restoredOn.description}) cannot load extension "${err.extension}" that the backup's schema needs; install it for PostgreSQL ${major} on this machine (Debian ${debian}; in the AWS task image too), or ${ON_SERVER_HINT}`;
   }
   return line;
 }

@@ -168,7 +168,16 @@ export class OtherMajorSession {
    * Writes the enter script and the wrappers. `extraBinds`: more host folders to show inside the
    * root at the same path (everything under /tmp, the project and node already are).
    */
-  static async open(other: OtherMajorRoot, extraBinds: readonly string[] = []): Promise<OtherMajorSession> {
+  static async open(
+    other: OtherMajorRoot,
+    extraBinds: readonly string[] = [],
+    /**
+     * Folders of the root to show differently in this session's namespace only (the root is not
+     * changed): `at` inside the root shows the host folder `from` (e.g. an extension folder copy
+     * without pgvector, to see what pgvault says when the sandbox cannot load it).
+     */
+    replace: ReadonlyArray<{ readonly at: string; readonly from: string }> = [],
+  ): Promise<OtherMajorSession> {
     const dir = mkdtempSync(join(tmpdir(), 'pgvault-other-'));
     chmodSync(dir, 0o755);
     const tag = basename(dir);
@@ -190,6 +199,7 @@ export class OtherMajorSession {
       ...[...dirs].map(
         (d) => `mkdir -p "$root"${shellQuote(d)} && mount --bind ${shellQuote(d)} "$root"${shellQuote(d)}`,
       ),
+      ...replace.map((r) => `mount --bind ${shellQuote(realpathSync(r.from))} "$root"${shellQuote(r.at)}`),
       `mkdir -p "$root"${shellQuote(dirname(node))} && { [ -e "$root"${shellQuote(node)} ] || : >"$root"${shellQuote(node)}; } && mount --bind ${shellQuote(node)} "$root"${shellQuote(node)}`,
       'as=$1; shift',
       // chroot starts in /: go back to the caller's folder when it is there (it is, under /tmp).
