@@ -187,6 +187,12 @@ describe.skipIf(!other)(
       });
     });
 
+    it('verify restore of the second incremental recovers its combined chain in a sandbox', async () => {
+      const r = await a.pgvault(['--json', 'verify', 'restore', incr2Id]);
+      expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
+      expect(r.stderr).toContain(`combined chain: full ${fullId} + incr ${incr1Id} + incr ${incr2Id}`);
+    });
+
     it('verify all passes over the chain', async () => {
       const r = await a.pgvault(['--json', 'verify', 'all']);
       expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
