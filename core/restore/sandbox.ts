@@ -335,6 +335,8 @@ export interface ExtractOptions {
   readonly chain?: readonly CatalogEntry[];
   /** The chain already extracted (stageBaseChain), to combine into dataDir. */
   readonly staged?: StagedChain;
+  /** A throwaway directory (a sandbox): pg_combinebackup need not fsync what it writes. */
+  readonly noSync?: boolean;
 }
 
 /** Every member of a chain extracted into its own folder under `root`, full first. */
@@ -405,6 +407,7 @@ export async function combineStagedChain(
   config: Config,
   reporter: Reporter,
   dataDir: string,
+  noSync = false,
 ): Promise<void> {
   const major = Math.floor(staged.chain.at(-1)!.manifest.server.versionNum / 10000);
   const own = join('/usr/lib/postgresql', String(major), 'bin', 'pg_combinebackup');
@@ -412,7 +415,7 @@ export async function combineStagedChain(
     config.pgBinDir === undefined && existsSync(own)
       ? own
       : findPgBinary('pg_combinebackup', config.pgBinDir);
-  const cmd = asServerUser(tool, ['--no-sync', '-o', dataDir, ...staged.dirs]);
+  const cmd = asServerUser(tool, [...(noSync ? ['--no-sync'] : []), '-o', dataDir, ...staged.dirs]);
   const proc = startTool(cmd.file, cmd.args, { label: 'pg_combinebackup', stdout: 'ignore' });
   try {
     await proc.exited;
@@ -431,7 +434,7 @@ export async function combineStagedChain(
 export async function extractBaseBackup(options: ExtractOptions): Promise<void> {
   const { entry, config, reporter, dataDir } = options;
   if (options.staged !== undefined) {
-    await combineStagedChain(options.staged, config, reporter, dataDir);
+    await combineStagedChain(options.staged, config, reporter, dataDir, options.noSync);
     return;
   }
   if (entry.manifest.incrementalOf === undefined) {
@@ -446,7 +449,7 @@ export async function extractBaseBackup(options: ExtractOptions): Promise<void> 
   }
   const staged = await stageBaseChain({ chain, config, reporter, parentDir: dirname(dataDir) });
   try {
-    await combineStagedChain(staged, config, reporter, dataDir);
+    await combineStagedChain(staged, config, reporter, dataDir, options.noSync);
   } finally {
     await staged.remove();
   }
@@ -687,6 +690,7 @@ export class RecoverySandbox {
       reporter: this.reporter,
       dataDir: this.dataDir,
       chain,
+      noSync: true,
     });
     const { settings, comment } = settingsFor(files.restoreCommand);
     await prepareRecovery(this.dataDir, settings, comment);
