@@ -98,6 +98,7 @@ backup
 backup
   .command('base [schedule]')
   .description('physical base backup (pg_basebackup) for point-in-time recovery: daily|weekly|monthly|manual')
+  .option('--incremental', 'incremental to the newest base backup (PostgreSQL 17+, summarize_wal = on)')
   .action(run(pitrCmds, 'backupBaseCommand'));
 backup
   .command('wal <path>')

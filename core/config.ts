@@ -274,6 +274,13 @@ export interface Config {
    */
   readonly indexBuild: { readonly maintenanceWorkMem?: string; readonly parallelWorkers?: number };
   /**
+   * BASE_INCREMENTAL: scheduled `backup base` runs take incremental base backups (PostgreSQL 17+,
+   * summarize_wal = on); on an older server they take a full one and say so.
+   */
+  readonly baseIncremental: boolean;
+  /** INCREMENTAL_CHAIN_MAX: after this many incrementals in a chain the next base backup is a full. */
+  readonly incrementalChainMax: number;
+  /**
    * ARCHIVE_ASYNC: `backup wal` only confirms what a long-lived uploader (`wal push-async`) already
    * stored ahead of time, in parallel (pgBackRest's archive-async). Off: each call stores its file.
    */
@@ -526,6 +533,8 @@ export const KNOWN_KEYS: readonly string[] = [
   'RESTORE_TEST_TARGET',
   'INDEX_BUILD_MAINTENANCE_WORK_MEM',
   'INDEX_BUILD_PARALLEL_WORKERS',
+  'BASE_INCREMENTAL',
+  'INCREMENTAL_CHAIN_MAX',
   'ALERT_CAPACITY_PERCENT',
   'ALERT_BACKUP_AGE_HOURS',
   'ALERT_SHRINK_PERCENT',
@@ -1311,6 +1320,8 @@ export function parseConfig(
     pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
     restoreTestTarget: oneOf(raw, 'RESTORE_TEST_TARGET', ['sandbox', 'server'] as const, 'sandbox'),
     indexBuild: indexBuildSettings(raw),
+    baseIncremental: boolean(raw, 'BASE_INCREMENTAL', false),
+    incrementalChainMax: integer(raw, 'INCREMENTAL_CHAIN_MAX', 6, 1, 1000),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),
     spoolDir: text(raw, 'SPOOL_DIR') === undefined ? undefined : absolutePath(raw, 'SPOOL_DIR', '', cwd),
     archiveTimeoutSeconds: integer(raw, 'ARCHIVE_TIMEOUT', 60, 1, 86_400),

@@ -11,11 +11,13 @@ import {
 } from '../../core/restore/pitr';
 import { emit, formatBytes, formatDuration, type GlobalOptions, vaultFor } from '../output';
 
-function baseSummary(m: ManifestBody): string {
+function baseSummary(m: ManifestBody, notes: readonly string[]): string {
   const o = m.objects[0]!;
   const p = m.physical;
   return [
     `backup ${m.id} complete: ${formatBytes(m.rawSize)} read, ${formatBytes(m.storedSize)} stored, ${formatDuration(m.durationMs)}`,
+    ...(m.incrementalOf !== undefined ? [`  incremental of ${m.incrementalOf}`] : []),
+    ...notes.map((n) => `  ${n}`),
     `  ${o.key}`,
     ...(p
       ? [
@@ -25,13 +27,31 @@ function baseSummary(m: ManifestBody): string {
   ].join('\n');
 }
 
-export async function backupBaseCommand(schedule: string | undefined, opts: GlobalOptions) {
+export async function backupBaseCommand(
+  schedule: string | undefined,
+  opts: GlobalOptions & { incremental?: boolean },
+) {
   const s = (schedule ?? 'manual').toLowerCase();
   if (!(SCHEDULES as readonly string[]).includes(s)) {
     throw new UsageError(`schedule ${schedule} is not allowed; use one of ${SCHEDULES.join(', ')}`);
   }
-  const m = await backupBase(vaultFor(opts), { schedule: s as Schedule });
-  emit(opts, { ok: true, manifest: m }, () => baseSummary(m));
+  const notes: string[] = [];
+  const m = await backupBase(vaultFor(opts), {
+    schedule: s as Schedule,
+    incremental: opts.incremental === true,
+    note: (line) => notes.push(line),
+  });
+  emit(
+    opts,
+    {
+      ok: true,
+      incremental: m.incrementalOf !== undefined,
+      ...(m.incrementalOf !== undefined ? { incrementalOf: m.incrementalOf } : {}),
+      ...(notes.length > 0 ? { notes } : {}),
+      manifest: m,
+    },
+    () => baseSummary(m, notes),
+  );
   return m;
 }
 
@@ -113,6 +133,7 @@ export async function restorePitrCommand(
         `laid down ${r.backupId} in ${r.pgdata} for recovery to ${r.target} (${formatDuration(r.durationMs)})`,
         ...timeLines,
         `  base backup: ${r.choice}`,
+        ...(r.combinedChain ? [`  combined chain: ${r.combinedChain}`] : []),
         `  restore_command = '${r.restoreCommand}' (config ${r.configFile})`,
         `  start it on this host: ${r.startCommand}; it replays the archived WAL to the target, then promotes`,
         ...(r.copyOf === undefined
@@ -153,6 +174,7 @@ export async function restorePitrCommand(
       `recovered "${r.source}" from ${r.backupId} to ${r.target} into "${r.database}" in ${formatDuration(r.durationMs)} (recovery ${formatDuration(r.recoveryMs)}, copy ${formatDuration(r.copyMs)})`,
       ...timeLines,
       `  base backup: ${r.choice}`,
+      ...(r.combinedChain ? [`  combined chain: ${r.combinedChain}`] : []),
       `  recovered point: last transaction ${point.lastTransactionTime ?? 'none after the backup'}, LSN ${point.lsn ?? 'unknown'}${point.timeline ? `, new timeline ${point.timeline}` : ''}${point.stopReason ? ` (recovery stopping ${point.stopReason})` : ''}`,
       `  ${point.segmentsRestored} WAL segment(s) restored from the archive`,
       ...r.warnings.map((w) => `  warning: ${w}`),

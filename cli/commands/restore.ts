@@ -36,6 +36,7 @@ export async function restoreListCommand(
     state: missing[i] === undefined ? ('complete' as const) : ('incomplete' as const),
     ...(missing[i] !== undefined ? { missing: missing[i] } : {}),
     type: e.manifest.type,
+    ...(e.manifest.incrementalOf !== undefined ? { incrementalOf: e.manifest.incrementalOf } : {}),
     schedule: e.manifest.schedule ?? null,
     time: e.manifest.startedAt,
     storedSize: e.manifest.storedSize,

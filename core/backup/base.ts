@@ -1,7 +1,14 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { CatalogEntry } from '../catalog/catalog';
+import { type ChainLink, incrementalsInChain } from '../catalog/chain';
 import type { ManifestBody, PhysicalInfo } from '../catalog/manifest';
 import type { Schedule } from '../catalog/naming';
+import { corruptionBehindProgramFailure, decryptionFor, readObjectIntoProgram } from '../catalog/objects';
 import type { Config } from '../config';
-import { PostgresError } from '../errors';
+import { ConfigError, errorMessage, IntegrityError, PostgresError, UsageError } from '../errors';
 import { type ServerInfo, serverInfo } from '../pg/server';
 import { parseBackupLabel, parseWalRanges, TarScanner } from '../pg/tar';
 import { findPgBinary, pgEnv, refuseOlderClient, toolMajorVersion, withClient } from '../pg/tools';
@@ -13,6 +20,13 @@ import { type ObjectSource, probeTargets, runBackup, toolVersions } from './run'
 export interface BaseBackupOptions {
   readonly schedule: Schedule;
   readonly now?: Date;
+  /**
+   * `--incremental`: an incremental base backup (PostgreSQL 17+) of the newest base backup; refused
+   * in one line where it cannot be. Without it, BASE_INCREMENTAL decides (a full where it cannot be).
+   */
+  readonly incremental?: boolean;
+  /** Told why this backup is a full one when an incremental was asked for or configured. */
+  readonly note?: (line: string) => void;
 }
 
 /** What the server must allow before pg_basebackup is worth starting. */
@@ -24,6 +38,8 @@ export interface PhysicalPrerequisites {
   readonly extraTablespaces: readonly string[];
   /** Sum of pg_database_size, for progress and the S3 part size. */
   readonly sizeBytes: number;
+  /** summarize_wal (PostgreSQL 17+; undefined before), which incremental base backups need. */
+  readonly summarizeWal?: string;
 }
 
 /** Manifests of PostgreSQL 13 and newer carry WAL-Ranges, which is where the stop LSN comes from. */
@@ -38,7 +54,7 @@ const WAL_SEGMENT_IN_TAR = /^pg_wal\/[0-9A-F]{24}$/;
 export async function physicalPrerequisites(config: Config): Promise<PhysicalPrerequisites> {
   return withClient(config.pg, config.pg.database ?? 'postgres', async (c) => {
     const settings = await c.query<{ name: string; setting: string }>(
-      `SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_wal_senders', 'wal_segment_size')`,
+      `SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_wal_senders', 'wal_segment_size', 'summarize_wal')`,
     );
     const byName = new Map(settings.rows.map((r) => [r.name, r.setting]));
     const spaces = await c.query<{ spcname: string }>(
@@ -54,6 +70,7 @@ export async function physicalPrerequisites(config: Config): Promise<PhysicalPre
       segmentBytes: Number(byName.get('wal_segment_size') ?? 16 * 1024 * 1024),
       extraTablespaces: spaces.rows.map((r) => r.spcname),
       sizeBytes: Number(size.rows[0]?.n ?? 0),
+      summarizeWal: byName.get('summarize_wal'),
     };
   });
 }
@@ -108,6 +125,21 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
   ]);
   assertBaseBackupPossible(server, pre);
   refuseOlderClient('pg_basebackup', { path: pgBasebackup, major: toolMajor }, server, config.pgBinDir);
+  const wanted = options.incremental === true ? 'explicit' : config.baseIncremental ? 'setting' : 'no';
+  const bases =
+    wanted === 'no'
+      ? []
+      : (await vault.catalog.list('base')).filter((e) => e.manifest.physical !== undefined);
+  const decision = chooseIncrementalParent({
+    wanted,
+    chainMax: config.incrementalChainMax,
+    server,
+    summarizeWal: pre.summarizeWal,
+    bases: bases.map((e) => e.manifest),
+  });
+  if (decision.note !== undefined) options.note?.(decision.note);
+  const parent = bases.find((e) => e.manifest.id === decision.parentId);
+  const parentManifest = parent === undefined ? undefined : await fetchServerManifest(vault, parent);
 
   let scanner: TarScanner | undefined;
   const seen: StreamFacts = { walSegments: 0 };
@@ -128,6 +160,7 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
           '--checkpoint=fast',
           '--label=pgvault',
           '--no-password',
+          ...(parentManifest ? [`--incremental=${parentManifest.file}`] : []),
         ],
         { env: pgEnv(config.pg), label: 'pg_basebackup', stdin: 'ignore', bufferOutput: true },
       );
@@ -158,15 +191,158 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
     },
   };
 
-  return runBackup(vault, {
-    type: 'base',
-    schedule: options.schedule,
-    server,
-    tools,
-    sources: [source],
-    now: options.now,
-    physical: () => physicalFromStream(scanner, pre.segmentBytes, seen),
-  });
+  try {
+    return await runBackup(vault, {
+      type: 'base',
+      schedule: options.schedule,
+      server,
+      tools,
+      sources: [source],
+      now: options.now,
+      physical: () => physicalFromStream(scanner, pre.segmentBytes, seen),
+      incrementalOf: parent?.manifest.id,
+    });
+  } finally {
+    await parentManifest?.remove();
+  }
+}
+
+/** PostgreSQL's first major with incremental base backups (pg_basebackup --incremental). */
+export const MIN_INCREMENTAL_MAJOR = 17;
+
+export interface IncrementalChoice {
+  /** The base backup to be incremental to; undefined: a full one. */
+  readonly parentId?: string;
+  /** Why a full one was taken though an incremental was configured (said in the output). */
+  readonly note?: string;
+}
+
+/**
+ * Whether this base backup is incremental, and to what: the newest base backup of the same system,
+ * unless its chain already holds `chainMax` incrementals (then a full starts a new chain). Refuses,
+ * in one line, what `--incremental` (wanted 'explicit') cannot do; BASE_INCREMENTAL ('setting') takes
+ * a full instead where the server is too old or there is nothing to be incremental to, and says so.
+ */
+export function chooseIncrementalParent(input: {
+  readonly wanted: 'explicit' | 'setting' | 'no';
+  readonly chainMax: number;
+  readonly server: Pick<ServerInfo, 'major' | 'version' | 'systemIdentifier'>;
+  readonly summarizeWal: string | undefined;
+  /** Base backups of the cluster, newest first. */
+  readonly bases: readonly (ChainLink & {
+    readonly server: { readonly systemIdentifier: string };
+    readonly physical?: unknown;
+  })[];
+}): IncrementalChoice {
+  const { wanted, server } = input;
+  if (wanted === 'no') return {};
+  if (server.major < MIN_INCREMENTAL_MAJOR) {
+    if (wanted === 'explicit') {
+      throw new UsageError(
+        `--incremental needs PostgreSQL ${MIN_INCREMENTAL_MAJOR} or newer (the server is ${server.version}); take a full base backup: pgvault backup base`,
+      );
+    }
+    return {
+      note: `full base backup: BASE_INCREMENTAL is set, but incremental base backups need PostgreSQL ${MIN_INCREMENTAL_MAJOR} or newer (the server is ${server.version})`,
+    };
+  }
+  if (input.summarizeWal !== 'on') {
+    throw new ConfigError(
+      `incremental base backups need summarize_wal = on (the server has ${input.summarizeWal ?? 'no such setting'}); run ALTER SYSTEM SET summarize_wal = on and SELECT pg_reload_conf() on the server, then take a full base backup to start the chain`,
+    );
+  }
+  const bases = input.bases.filter(
+    (b) => b.physical !== undefined && b.server.systemIdentifier === server.systemIdentifier,
+  );
+  const newest = bases[0];
+  if (newest === undefined) {
+    if (wanted === 'explicit') {
+      throw new UsageError(
+        `--incremental needs an earlier base backup of this server to be incremental to, and there is none; take a full one first: pgvault backup base`,
+      );
+    }
+    return {
+      note: 'full base backup: BASE_INCREMENTAL is set, but there is no earlier base backup to be incremental to',
+    };
+  }
+  let depth: number;
+  try {
+    depth = incrementalsInChain(
+      newest.id,
+      input.bases.map((manifest) => ({ manifest })),
+    );
+  } catch (err) {
+    return { note: `full base backup: the chain of ${newest.id} is broken (${errorMessage(err)})` };
+  }
+  if (depth >= input.chainMax) {
+    return {
+      note: `full base backup: the chain of ${newest.id} already holds ${depth} incremental(s) (INCREMENTAL_CHAIN_MAX=${input.chainMax}), so a new chain starts`,
+    };
+  }
+  return { parentId: newest.id };
+}
+
+/**
+ * The server's backup_manifest of a stored base backup, taken out of its tar into a private temporary
+ * folder (read and checked like any restore: sha256 of the stored bytes, then the manifest's own
+ * sha256 against the one recorded when the backup was taken). pg_basebackup --incremental sends it.
+ */
+export async function fetchServerManifest(
+  vault: Vault,
+  entry: CatalogEntry,
+): Promise<{ file: string; remove(): Promise<void> }> {
+  const { manifest } = entry;
+  const object = manifest.objects.find((o) => o.kind === 'base');
+  if (object === undefined) throw new IntegrityError(`backup ${manifest.id} lists no base backup object`);
+  const dir = await mkdtemp(join(tmpdir(), 'pgvault-parent-'));
+  const remove = () => rm(dir, { recursive: true, force: true });
+  try {
+    let lastError: unknown;
+    for (const target of entry.targets) {
+      const tar = startTool('tar', ['-x', '-i', '-f', '-', '-C', dir, 'backup_manifest'], {
+        label: 'tar -x backup_manifest',
+        stdout: 'ignore',
+      });
+      const read = readObjectIntoProgram(
+        {
+          target,
+          object,
+          compression: manifest.compression.algorithm,
+          threads: vault.config.parallelJobs,
+          encryption: decryptionFor(manifest, vault.config.encryption.passphrase),
+        },
+        tar.stdin,
+      );
+      const [fetched, extracted] = await Promise.allSettled([read, tar.exited]);
+      if (fetched.status === 'fulfilled' && extracted.status === 'fulfilled') {
+        lastError = undefined;
+        break;
+      }
+      lastError =
+        fetched.status === 'rejected'
+          ? fetched.reason
+          : ((await corruptionBehindProgramFailure(
+              target,
+              object,
+              (extracted as PromiseRejectedResult).reason,
+              fetched,
+            )) ?? (extracted as PromiseRejectedResult).reason);
+    }
+    if (lastError !== undefined) throw lastError;
+    const file = join(dir, 'backup_manifest');
+    const bytes = await readFile(file);
+    const expected = manifest.physical?.serverManifestSha256;
+    const actual = createHash('sha256').update(bytes).digest('hex');
+    if (expected !== undefined && actual !== expected) {
+      throw new IntegrityError(
+        `the server manifest inside ${manifest.id} does not match the one recorded when it was taken (sha256 ${actual}, expected ${expected}); take a full base backup (pgvault backup base without --incremental)`,
+      );
+    }
+    return { file, remove };
+  } catch (err) {
+    await remove();
+    throw err;
+  }
 }
 
 /** What the stream showed besides the captured members. */

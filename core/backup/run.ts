@@ -75,6 +75,8 @@ export interface BackupRun {
   readonly sources: readonly ObjectSource[];
   /** Physical backups: LSNs and timeline, known once the objects are written. */
   readonly physical?: () => ManifestBody['physical'];
+  /** An incremental base backup: the id of its parent (manifest field incrementalOf). */
+  readonly incrementalOf?: string;
   /** The node read from (BACKUP_FROM); default: where config.pg's connections went (core/topology). */
   readonly node?: SourceNode;
   /** Clock for the id; tests pass a fixed one. */
@@ -333,6 +335,7 @@ export async function runBackup(vault: Vault, run: BackupRun): Promise<ManifestB
       rawSize: written.reduce((n, o) => n + o.rawSize, 0),
       storedSize: written.reduce((n, o) => n + o.storedSize, 0),
       physical: run.physical?.(),
+      ...(run.incrementalOf !== undefined ? { incrementalOf: run.incrementalOf } : {}),
     };
     const text = await sealManifest(body, encryption?.passphrase);
     // Interrupted from here on, the manifest goes first, then the objects: none may be left alone.

@@ -140,6 +140,11 @@ function buildSchemas() {
     rawSize: z.number().int().nonnegative(),
     storedSize: z.number().int().nonnegative(),
     physical: physical.optional(),
+    /**
+     * An incremental base backup (pg_basebackup --incremental, PostgreSQL 17+): the id of the base
+     * backup it is incremental to; restores combine the whole chain (core/catalog/chain.ts).
+     */
+    incrementalOf: z.string().min(1).optional(),
   });
 
   const manifestSchema = manifestBody.extend({

@@ -15,6 +15,7 @@ export type PgToolName =
   | 'pg_basebackup'
   | 'pg_receivewal'
   | 'pg_verifybackup'
+  | 'pg_combinebackup'
   | 'initdb'
   | 'pg_ctl'
   | 'postgres'

@@ -231,7 +231,14 @@ export async function restoreReplica(vault: Vault, options: ReplicaOptions): Pro
     { path: dirname(slot.pgdata), what: 'the parent of --datadir', write: true },
   ]);
   await buildBeside(slot, async (dir) => {
-    await extractBaseBackup({ entry: plan.reach.entry, object: plan.object, config, reporter, dataDir: dir });
+    await extractBaseBackup({
+      entry: plan.reach.entry,
+      object: plan.object,
+      config,
+      reporter,
+      dataDir: dir,
+      chain: plan.chain,
+    });
     // Patroni writes standby.signal and the recovery settings itself when it starts the replica.
     await rm(join(dir, 'recovery.signal'), { force: true });
     await rm(join(dir, 'standby.signal'), { force: true });
@@ -322,6 +329,7 @@ export async function restoreBootstrap(
         config,
         reporter,
         dataDir: dir,
+        chain: plan.chain,
       });
       const recovery = await prepareRecovery(
         dir,

@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { CatalogEntry } from '../catalog/catalog';
+import { describeChain } from '../catalog/chain';
 import type { Manifest, PhysicalInfo, StoredObject } from '../catalog/manifest';
 import type { Config } from '../config';
 import { IntegrityError, UsageError } from '../errors';
@@ -17,6 +18,7 @@ import {
   type WalArchiveState,
 } from '../wal/archive';
 import { formatLsn, nextSegment, parseLsn, segmentNumber } from '../wal/naming';
+import { resolveBaseChain } from './chain';
 import { copyLineageName, copySettings } from './copy';
 import { chooseSourceDatabase, openBackup } from './fetch';
 import {
@@ -27,7 +29,9 @@ import {
   prepareRecovery,
   type RecoveredPoint,
   RecoverySandbox,
+  type StagedChain,
   shellWord,
+  stageBaseChain,
   writeRestoreCommandFiles,
 } from './sandbox';
 
@@ -263,6 +267,16 @@ export interface PitrPlan {
   /** Every base backup's reachable window, newest first, for messages. */
   readonly window: string;
   readonly warnings: readonly string[];
+  /**
+   * The chain that restores the backup, full first (resolveBaseChain): [the backup] for a full one;
+   * members checked (manifest, key, every object stored) before anything is restored.
+   */
+  readonly chain: readonly CatalogEntry[];
+}
+
+/** "full X + incr Y" when the plan restores an incremental chain; undefined for a full backup. */
+export function combinedChainOf(plan: Pick<PitrPlan, 'chain'>): string | undefined {
+  return plan.chain.length > 1 ? describeChain(plan.chain) : undefined;
 }
 
 function consistentTime(entry: CatalogEntry): Date {
@@ -455,7 +469,9 @@ export async function planPitr(vault: Vault, ref: string, target: RecoveryTarget
   await openBackup(reach.entry, vault.config);
   const object = manifest.objects.find((o) => o.kind === 'base');
   if (object === undefined) throw new IntegrityError(`backup ${manifest.id} lists no base backup object`);
-  return { reach, manifest, object, target, choice, window, warnings };
+  // An incremental: its whole chain, checked before anything is written (a missing member refused here).
+  const chain = await resolveBaseChain(vault, reach.entry);
+  return { reach, manifest, object, target, choice, window, warnings, chain };
 }
 
 export interface PitrDataDirectoryOptions {
@@ -502,6 +518,8 @@ export interface PitrDataDirectoryResult {
   readonly window: string;
   readonly warnings: readonly string[];
   readonly durationMs: number;
+  /** "full X + incr Y + incr Z" when an incremental chain was combined. */
+  readonly combinedChain?: string;
 }
 
 /** Refuses a directory that holds anything (unless --force) or belongs to a running server. */
@@ -545,7 +563,28 @@ export async function restorePitrToDataDirectory(
   const { config, reporter } = vault;
   for (const w of plan.warnings) reporter.warn(w);
   reporter.info(`restoring ${plan.choice}`);
+  // An incremental chain is read (and checked) in full beside the directory before it is touched.
+  const staged =
+    plan.chain.length > 1
+      ? await stageBaseChain({ chain: plan.chain, config, reporter, parentDir: dirname(pgdata) })
+      : undefined;
+  try {
+    return await layDownPitrDataDirectory(vault, plan, target, options, pgdata, started, staged);
+  } finally {
+    await staged?.remove();
+  }
+}
 
+async function layDownPitrDataDirectory(
+  vault: Vault,
+  plan: PitrPlan,
+  target: RecoveryTarget,
+  options: PitrDataDirectoryOptions,
+  pgdata: string,
+  started: number,
+  staged: StagedChain | undefined,
+): Promise<PitrDataDirectoryResult> {
+  const { config, reporter } = vault;
   if (existsSync(pgdata)) await clearDirectory(pgdata);
   else await mkdir(pgdata, { recursive: true, mode: 0o700 });
   await chownToServerUser(pgdata);
@@ -563,6 +602,7 @@ export async function restorePitrToDataDirectory(
       config,
       reporter,
       dataDir: pgdata,
+      staged,
     });
     const warnings = [...plan.warnings];
     // The copy is a server of its own on this host: another port, no archiving into the original's
@@ -613,6 +653,7 @@ export async function restorePitrToDataDirectory(
       window: plan.window,
       warnings,
       durationMs: Date.now() - started,
+      ...(staged ? { combinedChain: staged.description } : {}),
     };
   } catch (err) {
     // A half-extracted directory must not be started by mistake.
@@ -648,6 +689,8 @@ export interface PitrDatabaseResult {
   readonly durationMs: number;
   readonly recoveryMs: number;
   readonly copyMs: number;
+  /** "full X + incr Y + incr Z" when an incremental chain was combined. */
+  readonly combinedChain?: string;
 }
 
 /** The configured server must be reachable and must not hold a non-empty database of that name. */
@@ -684,10 +727,15 @@ export async function restorePitrDatabase(
 
   const sandbox = await RecoverySandbox.create(config, reporter);
   try {
-    await sandbox.layDown(plan.reach.entry, plan.object, (restoreCommand) => ({
-      settings: recoverySettings(restoreCommand, target),
-      comment: `pgvault restore pitr (sandbox) from ${plan.manifest.id} to ${describeTarget(target)}`,
-    }));
+    await sandbox.layDown(
+      plan.reach.entry,
+      plan.object,
+      (restoreCommand) => ({
+        settings: recoverySettings(restoreCommand, target),
+        comment: `pgvault restore pitr (sandbox) from ${plan.manifest.id} to ${describeTarget(target)}`,
+      }),
+      plan.chain,
+    );
     reporter.info(
       `base backup extracted into the sandbox in ${((Date.now() - started) / 1000).toFixed(1)} s; starting recovery`,
     );
@@ -729,6 +777,7 @@ export async function restorePitrDatabase(
       durationMs: Date.now() - started,
       recoveryMs,
       copyMs: Date.now() - copyStarted,
+      ...(plan.chain.length > 1 ? { combinedChain: describeChain(plan.chain) } : {}),
     };
   } finally {
     await sandbox.remove();

@@ -4,6 +4,7 @@ import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } fr
 import { tmpdir, totalmem, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { CatalogEntry } from '../catalog/catalog';
+import { describeChain } from '../catalog/chain';
 import type { StoredObject } from '../catalog/manifest';
 import { corruptionBehindProgramFailure, decryptionFor, readObjectIntoProgram } from '../catalog/objects';
 import { removeOnExit } from '../cleanup';
@@ -334,6 +335,132 @@ export interface ExtractOptions {
   readonly config: Config;
   readonly reporter: Reporter;
   readonly dataDir: string;
+  /**
+   * The chain when the backup is incremental (full first, this one last; ./chain.ts
+   * resolveBaseChain): each member is extracted beside dataDir, then pg_combinebackup writes the
+   * combined backup into dataDir. Without it an incremental backup is refused.
+   */
+  readonly chain?: readonly CatalogEntry[];
+  /** The chain already extracted (stageBaseChain), to combine into dataDir. */
+  readonly staged?: StagedChain;
+  /** A throwaway directory (a sandbox): pg_combinebackup need not fsync what it writes. */
+  readonly noSync?: boolean;
+}
+
+/** Every member of a chain extracted into its own folder under `root`, full first. */
+export interface StagedChain {
+  readonly chain: readonly CatalogEntry[];
+  readonly root: string;
+  readonly dirs: readonly string[];
+  /** "full X + incr Y + incr Z". */
+  readonly description: string;
+  remove(): Promise<void>;
+}
+
+/**
+ * Extracts every member of a chain into a new folder under `parentDir` (each read and checked as a
+ * restore reads any base backup: a corrupt or missing object fails here, and the folder is removed),
+ * so nothing is written to the restore's target until the whole chain has been read.
+ */
+export async function stageBaseChain(options: {
+  readonly chain: readonly CatalogEntry[];
+  readonly config: Config;
+  readonly reporter: Reporter;
+  readonly parentDir: string;
+}): Promise<StagedChain> {
+  const { chain, config, reporter } = options;
+  const root = await mkdtemp(join(options.parentDir, '.pgvault-chain-'));
+  const forget = removeOnExit(root);
+  const remove = async () => {
+    await rm(root, REMOVE_TREE);
+    forget();
+  };
+  try {
+    await chownToServerUser(root);
+    const dirs: string[] = [];
+    for (const [i, entry] of chain.entries()) {
+      const object = entry.manifest.objects.find((o) => o.kind === 'base');
+      if (object === undefined)
+        throw new IntegrityError(`backup ${entry.manifest.id} lists no base backup object`);
+      const dir = join(root, `${i}`);
+      await mkdir(dir, { mode: 0o700 });
+      await chownToServerUser(dir);
+      reporter.info(`fetching chain member ${i + 1}/${chain.length}: ${entry.manifest.id}`);
+      try {
+        await extractOneBaseBackup({ entry, object, config, reporter, dataDir: dir });
+      } catch (err) {
+        if (err instanceof IntegrityError) {
+          throw new IntegrityError(
+            `the chain of ${chain.at(-1)!.manifest.id} is broken: member ${entry.manifest.id}: ${errorMessage(err)}; nothing was restored`,
+            { cause: err },
+          );
+        }
+        throw err;
+      }
+      dirs.push(dir);
+    }
+    return { chain, root, dirs, description: describeChain(chain), remove };
+  } catch (err) {
+    await remove();
+    throw err;
+  }
+}
+
+/**
+ * pg_combinebackup of the backup's own major (PG_BIN_DIR's when set, else /usr/lib/postgresql/N/bin
+ * of the server that took it, else the newest found) writes the combined chain into dataDir.
+ */
+export async function combineStagedChain(
+  staged: StagedChain,
+  config: Config,
+  reporter: Reporter,
+  dataDir: string,
+  noSync = false,
+): Promise<void> {
+  const major = Math.floor(staged.chain.at(-1)!.manifest.server.versionNum / 10000);
+  const own = join('/usr/lib/postgresql', String(major), 'bin', 'pg_combinebackup');
+  const tool =
+    config.pgBinDir === undefined && existsSync(own)
+      ? own
+      : findPgBinary('pg_combinebackup', config.pgBinDir);
+  const cmd = asServerUser(tool, [...(noSync ? ['--no-sync'] : []), '-o', dataDir, ...staged.dirs]);
+  const proc = startTool(cmd.file, cmd.args, { label: 'pg_combinebackup', stdout: 'ignore' });
+  try {
+    await proc.exited;
+  } catch (err) {
+    throw new PgVaultError(`pg_combinebackup could not combine ${staged.description}: ${errorMessage(err)}`, {
+      cause: err,
+    });
+  }
+  reporter.info(`combined chain: ${staged.description}`);
+}
+
+/**
+ * Lays down a base backup in a data directory: extracted (extractOneBaseBackup), or for an
+ * incremental its chain staged beside it and combined into it.
+ */
+export async function extractBaseBackup(options: ExtractOptions): Promise<void> {
+  const { entry, config, reporter, dataDir } = options;
+  if (options.staged !== undefined) {
+    await combineStagedChain(options.staged, config, reporter, dataDir, options.noSync);
+    return;
+  }
+  if (entry.manifest.incrementalOf === undefined) {
+    await extractOneBaseBackup(options);
+    return;
+  }
+  const chain = options.chain;
+  if (chain === undefined || chain.length < 2 || chain.at(-1)!.manifest.id !== entry.manifest.id) {
+    throw new PgVaultError(
+      `${entry.manifest.id} is an incremental base backup (of ${entry.manifest.incrementalOf}) and its chain was not resolved; this is a bug in pgvault`,
+    );
+  }
+  const staged = await stageBaseChain({ chain, config, reporter, parentDir: dirname(dataDir) });
+  try {
+    await combineStagedChain(staged, config, reporter, dataDir, options.noSync);
+  } finally {
+    await staged.remove();
+  }
 }
 
 /**
@@ -341,7 +468,7 @@ export interface ExtractOptions {
  * `tar -x` run as the server's OS user, so every file is the server's without a chown pass. The
  * digests are known only at the end: a copy that fails them is wiped and the next target tried.
  */
-export async function extractBaseBackup(options: ExtractOptions): Promise<void> {
+async function extractOneBaseBackup(options: ExtractOptions): Promise<void> {
   const { entry, object, config, reporter, dataDir } = options;
   await ensureFreeSpace(
     dataDir,
@@ -553,6 +680,8 @@ export class RecoverySandbox {
     entry: CatalogEntry,
     object: StoredObject,
     settingsFor: (restoreCommand: string) => { settings: Record<string, string>; comment: string },
+    /** The chain of an incremental backup (./chain.ts resolveBaseChain). */
+    chain?: readonly CatalogEntry[],
   ): Promise<void> {
     await mkdir(this.dataDir, { mode: 0o700 });
     await chownToServerUser(this.dataDir);
@@ -568,6 +697,8 @@ export class RecoverySandbox {
       config: this.config,
       reporter: this.reporter,
       dataDir: this.dataDir,
+      chain,
+      noSync: true,
     });
     const { settings, comment } = settingsFor(files.restoreCommand);
     await prepareRecovery(this.dataDir, settings, comment);

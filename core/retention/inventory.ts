@@ -18,7 +18,16 @@ export interface TargetListing {
 export interface ManifestCopy {
   readonly manifest: Pick<
     Manifest,
-    'id' | 'type' | 'schedule' | 'startedAt' | 'finishedAt' | 'server' | 'objects' | 'storedSize' | 'physical'
+    | 'id'
+    | 'type'
+    | 'schedule'
+    | 'startedAt'
+    | 'finishedAt'
+    | 'server'
+    | 'objects'
+    | 'storedSize'
+    | 'physical'
+    | 'incrementalOf'
   >;
   readonly manifestKey: string;
 }
@@ -52,6 +61,7 @@ export function inventory(
       complete: missing.length === 0,
       ...(missing.length > 0 ? { missing } : {}),
       lineage: `${m.server.systemIdentifier}/${Math.floor(m.server.versionNum / 10000)}`,
+      ...(m.incrementalOf !== undefined ? { incrementalOf: m.incrementalOf } : {}),
       storedSize: m.storedSize,
       manifestKey,
       objectKeys: m.objects.map((o) => o.key),

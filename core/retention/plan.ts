@@ -76,6 +76,8 @@ export interface RetentionBackup {
     readonly stopWal: string;
     readonly stopLsn: string;
   };
+  /** An incremental base backup: the id of the base backup it needs (its parent). */
+  readonly incrementalOf?: string;
 }
 
 /** Objects of one backup id that no manifest in their target describes. */
@@ -234,6 +236,19 @@ export function planRetention(input: RetentionInput): RetentionPlan {
     (b) => b.type === 'base' && b.physical !== undefined && new Date(b.finishedAt) <= windowStart,
   );
   if (anchor) keep(anchor.id, `starts the ${policy.walDays}-day PITR window`);
+
+  // A kept incremental needs its whole chain: every parent up to the full is kept with it.
+  const byId = new Map(input.backups.map((b) => [b.id, b]));
+  for (const id of [...rules.keys()]) {
+    let child = byId.get(id);
+    const seen = new Set<string>([id]);
+    while (child?.incrementalOf !== undefined && !seen.has(child.incrementalOf)) {
+      seen.add(child.incrementalOf);
+      const parentId: string = child.incrementalOf;
+      keep(parentId, `in the chain of incremental ${id} (parent of ${child.id})`);
+      child = byId.get(parentId);
+    }
+  }
 
   const backups: BackupDecision[] = sorted.map((b) => {
     const kept = rules.get(b.id);

@@ -1,4 +1,5 @@
 import { Catalog, type CatalogEntry } from '../catalog/catalog';
+import { chainClosure, chainProblems } from '../catalog/chain';
 import { keyId, keyRing } from '../catalog/keys';
 import {
   type Manifest,
@@ -41,7 +42,9 @@ export type FaultKind =
   | 'sha256'
   | 'read-through'
   | 'wal'
-  | 'archiving';
+  | 'archiving'
+  /** An incremental base backup whose chain is broken: a parent missing, or a member with a fault. */
+  | 'chain';
 
 export interface VerifyFault {
   readonly kind: FaultKind;
@@ -244,6 +247,8 @@ export async function verifyAll(
       });
     }
   }
+
+  faults.push(...chainFaults(entries, faults));
 
   const { wal, archive } = await checkWal(vault, now, faults, !options.quick);
   const server = await walServerHealth(vault, archive);
@@ -499,4 +504,39 @@ async function checkWal(
     ...(report.newestModified ? { newestModified: report.newestModified } : {}),
   };
   return { wal, archive: report };
+}
+
+/**
+ * Every chain of incremental base backups: each parent link leads to a base backup in the catalog
+ * (core/catalog/chain.ts), and no member of a chain has a fault of its own (missing, size, sha256,
+ * manifest): one fault per incremental that could not be restored, naming the member.
+ */
+export function chainFaults(entries: readonly CatalogEntry[], found: readonly VerifyFault[]): VerifyFault[] {
+  const faults: VerifyFault[] = chainProblems(entries).map(({ id, problem }) => ({
+    kind: 'chain' as const,
+    backup: id,
+    problem: `the chain of incremental ${id} is broken: ${problem}`,
+    action:
+      'it cannot be restored: take a full base backup (pgvault backup base) and restore from an intact chain',
+  }));
+  const broken = new Set(faults.map((f) => f.backup));
+  const faulty = new Map<string, string>();
+  for (const f of found) if (f.backup !== undefined && !faulty.has(f.backup)) faulty.set(f.backup, f.problem);
+  for (const entry of entries) {
+    const id = entry.manifest.id;
+    if (entry.manifest.incrementalOf === undefined || broken.has(id)) continue;
+    const members = chainClosure([id], entries);
+    for (const member of members) {
+      if (member === id || !faulty.has(member)) continue;
+      faults.push({
+        kind: 'chain',
+        backup: id,
+        problem: `the chain of incremental ${id} needs ${member}, which has a fault (${faulty.get(member)})`,
+        action:
+          'it cannot be restored: take a full base backup (pgvault backup base) and restore from an intact chain',
+      });
+      break;
+    }
+  }
+  return faults;
 }

@@ -4,6 +4,7 @@ import { type DrillRecord, writeDrillRecord } from '../catalog/records';
 import { errorMessage, IntegrityError, UsageError } from '../errors';
 import { exactRowCounts } from '../pg/server';
 import { withClient } from '../pg/tools';
+import { resolveBaseChain } from '../restore/chain';
 import { openBackup, pickDatabaseObject } from '../restore/fetch';
 import { describeTarget, type RecoveryTarget, recoverySettings } from '../restore/pitr';
 import { type RecoveredPoint, RecoverySandbox } from '../restore/sandbox';
@@ -144,12 +145,19 @@ export async function recoverInSandbox(
   why: string,
 ): Promise<SandboxRecovery> {
   const { config, reporter } = vault;
+  // An incremental: its whole chain, checked before the sandbox is made.
+  const chain = await resolveBaseChain(vault, entry);
   const sandbox = await RecoverySandbox.create(config, reporter);
   try {
-    await sandbox.layDown(entry, object, (restoreCommand) => ({
-      settings: recoverySettings(restoreCommand, target),
-      comment: `${why} from ${entry.manifest.id} to ${describeTarget(target)}`,
-    }));
+    await sandbox.layDown(
+      entry,
+      object,
+      (restoreCommand) => ({
+        settings: recoverySettings(restoreCommand, target),
+        comment: `${why} from ${entry.manifest.id} to ${describeTarget(target)}`,
+      }),
+      chain,
+    );
     await sandbox.start();
     const recovered = await sandbox.waitForPromotion();
     const { names, version } = await withClient(sandbox.connection('template1'), 'template1', async (c) => {
