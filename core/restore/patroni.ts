@@ -1,19 +1,19 @@
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { removeOnExit } from '../cleanup';
 import { UsageError } from '../errors';
-import { chownToServerUser } from '../pg/cluster';
 import { findPgBinary } from '../pg/tools';
 import type { Vault } from '../vault';
+import { buildBeside, type DataDirectorySlot } from './datadir';
+
+export type { DataDirectorySlot } from './datadir';
+
 import { COPY_OF_SETTING, copyLineageName, LINEAGE_SETTING } from './copy';
 import { describeTarget, type PitrPlan, planPitr, type RecoveryTarget, recoverySettings } from './pitr';
 import {
   assertServerUserCanUse,
   extractBaseBackup,
   prepareRecovery,
-  stopProcessesUsing,
   writeRestoreCommandFiles,
 } from './sandbox';
 
@@ -35,12 +35,6 @@ import {
  * Both are built beside D (a hidden sibling directory) and renamed into place only once complete,
  * so a failure or a kill never leaves a partial directory that Patroni could start.
  */
-
-export interface DataDirectorySlot {
-  readonly pgdata: string;
-  /** The directory held something and the caller said it may be replaced. */
-  readonly replaces: boolean;
-}
 
 /** Whether a data directory option ("--replace=True" from Patroni's YAML, "--replace") says yes. */
 export function truthy(value: unknown): boolean {
@@ -77,58 +71,6 @@ export async function checkDataDirectorySlot(dir: string, replace: boolean): Pro
     );
   }
   return { pgdata, replaces: entries.length > 0 };
-}
-
-/**
- * Builds a data directory in a hidden sibling of `slot.pgdata` (same file system, so the final
- * rename is atomic) and renames it into place only when `build` succeeded. On failure (or exit) the
- * sibling is removed and `slot.pgdata` is as it was.
- */
-export async function buildBeside<T>(
-  slot: DataDirectorySlot,
-  build: (dir: string) => Promise<T>,
-): Promise<T> {
-  const parent = dirname(slot.pgdata);
-  await mkdir(parent, { recursive: true });
-  const tag = randomBytes(4).toString('hex');
-  const building = join(parent, `.${basename(slot.pgdata)}.pgvault-building-${tag}`);
-  await mkdir(building, { mode: 0o700 });
-  const forget = removeOnExit(building);
-  try {
-    await chownToServerUser(building);
-    const result = await build(building);
-    await stopProcessesUsing(building);
-    if (slot.replaces) {
-      // The old directory goes aside first and only then away: between the renames nothing is at
-      // pgdata, which Patroni reads as "no data directory", never as a half-restored one.
-      const old = join(parent, `.${basename(slot.pgdata)}.pgvault-replaced-${tag}`);
-      await rename(slot.pgdata, old);
-      const forgetOld = removeOnExit(old);
-      await rename(building, slot.pgdata);
-      forget();
-      await rm(old, { recursive: true, force: true });
-      forgetOld();
-    } else {
-      // rename(2) replaces an empty directory; an existing one is removed first to keep its name free.
-      const cannotMove = (err: NodeJS.ErrnoException) =>
-        new UsageError(
-          `cannot move the restored data directory into ${slot.pgdata} (${err.code ?? err.message}); a data directory that is itself a mount point cannot be swapped in: make data_dir a directory below the mount point; nothing was restored`,
-        );
-      await rmdir(slot.pgdata).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'ENOENT') throw cannotMove(err);
-      });
-      await rename(building, slot.pgdata).catch((err: NodeJS.ErrnoException) => {
-        throw cannotMove(err);
-      });
-      forget();
-    }
-    return result;
-  } catch (err) {
-    await stopProcessesUsing(building);
-    await rm(building, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
-    forget();
-    throw err;
-  }
 }
 
 export interface ReplicaOptions {
@@ -230,12 +172,22 @@ export async function restoreReplica(vault: Vault, options: ReplicaOptions): Pro
   await assertServerUserCanUse(config, [
     { path: dirname(slot.pgdata), what: 'the parent of --datadir', write: true },
   ]);
-  await buildBeside(slot, async (dir) => {
-    await extractBaseBackup({ entry: plan.reach.entry, object: plan.object, config, reporter, dataDir: dir });
-    // Patroni writes standby.signal and the recovery settings itself when it starts the replica.
-    await rm(join(dir, 'recovery.signal'), { force: true });
-    await rm(join(dir, 'standby.signal'), { force: true });
-  });
+  await buildBeside(
+    slot,
+    async (dir) => {
+      await extractBaseBackup({
+        entry: plan.reach.entry,
+        object: plan.object,
+        config,
+        reporter,
+        dataDir: dir,
+      });
+      // Patroni writes standby.signal and the recovery settings itself when it starts the replica.
+      await rm(join(dir, 'recovery.signal'), { force: true });
+      await rm(join(dir, 'standby.signal'), { force: true });
+    },
+    (line) => reporter.warn(line),
+  );
   return {
     backupId: manifest.id,
     choice: plan.choice,
@@ -315,26 +267,30 @@ export async function restoreBootstrap(
       ...(files.keyFile ? [{ path: files.keyFile, what: 'ENCRYPTION_KEY_FILE' }] : []),
     ]);
     const warnings = [...plan.warnings];
-    await buildBeside(slot, async (dir) => {
-      await extractBaseBackup({
-        entry: plan.reach.entry,
-        object: plan.object,
-        config,
-        reporter,
-        dataDir: dir,
-      });
-      const recovery = await prepareRecovery(
-        dir,
-        {
-          ...recoverySettings(files.restoreCommand, target),
-          // Marked as a copy (see ./copy.ts): its WAL and backups are refused under the original's name.
-          ...(asCopy ? { [COPY_OF_SETTING]: config.clusterName, [LINEAGE_SETTING]: lineage } : {}),
-        },
-        `pgvault restore bootstrap (Patroni ${options.scope ?? 'cluster'}) from ${plan.manifest.id} to ${describeTarget(target)}`,
-      );
-      // Patroni writes its own postgresql.conf: the base backup's lack of one is no concern here.
-      warnings.push(...recovery.warnings.filter((w) => !w.includes('holds no postgresql.conf')));
-    });
+    await buildBeside(
+      slot,
+      async (dir) => {
+        await extractBaseBackup({
+          entry: plan.reach.entry,
+          object: plan.object,
+          config,
+          reporter,
+          dataDir: dir,
+        });
+        const recovery = await prepareRecovery(
+          dir,
+          {
+            ...recoverySettings(files.restoreCommand, target),
+            // Marked as a copy (see ./copy.ts): its WAL and backups are refused under the original's name.
+            ...(asCopy ? { [COPY_OF_SETTING]: config.clusterName, [LINEAGE_SETTING]: lineage } : {}),
+          },
+          `pgvault restore bootstrap (Patroni ${options.scope ?? 'cluster'}) from ${plan.manifest.id} to ${describeTarget(target)}`,
+        );
+        // Patroni writes its own postgresql.conf: the base backup's lack of one is no concern here.
+        warnings.push(...recovery.warnings.filter((w) => !w.includes('holds no postgresql.conf')));
+      },
+      (line) => reporter.warn(line),
+    );
     return {
       backupId: plan.manifest.id,
       choice: plan.choice,

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { CatalogEntry } from '../catalog/catalog';
 import type { Manifest, PhysicalInfo, StoredObject } from '../catalog/manifest';
@@ -18,10 +18,10 @@ import {
 } from '../wal/archive';
 import { formatLsn, nextSegment, parseLsn, segmentNumber } from '../wal/naming';
 import { copyLineageName, copySettings } from './copy';
+import { buildBeside } from './datadir';
 import { chooseSourceDatabase, openBackup } from './fetch';
 import {
   assertServerUserCanUse,
-  clearDirectory,
   copyDatabase,
   extractBaseBackup,
   prepareRecovery,
@@ -546,24 +546,17 @@ export async function restorePitrToDataDirectory(
   for (const w of plan.warnings) reporter.warn(w);
   reporter.info(`restoring ${plan.choice}`);
 
-  if (existsSync(pgdata)) await clearDirectory(pgdata);
-  else await mkdir(pgdata, { recursive: true, mode: 0o700 });
-  await chownToServerUser(pgdata);
+  // Built in a hidden sibling, renamed into place only once complete (./datadir.ts): a failed or
+  // killed restore leaves nothing at --pgdata that could be started; --force's old contents go last.
+  const slot = { pgdata, replaces: existsSync(pgdata) && (await readdir(pgdata)).length > 0 };
   const stem = `${basename(pgdata)}.pgvault-recovery`;
   const files = await writeRestoreCommandFiles(config, dirname(pgdata), stem);
   try {
     await assertServerUserCanUse(config, [
-      { path: pgdata, what: '--pgdata', write: true },
+      { path: dirname(pgdata), what: 'the parent of --pgdata' },
       { path: files.configFile, what: 'the restore_command config file' },
       ...(files.keyFile ? [{ path: files.keyFile, what: 'ENCRYPTION_KEY_FILE' }] : []),
     ]);
-    await extractBaseBackup({
-      entry: plan.reach.entry,
-      object: plan.object,
-      config,
-      reporter,
-      dataDir: pgdata,
-    });
     const warnings = [...plan.warnings];
     // The copy is a server of its own on this host: another port, no archiving into the original's
     // archive (or, with --archive, into its own lineage), marked as a copy (see ./copy.ts).
@@ -572,17 +565,19 @@ export async function restorePitrToDataDirectory(
     const lineage = asCopy ? copyLineageName(config.clusterName) : config.clusterName;
     const archiveCommand =
       asCopy && options.archive ? `CLUSTER_NAME=${lineage} ${files.pgvaultCommand} backup wal %p` : undefined;
-    const recovery = await prepareRecovery(
-      pgdata,
-      {
-        ...recoverySettings(files.restoreCommand, target),
-        ...(port === undefined
-          ? {}
-          : copySettings({ sourceCluster: config.clusterName, lineage, port, archiveCommand })),
-      },
-      `pgvault restore pitr from ${plan.manifest.id} to ${describeTarget(target)}`,
-    );
-    warnings.push(...recovery.warnings);
+    const settings = {
+      ...recoverySettings(files.restoreCommand, target),
+      ...(port === undefined
+        ? {}
+        : copySettings({ sourceCluster: config.clusterName, lineage, port, archiveCommand })),
+    };
+    const dataDir = { entry: plan.reach.entry, object: plan.object, config, reporter };
+    const how = `pgvault restore pitr from ${plan.manifest.id} to ${describeTarget(target)}`;
+    const build = async (dir: string) => {
+      await extractBaseBackup({ ...dataDir, dataDir: dir });
+      warnings.push(...(await prepareRecovery(dir, settings, how)).warnings);
+    };
+    await buildBeside(slot, build, (line) => reporter.warn(line));
     const logFile = join(dirname(pgdata), `${stem}.log`);
     await writeFile(logFile, '', { mode: 0o600, flag: 'a' });
     await chownToServerUser(logFile);
@@ -615,8 +610,7 @@ export async function restorePitrToDataDirectory(
       durationMs: Date.now() - started,
     };
   } catch (err) {
-    // A half-extracted directory must not be started by mistake.
-    await clearDirectory(pgdata).catch(() => {});
+    // buildBeside removed its half-built directory: --pgdata is as it was.
     await files.remove();
     throw err;
   }
