@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readdir, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { UsageError } from '../errors';
@@ -255,11 +256,7 @@ export async function restoreBootstrap(
   );
   const asCopy = options.asOriginal !== true;
   const lineage = asCopy ? copyLineageName(config.clusterName) : config.clusterName;
-  const files = await writeRestoreCommandFiles(
-    config,
-    dirname(slot.pgdata),
-    `${basename(slot.pgdata)}.pgvault-recovery`,
-  );
+  const files = await writeRestoreCommandFiles(config, dirname(slot.pgdata), bootstrapFilesStem(slot.pgdata));
   try {
     await assertServerUserCanUse(config, [
       { path: dirname(slot.pgdata), what: 'the parent of --datadir', write: true },
@@ -311,4 +308,97 @@ export async function restoreBootstrap(
     await files.remove();
     throw err;
   }
+}
+
+/** The name (without .conf/.key) of the files restore bootstrap writes beside the data directory. */
+export function bootstrapFilesStem(pgdata: string): string {
+  return `${basename(pgdata)}.pgvault-recovery`;
+}
+
+export interface FinishOptions {
+  /** The new cluster's data directory; else asked over `connstring` (SHOW data_directory). */
+  readonly datadir?: string;
+  /** Patroni's post_bootstrap argument: a libpq connection string to the new cluster (PGPASSFILE in the environment). */
+  readonly connstring?: string;
+  readonly binDir?: string;
+}
+
+export interface FinishResult {
+  readonly datadir: string;
+  /** The files removed (none when an earlier run removed them). */
+  readonly removed: readonly string[];
+}
+
+/** data_directory and whether it is still recovering, over a libpq connection string. */
+function askServer(
+  connstring: string,
+  binDir: string | undefined,
+): Promise<{ dir: string; recovering: boolean }> {
+  const psql = findPgBinary('psql', binDir);
+  return new Promise((done, fail) => {
+    execFile(
+      psql,
+      [
+        '-X',
+        '-A',
+        '-t',
+        '-c',
+        "SELECT current_setting('data_directory') || CASE WHEN pg_is_in_recovery() THEN '|t' ELSE '|f' END",
+        '-d',
+        connstring,
+      ],
+      { timeout: 30_000, env: { ...process.env, PGCONNECT_TIMEOUT: '10' } },
+      (err, stdout, stderr) => {
+        const [dir, recovering] = stdout.trim().split('|');
+        if (err || !dir || (recovering !== 't' && recovering !== 'f')) {
+          const why = (String(stderr).trim() || (err?.message ?? 'no answer')).split('\n')[0];
+          fail(
+            new UsageError(
+              `restore bootstrap --finish cannot ask the new cluster for its data directory (${why}); pass --datadir=DIR; nothing was removed`,
+            ),
+          );
+        } else done({ dir, recovering: recovering === 't' });
+      },
+    );
+  });
+}
+
+/**
+ * `pgvault restore bootstrap --finish` (Patroni's bootstrap.post_bootstrap, which Patroni runs once
+ * the bootstrapped cluster has promoted, with a connection string to it): removes the
+ * restore_command config file (it may hold cloud credentials) and the key file restore bootstrap
+ * wrote beside the data directory. Refused while the cluster still recovers (it reads them). A key
+ * file of the user's own (ENCRYPTION_KEY_FILE) is never touched: only `<data_dir>.pgvault-recovery.*`.
+ */
+export async function finishBootstrap(options: FinishOptions): Promise<FinishResult> {
+  let pgdata: string;
+  if (options.datadir !== undefined && options.datadir !== '') {
+    pgdata = resolve(options.datadir);
+    const left = ['recovery.signal', 'standby.signal'].filter((f) => existsSync(join(pgdata, f)));
+    if (!existsSync(pgdata) || left.length > 0) {
+      throw new UsageError(
+        `${pgdata} ${left.length > 0 ? `still holds ${left.join(', ')}: it has not promoted` : 'does not exist'}; run restore bootstrap --finish once the cluster has promoted; nothing was removed`,
+      );
+    }
+  } else if (options.connstring !== undefined && options.connstring.trim() !== '') {
+    const server = await askServer(options.connstring, options.binDir);
+    if (server.recovering) {
+      throw new UsageError(
+        `the cluster at ${server.dir} is still in recovery and reads the restore_command files; run restore bootstrap --finish once it has promoted; nothing was removed`,
+      );
+    }
+    pgdata = server.dir;
+  } else {
+    throw new UsageError(
+      'restore bootstrap --finish needs the new cluster: Patroni passes a connection string to post_bootstrap, or give --datadir=DIR; nothing was removed',
+    );
+  }
+  const stem = join(dirname(pgdata), bootstrapFilesStem(pgdata));
+  const removed: string[] = [];
+  for (const file of [`${stem}.conf`, `${stem}.key`]) {
+    if (!existsSync(file)) continue;
+    await rm(file, { force: true });
+    removed.push(file);
+  }
+  return { datadir: pgdata, removed };
 }
