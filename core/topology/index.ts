@@ -329,6 +329,14 @@ export async function readWithRetry<T, R>(
       // failed is the exception: Patroni promotes a replica once the leader key expires (ttl),
       // so the retry waits for another node to lead, for that long and no longer.
       if (failed.role !== 'leader' || !(firstTry instanceof PgVaultError)) throw err;
+      // A leader that still answers did not fail over (its session was ended, say): no wait.
+      if (
+        await probe(source.conn).then(
+          () => true,
+          () => false,
+        )
+      )
+        throw err;
       const waited = await awaitOtherLeader(config.patroni, choose, (line) =>
         warn(`${nodeLabel(failed)} failed mid-backup (${why}); ${line}`),
       );
