@@ -225,6 +225,10 @@ restore
   .option('--immediate', 'stop as soon as the backup is consistent')
   .option('--as-original', 'the new cluster replaces the original (gone for good): not marked as a copy')
   .option('--replace [yes]', 'replace a data directory that is not empty')
+  .option(
+    '--finish',
+    "after promotion (Patroni's post_bootstrap, which appends a connection string): remove the restore_command files beside the data directory",
+  )
   .action(run(patroniCmds, 'restoreBootstrapCommand'));
 restore
   .command('wal <name> <path>')

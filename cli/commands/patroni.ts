@@ -1,7 +1,7 @@
 import { UsageError } from '../../core/errors';
-import { restoreBootstrap, restoreReplica, truthy } from '../../core/restore/patroni';
+import { finishBootstrap, restoreBootstrap, restoreReplica, truthy } from '../../core/restore/patroni';
 import { parseRecoveryTarget, targetTimeLine, targetTimeOf } from '../../core/restore/pitr';
-import { emit, formatDuration, type GlobalOptions, vaultFor } from '../output';
+import { emit, formatDuration, type GlobalOptions, readConfig, vaultFor } from '../output';
 
 /**
  * `restore replica` and `restore bootstrap`: the commands Patroni runs (create_replica_methods and
@@ -58,9 +58,25 @@ interface BootstrapCommandOptions extends PatroniHookOptions {
   readonly targetName?: string;
   readonly immediate?: boolean;
   readonly asOriginal?: boolean;
+  readonly finish?: boolean;
+}
+
+/**
+ * `restore bootstrap --finish [CONNSTRING]`: Patroni's post_bootstrap appends a connection string
+ * to the new cluster, which arrives as the positional argument.
+ */
+export async function finishBootstrapCommand(connstring: string | undefined, opts: BootstrapCommandOptions) {
+  const r = await finishBootstrap({ datadir: opts.datadir, connstring, binDir: readConfig(opts).pgBinDir });
+  emit(opts, { ok: true, ...r }, () =>
+    r.removed.length > 0
+      ? `removed ${r.removed.join(' and ')}: the bootstrap of ${r.datadir} is finished`
+      : `nothing to remove beside ${r.datadir}: the bootstrap's restore_command files are gone already`,
+  );
+  return r;
 }
 
 export async function restoreBootstrapCommand(backup: string | undefined, opts: BootstrapCommandOptions) {
+  if (opts.finish === true) return finishBootstrapCommand(backup, opts);
   const datadir = requireDatadir(opts, 'restore bootstrap');
   const target = parseRecoveryTarget({
     time: opts.targetTime,
@@ -89,11 +105,13 @@ export async function restoreBootstrapCommand(backup: string | undefined, opts: 
         ? `  --as-original: it archives and backs up under CLUSTER_NAME=${r.lineage}, as the original did`
         : `  marked as a copy of ${r.copyOf} (pgvault.copy_of): archive and back it up under a CLUSTER_NAME of its own (e.g. ${r.lineage}); ${r.copyOf} is refused`,
       ...(r.keyFileWritten
-        ? [`  ${r.keyFile} holds the encryption key for restore_command: delete it once the cluster runs`]
+        ? [
+            `  ${r.keyFile} holds the encryption key for restore_command: bootstrap.post_bootstrap 'pgvault restore bootstrap --finish' removes it once the cluster has promoted`,
+          ]
         : []),
       ...(r.credentialsWritten
         ? [
-            `  ${r.configFile} holds the cloud credentials of your config (0600): delete it once the cluster runs`,
+            `  ${r.configFile} holds the cloud credentials of your config (0600): bootstrap.post_bootstrap 'pgvault restore bootstrap --finish' removes it once the cluster has promoted`,
           ]
         : []),
       ...r.warnings.map((w) => `  warning: ${w}`),

@@ -1,19 +1,20 @@
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { readdir, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { removeOnExit } from '../cleanup';
 import { UsageError } from '../errors';
-import { chownToServerUser } from '../pg/cluster';
 import { findPgBinary } from '../pg/tools';
 import type { Vault } from '../vault';
+import { buildBeside, type DataDirectorySlot } from './datadir';
+
+export type { DataDirectorySlot } from './datadir';
+
 import { COPY_OF_SETTING, copyLineageName, LINEAGE_SETTING } from './copy';
 import { describeTarget, type PitrPlan, planPitr, type RecoveryTarget, recoverySettings } from './pitr';
 import {
   assertServerUserCanUse,
   extractBaseBackup,
   prepareRecovery,
-  stopProcessesUsing,
   writeRestoreCommandFiles,
 } from './sandbox';
 
@@ -35,12 +36,6 @@ import {
  * Both are built beside D (a hidden sibling directory) and renamed into place only once complete,
  * so a failure or a kill never leaves a partial directory that Patroni could start.
  */
-
-export interface DataDirectorySlot {
-  readonly pgdata: string;
-  /** The directory held something and the caller said it may be replaced. */
-  readonly replaces: boolean;
-}
 
 /** Whether a data directory option ("--replace=True" from Patroni's YAML, "--replace") says yes. */
 export function truthy(value: unknown): boolean {
@@ -77,58 +72,6 @@ export async function checkDataDirectorySlot(dir: string, replace: boolean): Pro
     );
   }
   return { pgdata, replaces: entries.length > 0 };
-}
-
-/**
- * Builds a data directory in a hidden sibling of `slot.pgdata` (same file system, so the final
- * rename is atomic) and renames it into place only when `build` succeeded. On failure (or exit) the
- * sibling is removed and `slot.pgdata` is as it was.
- */
-export async function buildBeside<T>(
-  slot: DataDirectorySlot,
-  build: (dir: string) => Promise<T>,
-): Promise<T> {
-  const parent = dirname(slot.pgdata);
-  await mkdir(parent, { recursive: true });
-  const tag = randomBytes(4).toString('hex');
-  const building = join(parent, `.${basename(slot.pgdata)}.pgvault-building-${tag}`);
-  await mkdir(building, { mode: 0o700 });
-  const forget = removeOnExit(building);
-  try {
-    await chownToServerUser(building);
-    const result = await build(building);
-    await stopProcessesUsing(building);
-    if (slot.replaces) {
-      // The old directory goes aside first and only then away: between the renames nothing is at
-      // pgdata, which Patroni reads as "no data directory", never as a half-restored one.
-      const old = join(parent, `.${basename(slot.pgdata)}.pgvault-replaced-${tag}`);
-      await rename(slot.pgdata, old);
-      const forgetOld = removeOnExit(old);
-      await rename(building, slot.pgdata);
-      forget();
-      await rm(old, { recursive: true, force: true });
-      forgetOld();
-    } else {
-      // rename(2) replaces an empty directory; an existing one is removed first to keep its name free.
-      const cannotMove = (err: NodeJS.ErrnoException) =>
-        new UsageError(
-          `cannot move the restored data directory into ${slot.pgdata} (${err.code ?? err.message}); a data directory that is itself a mount point cannot be swapped in: make data_dir a directory below the mount point; nothing was restored`,
-        );
-      await rmdir(slot.pgdata).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'ENOENT') throw cannotMove(err);
-      });
-      await rename(building, slot.pgdata).catch((err: NodeJS.ErrnoException) => {
-        throw cannotMove(err);
-      });
-      forget();
-    }
-    return result;
-  } catch (err) {
-    await stopProcessesUsing(building);
-    await rm(building, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
-    forget();
-    throw err;
-  }
 }
 
 export interface ReplicaOptions {
@@ -230,19 +173,23 @@ export async function restoreReplica(vault: Vault, options: ReplicaOptions): Pro
   await assertServerUserCanUse(config, [
     { path: dirname(slot.pgdata), what: 'the parent of --datadir', write: true },
   ]);
-  await buildBeside(slot, async (dir) => {
-    await extractBaseBackup({
-      entry: plan.reach.entry,
-      object: plan.object,
-      config,
-      reporter,
-      dataDir: dir,
-      chain: plan.chain,
-    });
-    // Patroni writes standby.signal and the recovery settings itself when it starts the replica.
-    await rm(join(dir, 'recovery.signal'), { force: true });
-    await rm(join(dir, 'standby.signal'), { force: true });
-  });
+  await buildBeside(
+    slot,
+    async (dir) => {
+      await extractBaseBackup({
+        entry: plan.reach.entry,
+        object: plan.object,
+        config,
+        reporter,
+        dataDir: dir,
+        chain: plan.chain,
+      });
+      // Patroni writes standby.signal and the recovery settings itself when it starts the replica.
+      await rm(join(dir, 'recovery.signal'), { force: true });
+      await rm(join(dir, 'standby.signal'), { force: true });
+    },
+    (line) => reporter.warn(line),
+  );
   return {
     backupId: manifest.id,
     choice: plan.choice,
@@ -310,11 +257,7 @@ export async function restoreBootstrap(
   );
   const asCopy = options.asOriginal !== true;
   const lineage = asCopy ? copyLineageName(config.clusterName) : config.clusterName;
-  const files = await writeRestoreCommandFiles(
-    config,
-    dirname(slot.pgdata),
-    `${basename(slot.pgdata)}.pgvault-recovery`,
-  );
+  const files = await writeRestoreCommandFiles(config, dirname(slot.pgdata), bootstrapFilesStem(slot.pgdata));
   try {
     await assertServerUserCanUse(config, [
       { path: dirname(slot.pgdata), what: 'the parent of --datadir', write: true },
@@ -322,27 +265,31 @@ export async function restoreBootstrap(
       ...(files.keyFile ? [{ path: files.keyFile, what: 'ENCRYPTION_KEY_FILE' }] : []),
     ]);
     const warnings = [...plan.warnings];
-    await buildBeside(slot, async (dir) => {
-      await extractBaseBackup({
-        entry: plan.reach.entry,
-        object: plan.object,
-        config,
-        reporter,
-        dataDir: dir,
-        chain: plan.chain,
-      });
-      const recovery = await prepareRecovery(
-        dir,
-        {
-          ...recoverySettings(files.restoreCommand, target),
-          // Marked as a copy (see ./copy.ts): its WAL and backups are refused under the original's name.
-          ...(asCopy ? { [COPY_OF_SETTING]: config.clusterName, [LINEAGE_SETTING]: lineage } : {}),
-        },
-        `pgvault restore bootstrap (Patroni ${options.scope ?? 'cluster'}) from ${plan.manifest.id} to ${describeTarget(target)}`,
-      );
-      // Patroni writes its own postgresql.conf: the base backup's lack of one is no concern here.
-      warnings.push(...recovery.warnings.filter((w) => !w.includes('holds no postgresql.conf')));
-    });
+    await buildBeside(
+      slot,
+      async (dir) => {
+        await extractBaseBackup({
+          entry: plan.reach.entry,
+          object: plan.object,
+          config,
+          reporter,
+          dataDir: dir,
+          chain: plan.chain,
+        });
+        const recovery = await prepareRecovery(
+          dir,
+          {
+            ...recoverySettings(files.restoreCommand, target),
+            // Marked as a copy (see ./copy.ts): its WAL and backups are refused under the original's name.
+            ...(asCopy ? { [COPY_OF_SETTING]: config.clusterName, [LINEAGE_SETTING]: lineage } : {}),
+          },
+          `pgvault restore bootstrap (Patroni ${options.scope ?? 'cluster'}) from ${plan.manifest.id} to ${describeTarget(target)}`,
+        );
+        // Patroni writes its own postgresql.conf: the base backup's lack of one is no concern here.
+        warnings.push(...recovery.warnings.filter((w) => !w.includes('holds no postgresql.conf')));
+      },
+      (line) => reporter.warn(line),
+    );
     return {
       backupId: plan.manifest.id,
       choice: plan.choice,
@@ -363,4 +310,97 @@ export async function restoreBootstrap(
     await files.remove();
     throw err;
   }
+}
+
+/** The name (without .conf/.key) of the files restore bootstrap writes beside the data directory. */
+export function bootstrapFilesStem(pgdata: string): string {
+  return `${basename(pgdata)}.pgvault-recovery`;
+}
+
+export interface FinishOptions {
+  /** The new cluster's data directory; else asked over `connstring` (SHOW data_directory). */
+  readonly datadir?: string;
+  /** Patroni's post_bootstrap argument: a libpq connection string to the new cluster (PGPASSFILE in the environment). */
+  readonly connstring?: string;
+  readonly binDir?: string;
+}
+
+export interface FinishResult {
+  readonly datadir: string;
+  /** The files removed (none when an earlier run removed them). */
+  readonly removed: readonly string[];
+}
+
+/** data_directory and whether it is still recovering, over a libpq connection string. */
+function askServer(
+  connstring: string,
+  binDir: string | undefined,
+): Promise<{ dir: string; recovering: boolean }> {
+  const psql = findPgBinary('psql', binDir);
+  return new Promise((done, fail) => {
+    execFile(
+      psql,
+      [
+        '-X',
+        '-A',
+        '-t',
+        '-c',
+        "SELECT current_setting('data_directory') || CASE WHEN pg_is_in_recovery() THEN '|t' ELSE '|f' END",
+        '-d',
+        connstring,
+      ],
+      { timeout: 30_000, env: { ...process.env, PGCONNECT_TIMEOUT: '10' } },
+      (err, stdout, stderr) => {
+        const [dir, recovering] = stdout.trim().split('|');
+        if (err || !dir || (recovering !== 't' && recovering !== 'f')) {
+          const why = (String(stderr).trim() || (err?.message ?? 'no answer')).split('\n')[0];
+          fail(
+            new UsageError(
+              `restore bootstrap --finish cannot ask the new cluster for its data directory (${why}); pass --datadir=DIR; nothing was removed`,
+            ),
+          );
+        } else done({ dir, recovering: recovering === 't' });
+      },
+    );
+  });
+}
+
+/**
+ * `pgvault restore bootstrap --finish` (Patroni's bootstrap.post_bootstrap, which Patroni runs once
+ * the bootstrapped cluster has promoted, with a connection string to it): removes the
+ * restore_command config file (it may hold cloud credentials) and the key file restore bootstrap
+ * wrote beside the data directory. Refused while the cluster still recovers (it reads them). A key
+ * file of the user's own (ENCRYPTION_KEY_FILE) is never touched: only `<data_dir>.pgvault-recovery.*`.
+ */
+export async function finishBootstrap(options: FinishOptions): Promise<FinishResult> {
+  let pgdata: string;
+  if (options.datadir !== undefined && options.datadir !== '') {
+    pgdata = resolve(options.datadir);
+    const left = ['recovery.signal', 'standby.signal'].filter((f) => existsSync(join(pgdata, f)));
+    if (!existsSync(pgdata) || left.length > 0) {
+      throw new UsageError(
+        `${pgdata} ${left.length > 0 ? `still holds ${left.join(', ')}: it has not promoted` : 'does not exist'}; run restore bootstrap --finish once the cluster has promoted; nothing was removed`,
+      );
+    }
+  } else if (options.connstring !== undefined && options.connstring.trim() !== '') {
+    const server = await askServer(options.connstring, options.binDir);
+    if (server.recovering) {
+      throw new UsageError(
+        `the cluster at ${server.dir} is still in recovery and reads the restore_command files; run restore bootstrap --finish once it has promoted; nothing was removed`,
+      );
+    }
+    pgdata = server.dir;
+  } else {
+    throw new UsageError(
+      'restore bootstrap --finish needs the new cluster: Patroni passes a connection string to post_bootstrap, or give --datadir=DIR; nothing was removed',
+    );
+  }
+  const stem = join(dirname(pgdata), bootstrapFilesStem(pgdata));
+  const removed: string[] = [];
+  for (const file of [`${stem}.conf`, `${stem}.key`]) {
+    if (!existsSync(file)) continue;
+    await rm(file, { force: true });
+    removed.push(file);
+  }
+  return { datadir: pgdata, removed };
 }

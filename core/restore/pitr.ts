@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { CatalogEntry } from '../catalog/catalog';
 import { describeChain } from '../catalog/chain';
@@ -20,10 +20,10 @@ import {
 import { formatLsn, nextSegment, parseLsn, segmentNumber } from '../wal/naming';
 import { resolveBaseChain } from './chain';
 import { copyLineageName, copySettings } from './copy';
+import { buildBeside } from './datadir';
 import { chooseSourceDatabase, openBackup } from './fetch';
 import {
   assertServerUserCanUse,
-  clearDirectory,
   copyDatabase,
   extractBaseBackup,
   prepareRecovery,
@@ -585,25 +585,17 @@ async function layDownPitrDataDirectory(
   staged: StagedChain | undefined,
 ): Promise<PitrDataDirectoryResult> {
   const { config, reporter } = vault;
-  if (existsSync(pgdata)) await clearDirectory(pgdata);
-  else await mkdir(pgdata, { recursive: true, mode: 0o700 });
-  await chownToServerUser(pgdata);
+  // Built in a hidden sibling, renamed into place only once complete (./datadir.ts): a failed or
+  // killed restore leaves nothing at --pgdata that could be started; --force's old contents go last.
+  const slot = { pgdata, replaces: existsSync(pgdata) && (await readdir(pgdata)).length > 0 };
   const stem = `${basename(pgdata)}.pgvault-recovery`;
   const files = await writeRestoreCommandFiles(config, dirname(pgdata), stem);
   try {
     await assertServerUserCanUse(config, [
-      { path: pgdata, what: '--pgdata', write: true },
+      { path: dirname(pgdata), what: 'the parent of --pgdata' },
       { path: files.configFile, what: 'the restore_command config file' },
       ...(files.keyFile ? [{ path: files.keyFile, what: 'ENCRYPTION_KEY_FILE' }] : []),
     ]);
-    await extractBaseBackup({
-      entry: plan.reach.entry,
-      object: plan.object,
-      config,
-      reporter,
-      dataDir: pgdata,
-      staged,
-    });
     const warnings = [...plan.warnings];
     // The copy is a server of its own on this host: another port, no archiving into the original's
     // archive (or, with --archive, into its own lineage), marked as a copy (see ./copy.ts).
@@ -612,17 +604,19 @@ async function layDownPitrDataDirectory(
     const lineage = asCopy ? copyLineageName(config.clusterName) : config.clusterName;
     const archiveCommand =
       asCopy && options.archive ? `CLUSTER_NAME=${lineage} ${files.pgvaultCommand} backup wal %p` : undefined;
-    const recovery = await prepareRecovery(
-      pgdata,
-      {
-        ...recoverySettings(files.restoreCommand, target),
-        ...(port === undefined
-          ? {}
-          : copySettings({ sourceCluster: config.clusterName, lineage, port, archiveCommand })),
-      },
-      `pgvault restore pitr from ${plan.manifest.id} to ${describeTarget(target)}`,
-    );
-    warnings.push(...recovery.warnings);
+    const settings = {
+      ...recoverySettings(files.restoreCommand, target),
+      ...(port === undefined
+        ? {}
+        : copySettings({ sourceCluster: config.clusterName, lineage, port, archiveCommand })),
+    };
+    const dataDir = { entry: plan.reach.entry, object: plan.object, config, reporter };
+    const how = `pgvault restore pitr from ${plan.manifest.id} to ${describeTarget(target)}`;
+    const build = async (dir: string) => {
+      await extractBaseBackup({ ...dataDir, dataDir: dir, staged });
+      warnings.push(...(await prepareRecovery(dir, settings, how)).warnings);
+    };
+    await buildBeside(slot, build, (line) => reporter.warn(line));
     const logFile = join(dirname(pgdata), `${stem}.log`);
     await writeFile(logFile, '', { mode: 0o600, flag: 'a' });
     await chownToServerUser(logFile);
@@ -656,8 +650,7 @@ async function layDownPitrDataDirectory(
       ...(staged ? { combinedChain: staged.description } : {}),
     };
   } catch (err) {
-    // A half-extracted directory must not be started by mistake.
-    await clearDirectory(pgdata).catch(() => {});
+    // buildBeside removed its half-built directory: --pgdata is as it was.
     await files.remove();
     throw err;
   }

@@ -9,7 +9,7 @@ import {
   type Topology,
   type TopologyNode,
 } from './choose';
-import { readPatroniTopology, TopologyError } from './patroni';
+import { readPatroniConfig, readPatroniTopology, TopologyError } from './patroni';
 
 export * from './choose';
 export { type PatroniDynamicConfig, readPatroniConfig, readPatroniTopology, TopologyError } from './patroni';
@@ -301,24 +301,102 @@ export async function readWithRetry<T, R>(
     const why = nodeFailureReason(err);
     const failed = source.node;
     if (config.patroni === undefined || why === undefined || failed?.name === undefined) throw err;
+    const exclude = new Map([[failed.name, `failed mid-backup (${why})`]]);
+    // Its own warnings (the leader, not a replica) would repeat the line below.
+    const choose = async () => {
+      const source = await chooseReadSource(config, probe, () => {}, exclude);
+      // A replica Patroni is promoting leads in /cluster before its new timeline shows: read it
+      // once promoted, so the manifest's timeline is the one its data is on.
+      const now = source.node;
+      if (
+        failed.role === 'leader' &&
+        now?.role === 'leader' &&
+        failed.timeline !== undefined &&
+        now.timeline !== undefined &&
+        now.timeline <= failed.timeline
+      ) {
+        throw new TopologyError(
+          `${now.name} leads but has not finished its promotion (timeline ${now.timeline})`,
+        );
+      }
+      return source;
+    };
     let next: ReadSource<T>;
     try {
-      // Its own warnings (the leader, not a replica) would repeat the line below.
-      next = await chooseReadSource(
-        config,
-        probe,
-        () => {},
-        new Map([[failed.name, `failed mid-backup (${why})`]]),
+      next = await choose();
+    } catch (firstTry) {
+      // No candidate left: the first failure says what happened and what to set. A leader that
+      // failed is the exception: Patroni promotes a replica once the leader key expires (ttl),
+      // so the retry waits for another node to lead, for that long and no longer.
+      if (failed.role !== 'leader' || !(firstTry instanceof PgVaultError)) throw err;
+      // A leader that still answers did not fail over (its session was ended, say): no wait.
+      if (
+        await probe(source.conn).then(
+          () => true,
+          () => false,
+        )
+      )
+        throw err;
+      const waited = await awaitOtherLeader(config.patroni, choose, (line) =>
+        warn(`${nodeLabel(failed)} failed mid-backup (${why}); ${line}`),
       );
-    } catch {
-      // No candidate left: the first failure says what happened and what to set.
-      throw err;
+      if (waited === undefined) throw err;
+      next = waited;
     }
     warn(
       `${nodeLabel(failed)} failed mid-backup (${why}); retrying once on ${nodeLabel(next.node ?? { host: next.conn.host ?? '', port: next.conn.port ?? 5432 })}`,
     );
     return run(next);
   }
+}
+
+/** Patroni's ttl and loop_wait (its defaults, 30 and 10 s, when /config does not say). */
+async function leaderTimings(patroni: PatroniConfig): Promise<{ ttl: number; loopWait: number }> {
+  const seconds = (v: unknown, fallback: number) =>
+    typeof v === 'number' && Number.isFinite(v) && v > 0 ? v : fallback;
+  try {
+    const parsed = JSON.parse((await readPatroniConfig(patroni)).text) as {
+      ttl?: unknown;
+      loop_wait?: unknown;
+    };
+    return { ttl: seconds(parsed.ttl, 30), loopWait: seconds(parsed.loop_wait, 10) };
+  } catch {
+    return { ttl: 30, loopWait: 10 };
+  }
+}
+
+/** Seconds a promotion may take once Patroni has chosen the new leader (pg_ctl promote, the new timeline). */
+export const PROMOTION_GRACE_SECONDS = 15;
+
+/**
+ * After the leader failed mid-backup: waits for Patroni to make another member the leader (the old
+ * leader key expires within ttl, a replica notices within loop_wait and promotes), asking `choose`
+ * every second, at most ttl + loop_wait + PROMOTION_GRACE_SECONDS. Says how long it waits and why.
+ * Undefined when no other member leads by then (the same leader back, or none).
+ */
+async function awaitOtherLeader<T>(
+  patroni: PatroniConfig,
+  choose: () => Promise<ReadSource<T>>,
+  say: (line: string) => void,
+): Promise<ReadSource<T> | undefined> {
+  const { ttl, loopWait } = await leaderTimings(patroni);
+  const bound = ttl + loopWait + PROMOTION_GRACE_SECONDS;
+  say(
+    `no other node leads yet; waiting up to ${bound} s for Patroni to promote one (ttl ${ttl} s + loop_wait ${loopWait} s + ${PROMOTION_GRACE_SECONDS} s to promote)`,
+  );
+  const deadline = Date.now() + bound * 1000;
+  let last = '';
+  while (Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 1000));
+    try {
+      return await choose();
+    } catch (err) {
+      if (!(err instanceof PgVaultError)) throw err;
+      last = err.message;
+    }
+  }
+  say(`no other node led within ${bound} s (${last}); giving up`);
+  return undefined;
 }
 
 /** What pgvault does with each node, and why a replica is not read from. */
