@@ -21,7 +21,8 @@ const CHILD_SCRIPT = [
   join(__dirname, 's3rver-child.js'),
   join(__dirname, '..', '..', '..', 'test', 'helpers', 's3rver-child.js'),
 ].find((path) => existsSync(path))!;
-const START_TIMEOUT_MS = 15_000;
+// Generous: a loaded 2-core CI machine can be slow to start a child node process.
+const START_TIMEOUT_MS = 90_000;
 
 /**
  * Starts s3rver in a child process (see s3rver-child.js for why not in-process) on a free port of
