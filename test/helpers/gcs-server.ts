@@ -67,6 +67,11 @@ export interface GcsStandIn {
   readonly objects: ReadonlyMap<string, StoredObject>;
   /** Upload sessions neither finished nor cancelled. */
   openSessions(): number;
+  /**
+   * Bytes of upload data (chunk PUT bodies) received so far, counted as they arrive on the socket,
+   * over every session (a resent byte counts again): what the uploader has got off its hands.
+   */
+  receivedBytes(): number;
   /** Sessions cancelled with DELETE (an aborted upload). */
   cancelledSessions(): number;
   /** Every request seen: method, path, the upload session's or path's object name. */
@@ -105,6 +110,7 @@ export async function startGcsStandIn(
   const objects = new Map<string, StoredObject>();
   const sessions = new Map<string, Session>();
   let cancelled = 0;
+  let received = 0;
   let generation = 1_700_000_000_000_000;
   const faults: Array<{ rule: GcsFaultRule; matched: number; fired: number }> = [];
   const requests: Array<{ method: string; path: string; name: string; fault?: number }> = [];
@@ -174,6 +180,7 @@ export async function startGcsStandIn(
       return;
     }
 
+    if (kind === 'chunk') req.on('data', (c: Buffer) => (received += c.length));
     const body = await readBody(req);
     const bucketName = uploadPath?.[1] ?? objectPath?.[1];
     if (bucketName !== undefined && bucketName !== bucket) {
@@ -399,6 +406,7 @@ export async function startGcsStandIn(
     objects,
     openSessions: () => [...sessions.values()].filter((s) => s.finished === undefined).length,
     cancelledSessions: () => cancelled,
+    receivedBytes: () => received,
     requests,
     addFault(rule) {
       faults.push({ rule, matched: 0, fired: 0 });
