@@ -344,6 +344,32 @@ export class GcsTarget implements StorageTarget {
     }
   }
 
+  /**
+   * The bucket's lifecycle rules (the JSON API's bucket `lifecycle.rule`; none: []), for `backup init`
+   * (core/storage/lifecycle-rules.ts mergeGcsRules). Failures are StorageErrors naming the cause.
+   */
+  async lifecycleRules(): Promise<Array<Record<string, unknown>>> {
+    const bucket = await this.bucketClient();
+    try {
+      const [metadata] = await bucket.getMetadata();
+      return ((metadata.lifecycle as { rule?: Array<Record<string, unknown>> } | undefined)?.rule ?? []).map(
+        (r) => ({ ...r }),
+      );
+    } catch (err) {
+      throw this.storageError(err, "read the bucket's lifecycle rules");
+    }
+  }
+
+  /** Replaces the bucket's lifecycle rules (a bucket PATCH of `lifecycle`: all of them, merge first). */
+  async putLifecycleRules(rules: ReadonlyArray<object>): Promise<void> {
+    const bucket = await this.bucketClient();
+    try {
+      await bucket.setMetadata({ lifecycle: { rule: rules as never[] } });
+    } catch (err) {
+      throw this.storageError(err, "set the bucket's lifecycle rules");
+    }
+  }
+
   async probe(prefix: string): Promise<void> {
     const probeKey = `${prefix}/.pgvault-probe-${randomBytes(6).toString('hex')}`;
     await this.putBytes(probeKey, 'pgvault probe\n');
