@@ -13,11 +13,13 @@ import { findPgBinary, toolMajorVersion } from '../pg/tools';
 import { copyNotice } from '../restore/copy';
 import { repositoryOf } from '../storage';
 import { AzureTarget } from '../storage/azure';
+import { GcsTarget } from '../storage/gcs';
 import {
   azureManagementPolicy,
   gcsLifecycleDocument,
   type LifecycleScope,
   lifecycleDays,
+  mergeGcsRules,
   mergeS3Rules,
   ruleIdPrefix,
   s3LifecycleRules,
@@ -101,8 +103,9 @@ export interface LifecycleOutcome {
  * (core/storage/lifecycle-rules.ts), applied where the credentials may, else the exact JSON and the
  * command to apply it. S3: merged into the bucket's configuration and put (PutBucketLifecycle-
  * Configuration), unless S3_LIFECYCLE_TAGS says the bucket's own tag rules (the AWS deployment's)
- * manage it; refused (AccessDenied, or a store without lifecycle): printed, with a warning. GCS and
- * Azure: printed (Azure's management policy is an ARM resource, which a data-plane credential cannot
+ * manage it; refused (AccessDenied, or a store without lifecycle): printed, with a warning. GCS the
+ * same way (the bucket's lifecycle merged and patched; 403: printed with the gcloud command). Azure:
+ * printed (Azure's management policy is an ARM resource, which a data-plane credential cannot
  * write). Never fails the command.
  */
 export async function lifecycleRules(
@@ -132,18 +135,8 @@ export async function lifecycleRules(
         document,
         command: `az storage account management-policy create --account-name ${target.account ?? '<account>'} --resource-group <resource-group> --policy @pgvault-lifecycle.json`,
       });
-    } else if (target.kind === 'gcs') {
-      out.push({
-        ...named,
-        target: target.location,
-        provider: 'gcs',
-        applied: false,
-        detail:
-          "printed, not applied: apply it with the command below (it replaces the bucket's lifecycle rules: merge with its existing ones first)",
-        document: gcsLifecycleDocument(scope, days),
-        command: `gcloud storage buckets update gs://${scope.bucket} --lifecycle-file=pgvault-lifecycle.json`,
-      });
-    }
+    } else if (target instanceof GcsTarget)
+      out.push({ ...named, ...(await gcsLifecycle(target, scope, days, apply)) });
   }
   return out;
 }
@@ -215,6 +208,67 @@ async function s3Lifecycle(
     applied: true,
     detail: `applied: ${ours.length} rules for ${ruleIdPrefix(scope).slice('pgvault:'.length)}${kept}`,
     document: { Rules: merged.rules },
+  };
+}
+
+/**
+ * GCS: the bucket's lifecycle read, this cluster's rules put in place beside the others
+ * (mergeGcsRules) and written only on change; refused (403: no storage.buckets.update, or a failed
+ * read): printed with the gcloud command and a warning. Never fails the command.
+ */
+async function gcsLifecycle(
+  target: GcsTarget,
+  scope: LifecycleScope,
+  days: ReturnType<typeof lifecycleDays>,
+  apply: boolean,
+): Promise<LifecycleOutcome> {
+  const ours = gcsLifecycleDocument(scope, days).lifecycle.rule;
+  const base = { target: target.location, provider: 'gcs' as const };
+  const command = `gcloud storage buckets update gs://${scope.bucket} --lifecycle-file=pgvault-lifecycle.json`;
+  const scopeName = ruleIdPrefix(scope).slice('pgvault:'.length);
+  const printed = (rule: readonly object[], why: string, merged: boolean): LifecycleOutcome => ({
+    ...base,
+    applied: false,
+    detail: `printed, not applied (${why}); apply it with the command below (${
+      merged
+        ? "the bucket's whole lifecycle, its other rules included"
+        : "it replaces the bucket's lifecycle rules: merge with its existing ones first"
+    })`,
+    document: { lifecycle: { rule } },
+    command,
+    ...(why === '--print-lifecycle'
+      ? {}
+      : {
+          warning: `lifecycle rules of ${base.target} not applied (${why}); the JSON to apply and the command are printed`,
+        }),
+  });
+  if (!apply) return printed(ours, '--print-lifecycle', false);
+  let existing: Array<Record<string, unknown>>;
+  try {
+    existing = await target.lifecycleRules();
+  } catch (err) {
+    return printed(ours, errorMessage(err).split('\n')[0]!, false);
+  }
+  const merged = mergeGcsRules(existing, ours, scope);
+  const kept = merged.kept > 0 ? `; the bucket's ${merged.kept} other rule(s) kept` : '';
+  if (!merged.changed) {
+    return {
+      ...base,
+      applied: true,
+      detail: `already in place: ${ours.length} rules for ${scopeName}${kept}`,
+      document: { lifecycle: { rule: merged.rules } },
+    };
+  }
+  try {
+    await target.putLifecycleRules(merged.rules);
+  } catch (err) {
+    return printed(merged.rules, errorMessage(err).split('\n')[0]!, true);
+  }
+  return {
+    ...base,
+    applied: true,
+    detail: `applied: ${ours.length} rules for ${scopeName}${kept}`,
+    document: { lifecycle: { rule: merged.rules } },
   };
 }
 

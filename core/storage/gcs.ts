@@ -76,6 +76,52 @@ export interface GcsTargetOptions {
 }
 
 /**
+ * How far an upload's source may run ahead of the client: `room(produced)` waits while the bytes
+ * handed to the client and not yet sent (`produced - sent`) are over one chunk. The client needs a
+ * whole chunk queued and one byte more (or the end of the source) to start a request (it must know
+ * whether the chunk is the last), and the one in flight counts as sent: the gate always lets it
+ * have that much (a resend starts at or below `sent`), so it never waits for bytes held back here. `release` lets every waiter go (the upload
+ * ended or failed; the pipeline's own error ends the reading).
+ */
+export function uploadGate(chunkSize: number): {
+  room(produced: number): Promise<void>;
+  sent(bytes: number): void;
+  release(): void;
+  /** The most bytes ever handed over and not yet sent (tests). */
+  readonly maxAhead: number;
+} {
+  let sentBytes = 0;
+  let released = false;
+  let maxAhead = 0;
+  let wake: (() => void) | undefined;
+  return {
+    async room(produced) {
+      while (!released && produced - sentBytes > chunkSize) {
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+      }
+      maxAhead = Math.max(maxAhead, produced - sentBytes);
+    },
+    sent(bytes) {
+      // A resend after a failed request counts from the server's offset again (lower): the bytes
+      // between are the client's own cache, already counted when they were read.
+      sentBytes = Math.max(sentBytes, bytes);
+      wake?.();
+      wake = undefined;
+    },
+    release() {
+      released = true;
+      wake?.();
+      wake = undefined;
+    },
+    get maxAhead() {
+      return maxAhead;
+    },
+  };
+}
+
+/**
  * A Google Cloud Storage bucket under a name prefix. Streams are uploaded with resumable uploads in
  * chunks (constant memory); the object appears only when the last chunk is accepted, so readers never
  * see part of one, and a failed upload's session is cancelled (an unfinished session is never an
@@ -124,11 +170,12 @@ export class GcsTarget implements StorageTarget {
     const file = await this.file(key);
     const writeId = randomBytes(12).toString('hex');
     const reading = sourceChunks(source);
+    const chunkSize = this.options.chunkSize ?? DEFAULT_CHUNK_SIZE;
     let size = 0;
     let session: string | undefined;
     const upload = file.createWriteStream({
       resumable: true,
-      chunkSize: this.options.chunkSize ?? DEFAULT_CHUNK_SIZE,
+      chunkSize,
       metadata: this.objectMetadata(key, writeId),
       validation: 'crc32c',
       // GCS refuses (412) to finish the upload when an object is already under the name.
@@ -145,9 +192,20 @@ export class GcsTarget implements StorageTarget {
     };
     upload.on('progress', idle);
     upload.on('response', idle);
+    // Back-pressure of our own: the client's write callback is released once per buffer it reads,
+    // and in chunked mode it reads every buffer twice (once to measure the chunk for Content-Range,
+    // once to send it), so its queue grows by a chunk per request and a fast source is read whole
+    // into memory (peak memory grew with the object: 442 MiB at 1.5 GB). The source is read only
+    // while it is at most one chunk (plus the buffer in hand) ahead of what the client has put on
+    // the wire: the client holds the chunk being sent (kept for a resend) and the next one, no more.
+    const gate = uploadGate(chunkSize);
+    upload.on('progress', (event: { bytesWritten?: number }) => gate.sent(event.bytesWritten ?? 0));
+    upload.on('close', gate.release);
+    upload.on('error', gate.release);
     async function* chunks(): AsyncGenerator<Buffer> {
       try {
         for (let chunk = await reading.next(); chunk !== undefined; chunk = await reading.next()) {
+          await gate.room(size);
           size += chunk.length;
           yield chunk;
         }
@@ -283,6 +341,32 @@ export class GcsTarget implements StorageTarget {
         throw new ObjectLockedError(key, this.location, detail, { cause: err });
       }
       throw this.storageError(err, `delete ${key}`);
+    }
+  }
+
+  /**
+   * The bucket's lifecycle rules (the JSON API's bucket `lifecycle.rule`; none: []), for `backup init`
+   * (core/storage/lifecycle-rules.ts mergeGcsRules). Failures are StorageErrors naming the cause.
+   */
+  async lifecycleRules(): Promise<Array<Record<string, unknown>>> {
+    const bucket = await this.bucketClient();
+    try {
+      const [metadata] = await bucket.getMetadata();
+      return ((metadata.lifecycle as { rule?: Array<Record<string, unknown>> } | undefined)?.rule ?? []).map(
+        (r) => ({ ...r }),
+      );
+    } catch (err) {
+      throw this.storageError(err, "read the bucket's lifecycle rules");
+    }
+  }
+
+  /** Replaces the bucket's lifecycle rules (a bucket PATCH of `lifecycle`: all of them, merge first). */
+  async putLifecycleRules(rules: ReadonlyArray<object>): Promise<void> {
+    const bucket = await this.bucketClient();
+    try {
+      await bucket.setMetadata({ lifecycle: { rule: rules as never[] } });
+    } catch (err) {
+      throw this.storageError(err, "set the bucket's lifecycle rules");
     }
   }
 

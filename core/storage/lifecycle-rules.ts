@@ -269,6 +269,28 @@ export function gcsLifecycleDocument(
   return { lifecycle: { rule: rule.filter((r) => r.condition.matchesPrefix?.length !== 0) } };
 }
 
+/**
+ * The bucket's whole lifecycle with pgvault's rules of this scope in place (a bucket PATCH of
+ * `lifecycle` replaces every rule). GCS rules have no ids: this scope's rules are those whose every
+ * `matchesPrefix` is under the cluster's prefix (`<prefix>/<cluster>/`); every other rule (other
+ * clusters', other tools', rules without a prefix) is kept as it is. `changed` false: nothing to write.
+ */
+export function mergeGcsRules<R extends { condition?: { matchesPrefix?: readonly string[] } }>(
+  existing: readonly R[],
+  ours: readonly GcsLifecycleRule[],
+  scope: LifecycleScope,
+): { rules: Array<R | GcsLifecycleRule>; kept: number; changed: boolean } {
+  const base = clusterPrefix(scope);
+  const isOurs = (r: R) => {
+    const prefixes = r.condition?.matchesPrefix ?? [];
+    return prefixes.length > 0 && prefixes.every((p) => p.startsWith(base));
+  };
+  const others = existing.filter((r) => !isOurs(r));
+  const former = existing.filter(isOurs);
+  const changed = canonical(former) !== canonical(ours);
+  return { rules: [...others, ...ours], kept: others.length, changed };
+}
+
 // ------------------------------------------------------------------------------------------- Azure
 
 interface AzureDaysAfter {

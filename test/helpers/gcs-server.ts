@@ -19,6 +19,8 @@ import { CRC32C } from '@google-cloud/storage';
  *   `x-goog-hash` crc32c and md5 so the client checks the download), `GET /storage/v1/b/B/o`
  *   (prefix, maxResults, pageToken; UTF-8 byte order, as GCS), `DELETE /storage/v1/b/B/o/N` (403
  *   while the object's retention `retainUntilTime` is in the future, as GCS).
+ * - `GET /storage/v1/b/B` (the bucket resource, its `lifecycle`), `PATCH` of it (`lifecycle` replaced;
+ *   403 with `denyBucketUpdate`, as GCS for a role without storage.buckets.update).
  *   Paths are accepted with and without `/storage/v1` (the client drops it when it takes the
  *   endpoint from STORAGE_EMULATOR_HOST).
  *
@@ -67,10 +69,27 @@ export interface GcsStandIn {
   readonly objects: ReadonlyMap<string, StoredObject>;
   /** Upload sessions neither finished nor cancelled. */
   openSessions(): number;
+  /**
+   * Bytes of upload data (chunk PUT bodies) received so far, counted as they arrive on the socket,
+   * over every session (a resent byte counts again): what the uploader has got off its hands.
+   */
+  receivedBytes(): number;
   /** Sessions cancelled with DELETE (an aborted upload). */
   cancelledSessions(): number;
   /** Every request seen: method, path, the upload session's or path's object name. */
   readonly requests: ReadonlyArray<{ method: string; path: string; name: string; fault?: number }>;
+  /**
+   * The bucket's lifecycle rules (`GET /b/B` gives them, `PATCH /b/B` with `lifecycle` replaces them,
+   * as GCS); set them to play rules already on the bucket.
+   */
+  lifecycle: Array<Record<string, unknown>>;
+  /** Bucket metadata PATCHes accepted so far. */
+  bucketPatches(): number;
+  /**
+   * On: a bucket PATCH is refused with GCS's 403 for a credential without storage.buckets.update
+   * (an object-only role such as roles/storage.objectAdmin); reads of the bucket still answer.
+   */
+  denyBucketUpdate(on: boolean): void;
   addFault(rule: GcsFaultRule): number;
   /** How many times fault `index` fired. */
   hits(index: number): number;
@@ -105,6 +124,11 @@ export async function startGcsStandIn(
   const objects = new Map<string, StoredObject>();
   const sessions = new Map<string, Session>();
   let cancelled = 0;
+  let received = 0;
+  let lifecycle: Array<Record<string, unknown>> = [];
+  let patches = 0;
+  let denyUpdate = false;
+  let metageneration = 1;
   let generation = 1_700_000_000_000_000;
   const faults: Array<{ rule: GcsFaultRule; matched: number; fired: number }> = [];
   const requests: Array<{ method: string; path: string; name: string; fault?: number }> = [];
@@ -174,10 +198,41 @@ export async function startGcsStandIn(
       return;
     }
 
+    if (kind === 'chunk') req.on('data', (c: Buffer) => (received += c.length));
     const body = await readBody(req);
     const bucketName = uploadPath?.[1] ?? objectPath?.[1];
     if (bucketName !== undefined && bucketName !== bucket) {
       sendError(res, 404, 'The specified bucket does not exist.');
+      return;
+    }
+
+    const bucketPath = /^\/b\/([^/]+)$/.exec(path);
+    if (bucketPath && bucketPath[1] !== bucket) {
+      sendError(res, 404, 'The specified bucket does not exist.');
+      return;
+    }
+    if (bucketPath && method === 'GET') {
+      sendJson(res, 200, bucketResource());
+      return;
+    }
+    if (bucketPath && method === 'PATCH') {
+      if (denyUpdate) {
+        sendError(
+          res,
+          403,
+          `pgvault-test@pgvault-test.iam.gserviceaccount.com does not have storage.buckets.update access to the Google Cloud Storage bucket. Permission 'storage.buckets.update' denied on resource (or it may not exist).`,
+          {},
+          'forbidden',
+        );
+        return;
+      }
+      const patch = JSON.parse(body.toString('utf8') || '{}') as { lifecycle?: { rule?: unknown[] } | null };
+      if ('lifecycle' in patch) {
+        lifecycle = ((patch.lifecycle?.rule ?? []) as Array<Record<string, unknown>>).map((r) => ({ ...r }));
+      }
+      patches++;
+      metageneration++;
+      sendJson(res, 200, bucketResource());
       return;
     }
 
@@ -370,6 +425,18 @@ export async function startGcsStandIn(
     sendError(res, 400, `the GCS stand-in does not answer ${method} ${path}`);
   }
 
+  function bucketResource(): Record<string, unknown> {
+    return {
+      kind: 'storage#bucket',
+      id: bucket,
+      name: bucket,
+      metageneration: String(metageneration),
+      storageClass: 'STANDARD',
+      location: 'US',
+      ...(lifecycle.length > 0 ? { lifecycle: { rule: lifecycle } } : {}),
+    };
+  }
+
   function resourceOf(o: StoredObject): Record<string, unknown> {
     const { crc32c, md5Hash } = o.hashes;
     return {
@@ -399,6 +466,17 @@ export async function startGcsStandIn(
     objects,
     openSessions: () => [...sessions.values()].filter((s) => s.finished === undefined).length,
     cancelledSessions: () => cancelled,
+    receivedBytes: () => received,
+    get lifecycle() {
+      return lifecycle;
+    },
+    set lifecycle(rules) {
+      lifecycle = rules;
+    },
+    bucketPatches: () => patches,
+    denyBucketUpdate(on) {
+      denyUpdate = on;
+    },
     requests,
     addFault(rule) {
       faults.push({ rule, matched: 0, fired: 0 });
@@ -453,9 +531,11 @@ function sendError(
   status: number,
   message: string,
   extra: Record<string, string> = {},
+  reasonGiven?: string,
 ): void {
   const reason =
-    status === 404
+    reasonGiven ??
+    (status === 404
       ? 'notFound'
       : status === 403
         ? 'retentionPolicyNotMet'
@@ -465,7 +545,7 @@ function sendError(
             ? 'backendError'
             : status >= 500
               ? 'internalError'
-              : 'invalid';
+              : 'invalid');
   sendJson(
     res,
     status,

@@ -68,6 +68,42 @@ describe('GCS target (stand-in server)', () => {
     expect(sha(await gcs.getBytes('c1/full/daily/reset-once.dump'))).toBe(sha(body.data));
   });
 
+  it('streams: never holds more than about two chunks of a source far larger than a chunk', async () => {
+    // Prepare: 24 chunks of a generated stream (64 KiB pieces, produced only when asked for); at each
+    // piece, how far the source is ahead of what the stand-in has received. A target that buffered
+    // the object (or let the client queue it) reads the source far ahead of the server.
+    const gcs = target({ chunkSize: MiB });
+    const size = 24 * MiB;
+    const piece = 64 * 1024;
+    const hash = createHash('sha256');
+    let produced = 0;
+    let maxAhead = 0;
+    const generated = new Readable({
+      read() {
+        if (produced >= size) {
+          this.push(null);
+          return;
+        }
+        maxAhead = Math.max(maxAhead, produced - server.receivedBytes());
+        const chunk = randomBytes(piece);
+        hash.update(chunk);
+        produced += piece;
+        this.push(chunk);
+      },
+    });
+    const receivedBefore = server.receivedBytes();
+    maxAhead = 0;
+
+    // Act
+    const put = await gcs.put('c1/full/daily/streamed.dump', generated);
+
+    // Assert: all stored, and never more than two chunks (and a few pieces in the pipes) in flight.
+    expect(put.size).toBe(size);
+    expect(server.receivedBytes() - receivedBefore).toBe(size);
+    expect(sha(server.objects.get('pgvault/c1/full/daily/streamed.dump')!.data)).toBe(hash.digest('hex'));
+    expect(maxAhead).toBeLessThanOrEqual(2 * MiB + 8 * piece);
+  });
+
   it('retries 503 answers and then stores a good object', async () => {
     // Prepare
     const gcs = target();
