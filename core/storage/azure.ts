@@ -14,7 +14,7 @@ import type { AzureAccessTier, PerLifecycleKind } from '../config';
 import { ObjectExistsError, ObjectLockedError, ObjectNotFoundError, StorageError } from '../errors';
 import { assertValidKey, assertValidPrefix } from './file';
 import { ArchivedObjectError, placementFor } from './s3';
-import { sourceBlocks, sourceChunks } from './source';
+import { readWhole, sourceBlocks, sourceChunks } from './source';
 import type { ObjectInfo, ObjectLockOptions, PutOptions, StorageTarget } from './target';
 
 type BlobSdk = typeof import('@azure/storage-blob', { with: { 'resolution-mode': 'import' }});
@@ -262,14 +262,7 @@ export class AzureTarget implements StorageTarget {
   }
 
   async getBytes(key: string): Promise<Buffer> {
-    const stream = await this.get(key);
-    const chunks: Buffer[] = [];
-    try {
-      for await (const chunk of stream) chunks.push(chunk as Buffer);
-    } catch (err) {
-      throw this.storageError(err, `download ${key}`);
-    }
-    return Buffer.concat(chunks);
+    return readWhole(await this.get(key), (err) => this.storageError(err, `download ${key}`));
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {

@@ -9,7 +9,7 @@ import type { GcsStorageClass, PerLifecycleKind } from '../config';
 import { ObjectExistsError, ObjectLockedError, ObjectNotFoundError, StorageError } from '../errors';
 import { assertValidKey, assertValidPrefix } from './file';
 import { placementFor } from './s3';
-import { sourceChunks } from './source';
+import { readWhole, sourceChunks } from './source';
 import type { ObjectInfo, ObjectLockOptions, PutOptions, StorageTarget } from './target';
 
 type GcsSdk = typeof import('@google-cloud/storage', { with: { 'resolution-mode': 'import' }});
@@ -272,14 +272,7 @@ export class GcsTarget implements StorageTarget {
   }
 
   async getBytes(key: string): Promise<Buffer> {
-    const stream = await this.get(key);
-    const chunks: Buffer[] = [];
-    try {
-      for await (const chunk of stream) chunks.push(chunk as Buffer);
-    } catch (err) {
-      throw this.storageError(err, `download ${key}`);
-    }
-    return Buffer.concat(chunks);
+    return readWhole(await this.get(key), (err) => this.storageError(err, `download ${key}`));
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {

@@ -68,3 +68,17 @@ export function sourceBlocks(chunks: SourceChunks): {
     atEnd: () => chunks.done() && have === 0,
   };
 }
+
+/**
+ * A download read whole into memory (getBytes of the SDK targets: manifests, keys, small records),
+ * a failure mid-stream turned into the target's own error by `onError`.
+ */
+export async function readWhole(stream: Readable, onError: (err: unknown) => Error): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  try {
+    for await (const chunk of stream) chunks.push(chunk as Buffer);
+  } catch (err) {
+    throw onError(err);
+  }
+  return Buffer.concat(chunks);
+}
