@@ -49,7 +49,13 @@ export interface OtherMajorRoot {
   readonly root: string;
   readonly release: string;
   readonly major: number;
+  /** Whether the root has pgvector (trixie's postgresql-17-pgvector; bookworm packages none for 15). */
+  readonly pgvector: boolean;
 }
+
+/** The line a test prints when it skips its pgvector part because the root has no pgvector. */
+export const NO_PGVECTOR_LINE =
+  "the other major's root has no pgvector (Debian 12's bookworm packages none for PostgreSQL 15): the pgvector checks run where the root is trixie's (on Debian 12 hosts)";
 
 /** The line a test prints when it skips because the root is not built. */
 export const OTHER_MAJOR_SKIP_LINE =
@@ -65,7 +71,10 @@ function readRoot(root: string): OtherMajorRoot | undefined {
   const release = /release=(\S+)/.exec(marker)?.[1];
   const major = Number(/major=(\d+)/.exec(marker)?.[1]);
   if (!release || !Number.isInteger(major)) return undefined;
-  return { root, release, major };
+  const pgvector = existsSync(
+    join(root, 'usr', 'share', 'postgresql', String(major), 'extension', 'vector.control'),
+  );
+  return { root, release, major, pgvector };
 }
 
 /**

@@ -8,6 +8,7 @@ import type { TempCluster } from '../../core/pg/cluster';
 import { openBackup, readBackupObject } from '../../core/restore/fetch';
 import { openVault } from '../../core/vault';
 import {
+  NO_PGVECTOR_LINE,
   OTHER_MAJOR_SKIP_LINE,
   type OtherArchivingCluster,
   OtherMajorSession,
@@ -108,8 +109,10 @@ async function dropIndexes(database: string, names: readonly string[]): Promise<
   await cluster.psql(names.map((n) => `DROP INDEX ${n};`).join('\n'), database);
 }
 
+if (other && !other.pgvector) console.warn(NO_PGVECTOR_LINE);
+
 // Servers inside the root and pgvault started there: slower than the host's under load.
-describe.skipIf(!other)(
+describe.skipIf(!other?.pgvector)(
   `pgvector HNSW and IVFFlat indexes on PostgreSQL ${other?.major ?? 'of the other release'}`,
   { timeout: 300_000 },
   () => {
