@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, rm, rmdir } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { removeOnExit } from '../cleanup';
 import { UsageError } from '../errors';
@@ -87,6 +87,7 @@ export async function buildBeside<T>(
 ): Promise<T> {
   const parent = dirname(slot.pgdata);
   await mkdir(parent, { recursive: true });
+  if (await isMountPoint(slot.pgdata)) return buildInside(slot, build);
   await removeAbandonedBuilds(slot.pgdata, say);
   const tag = `${process.pid}-${randomBytes(4).toString('hex')}`;
   const building = join(parent, `.${basename(slot.pgdata)}${BUILDING}${tag}`);
@@ -120,6 +121,62 @@ export async function buildBeside<T>(
       });
       forget();
     }
+    return result;
+  } catch (err) {
+    await stopProcessesUsing(building);
+    await rm(building, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    forget();
+    throw err;
+  }
+}
+
+/** Whether `path` is a directory on another file system than its parent (a volume mounted there). */
+async function isMountPoint(path: string): Promise<boolean> {
+  try {
+    const [self, parent] = await Promise.all([stat(path), stat(dirname(path))]);
+    return self.isDirectory() && self.dev !== parent.dev;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A data directory that is itself a mount point cannot be renamed onto, and its parent is another
+ * file system. So the build goes into a hidden folder inside it (the mount's own file system), and
+ * its entries are moved up only once it is complete, PG_VERSION last: until then the directory has
+ * no PG_VERSION, which PostgreSQL refuses to start. The old contents (a replace) are set aside the
+ * same way first, PG_VERSION first, and removed at the end.
+ */
+async function buildInside<T>(slot: DataDirectorySlot, build: (dir: string) => Promise<T>): Promise<T> {
+  const tag = `${process.pid}-${randomBytes(4).toString('hex')}`;
+  const building = join(slot.pgdata, `${BUILDING}${tag}`);
+  await mkdir(building, { mode: 0o700 });
+  const forget = removeOnExit(building);
+  try {
+    await chownToServerUser(building);
+    const result = await build(building);
+    await stopProcessesUsing(building);
+    const pgVersionLast = (names: string[]) => [
+      ...names.filter((n) => n !== 'PG_VERSION'),
+      ...names.filter((n) => n === 'PG_VERSION'),
+    ];
+    if (slot.replaces) {
+      const old = join(slot.pgdata, `${REPLACED}${tag}`);
+      await mkdir(old, { mode: 0o700 });
+      const current = (await readdir(slot.pgdata)).filter(
+        (n) => n !== basename(building) && n !== basename(old),
+      );
+      for (const name of pgVersionLast(current).reverse())
+        await rename(join(slot.pgdata, name), join(old, name));
+      await rm(old, { recursive: true, force: true });
+    }
+    for (const name of pgVersionLast(await readdir(building)))
+      await rename(join(building, name), join(slot.pgdata, name));
+    await rmdir(building);
+    forget();
+    // PostgreSQL starts only in a directory of its own user with mode 0700.
+    await chownToServerUser(slot.pgdata);
+    await chmod(slot.pgdata, 0o700);
     return result;
   } catch (err) {
     await stopProcessesUsing(building);

@@ -67,8 +67,9 @@ describe('full synth (bundling, image asset, CloudFormation validation)', () => 
       const code = readFileSync(bundle, 'utf8');
       expect(code).toContain('handler');
       // Everything is bundled but optional modules required inside try/catch: pg-native (pg falls back to
-      // JavaScript) and the CRT signer (only for SigV4a, which pgvault does not use).
-      const optional = ['pg-native', '@aws-sdk/signature-v4-crt'];
+      // JavaScript), the CRT signer (only for SigV4a, which pgvault does not use) and node-fetch's
+      // `encoding` (charset conversion of text bodies, through the GCS client; pgvault reads bytes).
+      const optional = ['pg-native', '@aws-sdk/signature-v4-crt', 'encoding'];
       const required = [...code.matchAll(/require\("([^".][^"]*)"\)/g)].map((m) => m[1]!);
       expect(
         required.filter((r) => !r.startsWith('node:') && !isBuiltin(r) && !optional.includes(r)),

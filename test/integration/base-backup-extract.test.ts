@@ -1,4 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
 import { cp, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -133,6 +134,32 @@ describe('a base backup whose corruption tar notices first', () => {
       expect(r.stderr).not.toMatch(/corrupt/);
     } finally {
       execFileSync('umount', [pgdata]);
+    }
+  });
+
+  it('--pgdata that is itself a mount point (a volume mounted at the data directory): restored into it, PG_VERSION last, nothing left beside it', async () => {
+    // Prepare: an empty file system mounted at --pgdata; its parent is another file system.
+    const pgdata = join(a.work, 'mounted-volume');
+    await mkdir(pgdata);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512m,mode=0755', 'tmpfs', pgdata]);
+    try {
+      // Act
+      const r = pgvault(a.backupDir, ['restore', 'pitr', base.id, '--pgdata', pgdata, '--immediate']);
+
+      // Assess
+      expect(r.code, r.stderr).toBe(0);
+      const entries = readdirSync(pgdata);
+      expect(entries).toContain('PG_VERSION');
+      expect(entries).toContain('global');
+      expect(entries.filter((e) => e.startsWith('.pgvault-'))).toEqual([]);
+      expect(readdirSync(a.work).filter((e) => e.includes('pgvault-building'))).toEqual([]);
+      // A directory PostgreSQL accepts: its own user's, mode 0700.
+      const st = statSync(pgdata);
+      expect(st.mode & 0o777).toBe(0o700);
+      const user = serverOsUser();
+      if (user) expect(st.uid).toBe(user.uid);
+    } finally {
+      execFileSync('umount', ['-l', pgdata]);
     }
   });
 

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CliRun, runPgvault } from '../helpers/cli';
+import { type GcsStandIn, startGcsStandIn } from '../helpers/gcs-server';
 import { API_PASSWORD, API_USER, PatroniCluster } from '../helpers/patroni';
 import { type StandInSecretsManager, startSecretsManager } from '../helpers/secrets-manager';
 
@@ -24,11 +25,13 @@ const GCS_PRIVATE_KEY = '-----BEGIN PRIVATE KEY-----\nMIIEgcsStandInKey\n-----EN
 
 let cluster: PatroniCluster;
 let secrets: StandInSecretsManager;
+let gcs: GcsStandIn;
 let work: string;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'pgvault-patroni-secret-'));
   cluster = await PatroniCluster.start({ scope: 'shop-secret', tls: true });
+  gcs = await startGcsStandIn('pgvault-copy');
   secrets = await startSecretsManager({
     [PATRONI_ARN]: JSON.stringify({
       username: API_USER,
@@ -47,6 +50,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await cluster?.stop();
   await secrets?.close();
+  await gcs?.stop();
   await rm(work, { recursive: true, force: true });
 });
 
@@ -62,6 +66,15 @@ function pgvault(args: string[], extra: NodeJS.ProcessEnv): Promise<CliRun> {
   delete env.PATRONI_CACERT;
   return runPgvault(args, env, work);
 }
+
+/** Repository 1 the vault folder, repository 2 the GCS stand-in (the secret brings its key file). */
+const repositories = () => ({
+  REPO1_TYPE: 'file',
+  REPO1_PATH: join(work, 'vault'),
+  REPO2_TYPE: 'gcs',
+  REPO2_BUCKET: gcs.bucket,
+  STORAGE_EMULATOR_HOST: gcs.endpoint,
+});
 
 const leftovers = () => readdirSync(work).filter((f) => f.startsWith('pgvault-secret-'));
 
@@ -80,7 +93,7 @@ describe('PATRONI_SECRET_ARN in the CLI', () => {
     const r = await pgvault(['--json', 'topology'], {
       PATRONI_SECRET_ARN: PATRONI_ARN,
       REPO2_SECRET_ARN: REPO_ARN,
-      REPO2_TYPE: 'gcs',
+      ...repositories(),
     });
 
     // Assess
@@ -107,7 +120,7 @@ describe('PATRONI_SECRET_ARN in the CLI', () => {
     const r = await pgvault(['--json', 'backup', 'full', 'daily'], {
       PATRONI_SECRET_ARN: PATRONI_ARN,
       REPO2_SECRET_ARN: REPO_ARN,
-      REPO2_TYPE: 'gcs',
+      ...repositories(),
     });
 
     // Assess
@@ -123,6 +136,7 @@ describe('PATRONI_SECRET_ARN in the CLI', () => {
       const bytes = readFileSync(join(f.parentPath, f.name)).toString('latin1');
       for (const value of [API_PASSWORD, 'MIIEgcsStandInKey', ca]) expect(bytes, f.name).not.toContain(value);
     }
+    expect(gcs.objects.size).toBeGreaterThan(2);
     for (const value of [API_PASSWORD, 'PRIVATE KEY', ca]) expect(r.stdout + r.stderr).not.toContain(value);
     expect(leftovers()).toEqual([]);
   });

@@ -38,7 +38,17 @@ describe.skipIf(!other)('the other-major harness', { timeout: 180_000 }, () => {
     // Assess
     await strayExit;
     expect(s.processes()).toEqual([]);
-    expect(inside.filter((pid) => existsSync(`/proc/${pid}`))).toEqual([]);
+    // Each pid seen inside is gone, or no longer this session's process: a zombie not yet reaped by
+    // init on a loaded machine, or the number reused by another program (its environment lacks the tag).
+    const running = (pid: number) => {
+      try {
+        if (/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))) return false;
+        return readFileSync(`/proc/${pid}/environ`).includes(`PGVAULT_OTHER_SESSION=${s.tag}\0`);
+      } catch {
+        return false; // gone
+      }
+    };
+    expect(inside.filter(running)).toEqual([]);
     expect(existsSync(s.dir)).toBe(false);
     expect(existsSync(cluster.baseDir)).toBe(false);
     expect(mountsUnder(other!.root)).toEqual([]);
