@@ -1,6 +1,6 @@
-import { Transform, type TransformCallback } from 'node:stream';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { type RepositoryConfig, type RepositoryKind, repositoryHolds } from '../config';
-import { errorMessage, IntegrityError, UsageError } from '../errors';
+import { errorMessage, IntegrityError, ObjectExistsError, UsageError } from '../errors';
 import { repositoryOf, targetName } from '../storage';
 import type { ObjectInfo, StorageTarget } from '../storage/target';
 import { DigestMeter } from '../stream';
@@ -61,19 +61,17 @@ async function copyChecked(
   kind: SyncedItem['kind'],
   cluster: string,
   identity: WalArchiveIdentity | undefined,
-): Promise<void> {
+): Promise<boolean> {
   const file = kind === 'wal' ? walNameFromKey(o.key) : undefined;
   if (file !== undefined) {
     const good = await checkStoredWalObject(src.target, o.key, file, src.repo.config, identity);
-    await copyObject(src.target, dst, { key: o.key, storedSize: good.size, sha256: good.sha256 });
-    return;
+    return copyObject(src.target, dst, { key: o.key, storedSize: good.size, sha256: good.sha256 });
   }
   if (kind === 'wal') {
     // archive.json and anything else under wal/ that is not a WAL file: small, JSON.
-    await copyJson(src.target, dst, o.key, () => undefined);
-    return;
+    return copyJson(src.target, dst, o.key, () => undefined);
   }
-  await copyJson(src.target, dst, o.key, (value) => {
+  return copyJson(src.target, dst, o.key, (value) => {
     if (kind !== 'report') return undefined;
     const record = value as Partial<DrillRecord>;
     if (record?.format !== 'pgvault-drill/1' || typeof record.startedAt !== 'string' || !record.kind)
@@ -91,7 +89,7 @@ async function copyJson(
   dst: StorageTarget,
   key: string,
   problemOf: (value: unknown) => string | undefined,
-): Promise<void> {
+): Promise<boolean> {
   const bytes = await src.getBytes(key);
   let problem: string | undefined;
   try {
@@ -104,7 +102,22 @@ async function copyJson(
       `object ${key} in ${src.location} is corrupt (${problem}); not copied to ${dst.location}`,
     );
   }
-  await dst.putBytes(key, bytes);
+  return putIfAbsent(dst, key, bytes);
+}
+
+/**
+ * Create-only, as every writer of these objects is (WAL push, key records): a sync racing another
+ * writer of the destination (archive_command, a key rotation, a second sync) never overwrites what
+ * that writer stored; false when the destination got the object meanwhile.
+ */
+async function putIfAbsent(dst: StorageTarget, key: string, bytes: Buffer): Promise<boolean> {
+  try {
+    await dst.put(key, Readable.from([bytes]), { sizeHint: bytes.length, ifAbsent: true });
+    return true;
+  } catch (err) {
+    if (err instanceof ObjectExistsError) return false;
+    throw err;
+  }
 }
 
 export interface SyncResult {
@@ -176,7 +189,7 @@ export async function syncRepositories(
           if (!result.dryRun) {
             for (const object of m.objects) await copyObject(src.target, dst.target, object);
             // The manifest last: the backup appears in the destination whole or not at all.
-            await dst.target.putBytes(entry.manifestKey, await src.target.getBytes(entry.manifestKey));
+            await putIfAbsent(dst.target, entry.manifestKey, await src.target.getBytes(entry.manifestKey));
             vault.reporter.info(`${m.id}: copied ${targetName(src.target)} → ${targetName(dst.target)}`);
           }
           done.add(entry.manifestKey);
@@ -199,9 +212,10 @@ export async function syncRepositories(
             if (kind === 'keys' && o.key !== prefix) continue;
             // Each object on its own: a corrupt one is named and skipped, the others still copied.
             try {
-              if (!result.dryRun) await copyChecked(src, dst.target, o, kind, cluster, identity);
+              const stored =
+                result.dryRun || (await copyChecked(src, dst.target, o, kind, cluster, identity));
               done.add(o.key);
-              result.copied.push({ ...tell, kind, name: o.key, objects: 1, bytes: o.size });
+              if (stored) result.copied.push({ ...tell, kind, name: o.key, objects: 1, bytes: o.size });
             } catch (err) {
               result.failed.push({ ...tell, ...failure(err), name: o.key });
             }
@@ -223,7 +237,7 @@ async function copyObject(
   src: StorageTarget,
   dst: StorageTarget,
   object: Pick<StoredObject, 'key' | 'storedSize'> & { sha256?: string },
-): Promise<void> {
+): Promise<boolean> {
   const meter = new DigestMeter({ hash: object.sha256 !== undefined });
   const check = new (class extends Transform {
     override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback) {
@@ -248,5 +262,15 @@ async function copyObject(
   const source = await src.get(object.key);
   source.on('error', (err) => meter.destroy(err));
   meter.on('error', (err) => check.destroy(err));
-  await dst.put(object.key, source.pipe(meter).pipe(check), { sizeHint: object.storedSize });
+  try {
+    await dst.put(object.key, source.pipe(meter).pipe(check), {
+      sizeHint: object.storedSize,
+      ifAbsent: true,
+    });
+    return true;
+  } catch (err) {
+    source.destroy();
+    if (err instanceof ObjectExistsError) return false;
+    throw err;
+  }
 }
