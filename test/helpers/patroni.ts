@@ -6,7 +6,8 @@ import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
-import { chownToServerUser, freePort, freeServerPort, serverOsUser } from '../../core/pg/cluster';
+import { chownToServerUser, serverOsUser } from '../../core/pg/cluster';
+import { testPort } from './ports';
 
 /*
  * A real Patroni cluster for tests: one etcd (Debian's etcd-server, 3.4) and two or three PostgreSQL
@@ -221,8 +222,8 @@ export class PatroniCluster {
     const cluster = new PatroniCluster(
       dir,
       options.scope ?? 'pgvault-test',
-      await freePort(),
-      await freePort(),
+      await testPort(),
+      await testPort(),
     );
     cluster.options = options;
     try {
@@ -232,8 +233,8 @@ export class PatroniCluster {
       const count = options.nodes ?? 2;
       for (let i = 1; i <= count; i++) {
         const name = `node${i}`;
-        const pgPort = await freeServerPort();
-        const apiPort = await freePort();
+        const pgPort = await testPort();
+        const apiPort = await testPort();
         const node: PatroniNode = {
           name,
           pgPort,
@@ -344,10 +345,10 @@ ${member.postgresqlYaml ? `${member.postgresqlYaml.trimEnd()}\n` : ''}`;
    */
   async addNode(member: PatroniMemberOptions = {}): Promise<PatroniNode> {
     const name = `node${this.nodes.length + 1}`;
-    const apiPort = await freePort();
+    const apiPort = await testPort();
     const node: PatroniNode = {
       name,
-      pgPort: await freeServerPort(),
+      pgPort: await testPort(),
       apiPort,
       apiUrl: `${this.caFile ? 'https' : 'http'}://127.0.0.1:${apiPort}`,
       dataDir: join(this.dir, name),

@@ -2,9 +2,10 @@ import { chmod, chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, serverOsUser } from '../../core/pg/cluster';
+import { serverOsUser } from '../../core/pg/cluster';
 import { type CliRun, runPgvault } from '../helpers/cli';
 import { PatroniCluster } from '../helpers/patroni';
+import { testPort } from '../helpers/ports';
 
 /*
  * Config, base and index backups of a real Patroni cluster (Debian's patroni and etcd, two
@@ -142,7 +143,7 @@ describe('config, base and index backups of a real Patroni cluster', () => {
 
   it('backup config with the first PATRONI_URL down (a password in it): GET /config comes from the next, no password stored or printed', async () => {
     // Prepare
-    const dead = `http://watcher:hunter2-secret@127.0.0.1:${await freePort()}`;
+    const dead = `http://watcher:hunter2-secret@127.0.0.1:${await testPort()}`;
     const expected = JSON.parse(
       (await cluster.api(`${cluster.node('node2').apiUrl}/config`)).body,
     ) as unknown;

@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../../core/pg/cluster';
 import { type CliRun, runPgvault } from '../helpers/cli';
 import { PatroniCluster, SUPERUSER, SUPERUSER_PASSWORD } from '../helpers/patroni';
+import { testPort } from '../helpers/ports';
 
 /*
  * The topology module against a real Patroni cluster (Debian's patroni and etcd, two PostgreSQL
@@ -122,7 +122,7 @@ describe('pgvault topology with a real Patroni cluster', () => {
 
   it('asks the next PATRONI_URL when the first one is down, and never prints its password', async () => {
     // Prepare
-    const dead = `http://watcher:hunter2-secret@127.0.0.1:${await freePort()}`;
+    const dead = `http://watcher:hunter2-secret@127.0.0.1:${await testPort()}`;
 
     // Act
     const r = await pgvault(['--json', 'topology'], {
@@ -139,7 +139,7 @@ describe('pgvault topology with a real Patroni cluster', () => {
 
   it('every PATRONI_URL down: exit 1, one line naming each URL and why, no password', async () => {
     // Prepare
-    const ports = [await freePort(), await freePort()];
+    const ports = [await testPort(), await testPort()];
 
     // Act
     const r = await pgvault(['backup', 'full'], {
@@ -213,7 +213,7 @@ describe('pgvault topology with a real Patroni cluster', () => {
   it('commands that do not connect ask Patroni nothing: restore list works with every PATRONI_URL down', async () => {
     // Act
     const r = await pgvault(['--json', 'restore', 'list'], {
-      PATRONI_URL: `http://127.0.0.1:${await freePort()}`,
+      PATRONI_URL: `http://127.0.0.1:${await testPort()}`,
     });
 
     // Assess
@@ -223,7 +223,7 @@ describe('pgvault topology with a real Patroni cluster', () => {
 
   it('single-node: topology is the configured server, without connecting to it', async () => {
     // Prepare: nothing listens on this port.
-    const port = await freePort();
+    const port = await testPort();
 
     // Act
     const r = await pgvault(['--json', 'topology'], {
