@@ -12,7 +12,7 @@ import { ConfigError, errorMessage, IntegrityError, PostgresError, UsageError } 
 import { type ServerInfo, serverInfo } from '../pg/server';
 import { parseBackupLabel, parseWalRanges, TarScanner } from '../pg/tar';
 import { findPgBinary, pgEnv, refuseOlderClient, toolMajorVersion, withClient } from '../pg/tools';
-import { startTool } from '../stream/process';
+import { startTool, ToolExitError } from '../stream/process';
 import type { Vault } from '../vault';
 import { formatLsn, parseLsn, segmentOfLsn } from '../wal/naming';
 import { type ObjectSource, probeTargets, runBackup, toolVersions } from './run';
@@ -27,6 +27,8 @@ export interface BaseBackupOptions {
   readonly incremental?: boolean;
   /** Told why this backup is a full one when an incremental was asked for or configured. */
   readonly note?: (line: string) => void;
+  /** A full one whatever BASE_INCREMENTAL says: the retry after the server could not take the incremental. */
+  readonly fullOnly?: boolean;
 }
 
 /** What the server must allow before pg_basebackup is worth starting. */
@@ -125,7 +127,12 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
   ]);
   assertBaseBackupPossible(server, pre);
   refuseOlderClient('pg_basebackup', { path: pgBasebackup, major: toolMajor }, server, config.pgBinDir);
-  const wanted = options.incremental === true ? 'explicit' : config.baseIncremental ? 'setting' : 'no';
+  const wanted =
+    options.incremental === true
+      ? 'explicit'
+      : config.baseIncremental && options.fullOnly !== true
+        ? 'setting'
+        : 'no';
   const bases =
     wanted === 'no'
       ? []
@@ -138,7 +145,13 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
     bases: bases.map((e) => e.manifest),
   });
   if (decision.note !== undefined) options.note?.(decision.note);
-  const parent = bases.find((e) => e.manifest.id === decision.parentId);
+  let parent = bases.find((e) => e.manifest.id === decision.parentId);
+  const gap = parent === undefined ? undefined : await summariesMissing(config, parent.manifest);
+  if (parent !== undefined && gap !== undefined) {
+    if (wanted === 'explicit') throw incrementalImpossible(parent.manifest.id, gap);
+    options.note?.(`full base backup: BASE_INCREMENTAL is set, but ${gap}`);
+    parent = undefined;
+  }
   const parentManifest = parent === undefined ? undefined : await fetchServerManifest(vault, parent);
 
   let scanner: TarScanner | undefined;
@@ -202,9 +215,68 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
       physical: () => physicalFromStream(scanner, pre.segmentBytes, seen),
       incrementalOf: parent?.manifest.id,
     });
+  } catch (err) {
+    // The server decides last: summaries missing in a way the check above cannot see (another
+    // timeline's, say). A scheduled incremental takes a full instead; one asked for is refused.
+    if (parent === undefined || !serverLacksSummaries(err)) throw err;
+    const gap = `the server lacks the WAL summaries since ${parent.manifest.id} started (${errorMessage(err)})`;
+    if (wanted === 'explicit') throw incrementalImpossible(parent.manifest.id, gap);
+    options.note?.(`full base backup: BASE_INCREMENTAL is set, but ${gap}`);
+    return backupBase(vault, { ...options, fullOnly: true });
   } finally {
     await parentManifest?.remove();
   }
+}
+
+/**
+ * Why the server cannot take an incremental of `parent`, when that shows before trying: an
+ * incremental needs WAL summaries from the parent's start on. Missing when the oldest summary on the
+ * parent's timeline begins after that start (summarize_wal was turned on later, or
+ * wal_summary_keep_time removed them), or when there is none on that timeline yet and the parent's
+ * first segment is gone from pg_wal (nothing can summarize it any more). Undefined when they may
+ * cover it, or the server does not let this user look: the server decides then.
+ */
+export async function summariesMissing(
+  config: Config,
+  parent: Pick<ManifestBody, 'id' | 'physical'>,
+): Promise<string | undefined> {
+  const physical = parent.physical;
+  if (physical === undefined) return undefined;
+  const seen = await withClient(config.pg, config.pg.database ?? 'postgres', async (c) => {
+    try {
+      const r = await c.query<{ first: string | null; kept: boolean }>(
+        `SELECT (SELECT min(start_lsn)::text FROM pg_available_wal_summaries() WHERE tli = $1) AS first,
+                EXISTS (SELECT 1 FROM pg_ls_waldir() WHERE name = $2) AS kept`,
+        [physical.timeline, physical.startWal],
+      );
+      return r.rows[0];
+    } catch {
+      // Not allowed to this user (pg_monitor): pg_basebackup finds out.
+      return undefined;
+    }
+  });
+  if (seen === undefined) return undefined;
+  const why = 'summarize_wal was off then, or wal_summary_keep_time has removed them';
+  if (seen.first === null) {
+    if (seen.kept) return undefined;
+    return `the server has no WAL summaries on timeline ${physical.timeline} and no longer holds ${physical.startWal}, where ${parent.id} started: ${why}`;
+  }
+  if (parseLsn(seen.first) <= parseLsn(physical.startLsn)) return undefined;
+  return `the server's WAL summaries on timeline ${physical.timeline} begin at ${seen.first}, after ${parent.id} started (${physical.startLsn}): ${why}`;
+}
+
+function incrementalImpossible(parentId: string, why: string): UsageError {
+  return new UsageError(
+    `--incremental cannot be taken of ${parentId}: ${why}; take a full base backup: pgvault backup base`,
+  );
+}
+
+/** pg_basebackup refused by the server for want of WAL summaries (in the error or its causes). */
+function serverLacksSummaries(err: unknown): boolean {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (e instanceof ToolExitError && /WAL summaries are required/.test(e.stderr)) return true;
+  }
+  return false;
 }
 
 /** PostgreSQL's first major with incremental base backups (pg_basebackup --incremental). */

@@ -99,9 +99,13 @@ function recoveryConflict(stderr: string): string | undefined {
  */
 function failureLine(stderr: string): string {
   const last = lastMeaningfulLine(stderr);
-  if (!/^\S+: detail: (Query|Command) was: /.test(last)) return last;
   const errors = stderr.split(/\r?\n/).filter((line) => /^\S+: error: /.test(line.trim()));
-  return errors.at(-1)?.trim() ?? last;
+  if (/^\S+: detail: (Query|Command) was: /.test(last)) return errors.at(-1)?.trim() ?? last;
+  // A server error relayed by the tool ends with its DETAIL or HINT line (pg_basebackup: "error:
+  // could not initiate base backup: ERROR: ..." then "DETAIL: ..."): the error, then that line.
+  const error = errors.at(-1)?.trim();
+  if (/^(DETAIL|HINT):\s/.test(last) && error !== undefined) return `${error} (${last.replace(/\s+/g, ' ')})`;
+  return last;
 }
 
 /** The last non-blank stderr line: tools print their reason for failing last. */
