@@ -1266,6 +1266,10 @@ function part<T>(parts: ParsedParts, name: string, raw: Raw, compute: (raw: Raw)
       if (typeof key === 'string') reads.set(key, target[key]);
       return Reflect.has(target, key);
     },
+    getOwnPropertyDescriptor(target, key) {
+      if (typeof key === 'string') reads.set(key, target[key]);
+      return Reflect.getOwnPropertyDescriptor(target, key);
+    },
     ownKeys(target) {
       listed = true;
       return Reflect.ownKeys(target);
