@@ -1227,6 +1227,59 @@ function lagLimit(raw: Raw): LagLimit {
   return { bytes: n * 1024 ** power };
 }
 
+/**
+ * What one parseConfig has parsed, by part: each part's value with the keys it read and their values.
+ * A repository's view (repositoryConfigs) is the shared keys with a few of its own, so a part whose
+ * keys the view leaves as they were is taken from here rather than parsed (and its files read) again:
+ * the shared settings are parsed once, whatever the number of repositories.
+ */
+type ParsedParts = Map<
+  string,
+  Array<{ readonly reads: ReadonlyMap<string, string | undefined>; value: unknown }>
+>;
+
+/**
+ * `compute(raw)`, or what it gave before for a raw that has the same values for every key it read
+ * then. `compute` must depend on raw alone (and the parse's cwd); a part that lists raw's keys is
+ * not kept (it may depend on any of them), nor one that throws.
+ */
+function part<T>(parts: ParsedParts, name: string, raw: Raw, compute: (raw: Raw) => T): T {
+  const earlier = parts.get(name) ?? [];
+  for (const e of earlier) {
+    let same = true;
+    for (const [key, value] of e.reads) {
+      if (raw[key] !== value) {
+        same = false;
+        break;
+      }
+    }
+    if (same) return e.value as T;
+  }
+  const reads = new Map<string, string | undefined>();
+  let listed = false;
+  const tracked = new Proxy(raw, {
+    get(target, key) {
+      if (typeof key === 'string') reads.set(key, target[key]);
+      return Reflect.get(target, key);
+    },
+    has(target, key) {
+      if (typeof key === 'string') reads.set(key, target[key]);
+      return Reflect.has(target, key);
+    },
+    getOwnPropertyDescriptor(target, key) {
+      if (typeof key === 'string') reads.set(key, target[key]);
+      return Reflect.getOwnPropertyDescriptor(target, key);
+    },
+    ownKeys(target) {
+      listed = true;
+      return Reflect.ownKeys(target);
+    },
+  });
+  const value = compute(tracked);
+  if (!listed) parts.set(name, [...earlier, { reads, value }]);
+  return value;
+}
+
 /** Validates merged raw values into a Config. Throws ConfigError naming the key, the value and what is allowed. */
 export function parseConfig(
   raw: Raw,
@@ -1234,18 +1287,33 @@ export function parseConfig(
   cwd = process.cwd(),
   options: Pick<LoadConfigOptions, 'lazyAlerts'> = {},
 ): Config {
-  const repositories = repositoryConfigs(raw, sources, cwd);
+  return parseWithParts(raw, sources, cwd, options, new Map());
+}
+
+/** parseConfig, taking every part that `parts` holds for the same values (a repository's view: see ParsedParts). */
+function parseWithParts(
+  raw: Raw,
+  sources: string[],
+  cwd: string,
+  options: Pick<LoadConfigOptions, 'lazyAlerts'>,
+  parts: ParsedParts,
+): Config {
+  const p = <T>(name: string, compute: (raw: Raw) => T): T => part(parts, name, raw, compute);
+  const repositories = repositoryConfigs(raw, sources, cwd, parts);
   const backupDir =
     absoluteOnly(raw, 'BACKUP_DIR') ??
     repositories?.find((r) => r.type === 'file')?.config.backupDir ??
     '/var/backups/postgresql';
-  const encryptionEnabled = boolean(raw, 'ENCRYPTION', false);
-  const key = passphrase(raw);
-  if (encryptionEnabled && key === undefined) {
-    throw new ConfigError(
-      'ENCRYPTION=true needs ENCRYPTION_KEY or ENCRYPTION_KEY_FILE; create one with `openssl rand -base64 32 > /secure/path/encryption-key` and set ENCRYPTION_KEY_FILE to it',
-    );
-  }
+  const { encryptionEnabled, key } = p('encryption', (r) => {
+    const enabled = boolean(r, 'ENCRYPTION', false);
+    const k = passphrase(r);
+    if (enabled && k === undefined) {
+      throw new ConfigError(
+        'ENCRYPTION=true needs ENCRYPTION_KEY or ENCRYPTION_KEY_FILE; create one with `openssl rand -base64 32 > /secure/path/encryption-key` and set ENCRYPTION_KEY_FILE to it',
+      );
+    }
+    return { encryptionEnabled: enabled, key: k };
+  });
   const provider = oneOf(raw, 'CLOUD_PROVIDER', CLOUD_PROVIDERS, 'none');
   const bucket = text(raw, 'CLOUD_BUCKET');
   if (provider !== 'none' && bucket === undefined) {
@@ -1263,7 +1331,12 @@ export function parseConfig(
   const port = optionalInteger(raw, 'PGPORT', 1, 65535);
   const parallelJobs = integer(raw, 'PARALLEL_JOBS', Math.max(1, availableParallelism()), 1, 256);
   const deploymentMode = oneOf(raw, 'DEPLOYMENT_MODE', DEPLOYMENT_MODES, 'single-node');
-  const patroni = deploymentMode === 'patroni' ? patroniConfig(raw, cwd) : undefined;
+  const patroni = p('patroni', (r) =>
+    oneOf(r, 'DEPLOYMENT_MODE', DEPLOYMENT_MODES, 'single-node') === 'patroni'
+      ? patroniConfig(r, cwd)
+      : undefined,
+  );
+  const libpq = p('libpq', libpqSettings);
   const config: Config = {
     backupDir,
     walArchiveDir: walArchiveDir(raw, backupDir, clusterName(raw)),
@@ -1283,7 +1356,7 @@ export function parseConfig(
       passphrase: key,
       keyFile: keyFilePath(raw),
       iterations: integer(raw, 'ENCRYPTION_ITERATIONS', DEFAULT_ENCRYPTION_ITERATIONS, 1000, 10_000_000),
-      ...retiredKeys(raw),
+      ...p('retiredKeys', retiredKeys),
     },
     cloud: {
       provider,
@@ -1292,14 +1365,14 @@ export function parseConfig(
       s3Endpoint,
       region: text(raw, 'AWS_DEFAULT_REGION') ?? text(raw, 'AWS_REGION') ?? 'us-east-1',
       lifecycleTags: boolean(raw, 'S3_LIFECYCLE_TAGS', false),
-      credentials: awsCredentials(raw),
+      credentials: p('awsCredentials', awsCredentials),
       profile: text(raw, 'AWS_PROFILE'),
       requestTimeoutSeconds: integer(raw, 'S3_REQUEST_TIMEOUT', 60, 1, 3600),
       maxAttempts: integer(raw, 'S3_MAX_ATTEMPTS', 3, 1, 20),
-      ...objectLockSetting(raw),
-      ...(provider === 'azure' ? { azure: azureSettings(raw) } : {}),
-      ...(provider === 'gcs' ? { gcs: gcsSettings(raw) } : {}),
-      ...placementSettings(raw),
+      ...p('objectLock', objectLockSetting),
+      ...(provider === 'azure' ? { azure: p('azure', azureSettings) } : {}),
+      ...(provider === 'gcs' ? { gcs: p('gcs', gcsSettings) } : {}),
+      ...p('placement', placementSettings),
     },
     localCopy: boolean(raw, 'LOCAL_COPY', true),
     deploymentMode,
@@ -1310,7 +1383,7 @@ export function parseConfig(
       user: text(raw, 'PGUSER'),
       database: text(raw, 'PGDATABASE'),
       password: raw.PGPASSWORD === '' ? undefined : raw.PGPASSWORD,
-      libpq: libpqSettings(raw),
+      libpq,
       ...(patroni ? { patroni } : {}),
     },
     patroni,
@@ -1319,7 +1392,7 @@ export function parseConfig(
     ...patroniName(raw),
     pgBinDir: absoluteOnly(raw, 'PG_BIN_DIR'),
     restoreTestTarget: oneOf(raw, 'RESTORE_TEST_TARGET', ['sandbox', 'server'] as const, 'sandbox'),
-    indexBuild: indexBuildSettings(raw),
+    indexBuild: p('indexBuild', indexBuildSettings),
     baseIncremental: boolean(raw, 'BASE_INCREMENTAL', false),
     incrementalChainMax: integer(raw, 'INCREMENTAL_CHAIN_MAX', 6, 1, 1000),
     archiveAsync: boolean(raw, 'ARCHIVE_ASYNC', false),
@@ -1328,11 +1401,11 @@ export function parseConfig(
     walPrefetch: integer(raw, 'WAL_PREFETCH', parallelJobs * 2, 0, 1024),
     walReceiveDir:
       absoluteOnly(raw, 'WAL_RECEIVE_DIR') ?? `${backupDir}/.pgvault-receive/${clusterName(raw)}`,
-    alerts: options.lazyAlerts ? (undefined as unknown as AlertConfig) : alertConfig(raw),
+    alerts: options.lazyAlerts ? (undefined as unknown as AlertConfig) : p('alerts', alertConfig),
     eventBusName: eventBusName(raw),
     metrics: metricsMode(raw),
     sources,
-    warnings: [...configWarnings(key, deploymentMode, raw), ...libpqWarnings(libpqSettings(raw))],
+    warnings: [...configWarnings(key, deploymentMode, raw), ...libpqWarnings(libpq)],
     ...(repositories ? { repositories } : {}),
   };
   if (options.lazyAlerts) {
@@ -1341,7 +1414,7 @@ export function parseConfig(
     Object.defineProperty(config, 'alerts', {
       enumerable: true,
       get: () => {
-        alerts ??= alertConfig(raw);
+        alerts ??= p('alerts', alertConfig);
         return alerts;
       },
     });
@@ -1417,7 +1490,12 @@ export function repositoryHolds(holds: readonly string[], kind: RepositoryKind, 
  * REPO<n>_* keys into repositories, or undefined when none is set (the single-target keys then say
  * what there is). One ConfigError per mistake, naming the key and what to do.
  */
-function repositoryConfigs(raw: Raw, sources: string[], cwd: string): RepositoryConfig[] | undefined {
+function repositoryConfigs(
+  raw: Raw,
+  sources: string[],
+  cwd: string,
+  parts: ParsedParts,
+): RepositoryConfig[] | undefined {
   const byN = new Map<number, Record<string, string>>();
   for (const [key, value] of Object.entries(raw)) {
     const m = /^REPO(\d+)_([A-Z0-9_]+)$/.exec(key);
@@ -1516,7 +1594,8 @@ function repositoryConfigs(raw: Raw, sources: string[], cwd: string): Repository
     view.LOCAL_COPY = 'false';
     let config: Config;
     try {
-      config = parseConfig(view, sources, cwd, { lazyAlerts: true });
+      // The parts the views share (all but what REPO<n>_* sets) are parsed once, for the first.
+      config = parseWithParts(view, sources, cwd, { lazyAlerts: true }, parts);
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
       // The single-target reader names the single-target key: say which repository's it is.

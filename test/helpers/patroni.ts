@@ -1,12 +1,25 @@
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { chownSync, closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { Client } from 'pg';
+import { expect } from 'vitest';
 import { chownToServerUser, serverOsUser } from '../../core/pg/cluster';
+import { type CliRun, runPgvault } from './cli';
 import { testPort } from './ports';
 
 /*
@@ -93,6 +106,19 @@ export function patroniAvailable(): boolean {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `check` every 100 ms until it is true (a throw counts as false); fails naming `what` after `timeoutMs`. */
+export async function waitFor(
+  what: string,
+  check: () => Promise<boolean>,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check().catch(() => false))) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
 }
 
 /** One HTTP request to a Patroni REST API; resolves with the status and the body (never throws on status). */
@@ -688,6 +714,29 @@ ${member.postgresqlYaml ? `${member.postgresqlYaml.trimEnd()}\n` : ''}`;
     }
   }
 
+  /**
+   * pgvault (the worktree's built CLI) against this cluster, run in `vault.work`: its config file as
+   * `--config` (if it has one), and env() with the vault's environment and then `extra` on top.
+   */
+  pgvault(vault: VaultConfig, args: string[], extra: NodeJS.ProcessEnv = {}): Promise<CliRun> {
+    const argv = vault.configFile === undefined ? args : ['--config', vault.configFile, ...args];
+    return runPgvault(argv, this.env({ ...vault.env, ...extra }), vault.work);
+  }
+
+  /** Switches WAL on the leader and waits until the segment it completed is archived; its name. */
+  async switchAndWaitArchived(timeoutMs = 60_000): Promise<string> {
+    const [row] = await this.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal() - 1) AS name');
+    const name = row!.name;
+    for (const deadline = Date.now() + timeoutMs; ; ) {
+      const [a] = await this.query<{ last: string | null }>(
+        'SELECT last_archived_wal AS last FROM pg_stat_archiver',
+      );
+      if ((a?.last ?? '') >= name) return name;
+      if (Date.now() > deadline) throw new Error(`segment ${name} was not archived in time`);
+      await sleep(200);
+    }
+  }
+
   private logTail(file: string): string {
     try {
       return readFileSync(join(this.dir, file), 'utf8').trim().split('\n').slice(-5).join(' / ');
@@ -720,4 +769,115 @@ ${member.postgresqlYaml ? `${member.postgresqlYaml.trimEnd()}\n` : ''}`;
 /** For a test's diagnostics: the server binaries' version line. */
 export function serverVersion(): string {
   return execFileSync(join(findServerBinDir(), 'postgres'), ['--version'], { encoding: 'utf8' }).trim();
+}
+
+/*
+ * The vault a Patroni test backs up to, and how pgvault is told of it: in the environment
+ * (vaultEnv) or in a config file that archive_command and the README's patroni.yml snippets name
+ * too (vaultConfigFile). PatroniCluster.pgvault() runs the CLI with it.
+ */
+
+/** The built CLI's launcher (what archive_command and the README snippets run). */
+export const PGVAULT_BIN = resolve(__dirname, '../../bin/pgvault');
+
+export interface VaultConfig {
+  /** The test's work folder: pgvault runs there. */
+  readonly work: string;
+  /** The vault folder (BACKUP_DIR): `<work>/vault`. */
+  readonly vaultDir: string;
+  /** The config file pgvault is given with --config, if the vault is given that way. */
+  readonly configFile?: string;
+  /** What every run gets on top of the cluster's environment. */
+  readonly env: NodeJS.ProcessEnv;
+}
+
+/**
+ * A vault folder `<work>/vault` given in the environment: BACKUP_DIR, CLUSTER_NAME, PGDATABASE=postgres,
+ * PARALLEL_JOBS=2, then `env` (BACKUP_FROM and such).
+ */
+export function vaultEnv(work: string, clusterName: string, env: NodeJS.ProcessEnv = {}): VaultConfig {
+  const vaultDir = join(work, 'vault');
+  return {
+    work,
+    vaultDir,
+    env: {
+      BACKUP_DIR: vaultDir,
+      CLUSTER_NAME: clusterName,
+      PGDATABASE: 'postgres',
+      PARALLEL_JOBS: '2',
+      ...env,
+    },
+  };
+}
+
+/**
+ * A vault folder `<work>/vault` (0700) and a config file `<work>/pgvault.env` (0600) with
+ * `BACKUP_DIR=<vault>` and then `settings` (values as they stand in the file, quotes included),
+ * both the server OS user's and `work` open to it, so that archive_command and Patroni's replica
+ * and bootstrap methods (run as postgres) can use them. `env`: what every run gets besides.
+ */
+export function vaultConfigFile(
+  work: string,
+  settings: Readonly<Record<string, string>>,
+  env: NodeJS.ProcessEnv = {},
+): VaultConfig {
+  chmodSync(work, 0o755);
+  const vaultDir = join(work, 'vault');
+  mkdirSync(vaultDir, { mode: 0o700 });
+  const configFile = join(work, 'pgvault.env');
+  const lines = Object.entries({ BACKUP_DIR: vaultDir, ...settings }).map(([k, v]) => `${k}=${v}\n`);
+  writeFileSync(configFile, lines.join(''), { mode: 0o600 });
+  giveToServer(vaultDir);
+  giveToServer(configFile);
+  return { work, vaultDir, configFile, env };
+}
+
+/** archive_command for every member: the built CLI's `backup wal %p` with the vault's config file. */
+export function archiveCommand(vault: VaultConfig): string {
+  return `${PGVAULT_BIN} --config ${vault.configFile} backup wal %p`;
+}
+
+/** Hands a path and everything below it to the server's OS user (when root). */
+export function giveToServer(path: string): void {
+  const user = serverOsUser();
+  if (user) spawnSync('chown', ['-R', `${user.uid}:${user.gid}`, path]);
+}
+
+/** Every file under a cluster's folder in the vault, relative to the vault folder, sorted. */
+export function vaultFiles(vault: VaultConfig, clusterName: string): string[] {
+  const out: string[] = [];
+  const walk = (dir: string) => {
+    if (!existsSync(dir)) return;
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(dir, e.name));
+      else out.push(relative(vault.vaultDir, join(dir, e.name)));
+    }
+  };
+  walk(join(vault.vaultDir, clusterName));
+  return out.sort();
+}
+
+/** The command README.md's patroni.yml snippets run. */
+export const README_COMMAND = 'pgvault --config /etc/pgvault.env';
+
+/**
+ * The YAML of a README.md snippet between `<!-- NAME:start -->` and `<!-- NAME:end -->`, without its
+ * first line (which must be `firstLine`); it must run README_COMMAND.
+ */
+export function readmeSnippet(name: string, firstLine: string): string {
+  const text = readFileSync(resolve(__dirname, '../../README.md'), 'utf8');
+  const m = new RegExp(
+    `<!-- ${name}:start -->\\n\`\`\`yaml\\n([\\s\\S]*?)\`\`\`\\n<!-- ${name}:end -->`,
+  ).exec(text);
+  if (!m) throw new Error(`README.md has no ${name} snippet`);
+  const lines = m[1]!.split('\n');
+  expect(lines[0]).toBe(firstLine);
+  const rest = lines.slice(1).join('\n');
+  expect(rest).toContain(README_COMMAND);
+  return rest;
+}
+
+/** A README snippet with this machine's pgvault and the vault's config file for /etc/pgvault.env. */
+export function onThisMachine(yaml: string, configFile: string): string {
+  return yaml.replaceAll(README_COMMAND, `${PGVAULT_BIN} --config ${configFile}`);
 }

@@ -1,10 +1,20 @@
-import { Stack } from 'aws-cdk-lib';
 import { Annotations, Match, type Template } from 'aws-cdk-lib/assertions';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type DeployConfigInput, parseDeployConfig } from '../../infra/config';
 import { PATRONI_CA_WARNING, PATRONI_SLOT_WARNING } from '../../infra/constructs/tasks';
 import type { FleetStack } from '../../infra/stack';
-import { type CfnJson, resourcesOf, type SynthResult, synthTemplate, testConfig } from './synth';
+import {
+  type CfnJson,
+  containerEnvironment,
+  expectDecryptsThroughSecretsManager,
+  readsSecret,
+  resourcesOf,
+  type SynthResult,
+  statementsOf,
+  synthTemplate,
+  taskDefinitions,
+  testConfig,
+} from './synth';
 
 /**
  * Issue 13, "AWS deployment": the Fargate tasks of a Patroni cluster get what the core's topology
@@ -18,42 +28,15 @@ const PATRONI_SECRET = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgv
 const PATRONI_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab';
 const URLS = 'https://10.0.1.10:8008, https://10.0.2.10:8008,https://10.0.3.10:8443';
 
-type Statement = { Action: string | string[]; Resource: unknown; Effect: string; Condition?: unknown };
-const list = <T>(v: T | T[]) => (Array.isArray(v) ? v : [v]);
-type WithChild = { node: { defaultChild?: unknown } };
-const logicalId = (c: unknown) => {
-  const child = (c as WithChild).node.defaultChild as Parameters<Stack['getLogicalId']>[0];
-  return Stack.of(child).getLogicalId(child);
-};
-
-function statementsOf(template: Template, roleId: string): Statement[] {
-  return resourcesOf(template, 'AWS::IAM::Policy')
-    .filter(([, p]) => JSON.stringify(p.Properties.Roles).includes(`"${roleId}"`))
-    .flatMap(([, p]) => p.Properties.PolicyDocument.Statement as Statement[]);
-}
-
-function environmentOf(template: Template, defId: string): Record<string, unknown> {
-  const def = template.toJSON().Resources[defId] as { Properties: CfnJson };
-  const out: Record<string, unknown> = {};
-  for (const e of def.Properties.ContainerDefinitions[0].Environment ?? []) out[e.Name] = e.Value;
-  return out;
-}
-
 /** The cluster's task definitions and their task and execution roles (logical ids). */
 function definitions(fleet: FleetStack, cluster: string) {
-  const set = fleet.tasks.byCluster.get(cluster)!;
-  const defs = [set.backup, set.restore, ...(set.walReceiver ? [set.walReceiver.taskDefinition] : [])];
+  const sets = taskDefinitions(fleet, cluster);
   return {
-    defs: defs.map(logicalId),
-    taskRoles: defs.map((d) => logicalId(d.taskRole)),
-    executionRoles: defs.map((d) => logicalId(d.obtainExecutionRole())),
+    defs: sets.map((s) => s.def),
+    taskRoles: sets.map((s) => s.taskRole),
+    executionRoles: sets.map((s) => s.executionRole),
   };
 }
-
-const readsSecret = (statements: Statement[], arn: string) =>
-  statements.some(
-    (s) => list(s.Action).includes('secretsmanager:GetSecretValue') && list(s.Resource).includes(arn),
-  );
 
 /** The example's clusters: `main` (single-node) in fleet stack 1, `orders` (Patroni) in 2, with `orders` changed. */
 function config(orders: Partial<DeployConfigInput['clusters'][number]> = {}) {
@@ -88,7 +71,7 @@ describe('a Patroni cluster on AWS', () => {
     const { defs } = definitions(orders.stack, 'orders');
 
     // Act
-    const envs = defs.map((id) => environmentOf(orders.template, id));
+    const envs = defs.map((id) => containerEnvironment(orders.template, id));
 
     // Assess
     expect(defs).toHaveLength(3);
@@ -121,12 +104,7 @@ describe('a Patroni cluster on AWS', () => {
         Action: 'secretsmanager:GetSecretValue',
         Resource: PATRONI_SECRET,
       });
-      expect(statements).toContainEqual({
-        Effect: 'Allow',
-        Action: 'kms:Decrypt',
-        Resource: PATRONI_KEY,
-        Condition: { StringEquals: { 'kms:ViaService': 'secretsmanager.eu-west-1.amazonaws.com' } },
-      });
+      expectDecryptsThroughSecretsManager(statements, PATRONI_KEY);
     }
     for (const id of ids.executionRoles)
       expect(JSON.stringify(statementsOf(orders.template, id))).not.toContain(PATRONI_SECRET);
@@ -189,7 +167,10 @@ describe('a Patroni cluster on AWS', () => {
 
     // Assess
     expect(after).toEqual(before);
-    const env = environmentOf(mainOf(synth).template, definitions(mainOf(synth).stack, 'main').defs[0]!);
+    const env = containerEnvironment(
+      mainOf(synth).template,
+      definitions(mainOf(synth).stack, 'main').defs[0]!,
+    );
     expect(Object.keys(env).filter((k) => /^(BACKUP_FROM|REPLICA_MAX_LAG|PATRONI_)/.test(k))).toEqual([]);
   });
 });

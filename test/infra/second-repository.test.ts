@@ -1,4 +1,4 @@
-import { Stack, Validations } from 'aws-cdk-lib';
+import { Validations } from 'aws-cdk-lib';
 import type { Template } from 'aws-cdk-lib/assertions';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -7,11 +7,18 @@ import { parseDeployConfig } from '../../infra/config';
 import type { FleetStack } from '../../infra/stack';
 import {
   buildStack,
-  type CfnJson,
+  containerEnvironment,
+  expectDecryptsThroughSecretsManager,
+  list,
+  logicalId,
+  readsSecret,
   resourcesOf,
+  type Statement,
   type SynthResult,
   sharedValueIn,
+  statementsOf,
   synthTemplate,
+  taskDefinitions,
   testConfig,
 } from './synth';
 
@@ -85,46 +92,9 @@ const FUNCTION_KEYS = [
   'NODE_OPTIONS',
 ];
 
-type Statement = { Action: string | string[]; Resource: unknown; Effect: string; Condition?: unknown };
-const list = <T>(v: T | T[]) => (Array.isArray(v) ? v : [v]);
-type WithChild = { node: { defaultChild?: unknown } };
-const logicalId = (c: unknown) => {
-  const child = (c as WithChild).node.defaultChild as Parameters<Stack['getLogicalId']>[0];
-  return Stack.of(child).getLogicalId(child);
-};
-
-function statementsOf(template: Template, roleId: string): Statement[] {
-  return resourcesOf(template, 'AWS::IAM::Policy')
-    .filter(([, p]) => JSON.stringify(p.Properties.Roles).includes(`"${roleId}"`))
-    .flatMap(([, p]) => p.Properties.PolicyDocument.Statement as Statement[]);
-}
-
-const readsSecret = (statements: Statement[], arn: string) =>
-  statements.some(
-    (s) => list(s.Action).includes('secretsmanager:GetSecretValue') && list(s.Resource).includes(arn),
-  );
-
-function containerEnvironment(template: Template, defId: string): Record<string, unknown> {
-  const def = template.toJSON().Resources[defId] as { Properties: CfnJson };
-  return Object.fromEntries(
-    (def.Properties.ContainerDefinitions[0].Environment as CfnJson[]).map((e) => [e.Name, e.Value]),
-  );
-}
-
 function functionEnvironment(synth: SynthResult, name: 'dispatch' | 'verify'): Record<string, unknown> {
   const id = logicalId(synth.stack.functions.functions[name]);
   return synth.template.toJSON().Resources[id].Properties.Environment.Variables as Record<string, unknown>;
-}
-
-/** Every task definition of the fleet (backup, restore, wal receive) with its task and execution role. */
-function taskSets(fleet: FleetStack) {
-  return [...fleet.tasks.byCluster.values()].flatMap((set) =>
-    [set.backup, set.restore, ...(set.walReceiver ? [set.walReceiver.taskDefinition] : [])].map((d) => ({
-      def: logicalId(d),
-      taskRole: logicalId(d.taskRole),
-      executionRole: logicalId(d.obtainExecutionRole()),
-    })),
-  );
 }
 
 describe('without a second repository', () => {
@@ -138,7 +108,7 @@ describe('without a second repository', () => {
     const fleet = synth.fleets[0]!;
 
     // Act
-    const envs = taskSets(fleet.stack).map((t) => containerEnvironment(fleet.template, t.def));
+    const envs = taskDefinitions(fleet.stack).map((t) => containerEnvironment(fleet.template, t.def));
     const fn = functionEnvironment(synth, 'verify');
 
     // Assess
@@ -165,7 +135,7 @@ describe('a second repository in GCS', () => {
 
   it('every task gets REPO1 (the vault bucket) and REPO2 (the GCS bucket, its prefix, holds, the secret by ARN) instead of CLOUD_*', () => {
     // Act
-    const envs = taskSets(fleet.stack).map((t) => containerEnvironment(fleet.template, t.def));
+    const envs = taskDefinitions(fleet.stack).map((t) => containerEnvironment(fleet.template, t.def));
 
     // Assess
     expect(envs).toHaveLength(5); // main: backup, restore; orders: backup, restore, wal receive
@@ -198,7 +168,7 @@ describe('a second repository in GCS', () => {
     // Prepare: the task's environment with the template's references as the strings they become, and
     // the secret's key file as the start-up step would set it (core/pg/startup-secrets.ts), and the
     // passphrase ECS injects from Secrets Manager.
-    const env = containerEnvironment(fleet.template, taskSets(fleet.stack)[0]!.def);
+    const env = containerEnvironment(fleet.template, taskDefinitions(fleet.stack)[0]!.def);
     const raw: Record<string, string> = Object.fromEntries(
       Object.entries(env).map(([k, v]) => [k, typeof v === 'string' ? v : 'resolved-at-deploy']),
     );
@@ -239,18 +209,13 @@ describe('a second repository in GCS', () => {
       logicalId(synth.stack.functions.functions[name].role);
 
     // Act
-    const tasks = taskSets(fleet.stack);
+    const tasks = taskDefinitions(fleet.stack);
 
     // Assess
     for (const t of tasks) {
       const statements = statementsOf(fleet.template, t.taskRole);
       expect(readsSecret(statements, REPO_SECRET), t.taskRole).toBe(true);
-      expect(statements).toContainEqual({
-        Effect: 'Allow',
-        Action: 'kms:Decrypt',
-        Resource: REPO_KEY,
-        Condition: { StringEquals: { 'kms:ViaService': 'secretsmanager.eu-west-1.amazonaws.com' } },
-      });
+      expectDecryptsThroughSecretsManager(statements, REPO_KEY);
       expect(JSON.stringify(statementsOf(fleet.template, t.executionRole))).not.toContain(REPO_SECRET);
     }
     for (const name of ['retention', 'verify', 'report', 'restore'] as const) {
@@ -283,12 +248,12 @@ describe('a second repository in GCS', () => {
       }),
     );
     const f = azure.fleets[0]!;
-    const env = containerEnvironment(f.template, taskSets(f.stack)[0]!.def);
+    const env = containerEnvironment(f.template, taskDefinitions(f.stack)[0]!.def);
 
     // Assess
     expect(env).toMatchObject({ REPO2_TYPE: 'azure', REPO2_BUCKET: 'pgvault-copy', REPO2_PREFIX: 'pgvault' });
     expect(env).not.toHaveProperty('REPO2_HOLDS');
-    const roleStatements = statementsOf(f.template, taskSets(f.stack)[0]!.taskRole);
+    const roleStatements = statementsOf(f.template, taskDefinitions(f.stack)[0]!.taskRole);
     expect(readsSecret(roleStatements, REPO_SECRET)).toBe(true);
     expect(JSON.stringify(roleStatements)).not.toContain('secretsmanager.eu-west-1.amazonaws.com');
   });

@@ -1,6 +1,7 @@
-import { App } from 'aws-cdk-lib';
+import { App, Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
+import { expect } from 'vitest';
 import {
   type DeployConfig,
   type DeployConfigInput,
@@ -95,4 +96,68 @@ export function sharedValueIn(shared: Template, fleet: Template, value: unknown)
   );
   if (!entry) throw new Error(`the fleet stack does not read the SSM parameter ${name}`);
   return { Ref: entry[0] };
+}
+
+/** An IAM policy statement as the templates hold it. */
+export type Statement = { Action: string | string[]; Resource: unknown; Effect: string; Condition?: unknown };
+
+/** A value or a list of values as a list (IAM's Action and Resource take either). */
+export const list = <T>(v: T | T[]): T[] => (Array.isArray(v) ? v : [v]);
+
+/** The logical id of a construct's CloudFormation resource (its default child). */
+export function logicalId(c: unknown): string {
+  const child = (c as { node: { defaultChild?: unknown } }).node.defaultChild as Parameters<
+    Stack['getLogicalId']
+  >[0];
+  return Stack.of(child).getLogicalId(child);
+}
+
+/** Every statement of the IAM policies attached to a role (by its logical id) in a template. */
+export function statementsOf(template: Template, roleId: string): Statement[] {
+  return resourcesOf(template, 'AWS::IAM::Policy')
+    .filter(([, p]) => JSON.stringify(p.Properties.Roles).includes(`"${roleId}"`))
+    .flatMap(([, p]) => p.Properties.PolicyDocument.Statement as Statement[]);
+}
+
+/** Whether any statement allows secretsmanager:GetSecretValue on `arn`. */
+export const readsSecret = (statements: Statement[], arn: string): boolean =>
+  statements.some(
+    (s) => list(s.Action).includes('secretsmanager:GetSecretValue') && list(s.Resource).includes(arn),
+  );
+
+/** Asserts the statement that lets a role decrypt a secret's KMS key, only through Secrets Manager. */
+export function expectDecryptsThroughSecretsManager(statements: Statement[], keyArn: string): void {
+  expect(statements).toContainEqual({
+    Effect: 'Allow',
+    Action: 'kms:Decrypt',
+    Resource: keyArn,
+    Condition: { StringEquals: { 'kms:ViaService': 'secretsmanager.eu-west-1.amazonaws.com' } },
+  });
+}
+
+/** The environment of a task definition's (first) container, name → value. */
+export function containerEnvironment(template: Template, defId: string): Record<string, unknown> {
+  const def = template.toJSON().Resources[defId] as { Properties: CfnJson };
+  const out: Record<string, unknown> = {};
+  for (const e of def.Properties.ContainerDefinitions[0].Environment ?? []) out[e.Name] = e.Value;
+  return out;
+}
+
+/**
+ * A fleet stack's task definitions (each cluster's backup, restore and WAL receive, in that order;
+ * only `cluster`'s if named) with their task and execution roles, as logical ids.
+ */
+export function taskDefinitions(
+  fleet: FleetStack,
+  cluster?: string,
+): { def: string; taskRole: string; executionRole: string }[] {
+  const sets =
+    cluster === undefined ? [...fleet.tasks.byCluster.values()] : [fleet.tasks.byCluster.get(cluster)!];
+  return sets.flatMap((set) =>
+    [set.backup, set.restore, ...(set.walReceiver ? [set.walReceiver.taskDefinition] : [])].map((d) => ({
+      def: logicalId(d),
+      taskRole: logicalId(d.taskRole),
+      executionRole: logicalId(d.obtainExecutionRole()),
+    })),
+  );
 }

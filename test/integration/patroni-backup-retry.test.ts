@@ -1,19 +1,18 @@
-import {
-  copyFileSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { Client } from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CliRun, runPgvault } from '../helpers/cli';
-import { PatroniCluster, SUPERUSER, SUPERUSER_PASSWORD } from '../helpers/patroni';
+import type { CliRun } from '../helpers/cli';
+import {
+  PatroniCluster,
+  SUPERUSER,
+  SUPERUSER_PASSWORD,
+  type VaultConfig,
+  vaultEnv,
+  vaultFiles,
+  waitFor,
+} from '../helpers/patroni';
 
 /*
  * Backups from a replica that fails mid-backup, and the other replica faults, on a real Patroni
@@ -30,9 +29,11 @@ interface ManifestJson {
 
 let cluster: PatroniCluster;
 let work: string;
+let vault: VaultConfig;
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'pgvault-patroni-retry-'));
+  vault = vaultEnv(work, 'app');
   cluster = await PatroniCluster.start({ scope: 'retry-cluster' });
   console.log(`Patroni cluster (etcd + 2 nodes) up in ${cluster.startupMs} ms`);
   await cluster.query('CREATE DATABASE app');
@@ -51,33 +52,11 @@ afterAll(async () => {
 });
 
 function pgvault(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<CliRun> {
-  return runPgvault(
-    args,
-    cluster.env({
-      BACKUP_DIR: join(work, 'vault'),
-      CLUSTER_NAME: 'app',
-      PGDATABASE: 'postgres',
-      PARALLEL_JOBS: '2',
-      ...extra,
-    }),
-    work,
-  );
+  return cluster.pgvault(vault, args, extra);
 }
 
 function manifestOf(run: CliRun): ManifestJson {
   return (JSON.parse(run.stdout) as { manifest: ManifestJson }).manifest;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 async function accounts(database: string): Promise<string> {
@@ -90,17 +69,7 @@ async function accounts(database: string): Promise<string> {
 
 /** Every file under a cluster's folder in the vault, relative to BACKUP_DIR. */
 function filesOf(clusterName: string): string[] {
-  const root = join(work, 'vault');
-  const out: string[] = [];
-  const walk = (dir: string) => {
-    if (!existsSync(dir)) return;
-    for (const e of readdirSync(dir, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(join(dir, e.name));
-      else out.push(relative(root, join(dir, e.name)));
-    }
-  };
-  walk(join(root, clusterName));
-  return out.sort();
+  return vaultFiles(vault, clusterName);
 }
 
 function leaderClient(database: string): Client {

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serverOsUser } from '../../core/pg/cluster';
-import { type CliRun, runPgvault } from '../helpers/cli';
-import { PatroniCluster } from '../helpers/patroni';
+import type { CliRun } from '../helpers/cli';
+import { PatroniCluster, vaultEnv } from '../helpers/patroni';
 import { testPort } from '../helpers/ports';
 
 /*
@@ -59,17 +59,7 @@ afterAll(async () => {
 });
 
 function pgvault(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<CliRun> {
-  return runPgvault(
-    args,
-    cluster.env({
-      BACKUP_DIR: join(work, 'vault'),
-      CLUSTER_NAME: 'pay',
-      PGDATABASE: 'postgres',
-      PARALLEL_JOBS: '2',
-      ...extra,
-    }),
-    work,
-  );
+  return cluster.pgvault(vaultEnv(work, 'pay'), args, extra);
 }
 
 function manifestOf(run: CliRun): ManifestJson {

@@ -1,11 +1,16 @@
-import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { serverOsUser } from '../../core/pg/cluster';
-import { runPgvault } from '../helpers/cli';
-import { PatroniCluster } from '../helpers/patroni';
+import {
+  archiveCommand,
+  giveToServer,
+  onThisMachine,
+  PatroniCluster,
+  readmeSnippet,
+  type VaultConfig,
+  vaultConfigFile,
+} from '../helpers/patroni';
 
 /*
  * bootstrap.method pgvault (README's patroni-bootstrap-snippet, read as patroni-vault-replica.test.ts
@@ -17,75 +22,33 @@ import { PatroniCluster } from '../helpers/patroni';
  *   rows 1-100 · base backup · row 1001 · restore point before_1002 · row 1002 · (LSN) · row 1003
  */
 
-const BIN = resolve(__dirname, '../../bin/pgvault');
-const README = resolve(__dirname, '../../README.md');
-const README_COMMAND = 'pgvault --config /etc/pgvault.env';
-
-/** The YAML of a README snippet between `<!-- NAME:start -->` and `<!-- NAME:end -->`, without its first line. */
-function readmeSnippet(name: string, firstLine: string): string {
-  const text = readFileSync(README, 'utf8');
-  const m = new RegExp(
-    `<!-- ${name}:start -->\\n\`\`\`yaml\\n([\\s\\S]*?)\`\`\`\\n<!-- ${name}:end -->`,
-  ).exec(text);
-  if (!m) throw new Error(`README.md has no ${name} snippet`);
-  const lines = m[1]!.split('\n');
-  expect(lines[0]).toBe(firstLine);
-  const rest = lines.slice(1).join('\n');
-  expect(rest).toContain(README_COMMAND);
-  return rest;
-}
-
-function onThisMachine(yaml: string, configFile: string): string {
-  return yaml.replaceAll(README_COMMAND, `${BIN} --config ${configFile}`);
-}
-
-function giveToServer(path: string): void {
-  const user = serverOsUser();
-  if (user) spawnSync('chown', ['-R', `${user.uid}:${user.gid}`, path]);
-}
-
 let cluster: PatroniCluster;
 let work: string;
+let vault: VaultConfig;
 let vaultDir: string;
 let configFile: string;
 let lsnAfter1002: string;
 
 function pgvault(args: string[]) {
-  return runPgvault(['--config', configFile, ...args], cluster.env(), work);
-}
-
-async function switchAndWaitArchived(): Promise<void> {
-  const [row] = await cluster.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal() - 1) AS name');
-  const name = row!.name;
-  for (const deadline = Date.now() + 60_000; ; ) {
-    const [a] = await cluster.query<{ last: string | null }>(
-      'SELECT last_archived_wal AS last FROM pg_stat_archiver',
-    );
-    if ((a?.last ?? '') >= name) return;
-    if (Date.now() > deadline) throw new Error(`segment ${name} was not archived in time`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
+  return cluster.pgvault(vault, args);
 }
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'pgvault-patroni-bootstrap-'));
-  chmodSync(work, 0o755);
-  vaultDir = join(work, 'vault');
-  mkdirSync(vaultDir, { mode: 0o700 });
-  configFile = join(work, 'pgvault.env');
-  writeFileSync(
-    configFile,
-    `BACKUP_DIR=${vaultDir}\nCLUSTER_NAME=orders\nCOMPRESSION=zstd\nENCRYPTION=true\nENCRYPTION_KEY='patroni bootstrap targets passphrase 51c2'\n`,
-    { mode: 0o600 },
-  );
-  giveToServer(vaultDir);
-  giveToServer(configFile);
+  vault = vaultConfigFile(work, {
+    CLUSTER_NAME: 'orders',
+    COMPRESSION: 'zstd',
+    ENCRYPTION: 'true',
+    ENCRYPTION_KEY: "'patroni bootstrap targets passphrase 51c2'",
+  });
+  vaultDir = vault.vaultDir;
+  configFile = vault.configFile!;
   cluster = await PatroniCluster.start({
     scope: 'bootstrap-source',
     nodes: 1,
     parameters: {
       archive_mode: 'on',
-      archive_command: `${BIN} --config ${configFile} backup wal %p`,
+      archive_command: archiveCommand(vault),
       archive_timeout: 0,
     },
   });
@@ -102,7 +65,7 @@ beforeAll(async () => {
   const [lsn] = await cluster.query<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn');
   lsnAfter1002 = lsn!.lsn;
   await cluster.query("INSERT INTO orders VALUES (1003, 'after the LSN')");
-  await switchAndWaitArchived();
+  await cluster.switchAndWaitArchived();
 }, 240_000);
 
 afterAll(async () => {

@@ -1,10 +1,18 @@
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { Client } from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CliRun, runPgvault } from '../helpers/cli';
-import { PatroniCluster, SUPERUSER, SUPERUSER_PASSWORD } from '../helpers/patroni';
+import type { CliRun } from '../helpers/cli';
+import {
+  PatroniCluster,
+  SUPERUSER,
+  SUPERUSER_PASSWORD,
+  type VaultConfig,
+  vaultEnv,
+  vaultFiles,
+  waitFor,
+} from '../helpers/patroni';
 
 /*
  * Failover mid-backup with BACKUP_FROM=leader, on a real Patroni cluster (Debian's patroni and etcd,
@@ -21,9 +29,11 @@ interface ManifestJson {
 
 let cluster: PatroniCluster;
 let work: string;
+let vault: VaultConfig;
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'pgvault-patroni-failover-backup-'));
+  vault = vaultEnv(work, 'failover', { BACKUP_FROM: 'leader' });
   cluster = await PatroniCluster.start({ scope: 'failover-backup' });
   console.log(`Patroni cluster (etcd + 2 nodes) up in ${cluster.startupMs} ms`);
   await cluster.query('CREATE DATABASE app');
@@ -42,30 +52,7 @@ afterAll(async () => {
 });
 
 function pgvault(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<CliRun> {
-  return runPgvault(
-    args,
-    cluster.env({
-      BACKUP_DIR: join(work, 'vault'),
-      CLUSTER_NAME: 'failover',
-      PGDATABASE: 'postgres',
-      PARALLEL_JOBS: '2',
-      BACKUP_FROM: 'leader',
-      ...extra,
-    }),
-    work,
-  );
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
+  return cluster.pgvault(vault, args, extra);
 }
 
 async function accounts(database: string, node: string): Promise<string> {
@@ -77,17 +64,7 @@ async function accounts(database: string, node: string): Promise<string> {
 }
 
 function filesOf(clusterName: string): string[] {
-  const root = join(work, 'vault');
-  const out: string[] = [];
-  const walk = (dir: string) => {
-    if (!existsSync(dir)) return;
-    for (const e of readdirSync(dir, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(join(dir, e.name));
-      else out.push(relative(root, join(dir, e.name)));
-    }
-  };
-  walk(join(root, clusterName));
-  return out.sort();
+  return vaultFiles(vault, clusterName);
 }
 
 describe('BACKUP_FROM=leader: the leader dies while backup full dumps from it', () => {

@@ -1,8 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import {
-  chmodSync,
   existsSync,
-  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -16,8 +14,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { asServerUser } from '../../core/pg/cluster';
 import { findPgBinary, withClient } from '../../core/pg/tools';
 import { type CliRun, runPgvault } from '../helpers/cli';
-import { PatroniCluster, SUPERUSER, SUPERUSER_PASSWORD } from '../helpers/patroni';
-import { BIN, giveToServer, killProcessesNaming } from './wal-fixture';
+import {
+  archiveCommand,
+  PatroniCluster,
+  SUPERUSER,
+  SUPERUSER_PASSWORD,
+  type VaultConfig,
+  vaultConfigFile,
+} from '../helpers/patroni';
+import { killProcessesNaming } from './wal-fixture';
 
 /*
  * WAL across failover, the gap: the leader (node1) holds segments it never archived (its
@@ -35,27 +40,22 @@ const HOLD = 'hold-archive';
 
 let cluster: PatroniCluster;
 let work: string;
+let vault: VaultConfig;
 let vaultDir: string;
 let configFile: string;
 const copies: string[] = [];
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'pgvault-failover-gap-'));
-  chmodSync(work, 0o755);
-  vaultDir = join(work, 'vault');
-  mkdirSync(vaultDir, { mode: 0o700 });
-  configFile = join(work, 'pgvault.env');
-  writeFileSync(configFile, `BACKUP_DIR=${vaultDir}\nCLUSTER_NAME=${CLUSTER}\nCOMPRESSION=zstd\n`, {
-    mode: 0o600,
-  });
-  giveToServer(vaultDir);
-  giveToServer(configFile);
+  vault = vaultConfigFile(work, { CLUSTER_NAME: CLUSTER, COMPRESSION: 'zstd' }, { PGDATABASE: 'postgres' });
+  vaultDir = vault.vaultDir;
+  configFile = vault.configFile!;
   cluster = await PatroniCluster.start({
     scope: 'failover-gap',
     parameters: {
       archive_mode: 'on',
       // The same command on every node; it fails on a node whose data directory holds the flag.
-      archive_command: `test ! -f ${HOLD} && ${BIN} --config ${configFile} backup wal %p`,
+      archive_command: `test ! -f ${HOLD} && ${archiveCommand(vault)}`,
       archive_timeout: 0,
     },
   });
@@ -68,7 +68,7 @@ afterAll(async () => {
 });
 
 function pgvault(args: string[]): Promise<CliRun> {
-  return runPgvault(['--config', configFile, ...args], cluster.env({ PGDATABASE: 'postgres' }), work);
+  return cluster.pgvault(vault, args);
 }
 
 function sleep(ms: number): Promise<void> {

@@ -1,14 +1,21 @@
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { asServerUser } from '../../core/pg/cluster';
 import { findPgBinary } from '../../core/pg/tools';
-import { type CliRun, runPgvault } from '../helpers/cli';
-import { PatroniCluster, SUPERUSER, SUPERUSER_PASSWORD } from '../helpers/patroni';
-import { BIN, giveToServer, killProcessesNaming } from './wal-fixture';
+import type { CliRun } from '../helpers/cli';
+import {
+  archiveCommand,
+  PatroniCluster,
+  SUPERUSER,
+  SUPERUSER_PASSWORD,
+  type VaultConfig,
+  vaultConfigFile,
+} from '../helpers/patroni';
+import { giveToServer, killProcessesNaming } from './wal-fixture';
 
 /*
  * A planned switchover in the middle of continuous writes, on a real Patroni cluster (Debian's
@@ -28,7 +35,7 @@ const CLUSTER_NAME = 'ledger';
 
 let cluster: PatroniCluster;
 let work: string;
-let configFile: string;
+let vault: VaultConfig;
 
 interface Row {
   readonly n: number;
@@ -46,11 +53,7 @@ let lostOnSwitch: number[] = [];
 const copies: string[] = [];
 
 function pgvault(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<CliRun> {
-  return runPgvault(
-    ['--config', configFile, ...args],
-    cluster.env({ PGDATABASE: 'postgres', PARALLEL_JOBS: '2', ...extra }),
-    work,
-  );
+  return cluster.pgvault(vault, args, extra);
 }
 
 function sleep(ms: number): Promise<void> {
@@ -143,22 +146,19 @@ async function switchAndWaitArchived(): Promise<string> {
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'pgvault-switchover-'));
-  // The sandbox of a PITR runs as postgres: it reaches its config through here.
-  chmodSync(work, 0o755);
-  const vaultDir = join(work, 'vault');
-  mkdirSync(join(vaultDir, CLUSTER_NAME), { recursive: true, mode: 0o700 });
-  giveToServer(vaultDir);
-  giveToServer(join(vaultDir, CLUSTER_NAME));
-  configFile = join(work, 'pgvault.env');
-  writeFileSync(configFile, `BACKUP_DIR=${vaultDir}\nCLUSTER_NAME=${CLUSTER_NAME}\nCOMPRESSION=zstd\n`, {
-    mode: 0o600,
-  });
-  giveToServer(configFile);
+  // The sandbox of a PITR runs as postgres: it reaches its config through here (vaultConfigFile opens work to it).
+  vault = vaultConfigFile(
+    work,
+    { CLUSTER_NAME, COMPRESSION: 'zstd' },
+    { PGDATABASE: 'postgres', PARALLEL_JOBS: '2' },
+  );
+  mkdirSync(join(vault.vaultDir, CLUSTER_NAME), { mode: 0o700 });
+  giveToServer(join(vault.vaultDir, CLUSTER_NAME));
   cluster = await PatroniCluster.start({
     scope: 'ledger-cluster',
     parameters: {
       archive_mode: 'on',
-      archive_command: `${BIN} --config ${configFile} backup wal %p`,
+      archive_command: archiveCommand(vault),
       track_commit_timestamp: 'on',
     },
   });

@@ -1,6 +1,4 @@
-import { spawnSync } from 'node:child_process';
 import {
-  chmodSync,
   cpSync,
   existsSync,
   mkdirSync,
@@ -11,11 +9,18 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { serverOsUser } from '../../core/pg/cluster';
 import { runPgvault } from '../helpers/cli';
-import { PatroniCluster } from '../helpers/patroni';
+import {
+  archiveCommand,
+  giveToServer,
+  onThisMachine,
+  PatroniCluster,
+  readmeSnippet,
+  type VaultConfig,
+  vaultConfigFile,
+} from '../helpers/patroni';
 import { startCluster } from '../helpers/pg';
 
 /*
@@ -27,56 +32,16 @@ import { startCluster } from '../helpers/pg';
  * Real etcd and Patroni (test/helpers/patroni.ts), encrypted zstd vault in a directory.
  */
 
-const BIN = resolve(__dirname, '../../bin/pgvault');
-const README = resolve(__dirname, '../../README.md');
-const README_COMMAND = 'pgvault --config /etc/pgvault.env';
-
-/** The YAML of a README snippet between `<!-- NAME:start -->` and `<!-- NAME:end -->`, without its first line. */
-function readmeSnippet(name: string, firstLine: string): string {
-  const text = readFileSync(README, 'utf8');
-  const m = new RegExp(
-    `<!-- ${name}:start -->\\n\`\`\`yaml\\n([\\s\\S]*?)\`\`\`\\n<!-- ${name}:end -->`,
-  ).exec(text);
-  if (!m) throw new Error(`README.md has no ${name} snippet`);
-  const lines = m[1]!.split('\n');
-  expect(lines[0]).toBe(firstLine);
-  const rest = lines.slice(1).join('\n');
-  expect(rest).toContain(README_COMMAND);
-  return rest;
-}
-
-/** The snippet with this machine's pgvault and config file for /etc/pgvault.env. */
-function onThisMachine(yaml: string, configFile: string): string {
-  return yaml.replaceAll(README_COMMAND, `${BIN} --config ${configFile}`);
-}
-
-function giveToServer(path: string): void {
-  const user = serverOsUser();
-  if (user) spawnSync('chown', ['-R', `${user.uid}:${user.gid}`, path]);
-}
-
 let cluster: PatroniCluster;
 let work: string;
+let vault: VaultConfig;
 let vaultDir: string;
 let configFile: string;
 let baseStartWal: string;
 let baseObjectKey: string;
 
 function pgvault(args: string[]) {
-  return runPgvault(['--config', configFile, ...args], cluster.env(), work);
-}
-
-async function switchAndWaitArchived(): Promise<string> {
-  const [row] = await cluster.query<{ name: string }>('SELECT pg_walfile_name(pg_switch_wal() - 1) AS name');
-  const name = row!.name;
-  for (const deadline = Date.now() + 60_000; ; ) {
-    const [a] = await cluster.query<{ last: string | null }>(
-      'SELECT last_archived_wal AS last FROM pg_stat_archiver',
-    );
-    if ((a?.last ?? '') >= name) return name;
-    if (Date.now() > deadline) throw new Error(`segment ${name} was not archived in time`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
+  return cluster.pgvault(vault, args);
 }
 
 /** Waits until the leader streams to member `name` (its own pg_stat_replication row). */
@@ -111,22 +76,19 @@ async function count(node: string, where = 'true'): Promise<number> {
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'pgvault-patroni-vault-'));
-  chmodSync(work, 0o755);
-  vaultDir = join(work, 'vault');
-  mkdirSync(vaultDir, { mode: 0o700 });
-  configFile = join(work, 'pgvault.env');
-  writeFileSync(
-    configFile,
-    `BACKUP_DIR=${vaultDir}\nCLUSTER_NAME=orders\nCOMPRESSION=zstd\nENCRYPTION=true\nENCRYPTION_KEY='patroni vault replica test passphrase 7f3a'\n`,
-    { mode: 0o600 },
-  );
-  giveToServer(vaultDir);
-  giveToServer(configFile);
+  vault = vaultConfigFile(work, {
+    CLUSTER_NAME: 'orders',
+    COMPRESSION: 'zstd',
+    ENCRYPTION: 'true',
+    ENCRYPTION_KEY: "'patroni vault replica test passphrase 7f3a'",
+  });
+  vaultDir = vault.vaultDir;
+  configFile = vault.configFile!;
   cluster = await PatroniCluster.start({
     scope: 'vault-replica',
     parameters: {
       archive_mode: 'on',
-      archive_command: `${BIN} --config ${configFile} backup wal %p`,
+      archive_command: archiveCommand(vault),
       archive_timeout: 0,
       // As little WAL kept for replicas beyond their slots as Patroni allows (16MB): a member built from an older base backup can
       // only catch up through the archive.
@@ -152,7 +114,7 @@ beforeAll(async () => {
     await cluster.query(
       `INSERT INTO orders SELECT g, 'after the base backup' FROM generate_series(${101 + i * 25}, ${125 + i * 25}) g`,
     );
-    await switchAndWaitArchived();
+    await cluster.switchAndWaitArchived();
     await cluster.query('CHECKPOINT');
   }
   await cluster.waitReplayed();
@@ -249,7 +211,7 @@ describe('bootstrap.method pgvault (README snippet): a new cluster at a PITR tar
     const [t] = await cluster.query<{ t: Date }>('SELECT clock_timestamp() AS t');
     await new Promise((r) => setTimeout(r, 1_500));
     await cluster.query("INSERT INTO orders VALUES (1002, 'after the target')");
-    await switchAndWaitArchived();
+    await cluster.switchAndWaitArchived();
     const expected = await count((await cluster.leader()).name, 'id <= 1001');
     const snippet = readmeSnippet('patroni-bootstrap-snippet', 'bootstrap:');
     const withTarget = snippet.replace(/--target-time "[^"]*"/, `--target-time "${t!.t.toISOString()}"`);

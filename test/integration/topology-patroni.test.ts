@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CliRun, runPgvault } from '../helpers/cli';
-import { PatroniCluster, SUPERUSER, SUPERUSER_PASSWORD } from '../helpers/patroni';
+import type { CliRun } from '../helpers/cli';
+import { PatroniCluster, SUPERUSER, SUPERUSER_PASSWORD, vaultEnv } from '../helpers/patroni';
 import { testPort } from '../helpers/ports';
 
 /*
@@ -58,17 +58,7 @@ afterAll(async () => {
 });
 
 function pgvault(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<CliRun> {
-  return runPgvault(
-    args,
-    cluster.env({
-      BACKUP_DIR: join(work, 'vault'),
-      CLUSTER_NAME: 'shop',
-      PGDATABASE: 'postgres',
-      PARALLEL_JOBS: '2',
-      ...extra,
-    }),
-    work,
-  );
+  return cluster.pgvault(vaultEnv(work, 'shop'), args, extra);
 }
 
 /** The manifest `backup full --json` printed. */
