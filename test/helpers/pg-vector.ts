@@ -19,6 +19,7 @@ import {
   type OtherArchivingCluster,
   type OtherMajorRoot,
   OtherMajorSession,
+  otherMajor,
 } from './pg-other';
 
 /**
@@ -80,6 +81,19 @@ export function vectorPlace(sources: VectorPlaceSources): VectorPlace | undefine
     return { where: 'host', major };
   if (sources.other?.pgvector) return { where: 'root', major: sources.other.major, other: sources.other };
   return undefined;
+}
+
+/**
+ * vectorPlace() for the tests: here (the real folders, otherMajor()). In CI (CI set), where .ci/run
+ * provides pgvector on the host or in the root on both releases, nowhere is a failure, not a skip.
+ */
+export function vectorPlaceHere(
+  sources: VectorPlaceSources = { other: otherMajor() },
+  env: NodeJS.ProcessEnv = process.env,
+): VectorPlace | undefined {
+  const place = vectorPlace(sources);
+  if (!place && env.CI) throw new Error(`CI: ${NO_PGVECTOR_LINE}`);
+  return place;
 }
 
 /** The line a vector test prints to say where its checks run, or NO_PGVECTOR_LINE before it skips. */

@@ -12,7 +12,7 @@ import {
   OtherMajorSession,
   otherMajor,
 } from '../helpers/pg-other';
-import { vectorPlace, vectorPlaceLine } from '../helpers/pg-vector';
+import { vectorPlaceHere, vectorPlaceLine } from '../helpers/pg-vector';
 import {
   type Batch,
   batchesIn,
@@ -37,7 +37,7 @@ if (!other) console.warn(`pg-other-major.test.ts skipped: ${OTHER_MAJOR_SKIP_LIN
  * when it chooses the host's server (Debian 13, whose bookworm root has no pgvector), the round
  * trip of vector columns and indexes runs there, in pg-other-vector-indexes.test.ts.
  */
-const place = vectorPlace({ other });
+const place = vectorPlaceHere({ other });
 const vectorHere = place?.where === 'root';
 let s: OtherMajorSession;
 /** The server the tests share, archiving with pgvault inside the root. */

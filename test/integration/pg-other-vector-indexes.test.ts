@@ -5,8 +5,13 @@ import type { TempCluster } from '../../core/pg/cluster';
 import { openBackup, readBackupObject } from '../../core/restore/fetch';
 import { openVault } from '../../core/vault';
 import { tableContents } from '../helpers/pg';
-import { type OtherArchivingCluster, otherMajor } from '../helpers/pg-other';
-import { openVectorSession, type VectorSession, vectorPlace, vectorPlaceLine } from '../helpers/pg-vector';
+import type { OtherArchivingCluster } from '../helpers/pg-other';
+import {
+  openVectorSession,
+  type VectorSession,
+  vectorPlaceHere,
+  vectorPlaceLine,
+} from '../helpers/pg-vector';
 import { recordingReporter } from '../helpers/vault';
 
 /**
@@ -16,7 +21,7 @@ import { recordingReporter } from '../helpers/vault';
  * when it has pgvector (Debian 13, postgresql-17-pgvector), else the server in the other major's
  * root with pgvault inside it too (Debian 12's trixie root, test/helpers/pg-other.ts). Same body.
  */
-const place = vectorPlace({ other: otherMajor() });
+const place = vectorPlaceHere();
 console.warn(`pg-other-vector-indexes.test.ts: ${vectorPlaceLine(place)}`);
 let s: VectorSession;
 let a: OtherArchivingCluster;

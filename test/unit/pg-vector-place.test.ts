@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NO_PGVECTOR_LINE, type OtherMajorRoot } from '../helpers/pg-other';
-import { hostServerMajor, vectorPlace, vectorPlaceLine } from '../helpers/pg-vector';
+import { hostServerMajor, vectorPlace, vectorPlaceHere, vectorPlaceLine } from '../helpers/pg-vector';
 
 /**
  * Where the pgvector checks run (test/helpers/pg-vector.ts), on fake /usr/lib/postgresql and
@@ -83,6 +83,16 @@ describe('vectorPlace', () => {
     expect(place).toBeUndefined();
     expect(vectorPlaceLine(place)).toBe(NO_PGVECTOR_LINE);
     expect(NO_PGVECTOR_LINE).toContain('postgresql-<major>-pgvector');
+  });
+
+  it('nowhere in CI is a failure naming what to install, not a skip; outside CI, undefined', () => {
+    server(17);
+
+    expect(() => vectorPlaceHere({ lib, share, other: bookworm }, { CI: 'true' })).toThrow(
+      `CI: ${NO_PGVECTOR_LINE}`,
+    );
+    expect(vectorPlaceHere({ lib, share, other: bookworm }, {})).toBeUndefined();
+    expect(vectorPlaceHere({ lib, share, other: trixie }, { CI: 'true' })).toMatchObject({ where: 'root' });
   });
 
   it('no root built and no pgvector on the host: nowhere', () => {
