@@ -53,9 +53,12 @@ export interface OtherMajorRoot {
   readonly pgvector: boolean;
 }
 
-/** The line a test prints when it skips its pgvector part because the root has no pgvector. */
+/**
+ * The line a test prints when it skips its pgvector part: neither the host's server nor the other
+ * major's root has pgvector (test/helpers/pg-vector.ts vectorPlace() chooses where they run).
+ */
 export const NO_PGVECTOR_LINE =
-  "the other major's root has no pgvector (Debian 12's bookworm packages none for PostgreSQL 15): the pgvector checks run where the root is trixie's (on Debian 12 hosts)";
+  "neither this host's PostgreSQL nor the other major's root has pgvector (bookworm packages none for PostgreSQL 15): install the host's postgresql-<major>-pgvector where its release packages it (.ci/run does), or build the trixie root on Debian 12 (.ci/pg-other-major), and run these tests again";
 
 /** The line a test prints when it skips because the root is not built. */
 export const OTHER_MAJOR_SKIP_LINE =

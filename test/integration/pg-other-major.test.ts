@@ -7,12 +7,12 @@ import { installedMajors } from '../../core/pg/tools';
 import { runPgvault } from '../helpers/cli';
 import { createSampleData, SAMPLE_TABLES, tableContents } from '../helpers/pg';
 import {
-  NO_PGVECTOR_LINE,
   OTHER_MAJOR_SKIP_LINE,
   type OtherArchivingCluster,
   OtherMajorSession,
   otherMajor,
 } from '../helpers/pg-other';
+import { vectorPlaceHere, vectorPlaceLine } from '../helpers/pg-vector';
 import {
   type Batch,
   batchesIn,
@@ -32,6 +32,13 @@ import {
  */
 const other = otherMajor();
 if (!other) console.warn(`pg-other-major.test.ts skipped: ${OTHER_MAJOR_SKIP_LINE}`);
+/**
+ * The pgvector part of the round trip runs here when vectorPlace() chooses this root (Debian 12);
+ * when it chooses the host's server (Debian 13, whose bookworm root has no pgvector), the round
+ * trip of vector columns and indexes runs there, in pg-other-vector-indexes.test.ts.
+ */
+const place = vectorPlaceHere({ other });
+const vectorHere = place?.where === 'root';
 let s: OtherMajorSession;
 /** The server the tests share, archiving with pgvault inside the root. */
 let a: OtherArchivingCluster;
@@ -61,7 +68,7 @@ describe.skipIf(!other)(
       a = await s.archivingCluster();
       cluster = a.cluster;
       await createSampleData(cluster, 'shop');
-      if (other!.pgvector)
+      if (vectorHere)
         await cluster.psql(
           `CREATE EXTENSION vector;
        CREATE TABLE items (id int PRIMARY KEY, label text NOT NULL, embedding vector(3) NOT NULL);
@@ -69,8 +76,8 @@ describe.skipIf(!other)(
        CREATE INDEX items_embedding_hnsw ON items USING hnsw (embedding vector_l2_ops) WITH (m = 8, ef_construction = 32);`,
           'shop',
         );
-      else console.warn(NO_PGVECTOR_LINE);
-      for (const table of [...Object.keys(SAMPLE_TABLES), ...(other!.pgvector ? ['public.items'] : [])])
+      else console.warn(`pg-other-major.test.ts: ${vectorPlaceLine(place)}`);
+      for (const table of [...Object.keys(SAMPLE_TABLES), ...(vectorHere ? ['public.items'] : [])])
         original.set(table, await tableContents(cluster, 'shop', table));
       await createAppTable(cluster);
       batches.push(await commitBatch(cluster, 0));
@@ -101,7 +108,7 @@ describe.skipIf(!other)(
       expect(restore.code, restore.stderr).toBe(0);
       for (const [table, contents] of original)
         expect(await tableContents(cluster, 'shop_copy', table), table).toBe(contents);
-      if (!other!.pgvector) return; // the pgvector part: NO_PGVECTOR_LINE
+      if (!vectorHere) return; // the pgvector part runs where vectorPlace() said (the line above)
       const indexdef = "SELECT indexdef FROM pg_indexes WHERE indexname = 'items_embedding_hnsw'";
       const [source] = await cluster.query<{ indexdef: string }>(indexdef, [], 'shop');
       const [copy] = await cluster.query<{ indexdef: string }>(indexdef, [], 'shop_copy');

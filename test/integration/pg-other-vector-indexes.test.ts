@@ -1,30 +1,29 @@
-import { chmodSync, cpSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { text } from 'node:stream/consumers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../core/config';
 import type { TempCluster } from '../../core/pg/cluster';
 import { openBackup, readBackupObject } from '../../core/restore/fetch';
 import { openVault } from '../../core/vault';
+import { tableContents } from '../helpers/pg';
+import type { OtherArchivingCluster } from '../helpers/pg-other';
 import {
-  NO_PGVECTOR_LINE,
-  OTHER_MAJOR_SKIP_LINE,
-  type OtherArchivingCluster,
-  OtherMajorSession,
-  otherMajor,
-} from '../helpers/pg-other';
+  openVectorSession,
+  type VectorSession,
+  vectorPlaceHere,
+  vectorPlaceLine,
+} from '../helpers/pg-vector';
 import { recordingReporter } from '../helpers/vault';
 
 /**
- * pgvector's index types on the other PostgreSQL major (17, with postgresql-17-pgvector in the root
- * .ci/pg-other-major builds): `backup indexes`, `verify indexes` and `restore indexes` with pgvault
- * inside the root (test/helpers/pg-other.ts), on HNSW and IVFFlat indexes of every operator class,
- * with their WITH options, next to a unique expression index.
+ * pgvector's index types on PostgreSQL 17: `backup indexes`, `verify indexes` and `restore indexes`
+ * on HNSW and IVFFlat indexes of every operator class, with their WITH options, next to a unique
+ * expression index. Where vectorPlace() (test/helpers/pg-vector.ts) says: the host's own server
+ * when it has pgvector (Debian 13, postgresql-17-pgvector), else the server in the other major's
+ * root with pgvault inside it too (Debian 12's trixie root, test/helpers/pg-other.ts). Same body.
  */
-const other = otherMajor();
-if (!other) console.warn(`pg-other-vector-indexes.test.ts skipped: ${OTHER_MAJOR_SKIP_LINE}`);
-let s: OtherMajorSession;
+const place = vectorPlaceHere();
+console.warn(`pg-other-vector-indexes.test.ts: ${vectorPlaceLine(place)}`);
+let s: VectorSession;
 let a: OtherArchivingCluster;
 let cluster: TempCluster;
 
@@ -109,11 +108,9 @@ async function dropIndexes(database: string, names: readonly string[]): Promise<
   await cluster.psql(names.map((n) => `DROP INDEX ${n};`).join('\n'), database);
 }
 
-if (other && !other.pgvector) console.warn(NO_PGVECTOR_LINE);
-
 // Servers inside the root and pgvault started there: slower than the host's under load.
-describe.skipIf(!other?.pgvector)(
-  `pgvector HNSW and IVFFlat indexes on PostgreSQL ${other?.major ?? 'of the other release'}`,
+describe.skipIf(!place)(
+  `pgvector HNSW and IVFFlat indexes on PostgreSQL ${place?.major ?? '(none here has pgvector)'} (${place?.where ?? 'nowhere'})`,
   { timeout: 300_000 },
   () => {
     const before = new Map<string, IndexRow>();
@@ -122,7 +119,7 @@ describe.skipIf(!other?.pgvector)(
     let sql: string;
 
     beforeAll(async () => {
-      s = await OtherMajorSession.open(other!);
+      s = await openVectorSession(place!);
       a = await s.archivingCluster({
         extra: { INDEX_BUILD_MAINTENANCE_WORK_MEM: '96MB', INDEX_BUILD_PARALLEL_WORKERS: '1' },
       });
@@ -192,51 +189,33 @@ describe.skipIf(!other?.pgvector)(
       expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
       expect(r.json.ok).toBe(true);
       expect(r.json.restoredOn).toMatchObject({ kind: 'sandbox' });
-      expect(r.json.restoredOn.serverVersion).toMatch(new RegExp(`^${other!.major}\\.`));
+      expect(r.json.restoredOn.serverVersion).toMatch(new RegExp(`^${place!.major}\\.`));
       const vec = r.json.databases.find((d: { database: string }) => d.database === 'vec');
       // Every non-constraint index of vec built there (the primary key comes with its constraint).
       expect(vec).toMatchObject({ created: ALL.length, failed: [], invalid: [] });
     });
 
     it('verify indexes where the sandbox cannot load pgvector: one line saying so, naming the extension, exit 4', async () => {
-      // Prepare: a session whose root shows an extension folder without pgvector (the root stays as it is).
-      const extensions = `/usr/share/postgresql/${other!.major}/extension`;
-      const copy = mkdtempSync(join(tmpdir(), 'pgvault-ext-'));
-      cpSync(join(other!.root, extensions), copy, {
-        recursive: true,
-        filter: (src) => !/\/vector[^/]*$/.test(src),
-      });
-      chmodSync(copy, 0o755);
-      const without = await OtherMajorSession.open(other!, [], [{ at: extensions, from: copy }]);
-      try {
-        // Act
-        const r = await without.runPgvault(
-          ['--config', a.configFile, 'verify', 'indexes', indexBackupId],
-          { PATH: process.env.PATH, TZ: 'UTC' },
-          a.work,
-        );
+      // Act: pgvault where the server's extension folder shows a copy without pgvector.
+      const r = await s.pgvaultWithoutVector(a.configFile, ['verify', 'indexes', indexBackupId], a.work);
 
-        // Assess
-        expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(4);
-        // Progress lines aside, one error line: the sandbox, the extension, the package, the way out.
-        const lines = r.stderr
-          .trim()
-          .split('\n')
-          .filter((l) => l.startsWith('pgvault:'));
-        expect(lines, r.stderr).toHaveLength(1);
-        expect(lines[0]).toMatch(
-          new RegExp(
-            `the sandbox \\(a sandbox server \\(PostgreSQL ${other!.major}\\.\\d+\\).*\\) cannot load extension "vector"`,
-          ),
-        );
-        expect(lines[0]).toContain(`postgresql-${other!.major}-pgvector`);
-        expect(lines[0]).toContain('--on-server');
-        expect(lines[0]!.match(/cannot load/g)).toHaveLength(1);
-        expect(r.stdout).toMatch(/vec: not checked: the sandbox .* cannot load extension "vector"/);
-      } finally {
-        await without.close();
-        rmSync(copy, { recursive: true, force: true });
-      }
+      // Assess
+      expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(4);
+      // Progress lines aside, one error line: the sandbox, the extension, the package, the way out.
+      const lines = r.stderr
+        .trim()
+        .split('\n')
+        .filter((l) => l.startsWith('pgvault:'));
+      expect(lines, r.stderr).toHaveLength(1);
+      expect(lines[0]).toMatch(
+        new RegExp(
+          `the sandbox \\(a sandbox server \\(PostgreSQL ${place!.major}\\.\\d+\\).*\\) cannot load extension "vector"`,
+        ),
+      );
+      expect(lines[0]).toContain(`postgresql-${place!.major}-pgvector`);
+      expect(lines[0]).toContain('--on-server');
+      expect(lines[0]!.match(/cannot load/g)).toHaveLength(1);
+      expect(r.stdout).toMatch(/vec: not checked: the sandbox .* cannot load extension "vector"/);
     });
 
     it('after the indexes are dropped, restore indexes rebuilds the same definitions, reports each build time, and the planner and k-NN answers are as before', async () => {
@@ -302,10 +281,13 @@ describe.skipIf(!other?.pgvector)(
       expect(await indexes('vec')).toEqual([...before.values()]);
     });
 
-    it('restore full of the database brings every vector index back the same, planned and answering as before', async () => {
+    it('restore full of the database brings the vector columns back row for row and every vector index the same, planned and answering as before', async () => {
       const r = await a.pgvault(['--json', 'restore', 'full', 'latest', 'vec_copy', '--from', 'vec']);
 
       expect(r.code, r.stderr).toBe(0);
+      expect(await tableContents(cluster, 'vec_copy', 'public.items')).toBe(
+        await tableContents(cluster, 'vec', 'public.items'),
+      );
       expect(await indexes('vec_copy')).toEqual([...before.values()]);
       for (const index of VECTOR_INDEXES) {
         const k = await knn('vec_copy', index);
