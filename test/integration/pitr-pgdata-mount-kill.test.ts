@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupBase } from '../../core/backup/base';
 import type { ManifestBody } from '../../core/catalog/manifest';
+import { checkDataDirectorySlot } from '../../core/restore/patroni';
 import { runPgvault } from '../helpers/cli';
 import {
   type ArchivingCluster,
@@ -157,6 +158,27 @@ describe('restore pitr --pgdata on a mount point, killed while moving the data d
     expect(hidden(entries)).toEqual([]);
     expect(entries).not.toContain('notes.txt');
     expect(await batchesAfterRecovery(pgdata)).toEqual({ 0: 50 });
+  }, 300_000);
+});
+
+describe('restore replica / restore bootstrap (Patroni) on the same half-moved mount point', () => {
+  it('their --datadir check recovers it the same way: one line, an empty directory, nothing to replace', async () => {
+    // Prepare
+    const pgdata = await mountPoint('vol-patroni');
+    const pid = await killAt('inside-move', pgdata);
+    const said: string[] = [];
+
+    // Act
+    const slot = await checkDataDirectorySlot(pgdata, false, (line) => said.push(line));
+
+    // Assess
+    expect(slot).toEqual({ pgdata, replaces: false });
+    expect(said).toEqual([
+      expect.stringContaining(
+        `${pgdata} held a data directory an interrupted restore (pid ${pid}) was moving into place`,
+      ),
+    ]);
+    expect(await readdir(pgdata)).toEqual([]);
   }, 300_000);
 });
 
