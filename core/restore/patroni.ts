@@ -5,7 +5,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { UsageError } from '../errors';
 import { findPgBinary } from '../pg/tools';
 import type { Vault } from '../vault';
-import { buildBeside, type DataDirectorySlot } from './datadir';
+import { buildBeside, clearInterruptedRestore, type DataDirectorySlot } from './datadir';
 
 export type { DataDirectorySlot } from './datadir';
 
@@ -48,8 +48,14 @@ export function truthy(value: unknown): boolean {
  * Refuses a data directory that holds anything, unless told it may be replaced; never one that a
  * running server may use (postmaster.pid).
  */
-export async function checkDataDirectorySlot(dir: string, replace: boolean): Promise<DataDirectorySlot> {
+export async function checkDataDirectorySlot(
+  dir: string,
+  replace: boolean,
+  say?: (line: string) => void,
+): Promise<DataDirectorySlot> {
   const pgdata = resolve(dir);
+  // What a killed restore of this place left (beside it, or inside it when it is a mount point) is ours: gone first.
+  await clearInterruptedRestore(pgdata, say);
   let entries: string[];
   try {
     const info = await stat(pgdata);
@@ -142,7 +148,9 @@ export interface ReplicaResult {
  */
 export async function restoreReplica(vault: Vault, options: ReplicaOptions): Promise<ReplicaResult> {
   const started = Date.now();
-  const slot = await checkDataDirectorySlot(options.datadir, options.replace === true);
+  const slot = await checkDataDirectorySlot(options.datadir, options.replace === true, (line) =>
+    vault.reporter.warn(line),
+  );
   const plan = await planPitr(vault, options.backup ?? 'latest', { kind: 'end' });
   const manifest = plan.manifest;
   const from = manifest.node?.scope;
@@ -248,7 +256,9 @@ export async function restoreBootstrap(
   options: BootstrapOptions,
 ): Promise<BootstrapResult> {
   const started = Date.now();
-  const slot = await checkDataDirectorySlot(options.datadir, options.replace === true);
+  const slot = await checkDataDirectorySlot(options.datadir, options.replace === true, (line) =>
+    vault.reporter.warn(line),
+  );
   const plan: PitrPlan = await planPitr(vault, ref, target);
   const { config, reporter } = vault;
   for (const w of plan.warnings) reporter.warn(w);

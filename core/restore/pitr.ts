@@ -20,7 +20,7 @@ import {
 import { formatLsn, nextSegment, parseLsn, segmentNumber } from '../wal/naming';
 import { resolveBaseChain } from './chain';
 import { copyLineageName, copySettings } from './copy';
-import { buildBeside } from './datadir';
+import { buildBeside, clearInterruptedRestore } from './datadir';
 import { chooseSourceDatabase, openBackup } from './fetch';
 import {
   assertServerUserCanUse,
@@ -558,6 +558,8 @@ export async function restorePitrToDataDirectory(
 ): Promise<PitrDataDirectoryResult> {
   const started = Date.now();
   const pgdata = resolve(options.pgdata);
+  // What a killed restore of DIR left (beside it, or inside it when it is a mount point) is ours: gone first.
+  await clearInterruptedRestore(pgdata, (line) => vault.reporter.warn(line));
   await assertUsableDataDirectory(pgdata, options.force === true);
   const plan = await planPitr(vault, ref, target);
   const { config, reporter } = vault;
