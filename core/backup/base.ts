@@ -145,13 +145,20 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
   });
   if (decision.note !== undefined) options.note?.(decision.note);
   const parent = bases.find((e) => e.manifest.id === decision.parentId);
-  const parentManifest =
-    parent === undefined ? undefined : await fetchServerManifest(vault, parent, options.note);
   // The server's backup_manifest of this backup, written aside as the tar streams past, then stored
   // as an object of its own: an incremental of this backup reads it instead of the whole tar.
   const own = await mkdtemp(join(tmpdir(), 'pgvault-server-manifest-'));
   const forgetOwn = removeOnExit(own);
   const ownManifestFile = join(own, 'backup_manifest');
+  let parentManifest: Awaited<ReturnType<typeof fetchServerManifest>> | undefined;
+  try {
+    parentManifest =
+      parent === undefined ? undefined : await fetchServerManifest(vault, parent, options.note);
+  } catch (err) {
+    await rm(own, { recursive: true, force: true });
+    forgetOwn();
+    throw err;
+  }
 
   let scanner: TarScanner | undefined;
   const seen: StreamFacts = { walSegments: 0 };
