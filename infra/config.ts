@@ -147,6 +147,17 @@ const clusterSchema = z
     citusCoordinator: z.string().min(1).optional(),
     /** Overrides `walReceive.enabled` for this cluster. */
     walReceive: z.boolean().optional(),
+    // ---- incremental base backups (issue 15; infra/README.md "Incremental base backups") ----
+    /** The cluster's PostgreSQL server major: required by baseIncremental (17 or newer). */
+    postgresMajor: z.number().int().min(13).max(18).optional(),
+    /**
+     * BASE_INCREMENTAL: the scheduled base backups (physicalBackups) are incremental to the newest one,
+     * a full every incrementalChainMax. Needs postgresMajor 17+ and summarize_wal = on. @default false
+     */
+    baseIncremental: z.boolean().optional(),
+    /** INCREMENTAL_CHAIN_MAX: incrementals after a full before the next full. @default the core's (6) */
+    incrementalChainMax: z.number().int().min(1).max(1000).optional(),
+    // ---- end: incremental base backups ----
     /**
      * The restore task's own credentials (JSON with `username` and `password`), separate from the
      * backup's so the backup user needs no write rights. Unset: the restore task uses
@@ -540,6 +551,9 @@ export const deployConfigSchema = z
     retainData: z.boolean().default(true),
   })
   .superRefine((c, ctx) => {
+    incrementalProblems(c).forEach(({ path, message }) => {
+      ctx.addIssue({ code: 'custom', path, message });
+    });
     const seen = new Set<string>();
     c.clusters.forEach((cl, i) => {
       const key = cl.name.toLowerCase();
@@ -683,6 +697,64 @@ function compromiseIssues(
 export type DeployConfigInput = z.input<typeof deployConfigSchema>;
 export type DeployConfig = z.output<typeof deployConfigSchema>;
 export type ClusterConfig = DeployConfig['clusters'][number];
+
+/** PostgreSQL's first major with incremental base backups (core/backup/base.ts MIN_INCREMENTAL_MAJOR). */
+export const MIN_INCREMENTAL_MAJOR = 17;
+
+/**
+ * What is wrong with the clusters' incremental base backup settings, one problem per key: an
+ * incremental needs scheduled base backups (physicalBackups), a server of 17 or newer (postgresMajor,
+ * required so synth can tell) and the image's pg_basebackup of 17 or newer (postgresClientVersion);
+ * incrementalChainMax means nothing without baseIncremental.
+ */
+export function incrementalProblems(c: {
+  readonly physicalBackups: boolean;
+  readonly postgresServerVersions: readonly number[];
+  readonly postgresClientVersion?: number;
+  readonly clusters: readonly {
+    readonly postgresMajor?: number;
+    readonly baseIncremental?: boolean;
+    readonly incrementalChainMax?: number;
+  }[];
+}): { path: (string | number)[]; message: string }[] {
+  const problems: { path: (string | number)[]; message: string }[] = [];
+  const client =
+    c.postgresClientVersion ??
+    (c.postgresServerVersions.length > 0 ? Math.max(...c.postgresServerVersions) : DEFAULT_POSTGRES_MAJOR);
+  c.clusters.forEach((cl, i) => {
+    const at = (key: string) => ['clusters', i, key];
+    if (cl.incrementalChainMax !== undefined && cl.baseIncremental !== true) {
+      problems.push({
+        path: at('incrementalChainMax'),
+        message: 'applies only with baseIncremental: true; set that too or remove incrementalChainMax',
+      });
+    }
+    if (cl.baseIncremental !== true) return;
+    if (!c.physicalBackups) {
+      problems.push({
+        path: at('baseIncremental'),
+        message:
+          'incrementals are of the scheduled base backups, and physicalBackups is false; set physicalBackups: true or remove baseIncremental',
+      });
+    } else if (cl.postgresMajor === undefined) {
+      problems.push({
+        path: at('baseIncremental'),
+        message: `needs PostgreSQL ${MIN_INCREMENTAL_MAJOR} or newer: set postgresMajor to the cluster's server major (${MIN_INCREMENTAL_MAJOR} or more)`,
+      });
+    } else if (cl.postgresMajor < MIN_INCREMENTAL_MAJOR) {
+      problems.push({
+        path: at('baseIncremental'),
+        message: `incremental base backups need PostgreSQL ${MIN_INCREMENTAL_MAJOR} or newer and this cluster's postgresMajor is ${cl.postgresMajor}; remove baseIncremental (its base backups stay full ones)`,
+      });
+    } else if (client < MIN_INCREMENTAL_MAJOR) {
+      problems.push({
+        path: at('baseIncremental'),
+        message: `the image's pg_basebackup is PostgreSQL ${client} (postgresClientVersion), which takes no incremental; set postgresClientVersion to ${MIN_INCREMENTAL_MAJOR} or more or remove baseIncremental`,
+      });
+    }
+  });
+  return problems;
+}
 
 /** Client tools' major when the configuration names no server major (postgresServerVersions: []). */
 export const DEFAULT_POSTGRES_MAJOR = 17;

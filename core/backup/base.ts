@@ -6,7 +6,13 @@ import type { CatalogEntry } from '../catalog/catalog';
 import { type ChainLink, incrementalsInChain } from '../catalog/chain';
 import type { ManifestBody, PhysicalInfo } from '../catalog/manifest';
 import type { Schedule } from '../catalog/naming';
-import { corruptionBehindProgramFailure, decryptionFor, readObjectIntoProgram } from '../catalog/objects';
+import {
+  corruptionBehindProgramFailure,
+  decryptionFor,
+  readObjectIntoProgram,
+  readObjectToFile,
+} from '../catalog/objects';
+import { removeOnExit } from '../cleanup';
 import type { Config } from '../config';
 import { ConfigError, errorMessage, IntegrityError, PostgresError, UsageError } from '../errors';
 import { type ServerInfo, serverInfo } from '../pg/server';
@@ -152,7 +158,20 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
     options.note?.(`full base backup: BASE_INCREMENTAL is set, but ${gap}`);
     parent = undefined;
   }
-  const parentManifest = parent === undefined ? undefined : await fetchServerManifest(vault, parent);
+  // The server's backup_manifest of this backup, written aside as the tar streams past, then stored
+  // as an object of its own: an incremental of this backup reads it instead of the whole tar.
+  const own = await mkdtemp(join(tmpdir(), 'pgvault-server-manifest-'));
+  const forgetOwn = removeOnExit(own);
+  const ownManifestFile = join(own, 'backup_manifest');
+  let parentManifest: Awaited<ReturnType<typeof fetchServerManifest>> | undefined;
+  try {
+    parentManifest =
+      parent === undefined ? undefined : await fetchServerManifest(vault, parent, options.note);
+  } catch (err) {
+    await rm(own, { recursive: true, force: true });
+    forgetOwn();
+    throw err;
+  }
 
   let scanner: TarScanner | undefined;
   const seen: StreamFacts = { walSegments: 0 };
@@ -181,7 +200,7 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
         label: 'pg_basebackup output',
         capture: {
           backup_label: { headBytes: LABEL_BYTES },
-          backup_manifest: { tailBytes: MANIFEST_TAIL_BYTES, sha256: true },
+          backup_manifest: { tailBytes: MANIFEST_TAIL_BYTES, sha256: true, toFile: ownManifestFile },
         },
         onEntry: (entry) => {
           const isWal = WAL_SEGMENT_IN_TAR.test(entry.name);
@@ -204,13 +223,38 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
     },
   };
 
+  const serverManifestSource: ObjectSource = {
+    part: SERVER_MANIFEST_PART,
+    kind: 'server-manifest',
+    format: 'json',
+    label: 'backup_manifest',
+    // Opened once the tar is stored (sources other than `small` ones go one after another).
+    open() {
+      const member = scanner?.member('backup_manifest');
+      if (member === undefined || member.sha256 === undefined) {
+        throw new PostgresError(
+          "pg_basebackup's output ended without backup_manifest; the backup is incomplete, run it again (and check the server log)",
+        );
+      }
+      const sha256 = member.sha256;
+      return {
+        source: { path: ownManifestFile, size: member.size },
+        upstream: [],
+        // The raw digest is the one physical.serverManifestSha256 records: every read checks it.
+        finish: () => ({ rawSha256: sha256 }),
+      };
+    },
+  };
+
   try {
     return await runBackup(vault, {
       type: 'base',
       schedule: options.schedule,
       server,
       tools,
-      sources: [source],
+      // The manifest object after the tar, before the backup's own manifest: a run that stops in
+      // between leaves no manifest, so no backup (its objects are a failed run's, removed as such).
+      sources: [source, serverManifestSource],
       now: options.now,
       physical: () => physicalFromStream(scanner, pre.segmentBytes, seen),
       incrementalOf: parent?.manifest.id,
@@ -225,6 +269,8 @@ export async function backupBase(vault: Vault, options: BaseBackupOptions): Prom
     return backupBase(vault, { ...options, fullOnly: true });
   } finally {
     await parentManifest?.remove();
+    await rm(own, { recursive: true, force: true });
+    forgetOwn();
   }
 }
 
@@ -278,6 +324,9 @@ function serverLacksSummaries(err: unknown): boolean {
   }
   return false;
 }
+
+/** The name part of a base backup's server manifest object: `{id}.server-manifest.json[.zst][.enc]`. */
+export const SERVER_MANIFEST_PART = 'server-manifest';
 
 /** PostgreSQL's first major with incremental base backups (pg_basebackup --incremental). */
 export const MIN_INCREMENTAL_MAJOR = 17;
@@ -355,36 +404,56 @@ export function chooseIncrementalParent(input: {
 }
 
 /**
- * The server's backup_manifest of a stored base backup, taken out of its tar into a private temporary
- * folder (read and checked like any restore: sha256 of the stored bytes, then the manifest's own
- * sha256 against the one recorded when the backup was taken). pg_basebackup --incremental sends it.
+ * The server's backup_manifest of a stored base backup, which pg_basebackup --incremental sends,
+ * in a private temporary folder. Read from the backup's own `server-manifest` object (a few MB at
+ * most, whatever the size of the tar); only a backup taken before pgvault stored that object has
+ * it read out of its tar, which reads the whole tar (said through `note`). Checked like any restore:
+ * the sha256 of the stored bytes, then of the manifest itself against the one recorded when the
+ * backup was taken (physical.serverManifestSha256).
  */
 export async function fetchServerManifest(
   vault: Vault,
   entry: CatalogEntry,
+  note?: (line: string) => void,
 ): Promise<{ file: string; remove(): Promise<void> }> {
   const { manifest } = entry;
-  const object = manifest.objects.find((o) => o.kind === 'base');
+  const own = manifest.objects.find((o) => o.kind === 'server-manifest');
+  const object = own ?? manifest.objects.find((o) => o.kind === 'base');
   if (object === undefined) throw new IntegrityError(`backup ${manifest.id} lists no base backup object`);
+  if (own === undefined) {
+    note?.(
+      `backup ${manifest.id} has no server manifest object of its own (taken by an older pgvault): reading its backup_manifest out of its base backup tar, which reads the whole tar; the backups taken from now on store it apart`,
+    );
+  }
   const dir = await mkdtemp(join(tmpdir(), 'pgvault-parent-'));
   const remove = () => rm(dir, { recursive: true, force: true });
+  const file = join(dir, 'backup_manifest');
   try {
     let lastError: unknown;
     for (const target of entry.targets) {
+      const spec = {
+        target,
+        object,
+        compression: manifest.compression.algorithm,
+        threads: vault.config.parallelJobs,
+        encryption: decryptionFor(manifest, vault.config.encryption.passphrase),
+      };
+      if (own !== undefined) {
+        await rm(file, { force: true });
+        try {
+          await readObjectToFile(spec, file);
+          lastError = undefined;
+          break;
+        } catch (err) {
+          lastError = err;
+          continue;
+        }
+      }
       const tar = startTool('tar', ['-x', '-i', '-f', '-', '-C', dir, 'backup_manifest'], {
         label: 'tar -x backup_manifest',
         stdout: 'ignore',
       });
-      const read = readObjectIntoProgram(
-        {
-          target,
-          object,
-          compression: manifest.compression.algorithm,
-          threads: vault.config.parallelJobs,
-          encryption: decryptionFor(manifest, vault.config.encryption.passphrase),
-        },
-        tar.stdin,
-      );
+      const read = readObjectIntoProgram(spec, tar.stdin);
       const [fetched, extracted] = await Promise.allSettled([read, tar.exited]);
       if (fetched.status === 'fulfilled' && extracted.status === 'fulfilled') {
         lastError = undefined;
@@ -401,13 +470,12 @@ export async function fetchServerManifest(
             )) ?? (extracted as PromiseRejectedResult).reason);
     }
     if (lastError !== undefined) throw lastError;
-    const file = join(dir, 'backup_manifest');
     const bytes = await readFile(file);
     const expected = manifest.physical?.serverManifestSha256;
     const actual = createHash('sha256').update(bytes).digest('hex');
     if (expected !== undefined && actual !== expected) {
       throw new IntegrityError(
-        `the server manifest inside ${manifest.id} does not match the one recorded when it was taken (sha256 ${actual}, expected ${expected}); take a full base backup (pgvault backup base without --incremental)`,
+        `the server manifest of ${manifest.id} does not match the one recorded when it was taken (sha256 ${actual}, expected ${expected}); take a full base backup (pgvault backup base without --incremental)`,
       );
     }
     return { file, remove };

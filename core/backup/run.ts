@@ -44,9 +44,10 @@ export interface ObjectSource {
    * for good.
    */
   open(onProgress?: (rawBytes: number) => void): {
-    source: Readable | EncodedSource;
+    /** Or a file that nobody changes meanwhile (read by the compressor itself; see ObjectWriteSpec). */
+    source: Readable | EncodedSource | { readonly path: string; readonly size?: number };
     upstream: Promise<unknown>[];
-    finish?: () => Pick<StoredObject, 'tables' | 'tocPatches'>;
+    finish?: () => Pick<StoredObject, 'tables' | 'tocPatches' | 'rawSha256'>;
   };
 }
 

@@ -31,9 +31,19 @@ function buildSchemas() {
     /**
      * What the object holds: one database's pg_dump archive, the globals, a config tarball, index SQL;
      * config backups of a Patroni cluster add its dynamic configuration (`patroni-config`, GET /config)
-     * and its members with their roles (`patroni-members`).
+     * and its members with their roles (`patroni-members`); base backups add the server's own
+     * backup_manifest (`server-manifest`), which an incremental of them reads instead of their tar.
      */
-    kind: z.enum(['database', 'globals', 'config', 'indexes', 'base', 'patroni-config', 'patroni-members']),
+    kind: z.enum([
+      'database',
+      'globals',
+      'config',
+      'indexes',
+      'base',
+      'patroni-config',
+      'patroni-members',
+      'server-manifest',
+    ]),
     /** pg_dump custom archive, plain SQL, tar, or JSON. */
     format: z.enum(['dump', 'sql', 'tar', 'json']),
     database: z.string().optional(),

@@ -1,4 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import { Transform, type TransformCallback } from 'node:stream';
 import { IntegrityError } from '../errors';
 
@@ -10,7 +11,8 @@ import { IntegrityError } from '../errors';
  * Formats read: POSIX ustar (name + prefix), GNU ('ustar  ' magic, 'L'/'K' long names, base-256
  * sizes for members of 8 GiB and more) and pax ('x' extended headers: path, size; 'g' ignored).
  * Every 512-byte header is checksummed; a bad one fails the stream, since the bytes after it cannot
- * be framed. Member data is never held: a capture keeps at most its configured head and tail bytes.
+ * be framed. Member data is never held: a capture keeps at most its configured head and tail bytes
+ * (and may write the whole member to a file as it passes: TarCaptureSpec.toFile).
  */
 
 const BLOCK = 512;
@@ -28,6 +30,11 @@ export interface TarCaptureSpec {
   readonly tailBytes?: number;
   /** Compute the sha256 of the member's whole content. */
   readonly sha256?: boolean;
+  /**
+   * Write the member's whole content to this file (created 0600, replaced if there), as it passes:
+   * for members needed whole but too big to hold (the server's backup_manifest of a large cluster).
+   */
+  readonly toFile?: string;
 }
 
 export interface TarEntry {
@@ -87,6 +94,7 @@ class Capture {
   private headSize = 0;
   private readonly tail: Tail;
   private readonly hash: Hash | undefined;
+  private fd: number | undefined;
   constructor(
     readonly entry: TarEntry,
     private readonly spec: TarCaptureSpec,
@@ -94,6 +102,7 @@ class Capture {
   ) {
     this.tail = new Tail(spec.tailBytes ?? 0);
     this.hash = spec.sha256 ? createHash('sha256') : undefined;
+    if (spec.toFile !== undefined) this.fd = openSync(spec.toFile, 'w', 0o600);
   }
   write(chunk: Buffer): void {
     const wantHead = (this.spec.headBytes ?? 0) - this.headSize;
@@ -104,8 +113,19 @@ class Capture {
     }
     this.tail.push(chunk);
     this.hash?.update(chunk);
+    if (this.fd !== undefined) {
+      for (let at = 0; at < chunk.length; ) at += writeSync(this.fd, chunk, at, chunk.length - at);
+    }
+  }
+  /** Closes the file of a `toFile` capture (idempotent). */
+  close(): void {
+    if (this.fd === undefined) return;
+    const fd = this.fd;
+    this.fd = undefined;
+    closeSync(fd);
   }
   done(): CapturedMember {
+    this.close();
     return {
       ...this.entry,
       head: Buffer.concat(this.head),
@@ -197,6 +217,15 @@ export class TarScanner extends Transform {
   /** What was captured of a member, once its data has passed; undefined when it was not seen. */
   member(name: string): CapturedMember | undefined {
     return this.captured.get(name);
+  }
+
+  override _destroy(err: Error | null, callback: (error: Error | null) => void): void {
+    try {
+      this.capture?.close();
+    } catch {
+      // The stream is going anyway; its own error says why.
+    }
+    callback(err);
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {

@@ -190,12 +190,16 @@ export function lifecycleTagFor(key: string): 'archive' | 'expire' | 'report' | 
 /**
  * The setting for a new object under `key` (relative to the prefix) from a per-kind setting (storage
  * class, access tier): its lifecycle kind's (lifecycleTagFor), else the default. Manifests always take
- * the default: every listing reads them, and config refuses a default that cannot be read at once.
+ * the default: every listing reads them, and config refuses a default that cannot be read at once; so
+ * do base backups' server manifests, which an incremental base backup reads.
  */
 export function placementFor<T>(key: string, perKind: PerLifecycleKind<T> | undefined): T | undefined {
   if (perKind === undefined) return undefined;
   // core/catalog/naming.ts MANIFEST_SUFFIX (not imported: it would load the stream modules here).
   if (key.endsWith('.manifest.json')) return perKind.default;
+  // A base backup's server manifest (core/backup/base.ts SERVER_MANIFEST_PART): the next incremental
+  // reads it, however cold the class of the backup's tar (a weekly full in GLACIER, say).
+  if (/\.server-manifest\.json(\.[a-z0-9]+)*$/.test(key)) return perKind.default;
   const kind = lifecycleTagFor(key);
   return (kind === undefined ? undefined : perKind[kind]) ?? perKind.default;
 }

@@ -284,6 +284,7 @@ export class ClusterTasks extends Construct {
         ...(c.patroniUrl ? { PATRONI_URL: c.patroniUrl } : {}),
         ...(c.citusCoordinator ? { CITUS_COORDINATOR: c.citusCoordinator } : {}),
         ...patroniEnvironment(c),
+        ...incrementalEnvironment(c),
       };
       const credentials = secretsmanager.Secret.fromSecretAttributes(this, `Credentials-${c.name}`, {
         secretCompleteArn: c.credentialsSecretArn,
@@ -601,6 +602,18 @@ function grantRestoreTargets(role: iam.IRole, cluster: ClusterConfig): void {
       }),
     );
   }
+}
+
+/**
+ * A cluster's incremental base backup settings for its tasks (issue 15): only the keys configured
+ * (infra/config.ts incrementalProblems has checked them), so a cluster without them gets none.
+ */
+export function incrementalEnvironment(c: ClusterConfig): Record<string, string> {
+  if (c.baseIncremental !== true) return {};
+  return {
+    BASE_INCREMENTAL: 'true',
+    ...(c.incrementalChainMax !== undefined ? { INCREMENTAL_CHAIN_MAX: String(c.incrementalChainMax) } : {}),
+  };
 }
 
 /** Synth warnings of Patroni clusters (issue 13). */

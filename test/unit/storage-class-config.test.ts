@@ -76,6 +76,9 @@ describe('placementFor: the setting of an object by its key', () => {
     ['main/full/weekly/full-weekly-20260101-000000.app.dump.zst', 'GLACIER'],
     ['main/base/monthly/base-monthly-20260101-000000.tar.zst', 'GLACIER'],
     ['main/full/weekly/full-weekly-20260101-000000.manifest.json', 'STANDARD'],
+    // An incremental of this weekly full reads its server manifest: never in the archive class.
+    ['main/base/weekly/base-weekly-20260101-000000.server-manifest.json.zst.enc', 'STANDARD'],
+    ['main/base/weekly/base-weekly-20260101-000000.server-manifest.json', 'STANDARD'],
     ['main/full/daily/full-daily-20260101-000000.app.dump.zst', 'STANDARD_IA'],
     ['main/wal/0000000100000000/000000010000000000000001.zst', 'STANDARD_IA'],
     ['main/wal/archive.json', 'STANDARD'],

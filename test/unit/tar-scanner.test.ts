@@ -125,6 +125,22 @@ describe('TarScanner', () => {
     expect(scanner.entries).toBe(entries.length);
   });
 
+  it('writes a member whole to a file as it passes (toFile), in any chunking, with the captured digest', async () => {
+    // Prepare
+    const file = join(work, 'captured-manifest');
+
+    // Act
+    const { out, scanner } = await scan(slices(gnuTar, [333, 1, 8192, 511]), {
+      capture: { backup_manifest: { tailBytes: 4096, sha256: true, toFile: file } },
+    });
+
+    // Assess
+    expect(out.equals(gnuTar)).toBe(true);
+    const written = await readFile(file);
+    expect(written.equals(manifest)).toBe(true);
+    expect(sha256(written)).toBe(scanner.member('backup_manifest')!.sha256);
+  });
+
   it('frames any chunking the same way (property)', async () => {
     await fc.assert(
       fc.asyncProperty(
