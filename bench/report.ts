@@ -637,7 +637,7 @@ npm run build && node dist/bench/run.js --only physical --size-mb 50 --repeat 1 
 \`\`\`
 
 Flags: \`--size-mb N\` (or \`BENCH_SIZE_MB\`), \`--small-mb N\` (default a quarter of the size), \`--repeat N\`
-(runs of the headline measurements, the best kept; default 3), \`--only logical|physical|wal\` (repeatable or
+(runs of the headline measurements, the best kept; default 3), \`--only logical|physical|wal|incremental\` (repeatable or
 comma-separated; a partial run writes this file only with an explicit \`--docs PATH\`), \`--wal-segments N\`
 (the backlog each archive_command drains; default 64), \`--pitr-wal-mb N\` (WAL between the base backups and
 the recovery target; default 256), \`--no-pgbackrest\` (leave pgBackRest out), \`--json\` (everything above as
@@ -785,7 +785,8 @@ export function incrementalObservations(report: Report): string[] {
       `${full ? `, against ${seconds(full.wallMs)} and ${size(full)} for a full base backup of the same moment` : ''}` +
       `${br ? `; pgBackRest's block incremental took ${seconds(br.wallMs)} and stored ${size(br)} (pgvault/pgBackRest: ${(pv.wallMs / br.wallMs).toFixed(2)}× the time, ${pv.sizeBytes !== undefined && br.sizeBytes ? (pv.sizeBytes / br.sizeBytes).toFixed(2) : '?'}× the bytes)` : ''}. ` +
       `CPU: pgvault ${cpu(pv)}; ${[span(pv, 'pg_basebackup'), span(pv, 'zstd')].filter(Boolean).join(', ')} of ${(pv.wallMs / 1000).toFixed(1)} s` +
-      `${br ? `; pgBackRest ${cpu(br)}` : ''}.`,
+      `${br ? `; pgBackRest ${cpu(br)}` : ''}.` +
+      `${pv.spans.tar ? ` Before pg_basebackup starts, pgvault reads the parent's server manifest (tar alive ${pv.spans.tar.from.toFixed(1)}–${pv.spans.tar.to.toFixed(1)} s): backup_manifest is the last member of the full's tar, so the whole stored full is fetched, decrypted and decompressed to get it; this part grows with the full's size (and its download from a remote target), not with the change.` : ''}`,
   );
   const chain = get('incr_pitr_chain');
   const fromFull = get('incr_pitr_full');
@@ -838,7 +839,7 @@ function incrementalMeaning(report: Report): string {
   \`--type=incr\`, a pgvault full of the same moment, WAL, the recovery target, then the two PITRs (each
   timed as in the physical part). Both tools compress with zstd level 3 (pgvault's default) and encrypt with
   AES-256-CBC over 2 processes. The backup rows ran once each (each changes what the
-  next is incremental to); the PITR rows are the best of ${report.repeat}. *peak RSS main* of these rows is the chroot
-  launcher's shell, not node.
+  next is incremental to); the PITR rows are the best of ${report.repeat}. The chroot launcher execs into the
+  program, so *peak RSS main* is node's for pgvault, pgbackrest's main process for pgBackRest.
 `;
 }
