@@ -26,7 +26,7 @@
 import { existsSync, realpathSync } from 'node:fs';
 import { chmod, mkdir, readdir, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { OTHER_MAJOR_SKIP_LINE, OtherMajorSession, otherMajor } from '../test/helpers/pg-other';
+import { OtherMajorSession, otherMajor } from '../test/helpers/pg-other';
 import {
   readPostmasterPid,
   setArchiveCommand,
@@ -99,7 +99,7 @@ export async function runIncremental(
   if (!other || other.major < 17) {
     const why = other
       ? `the other major's root is PostgreSQL ${other.major}; incremental base backups need 17 or newer`
-      : OTHER_MAJOR_SKIP_LINE;
+      : 'the PostgreSQL 17 root is not built here: run .ci/pg-other-major (as root), then npm run bench again';
     say(`incremental part skipped: ${why}`);
     return { rows: [], info: { skipped: why }, targets: skippedTargets(why) };
   }
