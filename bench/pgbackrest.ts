@@ -12,7 +12,7 @@
 import { execFile } from 'node:child_process';
 import { chmod, chown, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { asServerUser, serverOsUser, type TempCluster } from '../core/pg/cluster';
+import { asServerUser, type ServerOwner, serverOsUser, type TempCluster } from '../core/pg/cluster';
 import { cleanEnv } from './steps';
 
 export const STANZA = 'bench';
@@ -78,12 +78,16 @@ export interface PgBackRestBackup {
   readonly stopLsn?: string;
 }
 
+/** How a command runs as the server's OS user (runuser on the host; a chroot for another root). */
+export type AsServer = (file: string, args: readonly string[]) => { file: string; args: string[] };
+
 /** A stanza of the main cluster with its own repository under `root`. */
 export class PgBackRest {
   private constructor(
     readonly root: string,
     readonly configFile: string,
     readonly spoolPath: string,
+    private readonly asServer: AsServer,
   ) {}
 
   static async create(options: {
@@ -91,8 +95,17 @@ export class PgBackRest {
     cluster: TempCluster;
     passphrase: string;
     processMax: number;
+    /** More `[global]` options (e.g. repo1-bundle=y, repo1-block=y for block incremental). */
+    global?: Readonly<Record<string, string>>;
+    /** The OS user the server runs as, when not this host's postgres (a server in another root). */
+    owner?: ServerOwner;
+    /** How pgbackrest runs as that user; default runuser on this host. */
+    asServer?: AsServer;
   }): Promise<PgBackRest> {
     const { root, cluster } = options;
+    const extra = Object.entries(options.global ?? {})
+      .map(([k, v]) => `${k}=${v}\n`)
+      .join('');
     const dirs = ['repo', 'log', 'lock', 'spool'].map((d) => join(root, d));
     await mkdir(root, { recursive: true, mode: 0o700 });
     for (const dir of dirs) await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -107,7 +120,7 @@ compress-type=zst
 compress-level=3
 process-max=${options.processMax}
 start-fast=y
-log-path=${join(root, 'log')}
+${extra}log-path=${join(root, 'log')}
 lock-path=${join(root, 'lock')}
 spool-path=${join(root, 'spool')}
 log-level-console=warn
@@ -123,19 +136,19 @@ pg1-socket-path=${cluster.socketDir}
 pg1-user=${cluster.superuser}
 `;
     await writeFile(configFile, config, { mode: 0o600 });
-    const user = serverOsUser();
+    const user = options.owner ?? serverOsUser();
     if (user) {
       for (const path of [root, ...dirs, configFile]) await chown(path, user.uid, user.gid);
     }
     await chmod(configFile, 0o600);
-    const br = new PgBackRest(root, configFile, join(root, 'spool'));
+    const br = new PgBackRest(root, configFile, join(root, 'spool'), options.asServer ?? asServerUser);
     await br.exec(['stanza-create']);
     return br;
   }
 
   /** The command line (runuser when root) for `pgbackrest --config ... --stanza ... <args>`. */
   command(args: readonly string[]): { file: string; args: string[] } {
-    return asServerUser('pgbackrest', [`--config=${this.configFile}`, `--stanza=${STANZA}`, ...args]);
+    return this.asServer('pgbackrest', [`--config=${this.configFile}`, `--stanza=${STANZA}`, ...args]);
   }
 
   /** archive_command (PostgreSQL runs it as the server user already). */

@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { chmod, chown, mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { asServerUser, freePort, serverOsUser } from '../core/pg/cluster';
+import { asServerUser, freePort, type ServerOwner, serverOsUser } from '../core/pg/cluster';
 import { findPgBinary, withClient } from '../core/pg/tools';
 import {
   enableArchiving,
@@ -33,15 +33,15 @@ import {
   writeWalBytes,
 } from './archiving';
 import { measureCommand, measureShell, measureTask } from './measure';
-import { findPgbackrest, PgBackRest } from './pgbackrest';
-import { mib, type PhysicalInfo, type Row, seconds } from './report';
+import { type AsServer, findPgbackrest, PgBackRest } from './pgbackrest';
+import { type Group, mib, type PhysicalInfo, type Row, seconds } from './report';
 import { type Context, cleanEnv, heartbeat, pgEnvFor, runStep, type Step, say } from './steps';
 
 export const PARALLEL_JOBS = 2;
-const MARKER_TABLE = 'bench_pitr_marker';
+export const MARKER_TABLE = 'bench_pitr_marker';
 
 /** Settings of the restored servers: the main cluster's, and never archiving into the archives. */
-const RESTORED_SERVER_SETTINGS: Record<string, string> = {
+export const RESTORED_SERVER_SETTINGS: Record<string, string> = {
   fsync: 'off',
   synchronous_commit: 'off',
   shared_buffers: '256MB',
@@ -72,8 +72,8 @@ export interface ArchiveSetup {
   readonly pgbackrestMissing: string | undefined;
 }
 
-async function giveToServerUser(path: string): Promise<void> {
-  const user = serverOsUser();
+export async function giveToServerUser(path: string, owner?: ServerOwner): Promise<void> {
+  const user = owner ?? serverOsUser();
   if (user) await chown(path, user.uid, user.gid);
 }
 
@@ -118,14 +118,16 @@ export async function prepareArchiveSetup(ctx: Context, usePgbackrest: boolean):
 
 /** pgvault's settings as a config file the server user reads (archive_command), and as env. */
 export async function pgvaultConfig(
-  setup: ArchiveSetup,
+  setup: Pick<ArchiveSetup, 'keyFile'>,
   file: string,
   vaultDir: string,
   extra: Record<string, string> = {},
+  /** The server's OS user when it is not this host's postgres (a server in another root). */
+  owner?: ServerOwner,
 ): Promise<Record<string, string>> {
   await mkdir(join(vaultDir, 'bench'), { recursive: true, mode: 0o700 });
-  await giveToServerUser(vaultDir);
-  await giveToServerUser(join(vaultDir, 'bench'));
+  await giveToServerUser(vaultDir, owner);
+  await giveToServerUser(join(vaultDir, 'bench'), owner);
   const settings: Record<string, string> = {
     BACKUP_DIR: vaultDir,
     CLUSTER_NAME: 'bench',
@@ -142,7 +144,7 @@ export async function pgvaultConfig(
       .join('\n')}\n`,
     { mode: 0o600 },
   );
-  await giveToServerUser(file);
+  await giveToServerUser(file, owner);
   return settings;
 }
 
@@ -399,7 +401,7 @@ export async function runPhysical(
  * hot_standby off, the first moment it accepts connections). Checked afterwards: the rows committed
  * before the target are there, the one after is not.
  */
-function pitrStep(
+export function pitrStep(
   ctx: Context,
   spec: {
     id: string;
@@ -416,14 +418,20 @@ function pitrStep(
     claimAlso: string;
     /** Before each run, after the previous run's directory is gone (not timed). */
     prepare?: () => Promise<void>;
+    /** A server of another root: its pg_ctl (which switches user itself) and its OS user. */
+    server?: { readonly pgCtl: AsServer; readonly owner: ServerOwner };
+    /** @default 'pitr' */
+    group?: Group;
   },
 ): Step {
+  const pgCtl = (args: readonly string[]) =>
+    spec.server ? spec.server.pgCtl('pg_ctl', args) : asServerUser(findPgBinary('pg_ctl'), args);
   const runDir = `${spec.dataDir}.run`;
   const logFile = join(runDir, 'server.log');
   let port = 0;
   let restoreMs: number | undefined;
   const cleanup = async () => {
-    await stopServer(spec.dataDir);
+    await stopServer(spec.dataDir, pgCtl);
     await stopProcessesNaming(spec.dataDir);
     await stopProcessesNaming(join(ctx.work, 'pgvault', 'dist', 'cli', 'commands', 'wal.js prefetch'));
     for (const path of [
@@ -438,7 +446,7 @@ function pitrStep(
   return {
     id: spec.id,
     name: spec.name,
-    group: 'pitr',
+    group: spec.group ?? 'pitr',
     display: spec.display,
     runs: ctx.repeat,
     baseline: spec.baseline,
@@ -446,10 +454,10 @@ function pitrStep(
       await cleanup();
       await spec.prepare?.();
       await mkdir(runDir, { mode: 0o700 });
-      await giveToServerUser(runDir);
+      await giveToServerUser(runDir, spec.server?.owner);
       if (spec.createDir) {
         await mkdir(spec.dataDir, { mode: 0o700 });
-        await giveToServerUser(spec.dataDir);
+        await giveToServerUser(spec.dataDir, spec.server?.owner);
       }
       port = await freePort();
     },
@@ -474,16 +482,7 @@ function pitrStep(
             'listen_addresses=',
             ...Object.entries(RESTORED_SERVER_SETTINGS).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
           ].join(' ');
-          const ctl = asServerUser(findPgBinary('pg_ctl'), [
-            'start',
-            '-D',
-            spec.dataDir,
-            '-W',
-            '-l',
-            logFile,
-            '-o',
-            opts,
-          ]);
+          const ctl = pgCtl(['start', '-D', spec.dataDir, '-W', '-l', logFile, '-o', opts]);
           const started = await runChild(ctl.file, ctl.args, cleanEnv());
           if (started.code !== 0) throw new Error(`pg_ctl start failed: ${started.stderr.trim()}`);
           await waitUntilReady(spec.dataDir, logFile, 3_600_000);
@@ -568,18 +567,12 @@ function alive(pid: number): boolean {
   }
 }
 
-async function stopServer(dataDir: string): Promise<void> {
+async function stopServer(
+  dataDir: string,
+  pgCtl: (args: readonly string[]) => { file: string; args: string[] },
+): Promise<void> {
   if (readPostmasterPid(dataDir) === undefined) return;
-  const ctl = asServerUser(findPgBinary('pg_ctl'), [
-    'stop',
-    '-D',
-    dataDir,
-    '-m',
-    'immediate',
-    '-w',
-    '-t',
-    '60',
-  ]);
+  const ctl = pgCtl(['stop', '-D', dataDir, '-m', 'immediate', '-w', '-t', '60']);
   await runChild(ctl.file, ctl.args, cleanEnv());
 }
 

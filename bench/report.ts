@@ -20,14 +20,39 @@ export interface Machine {
 }
 
 /** backup, restore, memory: the logical part; base, pitr: the physical part; wal: WAL archiving. */
-export type Group = 'backup' | 'restore' | 'memory' | 'base' | 'pitr' | 'wal';
+export type Group = 'backup' | 'restore' | 'memory' | 'base' | 'pitr' | 'wal' | 'incremental';
 
 /** The parts a run can be limited to (--only). */
-export type Part = 'logical' | 'physical' | 'wal';
-export const PARTS: readonly Part[] = ['logical', 'physical', 'wal'];
+export type Part = 'logical' | 'physical' | 'wal' | 'incremental';
+export const PARTS: readonly Part[] = ['logical', 'physical', 'wal', 'incremental'];
 
 export function partOf(group: Group): Part {
+  if (group === 'incremental') return 'incremental';
   return group === 'base' || group === 'pitr' ? 'physical' : group === 'wal' ? 'wal' : 'logical';
+}
+
+/** The incremental part (bench/incremental.ts), on PostgreSQL 17 in the other major's root. */
+export interface IncrementalInfo {
+  /** Why the part did not run (no root). */
+  readonly skipped?: string;
+  readonly serverVersion?: string;
+  readonly root?: string;
+  readonly pgbackrest?: string;
+  readonly pgbackrestSkipped?: string;
+  /** Share of every table's heap pages whose rows were updated between the fulls and the incrementals. */
+  readonly changeFraction?: number;
+  readonly changedRows?: number;
+  readonly changeMs?: number;
+  readonly pgvaultFullId?: string;
+  readonly pgvaultIncrementalId?: string;
+  readonly pgvaultFull1Id?: string;
+  readonly pgbackrestLabels?: Record<string, string>;
+  readonly pitrTarget?: string;
+  readonly pitrWalWrittenBytes?: number;
+  readonly archiveCommand?: string;
+  /** The load average when the part started (the machine is shared). */
+  readonly loadAverage?: readonly number[];
+  readonly datasetBytes?: number;
 }
 
 /** One drained backlog (the WAL part). Times in ms from the moment archive_command was set. */
@@ -148,6 +173,7 @@ export interface Report {
   readonly waitedForQuietMs: number;
   readonly physical?: PhysicalInfo;
   readonly wal?: WalInfo;
+  readonly incremental?: IncrementalInfo;
 }
 
 export function seconds(ms: number): string {
@@ -307,6 +333,10 @@ function walRows(report: Report): Row[] {
   return report.rows.filter((r) => r.group === 'wal');
 }
 
+function incrementalRows(report: Report): Row[] {
+  return report.rows.filter((r) => r.group === 'incremental');
+}
+
 const PHYSICAL_HEADER = [
   'run',
   'runs',
@@ -458,6 +488,22 @@ export function terminalReport(report: Report): string {
       ),
     );
   }
+  const incremental = incrementalRows(report);
+  if (report.incremental || incremental.length > 0) {
+    const i = report.incremental;
+    lines.push(
+      '',
+      `incremental base backups (PostgreSQL ${i?.serverVersion ?? '17'} in the other major's root)${i?.skipped ? `: skipped: ${i.skipped}` : ''}${i?.pgbackrestSkipped ? ` (pgBackRest rows skipped: ${i.pgbackrestSkipped})` : ''}:`,
+    );
+    if (incremental.length > 0) {
+      lines.push(
+        table(
+          PHYSICAL_HEADER,
+          incremental.map((r) => physicalCells(report, r)),
+        ),
+      );
+    }
+  }
   lines.push(
     '',
     'CPU seconds by program (best run; "server" = PostgreSQL backends; "other" = the rest of the machine):',
@@ -469,7 +515,9 @@ export function terminalReport(report: Report): string {
     'targets:',
     ...report.targets.map((t) => `  ${targetWord(t)}  ${t.name}: ${t.measured} (target ${t.target})`),
     '',
-    ...[...observations(report), ...physicalObservations(report)].map((o) => o.replaceAll('**', '')),
+    ...[...observations(report), ...physicalObservations(report), ...incrementalObservations(report)].map(
+      (o) => o.replaceAll('**', ''),
+    ),
     '',
     `total ${seconds(report.totalMs)}, of which ${seconds(report.waitedForQuietMs)} waiting for other programs to finish`,
   );
@@ -550,7 +598,7 @@ bash for the shell pipelines). Headline rows are the best of ${report.repeat} ru
 
 `
     : ''
-}${physicalSection(report)}${walSection(report)}### Targets: ${passed} of ${evaluated} met${evaluated < report.targets.length ? ` (${report.targets.length - evaluated} not evaluated)` : ''}
+}${physicalSection(report)}${walSection(report)}${incrementalSection(report)}### Targets: ${passed} of ${evaluated} met${evaluated < report.targets.length ? ` (${report.targets.length - evaluated} not evaluated)` : ''}
 
 ${mdTable(
   ['target', 'wanted', 'measured', 'result'],
@@ -559,7 +607,7 @@ ${mdTable(
 
 ### Where the time goes
 
-${[...observations(report), ...physicalObservations(report)].join('\n\n')}
+${[...observations(report), ...physicalObservations(report), ...incrementalObservations(report)].join('\n\n')}
 
 CPU seconds per program in the best run (\`/proc/<pid>/stat\`, sampled every 50 ms), and when each
 program was alive (seconds from the start). *server* is the CPU of the PostgreSQL backends, which are
@@ -589,7 +637,7 @@ npm run build && node dist/bench/run.js --only physical --size-mb 50 --repeat 1 
 \`\`\`
 
 Flags: \`--size-mb N\` (or \`BENCH_SIZE_MB\`), \`--small-mb N\` (default a quarter of the size), \`--repeat N\`
-(runs of the headline measurements, the best kept; default 3), \`--only logical|physical|wal\` (repeatable or
+(runs of the headline measurements, the best kept; default 3), \`--only logical|physical|wal|incremental\` (repeatable or
 comma-separated; a partial run writes this file only with an explicit \`--docs PATH\`), \`--wal-segments N\`
 (the backlog each archive_command drains; default 64), \`--pitr-wal-mb N\` (WAL between the base backups and
 the recovery target; default 256), \`--no-pgbackrest\` (leave pgBackRest out), \`--json\` (everything above as
@@ -627,7 +675,7 @@ two minutes, six in all) until the machine is idle; other work on the machine st
   target concerns node's own memory, which must not grow with the database: the ${report.smallMb} MB run checks that.
 - **Sizes** are bytes of the produced file or backup object (for pgvault the database's object; the globals
   object adds a few KB). MiB = 1,048,576 bytes; "MB" for database sizes means the same, as in PostgreSQL.
-${physicalMeaning(report)}${walMeaning(report)}- **Noise.** On a shared 2-core VM the same command varies by about 5% between runs; a target missed by
+${physicalMeaning(report)}${walMeaning(report)}${incrementalMeaning(report)}- **Noise.** On a shared 2-core VM the same command varies by about 5% between runs; a target missed by
   less than that deserves a re-run before anyone acts on it.
 `;
 }
@@ -715,5 +763,83 @@ function walMeaning(report: Report): string {
   \`process-max=${report.wal?.parallelJobs ?? 2}\`, pgvault with \`PARALLEL_JOBS=${report.wal?.parallelJobs ?? 2}\` (one Node uploader, ${2 * (report.wal?.parallelJobs ?? 2)} zstd lanes). \`cp\`
   neither compresses, encrypts nor fsyncs: it shows what the archiver alone costs. CPU of the archive commands
   and whatever they start (uploaders, async workers) is the row's; the archiver itself is *server*.
+`;
+}
+
+/** Sentences on the incremental part, read off this run's numbers. */
+export function incrementalObservations(report: Report): string[] {
+  const get = (id: string) => report.rows.find((r) => r.id === id);
+  const pv = get('incr_pgvault_incr');
+  if (!pv) return [];
+  const br = get('incr_pgbackrest_incr');
+  const full = get('incr_pgvault_full1');
+  const out: string[] = [];
+  const cpu = (r: Row) => `${(sum(r.cpuSeconds) + r.serverCpuSeconds).toFixed(1)} CPU s (${cpuLine(r)})`;
+  const span = (r: Row, comm: string) => {
+    const s = r.spans[comm];
+    return s ? `${comm} alive ${s.from.toFixed(1)}–${s.to.toFixed(1)} s` : '';
+  };
+  const size = (r: Row | undefined) => (r?.sizeBytes !== undefined ? mib(r.sizeBytes) : '?');
+  out.push(
+    `**Incremental base backup.** pgvault's incremental took ${seconds(pv.wallMs)} and stored ${size(pv)}` +
+      `${full ? `, against ${seconds(full.wallMs)} and ${size(full)} for a full base backup of the same moment` : ''}` +
+      `${br ? `; pgBackRest's block incremental took ${seconds(br.wallMs)} and stored ${size(br)} (pgvault/pgBackRest: ${(pv.wallMs / br.wallMs).toFixed(2)}× the time, ${pv.sizeBytes !== undefined && br.sizeBytes ? (pv.sizeBytes / br.sizeBytes).toFixed(2) : '?'}× the bytes)` : ''}. ` +
+      `CPU: pgvault ${cpu(pv)}; ${[span(pv, 'pg_basebackup'), span(pv, 'zstd')].filter(Boolean).join(', ')} of ${(pv.wallMs / 1000).toFixed(1)} s` +
+      `${br ? `; pgBackRest ${cpu(br)}` : ''}.` +
+      `${pv.spans.tar ? ` Before pg_basebackup starts, pgvault reads the parent's server manifest (tar alive ${pv.spans.tar.from.toFixed(1)}–${pv.spans.tar.to.toFixed(1)} s): backup_manifest is the last member of the full's tar, so the whole stored full is fetched, decrypted and decompressed to get it; this part grows with the full's size (and its download from a remote target), not with the change.` : ''}`,
+  );
+  const chain = get('incr_pitr_chain');
+  const fromFull = get('incr_pitr_full');
+  if (chain && fromFull) {
+    const phase = (r: Row) =>
+      r.pitr?.restoreMs !== undefined
+        ? `${seconds(r.pitr.restoreMs)} laying down the data directory, ${seconds(r.wallMs - r.pitr.restoreMs)} starting, replaying and promoting`
+        : '';
+    out.push(
+      `**PITR from the chain.** ${seconds(chain.wallMs)} (${phase(chain)}) against ${seconds(fromFull.wallMs)} from the full (${phase(fromFull)}): ${(chain.wallMs / fromFull.wallMs).toFixed(2)}×. ` +
+        `The chain's restore fetches and unpacks two backups and then pg_combinebackup writes the combined data directory${chain.spans.pg_combinebackup ? ` (pg_combinebackup alive ${chain.spans.pg_combinebackup.from.toFixed(1)}–${chain.spans.pg_combinebackup.to.toFixed(1)} s)` : ''}.`,
+    );
+  }
+  return out;
+}
+
+function incrementalSection(report: Report): string {
+  const rows = incrementalRows(report);
+  const i = report.incremental;
+  if (!i && rows.length === 0) return '';
+  if (i?.skipped) return `### Incremental base backups (PostgreSQL 17)\n\nSkipped: ${i.skipped}.\n\n`;
+  return `### Incremental base backups (PostgreSQL 17)
+
+${i?.pgbackrestSkipped ? `pgBackRest rows skipped: ${i.pgbackrestSkipped}.\n\n` : ''}${mdTable(
+  PHYSICAL_HEADER,
+  rows.map((r) => physicalCells(report, r)),
+)}
+
+PostgreSQL ${i?.serverVersion ?? '17'} in the Debian root ${i?.root ? `\`${i.root}\`` : ''} (test/helpers/pg-other.ts), the
+database generated as above${i?.datasetBytes !== undefined ? ` (${mib(i.datasetBytes)})` : ''}${i?.loadAverage ? `; load average ${i.loadAverage.join(', ')} when the part started` : ''}. Between the full backups and the
+incrementals the rows of the first ${Math.round((i?.changeFraction ?? 0) * 100)}% of every table's heap pages were updated
+(${(i?.changedRows ?? 0).toLocaleString('en-US')} rows${i?.changeMs !== undefined ? ` in ${seconds(i.changeMs)}` : ''}). *time vs baseline*: pgvault's incremental against pgBackRest's; the PITR from the
+chain against the PITR from the full taken after the change. *size*: pgvault's stored bytes from its manifest
+(the base backup's object, WAL of the backup inside, \`-X fetch\`); pgBackRest's the files of that backup's
+folder in its repository (its WAL is in the archive). *size / raw*: stored bytes over the data the tool read
+(pg_basebackup's tar stream; pgBackRest's database size, the whole cluster for an incremental too).
+${i?.pgbackrest ? `${i.pgbackrest}. ` : ''}Recovery target \`${i?.pitrTarget ?? '?'}\`${i?.pitrWalWrittenBytes !== undefined ? `, ${mib(i.pitrWalWrittenBytes)} of WAL written after the backups` : ''}. archive_command: \`${i?.archiveCommand ?? ''}\`.
+
+`;
+}
+
+function incrementalMeaning(report: Report): string {
+  if (!report.parts.includes('incremental') || report.incremental?.skipped) return '';
+  return `- **Incremental part** (\`bench/incremental.ts\`, \`--only incremental\`). PostgreSQL 17 runs inside the
+  other major's Debian root (\`.ci/pg-other-major\`), and so do its archive_command, pgvault (this machine's
+  node, bind-mounted) and pgBackRest (the root's 2.55, its own config file and repository in the run's
+  temporary directory). Order: data, pgvault full, pgBackRest full (\`repo1-bundle=y repo1-block=y\`: block
+  incremental needs bundling), the change, pgvault \`backup base --incremental\` (pg_basebackup
+  \`--incremental\` against the full's server manifest, with \`summarize_wal=on\`), pgBackRest
+  \`--type=incr\`, a pgvault full of the same moment, WAL, the recovery target, then the two PITRs (each
+  timed as in the physical part). Both tools compress with zstd level 3 (pgvault's default) and encrypt with
+  AES-256-CBC over 2 processes. The backup rows ran once each (each changes what the
+  next is incremental to); the PITR rows are the best of ${report.repeat}. The chroot launcher execs into the
+  program, so *peak RSS main* is node's for pgvault, pgbackrest's main process for pgBackRest.
 `;
 }

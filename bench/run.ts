@@ -5,11 +5,15 @@
  *   `pg_dump | zstd | openssl` pipeline (this file);
  * - physical: `pgvault backup base` and `restore pitr` against pgBackRest and a hand-made
  *   `pg_basebackup | zstd | openssl` pipeline (physical.ts, pgbackrest.ts);
- * - wal: how fast each archive_command drains a backlog of WAL segments (wal-drain.ts).
+ * - wal: how fast each archive_command drains a backlog of WAL segments (wal-drain.ts);
+ * - incremental: PostgreSQL 17's incremental base backups against full ones and pgBackRest's block
+ *   incremental, on a PostgreSQL 17 server in the other major's root (incremental.ts; skipped with
+ *   one line when the root is not built).
  *
  *   npm run bench                          500 MB (BENCH_SIZE_MB or --size-mb to change)
  *   npm run build && node dist/bench/run.js --size-mb 50 --repeat 1 --json
  *   npm run build && node dist/bench/run.js --only physical --size-mb 50 --repeat 1 --no-docs
+ *   npm run build && node dist/bench/run.js --only incremental --docs /tmp/incremental.md
  *
  * Progress goes to stderr; the results to stdout (a table, or JSON with --json) and, as Markdown,
  * into docs/benchmarks.md (--docs PATH to write elsewhere, --no-docs to skip). Everything it makes
@@ -27,11 +31,13 @@ import { TempCluster } from '../core/pg/cluster';
 import { findPgBinary } from '../core/pg/tools';
 import { dropWalLoad, killProcessesNamingSync, readPostmasterPid, stopProcessesNaming } from './archiving';
 import { generateDataset, vacuumAnalyze } from './dataset';
+import { runIncremental } from './incremental';
 import { killActiveCommands, measureCommand, measureShell } from './measure';
 import { type ArchiveSetup, runPhysical } from './physical';
 import {
   type DatasetResult,
   type Group,
+  type IncrementalInfo,
   type Machine,
   MIB,
   markdownReport,
@@ -111,7 +117,8 @@ function usage(): string {
   --size-mb N        on-disk size of the main database (pg_database_size), MB; default BENCH_SIZE_MB or 500
   --small-mb N       size of the second database for the memory-growth check; default size / 4
   --repeat N         runs of the headline measurements (best time kept); default 3
-  --only PART        run only logical, physical or wal (repeatable, or comma-separated); default all three
+  --only PART        run only logical, physical, wal or incremental (repeatable, or comma-separated);
+                     default all four (incremental needs the PostgreSQL 17 root, .ci/pg-other-major)
   --wal-segments N   WAL segments in the backlog each archive_command drains (wal part); default 64
   --pitr-wal-mb N    WAL written between the base backups and the PITR target, MiB; default 256
   --no-pgbackrest    leave pgBackRest out (its rows and targets are skipped)
@@ -451,7 +458,9 @@ async function runBenchmark(options: Options): Promise<Report> {
     const datasets: DatasetResult[] = [];
     const logical = options.parts.includes('logical');
     // bench_small only serves the logical part's memory-growth check.
-    const databases: Array<readonly [string, number]> = [['bench', options.sizeMb]];
+    // The incremental part generates its own on PostgreSQL 17; the host's bench serves the others.
+    const hostParts = options.parts.some((p) => p !== 'incremental');
+    const databases: Array<readonly [string, number]> = hostParts ? [['bench', options.sizeMb]] : [];
     if (logical) databases.push(['bench_small', options.smallMb]);
     for (const [database, sizeMb] of databases) {
       say(`generating ${database}: ${sizeMb} MB`);
@@ -594,6 +603,22 @@ async function runBenchmark(options: Options): Promise<Report> {
       };
     }
     await dropWalLoad(cluster).catch(() => {});
+    let incrementalInfo: IncrementalInfo | undefined;
+    const incrementalTargets: TargetResult[] = [];
+    if (options.parts.includes('incremental')) {
+      const loadAverage = loadavg().map((n) => Number(n.toFixed(2)));
+      const incr = await runIncremental(ctx, {
+        sizeMb: options.sizeMb,
+        serverSettings: SERVER_SETTINGS,
+        changeFraction: 0.05,
+        pitrWalMb: Math.min(options.pitrWalMb, 64),
+        pgbackrest: options.pgbackrest,
+      });
+      rows.push(...incr.rows);
+      incrementalTargets.push(...incr.targets);
+      incrementalInfo = { ...incr.info, loadAverage, datasetBytes: incr.dataset?.sizeAfterVacuumBytes };
+      if (datasets.length === 0 && incr.dataset) datasets.push(incr.dataset);
+    }
 
     // The floor's "size" is the dump it threw away, as pgvault measured it.
     const withFloor = rows.map((r) => (r.id === 'floor' ? { ...r, sizeBytes: floorDumpBytes } : r));
@@ -612,11 +637,13 @@ async function runBenchmark(options: Options): Promise<Report> {
       targets: [
         ...(logical ? checkTargets(withFloor.filter((r) => partOf(r.group) === 'logical')) : []),
         ...checkPhysicalTargets(withFloor, options.parts, physicalInfo, walInfo),
+        ...incrementalTargets,
       ],
       totalMs: benchElapsedMs(),
       waitedForQuietMs: totalQuietWaitMs(),
       physical: physicalInfo,
       wal: walInfo,
+      incremental: incrementalInfo,
     };
   } finally {
     say('cleaning up (cluster and temporary files)');
@@ -831,7 +858,9 @@ async function main(): Promise<void> {
     `pgvault benchmark: ${options.sizeMb} MB database (+ ${options.smallMb} MB for the memory check), headline runs best of ${options.repeat}`,
   );
   const report = await runBenchmark(options);
-  if (options.docs) {
+  if (options.docs && report.datasets.length === 0) {
+    say('no data set was generated (the incremental part was skipped): no Markdown report written');
+  } else if (options.docs) {
     writeFileSync(options.docs, markdownReport(report));
     say(`wrote ${relative(process.cwd(), options.docs) || options.docs}`);
   }
