@@ -15,8 +15,18 @@ export interface CliRun {
  * test process's leaks in), and collects its exit code and output.
  */
 export function runPgvault(args: readonly string[], env: NodeJS.ProcessEnv, cwd: string): Promise<CliRun> {
+  return runProgram(process.execPath, [PGVAULT_CLI, ...args], env, cwd);
+}
+
+/** Runs a program with exactly the environment given and collects its exit code and output. */
+export function runProgram(
+  file: string,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+  cwd: string,
+): Promise<CliRun> {
   return new Promise((done) => {
-    const child = spawn(process.execPath, [PGVAULT_CLI, ...args], { env, cwd });
+    const child = spawn(file, [...args], { env, cwd });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => {

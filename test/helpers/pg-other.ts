@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import {
   chmodSync,
   existsSync,
@@ -18,7 +18,7 @@ import {
   TempCluster,
   type TempClusterOptions,
 } from '../../core/pg/cluster';
-import type { CliRun } from './cli';
+import { type CliRun, runProgram } from './cli';
 
 /**
  * The other PostgreSQL major (17 on Debian 12, 15 on Debian 13), from the other Debian release's
@@ -354,18 +354,7 @@ export class OtherMajorSession {
 
   /** Any program inside the root: `client` runs it as root, `server` as the root's postgres user. */
   run(args: readonly string[], env: NodeJS.ProcessEnv, cwd: string): Promise<CliRun> {
-    return new Promise((done) => {
-      const child = spawn(this.enter, [...args], { env, cwd });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (c: Buffer) => {
-        stdout += c.toString();
-      });
-      child.stderr.on('data', (c: Buffer) => {
-        stderr += c.toString();
-      });
-      child.on('close', (code) => done({ code, stdout, stderr }));
-    });
+    return runProgram(this.enter, args, env, cwd);
   }
 
   /** Pids of the processes this session started inside the root (its tag is in their environment). */

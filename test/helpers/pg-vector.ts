@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import {
   accessSync,
   chmodSync,
@@ -13,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TempCluster } from '../../core/pg/cluster';
 import { type ArchivingCluster, startArchivingCluster } from '../integration/pitr-fixture';
-import { type CliRun, PGVAULT_CLI, runPgvault } from './cli';
+import { type CliRun, PGVAULT_CLI, runPgvault, runProgram } from './cli';
 import {
   NO_PGVECTOR_LINE,
   type OtherArchivingCluster,
@@ -183,18 +182,7 @@ class HostVectorSession implements VectorSession {
         configFile,
         ...args,
       ];
-      return await new Promise((done) => {
-        const child = spawn('/usr/bin/unshare', argv, { env: ENV(), cwd });
-        let stdout = '';
-        let stderr = '';
-        child.stdout.on('data', (c: Buffer) => {
-          stdout += c.toString();
-        });
-        child.stderr.on('data', (c: Buffer) => {
-          stderr += c.toString();
-        });
-        child.on('close', (code) => done({ code, stdout, stderr }));
-      });
+      return await runProgram('/usr/bin/unshare', argv, ENV(), cwd);
     } finally {
       rmSync(copy, { recursive: true, force: true });
     }
