@@ -39,7 +39,7 @@ afterAll(async () => {
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 describe('backup base', () => {
-  it('streams pg_basebackup into one object and records where its WAL starts and stops', async () => {
+  it('streams pg_basebackup into one object, its server manifest beside it, and records where its WAL starts and stops', async () => {
     // Prepare
     const vault = testVault(cluster, join(work.path, 'enc'), {
       ENCRYPTION: 'true',
@@ -52,9 +52,11 @@ describe('backup base', () => {
 
     // Assess
     expect(m.id).toMatch(/^base-weekly-\d{8}-\d{6}$/);
-    expect(m.objects).toHaveLength(1);
+    // The tar, then the server's backup_manifest as an object of its own (what an incremental reads).
+    expect(m.objects.map((o) => o.kind)).toEqual(['base', 'server-manifest']);
     expect(m.objects[0]).toMatchObject({ kind: 'base', format: 'tar' });
     expect(m.objects[0]!.key).toBe(`default/base/weekly/${m.id}.tar.zst.enc`);
+    expect(m.objects[1]!.key).toBe(`default/base/weekly/${m.id}.server-manifest.json.zst.enc`);
     const p = m.physical!;
     expect(p.timeline).toBe(1);
     expect(p.segmentBytes).toBe(1024 * 1024);
@@ -69,7 +71,10 @@ describe('backup base', () => {
 
     // The same backup passes verify file, pg_verifybackup included.
     const verified = await verifyBackupFile(vault, m.id);
-    expect(verified.objects[0]).toMatchObject({ dataDirectoryVerified: true, rawSize: m.rawSize });
+    expect(verified.objects[0]).toMatchObject({
+      dataDirectoryVerified: true,
+      rawSize: m.objects[0]!.rawSize,
+    });
   });
 
   it('verify file refuses a stored object with one flipped byte', async () => {
