@@ -681,11 +681,24 @@ ${member.postgresqlYaml ? `${member.postgresqlYaml.trimEnd()}\n` : ''}`;
     const deadline = Date.now() + timeoutMs;
     for (const r of replicas) {
       for (;;) {
-        const [row] = await this.query<{ done: boolean }>(
-          `SELECT pg_last_wal_replay_lsn() >= '${lsn}'::pg_lsn AS done`,
-          { node: r.name },
-        );
-        if (row?.done) break;
+        let done = false;
+        try {
+          const [row] = await this.query<{ done: boolean }>(
+            `SELECT pg_last_wal_replay_lsn() >= '${lsn}'::pg_lsn AS done`,
+            { node: r.name },
+          );
+          done = row?.done === true;
+        } catch (err) {
+          // A member stopped a moment ago (stopNode, killNode) stays listed, as it last was, until
+          // its key's TTL runs out: one whose Patroni has exited, or that is no longer listed as
+          // running, is not waited for.
+          const proc = this.node(r.name).proc;
+          const exited = proc === undefined || proc.exitCode !== null || proc.signalCode !== null;
+          const now = (await this.members()).find((m) => m.name === r.name);
+          if (exited || now === undefined || now.state === 'stopped') break;
+          if (Date.now() > deadline) throw err;
+        }
+        if (done) break;
         if (Date.now() > deadline) throw new Error(`${r.name} did not replay up to ${lsn} in time`);
         await sleep(100);
       }
