@@ -12,7 +12,7 @@ import type {
 } from '@azure/storage-blob' with { 'resolution-mode': 'import' };
 import type { AzureAccessTier, PerLifecycleKind } from '../config';
 import { ObjectExistsError, ObjectLockedError, ObjectNotFoundError, StorageError } from '../errors';
-import { assertValidKey, assertValidPrefix } from './file';
+import { assertValidKey, assertValidPrefix, KeyPrefix } from './file';
 import { ArchivedObjectError, placementFor } from './s3';
 import { readWhole, sourceBlocks, sourceChunks } from './source';
 import type { ObjectInfo, ObjectLockOptions, PutOptions, StorageTarget } from './target';
@@ -114,6 +114,7 @@ export class AzureTarget implements StorageTarget {
   readonly location: string;
   readonly container: string;
   readonly prefix: string;
+  private readonly keys: KeyPrefix;
   private readonly options: AzureTargetOptions;
   private containerPromise: Promise<ContainerClient> | undefined;
 
@@ -126,9 +127,10 @@ export class AzureTarget implements StorageTarget {
     }
     this.options = options;
     this.container = options.container;
-    this.prefix = (options.prefix ?? '').replace(/^\/+|\/+$/g, '');
+    this.keys = new KeyPrefix(options.prefix);
+    this.prefix = this.keys.value;
     const root = `azure://${this.accountName() ?? 'account'}/${this.container}`;
-    this.location = this.prefix === '' ? root : `${root}/${this.prefix}`;
+    this.location = this.keys.location(root);
   }
 
   /**
@@ -279,11 +281,10 @@ export class AzureTarget implements StorageTarget {
   async *list(prefix: string): AsyncGenerator<ObjectInfo> {
     assertValidPrefix(prefix);
     const container = await this.containerClient();
-    const keyStart = this.prefix === '' ? 0 : this.prefix.length + 1;
     // One signal for the listing; each page's request is timed on its own.
     const controller = new AbortController();
     const pages = container
-      .listBlobsFlat({ prefix: this.fullKey(prefix), abortSignal: controller.signal })
+      .listBlobsFlat({ prefix: this.keys.full(prefix), abortSignal: controller.signal })
       .byPage({ maxPageSize: this.options.pageSize ?? DEFAULT_PAGE_SIZE });
     while (true) {
       let page: IteratorResult<ContainerListBlobFlatSegmentResponse>;
@@ -302,7 +303,7 @@ export class AzureTarget implements StorageTarget {
         // 'folder/' placeholders made by tools are not objects.
         if (item.name.endsWith('/')) continue;
         yield {
-          key: item.name.slice(keyStart),
+          key: this.keys.relative(item.name),
           size: item.properties.contentLength ?? 0,
           modified: item.properties.lastModified ?? new Date(0),
         };
@@ -454,12 +455,7 @@ export class AzureTarget implements StorageTarget {
   private async blockBlob(key: string): Promise<BlockBlobClient> {
     assertValidKey(key);
     const container = await this.containerClient();
-    return container.getBlockBlobClient(this.fullKey(key));
-  }
-
-  private fullKey(relative: string): string {
-    if (this.prefix === '') return relative;
-    return `${this.prefix}/${relative}`;
+    return container.getBlockBlobClient(this.keys.full(key));
   }
 
   /**
@@ -471,7 +467,7 @@ export class AzureTarget implements StorageTarget {
     return new ArchivedObjectError(
       `object ${key} in ${this.location} is in the Archive tier and cannot be read until it is rehydrated (BlobArchived); ` +
         `start with az storage blob set-tier${account ? ` --account-name ${account}` : ''} --container-name ${this.container} ` +
-        `--name ${this.fullKey(key)} --tier Hot --rehydrate-priority Standard (and the backup's other archived objects) ` +
+        `--name ${this.keys.full(key)} --tier Hot --rehydrate-priority Standard (and the backup's other archived objects) ` +
         'and retry once it is done (up to 15 hours; --rehydrate-priority High: about an hour)',
       key,
       'Archive',

@@ -35,6 +35,30 @@ export function assertValidKey(key: string): void {
   if (reason !== undefined) throw new StorageError(`invalid key ${JSON.stringify(key)}: ${reason}`);
 }
 
+/**
+ * A cloud target's key prefix (S3, Azure, GCS): where its keys live inside the bucket or container,
+ * without leading or trailing '/'. The one place that turns a target's keys into the store's names
+ * and back.
+ */
+export class KeyPrefix {
+  readonly value: string;
+  constructor(raw: string | undefined) {
+    this.value = (raw ?? '').replace(/^\/+|\/+$/g, '');
+  }
+  /** The store's name of a key (or list prefix) relative to the prefix. */
+  full(relative: string): string {
+    return this.value === '' ? relative : `${this.value}/${relative}`;
+  }
+  /** The key relative to the prefix of a name the store listed under it. */
+  relative(full: string): string {
+    return this.value === '' ? full : full.slice(this.value.length + 1);
+  }
+  /** The target's location: `root`, followed by the prefix when there is one. */
+  location(root: string): string {
+    return this.value === '' ? root : `${root}/${this.value}`;
+  }
+}
+
 /** A list prefix follows the key rules, except that it may be empty and may end with '/'. */
 export function assertValidPrefix(prefix: string): void {
   const reason = invalidKeyReason(prefix, true);

@@ -7,7 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Bucket, File, Storage } from '@google-cloud/storage' with { 'resolution-mode': 'import' };
 import type { GcsStorageClass, PerLifecycleKind } from '../config';
 import { ObjectExistsError, ObjectLockedError, ObjectNotFoundError, StorageError } from '../errors';
-import { assertValidKey, assertValidPrefix } from './file';
+import { assertValidKey, assertValidPrefix, KeyPrefix } from './file';
 import { placementFor } from './s3';
 import { readWhole, sourceChunks } from './source';
 import type { ObjectInfo, ObjectLockOptions, PutOptions, StorageTarget } from './target';
@@ -132,6 +132,7 @@ export class GcsTarget implements StorageTarget {
   readonly location: string;
   readonly bucket: string;
   readonly prefix: string;
+  private readonly keys: KeyPrefix;
   private readonly options: GcsTargetOptions;
   private bucketPromise: Promise<Bucket> | undefined;
 
@@ -142,8 +143,9 @@ export class GcsTarget implements StorageTarget {
     }
     this.options = options;
     this.bucket = options.bucket;
-    this.prefix = (options.prefix ?? '').replace(/^\/+|\/+$/g, '');
-    this.location = this.prefix === '' ? `gs://${this.bucket}` : `gs://${this.bucket}/${this.prefix}`;
+    this.keys = new KeyPrefix(options.prefix);
+    this.prefix = this.keys.value;
+    this.location = this.keys.location(`gs://${this.bucket}`);
   }
 
   /** The upload metadata of a new object under `key`: storage class, retention, this write's id. */
@@ -293,14 +295,13 @@ export class GcsTarget implements StorageTarget {
   async *list(prefix: string): AsyncGenerator<ObjectInfo> {
     assertValidPrefix(prefix);
     const bucket = await this.bucketClient();
-    const keyStart = this.prefix === '' ? 0 : this.prefix.length + 1;
     let pageToken: string | undefined;
     do {
       let files: File[];
       let next: { pageToken?: string } | null | undefined;
       try {
         [files, next] = (await bucket.getFiles({
-          prefix: this.fullKey(prefix),
+          prefix: this.keys.full(prefix),
           maxResults: this.options.pageSize ?? DEFAULT_PAGE_SIZE,
           autoPaginate: false,
           ...(pageToken ? { pageToken } : {}),
@@ -312,7 +313,7 @@ export class GcsTarget implements StorageTarget {
         // 'folder/' placeholders made by consoles are not objects.
         if (f.name.endsWith('/')) continue;
         yield {
-          key: f.name.slice(keyStart),
+          key: this.keys.relative(f.name),
           size: Number(f.metadata.size ?? 0),
           modified: new Date(f.metadata.updated ?? f.metadata.timeCreated ?? 0),
         };
@@ -461,12 +462,7 @@ export class GcsTarget implements StorageTarget {
   private async file(key: string): Promise<File> {
     assertValidKey(key);
     const bucket = await this.bucketClient();
-    return bucket.file(this.fullKey(key));
-  }
-
-  private fullKey(relative: string): string {
-    if (this.prefix === '') return relative;
-    return `${this.prefix}/${relative}`;
+    return bucket.file(this.keys.full(key));
   }
 
   private describeEndpoint(): string {

@@ -4,7 +4,7 @@ import { Readable } from 'node:stream';
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import type { PerLifecycleKind, S3StorageClass } from '../config';
 import { ObjectExistsError, ObjectNotFoundError, StorageError } from '../errors';
-import { assertValidKey, assertValidPrefix } from './file';
+import { assertValidKey, assertValidPrefix, KeyPrefix } from './file';
 import { sourceChunks } from './source';
 import type { ObjectInfo, PutOptions, StorageTarget } from './target';
 
@@ -214,6 +214,7 @@ export class S3Target implements StorageTarget {
   readonly location: string;
   readonly bucket: string;
   readonly prefix: string;
+  private readonly keys: KeyPrefix;
   /** Whether objects are tagged with their lifecycle class (S3TargetOptions.lifecycleTags). */
   readonly lifecycleTags: boolean;
   private readonly options: S3TargetOptions;
@@ -230,8 +231,9 @@ export class S3Target implements StorageTarget {
     this.options = options;
     this.requestOptions = { requestTimeout: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS };
     this.bucket = options.bucket;
-    this.prefix = (options.prefix ?? '').replace(/^\/+|\/+$/g, '');
-    this.location = this.prefix === '' ? `s3://${this.bucket}` : `s3://${this.bucket}/${this.prefix}`;
+    this.keys = new KeyPrefix(options.prefix);
+    this.prefix = this.keys.value;
+    this.location = this.keys.location(`s3://${this.bucket}`);
     this.lifecycleTags = options.lifecycleTags ?? false;
   }
 
@@ -386,7 +388,6 @@ export class S3Target implements StorageTarget {
   async *list(prefix: string): AsyncGenerator<ObjectInfo> {
     assertValidPrefix(prefix);
     const { client, sdk } = await this.connect();
-    const keyStart = this.prefix === '' ? 0 : this.prefix.length + 1;
     let continuationToken: string | undefined;
     do {
       let page: import('@aws-sdk/client-s3').ListObjectsV2CommandOutput;
@@ -394,7 +395,7 @@ export class S3Target implements StorageTarget {
         page = await client.send(
           new sdk.ListObjectsV2Command({
             Bucket: this.bucket,
-            Prefix: this.fullKey(prefix),
+            Prefix: this.keys.full(prefix),
             MaxKeys: this.options.pageSize ?? DEFAULT_PAGE_SIZE,
             ContinuationToken: continuationToken,
           }),
@@ -407,7 +408,7 @@ export class S3Target implements StorageTarget {
         // 'folder/' placeholders made by consoles are not objects.
         if (object.Key === undefined || object.Key.endsWith('/')) continue;
         yield {
-          key: object.Key.slice(keyStart),
+          key: this.keys.relative(object.Key),
           size: object.Size ?? 0,
           modified: object.LastModified ?? new Date(0),
         };
@@ -509,14 +510,9 @@ export class S3Target implements StorageTarget {
     };
   }
 
-  private fullKey(relative: string): string {
-    if (this.prefix === '') return relative;
-    return `${this.prefix}/${relative}`;
-  }
-
   private objectKey(key: string): string {
     assertValidKey(key);
-    return this.fullKey(key);
+    return this.keys.full(key);
   }
 
   /**
