@@ -1,4 +1,5 @@
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { Readable, Transform, type TransformCallback, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { type RepositoryConfig, type RepositoryKind, repositoryHolds } from '../config';
 import { errorMessage, IntegrityError, ObjectExistsError, UsageError } from '../errors';
 import { repositoryOf, targetName } from '../storage';
@@ -187,7 +188,11 @@ export async function syncRepositories(
           if ((await dst.target.stat(entry.manifestKey)) !== undefined) continue;
           const bytes = m.objects.reduce((n, o) => n + o.storedSize, 0);
           if (!result.dryRun) {
-            for (const object of m.objects) await copyObject(src.target, dst.target, object);
+            for (const object of m.objects) {
+              // Already there (a killed run's leftover, another writer): the manifest is written only
+              // over an object that is the one it describes.
+              if (!(await copyObject(src.target, dst.target, object))) await checkPresent(dst.target, object);
+            }
             // The manifest last: the backup appears in the destination whole or not at all.
             await putIfAbsent(dst.target, entry.manifestKey, await src.target.getBytes(entry.manifestKey));
             vault.reporter.info(`${m.id}: copied ${targetName(src.target)} → ${targetName(dst.target)}`);
@@ -227,6 +232,34 @@ export async function syncRepositories(
     }
   }
   return result;
+}
+
+/**
+ * An object the destination already held when sync came to copy it: its stored size and sha256 must
+ * be the manifest's, else an IntegrityError naming it (the backup's manifest is then not copied, so the
+ * destination never lists a backup over bytes that are not its own).
+ */
+async function checkPresent(
+  dst: StorageTarget,
+  object: Pick<StoredObject, 'key' | 'storedSize'> & { sha256?: string },
+): Promise<void> {
+  const meter = new DigestMeter({ hash: object.sha256 !== undefined });
+  await pipeline(
+    await dst.get(object.key),
+    meter,
+    new Writable({ write: (_chunk, _encoding, done) => done() }),
+  );
+  const problem =
+    meter.bytes !== object.storedSize
+      ? `size ${meter.bytes} bytes, expected ${object.storedSize}`
+      : object.sha256 !== undefined && meter.sha256() !== object.sha256
+        ? 'sha256 differs from the manifest'
+        : undefined;
+  if (problem !== undefined) {
+    throw new IntegrityError(
+      `object ${object.key} in ${dst.location} is already there and is not the backup's (${problem}); the backup was not copied: delete that object and run repo sync again`,
+    );
+  }
 }
 
 /**

@@ -209,6 +209,39 @@ describe('one repository down during a backup', () => {
   });
 });
 
+describe('repo sync over an object the destination already holds', () => {
+  it("refuses to copy the backup's manifest over a leftover that is not the backup's object, naming it", async () => {
+    // Prepare: a backup in both; in repo2 its manifest is gone and its object is a killed write's
+    // leftover (the first half of the bytes), as a backup killed while writing repo2 leaves them.
+    const { repo1, repo2, pgvault } = await vaultConfig('leftover');
+    const backup = await pgvault(['--json', 'backup', 'full', 'daily', '--database', 'shop']);
+    expect(backup.code, backup.stderr).toBe(0);
+    const [id] = manifests(repo2, 'full/daily');
+    const folder = join(repo2, 'main', 'full', 'daily');
+    rmSync(join(folder, `${id}.manifest.json`));
+    const object = readdirSync(folder).find((f) => f.startsWith(id!) && !f.endsWith('.manifest.json'))!;
+    const whole = readFileSync(join(folder, object));
+    writeFileSync(join(folder, object), whole.subarray(0, Math.floor(whole.length / 2)));
+
+    // Act
+    const sync = await pgvault(['--json', 'repo', 'sync']);
+
+    // Assess: no manifest over the leftover; the failure names the object and what to do.
+    expect(sync.code).not.toBe(0);
+    const failed = JSON.parse(sync.stdout).failed as { name: string; error: string }[];
+    expect(failed).toEqual([
+      expect.objectContaining({
+        name: id,
+        error: expect.stringMatching(
+          new RegExp(`${object}.*already there and is not the backup's.*delete that object`),
+        ),
+      }),
+    ]);
+    expect(manifests(repo2, 'full/daily')).toEqual([]);
+    expect(manifests(repo1, 'full/daily')).toEqual([id]);
+  });
+});
+
 describe('a restore that falls back to the next repository', () => {
   it("restores from repo2 when repo1's copy is corrupt, and when it is missing, saying so", async () => {
     // Prepare
